@@ -1,0 +1,48 @@
+//! A decision as Tollgate returns it: the outcome plus everything needed to
+//! explain it (which policies determined it, their reasons, obligations).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allow,
+    Deny,
+    ApprovalRequired,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::ApprovalRequired => "approval_required",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// Ids of the policies that determined the outcome.
+    pub policies: Vec<String>,
+    /// Human-readable reasons, from `@reason` or from the gateway itself.
+    pub reasons: Vec<String>,
+    /// Conditions the agent must meet first (`evidence-before`).
+    pub obligations: Vec<String>,
+    /// Distinct human approvals needed when the outcome is `approval_required`.
+    pub approvals_required: u32,
+}
+
+impl Decision {
+    /// A denial by the gateway itself, before or instead of policy.
+    pub fn deny(reason: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Deny,
+            policies: vec![],
+            reasons: vec![reason.into()],
+            obligations: vec![],
+            approvals_required: 0,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Tollgate's pure core: domain types, the tool catalog and decisions.
+//!
+//! Architecture invariant: this crate does no IO and knows nothing of HTTP,
+//! storage, Cedar or tokens. Time enters only through the [`Clock`] trait so
+//! that every TTL rule can be tested without sleeping.
+
+pub mod catalog;
+pub mod clock;
+pub mod decision;
+pub mod model;
+pub mod spiffe;
+
+pub use catalog::{Catalog, CatalogError, Operation, Tier};
+pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
+pub use decision::{Decision, Outcome};
+pub use model::{
+    Agent, Incident, IncidentRef, IncidentStatus, Scope, Severity, Task, TaskStatus,
+};
+pub use spiffe::{SpiffeId, SpiffeIdError};
+
+/// Lowercase hex SHA-256 of `data`; used for token hashes and content addresses.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

@@ -1,0 +1,409 @@
+//! Tokens: Tollgate's built-in JWT-SVID issuer, task credentials, and the
+//! verification of both (plus JWT-SVIDs from external SPIFFE issuers).
+//!
+//! Architecture invariants:
+//! - No IO and no wall clock: keys come in as bytes, time as an argument.
+//!   Expiry is checked here against the caller's `now` (jsonwebtoken's own
+//!   clock checks are switched off) so tests control time.
+//! - Algorithms are pinned per key, never taken from the token header: a
+//!   token whose `alg` differs from its key's algorithm is refused, which is
+//!   what makes `alg: none` and HMAC-confusion attacks impossible.
+//! - An SVID and a task credential can never stand in for each other: they
+//!   differ in `typ` header and audience, and each verifier checks both.
+//! - Knows nothing of tasks being revoked; that is the store's job, checked
+//!   by the server on every request.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use tollgate_core::{Scope, SpiffeId, UnixTime};
+
+/// `typ` header of JWT-SVIDs (the SPIFFE JWT-SVID spec allows `JWT` or `JOSE`).
+pub const SVID_TYP: &str = "JWT";
+/// `typ` header of task credentials.
+pub const TASK_TYP: &str = "tollgate-task+jwt";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token algorithm {0} is not accepted")]
+    Algorithm(String),
+    #[error("token has no key id (kid)")]
+    MissingKid,
+    #[error("no trusted key with id {0:?}")]
+    UnknownKey(String),
+    #[error("token signature is invalid")]
+    Signature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token audience is wrong")]
+    Audience,
+    #[error("token is not a {0}")]
+    WrongType(&'static str),
+    #[error("token subject is not a valid spiffe id: {0}")]
+    Subject(String),
+    #[error("trust domain {0:?} is not trusted")]
+    UntrustedDomain(String),
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    #[error("key: {0}")]
+    Key(String),
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => TokenError::Signature,
+        K::ExpiredSignature => TokenError::Expired,
+        K::ImmatureSignature => TokenError::NotYetValid,
+        K::InvalidAudience => TokenError::Audience,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => TokenError::Algorithm("mismatch".into()),
+        _ => TokenError::Malformed,
+    }
+}
+
+/// An Ed25519 key pair Tollgate signs with, and its public JWK.
+pub struct SigningKeyPair {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    public_jwk: serde_json::Value,
+}
+
+impl SigningKeyPair {
+    /// A fresh key; returns it with its PKCS#8 DER encoding for storage.
+    pub fn generate() -> Result<(Self, Vec<u8>), TokenError> {
+        let sk = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = sk
+            .to_pkcs8_der()
+            .map_err(|e| TokenError::Key(e.to_string()))?
+            .as_bytes()
+            .to_vec();
+        Ok((Self::from_pkcs8_der(&der)?, der))
+    }
+
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, TokenError> {
+        let sk = ed25519_dalek::SigningKey::from_pkcs8_der(der)
+            .map_err(|e| TokenError::Key(format!("not an ed25519 pkcs#8 key: {e}")))?;
+        let x = B64.encode(sk.verifying_key().to_bytes());
+        // RFC 7638 thumbprint: members in lexicographic order, no whitespace.
+        let thumb = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+        let kid = B64.encode(Sha256::digest(thumb.as_bytes()));
+        let public_jwk = serde_json::json!({
+            "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "jwt-svid",
+        });
+        Ok(Self {
+            kid,
+            encoding: EncodingKey::from_ed_der(der),
+            decoding: DecodingKey::from_ed_der(&sk.verifying_key().to_bytes()),
+            public_jwk,
+        })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn public_jwk(&self) -> &serde_json::Value {
+        &self.public_jwk
+    }
+
+    fn sign<T: Serialize>(&self, typ: &str, claims: &T) -> Result<String, TokenError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some(typ.to_string());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| TokenError::Key(e.to_string()))
+    }
+}
+
+/// Claims of a JWT-SVID as Tollgate issues them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SvidClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Vec<String>,
+    pub exp: UnixTime,
+    pub iat: UnixTime,
+    pub jti: String,
+}
+
+/// RFC 8693 actor claim: who acted on whose behalf, nested for each hop.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+/// Claims of a task credential.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskClaims {
+    pub iss: String,
+    /// The agent's SPIFFE ID.
+    pub sub: String,
+    pub aud: String,
+    pub exp: UnixTime,
+    pub iat: UnixTime,
+    pub jti: String,
+    pub task_id: String,
+    pub incident_id: String,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// A verified SVID: who the caller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSvid {
+    pub spiffe_id: SpiffeId,
+    pub exp: UnixTime,
+    /// `None` for SVIDs from Tollgate's own issuer, else the external trust domain.
+    pub external: bool,
+}
+
+/// One verification key with its pinned algorithm.
+struct TrustedKey {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// The JWT-SVID keys of one external trust domain (SPIFFE bundle format).
+pub struct TrustBundle {
+    trust_domain: String,
+    keys: HashMap<String, TrustedKey>,
+}
+
+impl TrustBundle {
+    /// Parse a SPIFFE trust bundle (a JWK Set). Keys whose `use` is
+    /// `x509-svid` are skipped; every JWT key needs a `kid`. Accepted key
+    /// types: RSA (RS256), EC P-256 (ES256), OKP Ed25519 (EdDSA).
+    pub fn from_jwks(trust_domain: &str, json: &str) -> Result<Self, TokenError> {
+        let doc: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| TokenError::Bundle(e.to_string()))?;
+        let keys = doc
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or_else(|| TokenError::Bundle("no keys array".into()))?;
+        let mut out = HashMap::new();
+        for k in keys {
+            if k.get("use").and_then(|u| u.as_str()) == Some("x509-svid") {
+                continue;
+            }
+            let kid = k
+                .get("kid")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| TokenError::Bundle("a jwt-svid key has no kid".into()))?
+                .to_string();
+            let alg = match (
+                k.get("kty").and_then(|v| v.as_str()),
+                k.get("crv").and_then(|v| v.as_str()),
+            ) {
+                (Some("RSA"), _) => Algorithm::RS256,
+                (Some("EC"), Some("P-256")) => Algorithm::ES256,
+                (Some("OKP"), Some("Ed25519")) => {
+                    // jsonwebtoken slices the key to 32 bytes; a shorter one
+                    // would panic there and a longer one would be truncated.
+                    let x = k.get("x").and_then(|v| v.as_str()).unwrap_or_default();
+                    if B64.decode(x).map(|b| b.len()) != Ok(32) {
+                        return Err(TokenError::Bundle(format!("key {kid}: ed25519 x must be 32 bytes")));
+                    }
+                    Algorithm::EdDSA
+                }
+                (kty, crv) => {
+                    return Err(TokenError::Bundle(format!(
+                        "key {kid}: unsupported key type {kty:?}/{crv:?}"
+                    )))
+                }
+            };
+            let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(k.clone())
+                .map_err(|e| TokenError::Bundle(format!("key {kid}: {e}")))?;
+            let key = DecodingKey::from_jwk(&jwk).map_err(|e| TokenError::Bundle(format!("key {kid}: {e}")))?;
+            out.insert(kid, TrustedKey { alg, key });
+        }
+        if out.is_empty() {
+            return Err(TokenError::Bundle("no jwt-svid keys".into()));
+        }
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            keys: out,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawClaims {
+    sub: String,
+    exp: UnixTime,
+    #[serde(default)]
+    nbf: Option<UnixTime>,
+}
+
+/// Issues and verifies Tollgate's tokens.
+pub struct Tokens {
+    key: SigningKeyPair,
+    /// `iss` of every token Tollgate signs.
+    issuer: String,
+    /// The trust domain Tollgate's own issuer vouches for.
+    trust_domain: String,
+    /// Audience of SVIDs (the gateway); task credentials use `<audience>/task`.
+    audience: String,
+    bundles: HashMap<String, TrustBundle>,
+    /// Clock skew tolerated on `exp` and `nbf`, seconds.
+    leeway: i64,
+}
+
+impl Tokens {
+    pub fn new(key: SigningKeyPair, issuer: &str, trust_domain: &str, audience: &str) -> Self {
+        Self {
+            key,
+            issuer: issuer.to_string(),
+            trust_domain: trust_domain.to_string(),
+            audience: audience.to_string(),
+            bundles: HashMap::new(),
+            leeway: 30,
+        }
+    }
+
+    pub fn with_bundle(mut self, bundle: TrustBundle) -> Self {
+        self.bundles.insert(bundle.trust_domain.clone(), bundle);
+        self
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn task_audience(&self) -> String {
+        format!("{}/task", self.audience)
+    }
+
+    /// The JWK Set published at `/.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.key.public_jwk()] })
+    }
+
+    pub fn issue_svid(&self, spiffe_id: &SpiffeId, now: UnixTime, ttl: i64, jti: String) -> Result<(String, UnixTime), TokenError> {
+        let exp = now + ttl;
+        let claims = SvidClaims {
+            iss: self.issuer.clone(),
+            sub: spiffe_id.to_string(),
+            aud: vec![self.audience.clone()],
+            exp,
+            iat: now,
+            jti,
+        };
+        Ok((self.key.sign(SVID_TYP, &claims)?, exp))
+    }
+
+    pub fn issue_task_credential(&self, claims: &TaskClaims) -> Result<String, TokenError> {
+        self.key.sign(TASK_TYP, claims)
+    }
+
+    /// Fill in the fixed claims of a task credential.
+    pub fn task_claims(&self, sub: &str, task_id: &str, incident_id: &str, scope: Scope, now: UnixTime, exp: UnixTime, jti: String, act: Option<Actor>) -> TaskClaims {
+        TaskClaims {
+            iss: self.issuer.clone(),
+            sub: sub.to_string(),
+            aud: self.task_audience(),
+            exp,
+            iat: now,
+            jti,
+            task_id: task_id.to_string(),
+            incident_id: incident_id.to_string(),
+            scope,
+            act,
+        }
+    }
+
+    /// Verify a JWT-SVID from Tollgate's issuer or a trusted external one.
+    pub fn verify_svid(&self, token: &str, now: UnixTime) -> Result<VerifiedSvid, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => TokenError::Algorithm("unsupported".into()),
+            _ => TokenError::Malformed,
+        })?;
+        if matches!(header.typ.as_deref(), Some(t) if t != "JWT" && t != "JOSE") {
+            return Err(TokenError::WrongType("jwt-svid"));
+        }
+        let kid = header.kid.clone().ok_or(TokenError::MissingKid)?;
+        // The subject decides which keys may have signed, so peek at it
+        // first; nothing from this unverified read is trusted beyond key choice.
+        let sub = peek_sub(token)?;
+        let id = SpiffeId::parse(&sub).map_err(|e| TokenError::Subject(e.to_string()))?;
+        let (key, external) = if id.trust_domain() == self.trust_domain {
+            if kid != self.key.kid {
+                return Err(TokenError::UnknownKey(kid));
+            }
+            (TrustedKey { alg: Algorithm::EdDSA, key: self.key.decoding.clone() }, false)
+        } else {
+            let bundle = self
+                .bundles
+                .get(id.trust_domain())
+                .ok_or_else(|| TokenError::UntrustedDomain(id.trust_domain().to_string()))?;
+            let k = bundle.keys.get(&kid).ok_or(TokenError::UnknownKey(kid))?;
+            (TrustedKey { alg: k.alg, key: k.key.clone() }, true)
+        };
+        let raw: RawClaims = self.verify_with(token, &header, &key, &self.audience, now)?;
+        if raw.sub != sub {
+            return Err(TokenError::Malformed);
+        }
+        Ok(VerifiedSvid { spiffe_id: id, exp: raw.exp, external })
+    }
+
+    /// Verify a task credential (only Tollgate's own key can have signed it).
+    pub fn verify_task_credential(&self, token: &str, now: UnixTime) -> Result<TaskClaims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.typ.as_deref() != Some(TASK_TYP) {
+            return Err(TokenError::WrongType("task credential"));
+        }
+        let kid = header.kid.clone().ok_or(TokenError::MissingKid)?;
+        if kid != self.key.kid {
+            return Err(TokenError::UnknownKey(kid));
+        }
+        let key = TrustedKey { alg: Algorithm::EdDSA, key: self.key.decoding.clone() };
+        self.verify_with::<TaskClaims>(token, &header, &key, &self.task_audience(), now)
+    }
+
+    fn verify_with<T: serde::de::DeserializeOwned>(&self, token: &str, header: &Header, key: &TrustedKey, aud: &str, now: UnixTime) -> Result<T, TokenError> {
+        if header.alg != key.alg {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let mut v = Validation::new(key.alg);
+        v.validate_exp = false; // checked below against the injected clock
+        v.validate_nbf = false;
+        v.set_required_spec_claims(&["exp", "sub", "aud"]);
+        v.set_audience(&[aud]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &v).map_err(map_jwt_error)?;
+        let raw: RawClaims = serde_json::from_value(data.claims.clone()).map_err(|_| TokenError::Malformed)?;
+        if now > raw.exp + self.leeway {
+            return Err(TokenError::Expired);
+        }
+        if let Some(nbf) = raw.nbf {
+            if now + self.leeway < nbf {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        serde_json::from_value(data.claims).map_err(|_| TokenError::Malformed)
+    }
+}
+
+fn peek_sub(token: &str) -> Result<String, TokenError> {
+    let payload = token.split('.').nth(1).ok_or(TokenError::Malformed)?;
+    let bytes = B64.decode(payload).map_err(|_| TokenError::Malformed)?;
+    #[derive(Deserialize)]
+    struct Sub {
+        sub: String,
+    }
+    let s: Sub = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    Ok(s.sub)
+}
+
+#[cfg(test)]
+mod tests;
