@@ -1,1 +1,131 @@
+//! Persistence behind one trait, [`Store`].
+//!
+//! Architecture invariants:
+//! - Every state change and the audit events that record it are committed in
+//!   one transaction ([`Store::commit`]): there is never a task without the
+//!   audit entry that opened it, nor an audit entry for a change that did not
+//!   happen.
+//! - Audit entries are chained (see `tollgate-audit`) inside that transaction,
+//!   under the store's write lock, so chain order is commit order.
+//! - Preconditions (single-use join tokens, only-active tasks) are checked in
+//!   the same transaction, so races resolve to exactly one winner.
+//! - A commit returns only once it is durable (SQLite: WAL with
+//!   `synchronous=FULL`).
+//! - Knows nothing of HTTP, policy or tokens.
+//!
+//! Every backend must pass [`conformance`] (enabled with the `conformance`
+//! feature).
 
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tollgate_audit::{AuditEntry, AuditEvent};
+use tollgate_core::{Agent, Incident, Task, TaskStatus, UnixTime};
+
+mod sqlite;
+pub use sqlite::SqliteStore;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A precondition failed: the token was used, the task is not active, …
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The backend failed; callers must fail closed.
+    #[error("storage failure: {0}")]
+    Backend(String),
+}
+
+/// One state change. Changes with preconditions fail the whole batch with
+/// [`StoreError::Conflict`] when the precondition does not hold.
+#[derive(Debug, Clone)]
+pub enum Change {
+    UpsertAgent(Agent),
+    SetAgentRevoked { spiffe_id: String, revoked: bool },
+    PutJoinToken(JoinToken),
+    /// Precondition: the token exists, is unused and unexpired at `now`.
+    ConsumeJoinToken { token_hash: String, now: UnixTime },
+    UpsertIncident(Incident),
+    InsertTask(Task),
+    /// Precondition: the task is active and unexpired at `now`.
+    RenewTask { task_id: String, expires_at: UnixTime, now: UnixTime },
+    /// Precondition: the task is active.
+    EndTask { task_id: String, status: TaskStatus, reason: String },
+    /// End every active task of an agent (no precondition).
+    EndAgentTasks { spiffe_id: String, reason: String },
+    PutSetting { key: String, value: String },
+    PutPep(Pep),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub token_hash: String,
+    pub spiffe_id: String,
+    pub expires_at: UnixTime,
+    pub used_at: Option<UnixTime>,
+}
+
+/// A policy enforcement point allowed to call the AuthZEN API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pep {
+    pub name: String,
+    pub key_hash: String,
+    pub created_at: UnixTime,
+}
+
+/// Changes and the audit events that record them, committed atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+    pub audit: Vec<AuditEvent>,
+}
+
+impl Batch {
+    pub fn audit_only(event: AuditEvent) -> Self {
+        Self { changes: vec![], audit: vec![event] }
+    }
+    pub fn change(mut self, c: Change) -> Self {
+        self.changes.push(c);
+        self
+    }
+    pub fn event(mut self, e: AuditEvent) -> Self {
+        self.audit.push(e);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub agent: Option<String>,
+    pub incident_id: Option<String>,
+    pub status: Option<TaskStatus>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub incident_id: Option<String>,
+    pub task_id: Option<String>,
+    pub agent: Option<String>,
+    /// Only entries with `seq > after`.
+    pub after: u64,
+    pub limit: usize,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Apply `batch` atomically and durably; returns the audit sequence numbers.
+    async fn commit(&self, batch: Batch) -> Result<Vec<u64>, StoreError>;
+
+    async fn agent(&self, spiffe_id: &str) -> Result<Option<Agent>, StoreError>;
+    async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>, StoreError>;
+    async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError>;
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError>;
+    async fn tasks(&self, filter: TaskFilter) -> Result<Vec<Task>, StoreError>;
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError>;
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+}

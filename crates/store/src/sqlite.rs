@@ -1,0 +1,418 @@
+//! The embedded default backend: one SQLite file in WAL mode.
+//!
+//! One connection behind a mutex. SQLite allows a single writer anyway, and
+//! keeping the chain head in the same critical section as the write is what
+//! makes chain order equal commit order. Calls run on tokio's blocking pool.
+
+use crate::{AuditQuery, Batch, Change, JoinToken, Pep, Store, StoreError, TaskFilter};
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tollgate_audit::{AuditEntry, AuditEvent, GENESIS};
+use tollgate_core::{Agent, Incident, Scope, Task, TaskStatus};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS agents (
+  spiffe_id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at INTEGER NOT NULL, revoked INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS join_tokens (
+  token_hash TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER);
+CREATE TABLE IF NOT EXISTS incidents (
+  id TEXT PRIMARY KEY, class TEXT NOT NULL, severity TEXT NOT NULL, status TEXT NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+  id TEXT PRIMARY KEY, agent TEXT NOT NULL, incident_id TEXT NOT NULL, environment TEXT NOT NULL,
+  playbook TEXT NOT NULL, intent TEXT NOT NULL, scope TEXT NOT NULL, parent_task_id TEXT,
+  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, max_expires_at INTEGER NOT NULL,
+  status TEXT NOT NULL, status_reason TEXT);
+CREATE INDEX IF NOT EXISTS tasks_agent ON tasks(agent);
+CREATE INDEX IF NOT EXISTS tasks_incident ON tasks(incident_id);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS peps (name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,
+  incident_id TEXT, task_id TEXT, agent TEXT, request_id TEXT,
+  prev_hash TEXT NOT NULL, hash TEXT NOT NULL, event TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_incident ON audit(incident_id);
+CREATE INDEX IF NOT EXISTS audit_task ON audit(task_id);
+CREATE INDEX IF NOT EXISTS audit_agent ON audit(agent);
+"#;
+
+struct Inner {
+    conn: Connection,
+    /// (next seq, hash of the last entry), kept in step with the table.
+    head: (u64, [u8; 32]),
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::init(Connection::open(path).map_err(backend)?)
+    }
+
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(backend)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        // FULL: the WAL is fsync'd at every commit, so a returned commit
+        // survives power loss; that is the audit guarantee.
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(backend)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        let head = conn
+            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()
+            .map_err(backend)?;
+        let head = match head {
+            None => (1, GENESIS),
+            Some((seq, hash)) => {
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
+                (seq as u64 + 1, h)
+            }
+        };
+        Ok(Self { inner: Arc::new(Mutex::new(Inner { conn, head })) })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = inner.lock().map_err(|_| backend("store lock poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreError> {
+    match change {
+        Change::UpsertAgent(a) => {
+            tx.execute(
+                "INSERT INTO agents(spiffe_id, owner, created_at, revoked) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(spiffe_id) DO UPDATE SET owner = excluded.owner, revoked = excluded.revoked",
+                params![a.spiffe_id, a.owner, a.created_at, a.revoked],
+            )
+            .map_err(backend)?;
+        }
+        Change::SetAgentRevoked { spiffe_id, revoked } => {
+            let n = tx
+                .execute("UPDATE agents SET revoked = ?2 WHERE spiffe_id = ?1", params![spiffe_id, revoked])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("agent {spiffe_id}")));
+            }
+        }
+        Change::PutJoinToken(t) => {
+            tx.execute(
+                "INSERT INTO join_tokens(token_hash, spiffe_id, expires_at, used_at) VALUES (?1, ?2, ?3, NULL)",
+                params![t.token_hash, t.spiffe_id, t.expires_at],
+            )
+            .map_err(backend)?;
+        }
+        Change::ConsumeJoinToken { token_hash, now } => {
+            let n = tx
+                .execute(
+                    "UPDATE join_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
+                    params![token_hash, now],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict("join token is unknown, used or expired".into()));
+            }
+        }
+        Change::UpsertIncident(i) => {
+            tx.execute(
+                "INSERT INTO incidents(id, class, severity, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET class = excluded.class, severity = excluded.severity,
+                 status = excluded.status, updated_at = excluded.updated_at",
+                params![i.id, i.class, i.severity.as_str(), i.status.as_str(), i.updated_at],
+            )
+            .map_err(backend)?;
+        }
+        Change::InsertTask(t) => {
+            let scope = serde_json::to_string(&t.scope).map_err(backend)?;
+            tx.execute(
+                "INSERT INTO tasks(id, agent, incident_id, environment, playbook, intent, scope, parent_task_id,
+                   created_at, expires_at, max_expires_at, status, status_reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    t.id, t.agent, t.incident_id, t.environment, t.playbook, t.intent, scope,
+                    t.parent_task_id, t.created_at, t.expires_at, t.max_expires_at,
+                    t.status.as_str(), t.status_reason
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict(format!("task {} exists", t.id))
+                }
+                e => backend(e),
+            })?;
+        }
+        Change::RenewTask { task_id, expires_at, now } => {
+            let n = tx
+                .execute(
+                    "UPDATE tasks SET expires_at = ?2 WHERE id = ?1 AND status = 'active' AND expires_at > ?3 AND ?2 <= max_expires_at",
+                    params![task_id, expires_at, now],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("task {task_id} is not active")));
+            }
+        }
+        Change::EndTask { task_id, status, reason } => {
+            let n = tx
+                .execute(
+                    "UPDATE tasks SET status = ?2, status_reason = ?3 WHERE id = ?1 AND status = 'active'",
+                    params![task_id, status.as_str(), reason],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("task {task_id} is not active")));
+            }
+        }
+        Change::EndAgentTasks { spiffe_id, reason } => {
+            tx.execute(
+                "UPDATE tasks SET status = 'revoked', status_reason = ?2 WHERE agent = ?1 AND status = 'active'",
+                params![spiffe_id, reason],
+            )
+            .map_err(backend)?;
+        }
+        Change::PutSetting { key, value } => {
+            tx.execute(
+                "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(backend)?;
+        }
+        Change::PutPep(p) => {
+            tx.execute(
+                "INSERT INTO peps(name, key_hash, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET key_hash = excluded.key_hash, created_at = excluded.created_at",
+                params![p.name, p.key_hash, p.created_at],
+            )
+            .map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
+    let scope: String = r.get(6)?;
+    let status: String = r.get(11)?;
+    Ok(Task {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        incident_id: r.get(2)?,
+        environment: r.get(3)?,
+        playbook: r.get(4)?,
+        intent: r.get(5)?,
+        scope: serde_json::from_str::<Scope>(&scope).unwrap_or_else(|_| Scope {
+            // An unreadable scope must not widen into "anything": narrow to nothing.
+            actions: Some(Default::default()),
+            resources: Some(Default::default()),
+        }),
+        parent_task_id: r.get(7)?,
+        created_at: r.get(8)?,
+        expires_at: r.get(9)?,
+        max_expires_at: r.get(10)?,
+        status: status.parse().unwrap_or(TaskStatus::Revoked),
+        status_reason: r.get(12)?,
+    })
+}
+
+const TASK_COLS: &str = "id, agent, incident_id, environment, playbook, intent, scope, parent_task_id, created_at, expires_at, max_expires_at, status, status_reason";
+
+fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(backend)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit(&self, batch: Batch) -> Result<Vec<u64>, StoreError> {
+        self.with(move |inner| {
+            let tx = inner.conn.transaction().map_err(backend)?;
+            for c in &batch.changes {
+                apply(&tx, c)?;
+            }
+            let (mut seq, mut prev) = inner.head;
+            let mut seqs = Vec::with_capacity(batch.audit.len());
+            for event in batch.audit {
+                let entry = tollgate_audit::chain(seq, prev, event);
+                let body = serde_json::to_string(&entry.event).map_err(backend)?;
+                tx.execute(
+                    "INSERT INTO audit(seq, ts, kind, incident_id, task_id, agent, request_id, prev_hash, hash, event)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        entry.seq as i64, entry.event.ts, entry.event.kind, entry.event.incident_id,
+                        entry.event.task_id, entry.event.agent, entry.event.request_id,
+                        hex::encode(entry.prev_hash), hex::encode(entry.hash), body
+                    ],
+                )
+                .map_err(backend)?;
+                seqs.push(seq);
+                prev = entry.hash;
+                seq += 1;
+            }
+            tx.commit().map_err(backend)?;
+            // Only after a durable commit does the in-memory head move.
+            inner.head = (seq, prev);
+            Ok(seqs)
+        })
+        .await
+    }
+
+    async fn agent(&self, spiffe_id: &str) -> Result<Option<Agent>, StoreError> {
+        let id = spiffe_id.to_string();
+        self.with(move |inner| {
+            inner
+                .conn
+                .query_row(
+                    "SELECT spiffe_id, owner, created_at, revoked FROM agents WHERE spiffe_id = ?1",
+                    [id],
+                    |r| Ok(Agent { spiffe_id: r.get(0)?, owner: r.get(1)?, created_at: r.get(2)?, revoked: r.get(3)? }),
+                )
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>, StoreError> {
+        let h = token_hash.to_string();
+        self.with(move |inner| {
+            inner
+                .conn
+                .query_row(
+                    "SELECT token_hash, spiffe_id, expires_at, used_at FROM join_tokens WHERE token_hash = ?1",
+                    [h],
+                    |r| Ok(JoinToken { token_hash: r.get(0)?, spiffe_id: r.get(1)?, expires_at: r.get(2)?, used_at: r.get(3)? }),
+                )
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        let id = id.to_string();
+        self.with(move |inner| {
+            let row = inner
+                .conn
+                .query_row(
+                    "SELECT id, class, severity, status, updated_at FROM incidents WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            row.map(|(id, class, severity, status, updated_at)| {
+                Ok(Incident { id, class, severity: parse_enum(&severity)?, status: parse_enum(&status)?, updated_at })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let id = id.to_string();
+        self.with(move |inner| {
+            inner
+                .conn
+                .query_row(&format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"), [id], task_from_row)
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn tasks(&self, f: TaskFilter) -> Result<Vec<Task>, StoreError> {
+        self.with(move |inner| {
+            let limit = if f.limit == 0 { 100 } else { f.limit } as i64;
+            let mut stmt = inner
+                .conn
+                .prepare(&format!(
+                    "SELECT {TASK_COLS} FROM tasks WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR incident_id = ?2)
+                     AND (?3 IS NULL OR status = ?3) ORDER BY created_at, id LIMIT ?4"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![f.agent, f.incident_id, f.status.map(|s| s.as_str()), limit], task_from_row)
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_string();
+        self.with(move |inner| {
+            inner
+                .conn
+                .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError> {
+        let h = key_hash.to_string();
+        self.with(move |inner| {
+            inner
+                .conn
+                .query_row("SELECT name, key_hash, created_at FROM peps WHERE key_hash = ?1", [h], |r| {
+                    Ok(Pep { name: r.get(0)?, key_hash: r.get(1)?, created_at: r.get(2)? })
+                })
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(move |inner| {
+            let limit = if q.limit == 0 { 100 } else { q.limit } as i64;
+            let mut stmt = inner
+                .conn
+                .prepare(
+                    "SELECT seq, prev_hash, hash, event FROM audit WHERE seq > ?1
+                     AND (?2 IS NULL OR incident_id = ?2) AND (?3 IS NULL OR task_id = ?3) AND (?4 IS NULL OR agent = ?4)
+                     ORDER BY seq LIMIT ?5",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![q.after as i64, q.incident_id, q.task_id, q.agent, limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, prev, hash, event) = row.map_err(backend)?;
+                let mut prev_hash = [0u8; 32];
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&prev, &mut prev_hash).map_err(backend)?;
+                hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
+                let event: AuditEvent = serde_json::from_str(&event).map_err(backend)?;
+                out.push(AuditEntry { seq: seq as u64, prev_hash, hash: h, event });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
