@@ -1,0 +1,287 @@
+use cedar_policy::{
+    Authorizer, Decision as CedarDecision, Entities, PolicyId, PolicySet, Request, Schema,
+    ValidationMode, Validator,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use tollgate_core::{Catalog, Decision, Outcome};
+
+/// The obligation that requires evidence for the resource before the action.
+pub const OBLIGATION_EVIDENCE_BEFORE: &str = "evidence-before";
+const KNOWN_OBLIGATIONS: [&str; 1] = [OBLIGATION_EVIDENCE_BEFORE];
+/// The most approvers one action may demand; more is almost surely a typo.
+const MAX_APPROVALS: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+/// One problem in a policy pack, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy pack is invalid:\n{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+    #[error("cannot read policy pack: {0}")]
+    Io(String),
+    /// The request does not fit the schema (unknown parameter, bad resource attribute, …).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn diag_from(file: &SourceFile, err: &dyn miette::Diagnostic, fallback: String) -> Diagnostic {
+    let offset = err
+        .labels()
+        .and_then(|mut l| l.next())
+        .map(|l| l.offset())
+        .unwrap_or(0);
+    let (line, column) = line_col(&file.text, offset);
+    let mut message = fallback;
+    if let Some(help) = err.help() {
+        message = format!("{message} ({help})");
+    }
+    Diagnostic { file: file.name.clone(), line, column, message }
+}
+
+/// A validated policy pack: schema, policies and tool catalog.
+pub struct PolicyPack {
+    schema: Schema,
+    policies: PolicySet,
+    catalog: Catalog,
+    /// Per policy: (approvals, obligations, reason), parsed once at load.
+    annotations: HashMap<PolicyId, PolicyNotes>,
+    /// SHA-256 over every source file, to record which pack decided.
+    digest: String,
+    authorizer: Authorizer,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PolicyNotes {
+    approvals: u32,
+    obligations: Vec<String>,
+    reason: Option<String>,
+}
+
+impl PolicyPack {
+    /// Read a pack directory: `schema.cedarschema`, `catalog.yaml` and every
+    /// `*.cedar` file under `policies/` (sorted by name).
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
+        let read = |p: &Path| -> Result<SourceFile, PolicyError> {
+            let text = std::fs::read_to_string(p).map_err(|e| PolicyError::Io(format!("{}: {e}", p.display())))?;
+            let name = p.strip_prefix(dir).unwrap_or(p).display().to_string();
+            Ok(SourceFile { name, text })
+        };
+        let schema = read(&dir.join("schema.cedarschema"))?;
+        let catalog = read(&dir.join("catalog.yaml"))?;
+        let pdir = dir.join("policies");
+        let mut names: Vec<_> = std::fs::read_dir(&pdir)
+            .map_err(|e| PolicyError::Io(format!("{}: {e}", pdir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+            .collect();
+        names.sort();
+        let policies = names.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
+        Self::from_sources(&schema, &policies, &catalog)
+    }
+
+    /// Build a pack from source texts; every problem found is reported, not just the first.
+    pub fn from_sources(schema_src: &SourceFile, policy_srcs: &[SourceFile], catalog_src: &SourceFile) -> Result<Self, PolicyError> {
+        let mut diags = Vec::new();
+        let schema = match Schema::from_cedarschema_str(&schema_src.text) {
+            Ok((s, _warnings)) => Some(s),
+            Err(e) => {
+                diags.push(diag_from(schema_src, &e, e.to_string()));
+                None
+            }
+        };
+        let catalog = match Catalog::from_yaml(&catalog_src.text) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                diags.push(Diagnostic { file: catalog_src.name.clone(), line: 1, column: 1, message: e.to_string() });
+                None
+            }
+        };
+
+        let mut set = PolicySet::new();
+        let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+        let mut annotations = HashMap::new();
+        for (fi, file) in policy_srcs.iter().enumerate() {
+            let parsed = match PolicySet::from_str(&file.text) {
+                Ok(p) => p,
+                Err(errs) => {
+                    for e in errs.iter() {
+                        diags.push(diag_from(file, e, e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                diags.push(Diagnostic { file: file.name.clone(), line: 1, column: 1, message: "templates are not supported in policy files yet".into() });
+            }
+            let stem = file.name.trim_end_matches(".cedar").rsplit('/').next().unwrap_or(&file.name).to_string();
+            for (i, p) in parsed.policies().enumerate() {
+                let id = PolicyId::new(p.annotation("id").map(str::to_string).unwrap_or_else(|| format!("{stem}.{i}")));
+                let offset = p.to_cedar().and_then(|src| file.text.find(&src)).unwrap_or(0);
+                let (line, column) = line_col(&file.text, offset);
+                let at = |message: String| Diagnostic { file: file.name.clone(), line, column, message };
+                match notes_of(p) {
+                    Ok(n) => {
+                        annotations.insert(id.clone(), n);
+                    }
+                    Err(m) => diags.push(at(format!("policy {id}: {m}"))),
+                }
+                if set.add(p.new_id(id.clone())).is_err() {
+                    diags.push(at(format!("policy id {id} is defined twice")));
+                }
+                origin.insert(id, fi);
+            }
+        }
+
+        if let (Some(schema), Some(catalog)) = (&schema, &catalog) {
+            let actions: std::collections::HashSet<String> = schema
+                .actions()
+                .map(|a| a.id().unescaped().to_string())
+                .collect();
+            for name in catalog.operations.keys() {
+                if !actions.contains(name) {
+                    diags.push(Diagnostic { file: catalog_src.name.clone(), line: 1, column: 1, message: format!("operation {name} is not an action in the schema") });
+                }
+            }
+            if !actions.contains("task.open") {
+                diags.push(Diagnostic { file: schema_src.name.clone(), line: 1, column: 1, message: "the schema must declare action \"task.open\"".into() });
+            }
+            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let file = origin.get(e.policy_id()).and_then(|i| policy_srcs.get(*i)).unwrap_or(schema_src);
+                diags.push(diag_from(file, e, e.to_string()));
+            }
+        }
+
+        match (schema, catalog) {
+            (Some(schema), Some(catalog)) if diags.is_empty() => {
+                let mut digest_input = Vec::new();
+                for f in std::iter::once(schema_src).chain(policy_srcs).chain(std::iter::once(catalog_src)) {
+                    digest_input.extend_from_slice(f.name.as_bytes());
+                    digest_input.push(0);
+                    digest_input.extend_from_slice(f.text.as_bytes());
+                    digest_input.push(0);
+                }
+                Ok(Self {
+                    schema,
+                    policies: set,
+                    catalog,
+                    annotations,
+                    digest: tollgate_core::sha256_hex(&digest_input),
+                    authorizer: Authorizer::new(),
+                })
+            }
+            _ => Err(PolicyError::Invalid(diags)),
+        }
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// Evaluate a built request and apply Tollgate's annotations.
+    /// `evidence_present` answers the `evidence-before` obligation.
+    pub fn evaluate(&self, request: &Request, entities: &Entities, evidence_present: bool) -> Decision {
+        let resp = self.authorizer.is_authorized(request, &self.policies, entities);
+        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+        if !errors.is_empty() {
+            let mut d = Decision::deny("a policy failed to evaluate; failing closed");
+            d.reasons.extend(errors);
+            return d;
+        }
+        let mut ids: Vec<&PolicyId> = resp.diagnostics().reason().collect();
+        ids.sort();
+        let notes: Vec<(String, PolicyNotes)> = ids
+            .iter()
+            .map(|id| (id.to_string(), self.annotations.get(*id).cloned().unwrap_or_default()))
+            .collect();
+        let policies: Vec<String> = notes.iter().map(|(id, _)| id.clone()).collect();
+        let mut reasons: Vec<String> = notes.iter().filter_map(|(_, n)| n.reason.clone()).collect();
+        match resp.decision() {
+            CedarDecision::Deny => {
+                if policies.is_empty() {
+                    reasons.push("no policy permits this request".into());
+                }
+                Decision { outcome: Outcome::Deny, policies, reasons, obligations: vec![], approvals_required: 0 }
+            }
+            CedarDecision::Allow => {
+                // The most demanding determining permit wins: a second,
+                // looser permit must not dilute an approval requirement.
+                let approvals = notes.iter().map(|(_, n)| n.approvals).max().unwrap_or(0);
+                let mut obligations: Vec<String> = notes.iter().flat_map(|(_, n)| n.obligations.clone()).collect();
+                obligations.sort();
+                obligations.dedup();
+                if obligations.iter().any(|o| o == OBLIGATION_EVIDENCE_BEFORE) && !evidence_present {
+                    reasons.push("evidence for this resource must be recorded in the task first".into());
+                    return Decision { outcome: Outcome::Deny, policies, reasons, obligations, approvals_required: 0 };
+                }
+                let outcome = if approvals > 0 { Outcome::ApprovalRequired } else { Outcome::Allow };
+                Decision { outcome, policies, reasons, obligations, approvals_required: approvals }
+            }
+        }
+    }
+
+    pub(crate) fn authorizer_inputs(&self) -> (&Schema, &Catalog) {
+        (&self.schema, &self.catalog)
+    }
+}
+
+fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
+    let approvals = match p.annotation("approval") {
+        None => 0,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=MAX_APPROVALS).contains(&n) => n,
+            _ => return Err(format!("@approval must be a number from 1 to {MAX_APPROVALS}, got {v:?}")),
+        },
+    };
+    if approvals > 0 && p.effect() == cedar_policy::Effect::Forbid {
+        return Err("@approval only makes sense on a permit".into());
+    }
+    let obligations: Vec<String> = p
+        .annotation("obligation")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    for o in &obligations {
+        if !KNOWN_OBLIGATIONS.contains(&o.as_str()) {
+            return Err(format!("unknown obligation {o:?}; known: {}", KNOWN_OBLIGATIONS.join(", ")));
+        }
+    }
+    Ok(PolicyNotes { approvals, obligations, reason: p.annotation("reason").map(str::to_string) })
+}

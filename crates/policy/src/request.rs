@@ -1,0 +1,163 @@
+//! Building the Cedar request from verified facts.
+
+use crate::{PolicyError, PolicyPack};
+use cedar_policy::{Context, Entities, EntityUid, Request};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tollgate_core::{Decision, Incident, SpiffeId, Task, UnixTime};
+
+/// The verified caller.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentFacts<'a> {
+    pub spiffe_id: &'a SpiffeId,
+    pub owner: &'a str,
+}
+
+/// The resource an action targets, as the agent names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    /// Attributes, checked against the schema's declaration of the type.
+    #[serde(default)]
+    pub attributes: Map<String, Value>,
+}
+
+impl ResourceRef {
+    /// `Type::id`, the form scopes and audit entries use.
+    pub fn key(&self) -> String {
+        format!("{}::{}", self.kind, self.id)
+    }
+}
+
+/// Everything a privileged-action decision is built from.
+pub struct ActionFacts<'a> {
+    pub agent: AgentFacts<'a>,
+    pub task: &'a Task,
+    pub incident: &'a Incident,
+    pub action: &'a str,
+    pub resource: &'a ResourceRef,
+    pub intent: &'a str,
+    pub parameters: &'a Map<String, Value>,
+    pub evidence_present: bool,
+    pub now: UnixTime,
+}
+
+/// Everything a task-open decision is built from.
+pub struct TaskOpenFacts<'a> {
+    pub agent: AgentFacts<'a>,
+    pub incident: &'a Incident,
+    pub environment: &'a str,
+    pub playbook: &'a str,
+    pub intent: &'a str,
+    pub ttl_seconds: i64,
+    pub now: UnixTime,
+}
+
+fn message(e: &dyn std::error::Error) -> String {
+    let mut m = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        m.push_str(": ");
+        m.push_str(&s.to_string());
+        src = s.source();
+    }
+    m
+}
+
+fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
+    let v = json!({"type": kind, "id": id});
+    EntityUid::from_json(v).map_err(|e| PolicyError::BadRequest(format!("bad entity {kind}::{id}: {}", message(&e))))
+}
+
+fn agent_entity(a: AgentFacts<'_>) -> Value {
+    json!({
+        "uid": {"type": "Agent", "id": a.spiffe_id.to_string()},
+        "attrs": {"role": a.spiffe_id.role(), "trust_domain": a.spiffe_id.trust_domain(), "owner": a.owner},
+        "parents": []
+    })
+}
+
+impl PolicyPack {
+    fn build(&self, principal: EntityUid, action: &str, resource: EntityUid, entities: Value, context: Value) -> Result<(Request, Entities), PolicyError> {
+        let (schema, _) = self.authorizer_inputs();
+        let bad = |what: &str, e: &dyn std::error::Error| PolicyError::BadRequest(format!("{what}: {}", message(e)));
+        let entities = Entities::from_json_value(entities, Some(schema)).map_err(|e| bad("entity does not fit the schema", &e))?;
+        let action_uid = uid("Action", action)?;
+        let context = Context::from_json_value(context, Some((schema, &action_uid))).map_err(|e| bad("context does not fit the schema", &e))?;
+        let request = Request::new(principal, action_uid, resource, context, Some(schema)).map_err(|e| bad("request does not fit the schema", &e))?;
+        Ok((request, entities))
+    }
+
+    /// Decide a privileged action. `Err` means the request itself is
+    /// malformed for this pack (a 400); every policy outcome is `Ok`.
+    pub fn decide_action(&self, f: &ActionFacts<'_>) -> Result<Decision, PolicyError> {
+        let Some(op) = self.catalog().operation(f.action) else {
+            return Ok(Decision::deny(format!("action {} is not in the tool catalog", f.action)));
+        };
+        if !op.resource_types.iter().any(|t| t == &f.resource.kind) {
+            return Ok(Decision::deny(format!(
+                "action {} acts on {}, not {}",
+                f.action,
+                op.resource_types.join(", "),
+                f.resource.kind
+            )));
+        }
+        if !f.task.scope.permits(f.action, &f.resource.key()) {
+            return Ok(Decision::deny(format!(
+                "{} on {} is outside the task's scope",
+                f.action,
+                f.resource.key()
+            )));
+        }
+        let principal = uid("Agent", &f.agent.spiffe_id.to_string())?;
+        let resource = uid(&f.resource.kind, &f.resource.id)?;
+        let mut entities = vec![agent_entity(f.agent)];
+        if resource != principal {
+            entities.push(json!({"uid": {"type": f.resource.kind, "id": f.resource.id}, "attrs": f.resource.attributes, "parents": []}));
+        }
+        let hour = f.now.rem_euclid(86_400) / 3_600;
+        let context = json!({
+            "task": {
+                "id": f.task.id, "playbook": f.task.playbook, "environment": f.task.environment,
+                "intent": f.task.intent, "delegated": f.task.parent_task_id.is_some(),
+            },
+            "incident": {
+                "id": f.incident.id, "class": f.incident.class,
+                "severity": f.incident.severity.as_str(), "severity_rank": f.incident.severity.rank(),
+            },
+            "operation": {
+                "tier": op.tier.as_str(), "reversible": op.reversible, "labels": op.labels,
+                "blast_radius": op.blast_radius,
+            },
+            "intent": f.intent,
+            "parameters": f.parameters,
+            "evidence_for_resource": f.evidence_present,
+            "now": f.now,
+            "hour_utc": hour,
+        });
+        let (req, ents) = self.build(principal, f.action, resource, Value::Array(entities), context)?;
+        Ok(self.evaluate(&req, &ents, f.evidence_present))
+    }
+
+    /// Decide whether an agent may open a task on an incident.
+    pub fn decide_task_open(&self, f: &TaskOpenFacts<'_>) -> Result<Decision, PolicyError> {
+        let principal = uid("Agent", &f.agent.spiffe_id.to_string())?;
+        let resource = uid("Incident", &f.incident.id)?;
+        let entities = json!([
+            agent_entity(f.agent),
+            {"uid": {"type": "Incident", "id": f.incident.id}, "attrs": {
+                "class": f.incident.class, "severity": f.incident.severity.as_str(),
+                "severity_rank": f.incident.severity.rank(), "status": f.incident.status.as_str(),
+            }, "parents": []}
+        ]);
+        let context = json!({
+            "environment": f.environment, "playbook": f.playbook, "intent": f.intent,
+            "ttl_seconds": f.ttl_seconds, "now": f.now,
+        });
+        let (req, ents) = self.build(principal, "task.open", resource, entities, context)?;
+        Ok(self.evaluate(&req, &ents, false))
+    }
+}
