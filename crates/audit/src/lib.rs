@@ -200,7 +200,11 @@ mod tests {
     #[test]
     fn entry_format_is_stable() {
         // Golden: if this changes, every stored log stops verifying.
-        let e = chain(1, GENESIS, AuditEvent::new(1_700_000_000, "task.opened", "x").task("t1"));
+        let e = chain(
+            1,
+            GENESIS,
+            AuditEvent::new(1_700_000_000, "task.opened", "x").task("t1"),
+        );
         assert_eq!(
             serde_json::to_string(&e.event).unwrap(),
             r#"{"ts":1700000000,"kind":"task.opened","actor":"x","task_id":"t1"}"#

@@ -98,7 +98,10 @@ impl Catalog {
                 return Err(bad(name, "name must match [a-z0-9._-]+".into()));
             }
             if name.starts_with("task.") || name == "approve" {
-                return Err(bad(name, "names under task. and 'approve' are reserved".into()));
+                return Err(bad(
+                    name,
+                    "names under task. and 'approve' are reserved".into(),
+                ));
             }
             if op.resource_types.is_empty() {
                 return Err(bad(name, "resource_types must not be empty".into()));
@@ -120,10 +123,16 @@ impl Catalog {
             }
             match (&op.compensation, op.reversible) {
                 (Some(c), _) if !self.operations.contains_key(c) => {
-                    return Err(bad(name, format!("compensation {c:?} is not in the catalog")));
+                    return Err(bad(
+                        name,
+                        format!("compensation {c:?} is not in the catalog"),
+                    ));
                 }
                 (Some(_), false) => {
-                    return Err(bad(name, "an irreversible operation cannot name a compensation".into()));
+                    return Err(bad(
+                        name,
+                        "an irreversible operation cannot name a compensation".into(),
+                    ));
                 }
                 _ => {}
             }
@@ -166,12 +175,27 @@ operations:
     #[test]
     fn rejects_dangling_compensation_unknown_fields_and_bad_labels() {
         let dangling = SAMPLE.replace("compensation: edr.release_host", "compensation: edr.nope");
-        assert!(Catalog::from_yaml(&dangling).unwrap_err().to_string().contains("edr.nope"));
-        let unknown = SAMPLE.replace("reversible: true\n    compensation", "reversable: true\n    compensation");
-        assert!(matches!(Catalog::from_yaml(&unknown), Err(CatalogError::Yaml(_))));
+        assert!(Catalog::from_yaml(&dangling)
+            .unwrap_err()
+            .to_string()
+            .contains("edr.nope"));
+        let unknown = SAMPLE.replace(
+            "reversible: true\n    compensation",
+            "reversable: true\n    compensation",
+        );
+        assert!(matches!(
+            Catalog::from_yaml(&unknown),
+            Err(CatalogError::Yaml(_))
+        ));
         let label = SAMPLE.replace("network-change", "Network Change");
-        assert!(Catalog::from_yaml(&label).unwrap_err().to_string().contains("kebab"));
+        assert!(Catalog::from_yaml(&label)
+            .unwrap_err()
+            .to_string()
+            .contains("kebab"));
         let tier = SAMPLE.replace("tier: contain", "tier: nuke");
-        assert!(matches!(Catalog::from_yaml(&tier), Err(CatalogError::Yaml(_))));
+        assert!(matches!(
+            Catalog::from_yaml(&tier),
+            Err(CatalogError::Yaml(_))
+        ));
     }
 }

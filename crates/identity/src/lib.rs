@@ -119,7 +119,8 @@ impl SigningKeyPair {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         header.typ = Some(typ.to_string());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| TokenError::Key(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| TokenError::Key(e.to_string()))
     }
 }
 
@@ -157,6 +158,19 @@ pub struct TaskClaims {
     #[serde(default)]
     pub scope: Scope,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// What a task credential grants; [`Tokens::issue_task_credential`] signs it.
+#[derive(Debug, Clone)]
+pub struct TaskGrant {
+    pub sub: String,
+    pub task_id: String,
+    pub incident_id: String,
+    pub scope: Scope,
+    pub iat: UnixTime,
+    pub exp: UnixTime,
+    pub jti: String,
     pub act: Option<Actor>,
 }
 
@@ -213,7 +227,9 @@ impl TrustBundle {
                     // would panic there and a longer one would be truncated.
                     let x = k.get("x").and_then(|v| v.as_str()).unwrap_or_default();
                     if B64.decode(x).map(|b| b.len()) != Ok(32) {
-                        return Err(TokenError::Bundle(format!("key {kid}: ed25519 x must be 32 bytes")));
+                        return Err(TokenError::Bundle(format!(
+                            "key {kid}: ed25519 x must be 32 bytes"
+                        )));
                     }
                     Algorithm::EdDSA
                 }
@@ -225,7 +241,8 @@ impl TrustBundle {
             };
             let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(k.clone())
                 .map_err(|e| TokenError::Bundle(format!("key {kid}: {e}")))?;
-            let key = DecodingKey::from_jwk(&jwk).map_err(|e| TokenError::Bundle(format!("key {kid}: {e}")))?;
+            let key = DecodingKey::from_jwk(&jwk)
+                .map_err(|e| TokenError::Bundle(format!("key {kid}: {e}")))?;
             out.insert(kid, TrustedKey { alg, key });
         }
         if out.is_empty() {
@@ -290,7 +307,13 @@ impl Tokens {
         serde_json::json!({ "keys": [self.key.public_jwk()] })
     }
 
-    pub fn issue_svid(&self, spiffe_id: &SpiffeId, now: UnixTime, ttl: i64, jti: String) -> Result<(String, UnixTime), TokenError> {
+    pub fn issue_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        now: UnixTime,
+        ttl: i64,
+        jti: String,
+    ) -> Result<(String, UnixTime), TokenError> {
         let exp = now + ttl;
         let claims = SvidClaims {
             iss: self.issuer.clone(),
@@ -303,30 +326,32 @@ impl Tokens {
         Ok((self.key.sign(SVID_TYP, &claims)?, exp))
     }
 
-    pub fn issue_task_credential(&self, claims: &TaskClaims) -> Result<String, TokenError> {
-        self.key.sign(TASK_TYP, claims)
-    }
-
-    /// Fill in the fixed claims of a task credential.
-    pub fn task_claims(&self, sub: &str, task_id: &str, incident_id: &str, scope: Scope, now: UnixTime, exp: UnixTime, jti: String, act: Option<Actor>) -> TaskClaims {
-        TaskClaims {
+    /// Sign a task credential for `grant`; `iss` and `aud` are filled in here.
+    pub fn issue_task_credential(
+        &self,
+        grant: TaskGrant,
+    ) -> Result<(String, TaskClaims), TokenError> {
+        let claims = TaskClaims {
             iss: self.issuer.clone(),
-            sub: sub.to_string(),
+            sub: grant.sub,
             aud: self.task_audience(),
-            exp,
-            iat: now,
-            jti,
-            task_id: task_id.to_string(),
-            incident_id: incident_id.to_string(),
-            scope,
-            act,
-        }
+            exp: grant.exp,
+            iat: grant.iat,
+            jti: grant.jti,
+            task_id: grant.task_id,
+            incident_id: grant.incident_id,
+            scope: grant.scope,
+            act: grant.act,
+        };
+        Ok((self.key.sign(TASK_TYP, &claims)?, claims))
     }
 
     /// Verify a JWT-SVID from Tollgate's issuer or a trusted external one.
     pub fn verify_svid(&self, token: &str, now: UnixTime) -> Result<VerifiedSvid, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => TokenError::Algorithm("unsupported".into()),
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => {
+                TokenError::Algorithm("unsupported".into())
+            }
             _ => TokenError::Malformed,
         })?;
         if matches!(header.typ.as_deref(), Some(t) if t != "JWT" && t != "JOSE") {
@@ -341,24 +366,44 @@ impl Tokens {
             if kid != self.key.kid {
                 return Err(TokenError::UnknownKey(kid));
             }
-            (TrustedKey { alg: Algorithm::EdDSA, key: self.key.decoding.clone() }, false)
+            (
+                TrustedKey {
+                    alg: Algorithm::EdDSA,
+                    key: self.key.decoding.clone(),
+                },
+                false,
+            )
         } else {
             let bundle = self
                 .bundles
                 .get(id.trust_domain())
                 .ok_or_else(|| TokenError::UntrustedDomain(id.trust_domain().to_string()))?;
             let k = bundle.keys.get(&kid).ok_or(TokenError::UnknownKey(kid))?;
-            (TrustedKey { alg: k.alg, key: k.key.clone() }, true)
+            (
+                TrustedKey {
+                    alg: k.alg,
+                    key: k.key.clone(),
+                },
+                true,
+            )
         };
         let raw: RawClaims = self.verify_with(token, &header, &key, &self.audience, now)?;
         if raw.sub != sub {
             return Err(TokenError::Malformed);
         }
-        Ok(VerifiedSvid { spiffe_id: id, exp: raw.exp, external })
+        Ok(VerifiedSvid {
+            spiffe_id: id,
+            exp: raw.exp,
+            external,
+        })
     }
 
     /// Verify a task credential (only Tollgate's own key can have signed it).
-    pub fn verify_task_credential(&self, token: &str, now: UnixTime) -> Result<TaskClaims, TokenError> {
+    pub fn verify_task_credential(
+        &self,
+        token: &str,
+        now: UnixTime,
+    ) -> Result<TaskClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.typ.as_deref() != Some(TASK_TYP) {
             return Err(TokenError::WrongType("task credential"));
@@ -367,11 +412,21 @@ impl Tokens {
         if kid != self.key.kid {
             return Err(TokenError::UnknownKey(kid));
         }
-        let key = TrustedKey { alg: Algorithm::EdDSA, key: self.key.decoding.clone() };
+        let key = TrustedKey {
+            alg: Algorithm::EdDSA,
+            key: self.key.decoding.clone(),
+        };
         self.verify_with::<TaskClaims>(token, &header, &key, &self.task_audience(), now)
     }
 
-    fn verify_with<T: serde::de::DeserializeOwned>(&self, token: &str, header: &Header, key: &TrustedKey, aud: &str, now: UnixTime) -> Result<T, TokenError> {
+    fn verify_with<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        header: &Header,
+        key: &TrustedKey,
+        aud: &str,
+        now: UnixTime,
+    ) -> Result<T, TokenError> {
         if header.alg != key.alg {
             return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
         }
@@ -380,8 +435,10 @@ impl Tokens {
         v.validate_nbf = false;
         v.set_required_spec_claims(&["exp", "sub", "aud"]);
         v.set_audience(&[aud]);
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &v).map_err(map_jwt_error)?;
-        let raw: RawClaims = serde_json::from_value(data.claims.clone()).map_err(|_| TokenError::Malformed)?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &v)
+            .map_err(map_jwt_error)?;
+        let raw: RawClaims =
+            serde_json::from_value(data.claims.clone()).map_err(|_| TokenError::Malformed)?;
         if now > raw.exp + self.leeway {
             return Err(TokenError::Expired);
         }

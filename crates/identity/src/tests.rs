@@ -42,7 +42,10 @@ fn a_token_signed_by_another_key_is_refused() {
     let t = tokens();
     let other = tokens();
     let (svid, _) = other.issue_svid(&agent(), NOW, 300, "j".into()).unwrap();
-    assert!(matches!(t.verify_svid(&svid, NOW), Err(TokenError::UnknownKey(_))));
+    assert!(matches!(
+        t.verify_svid(&svid, NOW),
+        Err(TokenError::UnknownKey(_))
+    ));
     // Same kid as ours but a different signature: forge by swapping the signature.
     let (mine, _) = t.issue_svid(&agent(), NOW, 300, "j".into()).unwrap();
     let forged = format!(
@@ -56,53 +59,99 @@ fn a_token_signed_by_another_key_is_refused() {
 #[test]
 fn alg_none_and_hmac_are_refused() {
     let t = tokens();
-    let claims = serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 300});
-    let none = format!("{}.{}.", b64(&serde_json::json!({"alg": "none", "kid": t.key.kid()})), b64(&claims));
+    let claims =
+        serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 300});
+    let none = format!(
+        "{}.{}.",
+        b64(&serde_json::json!({"alg": "none", "kid": t.key.kid()})),
+        b64(&claims)
+    );
     assert!(t.verify_svid(&none, NOW).is_err());
     // HS256 "signed" with the public key bytes: the classic confusion attack.
     let hs = jsonwebtoken::encode(
-        &Header { kid: Some(t.key.kid().to_string()), ..Header::new(Algorithm::HS256) },
+        &Header {
+            kid: Some(t.key.kid().to_string()),
+            ..Header::new(Algorithm::HS256)
+        },
         &claims,
         &EncodingKey::from_secret(t.key.public_jwk()["x"].as_str().unwrap().as_bytes()),
     )
     .unwrap();
-    assert!(matches!(t.verify_svid(&hs, NOW), Err(TokenError::Algorithm(_))));
+    assert!(matches!(
+        t.verify_svid(&hs, NOW),
+        Err(TokenError::Algorithm(_))
+    ));
 }
 
 #[test]
 fn missing_kid_wrong_audience_and_not_yet_valid_are_refused() {
     let t = tokens();
-    let sign = |header: Header, claims: serde_json::Value| jsonwebtoken::encode(&header, &claims, &t.key.encoding).unwrap();
+    let sign = |header: Header, claims: serde_json::Value| {
+        jsonwebtoken::encode(&header, &claims, &t.key.encoding).unwrap()
+    };
     let mut h = Header::new(Algorithm::EdDSA);
-    let good = serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 300});
-    assert_eq!(t.verify_svid(&sign(h.clone(), good.clone()), NOW), Err(TokenError::MissingKid));
+    let good =
+        serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 300});
+    assert_eq!(
+        t.verify_svid(&sign(h.clone(), good.clone()), NOW),
+        Err(TokenError::MissingKid)
+    );
     h.kid = Some(t.key.kid().to_string());
     assert!(t.verify_svid(&sign(h.clone(), good.clone()), NOW).is_ok());
-    let wrong_aud = serde_json::json!({"sub": agent().to_string(), "aud": ["someone-else"], "exp": NOW + 300});
-    assert_eq!(t.verify_svid(&sign(h.clone(), wrong_aud), NOW), Err(TokenError::Audience));
+    let wrong_aud =
+        serde_json::json!({"sub": agent().to_string(), "aud": ["someone-else"], "exp": NOW + 300});
+    assert_eq!(
+        t.verify_svid(&sign(h.clone(), wrong_aud), NOW),
+        Err(TokenError::Audience)
+    );
     let future = serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 900, "nbf": NOW + 600});
-    assert_eq!(t.verify_svid(&sign(h.clone(), future), NOW), Err(TokenError::NotYetValid));
+    assert_eq!(
+        t.verify_svid(&sign(h.clone(), future), NOW),
+        Err(TokenError::NotYetValid)
+    );
     let untrusted = serde_json::json!({"sub": "spiffe://evil.test/agent/x/y", "aud": ["tollgate"], "exp": NOW + 300});
-    assert!(matches!(t.verify_svid(&sign(h, untrusted), NOW), Err(TokenError::UntrustedDomain(_))));
+    assert!(matches!(
+        t.verify_svid(&sign(h, untrusted), NOW),
+        Err(TokenError::UntrustedDomain(_))
+    ));
 }
 
 #[test]
 fn svids_and_task_credentials_do_not_stand_in_for_each_other() {
     let t = tokens();
     let (svid, _) = t.issue_svid(&agent(), NOW, 300, "j".into()).unwrap();
-    assert!(matches!(t.verify_task_credential(&svid, NOW), Err(TokenError::WrongType(_))));
-    let claims = t.task_claims(&agent().to_string(), "task_1", "INC-1", Scope::default(), NOW, NOW + 300, "j2".into(), None);
-    let cred = t.issue_task_credential(&claims).unwrap();
+    assert!(matches!(
+        t.verify_task_credential(&svid, NOW),
+        Err(TokenError::WrongType(_))
+    ));
+    let grant = TaskGrant {
+        sub: agent().to_string(),
+        task_id: "task_1".into(),
+        incident_id: "INC-1".into(),
+        scope: Scope::default(),
+        iat: NOW,
+        exp: NOW + 300,
+        jti: "j2".into(),
+        act: None,
+    };
+    let (cred, claims) = t.issue_task_credential(grant).unwrap();
     assert_eq!(t.verify_task_credential(&cred, NOW).unwrap(), claims);
-    assert!(matches!(t.verify_svid(&cred, NOW), Err(TokenError::WrongType(_))));
-    assert_eq!(t.verify_task_credential(&cred, NOW + 400), Err(TokenError::Expired));
+    assert!(matches!(
+        t.verify_svid(&cred, NOW),
+        Err(TokenError::WrongType(_))
+    ));
+    assert_eq!(
+        t.verify_task_credential(&cred, NOW + 400),
+        Err(TokenError::Expired)
+    );
 }
 
 #[test]
 fn external_es256_and_eddsa_bundles_verify() {
     use p256::pkcs8::EncodePrivateKey as _;
     let sk = p256::SecretKey::random(&mut rand::rngs::OsRng);
-    let mut jwk: serde_json::Value = serde_json::from_str(&sk.public_key().to_jwk_string()).unwrap();
+    let mut jwk: serde_json::Value =
+        serde_json::from_str(&sk.public_key().to_jwk_string()).unwrap();
     jwk["kid"] = "ec-1".into();
     jwk["use"] = "jwt-svid".into();
     let (ed, _) = SigningKeyPair::generate().unwrap();
@@ -110,11 +159,15 @@ fn external_es256_and_eddsa_bundles_verify() {
         "keys": [jwk, ed.public_jwk(), {"kty": "EC", "crv": "P-256", "use": "x509-svid", "x5c": ["AA=="]}],
         "spiffe_sequence": 1
     });
-    let t = tokens().with_bundle(TrustBundle::from_jwks("other.test", &bundle.to_string()).unwrap());
+    let t =
+        tokens().with_bundle(TrustBundle::from_jwks("other.test", &bundle.to_string()).unwrap());
     let claims = serde_json::json!({"sub": "spiffe://other.test/agent/siem/i-3", "aud": ["tollgate"], "exp": NOW + 60});
     let der = sk.to_pkcs8_der().unwrap();
     let es = jsonwebtoken::encode(
-        &Header { kid: Some("ec-1".into()), ..Header::new(Algorithm::ES256) },
+        &Header {
+            kid: Some("ec-1".into()),
+            ..Header::new(Algorithm::ES256)
+        },
         &claims,
         &EncodingKey::from_ec_der(der.as_bytes()),
     )
@@ -125,14 +178,21 @@ fn external_es256_and_eddsa_bundles_verify() {
     let eds = ed.sign("JWT", &claims).unwrap();
     assert!(t.verify_svid(&eds, NOW).is_ok());
     // An external issuer cannot mint identities in our own trust domain.
-    let ours = serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 60});
+    let ours =
+        serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 60});
     let spoof = jsonwebtoken::encode(
-        &Header { kid: Some("ec-1".into()), ..Header::new(Algorithm::ES256) },
+        &Header {
+            kid: Some("ec-1".into()),
+            ..Header::new(Algorithm::ES256)
+        },
         &ours,
         &EncodingKey::from_ec_der(der.as_bytes()),
     )
     .unwrap();
-    assert!(matches!(t.verify_svid(&spoof, NOW), Err(TokenError::UnknownKey(_))));
+    assert!(matches!(
+        t.verify_svid(&spoof, NOW),
+        Err(TokenError::UnknownKey(_))
+    ));
 }
 
 #[test]

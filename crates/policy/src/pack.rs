@@ -31,7 +31,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -49,7 +53,12 @@ pub enum PolicyError {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -64,7 +73,12 @@ fn diag_from(file: &SourceFile, err: &dyn miette::Diagnostic, fallback: String) 
     if let Some(help) = err.help() {
         message = format!("{message} ({help})");
     }
-    Diagnostic { file: file.name.clone(), line, column, message }
+    Diagnostic {
+        file: file.name.clone(),
+        line,
+        column,
+        message,
+    }
 }
 
 /// A validated policy pack: schema, policies and tool catalog.
@@ -91,7 +105,8 @@ impl PolicyPack {
     /// `*.cedar` file under `policies/` (sorted by name).
     pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
         let read = |p: &Path| -> Result<SourceFile, PolicyError> {
-            let text = std::fs::read_to_string(p).map_err(|e| PolicyError::Io(format!("{}: {e}", p.display())))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| PolicyError::Io(format!("{}: {e}", p.display())))?;
             let name = p.strip_prefix(dir).unwrap_or(p).display().to_string();
             Ok(SourceFile { name, text })
         };
@@ -104,12 +119,19 @@ impl PolicyPack {
             .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
             .collect();
         names.sort();
-        let policies = names.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
+        let policies = names
+            .iter()
+            .map(|p| read(p))
+            .collect::<Result<Vec<_>, _>>()?;
         Self::from_sources(&schema, &policies, &catalog)
     }
 
     /// Build a pack from source texts; every problem found is reported, not just the first.
-    pub fn from_sources(schema_src: &SourceFile, policy_srcs: &[SourceFile], catalog_src: &SourceFile) -> Result<Self, PolicyError> {
+    pub fn from_sources(
+        schema_src: &SourceFile,
+        policy_srcs: &[SourceFile],
+        catalog_src: &SourceFile,
+    ) -> Result<Self, PolicyError> {
         let mut diags = Vec::new();
         let schema = match Schema::from_cedarschema_str(&schema_src.text) {
             Ok((s, _warnings)) => Some(s),
@@ -121,7 +143,12 @@ impl PolicyPack {
         let catalog = match Catalog::from_yaml(&catalog_src.text) {
             Ok(c) => Some(c),
             Err(e) => {
-                diags.push(Diagnostic { file: catalog_src.name.clone(), line: 1, column: 1, message: e.to_string() });
+                diags.push(Diagnostic {
+                    file: catalog_src.name.clone(),
+                    line: 1,
+                    column: 1,
+                    message: e.to_string(),
+                });
                 None
             }
         };
@@ -140,14 +167,37 @@ impl PolicyPack {
                 }
             };
             if parsed.templates().next().is_some() {
-                diags.push(Diagnostic { file: file.name.clone(), line: 1, column: 1, message: "templates are not supported in policy files yet".into() });
+                diags.push(Diagnostic {
+                    file: file.name.clone(),
+                    line: 1,
+                    column: 1,
+                    message: "templates are not supported in policy files yet".into(),
+                });
             }
-            let stem = file.name.trim_end_matches(".cedar").rsplit('/').next().unwrap_or(&file.name).to_string();
+            let stem = file
+                .name
+                .trim_end_matches(".cedar")
+                .rsplit('/')
+                .next()
+                .unwrap_or(&file.name)
+                .to_string();
             for (i, p) in parsed.policies().enumerate() {
-                let id = PolicyId::new(p.annotation("id").map(str::to_string).unwrap_or_else(|| format!("{stem}.{i}")));
-                let offset = p.to_cedar().and_then(|src| file.text.find(&src)).unwrap_or(0);
+                let id = PolicyId::new(
+                    p.annotation("id")
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{stem}.{i}")),
+                );
+                let offset = p
+                    .to_cedar()
+                    .and_then(|src| file.text.find(&src))
+                    .unwrap_or(0);
                 let (line, column) = line_col(&file.text, offset);
-                let at = |message: String| Diagnostic { file: file.name.clone(), line, column, message };
+                let at = |message: String| Diagnostic {
+                    file: file.name.clone(),
+                    line,
+                    column,
+                    message,
+                };
                 match notes_of(p) {
                     Ok(n) => {
                         annotations.insert(id.clone(), n);
@@ -168,15 +218,28 @@ impl PolicyPack {
                 .collect();
             for name in catalog.operations.keys() {
                 if !actions.contains(name) {
-                    diags.push(Diagnostic { file: catalog_src.name.clone(), line: 1, column: 1, message: format!("operation {name} is not an action in the schema") });
+                    diags.push(Diagnostic {
+                        file: catalog_src.name.clone(),
+                        line: 1,
+                        column: 1,
+                        message: format!("operation {name} is not an action in the schema"),
+                    });
                 }
             }
             if !actions.contains("task.open") {
-                diags.push(Diagnostic { file: schema_src.name.clone(), line: 1, column: 1, message: "the schema must declare action \"task.open\"".into() });
+                diags.push(Diagnostic {
+                    file: schema_src.name.clone(),
+                    line: 1,
+                    column: 1,
+                    message: "the schema must declare action \"task.open\"".into(),
+                });
             }
             let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
             for e in result.validation_errors() {
-                let file = origin.get(e.policy_id()).and_then(|i| policy_srcs.get(*i)).unwrap_or(schema_src);
+                let file = origin
+                    .get(e.policy_id())
+                    .and_then(|i| policy_srcs.get(*i))
+                    .unwrap_or(schema_src);
                 diags.push(diag_from(file, e, e.to_string()));
             }
         }
@@ -184,7 +247,10 @@ impl PolicyPack {
         match (schema, catalog) {
             (Some(schema), Some(catalog)) if diags.is_empty() => {
                 let mut digest_input = Vec::new();
-                for f in std::iter::once(schema_src).chain(policy_srcs).chain(std::iter::once(catalog_src)) {
+                for f in std::iter::once(schema_src)
+                    .chain(policy_srcs)
+                    .chain(std::iter::once(catalog_src))
+                {
                     digest_input.extend_from_slice(f.name.as_bytes());
                     digest_input.push(0);
                     digest_input.extend_from_slice(f.text.as_bytes());
@@ -218,8 +284,15 @@ impl PolicyPack {
 
     /// Evaluate a built request and apply Tollgate's annotations.
     /// `evidence_present` answers the `evidence-before` obligation.
-    pub fn evaluate(&self, request: &Request, entities: &Entities, evidence_present: bool) -> Decision {
-        let resp = self.authorizer.is_authorized(request, &self.policies, entities);
+    pub fn evaluate(
+        &self,
+        request: &Request,
+        entities: &Entities,
+        evidence_present: bool,
+    ) -> Decision {
+        let resp = self
+            .authorizer
+            .is_authorized(request, &self.policies, entities);
         let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
         if !errors.is_empty() {
             let mut d = Decision::deny("a policy failed to evaluate; failing closed");
@@ -230,7 +303,12 @@ impl PolicyPack {
         ids.sort();
         let notes: Vec<(String, PolicyNotes)> = ids
             .iter()
-            .map(|id| (id.to_string(), self.annotations.get(*id).cloned().unwrap_or_default()))
+            .map(|id| {
+                (
+                    id.to_string(),
+                    self.annotations.get(*id).cloned().unwrap_or_default(),
+                )
+            })
             .collect();
         let policies: Vec<String> = notes.iter().map(|(id, _)| id.clone()).collect();
         let mut reasons: Vec<String> = notes.iter().filter_map(|(_, n)| n.reason.clone()).collect();
@@ -239,21 +317,49 @@ impl PolicyPack {
                 if policies.is_empty() {
                     reasons.push("no policy permits this request".into());
                 }
-                Decision { outcome: Outcome::Deny, policies, reasons, obligations: vec![], approvals_required: 0 }
+                Decision {
+                    outcome: Outcome::Deny,
+                    policies,
+                    reasons,
+                    obligations: vec![],
+                    approvals_required: 0,
+                }
             }
             CedarDecision::Allow => {
                 // The most demanding determining permit wins: a second,
                 // looser permit must not dilute an approval requirement.
                 let approvals = notes.iter().map(|(_, n)| n.approvals).max().unwrap_or(0);
-                let mut obligations: Vec<String> = notes.iter().flat_map(|(_, n)| n.obligations.clone()).collect();
+                let mut obligations: Vec<String> = notes
+                    .iter()
+                    .flat_map(|(_, n)| n.obligations.clone())
+                    .collect();
                 obligations.sort();
                 obligations.dedup();
-                if obligations.iter().any(|o| o == OBLIGATION_EVIDENCE_BEFORE) && !evidence_present {
-                    reasons.push("evidence for this resource must be recorded in the task first".into());
-                    return Decision { outcome: Outcome::Deny, policies, reasons, obligations, approvals_required: 0 };
+                if obligations.iter().any(|o| o == OBLIGATION_EVIDENCE_BEFORE) && !evidence_present
+                {
+                    reasons.push(
+                        "evidence for this resource must be recorded in the task first".into(),
+                    );
+                    return Decision {
+                        outcome: Outcome::Deny,
+                        policies,
+                        reasons,
+                        obligations,
+                        approvals_required: 0,
+                    };
                 }
-                let outcome = if approvals > 0 { Outcome::ApprovalRequired } else { Outcome::Allow };
-                Decision { outcome, policies, reasons, obligations, approvals_required: approvals }
+                let outcome = if approvals > 0 {
+                    Outcome::ApprovalRequired
+                } else {
+                    Outcome::Allow
+                };
+                Decision {
+                    outcome,
+                    policies,
+                    reasons,
+                    obligations,
+                    approvals_required: approvals,
+                }
             }
         }
     }
@@ -268,7 +374,11 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
         None => 0,
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=MAX_APPROVALS).contains(&n) => n,
-            _ => return Err(format!("@approval must be a number from 1 to {MAX_APPROVALS}, got {v:?}")),
+            _ => {
+                return Err(format!(
+                    "@approval must be a number from 1 to {MAX_APPROVALS}, got {v:?}"
+                ))
+            }
         },
     };
     if approvals > 0 && p.effect() == cedar_policy::Effect::Forbid {
@@ -276,12 +386,24 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
     }
     let obligations: Vec<String> = p
         .annotation("obligation")
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     for o in &obligations {
         if !KNOWN_OBLIGATIONS.contains(&o.as_str()) {
-            return Err(format!("unknown obligation {o:?}; known: {}", KNOWN_OBLIGATIONS.join(", ")));
+            return Err(format!(
+                "unknown obligation {o:?}; known: {}",
+                KNOWN_OBLIGATIONS.join(", ")
+            ));
         }
     }
-    Ok(PolicyNotes { approvals, obligations, reason: p.annotation("reason").map(str::to_string) })
+    Ok(PolicyNotes {
+        approvals,
+        obligations,
+        reason: p.annotation("reason").map(str::to_string),
+    })
 }

@@ -69,7 +69,8 @@ fn message(e: &dyn std::error::Error) -> String {
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
     let v = json!({"type": kind, "id": id});
-    EntityUid::from_json(v).map_err(|e| PolicyError::BadRequest(format!("bad entity {kind}::{id}: {}", message(&e))))
+    EntityUid::from_json(v)
+        .map_err(|e| PolicyError::BadRequest(format!("bad entity {kind}::{id}: {}", message(&e))))
 }
 
 fn agent_entity(a: AgentFacts<'_>) -> Value {
@@ -81,13 +82,25 @@ fn agent_entity(a: AgentFacts<'_>) -> Value {
 }
 
 impl PolicyPack {
-    fn build(&self, principal: EntityUid, action: &str, resource: EntityUid, entities: Value, context: Value) -> Result<(Request, Entities), PolicyError> {
+    fn build(
+        &self,
+        principal: EntityUid,
+        action: &str,
+        resource: EntityUid,
+        entities: Value,
+        context: Value,
+    ) -> Result<(Request, Entities), PolicyError> {
         let (schema, _) = self.authorizer_inputs();
-        let bad = |what: &str, e: &dyn std::error::Error| PolicyError::BadRequest(format!("{what}: {}", message(e)));
-        let entities = Entities::from_json_value(entities, Some(schema)).map_err(|e| bad("entity does not fit the schema", &e))?;
+        let bad = |what: &str, e: &dyn std::error::Error| {
+            PolicyError::BadRequest(format!("{what}: {}", message(e)))
+        };
+        let entities = Entities::from_json_value(entities, Some(schema))
+            .map_err(|e| bad("entity does not fit the schema", &e))?;
         let action_uid = uid("Action", action)?;
-        let context = Context::from_json_value(context, Some((schema, &action_uid))).map_err(|e| bad("context does not fit the schema", &e))?;
-        let request = Request::new(principal, action_uid, resource, context, Some(schema)).map_err(|e| bad("request does not fit the schema", &e))?;
+        let context = Context::from_json_value(context, Some((schema, &action_uid)))
+            .map_err(|e| bad("context does not fit the schema", &e))?;
+        let request = Request::new(principal, action_uid, resource, context, Some(schema))
+            .map_err(|e| bad("request does not fit the schema", &e))?;
         Ok((request, entities))
     }
 
@@ -95,7 +108,10 @@ impl PolicyPack {
     /// malformed for this pack (a 400); every policy outcome is `Ok`.
     pub fn decide_action(&self, f: &ActionFacts<'_>) -> Result<Decision, PolicyError> {
         let Some(op) = self.catalog().operation(f.action) else {
-            return Ok(Decision::deny(format!("action {} is not in the tool catalog", f.action)));
+            return Ok(Decision::deny(format!(
+                "action {} is not in the tool catalog",
+                f.action
+            )));
         };
         if !op.resource_types.iter().any(|t| t == &f.resource.kind) {
             return Ok(Decision::deny(format!(
@@ -138,7 +154,13 @@ impl PolicyPack {
             "now": f.now,
             "hour_utc": hour,
         });
-        let (req, ents) = self.build(principal, f.action, resource, Value::Array(entities), context)?;
+        let (req, ents) = self.build(
+            principal,
+            f.action,
+            resource,
+            Value::Array(entities),
+            context,
+        )?;
         Ok(self.evaluate(&req, &ents, f.evidence_present))
     }
 

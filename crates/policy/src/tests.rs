@@ -1,7 +1,9 @@
 use super::*;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
-use tollgate_core::{Incident, IncidentStatus, Outcome, Scope, Severity, SpiffeId, Task, TaskStatus};
+use tollgate_core::{
+    Incident, IncidentStatus, Outcome, Scope, Severity, SpiffeId, Task, TaskStatus,
+};
 
 fn pack_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/incident-response")
@@ -12,7 +14,13 @@ fn pack() -> PolicyPack {
 }
 
 fn incident(class: &str, severity: Severity) -> Incident {
-    Incident { id: "INC-4711".into(), class: class.into(), severity, status: IncidentStatus::Open, updated_at: 0 }
+    Incident {
+        id: "INC-4711".into(),
+        class: class.into(),
+        severity,
+        status: IncidentStatus::Open,
+        updated_at: 0,
+    }
 }
 
 fn task() -> Task {
@@ -48,7 +56,10 @@ fn decide(p: &PolicyPack, c: &Case) -> Result<tollgate_core::Decision, PolicyErr
     let t = task();
     let inc = incident("malware", Severity::High);
     p.decide_action(&ActionFacts {
-        agent: AgentFacts { spiffe_id: &id, owner: "alice" },
+        agent: AgentFacts {
+            spiffe_id: &id,
+            owner: "alice",
+        },
         task: &t,
         incident: &inc,
         action: c.action,
@@ -65,22 +76,124 @@ const FORENSICS: &str = "spiffe://acme.test/agent/forensics/i-2";
 
 fn cases() -> Vec<(&'static str, Case)> {
     let host = json!({"type": "Host", "id": "web-1", "attributes": {"environment": "prod"}});
-    let c = |agent, action, resource: &Value, parameters: Value, evidence| Case { agent, action, resource: resource.clone(), parameters, evidence };
+    let c = |agent, action, resource: &Value, parameters: Value, evidence| Case {
+        agent,
+        action,
+        resource: resource.clone(),
+        parameters,
+        evidence,
+    };
     vec![
-        ("read alerts", c(IR, "edr.read_alerts", &host, json!({}), false)),
-        ("siem query", c(IR, "siem.query", &json!({"type": "SiemIndex", "id": "main"}), json!({"query": "beacon", "window_minutes": 60}), false)),
-        ("isolate without evidence", c(IR, "edr.isolate_host", &host, json!({}), false)),
-        ("isolate with evidence", c(IR, "edr.isolate_host", &host, json!({}), true)),
-        ("forensics cannot isolate", c(FORENSICS, "edr.isolate_host", &host, json!({}), true)),
-        ("disable account", c(IR, "iam.disable_account", &json!({"type": "Account", "id": "jdoe"}), json!({"reason": "compromised"}), false)),
-        ("rotate secret", c(IR, "vault.rotate_secret", &json!({"type": "Secret", "id": "prod-db"}), json!({}), false)),
-        ("delete logs", c(IR, "logs.delete", &json!({"type": "LogStream", "id": "web-1/auth"}), json!({}), false)),
-        ("post to paste site", c(IR, "http.post", &json!({"type": "Url", "id": "https://pastebin.com/x", "attributes": {"domain": "pastebin.com"}}), json!({}), false)),
-        ("post elsewhere", c(IR, "http.post", &json!({"type": "Url", "id": "https://ticket.acme.test/1", "attributes": {"domain": "ticket.acme.test"}}), json!({}), false)),
-        ("read secret", c(IR, "vault.read_secret", &json!({"type": "Secret", "id": "prod-db"}), json!({}), false)),
-        ("forensics cannot read secrets", c(FORENSICS, "vault.read_secret", &json!({"type": "Secret", "id": "prod-db"}), json!({}), false)),
-        ("unknown action", c(IR, "edr.wipe_host", &host, json!({}), false)),
-        ("wrong resource type", c(IR, "edr.isolate_host", &json!({"type": "Account", "id": "jdoe"}), json!({}), true)),
+        (
+            "read alerts",
+            c(IR, "edr.read_alerts", &host, json!({}), false),
+        ),
+        (
+            "siem query",
+            c(
+                IR,
+                "siem.query",
+                &json!({"type": "SiemIndex", "id": "main"}),
+                json!({"query": "beacon", "window_minutes": 60}),
+                false,
+            ),
+        ),
+        (
+            "isolate without evidence",
+            c(IR, "edr.isolate_host", &host, json!({}), false),
+        ),
+        (
+            "isolate with evidence",
+            c(IR, "edr.isolate_host", &host, json!({}), true),
+        ),
+        (
+            "forensics cannot isolate",
+            c(FORENSICS, "edr.isolate_host", &host, json!({}), true),
+        ),
+        (
+            "disable account",
+            c(
+                IR,
+                "iam.disable_account",
+                &json!({"type": "Account", "id": "jdoe"}),
+                json!({"reason": "compromised"}),
+                false,
+            ),
+        ),
+        (
+            "rotate secret",
+            c(
+                IR,
+                "vault.rotate_secret",
+                &json!({"type": "Secret", "id": "prod-db"}),
+                json!({}),
+                false,
+            ),
+        ),
+        (
+            "delete logs",
+            c(
+                IR,
+                "logs.delete",
+                &json!({"type": "LogStream", "id": "web-1/auth"}),
+                json!({}),
+                false,
+            ),
+        ),
+        (
+            "post to paste site",
+            c(
+                IR,
+                "http.post",
+                &json!({"type": "Url", "id": "https://pastebin.com/x", "attributes": {"domain": "pastebin.com"}}),
+                json!({}),
+                false,
+            ),
+        ),
+        (
+            "post elsewhere",
+            c(
+                IR,
+                "http.post",
+                &json!({"type": "Url", "id": "https://ticket.acme.test/1", "attributes": {"domain": "ticket.acme.test"}}),
+                json!({}),
+                false,
+            ),
+        ),
+        (
+            "read secret",
+            c(
+                IR,
+                "vault.read_secret",
+                &json!({"type": "Secret", "id": "prod-db"}),
+                json!({}),
+                false,
+            ),
+        ),
+        (
+            "forensics cannot read secrets",
+            c(
+                FORENSICS,
+                "vault.read_secret",
+                &json!({"type": "Secret", "id": "prod-db"}),
+                json!({}),
+                false,
+            ),
+        ),
+        (
+            "unknown action",
+            c(IR, "edr.wipe_host", &host, json!({}), false),
+        ),
+        (
+            "wrong resource type",
+            c(
+                IR,
+                "edr.isolate_host",
+                &json!({"type": "Account", "id": "jdoe"}),
+                json!({}),
+                true,
+            ),
+        ),
     ]
 }
 
@@ -100,8 +213,12 @@ fn example_pack_decisions_match_golden() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &got).unwrap();
     }
-    let want = std::fs::read_to_string(&path).expect("golden file missing; run with TOLLGATE_BLESS=1");
-    assert_eq!(got, want, "decisions changed; if intended, re-bless and review");
+    let want =
+        std::fs::read_to_string(&path).expect("golden file missing; run with TOLLGATE_BLESS=1");
+    assert_eq!(
+        got, want,
+        "decisions changed; if intended, re-bless and review"
+    );
 }
 
 #[test]
@@ -115,7 +232,10 @@ fn outcomes_of_the_reference_scenario() {
     assert_eq!(no_ev.obligations, vec!["evidence-before"]);
     assert_eq!(outcome("isolate with evidence").outcome, Outcome::Allow);
     let disable = outcome("disable account");
-    assert_eq!((disable.outcome, disable.approvals_required), (Outcome::ApprovalRequired, 1));
+    assert_eq!(
+        (disable.outcome, disable.approvals_required),
+        (Outcome::ApprovalRequired, 1)
+    );
     assert_eq!(outcome("rotate secret").approvals_required, 2);
     let logs = outcome("delete logs");
     assert_eq!(logs.outcome, Outcome::Deny);
@@ -128,12 +248,39 @@ fn outcomes_of_the_reference_scenario() {
 fn requests_that_do_not_fit_the_schema_are_bad_requests() {
     let p = pack();
     let host = json!({"type": "Host", "id": "web-1"});
-    let undeclared_param = Case { agent: IR, action: "edr.read_alerts", resource: host.clone(), parameters: json!({"rm_rf": true}), evidence: false };
-    assert!(matches!(decide(&p, &undeclared_param), Err(PolicyError::BadRequest(_))));
-    let wrong_type = Case { agent: IR, action: "siem.query", resource: json!({"type": "SiemIndex", "id": "m"}), parameters: json!({"window_minutes": "sixty"}), evidence: false };
-    assert!(matches!(decide(&p, &wrong_type), Err(PolicyError::BadRequest(_))));
-    let bad_attr = Case { agent: IR, action: "edr.read_alerts", resource: json!({"type": "Host", "id": "w", "attributes": {"owner": 1}}), parameters: json!({}), evidence: false };
-    assert!(matches!(decide(&p, &bad_attr), Err(PolicyError::BadRequest(_))));
+    let undeclared_param = Case {
+        agent: IR,
+        action: "edr.read_alerts",
+        resource: host.clone(),
+        parameters: json!({"rm_rf": true}),
+        evidence: false,
+    };
+    assert!(matches!(
+        decide(&p, &undeclared_param),
+        Err(PolicyError::BadRequest(_))
+    ));
+    let wrong_type = Case {
+        agent: IR,
+        action: "siem.query",
+        resource: json!({"type": "SiemIndex", "id": "m"}),
+        parameters: json!({"window_minutes": "sixty"}),
+        evidence: false,
+    };
+    assert!(matches!(
+        decide(&p, &wrong_type),
+        Err(PolicyError::BadRequest(_))
+    ));
+    let bad_attr = Case {
+        agent: IR,
+        action: "edr.read_alerts",
+        resource: json!({"type": "Host", "id": "w", "attributes": {"owner": 1}}),
+        parameters: json!({}),
+        evidence: false,
+    };
+    assert!(matches!(
+        decide(&p, &bad_attr),
+        Err(PolicyError::BadRequest(_))
+    ));
 }
 
 #[test]
@@ -141,15 +288,38 @@ fn task_scope_narrows_what_policy_allows() {
     let p = pack();
     let id = SpiffeId::parse(FORENSICS).unwrap();
     let mut t = task();
-    t.scope = Scope { actions: Some(["forensics.image_host".to_string()].into()), resources: Some(["Host::web-1".to_string()].into()) };
+    t.scope = Scope {
+        actions: Some(["forensics.image_host".to_string()].into()),
+        resources: Some(["Host::web-1".to_string()].into()),
+    };
     let inc = incident("malware", Severity::High);
     let empty = Map::new();
     let decide = |action: &str, rid: &str| {
         let r: ResourceRef = serde_json::from_value(json!({"type": "Host", "id": rid})).unwrap();
-        p.decide_action(&ActionFacts { agent: AgentFacts { spiffe_id: &id, owner: "o" }, task: &t, incident: &inc, action, resource: &r, intent: "i", parameters: &empty, evidence_present: false, now: 0 }).unwrap()
+        p.decide_action(&ActionFacts {
+            agent: AgentFacts {
+                spiffe_id: &id,
+                owner: "o",
+            },
+            task: &t,
+            incident: &inc,
+            action,
+            resource: &r,
+            intent: "i",
+            parameters: &empty,
+            evidence_present: false,
+            now: 0,
+        })
+        .unwrap()
     };
-    assert_eq!(decide("forensics.image_host", "web-1").outcome, Outcome::Allow);
-    assert_eq!(decide("forensics.image_host", "web-2").outcome, Outcome::Deny);
+    assert_eq!(
+        decide("forensics.image_host", "web-1").outcome,
+        Outcome::Allow
+    );
+    assert_eq!(
+        decide("forensics.image_host", "web-2").outcome,
+        Outcome::Deny
+    );
     assert_eq!(decide("edr.read_alerts", "web-1").outcome, Outcome::Deny);
 }
 
@@ -159,53 +329,119 @@ fn task_open_follows_role_class_and_ttl() {
     let open = |agent: &str, class: &str, sev, ttl| {
         let id = SpiffeId::parse(agent).unwrap();
         let inc = incident(class, sev);
-        p.decide_task_open(&TaskOpenFacts { agent: AgentFacts { spiffe_id: &id, owner: "o" }, incident: &inc, environment: "prod", playbook: "contain-malware", intent: "i", ttl_seconds: ttl, now: 0 }).unwrap().outcome
+        p.decide_task_open(&TaskOpenFacts {
+            agent: AgentFacts {
+                spiffe_id: &id,
+                owner: "o",
+            },
+            incident: &inc,
+            environment: "prod",
+            playbook: "contain-malware",
+            intent: "i",
+            ttl_seconds: ttl,
+            now: 0,
+        })
+        .unwrap()
+        .outcome
     };
     assert_eq!(open(IR, "malware", Severity::High, 300), Outcome::Allow);
     assert_eq!(open(IR, "ddos", Severity::High, 300), Outcome::Deny);
     assert_eq!(open(IR, "malware", Severity::High, 7200), Outcome::Deny);
     assert_eq!(open(FORENSICS, "ddos", Severity::Low, 300), Outcome::Deny);
-    assert_eq!(open(FORENSICS, "ddos", Severity::Medium, 300), Outcome::Allow);
-    assert_eq!(open("spiffe://acme.test/agent/intern/i-9", "malware", Severity::Low, 300), Outcome::Deny);
+    assert_eq!(
+        open(FORENSICS, "ddos", Severity::Medium, 300),
+        Outcome::Allow
+    );
+    assert_eq!(
+        open(
+            "spiffe://acme.test/agent/intern/i-9",
+            "malware",
+            Severity::Low,
+            300
+        ),
+        Outcome::Deny
+    );
 }
 
 fn sources() -> (SourceFile, Vec<SourceFile>, SourceFile) {
     let dir = pack_dir();
-    let read = |rel: &str| SourceFile { name: rel.into(), text: std::fs::read_to_string(dir.join(rel)).unwrap() };
-    (read("schema.cedarschema"), vec![read("policies/10-actions.cedar")], read("catalog.yaml"))
+    let read = |rel: &str| SourceFile {
+        name: rel.into(),
+        text: std::fs::read_to_string(dir.join(rel)).unwrap(),
+    };
+    (
+        read("schema.cedarschema"),
+        vec![read("policies/10-actions.cedar")],
+        read("catalog.yaml"),
+    )
 }
 
 #[test]
 fn invalid_packs_report_file_and_line() {
     let (schema, mut policies, catalog) = sources();
     // A type error on line 3 of a new file: role is a String.
-    policies.push(SourceFile { name: "policies/bad.cedar".into(), text: "// c\n\npermit (principal, action, resource) when { principal.role > 3 };\n".into() });
-    let err = PolicyPack::from_sources(&schema, &policies, &catalog).err().unwrap();
-    let PolicyError::Invalid(diags) = err else { panic!("expected Invalid") };
-    assert!(diags.iter().any(|d| d.file == "policies/bad.cedar" && d.line == 3), "{diags:?}");
+    policies.push(SourceFile {
+        name: "policies/bad.cedar".into(),
+        text: "// c\n\npermit (principal, action, resource) when { principal.role > 3 };\n".into(),
+    });
+    let err = PolicyPack::from_sources(&schema, &policies, &catalog)
+        .err()
+        .unwrap();
+    let PolicyError::Invalid(diags) = err else {
+        panic!("expected Invalid")
+    };
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.file == "policies/bad.cedar" && d.line == 3),
+        "{diags:?}"
+    );
 
     // A syntax error.
     policies.pop();
-    policies.push(SourceFile { name: "policies/syntax.cedar".into(), text: "permit (principal, action resource);".into() });
-    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog).err().unwrap() else { panic!() };
+    policies.push(SourceFile {
+        name: "policies/syntax.cedar".into(),
+        text: "permit (principal, action resource);".into(),
+    });
+    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog)
+        .err()
+        .unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(diags[0].file, "policies/syntax.cedar");
     assert_eq!(diags[0].line, 1);
 
     // Bad annotations, an unknown obligation, duplicate ids.
     policies.pop();
     policies.push(SourceFile { name: "policies/ann.cedar".into(), text: "@approval(\"many\")\npermit (principal, action, resource);\n@id(\"read-during-task\")\n@obligation(\"pray\")\npermit (principal, action, resource);\n".into() });
-    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog).err().unwrap() else { panic!() };
+    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog)
+        .err()
+        .unwrap()
+    else {
+        panic!()
+    };
     let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
     assert!(text.iter().any(|t| t.contains("@approval")), "{text:?}");
-    assert!(text.iter().any(|t| t.contains("unknown obligation")), "{text:?}");
+    assert!(
+        text.iter().any(|t| t.contains("unknown obligation")),
+        "{text:?}"
+    );
     assert!(text.iter().any(|t| t.contains("defined twice")), "{text:?}");
 }
 
 #[test]
 fn catalog_operations_must_be_schema_actions() {
     let (schema, policies, mut catalog) = sources();
-    catalog.text.push_str("  dns.sinkhole:\n    tier: contain\n    resource_types: [Host]\n");
-    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog).err().unwrap() else { panic!() };
+    catalog
+        .text
+        .push_str("  dns.sinkhole:\n    tier: contain\n    resource_types: [Host]\n");
+    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog)
+        .err()
+        .unwrap()
+    else {
+        panic!()
+    };
     assert!(diags[0].message.contains("dns.sinkhole"));
 }
 

@@ -1,1 +1,56 @@
+//! Tollgate's server: the HTTP API (agents, tasks, decisions, admin,
+//! AuthZEN), wired to the store, the policy pack and the token issuer.
+//!
+//! Architecture invariants:
+//! - Every answer that grants or refuses something is preceded by a
+//!   committed audit entry; if the commit fails the caller gets 503 and no
+//!   grant (`decide.rs`, `StoreError::Backend` → `ApiError::Unavailable`).
+//! - The Cedar request is built from verified facts only; agents never send
+//!   principals, tiers or labels (`tollgate-policy` builds it).
+//! - Task liveness is read from the store on every task-credential call, so
+//!   close and revocation take effect on the next request.
+//! - Errors become HTTP statuses in exactly one function
+//!   (`ApiError::status_and_code`).
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod decide;
+pub mod embedded;
+pub mod error;
+pub mod metrics;
+pub mod state;
+
+pub use state::{AppState, Options, StartError};
+
+use std::future::Future;
+use std::sync::Arc;
+
+/// Serve until `shutdown` resolves. On Unix, SIGHUP reloads the policy pack.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::warn!("cannot listen for SIGHUP; reload with POST /v1/policies/reload");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match s.reload_pack("sighup").await {
+                    Ok(digest) => tracing::info!(%digest, "policy pack reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "policy reload refused"),
+                }
+            }
+        });
+    }
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

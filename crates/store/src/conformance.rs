@@ -42,6 +42,30 @@ pub async fn run_all(store: &dyn Store) {
     failed_batches_change_nothing(store).await;
     audit_is_chained_in_commit_order_and_filterable(store).await;
     agents_incidents_settings_and_peps(store).await;
+    evidence_is_per_task_and_resource(store).await;
+}
+
+pub async fn evidence_is_per_task_and_resource(s: &dyn Store) {
+    let task_id = unique("task");
+    assert!(!s.has_evidence(&task_id, "Host::web-1").await.unwrap());
+    let ev = crate::Evidence {
+        id: unique("ev"),
+        task_id: task_id.clone(),
+        resource: "Host::web-1".into(),
+        kind: "memory-snapshot".into(),
+        sha256: "00".repeat(32),
+        content: Some("proc list".into()),
+        created_at: 1,
+    };
+    s.commit(Batch::default().change(Change::PutEvidence(ev)))
+        .await
+        .unwrap();
+    assert!(s.has_evidence(&task_id, "Host::web-1").await.unwrap());
+    assert!(!s.has_evidence(&task_id, "Host::web-2").await.unwrap());
+    assert!(!s
+        .has_evidence(&unique("task"), "Host::web-1")
+        .await
+        .unwrap());
 }
 
 pub async fn join_tokens_are_single_use(s: &dyn Store) {
@@ -55,13 +79,30 @@ pub async fn join_tokens_are_single_use(s: &dyn Store) {
     .await
     .unwrap();
     assert_eq!(s.join_token(&h).await.unwrap().unwrap().used_at, None);
-    let consume = |now| Batch::default().change(Change::ConsumeJoinToken { token_hash: h.clone(), now });
-    assert!(matches!(s.commit(consume(600)).await, Err(StoreError::Conflict(_))), "expired token consumed");
+    let consume = |now| {
+        Batch::default().change(Change::ConsumeJoinToken {
+            token_hash: h.clone(),
+            now,
+        })
+    };
+    assert!(
+        matches!(s.commit(consume(600)).await, Err(StoreError::Conflict(_))),
+        "expired token consumed"
+    );
     s.commit(consume(200)).await.unwrap();
     assert_eq!(s.join_token(&h).await.unwrap().unwrap().used_at, Some(200));
-    assert!(matches!(s.commit(consume(201)).await, Err(StoreError::Conflict(_))), "token used twice");
-    let unknown = Batch::default().change(Change::ConsumeJoinToken { token_hash: unique("nope"), now: 1 });
-    assert!(matches!(s.commit(unknown).await, Err(StoreError::Conflict(_))));
+    assert!(
+        matches!(s.commit(consume(201)).await, Err(StoreError::Conflict(_))),
+        "token used twice"
+    );
+    let unknown = Batch::default().change(Change::ConsumeJoinToken {
+        token_hash: unique("nope"),
+        now: 1,
+    });
+    assert!(matches!(
+        s.commit(unknown).await,
+        Err(StoreError::Conflict(_))
+    ));
 }
 
 pub async fn tasks_round_trip_and_end_once(s: &dyn Store) {
@@ -69,60 +110,153 @@ pub async fn tasks_round_trip_and_end_once(s: &dyn Store) {
     let agent = unique("spiffe://acme.test/agent/x");
     let mut t = task(&id, &agent, "INC-1");
     t.scope.actions = Some(["edr.read_alerts".to_string()].into());
-    s.commit(Batch::default().change(Change::InsertTask(t.clone()))).await.unwrap();
+    s.commit(Batch::default().change(Change::InsertTask(t.clone())))
+        .await
+        .unwrap();
     assert_eq!(s.task(&id).await.unwrap().unwrap(), t);
     assert!(matches!(
-        s.commit(Batch::default().change(Change::InsertTask(t.clone()))).await,
+        s.commit(Batch::default().change(Change::InsertTask(t.clone())))
+            .await,
         Err(StoreError::Conflict(_))
     ));
-    let end = |status| Batch::default().change(Change::EndTask { task_id: id.clone(), status, reason: "done".into() });
+    let end = |status| {
+        Batch::default().change(Change::EndTask {
+            task_id: id.clone(),
+            status,
+            reason: "done".into(),
+        })
+    };
     s.commit(end(TaskStatus::Completed)).await.unwrap();
     let got = s.task(&id).await.unwrap().unwrap();
     assert_eq!(got.status, TaskStatus::Completed);
     assert_eq!(got.status_reason.as_deref(), Some("done"));
-    assert!(matches!(s.commit(end(TaskStatus::Revoked)).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.commit(end(TaskStatus::Revoked)).await,
+        Err(StoreError::Conflict(_))
+    ));
     // Filters.
     let id2 = unique("task");
-    s.commit(Batch::default().change(Change::InsertTask(task(&id2, &agent, "INC-2")))).await.unwrap();
-    let all = s.tasks(TaskFilter { agent: Some(agent.clone()), ..Default::default() }).await.unwrap();
+    s.commit(Batch::default().change(Change::InsertTask(task(&id2, &agent, "INC-2"))))
+        .await
+        .unwrap();
+    let all = s
+        .tasks(TaskFilter {
+            agent: Some(agent.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2);
     let active = s
-        .tasks(TaskFilter { agent: Some(agent.clone()), status: Some(TaskStatus::Active), ..Default::default() })
+        .tasks(TaskFilter {
+            agent: Some(agent.clone()),
+            status: Some(TaskStatus::Active),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(active.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec![id2.as_str()]);
+    assert_eq!(
+        active.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+        vec![id2.as_str()]
+    );
     // Ending all of an agent's tasks touches only active ones.
-    s.commit(Batch::default().change(Change::EndAgentTasks { spiffe_id: agent.clone(), reason: "agent revoked".into() }))
-        .await
-        .unwrap();
-    assert_eq!(s.task(&id2).await.unwrap().unwrap().status, TaskStatus::Revoked);
-    assert_eq!(s.task(&id).await.unwrap().unwrap().status, TaskStatus::Completed);
+    s.commit(Batch::default().change(Change::EndAgentTasks {
+        spiffe_id: agent.clone(),
+        reason: "agent revoked".into(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        s.task(&id2).await.unwrap().unwrap().status,
+        TaskStatus::Revoked
+    );
+    assert_eq!(
+        s.task(&id).await.unwrap().unwrap().status,
+        TaskStatus::Completed
+    );
 }
 
 pub async fn renew_never_passes_max_and_needs_active(s: &dyn Store) {
     let id = unique("task");
-    s.commit(Batch::default().change(Change::InsertTask(task(&id, "a", "INC-1")))).await.unwrap();
-    let renew = |expires_at, now| Batch::default().change(Change::RenewTask { task_id: id.clone(), expires_at, now });
+    s.commit(Batch::default().change(Change::InsertTask(task(&id, "a", "INC-1"))))
+        .await
+        .unwrap();
+    let renew = |expires_at, now| {
+        Batch::default().change(Change::RenewTask {
+            task_id: id.clone(),
+            expires_at,
+            now,
+        })
+    };
     s.commit(renew(700, 300)).await.unwrap();
     assert_eq!(s.task(&id).await.unwrap().unwrap().expires_at, 700);
-    assert!(matches!(s.commit(renew(1001, 300)).await, Err(StoreError::Conflict(_))), "renewed past max");
-    assert!(matches!(s.commit(renew(900, 800)).await, Err(StoreError::Conflict(_))), "renewed an expired task");
+    assert!(
+        matches!(
+            s.commit(renew(1001, 300)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "renewed past max"
+    );
+    assert!(
+        matches!(
+            s.commit(renew(900, 800)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "renewed an expired task"
+    );
 }
 
 pub async fn failed_batches_change_nothing(s: &dyn Store) {
     let id = unique("task");
-    let before = s.audit(AuditQuery { after: 0, limit: 1_000_000, ..Default::default() }).await.unwrap().len();
+    let before = s
+        .audit(AuditQuery {
+            after: 0,
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
     let bad = Batch::default()
         .change(Change::InsertTask(task(&id, "a", "INC-1")))
-        .change(Change::ConsumeJoinToken { token_hash: unique("missing"), now: 1 })
+        .change(Change::ConsumeJoinToken {
+            token_hash: unique("missing"),
+            now: 1,
+        })
         .event(AuditEvent::new(1, "task.opened", "a").task(&id));
     assert!(s.commit(bad).await.is_err());
-    assert_eq!(s.task(&id).await.unwrap(), None, "a failed batch left its task behind");
-    let after = s.audit(AuditQuery { after: 0, limit: 1_000_000, ..Default::default() }).await.unwrap().len();
+    assert_eq!(
+        s.task(&id).await.unwrap(),
+        None,
+        "a failed batch left its task behind"
+    );
+    let after = s
+        .audit(AuditQuery {
+            after: 0,
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
     assert_eq!(before, after, "a failed batch left an audit entry behind");
     // And the chain continues cleanly after the failure.
-    let seqs = s.commit(Batch::audit_only(AuditEvent::new(2, "test.after_failure", "a"))).await.unwrap();
-    let all = s.audit(AuditQuery { after: seqs[0] - 1, limit: 1, ..Default::default() }).await.unwrap();
+    let seqs = s
+        .commit(Batch::audit_only(AuditEvent::new(
+            2,
+            "test.after_failure",
+            "a",
+        )))
+        .await
+        .unwrap();
+    let all = s
+        .audit(AuditQuery {
+            after: seqs[0] - 1,
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all[0].event.kind, "test.after_failure");
 }
 
@@ -130,48 +264,116 @@ pub async fn audit_is_chained_in_commit_order_and_filterable(s: &dyn Store) {
     let task_id = unique("task");
     let mut seqs = vec![];
     for i in 0..5 {
-        let ev = AuditEvent::new(i, "decision", "agent").task(&task_id).request(format!("r{i}"));
+        let ev = AuditEvent::new(i, "decision", "agent")
+            .task(&task_id)
+            .request(format!("r{i}"));
         seqs.extend(s.commit(Batch::audit_only(ev)).await.unwrap());
     }
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1) || seqs.windows(2).all(|w| w[1] > w[0]));
-    let mine = s.audit(AuditQuery { task_id: Some(task_id.clone()), limit: 100, ..Default::default() }).await.unwrap();
+    let mine = s
+        .audit(AuditQuery {
+            task_id: Some(task_id.clone()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(mine.len(), 5);
     assert_eq!(mine.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
     // The whole log verifies from genesis.
-    let everything = s.audit(AuditQuery { after: 0, limit: 10_000_000, ..Default::default() }).await.unwrap();
+    let everything = s
+        .audit(AuditQuery {
+            after: 0,
+            limit: 10_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     tollgate_audit::verify_run(everything[0].seq, everything[0].prev_hash, &everything).unwrap();
     // Paging with `after`.
     let page = s
-        .audit(AuditQuery { task_id: Some(task_id), after: seqs[2], limit: 100, ..Default::default() })
+        .audit(AuditQuery {
+            task_id: Some(task_id),
+            after: seqs[2],
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs[3..].to_vec());
+    assert_eq!(
+        page.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        seqs[3..].to_vec()
+    );
 }
 
 pub async fn agents_incidents_settings_and_peps(s: &dyn Store) {
     let id = unique("spiffe://acme.test/agent/r");
-    let a = Agent { spiffe_id: id.clone(), owner: "alice".into(), created_at: 5, revoked: false };
-    s.commit(Batch::default().change(Change::UpsertAgent(a.clone()))).await.unwrap();
+    let a = Agent {
+        spiffe_id: id.clone(),
+        owner: "alice".into(),
+        created_at: 5,
+        revoked: false,
+    };
+    s.commit(Batch::default().change(Change::UpsertAgent(a.clone())))
+        .await
+        .unwrap();
     assert_eq!(s.agent(&id).await.unwrap(), Some(a));
-    s.commit(Batch::default().change(Change::SetAgentRevoked { spiffe_id: id.clone(), revoked: true })).await.unwrap();
+    s.commit(Batch::default().change(Change::SetAgentRevoked {
+        spiffe_id: id.clone(),
+        revoked: true,
+    }))
+    .await
+    .unwrap();
     assert!(s.agent(&id).await.unwrap().unwrap().revoked);
-    let missing = Batch::default().change(Change::SetAgentRevoked { spiffe_id: unique("nobody"), revoked: true });
-    assert!(matches!(s.commit(missing).await, Err(StoreError::NotFound(_))));
+    let missing = Batch::default().change(Change::SetAgentRevoked {
+        spiffe_id: unique("nobody"),
+        revoked: true,
+    });
+    assert!(matches!(
+        s.commit(missing).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     let inc_id = unique("INC");
-    let mut inc = Incident { id: inc_id.clone(), class: "malware".into(), severity: Severity::High, status: IncidentStatus::Open, updated_at: 1 };
-    s.commit(Batch::default().change(Change::UpsertIncident(inc.clone()))).await.unwrap();
+    let mut inc = Incident {
+        id: inc_id.clone(),
+        class: "malware".into(),
+        severity: Severity::High,
+        status: IncidentStatus::Open,
+        updated_at: 1,
+    };
+    s.commit(Batch::default().change(Change::UpsertIncident(inc.clone())))
+        .await
+        .unwrap();
     inc.status = IncidentStatus::Resolved;
-    s.commit(Batch::default().change(Change::UpsertIncident(inc.clone()))).await.unwrap();
+    s.commit(Batch::default().change(Change::UpsertIncident(inc.clone())))
+        .await
+        .unwrap();
     assert_eq!(s.incident(&inc_id).await.unwrap(), Some(inc));
 
     let key = unique("k");
-    s.commit(Batch::default().change(Change::PutSetting { key: key.clone(), value: "1".into() })).await.unwrap();
-    s.commit(Batch::default().change(Change::PutSetting { key: key.clone(), value: "0".into() })).await.unwrap();
+    s.commit(Batch::default().change(Change::PutSetting {
+        key: key.clone(),
+        value: "1".into(),
+    }))
+    .await
+    .unwrap();
+    s.commit(Batch::default().change(Change::PutSetting {
+        key: key.clone(),
+        value: "0".into(),
+    }))
+    .await
+    .unwrap();
     assert_eq!(s.setting(&key).await.unwrap().as_deref(), Some("0"));
     assert_eq!(s.setting(&unique("none")).await.unwrap(), None);
 
-    let pep = crate::Pep { name: unique("pep"), key_hash: unique("h"), created_at: 3 };
-    s.commit(Batch::default().change(Change::PutPep(pep.clone()))).await.unwrap();
+    let pep = crate::Pep {
+        name: unique("pep"),
+        key_hash: unique("h"),
+        created_at: 3,
+    };
+    s.commit(Batch::default().change(Change::PutPep(pep.clone())))
+        .await
+        .unwrap();
     assert_eq!(s.pep_by_key_hash(&pep.key_hash).await.unwrap(), Some(pep));
 }

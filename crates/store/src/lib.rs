@@ -44,20 +44,54 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub enum Change {
     UpsertAgent(Agent),
-    SetAgentRevoked { spiffe_id: String, revoked: bool },
+    SetAgentRevoked {
+        spiffe_id: String,
+        revoked: bool,
+    },
     PutJoinToken(JoinToken),
     /// Precondition: the token exists, is unused and unexpired at `now`.
-    ConsumeJoinToken { token_hash: String, now: UnixTime },
+    ConsumeJoinToken {
+        token_hash: String,
+        now: UnixTime,
+    },
     UpsertIncident(Incident),
     InsertTask(Task),
     /// Precondition: the task is active and unexpired at `now`.
-    RenewTask { task_id: String, expires_at: UnixTime, now: UnixTime },
+    RenewTask {
+        task_id: String,
+        expires_at: UnixTime,
+        now: UnixTime,
+    },
     /// Precondition: the task is active.
-    EndTask { task_id: String, status: TaskStatus, reason: String },
+    EndTask {
+        task_id: String,
+        status: TaskStatus,
+        reason: String,
+    },
     /// End every active task of an agent (no precondition).
-    EndAgentTasks { spiffe_id: String, reason: String },
-    PutSetting { key: String, value: String },
+    EndAgentTasks {
+        spiffe_id: String,
+        reason: String,
+    },
+    PutSetting {
+        key: String,
+        value: String,
+    },
     PutPep(Pep),
+    PutEvidence(Evidence),
+}
+
+/// Diagnostic evidence attached to a task, content-addressed by SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub id: String,
+    pub task_id: String,
+    /// `Type::id` of the resource the evidence is about.
+    pub resource: String,
+    pub kind: String,
+    pub sha256: String,
+    pub content: Option<String>,
+    pub created_at: UnixTime,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,7 +119,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn audit_only(event: AuditEvent) -> Self {
-        Self { changes: vec![], audit: vec![event] }
+        Self {
+            changes: vec![],
+            audit: vec![event],
+        }
     }
     pub fn change(mut self, c: Change) -> Self {
         self.changes.push(c);
@@ -127,5 +164,7 @@ pub trait Store: Send + Sync + 'static {
     async fn tasks(&self, filter: TaskFilter) -> Result<Vec<Task>, StoreError>;
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError>;
+    /// Whether the task holds evidence about `resource` (`Type::id`).
+    async fn has_evidence(&self, task_id: &str, resource: &str) -> Result<bool, StoreError>;
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -28,6 +28,10 @@ CREATE INDEX IF NOT EXISTS tasks_agent ON tasks(agent);
 CREATE INDEX IF NOT EXISTS tasks_incident ON tasks(incident_id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS peps (name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS evidence (
+  id TEXT PRIMARY KEY, task_id TEXT NOT NULL, resource TEXT NOT NULL, kind TEXT NOT NULL,
+  sha256 TEXT NOT NULL, content TEXT, created_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS evidence_task ON evidence(task_id, resource);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,
   incident_id TEXT, task_id TEXT, agent TEXT, request_id TEXT,
@@ -70,9 +74,11 @@ impl SqliteStore {
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         let head = conn
-            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )
             .optional()
             .map_err(backend)?;
         let head = match head {
@@ -83,7 +89,9 @@ impl SqliteStore {
                 (seq as u64 + 1, h)
             }
         };
-        Ok(Self { inner: Arc::new(Mutex::new(Inner { conn, head })) })
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner { conn, head })),
+        })
     }
 
     async fn with<T: Send + 'static>(
@@ -112,7 +120,10 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
         }
         Change::SetAgentRevoked { spiffe_id, revoked } => {
             let n = tx
-                .execute("UPDATE agents SET revoked = ?2 WHERE spiffe_id = ?1", params![spiffe_id, revoked])
+                .execute(
+                    "UPDATE agents SET revoked = ?2 WHERE spiffe_id = ?1",
+                    params![spiffe_id, revoked],
+                )
                 .map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("agent {spiffe_id}")));
@@ -133,7 +144,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::Conflict("join token is unknown, used or expired".into()));
+                return Err(StoreError::Conflict(
+                    "join token is unknown, used or expired".into(),
+                ));
             }
         }
         Change::UpsertIncident(i) => {
@@ -164,7 +177,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
                 e => backend(e),
             })?;
         }
-        Change::RenewTask { task_id, expires_at, now } => {
+        Change::RenewTask {
+            task_id,
+            expires_at,
+            now,
+        } => {
             let n = tx
                 .execute(
                     "UPDATE tasks SET expires_at = ?2 WHERE id = ?1 AND status = 'active' AND expires_at > ?3 AND ?2 <= max_expires_at",
@@ -172,10 +189,16 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::Conflict(format!("task {task_id} is not active")));
+                return Err(StoreError::Conflict(format!(
+                    "task {task_id} is not active"
+                )));
             }
         }
-        Change::EndTask { task_id, status, reason } => {
+        Change::EndTask {
+            task_id,
+            status,
+            reason,
+        } => {
             let n = tx
                 .execute(
                     "UPDATE tasks SET status = ?2, status_reason = ?3 WHERE id = ?1 AND status = 'active'",
@@ -183,7 +206,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::Conflict(format!("task {task_id} is not active")));
+                return Err(StoreError::Conflict(format!(
+                    "task {task_id} is not active"
+                )));
             }
         }
         Change::EndAgentTasks { spiffe_id, reason } => {
@@ -205,6 +230,13 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
                 "INSERT INTO peps(name, key_hash, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(name) DO UPDATE SET key_hash = excluded.key_hash, created_at = excluded.created_at",
                 params![p.name, p.key_hash, p.created_at],
+            )
+            .map_err(backend)?;
+        }
+        Change::PutEvidence(e) => {
+            tx.execute(
+                "INSERT INTO evidence(id, task_id, resource, kind, sha256, content, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![e.id, e.task_id, e.resource, e.kind, e.sha256, e.content, e.created_at],
             )
             .map_err(backend)?;
         }
@@ -285,7 +317,14 @@ impl Store for SqliteStore {
                 .query_row(
                     "SELECT spiffe_id, owner, created_at, revoked FROM agents WHERE spiffe_id = ?1",
                     [id],
-                    |r| Ok(Agent { spiffe_id: r.get(0)?, owner: r.get(1)?, created_at: r.get(2)?, revoked: r.get(3)? }),
+                    |r| {
+                        Ok(Agent {
+                            spiffe_id: r.get(0)?,
+                            owner: r.get(1)?,
+                            created_at: r.get(2)?,
+                            revoked: r.get(3)?,
+                        })
+                    },
                 )
                 .optional()
                 .map_err(backend)
@@ -317,12 +356,26 @@ impl Store for SqliteStore {
                 .query_row(
                     "SELECT id, class, severity, status, updated_at FROM incidents WHERE id = ?1",
                     [id],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?)),
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
                 )
                 .optional()
                 .map_err(backend)?;
             row.map(|(id, class, severity, status, updated_at)| {
-                Ok(Incident { id, class, severity: parse_enum(&severity)?, status: parse_enum(&status)?, updated_at })
+                Ok(Incident {
+                    id,
+                    class,
+                    severity: parse_enum(&severity)?,
+                    status: parse_enum(&status)?,
+                    updated_at,
+                })
             })
             .transpose()
         })
@@ -334,7 +387,11 @@ impl Store for SqliteStore {
         self.with(move |inner| {
             inner
                 .conn
-                .query_row(&format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"), [id], task_from_row)
+                .query_row(
+                    &format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"),
+                    [id],
+                    task_from_row,
+                )
                 .optional()
                 .map_err(backend)
         })
@@ -364,7 +421,9 @@ impl Store for SqliteStore {
         self.with(move |inner| {
             inner
                 .conn
-                .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0))
+                .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(backend)
         })
@@ -376,10 +435,33 @@ impl Store for SqliteStore {
         self.with(move |inner| {
             inner
                 .conn
-                .query_row("SELECT name, key_hash, created_at FROM peps WHERE key_hash = ?1", [h], |r| {
-                    Ok(Pep { name: r.get(0)?, key_hash: r.get(1)?, created_at: r.get(2)? })
-                })
+                .query_row(
+                    "SELECT name, key_hash, created_at FROM peps WHERE key_hash = ?1",
+                    [h],
+                    |r| {
+                        Ok(Pep {
+                            name: r.get(0)?,
+                            key_hash: r.get(1)?,
+                            created_at: r.get(2)?,
+                        })
+                    },
+                )
                 .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn has_evidence(&self, task_id: &str, resource: &str) -> Result<bool, StoreError> {
+        let (t, r) = (task_id.to_string(), resource.to_string());
+        self.with(move |inner| {
+            inner
+                .conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM evidence WHERE task_id = ?1 AND resource = ?2)",
+                    [t, r],
+                    |row| row.get(0),
+                )
                 .map_err(backend)
         })
         .await

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The SQLite backend against the shared conformance suite, in memory and on disk.
 
 use tollgate_store::{conformance, SqliteStore, Store};
@@ -18,9 +19,17 @@ async fn sqlite_file_conforms_and_chain_survives_reopen() {
     }
     // Reopening resumes the chain where it stopped.
     let s = SqliteStore::open(&path).unwrap();
-    s.commit(tollgate_store::Batch::audit_only(tollgate_audit::AuditEvent::new(9, "reopened", "t")))
+    s.commit(tollgate_store::Batch::audit_only(
+        tollgate_audit::AuditEvent::new(9, "reopened", "t"),
+    ))
+    .await
+    .unwrap();
+    let all = s
+        .audit(tollgate_store::AuditQuery {
+            limit: 100_000,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let all = s.audit(tollgate_store::AuditQuery { limit: 100_000, ..Default::default() }).await.unwrap();
     tollgate_audit::verify_run(1, tollgate_audit::GENESIS, &all).unwrap();
 }

@@ -1,1 +1,524 @@
-fn main() {}
+//! `tollgate`: the one binary. `serve` runs the gateway; every other command
+//! either works offline on files (`init`, `policy validate`) or talks to a
+//! running server's API, like `vault` does, found through `TOLLGATE_ADDR`
+//! and `TOLLGATE_TOKEN`.
+
+mod client;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use client::Client;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Runtime governance gateway for autonomous agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Conn {
+    /// Server address.
+    #[arg(
+        long,
+        env = "TOLLGATE_ADDR",
+        default_value = "http://127.0.0.1:8181",
+        global = true
+    )]
+    addr: String,
+    /// Admin token; default: the token file in --data.
+    #[arg(long, env = "TOLLGATE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Data directory holding admin.token (when --token is not given).
+    #[arg(
+        long = "data",
+        env = "TOLLGATE_DATA",
+        default_value = "tollgate-data",
+        global = true
+    )]
+    data: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the example policy pack into DIR, to edit and serve with --config.
+    Init {
+        #[arg(default_value = "tollgate-config")]
+        dir: PathBuf,
+    },
+    /// Run the gateway.
+    Serve {
+        /// Config directory (tollgate.yaml, schema, catalog, policies/); default: the built-in example pack.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "tollgate-data")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        listen: String,
+    },
+    /// Agent instances.
+    Agent {
+        #[command(subcommand)]
+        cmd: AgentCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Tasks.
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Kill switch: every agent decision denies until unfreeze.
+    Freeze {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Unfreeze {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Policy packs.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Policy enforcement points (AuthZEN callers).
+    Pep {
+        #[command(subcommand)]
+        cmd: PepCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Register an agent instance and print its single-use join token.
+    Add {
+        spiffe_id: String,
+        #[arg(long)]
+        owner: String,
+    },
+    /// Revoke an agent: all its tasks end, and it gets no SVID until re-added.
+    Revoke {
+        spiffe_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        incident: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        id: String,
+    },
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a pack directory offline; prints file:line:column errors.
+    Validate {
+        #[arg(default_value = "tollgate-config")]
+        dir: PathBuf,
+    },
+    /// Ask the running server to reload its pack.
+    Reload {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Show the newest entries (optionally filtered), or follow new ones.
+    Tail {
+        #[arg(long)]
+        incident: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// How many entries.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep polling for new entries.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PepCmd {
+    /// Register a PEP and print its key (shown once).
+    Add { name: String },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init { dir } => init(&dir),
+        Command::Serve {
+            config,
+            data,
+            listen,
+        } => serve(config, data, listen),
+        Command::Agent { cmd, conn } => {
+            let c = Client::new(&conn)?;
+            match cmd {
+                AgentCmd::Add { spiffe_id, owner } => {
+                    let r = c.post(
+                        "/v1/agents",
+                        &json!({"spiffe_id": spiffe_id, "owner": owner}),
+                    )?;
+                    println!(
+                        "agent:       {}",
+                        r["spiffe_id"].as_str().unwrap_or_default()
+                    );
+                    match r["join_token"].as_str() {
+                        Some(t) => {
+                            println!("join token:  {t}");
+                            println!(
+                                "expires at:  {}",
+                                r["expires_at"].as_str().unwrap_or_default()
+                            );
+                            println!(
+                                "(single use: the agent exchanges it at POST /v1/agents/attest)"
+                            );
+                        }
+                        None => println!(
+                            "external trust domain: the agent brings JWT-SVIDs from its own issuer"
+                        ),
+                    }
+                    Ok(())
+                }
+                AgentCmd::Revoke { spiffe_id, reason } => {
+                    let r = c.post(
+                        "/v1/revocations",
+                        &json!({"agent": spiffe_id, "reason": reason}),
+                    )?;
+                    println!("revoked {spiffe_id}; tasks ended: {}", r["revoked_tasks"]);
+                    Ok(())
+                }
+            }
+        }
+        Command::Task { cmd, conn } => {
+            let c = Client::new(&conn)?;
+            match cmd {
+                TaskCmd::List {
+                    agent,
+                    incident,
+                    status,
+                    json,
+                } => {
+                    let mut q = vec![];
+                    for (k, v) in [("agent", agent), ("incident", incident), ("status", status)] {
+                        if let Some(v) = v {
+                            q.push(format!("{k}={}", client::encode(&v)));
+                        }
+                    }
+                    let r = c.get(&format!("/v1/tasks?{}", q.join("&")))?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r)?);
+                        return Ok(());
+                    }
+                    println!(
+                        "{:<40} {:<10} {:<12} {:<22} AGENT",
+                        "TASK", "STATUS", "INCIDENT", "EXPIRES"
+                    );
+                    for t in r.as_array().into_iter().flatten() {
+                        println!(
+                            "{:<40} {:<10} {:<12} {:<22} {}",
+                            t["id"].as_str().unwrap_or(""),
+                            t["status"].as_str().unwrap_or(""),
+                            t["incident_id"].as_str().unwrap_or(""),
+                            t["expires_at"].as_str().unwrap_or(""),
+                            t["agent"].as_str().unwrap_or("")
+                        );
+                    }
+                    Ok(())
+                }
+                TaskCmd::Show { id } => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &c.get(&format!("/v1/tasks/{}", client::encode(&id)))?
+                        )?
+                    );
+                    Ok(())
+                }
+                TaskCmd::Revoke { id, reason } => {
+                    c.post("/v1/revocations", &json!({"task_id": id, "reason": reason}))?;
+                    println!("revoked task {id}");
+                    Ok(())
+                }
+            }
+        }
+        Command::Freeze { conn } => {
+            Client::new(&conn)?.post("/v1/freeze", &json!({}))?;
+            println!("frozen: every agent decision now denies");
+            Ok(())
+        }
+        Command::Unfreeze { conn } => {
+            Client::new(&conn)?.post("/v1/unfreeze", &json!({}))?;
+            println!("unfrozen");
+            Ok(())
+        }
+        Command::Policy { cmd } => match cmd {
+            PolicyCmd::Validate { dir } => match tollgate_policy::PolicyPack::load_dir(&dir) {
+                Ok(p) => {
+                    println!(
+                        "ok: {} policies, {} catalog operations, digest {}",
+                        p.policy_count(),
+                        p.catalog().operations.len(),
+                        p.digest()
+                    );
+                    Ok(())
+                }
+                Err(tollgate_policy::PolicyError::Invalid(diags)) => {
+                    for d in &diags {
+                        eprintln!("{}", d_with_dir(&dir, d));
+                    }
+                    bail!("{} problem(s) in {}", diags.len(), dir.display())
+                }
+                Err(e) => Err(e.into()),
+            },
+            PolicyCmd::Reload { conn } => {
+                let r = Client::new(&conn)?.post("/v1/policies/reload", &json!({}))?;
+                println!(
+                    "reloaded: {} policies, digest {}",
+                    r["policies"],
+                    r["digest"].as_str().unwrap_or_default()
+                );
+                Ok(())
+            }
+        },
+        Command::Audit { cmd, conn } => {
+            let c = Client::new(&conn)?;
+            match cmd {
+                AuditCmd::Tail {
+                    incident,
+                    task,
+                    agent,
+                    lines,
+                    follow,
+                    json,
+                } => audit_tail(&c, incident, task, agent, lines, follow, json),
+            }
+        }
+        Command::Pep { cmd, conn } => {
+            let c = Client::new(&conn)?;
+            match cmd {
+                PepCmd::Add { name } => {
+                    let r = c.post("/v1/peps", &json!({"name": name}))?;
+                    println!("pep:  {}", r["name"].as_str().unwrap_or_default());
+                    println!("key:  {}", r["key"].as_str().unwrap_or_default());
+                    println!("(shown once; the PEP sends it as bearer token to /access/v1/*)");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn d_with_dir(dir: &std::path::Path, d: &tollgate_policy::Diagnostic) -> String {
+    format!("{}/{}", dir.display(), d)
+}
+
+fn init(dir: &std::path::Path) -> Result<()> {
+    if dir.join("tollgate.yaml").exists() {
+        bail!(
+            "{} already holds a tollgate.yaml; not overwriting",
+            dir.display()
+        );
+    }
+    for (name, text) in tollgate_server::embedded::FILES {
+        let p = dir.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!(
+        "wrote the example incident-response pack to {}",
+        dir.display()
+    );
+    println!("validate: tollgate policy validate {}", dir.display());
+    println!("serve:    tollgate serve --config {}", dir.display());
+    Ok(())
+}
+
+fn serve(config: Option<PathBuf>, data: PathBuf, listen: String) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let opts = tollgate_server::Options {
+            config_dir: config.clone(),
+            data_dir: data.clone(),
+        };
+        let state =
+            tollgate_server::AppState::open(&opts, Arc::new(tollgate_core::SystemClock)).await?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        let pack = state.pack.load();
+        println!("tollgate listening on http://{addr}");
+        println!(
+            "policy pack: {} ({} policies, digest {})",
+            config
+                .as_ref()
+                .map(|c| c.display().to_string())
+                .unwrap_or_else(|| "built-in example".into()),
+            pack.policy_count(),
+            &pack.digest()[..12]
+        );
+        println!("data dir: {}", data.display());
+        println!(
+            "admin token: {}",
+            data.join(tollgate_server::state::ADMIN_TOKEN_FILE)
+                .display()
+        );
+        if state.is_frozen() {
+            println!("FROZEN: every agent decision denies until `tollgate unfreeze`");
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        tollgate_server::serve(state, listener, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn audit_tail(
+    c: &Client,
+    incident: Option<String>,
+    task: Option<String>,
+    agent: Option<String>,
+    lines: usize,
+    follow: bool,
+    json: bool,
+) -> Result<()> {
+    let mut filter = String::new();
+    for (k, v) in [("incident", incident), ("task", task), ("agent", agent)] {
+        if let Some(v) = v {
+            filter.push_str(&format!("&{k}={}", client::encode(&v)));
+        }
+    }
+    // Walk pages to the end, keeping the last `lines` entries.
+    let mut after = 0u64;
+    let mut window: std::collections::VecDeque<Value> = Default::default();
+    loop {
+        let r = c.get(&format!("/v1/audit?after={after}&limit=1000{filter}"))?;
+        let entries = r["entries"].as_array().cloned().unwrap_or_default();
+        for e in entries {
+            after = e["seq"].as_u64().unwrap_or(after);
+            window.push_back(e);
+            if window.len() > lines {
+                window.pop_front();
+            }
+        }
+        if r["next_after"].is_null() {
+            break;
+        }
+    }
+    for e in &window {
+        print_entry(e, json)?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let r = c.get(&format!("/v1/audit?after={after}&limit=1000{filter}"))?;
+        for e in r["entries"].as_array().into_iter().flatten() {
+            after = e["seq"].as_u64().unwrap_or(after);
+            print_entry(e, json)?;
+        }
+    }
+}
+
+fn print_entry(e: &Value, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(e)?);
+        return Ok(());
+    }
+    let ev = &e["event"];
+    let ts = ev["ts"]
+        .as_i64()
+        .map(tollgate_core::clock::rfc3339)
+        .unwrap_or_default();
+    let d = &ev["detail"];
+    let what = match (d["action"].as_str(), d["resource"].as_str()) {
+        (Some(a), Some(r)) => format!("{a} {r}"),
+        _ => String::new(),
+    };
+    let why = d["reasons"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    println!(
+        "{:>6} {} {:<18} {:<18} {:<34} {} {}{}",
+        e["seq"],
+        ts,
+        ev["kind"].as_str().unwrap_or(""),
+        ev["outcome"].as_str().unwrap_or("-"),
+        ev["task_id"].as_str().unwrap_or("-"),
+        ev["actor"].as_str().unwrap_or(""),
+        what,
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({why})")
+        }
+    );
+    Ok(())
+}

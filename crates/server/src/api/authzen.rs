@@ -1,0 +1,294 @@
+//! OpenID AuthZEN Authorization API 1.0, for trusted enforcement points.
+//!
+//! Mapping (Tollgate's model is task-scoped, so the PEP names the task):
+//! - `subject`: `{type: "agent", id: <SPIFFE ID>}`
+//! - `action.name`: a tool-catalog operation
+//! - `resource`: `{type: <Cedar entity type>, id, properties}`; properties
+//!   are the resource attributes
+//! - `context.task_id` (required): a live task of that agent;
+//!   `context.intent` and `context.parameters` are optional.
+//!
+//! `decision` is `true` only for `allow`; `approval_required` is `false` with
+//! the outcome in the response context. Every evaluation is decided and
+//! audited exactly like `/v1/authorize`.
+
+use crate::auth::{ApiJson, PepAuth, Shared};
+use crate::decide::{decide_action, ActionAsk};
+use crate::error::ApiError;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tollgate_core::{Outcome, TaskStatus};
+use tollgate_policy::ResourceRef;
+use utoipa::ToSchema;
+
+#[derive(Deserialize, Clone, ToSchema)]
+pub struct Subject {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+}
+
+#[derive(Deserialize, Clone, ToSchema)]
+pub struct Action {
+    pub name: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+}
+
+#[derive(Deserialize, Clone, ToSchema)]
+pub struct Resource {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+}
+
+/// One access evaluation (AuthZEN 1.0 §6). Unknown fields are ignored, as the spec requires.
+#[derive(Deserialize, ToSchema)]
+pub struct Evaluation {
+    pub subject: Subject,
+    pub action: Action,
+    pub resource: Resource,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub context: Map<String, Value>,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct EvaluationItem {
+    pub subject: Option<Subject>,
+    pub action: Option<Action>,
+    pub resource: Option<Resource>,
+    #[schema(value_type = Object)]
+    pub context: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize, ToSchema, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Semantic {
+    #[default]
+    ExecuteAll,
+    DenyOnFirstDeny,
+    PermitOnFirstPermit,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+pub struct Options {
+    #[serde(default)]
+    pub evaluations_semantic: Semantic,
+}
+
+/// A batch of evaluations with top-level defaults (AuthZEN 1.0 §7).
+#[derive(Deserialize, ToSchema)]
+pub struct Evaluations {
+    pub subject: Option<Subject>,
+    pub action: Option<Action>,
+    pub resource: Option<Resource>,
+    #[schema(value_type = Object)]
+    pub context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub evaluations: Vec<EvaluationItem>,
+    #[serde(default)]
+    pub options: Options,
+}
+
+/// Evaluate one request. `Err` is an error of the whole call (store down);
+/// problems with the request itself become `decision: false` with an error context.
+async fn evaluate(
+    state: &Shared,
+    pep: &str,
+    e: &Evaluation,
+    traceparent: Option<String>,
+) -> Result<Value, ApiError> {
+    let refuse = |status: u16, message: String| json!({"decision": false, "context": {"error": {"status": status, "message": message}}});
+    if !e.subject.kind.eq_ignore_ascii_case("agent") {
+        return Ok(refuse(
+            400,
+            format!(
+                "subject type {:?} is not supported; use \"agent\"",
+                e.subject.kind
+            ),
+        ));
+    }
+    let Some(task_id) = e.context.get("task_id").and_then(Value::as_str) else {
+        return Ok(refuse(
+            400,
+            "context.task_id is required: Tollgate decides within a task".into(),
+        ));
+    };
+    let now = state.now();
+    let task = match state.store.task(task_id).await? {
+        Some(t) if t.agent == e.subject.id => t,
+        _ => {
+            return Ok(refuse(
+                404,
+                format!("no task {task_id} of subject {}", e.subject.id),
+            ))
+        }
+    };
+    if !task.is_live(now) {
+        let status = if task.status == TaskStatus::Active {
+            "expired"
+        } else {
+            task.status.as_str()
+        };
+        return Ok(refuse(403, format!("task {task_id} is {status}")));
+    }
+    let agent = match state.store.agent(&task.agent).await? {
+        Some(a) if !a.revoked => a,
+        _ => return Ok(refuse(403, format!("agent {} is revoked", task.agent))),
+    };
+    let resource = ResourceRef {
+        kind: e.resource.kind.clone(),
+        id: e.resource.id.clone(),
+        attributes: e.resource.properties.clone(),
+    };
+    let intent = e
+        .context
+        .get("intent")
+        .and_then(Value::as_str)
+        .unwrap_or(&task.intent)
+        .to_string();
+    let parameters = e
+        .context
+        .get("parameters")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let ask = ActionAsk {
+        task: &task,
+        agent: &agent,
+        action: &e.action.name,
+        resource: &resource,
+        intent: &intent,
+        parameters: &parameters,
+        actor: format!("pep:{pep}"),
+        kind: "authzen.decision",
+        traceparent,
+    };
+    match decide_action(state, ask).await {
+        Ok(d) => Ok(json!({
+            "decision": d.decision.outcome == Outcome::Allow,
+            "context": {
+                "request_id": d.request_id,
+                "outcome": d.decision.outcome.as_str(),
+                "reasons": d.decision.reasons,
+                "policies": d.decision.policies,
+                "obligations": d.decision.obligations,
+            }
+        })),
+        Err(ApiError::BadRequest { message, .. }) => Ok(refuse(400, message)),
+        Err(e) => Err(e),
+    }
+}
+
+fn with_request_id(headers: &HeaderMap, body: Value) -> Response {
+    let mut resp = Json(body).into_response();
+    // AuthZEN: echo the PEP's X-Request-ID.
+    if let Some(id) = headers
+        .get("x-request-id")
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+    {
+        resp.headers_mut().insert("x-request-id", id);
+    }
+    resp
+}
+
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+#[utoipa::path(post, path = "/access/v1/evaluation", request_body = Evaluation, responses((status = 200, description = "{decision: bool, context}")), security(("pep" = [])))]
+pub async fn evaluation(
+    pep: PepAuth,
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<Evaluation>,
+) -> Result<Response, ApiError> {
+    let body = evaluate(&state, &pep.0.name, &req, traceparent(&headers)).await?;
+    Ok(with_request_id(&headers, body))
+}
+
+#[utoipa::path(post, path = "/access/v1/evaluations", request_body = Evaluations, responses((status = 200, description = "{evaluations: [{decision, context}]}")), security(("pep" = [])))]
+pub async fn evaluations(
+    pep: PepAuth,
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<Evaluations>,
+) -> Result<Response, ApiError> {
+    // No items: behaves as a single evaluation of the defaults (§7.1).
+    let items = if req.evaluations.is_empty() {
+        vec![EvaluationItem {
+            subject: None,
+            action: None,
+            resource: None,
+            context: None,
+        }]
+    } else {
+        req.evaluations
+    };
+    if items.len() > 100 {
+        return Err(ApiError::bad_request("at most 100 evaluations per call"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let merged = (
+            item.subject.or_else(|| req.subject.clone()),
+            item.action.or_else(|| req.action.clone()),
+            item.resource.or_else(|| req.resource.clone()),
+        );
+        let result = match merged {
+            (Some(subject), Some(action), Some(resource)) => {
+                let e = Evaluation {
+                    subject,
+                    action,
+                    resource,
+                    context: item
+                        .context
+                        .or_else(|| req.context.clone())
+                        .unwrap_or_default(),
+                };
+                evaluate(&state, &pep.0.name, &e, traceparent(&headers)).await?
+            }
+            _ => {
+                json!({"decision": false, "context": {"error": {"status": 400, "message": "subject, action and resource must be given in the evaluation or as defaults"}}})
+            }
+        };
+        let decision = result["decision"].as_bool().unwrap_or(false);
+        out.push(result);
+        match req.options.evaluations_semantic {
+            Semantic::DenyOnFirstDeny if !decision => break,
+            Semantic::PermitOnFirstPermit if decision => break,
+            _ => {}
+        }
+    }
+    Ok(with_request_id(&headers, json!({"evaluations": out})))
+}
+
+/// PDP metadata (AuthZEN 1.0 §9).
+#[utoipa::path(get, path = "/.well-known/authzen-configuration", responses((status = 200)))]
+pub async fn configuration(headers: HeaderMap) -> Json<Value> {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8181");
+    let base = format!("http://{host}");
+    Json(json!({
+        "policy_decision_point": base,
+        "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
+        "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
+    }))
+}

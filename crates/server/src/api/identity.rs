@@ -1,0 +1,207 @@
+//! Agent identity: registration, join-token attestation, SVID refresh, JWKS.
+
+use crate::auth::{Admin, AgentSvid, ApiJson, Shared};
+use crate::decide::new_id;
+use crate::error::ApiError;
+use crate::state::random_token;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tollgate_audit::AuditEvent;
+use tollgate_core::clock::rfc3339;
+use tollgate_core::{sha256_hex, Agent, SpiffeId};
+use tollgate_store::{Batch, Change, JoinToken};
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgent {
+    /// SPIFFE ID of the agent instance, e.g. `spiffe://acme.test/agent/ir-responder/i-1`.
+    pub spiffe_id: String,
+    /// The human or team accountable for the agent.
+    pub owner: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub spiffe_id: String,
+    /// Single-use; `null` for agents of an external trust domain, which bring their own SVIDs.
+    pub join_token: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+/// Register (or re-enrol) an agent instance and issue a single-use join token.
+#[utoipa::path(post, path = "/v1/agents", request_body = RegisterAgent, responses((status = 201, body = Registered)), security(("admin" = [])))]
+pub async fn register_agent(
+    _: Admin,
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<RegisterAgent>,
+) -> Result<(StatusCode, Json<Registered>), ApiError> {
+    let id = SpiffeId::parse(&req.spiffe_id)
+        .map_err(|e| ApiError::bad_request(format!("spiffe_id: {e}")))?;
+    if req.owner.trim().is_empty() {
+        return Err(ApiError::bad_request("owner must not be empty"));
+    }
+    let now = state.now();
+    let own = id.trust_domain() == state.tokens.trust_domain();
+    let agent = Agent {
+        spiffe_id: id.to_string(),
+        owner: req.owner.clone(),
+        created_at: now,
+        revoked: false,
+    };
+    let mut batch = Batch::default().change(Change::UpsertAgent(agent));
+    let (join_token, expires_at) = if own {
+        let token = random_token("tgj_");
+        let expires_at = now + state.config.join_token_ttl_seconds;
+        batch = batch.change(Change::PutJoinToken(JoinToken {
+            token_hash: sha256_hex(token.as_bytes()),
+            spiffe_id: id.to_string(),
+            expires_at,
+            used_at: None,
+        }));
+        (Some(token), Some(rfc3339(expires_at)))
+    } else {
+        (None, None)
+    };
+    batch = batch.event(
+        AuditEvent::new(now, "agent.registered", "admin")
+            .agent(id.to_string())
+            .detail(serde_json::json!({"owner": req.owner, "join_token_expires_at": expires_at})),
+    );
+    state.store.commit(batch).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Registered {
+            spiffe_id: id.to_string(),
+            join_token,
+            expires_at,
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attest {
+    pub join_token: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Svid {
+    pub spiffe_id: String,
+    /// JWT-SVID (EdDSA), audience = the gateway.
+    pub svid: String,
+    pub expires_at: String,
+}
+
+/// Exchange a join token (once) for a JWT-SVID.
+#[utoipa::path(post, path = "/v1/agents/attest", request_body = Attest, responses((status = 200, body = Svid), (status = 401)))]
+pub async fn attest(
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<Attest>,
+) -> Result<Json<Svid>, ApiError> {
+    let now = state.now();
+    let hash = sha256_hex(req.join_token.as_bytes());
+    let refused = |reason: &str| {
+        AuditEvent::new(now, "agent.attest_refused", "anonymous")
+            .outcome("refused")
+            .detail(serde_json::json!({"reason": reason}))
+    };
+    let token = state.store.join_token(&hash).await?;
+    let token = match token {
+        Some(t) if t.used_at.is_none() && t.expires_at > now => t,
+        other => {
+            let why = match other {
+                None => "unknown join token",
+                Some(t) if t.used_at.is_some() => "join token already used",
+                Some(_) => "join token expired",
+            };
+            state.store.commit(Batch::audit_only(refused(why))).await?;
+            return Err(ApiError::Unauthorized(why.into()));
+        }
+    };
+    match state.store.agent(&token.spiffe_id).await? {
+        Some(a) if !a.revoked => {}
+        _ => {
+            state
+                .store
+                .commit(Batch::audit_only(
+                    refused("agent is revoked").agent(token.spiffe_id.clone()),
+                ))
+                .await?;
+            return Err(ApiError::Forbidden(format!(
+                "agent {} is revoked",
+                token.spiffe_id
+            )));
+        }
+    }
+    let id = SpiffeId::parse(&token.spiffe_id).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let jti = new_id("svid");
+    let (svid, exp) = state
+        .tokens
+        .issue_svid(&id, now, state.config.svid_ttl_seconds, jti.clone())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let batch = Batch::default()
+        .change(Change::ConsumeJoinToken {
+            token_hash: hash,
+            now,
+        })
+        .event(
+            AuditEvent::new(now, "agent.attested", id.to_string())
+                .agent(id.to_string())
+                .detail(serde_json::json!({"svid_jti": jti, "expires_at": exp})),
+        );
+    // The conditional consume makes two racing attestations yield one SVID.
+    state.store.commit(batch).await.map_err(|e| match e {
+        tollgate_store::StoreError::Conflict(_) => {
+            ApiError::Unauthorized("join token already used".into())
+        }
+        e => e.into(),
+    })?;
+    Ok(Json(Svid {
+        spiffe_id: id.to_string(),
+        svid,
+        expires_at: rfc3339(exp),
+    }))
+}
+
+/// A fresh JWT-SVID for an agent holding a valid one.
+#[utoipa::path(post, path = "/v1/agents/svid", responses((status = 200, body = Svid)), security(("svid" = [])))]
+pub async fn refresh_svid(
+    caller: AgentSvid,
+    State(state): State<Shared>,
+) -> Result<Json<Svid>, ApiError> {
+    if caller.svid.external {
+        return Err(ApiError::bad_request(
+            "agents of external trust domains get SVIDs from their own issuer",
+        ));
+    }
+    let now = state.now();
+    let jti = new_id("svid");
+    let (svid, exp) = state
+        .tokens
+        .issue_svid(
+            &caller.svid.spiffe_id,
+            now,
+            state.config.svid_ttl_seconds,
+            jti.clone(),
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let id = caller.agent.spiffe_id.clone();
+    let ev = AuditEvent::new(now, "svid.issued", id.clone())
+        .agent(id.clone())
+        .detail(serde_json::json!({"svid_jti": jti, "expires_at": exp}));
+    state.store.commit(Batch::audit_only(ev)).await?;
+    Ok(Json(Svid {
+        spiffe_id: id,
+        svid,
+        expires_at: rfc3339(exp),
+    }))
+}
+
+/// Public keys that verify SVIDs and task credentials.
+#[utoipa::path(get, path = "/.well-known/jwks.json", responses((status = 200, description = "JWK Set")))]
+pub async fn jwks(State(state): State<Shared>) -> Json<serde_json::Value> {
+    Json(state.tokens.jwks())
+}

@@ -1,0 +1,115 @@
+//! The HTTP API: routes, OpenAPI document, health and metrics.
+
+pub mod admin;
+pub mod authzen;
+pub mod identity;
+pub mod tasks;
+
+use crate::auth::Shared;
+use crate::error::ApiError;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// Bodies above this are refused with 413 before parsing.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, what) in [
+            ("admin", "admin token"),
+            ("svid", "JWT-SVID"),
+            ("task", "task credential"),
+            ("pep", "PEP key"),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format(what)
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Tollgate", description = "Runtime governance gateway for autonomous agents"),
+    paths(
+        identity::register_agent, identity::attest, identity::refresh_svid, identity::jwks,
+        tasks::open_task, tasks::renew_task, tasks::close_task, tasks::add_evidence, tasks::authorize,
+        admin::freeze, admin::unfreeze, admin::revoke, admin::list_tasks, admin::show_task, admin::audit,
+        admin::reload, admin::add_pep,
+        authzen::evaluation, authzen::evaluations, authzen::configuration,
+        healthz, metrics, openapi_json,
+    ),
+    modifiers(&Security)
+)]
+pub struct ApiDoc;
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.encode(),
+    )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200)))]
+pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/agents", post(identity::register_agent))
+        .route("/v1/agents/attest", post(identity::attest))
+        .route("/v1/agents/svid", post(identity::refresh_svid))
+        .route("/.well-known/jwks.json", get(identity::jwks))
+        .route("/v1/tasks", post(tasks::open_task).get(admin::list_tasks))
+        .route("/v1/tasks/{id}", get(admin::show_task))
+        .route("/v1/tasks/{id}/renew", post(tasks::renew_task))
+        .route("/v1/tasks/{id}/close", post(tasks::close_task))
+        .route("/v1/tasks/{id}/evidence", post(tasks::add_evidence))
+        .route("/v1/authorize", post(tasks::authorize))
+        .route("/v1/freeze", post(admin::freeze))
+        .route("/v1/unfreeze", post(admin::unfreeze))
+        .route("/v1/revocations", post(admin::revoke))
+        .route("/v1/audit", get(admin::audit))
+        .route("/v1/policies/reload", post(admin::reload))
+        .route("/v1/peps", post(admin::add_pep))
+        .route("/access/v1/evaluation", post(authzen::evaluation))
+        .route("/access/v1/evaluations", post(authzen::evaluations))
+        .route(
+            "/.well-known/authzen-configuration",
+            get(authzen::configuration),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}

@@ -1,0 +1,448 @@
+//! Tasks and their credentials, evidence, and the decision at every action.
+
+use crate::auth::{AgentSvid, ApiJson, Shared, TaskAuth};
+use crate::decide::{decide_action, decision_json, new_id, ActionAsk};
+use crate::error::ApiError;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+use tollgate_audit::AuditEvent;
+use tollgate_core::clock::rfc3339;
+use tollgate_core::{
+    Incident, IncidentRef, IncidentStatus, Outcome, Scope, SpiffeId, Task, TaskStatus,
+};
+use tollgate_identity::TaskGrant;
+use tollgate_policy::{AgentFacts, ResourceRef, TaskOpenFacts};
+use tollgate_store::{Batch, Change, Evidence};
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenTask {
+    #[schema(value_type = Object)]
+    pub incident: IncidentRef,
+    pub environment: String,
+    pub playbook: String,
+    pub intent: String,
+    pub ttl_seconds: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskCredential {
+    pub task_id: String,
+    /// EdDSA JWT bound to this task; present it as bearer token.
+    pub credential: String,
+    pub expires_at: String,
+}
+
+fn non_empty(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.trim().is_empty() || v.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "{field} must be 1 to {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Open a task: a policy decision over the agent, incident and declared intent.
+#[utoipa::path(post, path = "/v1/tasks", request_body = OpenTask, responses((status = 201, body = TaskCredential), (status = 403, description = "refused by policy; body carries the decision")), security(("svid" = [])))]
+pub async fn open_task(
+    caller: AgentSvid,
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<OpenTask>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    non_empty("incident.id", &req.incident.id, 128)?;
+    non_empty("incident.class", &req.incident.class, 64)?;
+    non_empty("environment", &req.environment, 64)?;
+    non_empty("playbook", &req.playbook, 128)?;
+    non_empty("intent", &req.intent, 2048)?;
+    let ttl = req.ttl_seconds.unwrap_or(state.config.task_ttl_seconds);
+    if ttl <= 0 {
+        return Err(ApiError::bad_request("ttl_seconds must be positive"));
+    }
+    let now = state.now();
+    let agent_id = caller.agent.spiffe_id.clone();
+    let request_id = new_id("req");
+    let stored = state.store.incident(&req.incident.id).await?;
+    // The first report of an incident is recorded as the agent states it;
+    // after that the stored record (which admins update) is authoritative.
+    let (incident, is_new) = match stored {
+        Some(i) => (i, false),
+        None => (
+            Incident {
+                id: req.incident.id.clone(),
+                class: req.incident.class.clone(),
+                severity: req.incident.severity,
+                status: IncidentStatus::Open,
+                updated_at: now,
+            },
+            true,
+        ),
+    };
+    let mut decision = if state.is_frozen() {
+        tollgate_core::Decision::deny(
+            "tollgate is frozen: every agent decision denies until an admin unfreezes",
+        )
+    } else if incident.status != IncidentStatus::Open {
+        tollgate_core::Decision::deny(format!(
+            "incident {} is {}",
+            incident.id,
+            incident.status.as_str()
+        ))
+    } else if incident.class != req.incident.class || incident.severity != req.incident.severity {
+        tollgate_core::Decision::deny(format!(
+            "incident {} is recorded as class {} severity {}",
+            incident.id,
+            incident.class,
+            incident.severity.as_str()
+        ))
+    } else {
+        let id = SpiffeId::parse(&agent_id).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let facts = TaskOpenFacts {
+            agent: AgentFacts {
+                spiffe_id: &id,
+                owner: &caller.agent.owner,
+            },
+            incident: &incident,
+            environment: &req.environment,
+            playbook: &req.playbook,
+            intent: &req.intent,
+            ttl_seconds: ttl,
+            now,
+        };
+        match state.pack.load().decide_task_open(&facts) {
+            Ok(d) => d,
+            Err(tollgate_policy::PolicyError::BadRequest(m)) => {
+                return Err(ApiError::BadRequest {
+                    code: "invalid_request",
+                    message: m,
+                })
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "task-open evaluation failed; failing closed");
+                tollgate_core::Decision::deny("policy evaluation failed; failing closed")
+            }
+        }
+    };
+    if ttl > state.config.task_max_ttl_seconds && decision.outcome != Outcome::Deny {
+        decision = tollgate_core::Decision::deny(format!(
+            "ttl_seconds exceeds the maximum of {}",
+            state.config.task_max_ttl_seconds
+        ));
+    }
+    // Opening a task has no approval flow: anything but allow is a refusal.
+    if decision.outcome != Outcome::Allow {
+        if decision.outcome == Outcome::ApprovalRequired {
+            decision
+                .reasons
+                .push("task opening cannot wait for approval; refused".into());
+        }
+        let ev = AuditEvent::new(now, "task.refused", agent_id.clone())
+            .agent(agent_id.clone())
+            .incident(incident.id.clone())
+            .request(request_id.clone())
+            .outcome("deny")
+            .detail(json!({"request": {"incident": req.incident, "environment": req.environment, "playbook": req.playbook, "intent": req.intent, "ttl_seconds": ttl}, "policies": decision.policies, "reasons": decision.reasons}));
+        state.store.commit(Batch::audit_only(ev)).await?;
+        state
+            .metrics
+            .record("task.open", "deny", started.elapsed().as_secs_f64());
+        let body = json!({
+            "decision": "deny", "request_id": request_id, "reasons": decision.reasons, "policies": decision.policies,
+            "error": {"code": "task_refused", "message": decision.reasons.join("; ")},
+        });
+        return Ok((StatusCode::FORBIDDEN, Json(body)).into_response());
+    }
+
+    let task_id = new_id("task");
+    let expires_at = now + ttl;
+    let task = Task {
+        id: task_id.clone(),
+        agent: agent_id.clone(),
+        incident_id: incident.id.clone(),
+        environment: req.environment.clone(),
+        playbook: req.playbook.clone(),
+        intent: req.intent.clone(),
+        scope: Scope::default(),
+        parent_task_id: None,
+        created_at: now,
+        expires_at,
+        max_expires_at: now + state.config.task_max_ttl_seconds,
+        status: TaskStatus::Active,
+        status_reason: None,
+    };
+    let jti = new_id("cred");
+    let grant = TaskGrant {
+        sub: agent_id.clone(),
+        task_id: task_id.clone(),
+        incident_id: incident.id.clone(),
+        scope: Scope::default(),
+        iat: now,
+        exp: expires_at,
+        jti: jti.clone(),
+        act: None,
+    };
+    let (credential, _) = state
+        .tokens
+        .issue_task_credential(grant)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut batch = Batch::default();
+    if is_new {
+        batch = batch
+            .change(Change::UpsertIncident(incident.clone()))
+            .event(
+                AuditEvent::new(now, "incident.recorded", agent_id.clone())
+                    .incident(incident.id.clone())
+                    .detail(json!({"class": incident.class, "severity": incident.severity})),
+            );
+    }
+    batch = batch.change(Change::InsertTask(task)).event(
+        AuditEvent::new(now, "task.opened", agent_id.clone())
+            .agent(agent_id.clone())
+            .task(task_id.clone())
+            .incident(incident.id.clone())
+            .request(request_id)
+            .outcome("allow")
+            .detail(json!({
+                "environment": req.environment, "playbook": req.playbook, "intent": req.intent,
+                "expires_at": expires_at, "credential_jti": jti, "policies": decision.policies, "reasons": decision.reasons,
+            })),
+    );
+    state.store.commit(batch).await?;
+    state
+        .metrics
+        .record("task.open", "allow", started.elapsed().as_secs_f64());
+    let body = TaskCredential {
+        task_id,
+        credential,
+        expires_at: rfc3339(expires_at),
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn same_task(auth: &TaskAuth, id: &str) -> Result<(), ApiError> {
+    if auth.task.id != id {
+        return Err(ApiError::Forbidden(
+            "this credential belongs to another task".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh credential for a live task; never past the task's hard maximum.
+#[utoipa::path(post, path = "/v1/tasks/{id}/renew", params(("id" = String, Path)), responses((status = 200, body = TaskCredential)), security(("task" = [])))]
+pub async fn renew_task(
+    auth: TaskAuth,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskCredential>, ApiError> {
+    same_task(&auth, &id)?;
+    let now = state.now();
+    let expires_at = (now + state.config.task_ttl_seconds).min(auth.task.max_expires_at);
+    if expires_at <= now {
+        return Err(ApiError::Conflict(format!(
+            "task {id} has reached its maximum lifetime"
+        )));
+    }
+    let jti = new_id("cred");
+    let grant = TaskGrant {
+        sub: auth.task.agent.clone(),
+        task_id: id.clone(),
+        incident_id: auth.task.incident_id.clone(),
+        scope: auth.task.scope.clone(),
+        iat: now,
+        exp: expires_at,
+        jti: jti.clone(),
+        act: auth.claims.act.clone(),
+    };
+    let (credential, _) = state
+        .tokens
+        .issue_task_credential(grant)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let batch = Batch::default().change(Change::RenewTask { task_id: id.clone(), expires_at, now }).event(
+        AuditEvent::new(now, "task.renewed", auth.task.agent.clone())
+            .agent(auth.task.agent.clone())
+            .task(id.clone())
+            .incident(auth.task.incident_id.clone())
+            .detail(json!({"expires_at": expires_at, "credential_jti": jti, "max_expires_at": auth.task.max_expires_at})),
+    );
+    state.store.commit(batch).await?;
+    Ok(Json(TaskCredential {
+        task_id: id,
+        credential,
+        expires_at: rfc3339(expires_at),
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseOutcome {
+    Completed,
+    Failed,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseTask {
+    pub outcome: CloseOutcome,
+    pub summary: Option<String>,
+}
+
+/// Close a task; its credential stops working on the next request.
+#[utoipa::path(post, path = "/v1/tasks/{id}/close", params(("id" = String, Path)), request_body = CloseTask, responses((status = 200)), security(("task" = [])))]
+pub async fn close_task(
+    auth: TaskAuth,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CloseTask>,
+) -> Result<Json<Value>, ApiError> {
+    same_task(&auth, &id)?;
+    let now = state.now();
+    let status = match req.outcome {
+        CloseOutcome::Completed => TaskStatus::Completed,
+        CloseOutcome::Failed => TaskStatus::Failed,
+    };
+    let reason = req
+        .summary
+        .clone()
+        .unwrap_or_else(|| "closed by the agent".into());
+    let batch = Batch::default()
+        .change(Change::EndTask {
+            task_id: id.clone(),
+            status,
+            reason: reason.clone(),
+        })
+        .event(
+            AuditEvent::new(now, "task.closed", auth.task.agent.clone())
+                .agent(auth.task.agent.clone())
+                .task(id.clone())
+                .incident(auth.task.incident_id.clone())
+                .outcome(status.as_str())
+                .detail(json!({"summary": req.summary})),
+        );
+    state.store.commit(batch).await?;
+    Ok(Json(json!({"task_id": id, "status": status.as_str()})))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddEvidence {
+    #[schema(value_type = Object)]
+    pub resource: ResourceRef,
+    /// What kind of evidence: `memory-snapshot`, `process-list`, `pcap`, …
+    pub kind: String,
+    /// Lowercase hex SHA-256 of the evidence content.
+    pub sha256: String,
+    /// The content itself (text), optional; if given, it must hash to `sha256`.
+    pub content: Option<String>,
+}
+
+/// Attach diagnostic evidence about a resource to the task.
+#[utoipa::path(post, path = "/v1/tasks/{id}/evidence", params(("id" = String, Path)), request_body = AddEvidence, responses((status = 201)), security(("task" = [])))]
+pub async fn add_evidence(
+    auth: TaskAuth,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<AddEvidence>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    same_task(&auth, &id)?;
+    non_empty("kind", &req.kind, 64)?;
+    let hex_ok = req.sha256.len() == 64
+        && req
+            .sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex_ok {
+        return Err(ApiError::bad_request(
+            "sha256 must be 64 lowercase hex characters",
+        ));
+    }
+    if let Some(c) = &req.content {
+        if tollgate_core::sha256_hex(c.as_bytes()) != req.sha256 {
+            return Err(ApiError::bad_request("content does not hash to sha256"));
+        }
+    }
+    let now = state.now();
+    let evidence_id = new_id("ev");
+    let resource = req.resource.key();
+    let batch = Batch::default()
+        .change(Change::PutEvidence(Evidence {
+            id: evidence_id.clone(),
+            task_id: id.clone(),
+            resource: resource.clone(),
+            kind: req.kind.clone(),
+            sha256: req.sha256.clone(),
+            content: req.content,
+            created_at: now,
+        }))
+        .event(
+            AuditEvent::new(now, "evidence.recorded", auth.task.agent.clone())
+                .agent(auth.task.agent.clone())
+                .task(id)
+                .incident(auth.task.incident_id.clone())
+                .detail(json!({"evidence_id": evidence_id, "resource": resource, "kind": req.kind, "sha256": req.sha256})),
+        );
+    state.store.commit(batch).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"evidence_id": evidence_id})),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Authorize {
+    /// A tool-catalog operation, e.g. `edr.isolate_host`.
+    pub action: String,
+    #[schema(value_type = Object)]
+    pub resource: ResourceRef,
+    /// Why the agent wants to do this, in its own words (audited).
+    pub intent: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: Map<String, Value>,
+    /// Present when retrying with a granted approval (approval workflow).
+    pub approval_id: Option<String>,
+}
+
+/// Ask before a privileged action: allow, deny or approval_required.
+#[utoipa::path(post, path = "/v1/authorize", request_body = Authorize, responses((status = 200, description = "the decision; a denial is not an error")), security(("task" = [])))]
+pub async fn authorize(
+    auth: TaskAuth,
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<Authorize>,
+) -> Result<Json<Value>, ApiError> {
+    non_empty("action", &req.action, 128)?;
+    non_empty("intent", &req.intent, 2048)?;
+    if req.approval_id.is_some() {
+        return Err(ApiError::bad_request(
+            "approval_id is not accepted yet: this server has no approval workflow",
+        ));
+    }
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let decided = decide_action(
+        &state,
+        ActionAsk {
+            task: &auth.task,
+            agent: &auth.agent,
+            action: &req.action,
+            resource: &req.resource,
+            intent: &req.intent,
+            parameters: &req.parameters,
+            actor: auth.agent.spiffe_id.clone(),
+            kind: "decision",
+            traceparent,
+        },
+    )
+    .await?;
+    Ok(Json(decision_json(&decided)))
+}

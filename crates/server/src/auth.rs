@@ -1,0 +1,233 @@
+//! Who is calling: extractors for each kind of caller, and the JSON body
+//! extractor that turns every malformed body into our error shape.
+//!
+//! Refused credentials are audited (`auth.refused`) before the 401 goes out,
+//! so probing leaves a trace; nothing else is written.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use std::sync::Arc;
+use tollgate_audit::AuditEvent;
+use tollgate_core::{sha256_hex, Agent, Task};
+use tollgate_identity::{TaskClaims, VerifiedSvid};
+use tollgate_store::{Batch, Pep};
+
+pub type Shared = Arc<AppState>;
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Audit a refused credential, then produce the refusal.
+async fn refuse(state: &AppState, parts: &Parts, who: &str, err: ApiError) -> ApiError {
+    let ev = AuditEvent::new(state.now(), "auth.refused", "anonymous")
+        .outcome("refused")
+        .detail(serde_json::json!({"path": parts.uri.path(), "expected": who, "reason": err.to_string()}));
+    match state.store.commit(Batch::audit_only(ev)).await {
+        Ok(_) => err,
+        Err(e) => e.into(),
+    }
+}
+
+/// The admin, by the bearer admin token.
+pub struct Admin;
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        // Compare hashes, not secrets: the comparison then leaks nothing
+        // useful about the token through timing.
+        match bearer(parts) {
+            Some(t) if sha256_hex(t.as_bytes()) == state.admin_token_hash => Ok(Admin),
+            Some(_) => Err(refuse(
+                state,
+                parts,
+                "admin",
+                ApiError::Unauthorized("invalid admin token".into()),
+            )
+            .await),
+            None => Err(ApiError::Unauthorized("admin bearer token required".into())),
+        }
+    }
+}
+
+/// A registered agent, by a JWT-SVID.
+pub struct AgentSvid {
+    pub svid: VerifiedSvid,
+    pub agent: Agent,
+}
+
+impl FromRequestParts<Shared> for AgentSvid {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::Unauthorized("bearer JWT-SVID required".into()));
+        };
+        let svid = match state.tokens.verify_svid(token, state.now()) {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(refuse(
+                    state,
+                    parts,
+                    "svid",
+                    ApiError::Unauthorized(format!("invalid svid: {e}")),
+                )
+                .await)
+            }
+        };
+        let id = svid.spiffe_id.to_string();
+        match state.store.agent(&id).await? {
+            None => Err(refuse(
+                state,
+                parts,
+                "svid",
+                ApiError::Unauthorized(format!("agent {id} is not registered")),
+            )
+            .await),
+            Some(a) if a.revoked => Err(refuse(
+                state,
+                parts,
+                "svid",
+                ApiError::Forbidden(format!("agent {id} is revoked")),
+            )
+            .await),
+            Some(agent) => Ok(AgentSvid { svid, agent }),
+        }
+    }
+}
+
+/// An agent acting within a live task, by its task credential. The task is
+/// read from the store on every request: that read is what makes close and
+/// revocation take effect on the very next call.
+pub struct TaskAuth {
+    pub claims: TaskClaims,
+    pub task: Task,
+    pub agent: Agent,
+}
+
+impl FromRequestParts<Shared> for TaskAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::Unauthorized(
+                "bearer task credential required".into(),
+            ));
+        };
+        let now = state.now();
+        let claims = match state.tokens.verify_task_credential(token, now) {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(refuse(
+                    state,
+                    parts,
+                    "task credential",
+                    ApiError::Unauthorized(format!("invalid task credential: {e}")),
+                )
+                .await)
+            }
+        };
+        let task = match state.store.task(&claims.task_id).await? {
+            Some(t) if t.agent == claims.sub => t,
+            _ => {
+                return Err(refuse(
+                    state,
+                    parts,
+                    "task credential",
+                    ApiError::Unauthorized("task credential names no task of this agent".into()),
+                )
+                .await)
+            }
+        };
+        if !task.is_live(now) {
+            let why = match &task.status_reason {
+                Some(r) => format!("task {} is {}: {r}", task.id, task.status),
+                None if task.status == tollgate_core::TaskStatus::Active => {
+                    format!("task {} has expired", task.id)
+                }
+                None => format!("task {} is {}", task.id, task.status),
+            };
+            return Err(refuse(state, parts, "task credential", ApiError::Unauthorized(why)).await);
+        }
+        let agent = match state.store.agent(&claims.sub).await? {
+            Some(a) if !a.revoked => a,
+            _ => {
+                return Err(refuse(
+                    state,
+                    parts,
+                    "task credential",
+                    ApiError::Unauthorized(format!("agent {} is revoked", claims.sub)),
+                )
+                .await)
+            }
+        };
+        Ok(TaskAuth {
+            claims,
+            task,
+            agent,
+        })
+    }
+}
+
+/// A policy enforcement point, by its PEP key.
+pub struct PepAuth(pub Pep);
+
+impl FromRequestParts<Shared> for PepAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let Some(key) = bearer(parts) else {
+            return Err(ApiError::Unauthorized("bearer PEP key required".into()));
+        };
+        match state
+            .store
+            .pep_by_key_hash(&sha256_hex(key.as_bytes()))
+            .await?
+        {
+            Some(p) => Ok(PepAuth(p)),
+            None => Err(refuse(
+                state,
+                parts,
+                "pep",
+                ApiError::Unauthorized("invalid PEP key".into()),
+            )
+            .await),
+        }
+    }
+}
+
+/// `Json<T>` whose rejections use the API's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => Err(match rej.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    ApiError::UnsupportedMediaType("expected content-type: application/json".into())
+                }
+                _ => match rej {
+                    JsonRejection::JsonDataError(e) => ApiError::BadRequest {
+                        code: "invalid_body",
+                        message: e.body_text(),
+                    },
+                    other => ApiError::BadRequest {
+                        code: "invalid_json",
+                        message: other.body_text(),
+                    },
+                },
+            }),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The decision path shared by `/v1/authorize` and AuthZEN: gateway checks,
+//! policy, then a durable audit entry, and only then an answer.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+use tollgate_audit::AuditEvent;
+use tollgate_core::{Agent, Decision, IncidentStatus, Outcome, SpiffeId, Task};
+use tollgate_policy::{ActionFacts, AgentFacts, PolicyError, ResourceRef};
+use tollgate_store::Batch;
+
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+pub struct ActionAsk<'a> {
+    pub task: &'a Task,
+    pub agent: &'a Agent,
+    pub action: &'a str,
+    pub resource: &'a ResourceRef,
+    pub intent: &'a str,
+    pub parameters: &'a Map<String, Value>,
+    /// Who asked: the agent itself, or `pep:<name>` for AuthZEN.
+    pub actor: String,
+    /// `decision` or `authzen.decision`.
+    pub kind: &'static str,
+    pub traceparent: Option<String>,
+}
+
+pub struct Decided {
+    pub request_id: String,
+    pub decision: Decision,
+}
+
+/// Decide, audit durably, and only then return. If the audit write fails
+/// the caller gets an error (503), never an unaudited allow.
+pub async fn decide_action(state: &AppState, ask: ActionAsk<'_>) -> Result<Decided, ApiError> {
+    let started = Instant::now();
+    let now = state.now();
+    let request_id = new_id("req");
+    let decision = match gateway_decision(state, &ask, now).await {
+        Ok(d) => d,
+        Err(ApiError::BadRequest { code, message }) => {
+            // A malformed request changes nothing, but leaves a trace.
+            let ev = base_event(&ask, now, &request_id)
+                .outcome("refused")
+                .detail(json!({
+                    "action": ask.action, "resource": ask.resource.key(), "error": message,
+                }));
+            state.store.commit(Batch::audit_only(ev)).await?;
+            return Err(ApiError::BadRequest { code, message });
+        }
+        Err(e) => return Err(e),
+    };
+    let ev = base_event(&ask, now, &request_id)
+        .outcome(decision.outcome.as_str())
+        .detail(json!({
+            "action": ask.action,
+            "resource": ask.resource.key(),
+            "resource_attributes": ask.resource.attributes,
+            "intent": ask.intent,
+            "parameters": ask.parameters,
+            "policies": decision.policies,
+            "reasons": decision.reasons,
+            "obligations": decision.obligations,
+            "approvals_required": decision.approvals_required,
+            "policy_digest": state.pack.load().digest(),
+            "traceparent": ask.traceparent,
+        }));
+    state.store.commit(Batch::audit_only(ev)).await?;
+    state.metrics.record(
+        ask.kind,
+        decision.outcome.as_str(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(Decided {
+        request_id,
+        decision,
+    })
+}
+
+fn base_event(ask: &ActionAsk<'_>, now: i64, request_id: &str) -> AuditEvent {
+    AuditEvent::new(now, ask.kind, ask.actor.clone())
+        .agent(ask.agent.spiffe_id.clone())
+        .task(ask.task.id.clone())
+        .incident(ask.task.incident_id.clone())
+        .request(request_id)
+}
+
+async fn gateway_decision(
+    state: &AppState,
+    ask: &ActionAsk<'_>,
+    now: i64,
+) -> Result<Decision, ApiError> {
+    if state.is_frozen() {
+        return Ok(Decision::deny(
+            "tollgate is frozen: every agent decision denies until an admin unfreezes",
+        ));
+    }
+    let Some(incident) = state.store.incident(&ask.task.incident_id).await? else {
+        return Ok(Decision::deny(format!(
+            "incident {} is unknown",
+            ask.task.incident_id
+        )));
+    };
+    if incident.status != IncidentStatus::Open {
+        return Ok(Decision::deny(format!(
+            "incident {} is {}",
+            incident.id,
+            incident.status.as_str()
+        )));
+    }
+    let spiffe_id =
+        SpiffeId::parse(&ask.agent.spiffe_id).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let evidence_present = state
+        .store
+        .has_evidence(&ask.task.id, &ask.resource.key())
+        .await?;
+    let pack = state.pack.load();
+    let facts = ActionFacts {
+        agent: AgentFacts {
+            spiffe_id: &spiffe_id,
+            owner: &ask.agent.owner,
+        },
+        task: ask.task,
+        incident: &incident,
+        action: ask.action,
+        resource: ask.resource,
+        intent: ask.intent,
+        parameters: ask.parameters,
+        evidence_present,
+        now,
+    };
+    match pack.decide_action(&facts) {
+        Ok(d) => Ok(d),
+        Err(PolicyError::BadRequest(m)) => Err(ApiError::BadRequest {
+            code: "invalid_request",
+            message: m,
+        }),
+        Err(e) => {
+            // Anything else is the gateway's fault: deny, and say so in the log.
+            tracing::error!(error = %e, "policy evaluation failed; failing closed");
+            Ok(Decision::deny("policy evaluation failed; failing closed"))
+        }
+    }
+}
+
+/// The JSON answer of a decision, as `/v1/authorize` returns it.
+pub fn decision_json(d: &Decided) -> Value {
+    let mut v = json!({
+        "decision": d.decision.outcome.as_str(),
+        "request_id": d.request_id,
+        "reasons": d.decision.reasons,
+        "policies": d.decision.policies,
+    });
+    if !d.decision.obligations.is_empty() {
+        v["obligations"] = json!(d.decision.obligations);
+    }
+    if d.decision.outcome == Outcome::ApprovalRequired {
+        v["approvals_required"] = json!(d.decision.approvals_required);
+    }
+    v
+}

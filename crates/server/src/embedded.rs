@@ -1,0 +1,58 @@
+//! The example incident-response pack, compiled in: `tollgate serve` with no
+//! `--config` runs on it, and `tollgate init DIR` writes it out.
+
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "tollgate.yaml",
+        include_str!("../../../examples/incident-response/tollgate.yaml"),
+    ),
+    (
+        "schema.cedarschema",
+        include_str!("../../../examples/incident-response/schema.cedarschema"),
+    ),
+    (
+        "catalog.yaml",
+        include_str!("../../../examples/incident-response/catalog.yaml"),
+    ),
+    (
+        "policies/00-tasks.cedar",
+        include_str!("../../../examples/incident-response/policies/00-tasks.cedar"),
+    ),
+    (
+        "policies/10-actions.cedar",
+        include_str!("../../../examples/incident-response/policies/10-actions.cedar"),
+    ),
+    (
+        "policies/90-guardrails.cedar",
+        include_str!("../../../examples/incident-response/policies/90-guardrails.cedar"),
+    ),
+];
+
+fn file(name: &str) -> tollgate_policy::SourceFile {
+    let text = FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_default();
+    tollgate_policy::SourceFile {
+        name: name.to_string(),
+        text,
+    }
+}
+
+pub fn pack() -> Result<tollgate_policy::PolicyPack, tollgate_policy::PolicyError> {
+    let policies: Vec<_> = FILES
+        .iter()
+        .filter(|(n, _)| n.starts_with("policies/"))
+        .map(|(n, _)| file(n))
+        .collect();
+    tollgate_policy::PolicyPack::from_sources(
+        &file("schema.cedarschema"),
+        &policies,
+        &file("catalog.yaml"),
+    )
+}
+
+pub fn config_text() -> &'static str {
+    FILES[0].1
+}

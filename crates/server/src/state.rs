@@ -1,0 +1,223 @@
+//! Shared server state and how it is built from the config and data dirs.
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tollgate_audit::AuditEvent;
+use tollgate_core::Clock;
+use tollgate_identity::{SigningKeyPair, Tokens, TrustBundle};
+use tollgate_policy::PolicyPack;
+use tollgate_store::{Batch, Change, SqliteStore, Store};
+
+pub const FROZEN_KEY: &str = "frozen";
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const ISSUER_KEY_FILE: &str = "issuer-key.der";
+pub const DB_FILE: &str = "tollgate.db";
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub pack: ArcSwap<PolicyPack>,
+    pub tokens: Tokens,
+    pub clock: Arc<dyn Clock>,
+    pub config: ServerConfig,
+    /// Where the pack is read from on reload; `None` = the embedded pack.
+    pub config_dir: Option<PathBuf>,
+    /// SHA-256 of the admin token; compared hash-to-hash.
+    pub admin_token_hash: String,
+    pub frozen: AtomicBool,
+    pub metrics: Metrics,
+}
+
+/// Where to find things, as the CLI resolved them.
+pub struct Options {
+    pub config_dir: Option<PathBuf>,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Policy(#[from] tollgate_policy::PolicyError),
+    #[error("data directory {path}: {message}")]
+    Data { path: String, message: String },
+    #[error(transparent)]
+    Store(#[from] tollgate_store::StoreError),
+}
+
+fn data_err(path: &Path, e: impl std::fmt::Display) -> StartError {
+    StartError::Data {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Write a secret file readable by the owner only.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|e| data_err(path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| data_err(path, e))
+}
+
+pub fn random_token(prefix: &str) -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    )
+}
+
+pub fn load_pack(config_dir: Option<&Path>) -> Result<PolicyPack, tollgate_policy::PolicyError> {
+    match config_dir {
+        Some(dir) => PolicyPack::load_dir(dir),
+        None => crate::embedded::pack(),
+    }
+}
+
+impl AppState {
+    /// Open (or initialise) the data dir and load the pack.
+    pub async fn open(opts: &Options, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StartError> {
+        let config = match &opts.config_dir {
+            Some(dir) => {
+                let p = dir.join("tollgate.yaml");
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
+                ServerConfig::from_yaml(&text).map_err(StartError::Config)?
+            }
+            None => ServerConfig::from_yaml(crate::embedded::config_text())
+                .map_err(StartError::Config)?,
+        };
+        let pack = load_pack(opts.config_dir.as_deref())?;
+
+        let data = &opts.data_dir;
+        std::fs::create_dir_all(data).map_err(|e| data_err(data, e))?;
+        let key_path = data.join(ISSUER_KEY_FILE);
+        let key = if key_path.exists() {
+            let der = std::fs::read(&key_path).map_err(|e| data_err(&key_path, e))?;
+            SigningKeyPair::from_pkcs8_der(&der).map_err(|e| data_err(&key_path, e))?
+        } else {
+            let (key, der) = SigningKeyPair::generate().map_err(|e| data_err(&key_path, e))?;
+            write_secret(&key_path, &der)?;
+            key
+        };
+        let token_path = data.join(ADMIN_TOKEN_FILE);
+        let admin_token = if token_path.exists() {
+            std::fs::read_to_string(&token_path)
+                .map_err(|e| data_err(&token_path, e))?
+                .trim()
+                .to_string()
+        } else {
+            let t = random_token("tga_");
+            write_secret(&token_path, t.as_bytes())?;
+            t
+        };
+
+        let mut tokens = Tokens::new(key, &config.issuer, &config.trust_domain, &config.audience);
+        for b in &config.trust_bundles {
+            let dir = opts.config_dir.as_deref().unwrap_or(Path::new("."));
+            let p = dir.join(&b.jwks_file);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
+            let bundle = TrustBundle::from_jwks(&b.trust_domain, &text)
+                .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
+            tokens = tokens.with_bundle(bundle);
+        }
+
+        let store = SqliteStore::open(&data.join(DB_FILE))?;
+        let frozen = store.setting(FROZEN_KEY).await?.as_deref() == Some("true");
+        let state = Arc::new(Self {
+            store: Arc::new(store),
+            pack: ArcSwap::from_pointee(pack),
+            tokens,
+            clock,
+            config,
+            config_dir: opts.config_dir.clone(),
+            admin_token_hash: tollgate_core::sha256_hex(admin_token.as_bytes()),
+            frozen: AtomicBool::new(frozen),
+            metrics: Metrics::default(),
+        });
+        state.audit_pack_loaded("startup").await?;
+        Ok(state)
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    async fn audit_pack_loaded(&self, why: &str) -> Result<(), tollgate_store::StoreError> {
+        let pack = self.pack.load();
+        let ev = AuditEvent::new(self.now(), "policy.loaded", "tollgate").detail(serde_json::json!({
+            "digest": pack.digest(), "policies": pack.policy_count(), "trigger": why,
+            "source": self.config_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded".into()),
+        }));
+        self.store.commit(Batch::audit_only(ev)).await.map(|_| ())
+    }
+
+    /// Rebuild the pack from its source and swap it in atomically. A pack
+    /// that does not validate is refused and the old one stays live.
+    pub async fn reload_pack(&self, trigger: &str) -> Result<String, ApiError> {
+        match load_pack(self.config_dir.as_deref()) {
+            Ok(pack) => {
+                let digest = pack.digest().to_string();
+                self.pack.store(Arc::new(pack));
+                self.audit_pack_loaded(trigger).await?;
+                Ok(digest)
+            }
+            Err(e) => {
+                let diags = match &e {
+                    tollgate_policy::PolicyError::Invalid(d) => d.clone(),
+                    other => vec![tollgate_policy::Diagnostic {
+                        file: String::new(),
+                        line: 0,
+                        column: 0,
+                        message: other.to_string(),
+                    }],
+                };
+                let ev = AuditEvent::new(self.now(), "policy.rejected", "tollgate")
+                    .outcome("refused")
+                    .detail(serde_json::json!({"trigger": trigger, "diagnostics": diags}));
+                self.store.commit(Batch::audit_only(ev)).await?;
+                tracing::warn!(error = %e, "policy reload refused; previous pack stays live");
+                Err(ApiError::PolicyInvalid(diags))
+            }
+        }
+    }
+
+    pub async fn set_frozen(&self, frozen: bool, actor: &str) -> Result<(), ApiError> {
+        let ev = AuditEvent::new(
+            self.now(),
+            if frozen { "freeze" } else { "unfreeze" },
+            actor,
+        );
+        let batch = Batch::default()
+            .change(Change::PutSetting {
+                key: FROZEN_KEY.into(),
+                value: frozen.to_string(),
+            })
+            .event(ev);
+        self.store.commit(batch).await?;
+        self.frozen.store(frozen, Ordering::SeqCst);
+        Ok(())
+    }
+}
