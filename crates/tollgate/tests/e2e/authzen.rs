@@ -1,0 +1,148 @@
+//! The AuthZEN Authorization API 1.0 for trusted enforcement points.
+
+use crate::harness::*;
+use serde_json::json;
+
+#[test]
+fn authzen_evaluations_use_the_same_policies() {
+    let s = Server::start();
+    let svid = s.enrol(IR);
+    let (task_id, cred) = s.open_task(&svid);
+    let (ok, out, _) = s.cli(&["pep", "add", "edr-proxy"]);
+    assert!(ok);
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let (status, meta) = s.get("/.well-known/authzen-configuration", None);
+    assert_eq!(status, 200);
+    assert!(meta["access_evaluation_endpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("/access/v1/evaluation"));
+    assert!(meta["access_evaluations_endpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("/access/v1/evaluations"));
+
+    let subject = json!({"type": "agent", "id": IR});
+    let eval = |action: &str, id: &str| {
+        json!({
+            "subject": subject, "action": {"name": action}, "resource": {"type": "Host", "id": id},
+            "context": {"task_id": task_id},
+        })
+    };
+    // Without a PEP key: refused. An agent's credential is not a PEP key.
+    assert_eq!(
+        s.post(
+            "/access/v1/evaluation",
+            None,
+            &eval("edr.read_alerts", "web-1")
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        s.post(
+            "/access/v1/evaluation",
+            Some(&cred),
+            &eval("edr.read_alerts", "web-1")
+        )
+        .0,
+        401
+    );
+
+    let (status, v) = s.post(
+        "/access/v1/evaluation",
+        Some(&key),
+        &eval("edr.read_alerts", "web-1"),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["decision"], true);
+    assert_eq!(v["context"]["outcome"], "allow");
+    let (_, v) = s.post(
+        "/access/v1/evaluation",
+        Some(&key),
+        &eval("edr.isolate_host", "web-1"),
+    );
+    assert_eq!(v["decision"], false);
+    assert_eq!(v["context"]["obligations"], json!(["evidence-before"]));
+    // approval_required is not a permit.
+    let (_, v) = s.post("/access/v1/evaluation", Some(&key), &json!({
+        "subject": subject, "action": {"name": "iam.disable_account"}, "resource": {"type": "Account", "id": "jdoe"},
+        "context": {"task_id": task_id},
+    }));
+    assert_eq!(
+        (v["decision"].as_bool(), v["context"]["outcome"].as_str()),
+        (Some(false), Some("approval_required"))
+    );
+    // No task, or another agent's task: decision false with an error, never an error status.
+    let (status, v) = s.post("/access/v1/evaluation", Some(&key), &json!({"subject": subject, "action": {"name": "edr.read_alerts"}, "resource": {"type": "Host", "id": "w"}}));
+    assert_eq!((status, v["decision"].as_bool()), (200, Some(false)));
+    assert_eq!(v["context"]["error"]["status"], 400);
+    let (_, v) = s.post("/access/v1/evaluation", Some(&key), &json!({"subject": {"type": "agent", "id": "spiffe://acme.test/agent/ir-responder/other"}, "action": {"name": "edr.read_alerts"}, "resource": {"type": "Host", "id": "w"}, "context": {"task_id": task_id}}));
+    assert_eq!(v["decision"], false);
+    // Missing required members: 400.
+    assert_eq!(
+        s.post(
+            "/access/v1/evaluation",
+            Some(&key),
+            &json!({"subject": subject})
+        )
+        .0,
+        400
+    );
+
+    // Batches: defaults, per-item overrides, and the three semantics.
+    let batch = |semantic: &str| {
+        json!({
+            "subject": subject, "context": {"task_id": task_id},
+            "action": {"name": "edr.read_alerts"},
+            "options": {"evaluations_semantic": semantic},
+            "evaluations": [
+                {"resource": {"type": "Host", "id": "web-1"}},
+                {"action": {"name": "logs.delete"}, "resource": {"type": "LogStream", "id": "auth"}},
+                {"resource": {"type": "Host", "id": "web-2"}},
+            ],
+        })
+    };
+    let decisions = |semantic: &str| -> Vec<bool> {
+        let (status, v) = s.post("/access/v1/evaluations", Some(&key), &batch(semantic));
+        assert_eq!(status, 200, "{v}");
+        v["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["decision"].as_bool().unwrap())
+            .collect()
+    };
+    assert_eq!(decisions("execute_all"), [true, false, true]);
+    assert_eq!(decisions("deny_on_first_deny"), [true, false]);
+    assert_eq!(decisions("permit_on_first_permit"), [true]);
+
+    // X-Request-ID is echoed.
+    let resp = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .post(&s.url("/access/v1/evaluation"))
+        .header("authorization", &format!("Bearer {key}"))
+        .header("x-request-id", "pep-req-42")
+        .send_json(eval("edr.read_alerts", "web-1"))
+        .unwrap();
+    assert_eq!(resp.headers().get("x-request-id").unwrap(), "pep-req-42");
+
+    // Every evaluation is audited, attributed to the PEP.
+    let entries = s.audit(&format!("task={task_id}"));
+    let authzen: Vec<_> = entries
+        .iter()
+        .filter(|e| e["event"]["kind"] == "authzen.decision")
+        .collect();
+    assert_eq!(authzen.len(), 3 + 3 + 2 + 1 + 1);
+    assert!(authzen
+        .iter()
+        .all(|e| e["event"]["actor"] == "pep:edr-proxy"));
+}

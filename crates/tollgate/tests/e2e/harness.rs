@@ -1,0 +1,244 @@
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const IR: &str = "spiffe://acme.test/agent/ir-responder/i-1";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+    pub config: Option<PathBuf>,
+    pub admin: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// The embedded defaults, in a fresh data dir.
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut s = Self::spawn(None, &data);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_with_config(config: &Path, data: &Path) -> Self {
+        Self::spawn(Some(config), data)
+    }
+
+    fn spawn(config: Option<&Path>, data: &Path) -> Self {
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--listen")
+            .arg("127.0.0.1:0");
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
+            .env("TOLLGATE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("server printed nothing").unwrap();
+        let addr = first
+            .strip_prefix("tollgate listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_string();
+        // Drain the rest so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let admin = std::fs::read_to_string(data.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Self {
+            child,
+            addr,
+            data: data.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            admin,
+            _tmp: None,
+        }
+    }
+
+    /// Kill -9 and start again on the same data (and config) dir.
+    pub fn restart(mut self) -> Self {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let tmp = self._tmp.take();
+        let mut s = Self::spawn(self.config.as_deref(), &self.data);
+        s._tmp = tmp;
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        self.post_raw(path, token, "application/json", &body.to_string())
+    }
+
+    pub fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let mut req = agent()
+            .post(&self.url(path))
+            .header("content-type", content_type);
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        finish(req.send(body))
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = agent().get(&self.url(path));
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        finish(req.call())
+    }
+
+    pub fn admin_post(&self, path: &str, body: &Value) -> Value {
+        let (status, v) = self.post(path, Some(&self.admin.clone()), body);
+        assert!((200..300).contains(&status), "POST {path}: {status} {v}");
+        v
+    }
+
+    pub fn audit(&self, query: &str) -> Vec<Value> {
+        let (status, v) = self.get(
+            &format!("/v1/audit?limit=1000&{query}"),
+            Some(&self.admin.clone()),
+        );
+        assert_eq!(status, 200, "{v}");
+        v["entries"].as_array().unwrap().clone()
+    }
+
+    /// Register an agent, attest it, and return its SVID.
+    pub fn enrol(&self, spiffe_id: &str) -> String {
+        let reg = self.admin_post(
+            "/v1/agents",
+            &json!({"spiffe_id": spiffe_id, "owner": "alice@acme.test"}),
+        );
+        let (status, v) = self.post(
+            "/v1/agents/attest",
+            None,
+            &json!({"join_token": reg["join_token"]}),
+        );
+        assert_eq!(status, 200, "{v}");
+        v["svid"].as_str().unwrap().to_string()
+    }
+
+    /// Open a task on INC-4711 and return (task_id, credential).
+    pub fn open_task(&self, svid: &str) -> (String, String) {
+        let (status, v) = self.post("/v1/tasks", Some(svid), &incident_task());
+        assert_eq!(status, 201, "{v}");
+        (
+            v["task_id"].as_str().unwrap().to_string(),
+            v["credential"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub fn authorize(&self, cred: &str, action: &str, resource: Value) -> (u16, Value) {
+        self.post(
+            "/v1/authorize",
+            Some(cred),
+            &json!({"action": action, "resource": resource, "intent": "e2e"}),
+        )
+    }
+
+    /// Run the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .env("TOLLGATE_ADDR", &self.addr)
+            .env("TOLLGATE_DATA", &self.data)
+            .env_remove("TOLLGATE_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn incident_task() -> Value {
+    json!({
+        "incident": {"id": "INC-4711", "class": "malware", "severity": "high"},
+        "environment": "prod",
+        "playbook": "contain-malware",
+        "intent": "contain the beacon on web-1",
+    })
+}
+
+pub fn host(id: &str) -> Value {
+    json!({"type": "Host", "id": id})
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn finish(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    let mut resp = r.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Sign arbitrary claims with the server's own issuer key (read from its
+/// data dir), to build tokens that are validly signed but wrong otherwise.
+pub fn sign_with_server_key(s: &Server, typ: &str, claims: &Value) -> String {
+    let der = std::fs::read(s.data.join("issuer-key.der")).unwrap();
+    let (_, jwks) = s.get("/.well-known/jwks.json", None);
+    let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_string();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid);
+    header.typ = Some(typ.to_string());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(&der),
+    )
+    .unwrap()
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}

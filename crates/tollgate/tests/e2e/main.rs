@@ -1,0 +1,9 @@
+//! End-to-end tests: each starts the real `tollgate` binary on a free port
+//! with its own data directory and drives it over HTTP and the CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod authzen;
+mod harness;
+mod identity;
+mod operations;
+mod scenario;

@@ -1,0 +1,229 @@
+//! Operating the gateway: kill switch, policy reload, CLI, health, metrics, OpenAPI.
+
+use crate::harness::*;
+use serde_json::json;
+
+#[test]
+fn freeze_denies_everything_and_survives_a_restart() {
+    let s = Server::start();
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let (ok, out, err) = s.cli(&["freeze"]);
+    assert!(ok, "{out}{err}");
+    let (_, d) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
+    assert_eq!(d["decision"], "deny");
+    assert!(d["reasons"][0].as_str().unwrap().contains("frozen"), "{d}");
+    let (status, _) = s.post("/v1/tasks", Some(&svid), &incident_task());
+    assert_eq!(status, 403, "a task opened while frozen");
+
+    let s = s.restart();
+    let (_, d) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
+    assert_eq!(
+        d["decision"], "deny",
+        "the freeze did not survive a restart: {d}"
+    );
+    let (ok, _, _) = s.cli(&["unfreeze"]);
+    assert!(ok);
+    let (_, d) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
+    assert_eq!(d["decision"], "allow", "{d}");
+    let kinds: Vec<String> = s
+        .audit("")
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"freeze".to_string()) && kinds.contains(&"unfreeze".to_string()));
+}
+
+#[test]
+fn policy_reload_swaps_valid_packs_and_keeps_the_old_one_on_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("pack");
+    let out = std::process::Command::new(bin())
+        .arg("init")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new(bin())
+        .args(["policy", "validate"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ok: 11 policies"),
+        "{out:?}"
+    );
+
+    let s = Server::start_with_config(&config, &tmp.path().join("data"));
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    assert_eq!(
+        s.authorize(&cred, "edr.read_alerts", host("web-1")).1["decision"],
+        "allow"
+    );
+
+    // A pack with a type error is refused with file:line, offline and by the server.
+    let bad = config.join("policies/50-bad.cedar");
+    std::fs::write(
+        &bad,
+        "// broken\npermit (principal, action, resource)\nwhen { principal.role > 3 };\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["policy", "validate"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("policies/50-bad.cedar:3:"), "{stderr}");
+    let (status, v) = s.post("/v1/policies/reload", Some(&s.admin.clone()), &json!({}));
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "policy_invalid");
+    assert_eq!(
+        v["error"]["diagnostics"][0]["file"],
+        "policies/50-bad.cedar"
+    );
+    assert_eq!(v["error"]["diagnostics"][0]["line"], 3);
+    // The old pack is still live.
+    assert_eq!(
+        s.authorize(&cred, "edr.read_alerts", host("web-1")).1["decision"],
+        "allow"
+    );
+
+    // A valid change goes live atomically, by API...
+    std::fs::write(&bad, "@id(\"no-edr-reads\")\n@reason(\"edr is under maintenance\")\nforbid (principal, action == Action::\"edr.read_alerts\", resource);\n").unwrap();
+    let (ok, out, err) = s.cli(&["policy", "reload"]);
+    assert!(ok, "{out}{err}");
+    let (_, d) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
+    assert_eq!(d["decision"], "deny");
+    assert_eq!(d["policies"], json!(["no-edr-reads"]));
+
+    // ... and by SIGHUP.
+    std::fs::remove_file(&bad).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut decision = String::new();
+    for _ in 0..100 {
+        decision = s.authorize(&cred, "edr.read_alerts", host("web-1")).1["decision"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if decision == "allow" {
+            break;
+        }
+        // Waiting on another process's signal handling; there is no clock to move.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(decision, "allow", "SIGHUP did not reload");
+    let loads = s
+        .audit("")
+        .iter()
+        .filter(|e| e["event"]["kind"] == "policy.loaded")
+        .count();
+    let rejects = s
+        .audit("")
+        .iter()
+        .filter(|e| e["event"]["kind"] == "policy.rejected")
+        .count();
+    assert_eq!((loads, rejects), (3, 1));
+}
+
+#[test]
+fn cli_drives_the_running_server() {
+    let s = Server::start();
+    let (ok, out, err) = s.cli(&["agent", "add", IR, "--owner", "alice@acme.test"]);
+    assert!(ok, "{err}");
+    let token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("join token:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (status, v) = s.post("/v1/agents/attest", None, &json!({"join_token": token}));
+    assert_eq!(status, 200, "{v}");
+    let (task_id, cred) = s.open_task(v["svid"].as_str().unwrap());
+    s.authorize(&cred, "edr.read_alerts", host("web-1"));
+
+    let (ok, out, _) = s.cli(&["task", "list", "--status", "active"]);
+    assert!(ok);
+    assert!(out.contains(&task_id) && out.contains("INC-4711"), "{out}");
+    let (ok, out, _) = s.cli(&["task", "show", &task_id]);
+    assert!(ok && out.contains("contain-malware"), "{out}");
+    let (ok, out, _) = s.cli(&["audit", "tail", "-n", "3"]);
+    assert!(ok);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.contains("decision") && out.contains("edr.read_alerts Host::web-1"),
+        "{out}"
+    );
+    let (ok, out, _) = s.cli(&["audit", "tail", "--task", &task_id, "--json"]);
+    assert!(ok);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event"]["kind"], "task.opened");
+    let (ok, _, _) = s.cli(&["task", "revoke", &task_id, "--reason", "drill"]);
+    assert!(ok);
+    assert_eq!(s.authorize(&cred, "edr.read_alerts", host("web-1")).0, 401);
+    // Errors from the server reach the user.
+    let (ok, _, err) = s.cli(&["task", "revoke", &task_id]);
+    assert!(!ok);
+    assert!(
+        err.contains("409") && err.contains("already revoked"),
+        "{err}"
+    );
+    let out = std::process::Command::new(bin())
+        .args(["freeze"])
+        .env("TOLLGATE_ADDR", &s.addr)
+        .env("TOLLGATE_TOKEN", "tga_wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+#[test]
+fn health_metrics_and_openapi() {
+    let s = Server::start();
+    let (status, v) = s.get("/healthz", None);
+    assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    s.authorize(&cred, "edr.read_alerts", host("web-1"));
+    s.authorize(
+        &cred,
+        "logs.delete",
+        json!({"type": "LogStream", "id": "x"}),
+    );
+    let (_, metrics) = s.get("/metrics", None);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("tollgate_decisions_total{kind=\"decision\",outcome=\"allow\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_decisions_total{kind=\"decision\",outcome=\"deny\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_decision_seconds_count 3"),
+        "{metrics}"
+    );
+    let (_, api) = s.get("/openapi.json", None);
+    for path in [
+        "/v1/agents",
+        "/v1/agents/attest",
+        "/v1/tasks",
+        "/v1/authorize",
+        "/v1/tasks/{id}/close",
+        "/access/v1/evaluation",
+        "/v1/freeze",
+        "/v1/audit",
+    ] {
+        assert!(api["paths"][path].is_object(), "openapi lacks {path}");
+    }
+    assert!(api["components"]["securitySchemes"]["task"].is_object());
+}
