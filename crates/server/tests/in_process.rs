@@ -1,0 +1,290 @@
+//! In-process tests of the router with a controlled clock and a store that
+//! can be made to fail: fail-closed behaviour and TTL rules without sleeping.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tollgate_audit::AuditEntry;
+use tollgate_core::{Agent, Incident, ManualClock, Task};
+use tollgate_identity::{SigningKeyPair, Tokens};
+use tollgate_server::config::ServerConfig;
+use tollgate_server::metrics::Metrics;
+use tollgate_server::AppState;
+use tollgate_store::{
+    AuditQuery, Batch, JoinToken, Pep, SqliteStore, Store, StoreError, TaskFilter,
+};
+use tower::ServiceExt;
+
+/// A store whose commits fail on demand, as a full disk or a lost database would.
+struct FlakyStore {
+    inner: SqliteStore,
+    fail_commits: AtomicBool,
+}
+
+#[async_trait]
+impl Store for FlakyStore {
+    async fn commit(&self, batch: Batch) -> Result<Vec<u64>, StoreError> {
+        if self.fail_commits.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("disk full".into()));
+        }
+        self.inner.commit(batch).await
+    }
+    async fn agent(&self, id: &str) -> Result<Option<Agent>, StoreError> {
+        self.inner.agent(id).await
+    }
+    async fn join_token(&self, h: &str) -> Result<Option<JoinToken>, StoreError> {
+        self.inner.join_token(h).await
+    }
+    async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        self.inner.incident(id).await
+    }
+    async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        self.inner.task(id).await
+    }
+    async fn tasks(&self, f: TaskFilter) -> Result<Vec<Task>, StoreError> {
+        self.inner.tasks(f).await
+    }
+    async fn setting(&self, k: &str) -> Result<Option<String>, StoreError> {
+        self.inner.setting(k).await
+    }
+    async fn pep_by_key_hash(&self, h: &str) -> Result<Option<Pep>, StoreError> {
+        self.inner.pep_by_key_hash(h).await
+    }
+    async fn has_evidence(&self, t: &str, r: &str) -> Result<bool, StoreError> {
+        self.inner.has_evidence(t, r).await
+    }
+    async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit(q).await
+    }
+}
+
+const ADMIN: &str = "tga_test-admin";
+const START: i64 = 1_800_000_000;
+
+struct Harness {
+    state: Arc<AppState>,
+    store: Arc<FlakyStore>,
+    clock: Arc<ManualClock>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let store = Arc::new(FlakyStore {
+            inner: SqliteStore::open_in_memory().unwrap(),
+            fail_commits: AtomicBool::new(false),
+        });
+        let clock = Arc::new(ManualClock::new(START));
+        let (key, _) = SigningKeyPair::generate().unwrap();
+        let config = ServerConfig {
+            task_ttl_seconds: 300,
+            task_max_ttl_seconds: 600,
+            ..Default::default()
+        };
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            pack: arc_swap::ArcSwap::from_pointee(tollgate_server::embedded::pack().unwrap()),
+            tokens: Tokens::new(key, &config.issuer, &config.trust_domain, &config.audience),
+            clock: clock.clone(),
+            config,
+            config_dir: None,
+            admin_token_hash: tollgate_core::sha256_hex(ADMIN.as_bytes()),
+            frozen: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        });
+        Self {
+            state,
+            store,
+            clock,
+        }
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = tollgate_server::api::router(self.state.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn open_task(&self) -> (String, String) {
+        let agent = "spiffe://acme.test/agent/ir-responder/i-1";
+        let (_, reg) = self
+            .post(
+                "/v1/agents",
+                ADMIN,
+                json!({"spiffe_id": agent, "owner": "alice"}),
+            )
+            .await;
+        let (_, att) = self
+            .post(
+                "/v1/agents/attest",
+                "",
+                json!({"join_token": reg["join_token"]}),
+            )
+            .await;
+        let svid = att["svid"].as_str().unwrap().to_string();
+        let (status, t) = self
+            .post("/v1/tasks", &svid, json!({"incident": {"id": "INC-4711", "class": "malware", "severity": "high"}, "environment": "prod", "playbook": "contain-malware", "intent": "contain"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{t}");
+        (
+            t["task_id"].as_str().unwrap().to_string(),
+            t["credential"].as_str().unwrap().to_string(),
+        )
+    }
+
+    async fn read(&self, cred: &str) -> (StatusCode, Value) {
+        self.post("/v1/authorize", cred, json!({"action": "edr.read_alerts", "resource": {"type": "Host", "id": "web-1"}, "intent": "look"})).await
+    }
+
+    async fn audit_len(&self) -> usize {
+        self.store
+            .audit(AuditQuery {
+                limit: 1_000_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    }
+}
+
+#[tokio::test]
+async fn no_decision_without_a_durable_audit_entry() {
+    let h = Harness::new();
+    let (_, cred) = h.open_task().await;
+    assert_eq!(h.read(&cred).await.1["decision"], "allow");
+
+    h.store.fail_commits.store(true, Ordering::SeqCst);
+    let before = h.audit_len().await;
+    let (status, body) = h.read(&cred).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        body.get("decision").is_none(),
+        "a decision escaped without its audit entry: {body}"
+    );
+    // Nor can a task be opened, an agent registered, or the kill switch flipped unaudited.
+    let (status, _) = h
+        .post(
+            "/v1/agents",
+            ADMIN,
+            json!({"spiffe_id": "spiffe://acme.test/agent/x/y", "owner": "o"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = h.post("/v1/freeze", ADMIN, json!({})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !h.state.is_frozen(),
+        "the in-memory switch moved although the store refused"
+    );
+    assert_eq!(h.audit_len().await, before);
+
+    h.store.fail_commits.store(false, Ordering::SeqCst);
+    assert_eq!(h.read(&cred).await.1["decision"], "allow");
+}
+
+#[tokio::test]
+async fn credentials_expire_and_renewal_stops_at_the_hard_maximum() {
+    let h = Harness::new();
+    let (task_id, cred) = h.open_task().await;
+    // Within TTL (plus the 30 s skew allowance) the credential works; past it, it does not.
+    h.clock.advance(290);
+    assert_eq!(h.read(&cred).await.0, StatusCode::OK);
+    let (status, renewed) = h
+        .post(&format!("/v1/tasks/{task_id}/renew"), &cred, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    let cred2 = renewed["credential"].as_str().unwrap().to_string();
+    // The renewal reaches only to the 600 s maximum from task open, not 290 + 300.
+    let exp = time::OffsetDateTime::parse(
+        renewed["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(exp.unix_timestamp(), START + 590);
+    h.clock.advance(45); // 335 s after open: past the first credential's exp + 30 s skew
+    assert_eq!(h.read(&cred).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.read(&cred2).await.0, StatusCode::OK);
+    h.clock.advance(300); // 630 s: past the hard maximum
+    let (status, body) = h.read(&cred2).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = h
+        .post(&format!("/v1/tasks/{task_id}/renew"), &cred2, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn join_tokens_expire() {
+    let h = Harness::new();
+    let (_, reg) = h
+        .post(
+            "/v1/agents",
+            ADMIN,
+            json!({"spiffe_id": "spiffe://acme.test/agent/ir-responder/i-2", "owner": "o"}),
+        )
+        .await;
+    h.clock.advance(3601);
+    let (status, body) = h
+        .post(
+            "/v1/agents/attest",
+            "",
+            json!({"join_token": reg["join_token"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["message"], "join token expired");
+}
+
+#[test]
+fn the_embedded_pack_is_the_example_directory() {
+    // Every file of examples/incident-response must be compiled in, or
+    // `tollgate serve` and `tollgate init` would silently drift from it.
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/incident-response");
+    let mut on_disk = vec![];
+    for entry in walk(&dir) {
+        on_disk.push(entry.strip_prefix(&dir).unwrap().display().to_string());
+    }
+    on_disk.sort();
+    let mut embedded: Vec<String> = tollgate_server::embedded::FILES
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
+    embedded.sort();
+    assert_eq!(on_disk, embedded);
+    for (name, text) in tollgate_server::embedded::FILES {
+        assert_eq!(&std::fs::read_to_string(dir.join(name)).unwrap(), text);
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
