@@ -202,3 +202,16 @@ fn bundles_without_kid_or_with_unsupported_keys_are_refused() {
     let oct = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#;
     assert!(TrustBundle::from_jwks("o.test", oct).is_err());
 }
+
+proptest::proptest! {
+    // The same property the token_verify fuzz target checks, on stable in CI:
+    // arbitrary bearer strings (including JWT-shaped ones) never verify and never panic.
+    #[test]
+    fn arbitrary_tokens_never_verify(h in "[A-Za-z0-9_-]{0,40}", p in "[A-Za-z0-9_-]{0,80}", s in "[A-Za-z0-9_-]{0,90}", raw in ".{0,64}") {
+        let t = tokens();
+        for tok in [format!("{h}.{p}.{s}"), raw] {
+            proptest::prop_assert!(t.verify_svid(&tok, NOW).is_err());
+            proptest::prop_assert!(t.verify_task_credential(&tok, NOW).is_err());
+        }
+    }
+}
