@@ -4,12 +4,14 @@
 //! storage, Cedar or tokens. Time enters only through the [`Clock`] trait so
 //! that every TTL rule can be tested without sleeping.
 
+pub mod approval;
 pub mod catalog;
 pub mod clock;
 pub mod decision;
 pub mod model;
 pub mod spiffe;
 
+pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
 pub use catalog::{Catalog, CatalogError, Operation, Tier};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use decision::{Decision, Outcome};

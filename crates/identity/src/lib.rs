@@ -179,7 +179,7 @@ pub struct TaskGrant {
 pub struct VerifiedSvid {
     pub spiffe_id: SpiffeId,
     pub exp: UnixTime,
-    /// `None` for SVIDs from Tollgate's own issuer, else the external trust domain.
+    /// Whether an external trust domain's issuer signed it (not Tollgate's own).
     pub external: bool,
 }
 
@@ -296,6 +296,11 @@ impl Tokens {
 
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// Whether SVIDs of `trust_domain` can be verified at all.
+    pub fn trusts_domain(&self, trust_domain: &str) -> bool {
+        trust_domain == self.trust_domain || self.bundles.contains_key(trust_domain)
     }
 
     pub fn task_audience(&self) -> String {

@@ -256,14 +256,30 @@ impl PolicyPack {
                     digest_input.extend_from_slice(f.text.as_bytes());
                     digest_input.push(0);
                 }
-                Ok(Self {
+                let pack = Self {
                     schema,
                     policies: set,
                     catalog,
                     annotations,
                     digest: tollgate_core::sha256_hex(&digest_input),
                     authorizer: Authorizer::new(),
-                })
+                };
+                let problems = pack.probe();
+                if problems.is_empty() {
+                    Ok(pack)
+                } else {
+                    Err(PolicyError::Invalid(
+                        problems
+                            .into_iter()
+                            .map(|message| Diagnostic {
+                                file: schema_src.name.clone(),
+                                line: 1,
+                                column: 1,
+                                message,
+                            })
+                            .collect(),
+                    ))
+                }
             }
             _ => Err(PolicyError::Invalid(diags)),
         }

@@ -134,26 +134,7 @@ impl PolicyPack {
         if resource != principal {
             entities.push(json!({"uid": {"type": f.resource.kind, "id": f.resource.id}, "attrs": f.resource.attributes, "parents": []}));
         }
-        let hour = f.now.rem_euclid(86_400) / 3_600;
-        let context = json!({
-            "task": {
-                "id": f.task.id, "playbook": f.task.playbook, "environment": f.task.environment,
-                "intent": f.task.intent, "delegated": f.task.parent_task_id.is_some(),
-            },
-            "incident": {
-                "id": f.incident.id, "class": f.incident.class,
-                "severity": f.incident.severity.as_str(), "severity_rank": f.incident.severity.rank(),
-            },
-            "operation": {
-                "tier": op.tier.as_str(), "reversible": op.reversible, "labels": op.labels,
-                "blast_radius": op.blast_radius,
-            },
-            "intent": f.intent,
-            "parameters": f.parameters,
-            "evidence_for_resource": f.evidence_present,
-            "now": f.now,
-            "hour_utc": hour,
-        });
+        let context = action_context(f, op);
         let (req, ents) = self.build(
             principal,
             f.action,
@@ -162,6 +143,98 @@ impl PolicyPack {
             context,
         )?;
         Ok(self.evaluate(&req, &ents, f.evidence_present))
+    }
+
+    /// Check that the schema accepts the requests the gateway builds, for
+    /// every catalog operation and for `task.open`, so that a pack whose
+    /// schema drifted from the gateway is refused at load instead of
+    /// answering every request with a 400. The resource entity is left out
+    /// (its attributes come from agents), so only principal, action and
+    /// context are probed.
+    pub(crate) fn probe(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Ok(id) = SpiffeId::parse("spiffe://probe.test/agent/probe/i-0") else {
+            return problems;
+        };
+        let agent = AgentFacts {
+            spiffe_id: &id,
+            owner: "probe",
+        };
+        let incident = Incident {
+            id: "probe".into(),
+            class: "probe".into(),
+            severity: tollgate_core::Severity::Low,
+            status: tollgate_core::IncidentStatus::Open,
+            updated_at: 0,
+        };
+        let task = Task {
+            id: "probe".into(),
+            agent: id.to_string(),
+            incident_id: "probe".into(),
+            environment: "probe".into(),
+            playbook: "probe".into(),
+            intent: "probe".into(),
+            scope: tollgate_core::Scope::default(),
+            parent_task_id: None,
+            created_at: 0,
+            expires_at: 1,
+            max_expires_at: 1,
+            status: tollgate_core::TaskStatus::Active,
+            status_reason: None,
+        };
+        let params = Map::new();
+        for (name, op) in &self.catalog().operations {
+            let Some(kind) = op.resource_types.first() else {
+                continue;
+            };
+            let resource = ResourceRef {
+                kind: kind.clone(),
+                id: "probe".into(),
+                attributes: Map::new(),
+            };
+            let f = ActionFacts {
+                agent,
+                task: &task,
+                incident: &incident,
+                action: name,
+                resource: &resource,
+                intent: "probe",
+                parameters: &params,
+                evidence_present: false,
+                now: 0,
+            };
+            let built = uid("Agent", &id.to_string())
+                .and_then(|p| uid(kind, "probe").map(|r| (p, r)))
+                .and_then(|(p, r)| {
+                    self.build(
+                        p,
+                        name,
+                        r,
+                        json!([agent_entity(agent)]),
+                        action_context(&f, op),
+                    )
+                });
+            if let Err(e) = built {
+                problems.push(format!(
+                    "the schema does not accept the requests Tollgate builds for {name}: {e}"
+                ));
+            }
+        }
+        let open = TaskOpenFacts {
+            agent,
+            incident: &incident,
+            environment: "probe",
+            playbook: "probe",
+            intent: "probe",
+            ttl_seconds: 1,
+            now: 0,
+        };
+        if let Err(e) = self.decide_task_open(&open) {
+            problems.push(format!(
+                "the schema does not accept the requests Tollgate builds for task.open: {e}"
+            ));
+        }
+        problems
     }
 
     /// Decide whether an agent may open a task on an incident.
@@ -182,4 +255,29 @@ impl PolicyPack {
         let (req, ents) = self.build(principal, "task.open", resource, entities, context)?;
         Ok(self.evaluate(&req, &ents, false))
     }
+}
+
+/// The context of a privileged-action request: only facts the gateway knows,
+/// plus the agent's intent and parameters.
+fn action_context(f: &ActionFacts<'_>, op: &tollgate_core::Operation) -> Value {
+    let hour = f.now.rem_euclid(86_400) / 3_600;
+    json!({
+        "task": {
+            "id": f.task.id, "playbook": f.task.playbook, "environment": f.task.environment,
+            "intent": f.task.intent, "delegated": f.task.parent_task_id.is_some(),
+        },
+        "incident": {
+            "id": f.incident.id, "class": f.incident.class,
+            "severity": f.incident.severity.as_str(), "severity_rank": f.incident.severity.rank(),
+        },
+        "operation": {
+            "tier": op.tier.as_str(), "reversible": op.reversible, "labels": op.labels,
+            "blast_radius": op.blast_radius,
+        },
+        "intent": f.intent,
+        "parameters": f.parameters,
+        "evidence_for_resource": f.evidence_present,
+        "now": f.now,
+        "hour_utc": hour,
+    })
 }

@@ -455,3 +455,22 @@ fn digest_changes_with_any_source() {
     assert_ne!(a.digest(), b.digest());
     assert_eq!(a.policy_count(), 6);
 }
+
+#[test]
+fn a_schema_that_drifted_from_the_gateway_is_refused_at_load() {
+    let (mut schema, policies, catalog) = sources();
+    // The gateway always sends hour_utc; a schema without it would turn every request into a 400.
+    schema.text = schema.text.replace("  hour_utc: Long,\n", "");
+    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog)
+        .err()
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.message.contains("does not accept") && d.message.contains("hour_utc")),
+        "{diags:?}"
+    );
+}

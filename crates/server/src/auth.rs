@@ -19,13 +19,14 @@ use tollgate_store::{Batch, Pep};
 pub type Shared = Arc<AppState>;
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    parts
+    let value = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .ok()?;
+    // RFC 7235: the scheme name is case-insensitive.
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Audit a refused credential, then produce the refusal.

@@ -39,7 +39,9 @@ pub async fn decide_action(state: &AppState, ask: ActionAsk<'_>) -> Result<Decid
     let started = Instant::now();
     let now = state.now();
     let request_id = new_id("req");
-    let decision = match gateway_decision(state, &ask, now).await {
+    // One pack for the whole decision, so the digest audited is the one that decided.
+    let pack = state.pack.load_full();
+    let decision = match gateway_decision(state, &pack, &ask, now).await {
         Ok(d) => d,
         Err(ApiError::BadRequest { code, message }) => {
             // A malformed request changes nothing, but leaves a trace.
@@ -65,7 +67,7 @@ pub async fn decide_action(state: &AppState, ask: ActionAsk<'_>) -> Result<Decid
             "reasons": decision.reasons,
             "obligations": decision.obligations,
             "approvals_required": decision.approvals_required,
-            "policy_digest": state.pack.load().digest(),
+            "policy_digest": pack.digest(),
             "traceparent": ask.traceparent,
         }));
     state.store.commit(Batch::audit_only(ev)).await?;
@@ -90,6 +92,7 @@ fn base_event(ask: &ActionAsk<'_>, now: i64, request_id: &str) -> AuditEvent {
 
 async fn gateway_decision(
     state: &AppState,
+    pack: &tollgate_policy::PolicyPack,
     ask: &ActionAsk<'_>,
     now: i64,
 ) -> Result<Decision, ApiError> {
@@ -117,7 +120,6 @@ async fn gateway_decision(
         .store
         .has_evidence(&ask.task.id, &ask.resource.key())
         .await?;
-    let pack = state.pack.load();
     let facts = ActionFacts {
         agent: AgentFacts {
             spiffe_id: &spiffe_id,

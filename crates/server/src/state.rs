@@ -107,7 +107,16 @@ impl AppState {
         let pack = load_pack(opts.config_dir.as_deref())?;
 
         let data = &opts.data_dir;
-        std::fs::create_dir_all(data).map_err(|e| data_err(data, e))?;
+        if !data.exists() {
+            std::fs::create_dir_all(data).map_err(|e| data_err(data, e))?;
+            // The directory holds the audit log, evidence and keys: owner only.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| data_err(data, e))?;
+            }
+        }
         let key_path = data.join(ISSUER_KEY_FILE);
         let key = if key_path.exists() {
             let der = std::fs::read(&key_path).map_err(|e| data_err(&key_path, e))?;
@@ -153,7 +162,8 @@ impl AppState {
             frozen: AtomicBool::new(frozen),
             metrics: Metrics::default(),
         });
-        state.audit_pack_loaded("startup").await?;
+        let pack = state.pack.load_full();
+        state.audit_pack_loaded(&pack, "startup").await?;
         Ok(state)
     }
 
@@ -165,8 +175,11 @@ impl AppState {
         self.frozen.load(Ordering::SeqCst)
     }
 
-    async fn audit_pack_loaded(&self, why: &str) -> Result<(), tollgate_store::StoreError> {
-        let pack = self.pack.load();
+    async fn audit_pack_loaded(
+        &self,
+        pack: &PolicyPack,
+        why: &str,
+    ) -> Result<(), tollgate_store::StoreError> {
         let ev = AuditEvent::new(self.now(), "policy.loaded", "tollgate").detail(serde_json::json!({
             "digest": pack.digest(), "policies": pack.policy_count(), "trigger": why,
             "source": self.config_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded".into()),
@@ -175,13 +188,14 @@ impl AppState {
     }
 
     /// Rebuild the pack from its source and swap it in atomically. A pack
-    /// that does not validate is refused and the old one stays live.
+    /// that does not validate is refused and the old one stays live; a pack
+    /// whose `policy.loaded` entry cannot be written does not go live either.
     pub async fn reload_pack(&self, trigger: &str) -> Result<String, ApiError> {
         match load_pack(self.config_dir.as_deref()) {
             Ok(pack) => {
                 let digest = pack.digest().to_string();
+                self.audit_pack_loaded(&pack, trigger).await?;
                 self.pack.store(Arc::new(pack));
-                self.audit_pack_loaded(trigger).await?;
                 Ok(digest)
             }
             Err(e) => {

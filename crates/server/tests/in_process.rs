@@ -9,13 +9,14 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tollgate_audit::AuditEntry;
-use tollgate_core::{Agent, Incident, ManualClock, Task};
+use tollgate_core::{Agent, Approval, Incident, ManualClock, Task};
 use tollgate_identity::{SigningKeyPair, Tokens};
 use tollgate_server::config::ServerConfig;
 use tollgate_server::metrics::Metrics;
 use tollgate_server::AppState;
 use tollgate_store::{
-    AuditQuery, Batch, JoinToken, Pep, SqliteStore, Store, StoreError, TaskFilter,
+    ApprovalFilter, Approver, AuditQuery, Batch, JoinToken, Pep, SqliteStore, Store, StoreError,
+    TaskFilter,
 };
 use tower::ServiceExt;
 
@@ -56,6 +57,15 @@ impl Store for FlakyStore {
     }
     async fn has_evidence(&self, t: &str, r: &str) -> Result<bool, StoreError> {
         self.inner.has_evidence(t, r).await
+    }
+    async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        self.inner.approval(id).await
+    }
+    async fn approvals(&self, f: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
+        self.inner.approvals(f).await
+    }
+    async fn approver_by_key_hash(&self, h: &str) -> Result<Option<Approver>, StoreError> {
+        self.inner.approver_by_key_hash(h).await
     }
     async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.audit(q).await

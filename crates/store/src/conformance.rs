@@ -43,6 +43,109 @@ pub async fn run_all(store: &dyn Store) {
     audit_is_chained_in_commit_order_and_filterable(store).await;
     agents_incidents_settings_and_peps(store).await;
     evidence_is_per_task_and_resource(store).await;
+    approvals_update_optimistically(store).await;
+}
+
+pub async fn approvals_update_optimistically(s: &dyn Store) {
+    use tollgate_core::{Approval, ApprovalStatus, Vote};
+    let task_id = unique("task");
+    let a = Approval {
+        id: unique("apr"),
+        version: 0,
+        request_hash: unique("hash"),
+        request_id: "req".into(),
+        task_id: task_id.clone(),
+        agent: "spiffe://acme.test/agent/a/1".into(),
+        agent_owner: "alice".into(),
+        incident_id: "INC-1".into(),
+        action: "iam.disable_account".into(),
+        resource: "Account::jdoe".into(),
+        request: serde_json::json!({"parameters": {"reason": "x"}}),
+        required: 1,
+        deny_threshold: 1,
+        policies: vec!["p".into()],
+        reasons: vec![],
+        status: ApprovalStatus::Pending,
+        votes: vec![],
+        created_at: 10,
+        expires_at: 910,
+        escalated: false,
+        decided_at: None,
+        used_at: None,
+        used_by: None,
+    };
+    s.commit(Batch::default().change(Change::InsertApproval(a.clone())))
+        .await
+        .unwrap();
+    assert_eq!(s.approval(&a.id).await.unwrap(), Some(a.clone()));
+    let mut approved = a.clone();
+    approved
+        .cast(
+            Vote {
+                approver: "bob".into(),
+                role: "secops".into(),
+                approve: true,
+                reason: "ok".into(),
+                ts: 11,
+            },
+            11,
+        )
+        .unwrap();
+    let update = |ap: &Approval, expected| {
+        Batch::default().change(Change::UpdateApproval {
+            approval: ap.clone(),
+            expected_version: expected,
+        })
+    };
+    s.commit(update(&approved, 0)).await.unwrap();
+    // Two racing uses both read version 1; exactly one commits.
+    let mut use1 = approved.clone();
+    use1.consume(&a.request_hash, &task_id, "r1", 12).unwrap();
+    let mut use2 = approved.clone();
+    use2.consume(&a.request_hash, &task_id, "r2", 12).unwrap();
+    s.commit(update(&use1, 1)).await.unwrap();
+    assert!(matches!(
+        s.commit(update(&use2, 1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let stored = s.approval(&a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.status, stored.used_by.as_deref()),
+        (ApprovalStatus::Used, Some("r1"))
+    );
+    // Filters.
+    let by_task = s
+        .approvals(crate::ApprovalFilter {
+            task_id: Some(task_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_task.len(), 1);
+    let pending = s
+        .approvals(crate::ApprovalFilter {
+            task_id: Some(task_id),
+            status: Some(ApprovalStatus::Pending),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(pending.is_empty());
+    // Approvers by key hash.
+    let ap = crate::Approver {
+        name: unique("bob"),
+        role: "secops".into(),
+        key_hash: unique("kh"),
+        created_at: 1,
+    };
+    s.commit(Batch::default().change(Change::PutApprover(ap.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.approver_by_key_hash(&ap.key_hash).await.unwrap(),
+        Some(ap)
+    );
+    assert_eq!(s.approver_by_key_hash(&unique("none")).await.unwrap(), None);
 }
 
 pub async fn evidence_is_per_task_and_resource(s: &dyn Store) {
@@ -349,6 +452,18 @@ pub async fn agents_incidents_settings_and_peps(s: &dyn Store) {
     s.commit(Batch::default().change(Change::UpsertIncident(inc.clone())))
         .await
         .unwrap();
+    assert_eq!(s.incident(&inc_id).await.unwrap(), Some(inc.clone()));
+    // First report wins: recording again agrees or conflicts, never overwrites.
+    s.commit(Batch::default().change(Change::RecordIncident(inc.clone())))
+        .await
+        .unwrap();
+    let mut other = inc.clone();
+    other.class = "ddos".into();
+    assert!(matches!(
+        s.commit(Batch::default().change(Change::RecordIncident(other)))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.incident(&inc_id).await.unwrap(), Some(inc));
 
     let key = unique("k");

@@ -19,7 +19,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tollgate_audit::{AuditEntry, AuditEvent};
-use tollgate_core::{Agent, Incident, Task, TaskStatus, UnixTime};
+use tollgate_core::{Agent, Approval, ApprovalStatus, Incident, Task, TaskStatus, UnixTime};
 
 mod sqlite;
 pub use sqlite::SqliteStore;
@@ -49,12 +49,19 @@ pub enum Change {
         revoked: bool,
     },
     PutJoinToken(JoinToken),
+    /// Delete an agent's join tokens that were never used.
+    DropUnusedJoinTokens {
+        spiffe_id: String,
+    },
     /// Precondition: the token exists, is unused and unexpired at `now`.
     ConsumeJoinToken {
         token_hash: String,
         now: UnixTime,
     },
     UpsertIncident(Incident),
+    /// Record an incident unless it exists; if it exists with another class
+    /// or severity the batch fails with `Conflict` (first report wins).
+    RecordIncident(Incident),
     InsertTask(Task),
     /// Precondition: the task is active and unexpired at `now`.
     RenewTask {
@@ -79,6 +86,31 @@ pub enum Change {
     },
     PutPep(Pep),
     PutEvidence(Evidence),
+    InsertApproval(Approval),
+    /// Optimistic update: fails with `Conflict` unless the stored version is
+    /// `expected_version`. The new value carries the incremented version.
+    UpdateApproval {
+        approval: Approval,
+        expected_version: u64,
+    },
+    PutApprover(Approver),
+}
+
+/// A human who may decide approvals, authenticated by an API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approver {
+    pub name: String,
+    pub role: String,
+    pub key_hash: String,
+    pub created_at: UnixTime,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApprovalFilter {
+    pub status: Option<ApprovalStatus>,
+    pub task_id: Option<String>,
+    pub request_hash: Option<String>,
+    pub limit: usize,
 }
 
 /// Diagnostic evidence attached to a task, content-addressed by SHA-256.
@@ -166,5 +198,9 @@ pub trait Store: Send + Sync + 'static {
     async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError>;
     /// Whether the task holds evidence about `resource` (`Type::id`).
     async fn has_evidence(&self, task_id: &str, resource: &str) -> Result<bool, StoreError>;
+    async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+    /// Oldest first.
+    async fn approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError>;
+    async fn approver_by_key_hash(&self, key_hash: &str) -> Result<Option<Approver>, StoreError>;
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 }

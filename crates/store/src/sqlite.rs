@@ -4,13 +4,16 @@
 //! keeping the chain head in the same critical section as the write is what
 //! makes chain order equal commit order. Calls run on tokio's blocking pool.
 
-use crate::{AuditQuery, Batch, Change, JoinToken, Pep, Store, StoreError, TaskFilter};
+use crate::{
+    ApprovalFilter, Approver, AuditQuery, Batch, Change, JoinToken, Pep, Store, StoreError,
+    TaskFilter,
+};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tollgate_audit::{AuditEntry, AuditEvent, GENESIS};
-use tollgate_core::{Agent, Incident, Scope, Task, TaskStatus};
+use tollgate_core::{Agent, Approval, Incident, Scope, Task, TaskStatus};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS agents (
@@ -32,6 +35,13 @@ CREATE TABLE IF NOT EXISTS evidence (
   id TEXT PRIMARY KEY, task_id TEXT NOT NULL, resource TEXT NOT NULL, kind TEXT NOT NULL,
   sha256 TEXT NOT NULL, content TEXT, created_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS evidence_task ON evidence(task_id, resource);
+CREATE TABLE IF NOT EXISTS approvals (
+  id TEXT PRIMARY KEY, version INTEGER NOT NULL, status TEXT NOT NULL, task_id TEXT NOT NULL,
+  request_hash TEXT NOT NULL, created_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status);
+CREATE INDEX IF NOT EXISTS approvals_task ON approvals(task_id, request_hash);
+CREATE TABLE IF NOT EXISTS approvers (
+  name TEXT PRIMARY KEY, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,
   incident_id TEXT, task_id TEXT, agent TEXT, request_id TEXT,
@@ -136,6 +146,33 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
             )
             .map_err(backend)?;
         }
+        Change::DropUnusedJoinTokens { spiffe_id } => {
+            tx.execute(
+                "DELETE FROM join_tokens WHERE spiffe_id = ?1 AND used_at IS NULL",
+                params![spiffe_id],
+            )
+            .map_err(backend)?;
+        }
+        Change::RecordIncident(i) => {
+            tx.execute(
+                "INSERT INTO incidents(id, class, severity, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
+                params![i.id, i.class, i.severity.as_str(), i.status.as_str(), i.updated_at],
+            )
+            .map_err(backend)?;
+            let (class, severity): (String, String) = tx
+                .query_row(
+                    "SELECT class, severity FROM incidents WHERE id = ?1",
+                    params![i.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(backend)?;
+            if class != i.class || severity != i.severity.as_str() {
+                return Err(StoreError::Conflict(format!(
+                    "incident {} is recorded as class {class} severity {severity}",
+                    i.id
+                )));
+            }
+        }
         Change::ConsumeJoinToken { token_hash, now } => {
             let n = tx
                 .execute(
@@ -237,6 +274,40 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
             tx.execute(
                 "INSERT INTO evidence(id, task_id, resource, kind, sha256, content, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![e.id, e.task_id, e.resource, e.kind, e.sha256, e.content, e.created_at],
+            )
+            .map_err(backend)?;
+        }
+        Change::InsertApproval(a) => {
+            let body = serde_json::to_string(a).map_err(backend)?;
+            tx.execute(
+                "INSERT INTO approvals(id, version, status, task_id, request_hash, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![a.id, a.version as i64, a.status.as_str(), a.task_id, a.request_hash, a.created_at, body],
+            )
+            .map_err(backend)?;
+        }
+        Change::UpdateApproval {
+            approval: a,
+            expected_version,
+        } => {
+            let body = serde_json::to_string(a).map_err(backend)?;
+            let n = tx
+                .execute(
+                    "UPDATE approvals SET version = ?2, status = ?3, body = ?4 WHERE id = ?1 AND version = ?5",
+                    params![a.id, a.version as i64, a.status.as_str(), body, *expected_version as i64],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "approval {} changed concurrently",
+                    a.id
+                )));
+            }
+        }
+        Change::PutApprover(a) => {
+            tx.execute(
+                "INSERT INTO approvers(name, role, key_hash, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(name) DO UPDATE SET role = excluded.role, key_hash = excluded.key_hash, created_at = excluded.created_at",
+                params![a.name, a.role, a.key_hash, a.created_at],
             )
             .map_err(backend)?;
         }
@@ -462,6 +533,67 @@ impl Store for SqliteStore {
                     [t, r],
                     |row| row.get(0),
                 )
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let id = id.to_string();
+        self.with(move |inner| {
+            let body: Option<String> = inner
+                .conn
+                .query_row("SELECT body FROM approvals WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(backend)?;
+            body.map(|b| serde_json::from_str(&b).map_err(backend))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn approvals(&self, f: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
+        self.with(move |inner| {
+            let limit = if f.limit == 0 { 100 } else { f.limit } as i64;
+            let mut stmt = inner
+                .conn
+                .prepare(
+                    "SELECT body FROM approvals WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR task_id = ?2)
+                     AND (?3 IS NULL OR request_hash = ?3) ORDER BY created_at, id LIMIT ?4",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![f.status.map(|s| s.as_str()), f.task_id, f.request_hash, limit], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row.map_err(backend)?).map_err(backend)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn approver_by_key_hash(&self, key_hash: &str) -> Result<Option<Approver>, StoreError> {
+        let h = key_hash.to_string();
+        self.with(move |inner| {
+            inner
+                .conn
+                .query_row(
+                    "SELECT name, role, key_hash, created_at FROM approvers WHERE key_hash = ?1",
+                    [h],
+                    |r| {
+                        Ok(Approver {
+                            name: r.get(0)?,
+                            role: r.get(1)?,
+                            key_hash: r.get(2)?,
+                            created_at: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()
                 .map_err(backend)
         })
         .await

@@ -56,9 +56,9 @@ enum Command {
     /// Run the gateway.
     Serve {
         /// Config directory (tollgate.yaml, schema, catalog, policies/); default: the built-in example pack.
-        #[arg(long)]
+        #[arg(long, env = "TOLLGATE_CONFIG")]
         config: Option<PathBuf>,
-        #[arg(long, default_value = "tollgate-data")]
+        #[arg(long, env = "TOLLGATE_DATA", default_value = "tollgate-data")]
         data: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8181")]
         listen: String,
@@ -132,6 +132,8 @@ enum TaskCmd {
         incident: Option<String>,
         #[arg(long)]
         status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -241,9 +243,10 @@ fn main() -> Result<()> {
                     agent,
                     incident,
                     status,
+                    limit,
                     json,
                 } => {
-                    let mut q = vec![];
+                    let mut q = vec![format!("limit={limit}")];
                     for (k, v) in [("agent", agent), ("incident", incident), ("status", status)] {
                         if let Some(v) = v {
                             q.push(format!("{k}={}", client::encode(&v)));
@@ -481,10 +484,18 @@ fn audit_tail(
     }
 }
 
+/// Write a line to stdout; a closed pipe (`| head`) ends the program quietly.
+fn emit(line: &str) -> Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
 fn print_entry(e: &Value, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(e)?);
-        return Ok(());
+        return emit(&serde_json::to_string(e)?);
     }
     let ev = &e["event"];
     let ts = ev["ts"]
@@ -505,7 +516,7 @@ fn print_entry(e: &Value, json: bool) -> Result<()> {
                 .join("; ")
         })
         .unwrap_or_default();
-    println!(
+    emit(&format!(
         "{:>6} {} {:<18} {:<18} {:<34} {} {}{}",
         e["seq"],
         ts,
@@ -519,6 +530,5 @@ fn print_entry(e: &Value, json: bool) -> Result<()> {
         } else {
             format!(" ({why})")
         }
-    );
-    Ok(())
+    ))
 }

@@ -43,6 +43,12 @@ pub async fn register_agent(
     if req.owner.trim().is_empty() {
         return Err(ApiError::bad_request("owner must not be empty"));
     }
+    if !state.tokens.trusts_domain(id.trust_domain()) {
+        return Err(ApiError::bad_request(format!(
+            "trust domain {} is neither ours nor configured with a trust bundle; its agents could never authenticate",
+            id.trust_domain()
+        )));
+    }
     let now = state.now();
     let own = id.trust_domain() == state.tokens.trust_domain();
     let agent = Agent {
@@ -51,7 +57,13 @@ pub async fn register_agent(
         created_at: now,
         revoked: false,
     };
-    let mut batch = Batch::default().change(Change::UpsertAgent(agent));
+    // Re-enrolment voids any join token not yet used.
+    let mut batch =
+        Batch::default()
+            .change(Change::UpsertAgent(agent))
+            .change(Change::DropUnusedJoinTokens {
+                spiffe_id: id.to_string(),
+            });
     let (join_token, expires_at) = if own {
         let token = random_token("tgj_");
         let expires_at = now + state.config.join_token_ttl_seconds;

@@ -68,6 +68,7 @@ pub async fn open_task(
     let now = state.now();
     let agent_id = caller.agent.spiffe_id.clone();
     let request_id = new_id("req");
+    let pack = state.pack.load_full();
     let stored = state.store.incident(&req.incident.id).await?;
     // The first report of an incident is recorded as the agent states it;
     // after that the stored record (which admins update) is authoritative.
@@ -115,7 +116,7 @@ pub async fn open_task(
             ttl_seconds: ttl,
             now,
         };
-        match state.pack.load().decide_task_open(&facts) {
+        match pack.decide_task_open(&facts) {
             Ok(d) => d,
             Err(tollgate_policy::PolicyError::BadRequest(m)) => {
                 return Err(ApiError::BadRequest {
@@ -147,7 +148,7 @@ pub async fn open_task(
             .incident(incident.id.clone())
             .request(request_id.clone())
             .outcome("deny")
-            .detail(json!({"request": {"incident": req.incident, "environment": req.environment, "playbook": req.playbook, "intent": req.intent, "ttl_seconds": ttl}, "policies": decision.policies, "reasons": decision.reasons}));
+            .detail(json!({"request": {"incident": req.incident, "environment": req.environment, "playbook": req.playbook, "intent": req.intent, "ttl_seconds": ttl}, "policies": decision.policies, "reasons": decision.reasons, "policy_digest": pack.digest()}));
         state.store.commit(Batch::audit_only(ev)).await?;
         state
             .metrics
@@ -194,7 +195,7 @@ pub async fn open_task(
     let mut batch = Batch::default();
     if is_new {
         batch = batch
-            .change(Change::UpsertIncident(incident.clone()))
+            .change(Change::RecordIncident(incident.clone()))
             .event(
                 AuditEvent::new(now, "incident.recorded", agent_id.clone())
                     .incident(incident.id.clone())
@@ -210,7 +211,7 @@ pub async fn open_task(
             .outcome("allow")
             .detail(json!({
                 "environment": req.environment, "playbook": req.playbook, "intent": req.intent,
-                "expires_at": expires_at, "credential_jti": jti, "policies": decision.policies, "reasons": decision.reasons,
+                "expires_at": expires_at, "credential_jti": jti, "policies": decision.policies, "reasons": decision.reasons, "policy_digest": pack.digest(),
             })),
     );
     state.store.commit(batch).await?;
