@@ -32,6 +32,15 @@ pub struct Decision {
     pub obligations: Vec<String>,
     /// Distinct human approvals needed when the outcome is `approval_required`.
     pub approvals_required: u32,
+    /// `@approval_ttl` of the determining permits (the shortest), seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_ttl_seconds: Option<i64>,
+    /// `@deny_threshold` of the determining permits (the lowest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_threshold: Option<u32>,
+    /// For `approve` decisions: a determining permit says the agent's owner may approve.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner_may_approve: bool,
 }
 
 impl Decision {
@@ -43,6 +52,9 @@ impl Decision {
             reasons: vec![reason.into()],
             obligations: vec![],
             approvals_required: 0,
+            approval_ttl_seconds: None,
+            deny_threshold: None,
+            owner_may_approve: false,
         }
     }
 }

@@ -19,7 +19,7 @@ mod pack;
 mod request;
 
 pub use pack::{Diagnostic, PolicyError, PolicyPack, SourceFile, OBLIGATION_EVIDENCE_BEFORE};
-pub use request::{ActionFacts, AgentFacts, ResourceRef, TaskOpenFacts};
+pub use request::{ActionFacts, AgentFacts, ApproveFacts, ResourceRef, TaskOpenFacts};
 
 #[cfg(test)]
 mod tests;

@@ -98,6 +98,9 @@ struct PolicyNotes {
     approvals: u32,
     obligations: Vec<String>,
     reason: Option<String>,
+    approval_ttl: Option<i64>,
+    deny_threshold: Option<u32>,
+    owner_may_approve: bool,
 }
 
 impl PolicyPack {
@@ -334,11 +337,9 @@ impl PolicyPack {
                     reasons.push("no policy permits this request".into());
                 }
                 Decision {
-                    outcome: Outcome::Deny,
                     policies,
                     reasons,
-                    obligations: vec![],
-                    approvals_required: 0,
+                    ..Decision::deny("")
                 }
             }
             CedarDecision::Allow => {
@@ -357,11 +358,10 @@ impl PolicyPack {
                         "evidence for this resource must be recorded in the task first".into(),
                     );
                     return Decision {
-                        outcome: Outcome::Deny,
                         policies,
                         reasons,
                         obligations,
-                        approvals_required: 0,
+                        ..Decision::deny("")
                     };
                 }
                 let outcome = if approvals > 0 {
@@ -375,6 +375,9 @@ impl PolicyPack {
                     reasons,
                     obligations,
                     approvals_required: approvals,
+                    approval_ttl_seconds: notes.iter().filter_map(|(_, n)| n.approval_ttl).min(),
+                    deny_threshold: notes.iter().filter_map(|(_, n)| n.deny_threshold).min(),
+                    owner_may_approve: notes.iter().any(|(_, n)| n.owner_may_approve),
                 }
             }
         }
@@ -417,9 +420,60 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
             ));
         }
     }
+    let approval_ttl = match p.annotation("approval_ttl") {
+        None => None,
+        Some(v) => Some(parse_duration(v).ok_or_else(|| {
+            format!(
+                "@approval_ttl must be a duration such as \"900\", \"15m\" or \"1h\", got {v:?}"
+            )
+        })?),
+    };
+    let deny_threshold = match p.annotation("deny_threshold") {
+        None => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=MAX_APPROVALS).contains(&n) => Some(n),
+            _ => {
+                return Err(format!(
+                    "@deny_threshold must be a number from 1 to {MAX_APPROVALS}, got {v:?}"
+                ))
+            }
+        },
+    };
+    let owner_may_approve = match p.annotation("owner_may_approve") {
+        None => false,
+        Some("true") => true,
+        Some(v) => return Err(format!("@owner_may_approve takes \"true\", got {v:?}")),
+    };
+    if (owner_may_approve || deny_threshold.is_some() || approval_ttl.is_some())
+        && p.effect() == cedar_policy::Effect::Forbid
+    {
+        return Err(
+            "@approval_ttl, @deny_threshold and @owner_may_approve only make sense on a permit"
+                .into(),
+        );
+    }
     Ok(PolicyNotes {
         approvals,
         obligations,
         reason: p.annotation("reason").map(str::to_string),
+        approval_ttl,
+        deny_threshold,
+        owner_may_approve,
     })
+}
+
+/// `900`, `900s`, `15m`, `1h`: seconds, at least 1 and at most a day.
+fn parse_duration(v: &str) -> Option<i64> {
+    let (num, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: i64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    (1..=86_400).contains(&secs).then_some(secs)
 }

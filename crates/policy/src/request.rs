@@ -45,6 +45,17 @@ pub struct ActionFacts<'a> {
     pub now: UnixTime,
 }
 
+/// Everything a decision on "may this approver decide this approval" is built from.
+pub struct ApproveFacts<'a> {
+    pub approver_name: &'a str,
+    pub approver_role: &'a str,
+    pub approval: &'a tollgate_core::Approval,
+    pub incident: &'a Incident,
+    /// The approver is the agent's registered owner.
+    pub is_agent_owner: bool,
+    pub now: UnixTime,
+}
+
 /// Everything a task-open decision is built from.
 pub struct TaskOpenFacts<'a> {
     pub agent: AgentFacts<'a>,
@@ -235,6 +246,41 @@ impl PolicyPack {
             ));
         }
         problems
+    }
+
+    /// Decide whether an approver may vote on an approval (Cedar action
+    /// `approve`, the approver as principal, the approval as resource).
+    pub fn decide_approve(&self, f: &ApproveFacts<'_>) -> Result<Decision, PolicyError> {
+        let (schema, catalog) = self.authorizer_inputs();
+        if !schema.actions().any(|a| a.id().unescaped() == "approve") {
+            return Ok(Decision::deny(
+                "the policy pack declares no \"approve\" action, so nobody may approve",
+            ));
+        }
+        let Some(op) = catalog.operation(&f.approval.action) else {
+            return Ok(Decision::deny(format!(
+                "action {} is no longer in the tool catalog",
+                f.approval.action
+            )));
+        };
+        let role = SpiffeId::parse(&f.approval.agent)
+            .map(|id| id.role().to_string())
+            .unwrap_or_default();
+        let principal = uid("Approver", f.approver_name)?;
+        let resource = uid("Approval", &f.approval.id)?;
+        let resource_type = f.approval.resource.split("::").next().unwrap_or_default();
+        let entities = json!([
+            {"uid": {"type": "Approver", "id": f.approver_name}, "attrs": {"role": f.approver_role}, "parents": []},
+            {"uid": {"type": "Approval", "id": f.approval.id}, "attrs": {
+                "action": f.approval.action, "tier": op.tier.as_str(), "labels": op.labels,
+                "agent": f.approval.agent, "agent_role": role, "agent_owner": f.approval.agent_owner,
+                "incident_class": f.incident.class, "severity_rank": f.incident.severity.rank(),
+                "required": f.approval.required, "resource_type": resource_type,
+            }, "parents": []}
+        ]);
+        let context = json!({"now": f.now, "is_agent_owner": f.is_agent_owner});
+        let (req, ents) = self.build(principal, "approve", resource, entities, context)?;
+        Ok(self.evaluate(&req, &ents, false))
     }
 
     /// Decide whether an agent may open a task on an incident.

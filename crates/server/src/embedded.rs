@@ -23,6 +23,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../examples/incident-response/policies/10-actions.cedar"),
     ),
     (
+        "policies/20-approvals.cedar",
+        include_str!("../../../examples/incident-response/policies/20-approvals.cedar"),
+    ),
+    (
         "policies/90-guardrails.cedar",
         include_str!("../../../examples/incident-response/policies/90-guardrails.cedar"),
     ),

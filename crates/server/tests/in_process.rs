@@ -58,6 +58,12 @@ impl Store for FlakyStore {
     async fn has_evidence(&self, t: &str, r: &str) -> Result<bool, StoreError> {
         self.inner.has_evidence(t, r).await
     }
+    async fn evidence_for_task(
+        &self,
+        t: &str,
+    ) -> Result<Vec<tollgate_store::Evidence>, StoreError> {
+        self.inner.evidence_for_task(t).await
+    }
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         self.inner.approval(id).await
     }

@@ -160,10 +160,11 @@ pub async fn evidence_is_per_task_and_resource(s: &dyn Store) {
         content: Some("proc list".into()),
         created_at: 1,
     };
-    s.commit(Batch::default().change(Change::PutEvidence(ev)))
+    s.commit(Batch::default().change(Change::PutEvidence(ev.clone())))
         .await
         .unwrap();
     assert!(s.has_evidence(&task_id, "Host::web-1").await.unwrap());
+    assert_eq!(s.evidence_for_task(&task_id).await.unwrap(), vec![ev]);
     assert!(!s.has_evidence(&task_id, "Host::web-2").await.unwrap());
     assert!(!s
         .has_evidence(&unique("task"), "Host::web-1")

@@ -198,6 +198,8 @@ pub trait Store: Send + Sync + 'static {
     async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError>;
     /// Whether the task holds evidence about `resource` (`Type::id`).
     async fn has_evidence(&self, task_id: &str, resource: &str) -> Result<bool, StoreError>;
+    /// Evidence attached to a task, oldest first.
+    async fn evidence_for_task(&self, task_id: &str) -> Result<Vec<Evidence>, StoreError>;
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
     /// Oldest first.
     async fn approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError>;

@@ -538,6 +538,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn evidence_for_task(&self, task_id: &str) -> Result<Vec<crate::Evidence>, StoreError> {
+        let t = task_id.to_string();
+        self.with(move |inner| {
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT id, task_id, resource, kind, sha256, content, created_at FROM evidence WHERE task_id = ?1 ORDER BY created_at, id")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([t], |r| {
+                    Ok(crate::Evidence {
+                        id: r.get(0)?,
+                        task_id: r.get(1)?,
+                        resource: r.get(2)?,
+                        kind: r.get(3)?,
+                        sha256: r.get(4)?,
+                        content: r.get(5)?,
+                        created_at: r.get(6)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
+        .await
+    }
+
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let id = id.to_string();
         self.with(move |inner| {
