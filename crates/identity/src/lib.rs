@@ -55,6 +55,10 @@ pub enum TokenError {
     Bundle(String),
     #[error("key: {0}")]
     Key(String),
+    #[error("token issuer is not the configured one")]
+    Issuer,
+    #[error("token lacks the {0:?} claim")]
+    Claim(String),
 }
 
 fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
@@ -432,27 +436,105 @@ impl Tokens {
         aud: &str,
         now: UnixTime,
     ) -> Result<T, TokenError> {
-        if header.alg != key.alg {
-            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        verify_jwt(token, header, key, aud, self.leeway, now)
+    }
+}
+
+/// Verify signature (algorithm pinned to the key), audience, `exp` and `nbf`
+/// against the injected clock with `leeway` seconds of skew.
+fn verify_jwt<T: serde::de::DeserializeOwned>(
+    token: &str,
+    header: &Header,
+    key: &TrustedKey,
+    aud: &str,
+    leeway: i64,
+    now: UnixTime,
+) -> Result<T, TokenError> {
+    if header.alg != key.alg {
+        return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+    }
+    let mut v = Validation::new(key.alg);
+    v.validate_exp = false; // checked below against the injected clock
+    v.validate_nbf = false;
+    v.set_required_spec_claims(&["exp", "sub", "aud"]);
+    v.set_audience(&[aud]);
+    let data =
+        jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &v).map_err(map_jwt_error)?;
+    let raw: RawClaims =
+        serde_json::from_value(data.claims.clone()).map_err(|_| TokenError::Malformed)?;
+    if now > raw.exp + leeway {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = raw.nbf {
+        if now + leeway < nbf {
+            return Err(TokenError::NotYetValid);
         }
-        let mut v = Validation::new(key.alg);
-        v.validate_exp = false; // checked below against the injected clock
-        v.validate_nbf = false;
-        v.set_required_spec_claims(&["exp", "sub", "aud"]);
-        v.set_audience(&[aud]);
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &v)
-            .map_err(map_jwt_error)?;
-        let raw: RawClaims =
-            serde_json::from_value(data.claims.clone()).map_err(|_| TokenError::Malformed)?;
-        if now > raw.exp + self.leeway {
-            return Err(TokenError::Expired);
+    }
+    serde_json::from_value(data.claims).map_err(|_| TokenError::Malformed)
+}
+
+/// A human approver, as an OIDC ID token vouches for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcIdentity {
+    pub name: String,
+    pub role: String,
+}
+
+/// Verifies OIDC ID tokens of one issuer for approvers: signature against
+/// the issuer's JWK Set, `iss`, `aud`, `exp`, and the configured name and
+/// role claims.
+pub struct OidcVerifier {
+    issuer: String,
+    audience: String,
+    keys: TrustBundle,
+    name_claim: String,
+    role_claim: String,
+    leeway: i64,
+}
+
+impl OidcVerifier {
+    pub fn new(
+        issuer: &str,
+        audience: &str,
+        jwks: &str,
+        name_claim: &str,
+        role_claim: &str,
+    ) -> Result<Self, TokenError> {
+        Ok(Self {
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
+            keys: TrustBundle::from_jwks(issuer, jwks)?,
+            name_claim: name_claim.to_string(),
+            role_claim: role_claim.to_string(),
+            leeway: 30,
+        })
+    }
+
+    pub fn verify(&self, token: &str, now: UnixTime) -> Result<OidcIdentity, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let kid = header.kid.clone().ok_or(TokenError::MissingKid)?;
+        let key = self
+            .keys
+            .keys
+            .get(&kid)
+            .ok_or(TokenError::UnknownKey(kid))?;
+        let claims: serde_json::Value =
+            verify_jwt(token, &header, key, &self.audience, self.leeway, now)?;
+        if claims.get("iss").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
+            return Err(TokenError::Issuer);
         }
-        if let Some(nbf) = raw.nbf {
-            if now + self.leeway < nbf {
-                return Err(TokenError::NotYetValid);
-            }
-        }
-        serde_json::from_value(data.claims).map_err(|_| TokenError::Malformed)
+        let claim = |name: &str| {
+            claims
+                .get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        let name =
+            claim(&self.name_claim).ok_or_else(|| TokenError::Claim(self.name_claim.clone()))?;
+        let role =
+            claim(&self.role_claim).ok_or_else(|| TokenError::Claim(self.role_claim.clone()))?;
+        Ok(OidcIdentity { name, role })
     }
 }
 

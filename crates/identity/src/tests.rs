@@ -215,3 +215,42 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn oidc_id_tokens_for_approvers() {
+    let (idp, der) = SigningKeyPair::generate().unwrap();
+    let jwks = serde_json::json!({"keys": [idp.public_jwk()]}).to_string();
+    let v = OidcVerifier::new(
+        "https://login.acme.test",
+        "tollgate",
+        &jwks,
+        "email",
+        "tollgate_role",
+    )
+    .unwrap();
+    let key = EncodingKey::from_ed_der(&der);
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some(idp.kid().to_string());
+    let sign = |c: serde_json::Value| jsonwebtoken::encode(&h, &c, &key).unwrap();
+    let good = serde_json::json!({"iss": "https://login.acme.test", "aud": "tollgate", "sub": "u1", "email": "bob@acme.test", "tollgate_role": "secops", "exp": NOW + 60});
+    assert_eq!(
+        v.verify(&sign(good.clone()), NOW).unwrap(),
+        OidcIdentity {
+            name: "bob@acme.test".into(),
+            role: "secops".into()
+        }
+    );
+    let mut wrong_iss = good.clone();
+    wrong_iss["iss"] = "https://evil.test".into();
+    assert_eq!(v.verify(&sign(wrong_iss), NOW), Err(TokenError::Issuer));
+    let mut no_role = good.clone();
+    no_role.as_object_mut().unwrap().remove("tollgate_role");
+    assert_eq!(
+        v.verify(&sign(no_role), NOW),
+        Err(TokenError::Claim("tollgate_role".into()))
+    );
+    let mut wrong_aud = good.clone();
+    wrong_aud["aud"] = "other".into();
+    assert_eq!(v.verify(&sign(wrong_aud), NOW), Err(TokenError::Audience));
+    assert_eq!(v.verify(&sign(good), NOW + 200), Err(TokenError::Expired));
+}

@@ -474,3 +474,44 @@ fn a_schema_that_drifted_from_the_gateway_is_refused_at_load() {
         "{diags:?}"
     );
 }
+
+#[test]
+fn approval_annotations_reach_the_decision() {
+    let (schema, mut policies, catalog) = sources();
+    policies[0].text = policies[0].text.replace(
+        "@approval(\"2\")",
+        "@approval(\"2\")\n@approval_ttl(\"10m\")\n@deny_threshold(\"2\")",
+    );
+    let p = PolicyPack::from_sources(&schema, &policies, &catalog).unwrap();
+    let c = Case {
+        agent: IR,
+        action: "vault.rotate_secret",
+        resource: json!({"type": "Secret", "id": "db"}),
+        parameters: json!({}),
+        evidence: false,
+    };
+    let d = decide(&p, &c).unwrap();
+    assert_eq!(
+        (
+            d.approvals_required,
+            d.approval_ttl_seconds,
+            d.deny_threshold
+        ),
+        (2, Some(600), Some(2))
+    );
+    for bad in [
+        "@approval_ttl(\"soon\")",
+        "@approval_ttl(\"0\")",
+        "@deny_threshold(\"0\")",
+        "@owner_may_approve(\"yes\")",
+    ] {
+        let mut ps = policies.clone();
+        ps[0].text = ps[0]
+            .text
+            .replace("@approval(\"2\")", &format!("@approval(\"2\")\n{bad}"));
+        assert!(
+            PolicyPack::from_sources(&schema, &ps, &catalog).is_err(),
+            "{bad} was accepted"
+        );
+    }
+}

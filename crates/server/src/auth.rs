@@ -232,3 +232,96 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
         }
     }
 }
+
+/// A human approver: by API key (`tollgate approver add`) or by an OIDC ID
+/// token of the configured issuer. Agent SVIDs and task credentials are
+/// never accepted here, which is the first half of "an agent never approves".
+pub struct ApproverAuth(pub crate::approvals::Voter);
+
+async fn approver_from(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<crate::approvals::Voter>, ApiError> {
+    if let Some(a) = state
+        .store
+        .approver_by_key_hash(&sha256_hex(token.as_bytes()))
+        .await?
+    {
+        return Ok(Some(crate::approvals::Voter {
+            name: a.name,
+            role: a.role,
+            via: "key",
+        }));
+    }
+    if let Some(oidc) = &state.oidc {
+        if let Ok(id) = oidc.verify(token, state.now()) {
+            return Ok(Some(crate::approvals::Voter {
+                name: id.name,
+                role: id.role,
+                via: "oidc",
+            }));
+        }
+    }
+    Ok(None)
+}
+
+impl FromRequestParts<Shared> for ApproverAuth {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::Unauthorized(
+                "bearer approver key or OIDC ID token required".into(),
+            ));
+        };
+        match approver_from(state, token).await? {
+            Some(v) => Ok(ApproverAuth(v)),
+            None => Err(refuse(
+                state,
+                parts,
+                "approver",
+                ApiError::Unauthorized("not an approver credential".into()),
+            )
+            .await),
+        }
+    }
+}
+
+/// Who may look at approvals: the admin, any approver, or the agent whose
+/// task the approval belongs to.
+pub enum Viewer {
+    Admin,
+    Approver(crate::approvals::Voter),
+    Agent { task_id: String },
+}
+
+impl FromRequestParts<Shared> for Viewer {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::Unauthorized("bearer token required".into()));
+        };
+        if sha256_hex(token.as_bytes()) == state.admin_token_hash {
+            return Ok(Viewer::Admin);
+        }
+        if let Some(v) = approver_from(state, token).await? {
+            return Ok(Viewer::Approver(v));
+        }
+        if state
+            .tokens
+            .verify_task_credential(token, state.now())
+            .is_ok()
+        {
+            let auth = TaskAuth::from_request_parts(parts, state).await?;
+            return Ok(Viewer::Agent {
+                task_id: auth.task.id,
+            });
+        }
+        Err(refuse(
+            state,
+            parts,
+            "viewer",
+            ApiError::Unauthorized("not a credential that may view approvals".into()),
+        )
+        .await)
+    }
+}

@@ -10,6 +10,87 @@ pub struct TrustBundleConfig {
     pub jwks_file: String,
 }
 
+/// Defaults of the approval workflow; policies override TTL and deny
+/// threshold per permit with `@approval_ttl` and `@deny_threshold`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// How long a pending approval waits for people before it expires (deny).
+    pub default_ttl_seconds: i64,
+    /// When a still-pending approval fires the `approval.escalated` webhook; 0 = never.
+    pub escalate_after_seconds: i64,
+    /// Distinct denials that end a request (Teleport's `deny` threshold).
+    pub deny_threshold: u32,
+    /// Longest long-poll a caller may ask for with `?wait=`.
+    pub max_wait_seconds: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            default_ttl_seconds: 900,
+            escalate_after_seconds: 300,
+            deny_threshold: 1,
+            max_wait_seconds: 60,
+        }
+    }
+}
+
+/// Approvers may sign in with ID tokens of one OIDC issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// The issuer's JWK Set, relative to the config directory.
+    pub jwks_file: String,
+    #[serde(default = "d_name_claim")]
+    pub name_claim: String,
+    #[serde(default = "d_role_claim")]
+    pub role_claim: String,
+}
+
+fn d_name_claim() -> String {
+    "email".into()
+}
+fn d_role_claim() -> String {
+    "tollgate_role".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// `{event, approval}`
+    Json,
+    /// A Slack incoming-webhook message: `{text}`.
+    Slack,
+}
+
+/// Where approval notifications go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(default = "d_format")]
+    pub format: WebhookFormat,
+    /// Events to send; empty = all of `approval.created`, `approval.escalated`,
+    /// `approval.decided`, `approval.expired`.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+fn d_format() -> WebhookFormat {
+    WebhookFormat::Json
+}
+
+pub const WEBHOOK_EVENTS: [&str; 4] = [
+    "approval.created",
+    "approval.escalated",
+    "approval.decided",
+    "approval.expired",
+];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -29,6 +110,12 @@ pub struct ServerConfig {
     pub task_max_ttl_seconds: i64,
     #[serde(default)]
     pub trust_bundles: Vec<TrustBundleConfig>,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+    #[serde(default)]
+    pub approver_oidc: Option<OidcConfig>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 fn d_trust_domain() -> String {
@@ -64,6 +151,9 @@ impl Default for ServerConfig {
             task_ttl_seconds: d_task_ttl(),
             task_max_ttl_seconds: d_task_max_ttl(),
             trust_bundles: vec![],
+            approvals: ApprovalsConfig::default(),
+            approver_oidc: None,
+            webhooks: vec![],
         }
     }
 }
@@ -90,6 +180,31 @@ impl ServerConfig {
         }
         if self.task_ttl_seconds > self.task_max_ttl_seconds {
             return Err("tollgate.yaml: task_ttl_seconds exceeds task_max_ttl_seconds".into());
+        }
+        let a = &self.approvals;
+        if a.default_ttl_seconds <= 0
+            || a.escalate_after_seconds < 0
+            || a.deny_threshold == 0
+            || a.max_wait_seconds == 0
+        {
+            return Err("tollgate.yaml: approvals: ttl, deny_threshold and max_wait must be positive, escalate_after not negative".into());
+        }
+        for w in &self.webhooks {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(format!(
+                    "tollgate.yaml: webhook {}: url must be http(s)",
+                    w.name
+                ));
+            }
+            for e in &w.events {
+                if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                    return Err(format!(
+                        "tollgate.yaml: webhook {}: unknown event {e:?}; known: {}",
+                        w.name,
+                        WEBHOOK_EVENTS.join(", ")
+                    ));
+                }
+            }
         }
         tollgate_core::SpiffeId::parse(&format!("spiffe://{}/x", self.trust_domain))
             .map_err(|e| format!("tollgate.yaml: trust_domain: {e}"))?;

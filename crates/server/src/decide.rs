@@ -1,14 +1,16 @@
 //! The decision path shared by `/v1/authorize` and AuthZEN: gateway checks,
 //! policy, then a durable audit entry, and only then an answer.
 
+use crate::approvals;
 use crate::error::ApiError;
 use crate::state::AppState;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 use std::time::Instant;
 use tollgate_audit::AuditEvent;
-use tollgate_core::{Agent, Decision, IncidentStatus, Outcome, SpiffeId, Task};
+use tollgate_core::{Agent, Approval, Decision, IncidentStatus, Outcome, SpiffeId, Task};
 use tollgate_policy::{ActionFacts, AgentFacts, PolicyError, ResourceRef};
-use tollgate_store::Batch;
+use tollgate_store::{Batch, StoreError};
 
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
@@ -26,22 +28,26 @@ pub struct ActionAsk<'a> {
     /// `decision` or `authzen.decision`.
     pub kind: &'static str,
     pub traceparent: Option<String>,
+    /// A granted approval the agent presents on its retry.
+    pub approval_id: Option<&'a str>,
 }
 
 pub struct Decided {
     pub request_id: String,
     pub decision: Decision,
+    /// The approval this decision created, found pending, or spent.
+    pub approval: Option<Approval>,
 }
 
 /// Decide, audit durably, and only then return. If the audit write fails
 /// the caller gets an error (503), never an unaudited allow.
-pub async fn decide_action(state: &AppState, ask: ActionAsk<'_>) -> Result<Decided, ApiError> {
+pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<Decided, ApiError> {
     let started = Instant::now();
     let now = state.now();
     let request_id = new_id("req");
     // One pack for the whole decision, so the digest audited is the one that decided.
     let pack = state.pack.load_full();
-    let decision = match gateway_decision(state, &pack, &ask, now).await {
+    let mut decision = match gateway_decision(state, &pack, &ask, now).await {
         Ok(d) => d,
         Err(ApiError::BadRequest { code, message }) => {
             // A malformed request changes nothing, but leaves a trace.
@@ -55,22 +61,77 @@ pub async fn decide_action(state: &AppState, ask: ActionAsk<'_>) -> Result<Decid
         }
         Err(e) => return Err(e),
     };
-    let ev = base_event(&ask, now, &request_id)
-        .outcome(decision.outcome.as_str())
-        .detail(json!({
-            "action": ask.action,
-            "resource": ask.resource.key(),
-            "resource_attributes": ask.resource.attributes,
-            "intent": ask.intent,
-            "parameters": ask.parameters,
-            "policies": decision.policies,
-            "reasons": decision.reasons,
-            "obligations": decision.obligations,
-            "approvals_required": decision.approvals_required,
-            "policy_digest": pack.digest(),
-            "traceparent": ask.traceparent,
-        }));
-    state.store.commit(Batch::audit_only(ev)).await?;
+    let request_hash = tollgate_core::approval::request_hash(
+        &ask.task.id,
+        ask.action,
+        &ask.resource.kind,
+        &ask.resource.id,
+        &Value::Object(ask.resource.attributes.clone()),
+        &Value::Object(ask.parameters.clone()),
+    );
+    let mut step = ApprovalStep::default();
+    if decision.outcome == Outcome::ApprovalRequired {
+        step = approvals::on_approval_required(
+            state,
+            &ask,
+            &mut decision,
+            &request_id,
+            &request_hash,
+            now,
+        )
+        .await?;
+    }
+    let decision_event = |d: &Decision, approval: Option<&Approval>| {
+        base_event(&ask, now, &request_id)
+            .outcome(d.outcome.as_str())
+            .detail(json!({
+                "action": ask.action,
+                "resource": ask.resource.key(),
+                "resource_attributes": ask.resource.attributes,
+                "intent": ask.intent,
+                "parameters": ask.parameters,
+                "policies": d.policies,
+                "reasons": d.reasons,
+                "obligations": d.obligations,
+                "approvals_required": d.approvals_required,
+                "approval_id": approval.map(|a| a.id.clone()),
+                "request_hash": request_hash,
+                "policy_digest": pack.digest(),
+                "traceparent": ask.traceparent,
+            }))
+    };
+    let mut audit = vec![decision_event(&decision, step.approval.as_ref())];
+    audit.append(&mut step.events);
+    let batch = Batch {
+        changes: std::mem::take(&mut step.changes),
+        audit,
+    };
+    match state.store.commit(batch).await {
+        Ok(_) => {}
+        Err(StoreError::Conflict(_)) if step.consuming => {
+            // Another request spent the approval between our read and our
+            // write: exactly one use wins, this one is denied.
+            decision.outcome = Outcome::Deny;
+            decision
+                .reasons
+                .push("the approval was used by a concurrent request".into());
+            let refused = approvals::event(step.approval.as_ref(), "approval.refused", &ask.agent.spiffe_id, now)
+                .outcome("refused")
+                .detail(json!({"request_hash": request_hash, "reason": "used concurrently", "request_id": request_id}));
+            let batch = Batch::default()
+                .event(decision_event(&decision, step.approval.as_ref()))
+                .event(refused);
+            state.store.commit(batch).await?;
+            step.created = false;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(a) = &step.approval {
+        if step.created {
+            crate::webhooks::fire(state, "approval.created", a);
+        }
+        state.approval_events.notify_waiters();
+    }
     state.metrics.record(
         ask.kind,
         decision.outcome.as_str(),
@@ -79,7 +140,20 @@ pub async fn decide_action(state: &AppState, ask: ActionAsk<'_>) -> Result<Decid
     Ok(Decided {
         request_id,
         decision,
+        approval: step.approval,
     })
+}
+
+/// What the approval workflow adds to a decision's commit.
+#[derive(Default)]
+pub struct ApprovalStep {
+    pub approval: Option<Approval>,
+    pub changes: Vec<tollgate_store::Change>,
+    pub events: Vec<AuditEvent>,
+    /// A new pending approval was created (fire `approval.created` after commit).
+    pub created: bool,
+    /// The commit spends an approval; a version conflict means it lost a race.
+    pub consuming: bool,
 }
 
 fn base_event(ask: &ActionAsk<'_>, now: i64, request_id: &str) -> AuditEvent {
@@ -161,6 +235,11 @@ pub fn decision_json(d: &Decided) -> Value {
     }
     if d.decision.outcome == Outcome::ApprovalRequired {
         v["approvals_required"] = json!(d.decision.approvals_required);
+    }
+    if let Some(a) = &d.approval {
+        v["approval_id"] = json!(a.id);
+        v["approval_status"] = json!(a.status.as_str());
+        v["approval_expires_at"] = json!(tollgate_core::clock::rfc3339(a.expires_at));
     }
     v
 }

@@ -13,6 +13,7 @@
 //!   (`ApiError::status_and_code`).
 
 pub mod api;
+pub mod approvals;
 pub mod auth;
 pub mod config;
 pub mod decide;
@@ -20,6 +21,7 @@ pub mod embedded;
 pub mod error;
 pub mod metrics;
 pub mod state;
+pub mod webhooks;
 
 pub use state::{AppState, Options, StartError};
 

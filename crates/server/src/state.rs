@@ -30,6 +30,10 @@ pub struct AppState {
     pub admin_token_hash: String,
     pub frozen: AtomicBool,
     pub metrics: Metrics,
+    /// Approvers signing in with OIDC ID tokens, if configured.
+    pub oidc: Option<tollgate_identity::OidcVerifier>,
+    /// Woken on every approval change, for long-polls.
+    pub approval_events: tokio::sync::Notify,
 }
 
 /// Where to find things, as the CLI resolved them.
@@ -149,6 +153,25 @@ impl AppState {
             tokens = tokens.with_bundle(bundle);
         }
 
+        let oidc = match &config.approver_oidc {
+            None => None,
+            Some(o) => {
+                let dir = opts.config_dir.as_deref().unwrap_or(Path::new("."));
+                let p = dir.join(&o.jwks_file);
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
+                Some(
+                    tollgate_identity::OidcVerifier::new(
+                        &o.issuer,
+                        &o.audience,
+                        &text,
+                        &o.name_claim,
+                        &o.role_claim,
+                    )
+                    .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?,
+                )
+            }
+        };
         let store = SqliteStore::open(&data.join(DB_FILE))?;
         let frozen = store.setting(FROZEN_KEY).await?.as_deref() == Some("true");
         let state = Arc::new(Self {
@@ -161,6 +184,8 @@ impl AppState {
             admin_token_hash: tollgate_core::sha256_hex(admin_token.as_bytes()),
             frozen: AtomicBool::new(frozen),
             metrics: Metrics::default(),
+            oidc,
+            approval_events: tokio::sync::Notify::new(),
         });
         let pack = state.pack.load_full();
         state.audit_pack_loaded(&pack, "startup").await?;

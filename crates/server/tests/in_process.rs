@@ -98,6 +98,11 @@ impl Harness {
         let config = ServerConfig {
             task_ttl_seconds: 300,
             task_max_ttl_seconds: 600,
+            approvals: tollgate_server::config::ApprovalsConfig {
+                default_ttl_seconds: 450,
+                escalate_after_seconds: 200,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let state = Arc::new(AppState {
@@ -110,6 +115,8 @@ impl Harness {
             admin_token_hash: tollgate_core::sha256_hex(ADMIN.as_bytes()),
             frozen: AtomicBool::new(false),
             metrics: Metrics::default(),
+            oidc: None,
+            approval_events: tokio::sync::Notify::new(),
         });
         Self {
             state,
@@ -303,4 +310,85 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn approvals_escalate_then_expire_on_the_clock() {
+    let h = Harness::new();
+    let (_, cred) = h.open_task().await;
+    let (_, approver) = h
+        .post(
+            "/v1/approvers",
+            ADMIN,
+            json!({"name": "ivan", "role": "identity"}),
+        )
+        .await;
+    let key = approver["key"].as_str().unwrap().to_string();
+    let ask = json!({"action": "iam.disable_account", "resource": {"type": "Account", "id": "jdoe"}, "intent": "x", "parameters": {"reason": "r"}});
+    let (_, d) = h.post("/v1/authorize", &cred, ask.clone()).await;
+    let id = d["approval_id"].as_str().unwrap().to_string();
+    let kinds = |h: &Harness| {
+        let store = h.store.clone();
+        async move {
+            store
+                .audit(AuditQuery {
+                    limit: 10_000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event.kind)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Nothing happens before the escalation delay ...
+    h.clock.advance(199);
+    tollgate_server::approvals::sweep(&h.state).await.unwrap();
+    assert!(!kinds(&h).await.contains(&"approval.escalated".to_string()));
+    // ... then it escalates, once.
+    h.clock.advance(2);
+    tollgate_server::approvals::sweep(&h.state).await.unwrap();
+    tollgate_server::approvals::sweep(&h.state).await.unwrap();
+    assert_eq!(
+        kinds(&h)
+            .await
+            .iter()
+            .filter(|k| *k == "approval.escalated")
+            .count(),
+        1
+    );
+    // Renew the task so it outlives the approval, which expires at 450 s.
+    let task_id = h.state.store.approval(&id).await.unwrap().unwrap().task_id;
+    h.clock.advance(49);
+    let (status, renewed) = h
+        .post(&format!("/v1/tasks/{task_id}/renew"), &cred, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    let cred = renewed["credential"].as_str().unwrap().to_string();
+    h.clock.advance(200);
+    let (status, v) = h
+        .post(
+            &format!("/v1/approvals/{id}/decision"),
+            &key,
+            json!({"approve": true, "reason": "late"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("expired"),
+        "{v}"
+    );
+    let mut retry = ask.clone();
+    retry["approval_id"] = json!(id);
+    let (_, d) = h.post("/v1/authorize", &cred, retry).await;
+    assert_eq!(d["decision"], "deny", "{d}");
+    assert_eq!(
+        kinds(&h)
+            .await
+            .iter()
+            .filter(|k| *k == "approval.expired")
+            .count(),
+        1
+    );
 }

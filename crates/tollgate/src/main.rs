@@ -98,6 +98,20 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Human approvers (admin).
+    Approver {
+        #[command(subcommand)]
+        cmd: ApproverCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Decide pending approvals (as an approver: TOLLGATE_TOKEN = your approver key).
+    Approvals {
+        #[command(subcommand)]
+        cmd: ApprovalsCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Policy enforcement points (AuthZEN callers).
     Pep {
         #[command(subcommand)]
@@ -179,6 +193,42 @@ enum AuditCmd {
         follow: bool,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApproverCmd {
+    /// Register an approver and print their API key (shown once).
+    Add {
+        name: String,
+        #[arg(long)]
+        role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// Approvals with intent, evidence and the task's chain of actions.
+    List {
+        /// pending, approved, denied, expired, used or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one approval.
+    Show { id: String },
+    /// Vote to approve.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Vote to deny.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -339,6 +389,75 @@ fn main() -> Result<()> {
                     follow,
                     json,
                 } => audit_tail(&c, incident, task, agent, lines, follow, json),
+            }
+        }
+        Command::Approver { cmd, conn } => {
+            let c = Client::new(&conn)?;
+            match cmd {
+                ApproverCmd::Add { name, role } => {
+                    let r = c.post("/v1/approvers", &json!({"name": name, "role": role}))?;
+                    println!(
+                        "approver: {} (role {})",
+                        r["name"].as_str().unwrap_or_default(),
+                        r["role"].as_str().unwrap_or_default()
+                    );
+                    println!("key:      {}", r["key"].as_str().unwrap_or_default());
+                    println!("(shown once; the approver sets TOLLGATE_TOKEN to it)");
+                    Ok(())
+                }
+            }
+        }
+        Command::Approvals { cmd, conn } => {
+            let c = Client::new(&conn)?;
+            match cmd {
+                ApprovalsCmd::List { status, json } => {
+                    let r = c.get(&format!("/v1/approvals?status={}", client::encode(&status)))?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r["approvals"])?);
+                        return Ok(());
+                    }
+                    let list = r["approvals"].as_array().cloned().unwrap_or_default();
+                    if list.is_empty() {
+                        println!("no {status} approvals");
+                    }
+                    for a in &list {
+                        print_approval(a);
+                    }
+                    Ok(())
+                }
+                ApprovalsCmd::Show { id } => {
+                    print_approval(&c.get(&format!("/v1/approvals/{}", client::encode(&id)))?);
+                    Ok(())
+                }
+                ApprovalsCmd::Approve { id, reason } | ApprovalsCmd::Deny { id, reason }
+                    if reason.trim().is_empty() =>
+                {
+                    bail!("approval {id}: --reason must not be empty")
+                }
+                ApprovalsCmd::Approve { id, reason } => {
+                    let r = c.post(
+                        &format!("/v1/approvals/{}/decision", client::encode(&id)),
+                        &json!({"approve": true, "reason": reason}),
+                    )?;
+                    println!(
+                        "voted approve on {id}: now {} ({}/{} approvals)",
+                        r["status"].as_str().unwrap_or(""),
+                        r["approvals"],
+                        r["required"]
+                    );
+                    Ok(())
+                }
+                ApprovalsCmd::Deny { id, reason } => {
+                    let r = c.post(
+                        &format!("/v1/approvals/{}/decision", client::encode(&id)),
+                        &json!({"approve": false, "reason": reason}),
+                    )?;
+                    println!(
+                        "voted deny on {id}: now {}",
+                        r["status"].as_str().unwrap_or("")
+                    );
+                    Ok(())
+                }
             }
         }
         Command::Pep { cmd, conn } => {
@@ -531,4 +650,73 @@ fn print_entry(e: &Value, json: bool) -> Result<()> {
             format!(" ({why})")
         }
     ))
+}
+
+fn print_approval(a: &Value) {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    println!(
+        "{}  {}  {}/{} approvals  expires {}",
+        s(&a["id"]),
+        s(&a["status"]),
+        a["approvals"],
+        a["required"],
+        s(&a["expires_at"])
+    );
+    println!("  agent:    {}", s(&a["agent"]));
+    println!(
+        "  wants:    {} on {} (tier {}, labels {})",
+        s(&a["action"]),
+        s(&a["resource"]),
+        s(&a["tier"]),
+        a["labels"]
+    );
+    println!("  intent:   {}", s(&a["request"]["intent"]));
+    println!("  params:   {}", a["request"]["parameters"]);
+    println!(
+        "  task:     {} incident {} ({})",
+        s(&a["task_id"]),
+        s(&a["incident_id"]),
+        s(&a["task"]["intent"])
+    );
+    println!(
+        "  policy:   {}",
+        a["reasons"]
+            .as_array()
+            .map(|r| r
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; "))
+            .unwrap_or_default()
+    );
+    for e in a["evidence"].as_array().into_iter().flatten() {
+        println!(
+            "  evidence: {} {} sha256:{}",
+            s(&e["kind"]),
+            s(&e["resource"]),
+            s(&e["sha256"])
+        );
+    }
+    for c in a["chain"].as_array().into_iter().flatten() {
+        println!(
+            "  chain:    {} {} {} -> {}",
+            s(&c["at"]),
+            s(&c["action"]),
+            s(&c["resource"]),
+            s(&c["outcome"])
+        );
+    }
+    for v in a["votes"].as_array().into_iter().flatten() {
+        println!(
+            "  vote:     {} ({}) {}: {}",
+            s(&v["approver"]),
+            s(&v["role"]),
+            if v["approve"].as_bool() == Some(true) {
+                "approve"
+            } else {
+                "deny"
+            },
+            s(&v["reason"])
+        );
+    }
 }

@@ -165,7 +165,16 @@ async fn evaluate(
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
+    // ARAP-style retry: `context.approval.id` (or `context.approval_id`).
+    let approval_id = e
+        .context
+        .get("approval")
+        .and_then(|a| a.get("id"))
+        .or_else(|| e.context.get("approval_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let ask = ActionAsk {
+        approval_id: approval_id.as_deref(),
         task: &task,
         agent: &agent,
         action: &e.action.name,
@@ -177,16 +186,32 @@ async fn evaluate(
         traceparent,
     };
     match decide_action(state, ask).await {
-        Ok(d) => Ok(json!({
-            "decision": d.decision.outcome == Outcome::Allow,
-            "context": {
-                "request_id": d.request_id,
-                "outcome": d.decision.outcome.as_str(),
-                "reasons": d.decision.reasons,
-                "policies": d.decision.policies,
-                "obligations": d.decision.obligations,
+        Ok(d) => {
+            let mut body = json!({
+                "decision": d.decision.outcome == Outcome::Allow,
+                "context": {
+                    "request_id": d.request_id,
+                    "outcome": d.decision.outcome.as_str(),
+                    "reasons": d.decision.reasons,
+                    "policies": d.decision.policies,
+                    "obligations": d.decision.obligations,
+                }
+            });
+            // A requestable denial, shaped after the AuthZEN Access Request
+            // and Approval profile draft: the handle is the approval.
+            if let (Outcome::ApprovalRequired, Some(a)) = (d.decision.outcome, &d.approval) {
+                body["context"]["reason"] = json!("approval_required");
+                body["context"]["evaluation_id"] = json!(d.request_id);
+                body["context"]["access_request"] = json!({
+                    "id": a.id,
+                    "status": a.status.as_str(),
+                    "status_endpoint": format!("/v1/approvals/{}", a.id),
+                    "expires_at": tollgate_core::clock::rfc3339(a.expires_at),
+                    "approvals_required": d.decision.approvals_required,
+                });
             }
-        })),
+            Ok(body)
+        }
         Err(ApiError::BadRequest { message, .. }) => Ok(refuse(400, message)),
         Err(e) => Err(e),
     }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, OpenAPI document, health and metrics.
 
 pub mod admin;
+pub mod approvals;
 pub mod authzen;
 pub mod identity;
 pub mod tasks;
@@ -28,6 +29,7 @@ impl Modify for Security {
             ("svid", "JWT-SVID"),
             ("task", "task credential"),
             ("pep", "PEP key"),
+            ("approver", "approver API key or OIDC ID token"),
         ] {
             components.add_security_scheme(
                 name,
@@ -50,6 +52,10 @@ impl Modify for Security {
         tasks::open_task, tasks::renew_task, tasks::close_task, tasks::add_evidence, tasks::authorize,
         admin::freeze, admin::unfreeze, admin::revoke, admin::list_tasks, admin::show_task, admin::audit,
         admin::reload, admin::add_pep,
+        approvals::add_approver,
+        approvals::list,
+        approvals::show,
+        approvals::decide,
         authzen::evaluation, authzen::evaluations, authzen::configuration,
         healthz, metrics, openapi_json,
     ),
@@ -100,6 +106,10 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/audit", get(admin::audit))
         .route("/v1/policies/reload", post(admin::reload))
         .route("/v1/peps", post(admin::add_pep))
+        .route("/v1/approvers", post(approvals::add_approver))
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::show))
+        .route("/v1/approvals/{id}/decision", post(approvals::decide))
         .route("/access/v1/evaluation", post(authzen::evaluation))
         .route("/access/v1/evaluations", post(authzen::evaluations))
         .route(

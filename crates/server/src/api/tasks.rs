@@ -407,7 +407,7 @@ pub struct Authorize {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
-    /// Present when retrying with a granted approval (approval workflow).
+    /// The granted approval, when retrying an `approval_required` request.
     pub approval_id: Option<String>,
 }
 
@@ -421,11 +421,6 @@ pub async fn authorize(
 ) -> Result<Json<Value>, ApiError> {
     non_empty("action", &req.action, 128)?;
     non_empty("intent", &req.intent, 2048)?;
-    if req.approval_id.is_some() {
-        return Err(ApiError::bad_request(
-            "approval_id is not accepted yet: this server has no approval workflow",
-        ));
-    }
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -442,6 +437,7 @@ pub async fn authorize(
             actor: auth.agent.spiffe_id.clone(),
             kind: "decision",
             traceparent,
+            approval_id: req.approval_id.as_deref(),
         },
     )
     .await?;

@@ -242,3 +242,111 @@ pub fn now() -> i64 {
         .unwrap()
         .as_secs() as i64
 }
+
+/// A one-thread HTTP server that records every JSON body POSTed to it.
+pub struct Receiver {
+    pub url: String,
+    pub bodies: std::sync::mpsc::Receiver<Value>,
+}
+
+pub fn receiver() -> Receiver {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0usize;
+            let mut chunked = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                    chunked = true;
+                }
+            }
+            let mut body = Vec::new();
+            if chunked {
+                loop {
+                    let mut size = String::new();
+                    reader.read_line(&mut size).unwrap();
+                    let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                    let mut chunk = vec![0u8; n + 2];
+                    reader.read_exact(&mut chunk).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+            } else {
+                body.resize(len, 0);
+                reader.read_exact(&mut body).unwrap();
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    Receiver { url, bodies: rx }
+}
+
+impl Receiver {
+    /// The next delivered body (webhooks are asynchronous by design).
+    pub fn next(&self) -> Value {
+        self.bodies
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("no webhook delivery within 10 s")
+    }
+}
+
+/// `tollgate init` into a fresh directory, with `extra` appended to tollgate.yaml.
+pub fn config_dir(tmp: &Path, extra: &str) -> PathBuf {
+    let config = tmp.join("config");
+    let out = Command::new(bin())
+        .arg("init")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let yaml = std::fs::read_to_string(config.join("tollgate.yaml")).unwrap();
+    std::fs::write(config.join("tollgate.yaml"), format!("{yaml}{extra}")).unwrap();
+    config
+}
+
+impl Server {
+    /// Register an approver through the CLI and return their key.
+    pub fn approver(&self, name: &str, role: &str) -> String {
+        let (ok, out, err) = self.cli(&["approver", "add", name, "--role", role]);
+        assert!(ok, "{err}");
+        out.lines()
+            .find_map(|l| l.strip_prefix("key:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Run the CLI as someone other than the admin.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .env("TOLLGATE_ADDR", &self.addr)
+            .env("TOLLGATE_TOKEN", token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}

@@ -1,0 +1,214 @@
+//! Human approval: approvers, pending approvals, long-poll, decisions.
+
+use crate::approvals::{load, view, vote};
+use crate::auth::{Admin, ApiJson, ApproverAuth, Shared, Viewer};
+use crate::error::ApiError;
+use crate::state::random_token;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tollgate_audit::AuditEvent;
+use tollgate_core::{sha256_hex, ApprovalStatus};
+use tollgate_store::{ApprovalFilter, Approver, AuditQuery, Batch, Change};
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddApprover {
+    pub name: String,
+    /// The role policy sees as `principal.role` in `approve` decisions.
+    pub role: String,
+}
+
+/// Register (or rotate the key of) an approver; the key is shown once.
+#[utoipa::path(post, path = "/v1/approvers", request_body = AddApprover, responses((status = 201)), security(("admin" = [])))]
+pub async fn add_approver(
+    _: Admin,
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<AddApprover>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let name_ok = !req.name.is_empty()
+        && req.name.len() <= 128
+        && !req.name.starts_with("spiffe:")
+        && req
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b));
+    if !name_ok {
+        return Err(ApiError::bad_request(
+            "name must be 1-128 characters of [A-Za-z0-9._@+-] and not a SPIFFE ID",
+        ));
+    }
+    let role_ok = !req.role.is_empty()
+        && req.role.len() <= 64
+        && req
+            .role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !role_ok {
+        return Err(ApiError::bad_request(
+            "role must be 1-64 characters of [a-z0-9-]",
+        ));
+    }
+    let now = state.now();
+    let key = random_token("tgr_");
+    let batch = Batch::default()
+        .change(Change::PutApprover(Approver {
+            name: req.name.clone(),
+            role: req.role.clone(),
+            key_hash: sha256_hex(key.as_bytes()),
+            created_at: now,
+        }))
+        .event(
+            AuditEvent::new(now, "approver.registered", "admin")
+                .detail(json!({"name": req.name, "role": req.role})),
+        );
+    state.store.commit(batch).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"name": req.name, "role": req.role, "key": key})),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// `pending` (default), `approved`, `denied`, `expired`, `used`, or `all`.
+    pub status: Option<String>,
+    pub task: Option<String>,
+}
+
+/// Approvals with what an approver needs to decide: intent, action, tier,
+/// resource, parameters, the task's evidence and its chain of actions so far.
+#[utoipa::path(get, path = "/v1/approvals", params(ListQuery), responses((status = 200)), security(("approver" = []), ("admin" = [])))]
+pub async fn list(
+    viewer: Viewer,
+    State(state): State<Shared>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if matches!(viewer, Viewer::Agent { .. }) {
+        return Err(ApiError::Forbidden(
+            "agents may only look at their own approvals by id".into(),
+        ));
+    }
+    // Expire what is due first, so a list never shows a dead approval as pending.
+    crate::approvals::sweep(&state).await?;
+    let status = match q.status.as_deref().unwrap_or("pending") {
+        "all" => None,
+        s => Some(s.parse::<ApprovalStatus>().map_err(ApiError::bad_request)?),
+    };
+    let approvals = state
+        .store
+        .approvals(ApprovalFilter {
+            status,
+            task_id: q.task,
+            limit: 500,
+            ..Default::default()
+        })
+        .await?;
+    let pack = state.pack.load();
+    let mut out = Vec::with_capacity(approvals.len());
+    for a in approvals {
+        let mut v = view(&a);
+        if let Some(op) = pack.catalog().operation(&a.action) {
+            v["tier"] = json!(op.tier.as_str());
+            v["labels"] = json!(op.labels);
+            v["reversible"] = json!(op.reversible);
+            v["blast_radius"] = json!(op.blast_radius);
+        }
+        if let Some(t) = state.store.task(&a.task_id).await? {
+            v["task"] = json!({"intent": t.intent, "playbook": t.playbook, "environment": t.environment, "status": t.status.as_str()});
+        }
+        let evidence = state.store.evidence_for_task(&a.task_id).await?;
+        v["evidence"] = json!(evidence
+            .iter()
+            .map(
+                |e| json!({"id": e.id, "resource": e.resource, "kind": e.kind, "sha256": e.sha256})
+            )
+            .collect::<Vec<_>>());
+        let chain = state
+            .store
+            .audit(AuditQuery {
+                task_id: Some(a.task_id.clone()),
+                limit: 200,
+                ..Default::default()
+            })
+            .await?;
+        v["chain"] = json!(chain
+            .iter()
+            .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision")
+            .map(|e| json!({
+                "seq": e.seq, "request_id": e.event.request_id, "outcome": e.event.outcome,
+                "action": e.event.detail["action"], "resource": e.event.detail["resource"],
+                "at": tollgate_core::clock::rfc3339(e.event.ts),
+            }))
+            .collect::<Vec<_>>());
+        out.push(v);
+    }
+    Ok(Json(json!({"approvals": out})))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct WaitQuery {
+    /// Long-poll: hold the answer up to this many seconds while the approval is pending.
+    pub wait: Option<u64>,
+}
+
+/// One approval; with `?wait=N`, answers as soon as it is decided or expires.
+#[utoipa::path(get, path = "/v1/approvals/{id}", params(("id" = String, Path), WaitQuery), responses((status = 200)), security(("task" = []), ("approver" = []), ("admin" = [])))]
+pub async fn show(
+    viewer: Viewer,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let mut a = load(&state, &id).await?;
+    if let Viewer::Agent { task_id } = &viewer {
+        if *task_id != a.task_id {
+            return Err(ApiError::NotFound(format!("approval {id}")));
+        }
+    }
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(
+            q.wait
+                .unwrap_or(0)
+                .min(state.config.approvals.max_wait_seconds),
+        );
+    while a.status == ApprovalStatus::Pending && tokio::time::Instant::now() < deadline {
+        let notified = state.approval_events.notified();
+        // Wake on any approval change, and at least every second so expiry
+        // (which is clock-driven) is noticed.
+        let step = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(1));
+        let _ = tokio::time::timeout(step, notified).await;
+        a = load(&state, &id).await?;
+    }
+    Ok(Json(view(&a)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    pub approve: bool,
+    /// Why; recorded in the audit log and shown to the other approvers.
+    pub reason: String,
+}
+
+/// An approver's vote. Each approver counts once; a denial reaching the
+/// deny threshold ends the request.
+#[utoipa::path(post, path = "/v1/approvals/{id}/decision", params(("id" = String, Path)), request_body = DecisionBody, responses((status = 200), (status = 403), (status = 409)), security(("approver" = [])))]
+pub async fn decide(
+    approver: ApproverAuth,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DecisionBody>,
+) -> Result<Json<Value>, ApiError> {
+    if req.reason.trim().is_empty() || req.reason.len() > 2048 {
+        return Err(ApiError::bad_request("reason must be 1 to 2048 bytes"));
+    }
+    let a = vote(&state, &id, &approver.0, req.approve, &req.reason).await?;
+    Ok(Json(view(&a)))
+}

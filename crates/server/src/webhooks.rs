@@ -1,0 +1,77 @@
+//! Approval notifications. Delivery runs in the background with retries; a
+//! webhook that fails never blocks, allows or denies anything by itself, it
+//! only leaves a `webhook.failed` audit entry and a log line.
+
+use crate::config::{WebhookConfig, WebhookFormat};
+use crate::state::AppState;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_audit::AuditEvent;
+use tollgate_core::Approval;
+use tollgate_store::Batch;
+
+const ATTEMPTS: u32 = 3;
+
+fn payload(hook: &WebhookConfig, event: &str, approval: &Approval, view: &Value) -> Value {
+    match hook.format {
+        WebhookFormat::Json => json!({"event": event, "approval": view}),
+        WebhookFormat::Slack => {
+            let (yes, no) = approval.tally();
+            json!({"text": format!(
+                "[tollgate] {event}: {} wants {} on {} (incident {}); {}/{} approvals, {} denials; status {}; approval id {}",
+                approval.agent, approval.action, approval.resource, approval.incident_id,
+                yes, approval.required, no, approval.status.as_str(), approval.id
+            )})
+        }
+    }
+}
+
+fn deliver(url: &str, body: &Value) -> Result<(), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent.post(url).send_json(body).map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {}", resp.status()))
+    }
+}
+
+/// Send `event` about `approval` to every webhook that wants it.
+pub fn fire(state: &Arc<AppState>, event: &'static str, approval: &Approval) {
+    let view = crate::approvals::view(approval);
+    for hook in state
+        .config
+        .webhooks
+        .iter()
+        .filter(|h| h.events.is_empty() || h.events.iter().any(|e| e == event))
+    {
+        let body = payload(hook, event, approval, &view);
+        let (hook, state, approval_id) = (hook.clone(), state.clone(), approval.id.clone());
+        tokio::spawn(async move {
+            let mut last_err = String::new();
+            for attempt in 0..ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(250 * 4u64.pow(attempt - 1))).await;
+                }
+                let (url, b) = (hook.url.clone(), body.clone());
+                match tokio::task::spawn_blocking(move || deliver(&url, &b)).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => last_err = e,
+                    Err(e) => last_err = e.to_string(),
+                }
+            }
+            tracing::warn!(webhook = %hook.name, error = %last_err, "webhook delivery failed");
+            let ev = AuditEvent::new(state.now(), "webhook.failed", "tollgate").outcome("failed").detail(json!({
+                "webhook": hook.name, "event": event, "approval_id": approval_id, "error": last_err, "attempts": ATTEMPTS,
+            }));
+            if let Err(e) = state.store.commit(Batch::audit_only(ev)).await {
+                tracing::error!(error = %e, "cannot audit a failed webhook");
+            }
+        });
+    }
+}
