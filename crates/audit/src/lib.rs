@@ -10,6 +10,10 @@
 //! sorted (serde_json's default `Map` is a BTreeMap). The first entry's
 //! `prev_hash` is 32 zero bytes.
 
+pub mod checkpoint;
+pub mod merkle;
+pub mod verify;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
