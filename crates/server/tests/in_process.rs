@@ -64,6 +64,18 @@ impl Store for FlakyStore {
     ) -> Result<Vec<tollgate_store::Evidence>, StoreError> {
         self.inner.evidence_for_task(t).await
     }
+    async fn audit_head(&self) -> Result<tollgate_store::AuditHead, StoreError> {
+        self.inner.audit_head().await
+    }
+    async fn audit_leaf_hashes(&self, n: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.inner.audit_leaf_hashes(n).await
+    }
+    async fn checkpoints(&self) -> Result<Vec<tollgate_audit::checkpoint::Checkpoint>, StoreError> {
+        self.inner.checkpoints().await
+    }
+    async fn audit_by_request(&self, r: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit_by_request(r).await
+    }
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         self.inner.approval(id).await
     }

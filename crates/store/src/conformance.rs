@@ -44,6 +44,141 @@ pub async fn run_all(store: &dyn Store) {
     agents_incidents_settings_and_peps(store).await;
     evidence_is_per_task_and_resource(store).await;
     approvals_update_optimistically(store).await;
+    merkle_head_checkpoints_and_request_lookup(store).await;
+    concurrent_commits_all_land_and_failures_stay_isolated(store).await;
+}
+
+pub async fn merkle_head_checkpoints_and_request_lookup(s: &dyn Store) {
+    use tollgate_audit::merkle;
+    let req = unique("req");
+    s.commit(Batch::audit_only(
+        AuditEvent::new(1, "decision", "a").request(&req),
+    ))
+    .await
+    .unwrap();
+    s.commit(Batch::audit_only(
+        AuditEvent::new(2, "action.result", "a").request(&req),
+    ))
+    .await
+    .unwrap();
+    let head = s.audit_head().await.unwrap();
+    let leaves = s.audit_leaf_hashes(head.size).await.unwrap();
+    assert_eq!(leaves.len() as u64, head.size);
+    assert_eq!(merkle::root(&leaves), head.root_hash);
+    let by_req = s.audit_by_request(&req).await.unwrap();
+    assert_eq!(
+        by_req
+            .iter()
+            .map(|e| e.event.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["decision", "action.result"]
+    );
+    assert_eq!(by_req[1].hash, head.last_hash);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let cp =
+        tollgate_audit::checkpoint::Checkpoint::sign("test", head.size, &head.root_hash, 3, &key);
+    s.commit(Batch::default().change(Change::PutCheckpoint(cp.clone())))
+        .await
+        .unwrap();
+    s.commit(Batch::default().change(Change::PutCheckpoint(cp.clone())))
+        .await
+        .unwrap();
+    let cps = s.checkpoints().await.unwrap();
+    assert_eq!(cps.iter().filter(|c| **c == cp).count(), 1);
+    // One result per decision.
+    let result = |status: &str| {
+        Batch::default().change(Change::RecordActionResult {
+            request_id: req.clone(),
+            task_id: "t".into(),
+            status: status.into(),
+            at: 5,
+        })
+    };
+    s.commit(result("succeeded")).await.unwrap();
+    assert!(matches!(
+        s.commit(result("failed")).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+pub async fn concurrent_commits_all_land_and_failures_stay_isolated(s: &dyn Store) {
+    let tag = unique("burst");
+    let before = s.audit_head().await.unwrap().size;
+    let mut futures = Vec::new();
+    for i in 0..200 {
+        let mut batch = Batch::audit_only(AuditEvent::new(i, "burst", tag.clone()).task(&tag));
+        if i % 10 == 0 {
+            // Every tenth batch fails its precondition; it must take nothing else down.
+            batch = batch.change(Change::ConsumeJoinToken {
+                token_hash: unique("missing"),
+                now: 1,
+            });
+        }
+        futures.push(s.commit(batch));
+    }
+    let results = futures_join(futures).await;
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 20);
+    let mut seqs: Vec<u64> = results
+        .into_iter()
+        .filter_map(|r| r.ok())
+        .flatten()
+        .collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 180);
+    let mine = s
+        .audit(AuditQuery {
+            task_id: Some(tag),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 180);
+    let head = s.audit_head().await.unwrap();
+    assert_eq!(head.size, before + 180);
+    let all = s
+        .audit(AuditQuery {
+            limit: 10_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tollgate_audit::verify_run(1, tollgate_audit::GENESIS, &all).unwrap();
+    let leaves = s.audit_leaf_hashes(head.size).await.unwrap();
+    assert_eq!(tollgate_audit::merkle::root(&leaves), head.root_hash);
+}
+
+/// Run commits concurrently on the current runtime without extra dependencies.
+async fn futures_join<T: Send + 'static>(
+    futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(futures.len());
+    // Poll all of them together so the writer sees them queued at once.
+    let mut pending: Vec<_> = futures.into_iter().map(Some).collect();
+    let mut results: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
 }
 
 pub async fn approvals_update_optimistically(s: &dyn Store) {

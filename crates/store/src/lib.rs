@@ -10,7 +10,9 @@
 //! - Preconditions (single-use join tokens, only-active tasks) are checked in
 //!   the same transaction, so races resolve to exactly one winner.
 //! - A commit returns only once it is durable (SQLite: WAL with
-//!   `synchronous=FULL`).
+//!   `synchronous=FULL`). Concurrent commits are grouped into one
+//!   transaction, each batch in its own savepoint, so durability costs one
+//!   fsync per group rather than per decision (group commit).
 //! - Knows nothing of HTTP, policy or tokens.
 //!
 //! Every backend must pass [`conformance`] (enabled with the `conformance`
@@ -18,6 +20,7 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tollgate_audit::checkpoint::Checkpoint;
 use tollgate_audit::{AuditEntry, AuditEvent};
 use tollgate_core::{Agent, Approval, ApprovalStatus, Incident, Task, TaskStatus, UnixTime};
 
@@ -94,6 +97,23 @@ pub enum Change {
         expected_version: u64,
     },
     PutApprover(Approver),
+    /// A signed checkpoint (idempotent per tree size).
+    PutCheckpoint(Checkpoint),
+    /// Precondition: no result was recorded for `request_id` yet.
+    RecordActionResult {
+        request_id: String,
+        task_id: String,
+        status: String,
+        at: UnixTime,
+    },
+}
+
+/// The log's current extent: how many entries and their Merkle root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    pub size: u64,
+    pub root_hash: [u8; 32],
+    pub last_hash: [u8; 32],
 }
 
 /// A human who may decide approvals, authenticated by an API key.
@@ -204,5 +224,13 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first.
     async fn approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError>;
     async fn approver_by_key_hash(&self, key_hash: &str) -> Result<Option<Approver>, StoreError>;
+    /// Size and Merkle root of the whole log, in O(log n).
+    async fn audit_head(&self) -> Result<AuditHead, StoreError>;
+    /// Merkle leaf hashes of the first `size` entries, for proofs.
+    async fn audit_leaf_hashes(&self, size: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Signed checkpoints, ascending by tree size.
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
+    /// Entries carrying `request_id`, oldest first.
+    async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 }

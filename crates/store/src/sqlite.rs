@@ -2,16 +2,20 @@
 //!
 //! One connection behind a mutex. SQLite allows a single writer anyway, and
 //! keeping the chain head in the same critical section as the write is what
-//! makes chain order equal commit order. Calls run on tokio's blocking pool.
+//! makes chain order equal commit order. Reads run on tokio's blocking pool;
+//! commits go to a writer thread that groups whatever batches are waiting
+//! into one transaction (group commit): one fsync for many decisions.
 
 use crate::{
-    ApprovalFilter, Approver, AuditQuery, Batch, Change, JoinToken, Pep, Store, StoreError,
-    TaskFilter,
+    ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, JoinToken, Pep, Store,
+    StoreError, TaskFilter,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use tollgate_audit::checkpoint::Checkpoint;
+use tollgate_audit::merkle::{leaf_hash, CompactRange};
 use tollgate_audit::{AuditEntry, AuditEvent, GENESIS};
 use tollgate_core::{Agent, Approval, Incident, Scope, Task, TaskStatus};
 
@@ -42,6 +46,9 @@ CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status);
 CREATE INDEX IF NOT EXISTS approvals_task ON approvals(task_id, request_hash);
 CREATE TABLE IF NOT EXISTS approvers (
   name TEXT PRIMARY KEY, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (tree_size INTEGER PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS action_results (
+  request_id TEXT PRIMARY KEY, task_id TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,
   incident_id TEXT, task_id TEXT, agent TEXT, request_id TEXT,
@@ -49,17 +56,32 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_incident ON audit(incident_id);
 CREATE INDEX IF NOT EXISTS audit_task ON audit(task_id);
 CREATE INDEX IF NOT EXISTS audit_agent ON audit(agent);
+CREATE INDEX IF NOT EXISTS audit_request ON audit(request_id);
 "#;
 
 struct Inner {
     conn: Connection,
     /// (next seq, hash of the last entry), kept in step with the table.
     head: (u64, [u8; 32]),
+    /// Merkle right edge of the log, kept in step with the table.
+    range: CompactRange,
 }
+
+/// One batch waiting for the group-commit writer.
+struct Job {
+    batch: Batch,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<u64>, StoreError>>,
+}
+
+/// Most batches one transaction (one fsync) carries.
+const MAX_GROUP: usize = 512;
 
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Mutex<Inner>>,
+    /// Commits go through one writer thread that groups concurrent batches
+    /// into one durable transaction (group commit).
+    writer: std::sync::mpsc::SyncSender<Job>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -99,9 +121,28 @@ impl SqliteStore {
                 (seq as u64 + 1, h)
             }
         };
-        Ok(Self {
-            inner: Arc::new(Mutex::new(Inner { conn, head })),
-        })
+        // Rebuild the Merkle right edge from the stored hashes (one pass).
+        let mut range = CompactRange::default();
+        {
+            let mut stmt = conn
+                .prepare("SELECT hash FROM audit ORDER BY seq")
+                .map_err(backend)?;
+            let mut rows = stmt.query([]).map_err(backend)?;
+            while let Some(row) = rows.next().map_err(backend)? {
+                let hash: String = row.get(0).map_err(backend)?;
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
+                range.push(leaf_hash(&h));
+            }
+        }
+        let inner = Arc::new(Mutex::new(Inner { conn, head, range }));
+        let (writer, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
+        let w = inner.clone();
+        std::thread::Builder::new()
+            .name("tollgate-sqlite-writer".into())
+            .spawn(move || writer_loop(&w, &rx))
+            .map_err(backend)?;
+        Ok(Self { inner, writer })
     }
 
     async fn with<T: Send + 'static>(
@@ -118,7 +159,7 @@ impl SqliteStore {
     }
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreError> {
+fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
     match change {
         Change::UpsertAgent(a) => {
             tx.execute(
@@ -303,6 +344,31 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
                 )));
             }
         }
+        Change::PutCheckpoint(cp) => {
+            let body = serde_json::to_string(cp).map_err(backend)?;
+            tx.execute(
+                "INSERT INTO checkpoints(tree_size, body) VALUES (?1, ?2) ON CONFLICT(tree_size) DO NOTHING",
+                params![cp.tree_size as i64, body],
+            )
+            .map_err(backend)?;
+        }
+        Change::RecordActionResult {
+            request_id,
+            task_id,
+            status,
+            at,
+        } => {
+            tx.execute(
+                "INSERT INTO action_results(request_id, task_id, status, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![request_id, task_id, status, at],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict(format!("a result for {request_id} was already recorded"))
+                }
+                e => backend(e),
+            })?;
+        }
         Change::PutApprover(a) => {
             tx.execute(
                 "INSERT INTO approvers(name, role, key_hash, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -313,6 +379,119 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), StoreErr
         }
     }
     Ok(())
+}
+
+fn writer_loop(inner: &Mutex<Inner>, rx: &std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let (batches, replies): (Vec<Batch>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.batch, j.reply)).unzip();
+        let results = commit_group(inner, batches);
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Commit several batches in one transaction: each in its own savepoint (a
+/// failing batch rolls back alone), one durable commit for all of them.
+fn commit_group(inner: &Mutex<Inner>, batches: Vec<Batch>) -> Vec<Result<Vec<u64>, StoreError>> {
+    let n = batches.len();
+    let Ok(mut guard) = inner.lock() else {
+        return (0..n)
+            .map(|_| Err(backend("store lock poisoned")))
+            .collect();
+    };
+    let inner = &mut *guard;
+    let (mut seq, mut prev) = inner.head;
+    let mut range = inner.range.clone();
+    let mut tx = match inner.conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => return (0..n).map(|_| Err(backend(&e))).collect(),
+    };
+    let mut results = Vec::with_capacity(n);
+    for batch in batches {
+        let saved = (seq, prev, range.clone());
+        let outcome = tx.savepoint().map_err(backend).and_then(|sp| {
+            let seqs = apply_batch(&sp, batch, &mut seq, &mut prev, &mut range)?;
+            sp.commit().map_err(backend)?;
+            Ok(seqs)
+        });
+        if outcome.is_err() {
+            (seq, prev, range) = saved;
+        }
+        results.push(outcome);
+    }
+    match tx.commit() {
+        Ok(()) => {
+            // Only after a durable commit does the in-memory head move.
+            inner.head = (seq, prev);
+            inner.range = range;
+            results
+        }
+        Err(e) => results
+            .into_iter()
+            .map(|r| r.and(Err(backend(&e))))
+            .collect(),
+    }
+}
+
+fn apply_batch(
+    conn: &Connection,
+    batch: Batch,
+    seq: &mut u64,
+    prev: &mut [u8; 32],
+    range: &mut CompactRange,
+) -> Result<Vec<u64>, StoreError> {
+    for c in &batch.changes {
+        apply(conn, c)?;
+    }
+    let mut seqs = Vec::with_capacity(batch.audit.len());
+    for event in batch.audit {
+        let entry = tollgate_audit::chain(*seq, *prev, event);
+        let body = serde_json::to_string(&entry.event).map_err(backend)?;
+        conn.execute(
+            "INSERT INTO audit(seq, ts, kind, incident_id, task_id, agent, request_id, prev_hash, hash, event)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                entry.seq as i64, entry.event.ts, entry.event.kind, entry.event.incident_id,
+                entry.event.task_id, entry.event.agent, entry.event.request_id,
+                hex::encode(entry.prev_hash), hex::encode(entry.hash), body
+            ],
+        )
+        .map_err(backend)?;
+        seqs.push(*seq);
+        range.push(leaf_hash(&entry.hash));
+        *prev = entry.hash;
+        *seq += 1;
+    }
+    Ok(seqs)
+}
+
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn decode_entry(
+    (seq, prev, hash, event): (i64, String, String, String),
+) -> Result<AuditEntry, StoreError> {
+    let mut prev_hash = [0u8; 32];
+    let mut h = [0u8; 32];
+    hex::decode_to_slice(&prev, &mut prev_hash).map_err(backend)?;
+    hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
+    let event: AuditEvent = serde_json::from_str(&event).map_err(backend)?;
+    Ok(AuditEntry {
+        seq: seq as u64,
+        prev_hash,
+        hash: h,
+        event,
+    })
 }
 
 fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
@@ -348,34 +527,72 @@ fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> 
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: Batch) -> Result<Vec<u64>, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Job { batch, reply })
+            .map_err(|_| backend("the store's writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| backend("the store's writer dropped a commit"))?
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        self.with(|inner| {
+            Ok(AuditHead {
+                size: inner.range.size(),
+                root_hash: inner.range.root(),
+                last_hash: inner.head.1,
+            })
+        })
+        .await
+    }
+
+    async fn audit_leaf_hashes(&self, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
         self.with(move |inner| {
-            let tx = inner.conn.transaction().map_err(backend)?;
-            for c in &batch.changes {
-                apply(&tx, c)?;
-            }
-            let (mut seq, mut prev) = inner.head;
-            let mut seqs = Vec::with_capacity(batch.audit.len());
-            for event in batch.audit {
-                let entry = tollgate_audit::chain(seq, prev, event);
-                let body = serde_json::to_string(&entry.event).map_err(backend)?;
-                tx.execute(
-                    "INSERT INTO audit(seq, ts, kind, incident_id, task_id, agent, request_id, prev_hash, hash, event)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![
-                        entry.seq as i64, entry.event.ts, entry.event.kind, entry.event.incident_id,
-                        entry.event.task_id, entry.event.agent, entry.event.request_id,
-                        hex::encode(entry.prev_hash), hex::encode(entry.hash), body
-                    ],
-                )
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT hash FROM audit WHERE seq <= ?1 ORDER BY seq")
                 .map_err(backend)?;
-                seqs.push(seq);
-                prev = entry.hash;
-                seq += 1;
+            let mut rows = stmt.query([size as i64]).map_err(backend)?;
+            let mut out = Vec::with_capacity(size as usize);
+            while let Some(row) = rows.next().map_err(backend)? {
+                let hash: String = row.get(0).map_err(backend)?;
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
+                out.push(leaf_hash(&h));
             }
-            tx.commit().map_err(backend)?;
-            // Only after a durable commit does the in-memory head move.
-            inner.head = (seq, prev);
-            Ok(seqs)
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.with(|inner| {
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT body FROM checkpoints ORDER BY tree_size")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row.map_err(backend)?).map_err(backend)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let r = request_id.to_string();
+        self.with(move |inner| {
+            let mut stmt = inner
+                .conn
+                .prepare("SELECT seq, prev_hash, hash, event FROM audit WHERE request_id = ?1 ORDER BY seq")
+                .map_err(backend)?;
+            let rows = stmt.query_map([r], entry_row).map_err(backend)?;
+            rows.map(|row| row.map_err(backend).and_then(decode_entry)).collect()
         })
         .await
     }
