@@ -36,6 +36,25 @@ impl Default for ApprovalsConfig {
     }
 }
 
+/// When signed checkpoints of the audit log are written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Write a checkpoint once this many entries were added since the last one ...
+    pub checkpoint_every_entries: u64,
+    /// ... or this many seconds passed and the log grew.
+    pub checkpoint_every_seconds: i64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every_entries: 1000,
+            checkpoint_every_seconds: 10,
+        }
+    }
+}
+
 /// Approvers may sign in with ID tokens of one OIDC issuer.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +135,8 @@ pub struct ServerConfig {
     pub approver_oidc: Option<OidcConfig>,
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 fn d_trust_domain() -> String {
@@ -154,6 +175,7 @@ impl Default for ServerConfig {
             approvals: ApprovalsConfig::default(),
             approver_oidc: None,
             webhooks: vec![],
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -188,6 +210,9 @@ impl ServerConfig {
             || a.max_wait_seconds == 0
         {
             return Err("tollgate.yaml: approvals: ttl, deny_threshold and max_wait must be positive, escalate_after not negative".into());
+        }
+        if self.audit.checkpoint_every_entries == 0 || self.audit.checkpoint_every_seconds <= 0 {
+            return Err("tollgate.yaml: audit: checkpoint intervals must be positive".into());
         }
         for w in &self.webhooks {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {

@@ -47,9 +47,32 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     let request_id = new_id("req");
     // One pack for the whole decision, so the digest audited is the one that decided.
     let pack = state.pack.load_full();
+    // Secret parameters (catalog `sensitive_parameters`) reach Cedar as they
+    // are, but everything stored (audit, approvals, the request hash that
+    // binds an approval) sees only their keyed hash.
+    let sensitive = pack
+        .catalog()
+        .operation(ask.action)
+        .map(|op| op.sensitive_parameters.clone())
+        .unwrap_or_default();
+    let logged = state.audit.redact(ask.parameters, &sensitive);
+    let scrub = |mut message: String| {
+        for name in &sensitive {
+            if let Some(v) = ask
+                .parameters
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+            {
+                message = message.replace(v, "[redacted]");
+            }
+        }
+        message
+    };
     let mut decision = match gateway_decision(state, &pack, &ask, now).await {
         Ok(d) => d,
         Err(ApiError::BadRequest { code, message }) => {
+            let message = scrub(message);
             // A malformed request changes nothing, but leaves a trace.
             let ev = base_event(&ask, now, &request_id)
                 .outcome("refused")
@@ -60,6 +83,10 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
             return Err(ApiError::BadRequest { code, message });
         }
         Err(e) => return Err(e),
+    };
+    let ask = ActionAsk {
+        parameters: &logged,
+        ..ask
     };
     let request_hash = tollgate_core::approval::request_hash(
         &ask.task.id,

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod decide;

@@ -34,6 +34,9 @@ pub struct AppState {
     pub oidc: Option<tollgate_identity::OidcVerifier>,
     /// Woken on every approval change, for long-polls.
     pub approval_events: tokio::sync::Notify,
+    pub audit: crate::audit::AuditKeys,
+    /// The newest signed checkpoint, cached.
+    pub checkpoint: std::sync::Mutex<Option<tollgate_audit::checkpoint::Checkpoint>>,
 }
 
 /// Where to find things, as the CLI resolved them.
@@ -172,7 +175,40 @@ impl AppState {
                 )
             }
         };
+        let audit_key_path = data.join(crate::audit::AUDIT_KEY_FILE);
+        let signing = if audit_key_path.exists() {
+            use ed25519_dalek::pkcs8::DecodePrivateKey;
+            let der = std::fs::read(&audit_key_path).map_err(|e| data_err(&audit_key_path, e))?;
+            ed25519_dalek::SigningKey::from_pkcs8_der(&der)
+                .map_err(|e| data_err(&audit_key_path, e))?
+        } else {
+            use ed25519_dalek::pkcs8::EncodePrivateKey;
+            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+            let der = key
+                .to_pkcs8_der()
+                .map_err(|e| data_err(&audit_key_path, e))?;
+            write_secret(&audit_key_path, der.as_bytes())?;
+            key
+        };
+        let hmac_path = data.join(crate::audit::HMAC_KEY_FILE);
+        let hmac = if hmac_path.exists() {
+            let bytes = std::fs::read(&hmac_path).map_err(|e| data_err(&hmac_path, e))?;
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| data_err(&hmac_path, "expected 32 bytes"))?
+        } else {
+            use rand::RngCore;
+            let mut k = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut k);
+            write_secret(&hmac_path, &k)?;
+            k
+        };
+        let audit = crate::audit::AuditKeys {
+            signing,
+            hmac,
+            origin: format!("tollgate {}", config.trust_domain),
+        };
         let store = SqliteStore::open(&data.join(DB_FILE))?;
+        let latest_checkpoint = store.checkpoints().await?.pop();
         let frozen = store.setting(FROZEN_KEY).await?.as_deref() == Some("true");
         let state = Arc::new(Self {
             store: Arc::new(store),
@@ -186,6 +222,8 @@ impl AppState {
             metrics: Metrics::default(),
             oidc,
             approval_events: tokio::sync::Notify::new(),
+            audit,
+            checkpoint: std::sync::Mutex::new(latest_checkpoint),
         });
         let pack = state.pack.load_full();
         state.audit_pack_loaded(&pack, "startup").await?;
@@ -194,6 +232,18 @@ impl AppState {
 
     pub fn now(&self) -> i64 {
         self.clock.now()
+    }
+
+    pub fn latest_checkpoint(&self) -> Option<tollgate_audit::checkpoint::Checkpoint> {
+        self.checkpoint.lock().ok().and_then(|c| c.clone())
+    }
+
+    pub fn set_latest_checkpoint(&self, cp: tollgate_audit::checkpoint::Checkpoint) {
+        if let Ok(mut c) = self.checkpoint.lock() {
+            if c.as_ref().is_none_or(|old| old.tree_size < cp.tree_size) {
+                *c = Some(cp);
+            }
+        }
     }
 
     pub fn is_frozen(&self) -> bool {

@@ -129,6 +129,12 @@ impl Harness {
             metrics: Metrics::default(),
             oidc: None,
             approval_events: tokio::sync::Notify::new(),
+            audit: tollgate_server::audit::AuditKeys {
+                signing: ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]),
+                hmac: [5u8; 32],
+                origin: "tollgate test".into(),
+            },
+            checkpoint: std::sync::Mutex::new(None),
         });
         Self {
             state,

@@ -27,7 +27,11 @@ impl Client {
         let token = match &conn.token {
             Some(t) => t.clone(),
             None => {
-                let p = conn.data.join("admin.token");
+                let dir = conn
+                    .data
+                    .clone()
+                    .unwrap_or_else(|| std::path::PathBuf::from("tollgate-data"));
+                let p = dir.join("admin.token");
                 std::fs::read_to_string(&p)
                     .with_context(|| format!("no TOLLGATE_TOKEN and cannot read {}", p.display()))?
                     .trim()

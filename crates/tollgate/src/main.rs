@@ -3,6 +3,7 @@
 //! running server's API, like `vault` does, found through `TOLLGATE_ADDR`
 //! and `TOLLGATE_TOKEN`.
 
+mod audit_cmd;
 mod client;
 
 use anyhow::{bail, Context, Result};
@@ -36,14 +37,10 @@ struct Conn {
     /// Admin token; default: the token file in --data.
     #[arg(long, env = "TOLLGATE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// Data directory holding admin.token (when --token is not given).
-    #[arg(
-        long = "data",
-        env = "TOLLGATE_DATA",
-        default_value = "tollgate-data",
-        global = true
-    )]
-    data: PathBuf,
+    /// Data directory holding admin.token (when --token is not given);
+    /// default ./tollgate-data. `audit verify --data DIR` reads DIR directly.
+    #[arg(long = "data", env = "TOLLGATE_DATA", global = true)]
+    data: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -177,6 +174,38 @@ enum PolicyCmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
+    /// Recompute the hash chain and Merkle roots and check every signed
+    /// checkpoint: over the API, offline with --data DIR, or on an export (--file).
+    Verify {
+        /// An export written by `audit export --format jsonl`.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Trust only this Ed25519 key (hex), instead of the one the source names.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// A checkpoint you saved earlier (`audit checkpoint > cp.json`): catches
+        /// truncation and rewrites even if stored checkpoints were deleted.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Export entries: jsonl (the whole log with its checkpoints, verifiable)
+    /// or ocsf (OCSF API Activity events, filterable by incident).
+    Export {
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[arg(long)]
+        incident: Option<String>,
+    },
+    /// The story of an incident: who did what, why, decided by which policy,
+    /// approved by whom, executed as which command.
+    Timeline {
+        #[arg(long)]
+        incident: String,
+    },
+    /// Print the newest signed checkpoint (save it to verify against later).
+    Checkpoint,
+    /// The keyed hash a secret value is logged as.
+    Hash { value: String },
     /// Show the newest entries (optionally filtered), or follow new ones.
     Tail {
         #[arg(long)]
@@ -378,9 +407,56 @@ fn main() -> Result<()> {
                 Ok(())
             }
         },
+        Command::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    file,
+                    public_key,
+                    checkpoint,
+                },
+            conn,
+        } => match (file, &conn.data) {
+            (Some(f), _) => {
+                audit_cmd::verify_file(&f, public_key.as_deref(), checkpoint.as_deref())
+            }
+            (None, Some(dir)) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(audit_cmd::verify_data(
+                    dir,
+                    public_key.as_deref(),
+                    checkpoint.as_deref(),
+                )),
+            (None, None) => audit_cmd::verify_api(
+                &Client::new(&conn)?,
+                public_key.as_deref(),
+                checkpoint.as_deref(),
+            ),
+        },
         Command::Audit { cmd, conn } => {
             let c = Client::new(&conn)?;
             match cmd {
+                AuditCmd::Verify { .. } => Ok(()),
+                AuditCmd::Export { format, incident } => {
+                    audit_cmd::export(&c, &format, incident.as_deref())
+                }
+                AuditCmd::Timeline { incident } => audit_cmd::timeline(&c, &incident),
+                AuditCmd::Checkpoint => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&c.get("/v1/audit/checkpoint")?)?
+                    );
+                    Ok(())
+                }
+                AuditCmd::Hash { value } => {
+                    println!(
+                        "{}",
+                        c.post("/v1/audit/hash", &json!({"value": value}))?["hash"]
+                            .as_str()
+                            .unwrap_or_default()
+                    );
+                    Ok(())
+                }
                 AuditCmd::Tail {
                     incident,
                     task,

@@ -249,6 +249,8 @@ pub struct AuditListQuery {
     pub incident: Option<String>,
     pub task: Option<String>,
     pub agent: Option<String>,
+    /// Entries carrying this request id (decision, approval steps, result).
+    pub request: Option<String>,
     /// Only entries after this sequence number (paging).
     pub after: Option<u64>,
     pub limit: Option<usize>,
@@ -262,6 +264,10 @@ pub async fn audit(
     Query(q): Query<AuditListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    if let Some(r) = &q.request {
+        let entries = state.store.audit_by_request(r).await?;
+        return Ok(Json(json!({"entries": entries, "next_after": null})));
+    }
     let entries = state
         .store
         .audit(AuditQuery {

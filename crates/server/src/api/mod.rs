@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod approvals;
+pub mod audit;
 pub mod authzen;
 pub mod identity;
 pub mod tasks;
@@ -52,6 +53,12 @@ impl Modify for Security {
         tasks::open_task, tasks::renew_task, tasks::close_task, tasks::add_evidence, tasks::authorize,
         admin::freeze, admin::unfreeze, admin::revoke, admin::list_tasks, admin::show_task, admin::audit,
         admin::reload, admin::add_pep,
+        audit::checkpoint,
+        audit::checkpoints,
+        audit::proof,
+        audit::consistency,
+        audit::hash,
+        audit::action_result,
         approvals::add_approver,
         approvals::list,
         approvals::show,
@@ -106,6 +113,15 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/audit", get(admin::audit))
         .route("/v1/policies/reload", post(admin::reload))
         .route("/v1/peps", post(admin::add_pep))
+        .route("/v1/audit/checkpoint", get(audit::checkpoint))
+        .route("/v1/audit/checkpoints", get(audit::checkpoints))
+        .route("/v1/audit/proof/{seq}", get(audit::proof))
+        .route("/v1/audit/consistency", get(audit::consistency))
+        .route("/v1/audit/hash", post(audit::hash))
+        .route(
+            "/v1/actions/{request_id}/result",
+            post(audit::action_result),
+        )
         .route("/v1/approvers", post(approvals::add_approver))
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", get(approvals::show))

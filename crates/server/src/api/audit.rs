@@ -1,0 +1,246 @@
+//! Tamper evidence over HTTP: signed checkpoints, inclusion and
+//! consistency proofs, keyed hashes; and executed-action results.
+
+use crate::audit::checkpoint_now;
+use crate::auth::{Admin, ApiJson, Shared, TaskAuth};
+use crate::error::ApiError;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tollgate_audit::checkpoint::Checkpoint;
+use tollgate_audit::merkle;
+use tollgate_audit::AuditEvent;
+use tollgate_store::{Batch, Change};
+use utoipa::{IntoParams, ToSchema};
+
+fn checkpoint_json(state: &Shared, cp: &Checkpoint) -> Value {
+    json!({
+        "checkpoint": cp,
+        "signed_body": cp.body(),
+        "public_key": state.audit.public_key_hex(),
+        "algorithm": "Ed25519",
+    })
+}
+
+/// The newest signed checkpoint (one is signed now if the log grew since).
+#[utoipa::path(get, path = "/v1/audit/checkpoint", responses((status = 200)), security(("admin" = [])))]
+pub async fn checkpoint(_: Admin, State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let cp = checkpoint_now(&state)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("the audit log is empty".into()))?;
+    Ok(Json(checkpoint_json(&state, &cp)))
+}
+
+/// Every signed checkpoint, oldest first.
+#[utoipa::path(get, path = "/v1/audit/checkpoints", responses((status = 200)), security(("admin" = [])))]
+pub async fn checkpoints(_: Admin, State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let cps = state.store.checkpoints().await?;
+    Ok(Json(
+        json!({"checkpoints": cps, "public_key": state.audit.public_key_hex(), "algorithm": "Ed25519"}),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ProofQuery {
+    /// Tree size to prove against; default: the newest checkpoint's.
+    pub tree_size: Option<u64>,
+}
+
+async fn leaves_for(state: &Shared, size: u64) -> Result<Vec<[u8; 32]>, ApiError> {
+    let head = state.store.audit_head().await?;
+    if size == 0 || size > head.size {
+        return Err(ApiError::bad_request(format!(
+            "tree size must be 1..={}",
+            head.size
+        )));
+    }
+    Ok(state.store.audit_leaf_hashes(size).await?)
+}
+
+/// Inclusion proof of entry `seq` in the tree of `tree_size` entries (RFC 9162).
+#[utoipa::path(get, path = "/v1/audit/proof/{seq}", params(("seq" = u64, Path), ProofQuery), responses((status = 200)), security(("admin" = [])))]
+pub async fn proof(
+    _: Admin,
+    State(state): State<Shared>,
+    Path(seq): Path<u64>,
+    Query(q): Query<ProofQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let latest = checkpoint_now(&state).await?;
+    let size = match (q.tree_size, &latest) {
+        (Some(n), _) => n,
+        (None, Some(cp)) => cp.tree_size,
+        (None, None) => return Err(ApiError::NotFound("the audit log is empty".into())),
+    };
+    if seq == 0 || seq > size {
+        return Err(ApiError::bad_request(format!("seq must be 1..={size}")));
+    }
+    let leaves = leaves_for(&state, size).await?;
+    let index = (seq - 1) as usize;
+    let path = merkle::inclusion_proof(index, &leaves);
+    let root = merkle::root(&leaves);
+    let cp = state
+        .store
+        .checkpoints()
+        .await?
+        .into_iter()
+        .find(|c| c.tree_size == size);
+    Ok(Json(json!({
+        "seq": seq,
+        "leaf_index": index,
+        "tree_size": size,
+        "leaf_hash": hex::encode(leaves[index]),
+        "audit_path": path.iter().map(hex::encode).collect::<Vec<_>>(),
+        "root_hash": hex::encode(root),
+        "checkpoint": cp,
+    })))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ConsistencyQuery {
+    pub first: u64,
+    pub second: u64,
+}
+
+/// Consistency proof: the tree of `first` entries is a prefix of the tree of `second`.
+#[utoipa::path(get, path = "/v1/audit/consistency", params(ConsistencyQuery), responses((status = 200)), security(("admin" = [])))]
+pub async fn consistency(
+    _: Admin,
+    State(state): State<Shared>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if q.first == 0 || q.first > q.second {
+        return Err(ApiError::bad_request("need 1 <= first <= second"));
+    }
+    let leaves = leaves_for(&state, q.second).await?;
+    let proof = merkle::consistency_proof(q.first as usize, &leaves);
+    Ok(Json(json!({
+        "first": q.first,
+        "second": q.second,
+        "first_root": hex::encode(merkle::root(&leaves[..q.first as usize])),
+        "second_root": hex::encode(merkle::root(&leaves)),
+        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashValue {
+    pub value: String,
+}
+
+/// The keyed hash a secret value is logged as, to check a known value against the log.
+#[utoipa::path(post, path = "/v1/audit/hash", request_body = HashValue, responses((status = 200)), security(("admin" = [])))]
+pub async fn hash(
+    _: Admin,
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<HashValue>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"hash": state.audit.hash(&req.value)})))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultStatus {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionResult {
+    pub status: ResultStatus,
+    /// The exact command or API call that was executed.
+    pub command: String,
+    /// Lowercase hex SHA-256 of the output.
+    pub output_digest: Option<String>,
+}
+
+/// Record what was actually executed under an allowing decision.
+#[utoipa::path(post, path = "/v1/actions/{request_id}/result", params(("request_id" = String, Path)), request_body = ActionResult, responses((status = 204), (status = 409)), security(("task" = [])))]
+pub async fn action_result(
+    auth: TaskAuth,
+    State(state): State<Shared>,
+    Path(request_id): Path<String>,
+    ApiJson(req): ApiJson<ActionResult>,
+) -> Result<StatusCode, ApiError> {
+    if req.command.trim().is_empty() || req.command.len() > 8192 {
+        return Err(ApiError::bad_request("command must be 1 to 8192 bytes"));
+    }
+    if let Some(d) = &req.output_digest {
+        if d.len() != 64
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(ApiError::bad_request(
+                "output_digest must be 64 lowercase hex characters",
+            ));
+        }
+    }
+    let now = state.now();
+    let status = match req.status {
+        ResultStatus::Succeeded => "succeeded",
+        ResultStatus::Failed => "failed",
+    };
+    let entries = state.store.audit_by_request(&request_id).await?;
+    let allowing = entries.iter().find(|e| {
+        (e.event.kind == "decision" || e.event.kind == "authzen.decision")
+            && e.event.outcome.as_deref() == Some("allow")
+            && e.event.task_id.as_deref() == Some(auth.task.id.as_str())
+    });
+    let Some(decision) = allowing else {
+        // A result without an allowing decision of this task: refused, and on the record.
+        let ev = AuditEvent::new(now, "action.result_refused", auth.task.agent.clone())
+            .agent(auth.task.agent.clone())
+            .task(auth.task.id.clone())
+            .incident(auth.task.incident_id.clone())
+            .request(request_id.clone())
+            .outcome("refused")
+            .detail(json!({"status": status, "command": req.command, "output_digest": req.output_digest, "reason": "no allowing decision of this task has this request id"}));
+        state.store.commit(Batch::audit_only(ev)).await?;
+        return Err(ApiError::Conflict(format!(
+            "no allowing decision {request_id} in task {}",
+            auth.task.id
+        )));
+    };
+    let action = decision.event.detail["action"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let resource = decision.event.detail["resource"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // What would undo this, for the rollback plan: the catalog's compensation
+    // on the same resource, recorded only for a successful reversible action.
+    let compensation = state
+        .pack
+        .load()
+        .catalog()
+        .operation(&action)
+        .filter(|op| op.reversible && matches!(req.status, ResultStatus::Succeeded))
+        .and_then(|op| op.compensation.clone())
+        .map(|c| json!({"action": c, "resource": resource, "parameters": decision.event.detail["parameters"]}));
+    let ev = AuditEvent::new(now, "action.result", auth.task.agent.clone())
+        .agent(auth.task.agent.clone())
+        .task(auth.task.id.clone())
+        .incident(auth.task.incident_id.clone())
+        .request(request_id.clone())
+        .outcome(status)
+        .detail(json!({
+            "action": action, "resource": resource, "command": req.command, "output_digest": req.output_digest,
+            "decision_seq": decision.seq, "compensation": compensation,
+        }));
+    let batch = Batch::default()
+        .change(Change::RecordActionResult {
+            request_id,
+            task_id: auth.task.id.clone(),
+            status: status.into(),
+            at: now,
+        })
+        .event(ev);
+    state.store.commit(batch).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
