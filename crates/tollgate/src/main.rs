@@ -4,6 +4,7 @@
 //! and `TOLLGATE_TOKEN`.
 
 mod audit_cmd;
+mod bench;
 mod client;
 
 use anyhow::{bail, Context, Result};
@@ -108,6 +109,11 @@ enum Command {
         cmd: ApprovalsCmd,
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Benchmarks on this machine.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
     },
     /// Policy enforcement points (AuthZEN callers).
     Pep {
@@ -258,6 +264,17 @@ enum ApprovalsCmd {
         id: String,
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Durable audit append throughput (serial vs group commit) and verification speed.
+    Audit {
+        #[arg(long, default_value_t = 100_000)]
+        entries: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: u64,
     },
 }
 
@@ -536,6 +553,13 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Bench {
+            cmd:
+                BenchCmd::Audit {
+                    entries,
+                    concurrency,
+                },
+        } => bench::audit(entries, concurrency.max(1)),
         Command::Pep { cmd, conn } => {
             let c = Client::new(&conn)?;
             match cmd {

@@ -333,9 +333,15 @@ fn action_results_are_bound_to_allowing_decisions() {
         Some(&s.admin.clone()),
     );
     let entries = v["entries"].as_array().unwrap();
-    let kinds: Vec<&str> = entries.iter().map(|e| e["event"]["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap())
+        .collect();
     // The other task's attempt is on the record of this request too.
-    assert_eq!(kinds, ["decision", "action.result_refused", "action.result"]);
+    assert_eq!(
+        kinds,
+        ["decision", "action.result_refused", "action.result"]
+    );
     let r = &entries[2]["event"];
     assert_eq!(
         (r["kind"].as_str(), r["outcome"].as_str()),
