@@ -102,9 +102,14 @@ impl Approval {
         (approve, self.votes.len() as u32 - approve)
     }
 
-    /// Expire a pending approval whose time has come. Returns whether it changed.
+    /// Expire a pending, or approved but unused, approval whose time has
+    /// come: a grant is only good until `expires_at`. Returns whether it changed.
     pub fn expire_if_due(&mut self, now: UnixTime) -> bool {
-        if self.status == ApprovalStatus::Pending && now >= self.expires_at {
+        let open = matches!(
+            self.status,
+            ApprovalStatus::Pending | ApprovalStatus::Approved
+        );
+        if open && now >= self.expires_at {
             self.status = ApprovalStatus::Expired;
             self.decided_at = Some(now);
             self.version += 1;
@@ -146,6 +151,9 @@ impl Approval {
         request_id: &str,
         now: UnixTime,
     ) -> Result<(), ApprovalError> {
+        if self.expire_if_due(now) {
+            return Err(ApprovalError::Expired);
+        }
         if self.status != ApprovalStatus::Approved {
             return Err(ApprovalError::NotApproved(self.status.as_str()));
         }
@@ -322,6 +330,14 @@ mod tests {
             b.consume("h", "task_1", "req_10", 7),
             Err(ApprovalError::NotApproved("used"))
         );
+        // A grant not used before expires_at is dead too.
+        let mut c = approval(1, 1);
+        c.cast(vote("bob", true), 5).unwrap();
+        assert_eq!(
+            c.consume("h", "task_1", "r", 900),
+            Err(ApprovalError::Expired)
+        );
+        assert_eq!(c.status, ApprovalStatus::Expired);
     }
 
     #[test]

@@ -85,14 +85,22 @@ pub async fn on_approval_required(
     let mut step = ApprovalStep::default();
     let actor = ask.agent.spiffe_id.as_str();
     if let Some(id) = ask.approval_id {
-        let Some(mut a) = state.store.approval(id).await? else {
+        // Another task's approval is treated as unknown: an agent learns
+        // nothing about approvals outside its own task.
+        let found = state
+            .store
+            .approval(id)
+            .await?
+            .filter(|a| a.task_id == ask.task.id);
+        let Some(mut a) = found else {
             decision.outcome = Outcome::Deny;
             decision
                 .reasons
-                .push(format!("approval {id} does not exist"));
+                .push(format!("approval {id} does not exist in this task"));
             step.events.push(
-                AuditEvent::new(now, "approval.refused", actor)
+                                AuditEvent::new(now, "approval.refused", actor)
                     .task(ask.task.id.clone())
+                    .incident(ask.task.incident_id.clone())
                     .agent(actor)
                     .request(request_id)
                     .outcome("refused")
@@ -142,8 +150,10 @@ pub async fn on_approval_required(
                 decision.reasons.push(reason.clone());
                 // A replay, another task, or a changed request: refused and audited.
                 step.events.push(
-                    event(Some(&a), "approval.refused", actor, now)
+                    AuditEvent::new(now, "approval.refused", actor)
                         .task(ask.task.id.clone())
+                        .incident(ask.task.incident_id.clone())
+                        .agent(actor)
                         .request(request_id)
                         .outcome("refused")
                         .detail(detail(
@@ -170,10 +180,15 @@ pub async fn on_approval_required(
             task_id: Some(ask.task.id.clone()),
             request_hash: Some(request_hash.to_string()),
             status: Some(ApprovalStatus::Pending),
-            limit: 1,
+            limit: 0,
         })
         .await?;
-    if let Some(a) = pending.into_iter().find(|a| a.expires_at > now) {
+    // A stale one (expired, or collecting fewer approvals than policy now
+    // demands) is not handed out; the sweeper expires it.
+    if let Some(a) = pending
+        .into_iter()
+        .find(|a| a.expires_at > now && a.required >= decision.approvals_required)
+    {
         step.approval = Some(a);
         return Ok(step);
     }
@@ -288,32 +303,28 @@ pub async fn vote(
 ) -> Result<Approval, ApiError> {
     let mut a = load(state, id).await?;
     let now = state.now();
-    let refuse = |why: String| {
-        event(Some(&a), "approval.vote_refused", &voter.name, now)
+    let refuse = |a: &Approval, why: String| {
+        event(Some(a), "approval.vote_refused", &voter.name, now)
             .outcome("refused")
             .detail(detail(
-                &a,
+                a,
                 json!({"approver": voter.name, "role": voter.role, "reason": why}),
             ))
     };
-    match a.status {
-        ApprovalStatus::Pending => {}
-        ApprovalStatus::Expired => {
-            return Err(ApiError::Conflict(format!("approval {id} has expired")))
-        }
-        s => {
-            return Err(ApiError::Conflict(format!(
-                "approval {id} is already {}",
-                s.as_str()
-            )))
-        }
+    if a.status != ApprovalStatus::Pending {
+        let why = format!("approval {id} is already {}", a.status.as_str());
+        state
+            .store
+            .commit(Batch::audit_only(refuse(&a, why.clone())))
+            .await?;
+        return Err(ApiError::Conflict(why));
     }
     // Separation of duties: agents never approve, least of all themselves.
     if voter.name.starts_with("spiffe://") || voter.name == a.agent {
         let why = "an agent identity can never approve".to_string();
         state
             .store
-            .commit(Batch::audit_only(refuse(why.clone())))
+            .commit(Batch::audit_only(refuse(&a, why.clone())))
             .await?;
         return Err(ApiError::Forbidden(why));
     }
@@ -323,7 +334,7 @@ pub async fn vote(
             a.incident_id
         ))
     })?;
-    let is_owner = voter.name == a.agent_owner;
+    let is_owner = voter.name.eq_ignore_ascii_case(&a.agent_owner);
     let facts = tollgate_policy::ApproveFacts {
         approver_name: &voter.name,
         approver_role: &voter.role,
@@ -353,26 +364,39 @@ pub async fn vote(
     if let Some(why) = why {
         state
             .store
-            .commit(Batch::audit_only(refuse(why.clone())))
+            .commit(Batch::audit_only(refuse(&a, why.clone())))
             .await?;
         return Err(ApiError::Forbidden(why));
     }
     let expected = a.version;
     let before = a.status;
-    a.cast(
-        Vote {
-            approver: voter.name.clone(),
-            role: voter.role.clone(),
-            approve,
-            reason: reason.to_string(),
-            ts: now,
-        },
-        now,
-    )
-    .map_err(|e| match e {
-        ApprovalError::AlreadyVoted(_) => ApiError::Conflict(e.to_string()),
-        e => ApiError::Conflict(e.to_string()),
-    })?;
+    let vote = Vote {
+        approver: voter.name.clone(),
+        role: voter.role.clone(),
+        approve,
+        reason: reason.to_string(),
+        ts: now,
+    };
+    if let Err(e) = a.cast(vote, now) {
+        // Voting twice, or too late: refused, and on the record.
+        let why = e.to_string();
+        let mut events = vec![refuse(&a, why.clone())];
+        let mut batch = Batch::default();
+        if matches!(e, ApprovalError::Expired) {
+            events.push(
+                event(Some(&a), "approval.expired", "tollgate", now)
+                    .outcome("expired")
+                    .detail(detail(&a, json!({}))),
+            );
+            batch = batch.change(Change::UpdateApproval {
+                approval: a.clone(),
+                expected_version: expected,
+            });
+        }
+        batch.audit = events;
+        state.store.commit(batch).await?;
+        return Err(ApiError::Conflict(why));
+    }
     let mut events = vec![event(Some(&a), "approval.vote", &voter.name, now)
         .outcome(if approve { "approve" } else { "deny" })
         .detail(detail(&a, json!({"approver": voter.name, "role": voter.role, "via": voter.via, "reason": reason, "policies": decision.policies})))];

@@ -46,10 +46,12 @@ impl AuditKeys {
             .iter()
             .map(|(k, v)| {
                 if sensitive.iter().any(|s| s == k) {
+                    // Strings hash as they are (so `audit hash VALUE` matches);
+                    // anything else as tagged JSON, so 5 and "5" differ.
                     let text = v
                         .as_str()
                         .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string());
+                        .unwrap_or_else(|| format!("json:{v}"));
                     (k.clone(), Value::String(self.hash(&text)))
                 } else {
                     (k.clone(), v.clone())

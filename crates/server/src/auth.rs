@@ -255,6 +255,16 @@ async fn approver_from(
     }
     if let Some(oidc) = &state.oidc {
         if let Ok(id) = oidc.verify(token, state.now()) {
+            // The same name rules as registered approvers (which also rule
+            // out SPIFFE IDs), and one spelling per person.
+            let name = id.name.to_ascii_lowercase();
+            if !crate::api::approvals::valid_approver_name(&name) {
+                return Ok(None);
+            }
+            let id = tollgate_identity::OidcIdentity {
+                name,
+                role: id.role,
+            };
             return Ok(Some(crate::approvals::Voter {
                 name: id.name,
                 role: id.role,

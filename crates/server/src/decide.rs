@@ -10,7 +10,7 @@ use std::time::Instant;
 use tollgate_audit::AuditEvent;
 use tollgate_core::{Agent, Approval, Decision, IncidentStatus, Outcome, SpiffeId, Task};
 use tollgate_policy::{ActionFacts, AgentFacts, PolicyError, ResourceRef};
-use tollgate_store::{Batch, StoreError};
+use tollgate_store::{Batch, Change, StoreError};
 
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
@@ -129,27 +129,82 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     };
     let mut audit = vec![decision_event(&decision, step.approval.as_ref())];
     audit.append(&mut step.events);
-    let batch = Batch {
-        changes: std::mem::take(&mut step.changes),
-        audit,
-    };
+    // The task must still be live when the decision commits, not only
+    // when it was read: a close or revocation in flight wins.
+    let mut changes = vec![Change::RequireTaskLive {
+        task_id: ask.task.id.clone(),
+        now,
+    }];
+    changes.append(&mut step.changes);
+    let batch = Batch { changes, audit };
     match state.store.commit(batch).await {
         Ok(_) => {}
-        Err(StoreError::Conflict(_)) if step.consuming => {
-            // Another request spent the approval between our read and our
-            // write: exactly one use wins, this one is denied.
-            decision.outcome = Outcome::Deny;
-            decision
-                .reasons
-                .push("the approval was used by a concurrent request".into());
-            let refused = approvals::event(step.approval.as_ref(), "approval.refused", &ask.agent.spiffe_id, now)
-                .outcome("refused")
-                .detail(json!({"request_hash": request_hash, "reason": "used concurrently", "request_id": request_id}));
-            let batch = Batch::default()
-                .event(decision_event(&decision, step.approval.as_ref()))
-                .event(refused);
-            state.store.commit(batch).await?;
-            step.created = false;
+        Err(StoreError::Conflict(_)) => {
+            // Something changed between our reads and our write. Find out
+            // what, and still leave exactly one audited answer.
+            let live = state
+                .store
+                .task(&ask.task.id)
+                .await?
+                .is_some_and(|t| t.is_live(now));
+            if !live {
+                // Closed or revoked while this request was in flight.
+                let mut refused = decision.clone();
+                refused.outcome = Outcome::Deny;
+                refused
+                    .reasons
+                    .push("the task ended while this request was being decided".into());
+                state
+                    .store
+                    .commit(Batch::audit_only(decision_event(&refused, None)))
+                    .await?;
+                return Err(ApiError::Unauthorized(format!(
+                    "task {} is no longer active",
+                    ask.task.id
+                )));
+            }
+            let mut audit = Vec::new();
+            if step.consuming {
+                // Another request spent the approval first: one use wins.
+                decision.outcome = Outcome::Deny;
+                decision
+                    .reasons
+                    .push("the approval was used by a concurrent request".into());
+                audit.push(
+                    AuditEvent::new(now, "approval.refused", ask.agent.spiffe_id.clone())
+                        .task(ask.task.id.clone())
+                        .incident(ask.task.incident_id.clone())
+                        .agent(ask.agent.spiffe_id.clone())
+                        .request(&request_id)
+                        .outcome("refused")
+                        .detail(json!({
+                            "approval_id": step.approval.as_ref().map(|a| a.id.clone()),
+                            "request_hash": request_hash, "reason": "used concurrently",
+                        })),
+                );
+            }
+            if step.created {
+                // An identical request opened the pending approval first: share it.
+                step.created = false;
+                step.approval = state
+                    .store
+                    .approvals(tollgate_store::ApprovalFilter {
+                        task_id: Some(ask.task.id.clone()),
+                        request_hash: Some(request_hash.clone()),
+                        status: Some(tollgate_core::ApprovalStatus::Pending),
+                        limit: 0,
+                    })
+                    .await?
+                    .pop();
+            }
+            audit.insert(0, decision_event(&decision, step.approval.as_ref()));
+            state
+                .store
+                .commit(Batch {
+                    changes: vec![],
+                    audit,
+                })
+                .await?;
         }
         Err(e) => return Err(e.into()),
     }

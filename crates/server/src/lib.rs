@@ -53,6 +53,23 @@ pub async fn serve(
             }
         });
     }
+    {
+        // Once a second: expire and escalate approvals nobody answers, and
+        // sign an audit checkpoint when enough entries or time have passed.
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = approvals::sweep(&s).await {
+                    tracing::warn!(error = %e, "approval sweep failed");
+                }
+                if let Err(e) = audit::maybe_checkpoint(&s).await {
+                    tracing::warn!(error = %e, "audit checkpoint failed");
+                }
+            }
+        });
+    }
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await

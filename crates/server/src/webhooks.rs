@@ -17,10 +17,16 @@ fn payload(hook: &WebhookConfig, event: &str, approval: &Approval, view: &Value)
     match hook.format {
         WebhookFormat::Json => json!({"event": event, "approval": view}),
         WebhookFormat::Slack => {
+            // Agent-chosen strings must not become Slack links or mentions.
+            let esc = |t: &str| {
+                t.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            };
             let (yes, no) = approval.tally();
             json!({"text": format!(
                 "[tollgate] {event}: {} wants {} on {} (incident {}); {}/{} approvals, {} denials; status {}; approval id {}",
-                approval.agent, approval.action, approval.resource, approval.incident_id,
+                esc(&approval.agent), esc(&approval.action), esc(&approval.resource), esc(&approval.incident_id),
                 yes, approval.required, no, approval.status.as_str(), approval.id
             )})
         }

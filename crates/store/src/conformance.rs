@@ -212,6 +212,14 @@ pub async fn approvals_update_optimistically(s: &dyn Store) {
     s.commit(Batch::default().change(Change::InsertApproval(a.clone())))
         .await
         .unwrap();
+    // One pending approval per (task, request hash).
+    let mut twin = a.clone();
+    twin.id = unique("apr");
+    assert!(matches!(
+        s.commit(Batch::default().change(Change::InsertApproval(twin)))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.approval(&a.id).await.unwrap(), Some(a.clone()));
     let mut approved = a.clone();
     approved
@@ -365,7 +373,22 @@ pub async fn tasks_round_trip_and_end_once(s: &dyn Store) {
             reason: "done".into(),
         })
     };
+    let guard = |now| {
+        Batch::default().change(Change::RequireTaskLive {
+            task_id: id.clone(),
+            now,
+        })
+    };
+    s.commit(guard(300)).await.unwrap();
+    assert!(
+        matches!(s.commit(guard(400)).await, Err(StoreError::Conflict(_))),
+        "an expired task passed the guard"
+    );
     s.commit(end(TaskStatus::Completed)).await.unwrap();
+    assert!(
+        matches!(s.commit(guard(300)).await, Err(StoreError::Conflict(_))),
+        "a closed task passed the guard"
+    );
     let got = s.task(&id).await.unwrap().unwrap();
     assert_eq!(got.status, TaskStatus::Completed);
     assert_eq!(got.status_reason.as_deref(), Some("done"));

@@ -72,6 +72,12 @@ pub enum Change {
         expires_at: UnixTime,
         now: UnixTime,
     },
+    /// Asserts the task is active and unexpired at `now`; changes nothing.
+    /// Decisions carry it so that a revocation racing a decision wins.
+    RequireTaskLive {
+        task_id: String,
+        now: UnixTime,
+    },
     /// Precondition: the task is active.
     EndTask {
         task_id: String,

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS approvals (
   request_hash TEXT NOT NULL, created_at INTEGER NOT NULL, body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status);
 CREATE INDEX IF NOT EXISTS approvals_task ON approvals(task_id, request_hash);
+CREATE UNIQUE INDEX IF NOT EXISTS approvals_one_pending ON approvals(task_id, request_hash) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS approvers (
   name TEXT PRIMARY KEY, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (tree_size INTEGER PRIMARY KEY, body TEXT NOT NULL);
@@ -289,6 +290,20 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )));
             }
         }
+        Change::RequireTaskLive { task_id, now } => {
+            let live: bool = tx
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM tasks WHERE id = ?1 AND status = 'active' AND expires_at > ?2)",
+                    params![task_id, now],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if !live {
+                return Err(StoreError::Conflict(format!(
+                    "task {task_id} is not active"
+                )));
+            }
+        }
         Change::EndAgentTasks { spiffe_id, reason } => {
             tx.execute(
                 "UPDATE tasks SET status = 'revoked', status_reason = ?2 WHERE agent = ?1 AND status = 'active'",
@@ -324,7 +339,12 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 "INSERT INTO approvals(id, version, status, task_id, request_hash, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![a.id, a.version as i64, a.status.as_str(), a.task_id, a.request_hash, a.created_at, body],
             )
-            .map_err(backend)?;
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    StoreError::Conflict(format!("an approval for this request is already pending ({})", a.id))
+                }
+                e => backend(e),
+            })?;
         }
         Change::UpdateApproval {
             approval: a,

@@ -23,23 +23,27 @@ pub struct AddApprover {
     pub role: String,
 }
 
+/// Approver names: an email-like string, never a SPIFFE ID (no ':' or '/').
+pub fn valid_approver_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
+}
+
 /// Register (or rotate the key of) an approver; the key is shown once.
+/// Names are lowercased, so one person has one spelling.
 #[utoipa::path(post, path = "/v1/approvers", request_body = AddApprover, responses((status = 201)), security(("admin" = [])))]
 pub async fn add_approver(
     _: Admin,
     State(state): State<Shared>,
     ApiJson(req): ApiJson<AddApprover>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let name_ok = !req.name.is_empty()
-        && req.name.len() <= 128
-        && !req.name.starts_with("spiffe:")
-        && req
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b));
-    if !name_ok {
+    let name = req.name.to_ascii_lowercase();
+    if !valid_approver_name(&name) {
         return Err(ApiError::bad_request(
-            "name must be 1-128 characters of [A-Za-z0-9._@+-] and not a SPIFFE ID",
+            "name must be 1-128 characters of [a-z0-9._@+-] (an email address, say) and not a SPIFFE ID",
         ));
     }
     let role_ok = !req.role.is_empty()
@@ -57,19 +61,19 @@ pub async fn add_approver(
     let key = random_token("tgr_");
     let batch = Batch::default()
         .change(Change::PutApprover(Approver {
-            name: req.name.clone(),
+            name: name.clone(),
             role: req.role.clone(),
             key_hash: sha256_hex(key.as_bytes()),
             created_at: now,
         }))
         .event(
             AuditEvent::new(now, "approver.registered", "admin")
-                .detail(json!({"name": req.name, "role": req.role})),
+                .detail(json!({"name": name, "role": req.role})),
         );
     state.store.commit(batch).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"name": req.name, "role": req.role, "key": key})),
+        Json(json!({"name": name, "role": req.role, "key": key})),
     ))
 }
 
@@ -93,8 +97,6 @@ pub async fn list(
             "agents may only look at their own approvals by id".into(),
         ));
     }
-    // Expire what is due first, so a list never shows a dead approval as pending.
-    crate::approvals::sweep(&state).await?;
     let status = match q.status.as_deref().unwrap_or("pending") {
         "all" => None,
         s => Some(s.parse::<ApprovalStatus>().map_err(ApiError::bad_request)?),
@@ -109,8 +111,14 @@ pub async fn list(
         })
         .await?;
     let pack = state.pack.load();
+    let now = state.now();
     let mut out = Vec::with_capacity(approvals.len());
-    for a in approvals {
+    // Past-due approvals are expired by the background sweep within a
+    // second; never offer one for a vote meanwhile.
+    for a in approvals
+        .into_iter()
+        .filter(|a| !(a.status == ApprovalStatus::Pending && a.expires_at <= now))
+    {
         let mut v = view(&a);
         if let Some(op) = pack.catalog().operation(&a.action) {
             v["tier"] = json!(op.tier.as_str());
@@ -164,12 +172,18 @@ pub async fn show(
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut a = load(&state, &id).await?;
+    // An agent sees only its own task's approvals; check before anything else.
     if let Viewer::Agent { task_id } = &viewer {
-        if *task_id != a.task_id {
+        let own = state
+            .store
+            .approval(&id)
+            .await?
+            .is_some_and(|a| a.task_id == *task_id);
+        if !own {
             return Err(ApiError::NotFound(format!("approval {id}")));
         }
     }
+    let mut a = load(&state, &id).await?;
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(
             q.wait
