@@ -36,6 +36,9 @@ pub struct AuditEvent {
     pub incident_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
+    /// For delegated tasks: the task that delegated this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// The agent the event is about (may differ from `actor` for admin actions).
@@ -63,6 +66,10 @@ impl AuditEvent {
     }
     pub fn task(mut self, id: impl Into<String>) -> Self {
         self.task_id = Some(id.into());
+        self
+    }
+    pub fn parent_task(mut self, id: Option<String>) -> Self {
+        self.parent_task_id = id;
         self
     }
     pub fn request(mut self, id: impl Into<String>) -> Self {

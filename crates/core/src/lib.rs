@@ -15,7 +15,10 @@ pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
 pub use catalog::{Catalog, CatalogError, Operation, Tier};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use decision::{Decision, Outcome};
-pub use model::{Agent, Incident, IncidentRef, IncidentStatus, Scope, Severity, Task, TaskStatus};
+pub use model::{
+    child_lifetime, Agent, DelegationError, Incident, IncidentRef, IncidentStatus, Scope, Severity,
+    Task, TaskStatus,
+};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 
 /// Lowercase hex SHA-256 of `data`; used for token hashes and content addresses.

@@ -187,3 +187,162 @@ mod tests {
         assert_eq!(serde_json::to_string(&Severity::High).unwrap(), "\"high\"");
     }
 }
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DelegationError {
+    #[error("a delegation must name at least one action and one resource")]
+    Empty,
+    #[error("action {0} is outside the parent task's scope")]
+    Action(String),
+    #[error("resource {0} is outside the parent task's scope")]
+    Resource(String),
+    #[error("delegation depth {depth} exceeds the maximum of {max}")]
+    Depth { depth: u32, max: u32 },
+    #[error("ttl_seconds must be positive")]
+    Ttl,
+}
+
+impl Scope {
+    /// The child scope for a delegation of `actions` on `resources`:
+    /// always explicit and never wider than `self`. This is the only way a
+    /// delegated scope is made.
+    pub fn attenuate(
+        &self,
+        actions: &BTreeSet<String>,
+        resources: &BTreeSet<String>,
+    ) -> Result<Scope, DelegationError> {
+        if actions.is_empty() || resources.is_empty() {
+            return Err(DelegationError::Empty);
+        }
+        if let Some(parent) = &self.actions {
+            if let Some(a) = actions.iter().find(|a| !parent.contains(*a)) {
+                return Err(DelegationError::Action(a.clone()));
+            }
+        }
+        if let Some(parent) = &self.resources {
+            if let Some(r) = resources.iter().find(|r| !parent.contains(*r)) {
+                return Err(DelegationError::Resource(r.clone()));
+            }
+        }
+        Ok(Scope {
+            actions: Some(actions.clone()),
+            resources: Some(resources.clone()),
+        })
+    }
+
+    /// Whether everything `self` permits, `parent` permits too.
+    pub fn is_within(&self, parent: &Scope) -> bool {
+        let sub = |c: &Option<BTreeSet<String>>, p: &Option<BTreeSet<String>>| match (c, p) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(c), Some(p)) => c.is_subset(p),
+        };
+        sub(&self.actions, &parent.actions) && sub(&self.resources, &parent.resources)
+    }
+}
+
+/// Lifetime of a delegated task: never past the parent's current expiry or
+/// its hard maximum. Returns `(expires_at, max_expires_at)`.
+pub fn child_lifetime(
+    parent: &Task,
+    now: UnixTime,
+    ttl: i64,
+    max_ttl: i64,
+    depth: u32,
+    max_depth: u32,
+) -> Result<(UnixTime, UnixTime), DelegationError> {
+    if ttl <= 0 {
+        return Err(DelegationError::Ttl);
+    }
+    if depth > max_depth {
+        return Err(DelegationError::Depth {
+            depth,
+            max: max_depth,
+        });
+    }
+    let max_expires_at = (now + max_ttl).min(parent.max_expires_at);
+    let expires_at = (now + ttl).min(parent.expires_at).min(max_expires_at);
+    Ok((expires_at, max_expires_at))
+}
+
+#[cfg(test)]
+mod delegation_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn set(v: &[u8], prefix: &str) -> BTreeSet<String> {
+        v.iter().map(|x| format!("{prefix}{x}")).collect()
+    }
+
+    proptest! {
+        /// Scope attenuation never widens: whatever a granted child permits,
+        /// its parent permits, for random parents (bounded or not) and
+        /// random requests.
+        #[test]
+        fn attenuation_never_widens(
+            pa in proptest::option::of(proptest::collection::vec(0u8..8, 0..6)),
+            pr in proptest::option::of(proptest::collection::vec(0u8..8, 0..6)),
+            ca in proptest::collection::vec(0u8..8, 0..6),
+            cr in proptest::collection::vec(0u8..8, 0..6),
+            probe_a in 0u8..8, probe_r in 0u8..8,
+        ) {
+            let parent = Scope { actions: pa.map(|v| set(&v, "a")), resources: pr.map(|v| set(&v, "r")) };
+            if let Ok(child) = parent.attenuate(&set(&ca, "a"), &set(&cr, "r")) {
+                prop_assert!(child.is_within(&parent));
+                let (a, r) = (format!("a{probe_a}"), format!("r{probe_r}"));
+                prop_assert!(!child.permits(&a, &r) || parent.permits(&a, &r));
+                // Delegating again from the child can only narrow further.
+                if let Ok(grandchild) = child.attenuate(&set(&ca, "a"), &set(&cr, "r")) {
+                    prop_assert!(grandchild.is_within(&child) && grandchild.is_within(&parent));
+                }
+            }
+        }
+
+        #[test]
+        fn child_lifetime_stays_within_the_parent(now in 0i64..1000, exp in 1i64..5000, max in 1i64..9000, ttl in 1i64..10_000, max_ttl in 1i64..10_000) {
+            let parent = Task {
+                id: "p".into(), agent: "a".into(), incident_id: "i".into(), environment: "prod".into(),
+                playbook: "x".into(), intent: "y".into(), scope: Scope::default(), parent_task_id: None,
+                created_at: 0, expires_at: now + exp, max_expires_at: now + exp.max(max),
+                status: TaskStatus::Active, status_reason: None,
+            };
+            let (e, m) = child_lifetime(&parent, now, ttl, max_ttl, 1, 3).unwrap();
+            prop_assert!(e <= parent.expires_at && m <= parent.max_expires_at && e <= m && e <= now + ttl);
+        }
+    }
+
+    #[test]
+    fn refusals_name_what_is_wrong() {
+        let parent = Scope {
+            actions: Some(set(&[1, 2], "a")),
+            resources: None,
+        };
+        assert_eq!(
+            parent.attenuate(&set(&[3], "a"), &set(&[1], "r")),
+            Err(DelegationError::Action("a3".into()))
+        );
+        assert_eq!(
+            parent.attenuate(&BTreeSet::new(), &set(&[1], "r")),
+            Err(DelegationError::Empty)
+        );
+        let t = Task {
+            id: "p".into(),
+            agent: "a".into(),
+            incident_id: "i".into(),
+            environment: "prod".into(),
+            playbook: "x".into(),
+            intent: "y".into(),
+            scope: Scope::default(),
+            parent_task_id: None,
+            created_at: 0,
+            expires_at: 100,
+            max_expires_at: 100,
+            status: TaskStatus::Active,
+            status_reason: None,
+        };
+        assert_eq!(
+            child_lifetime(&t, 0, 10, 60, 3, 2),
+            Err(DelegationError::Depth { depth: 3, max: 2 })
+        );
+    }
+}

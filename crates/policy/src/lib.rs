@@ -19,7 +19,9 @@ mod pack;
 mod request;
 
 pub use pack::{Diagnostic, PolicyError, PolicyPack, SourceFile, OBLIGATION_EVIDENCE_BEFORE};
-pub use request::{ActionFacts, AgentFacts, ApproveFacts, ResourceRef, TaskOpenFacts};
+pub use request::{
+    ActionFacts, AgentFacts, ApproveFacts, DelegateFacts, ResourceRef, TaskOpenFacts,
+};
 
 #[cfg(test)]
 mod tests;

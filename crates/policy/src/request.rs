@@ -56,6 +56,19 @@ pub struct ApproveFacts<'a> {
     pub now: UnixTime,
 }
 
+/// Everything a delegation decision is built from.
+pub struct DelegateFacts<'a> {
+    pub parent: AgentFacts<'a>,
+    pub child: AgentFacts<'a>,
+    pub task: &'a Task,
+    pub incident: &'a Incident,
+    pub actions: &'a std::collections::BTreeSet<String>,
+    pub resources: &'a std::collections::BTreeSet<String>,
+    pub ttl_seconds: i64,
+    pub depth: u32,
+    pub intent: &'a str,
+}
+
 /// Everything a task-open decision is built from.
 pub struct TaskOpenFacts<'a> {
     pub agent: AgentFacts<'a>,
@@ -231,6 +244,24 @@ impl PolicyPack {
                 ));
             }
         }
+        if let Some(name) = self.catalog().operations.keys().next() {
+            let actions = [name.clone()].into();
+            let resources = ["Probe::probe".to_string()].into();
+            let f = DelegateFacts {
+                parent: agent,
+                child: agent,
+                task: &task,
+                incident: &incident,
+                actions: &actions,
+                resources: &resources,
+                ttl_seconds: 1,
+                depth: 1,
+                intent: "probe",
+            };
+            if let Err(e) = self.decide_delegate(&f) {
+                problems.push(format!("the schema does not accept the requests Tollgate builds for task.delegate: {e}"));
+            }
+        }
         let open = TaskOpenFacts {
             agent,
             incident: &incident,
@@ -280,6 +311,57 @@ impl PolicyPack {
         ]);
         let context = json!({"now": f.now, "is_agent_owner": f.is_agent_owner});
         let (req, ents) = self.build(principal, "approve", resource, entities, context)?;
+        Ok(self.evaluate(&req, &ents, false))
+    }
+
+    /// Decide whether an agent may delegate a (gateway-attenuated) scope to
+    /// another agent (Cedar action `task.delegate`).
+    pub fn decide_delegate(&self, f: &DelegateFacts<'_>) -> Result<Decision, PolicyError> {
+        let (schema, catalog) = self.authorizer_inputs();
+        if !schema
+            .actions()
+            .any(|a| a.id().unescaped() == "task.delegate")
+        {
+            return Ok(Decision::deny(
+                "the policy pack declares no \"task.delegate\" action, so nobody may delegate",
+            ));
+        }
+        let mut tiers = std::collections::BTreeSet::new();
+        let mut labels = std::collections::BTreeSet::new();
+        for a in f.actions {
+            let Some(op) = catalog.operation(a) else {
+                return Ok(Decision::deny(format!(
+                    "action {a} is not in the tool catalog"
+                )));
+            };
+            tiers.insert(op.tier.as_str());
+            labels.extend(op.labels.iter().map(String::as_str));
+        }
+        let principal = uid("Agent", &f.parent.spiffe_id.to_string())?;
+        let resource = uid("Agent", &f.child.spiffe_id.to_string())?;
+        let mut entities = vec![agent_entity(f.parent)];
+        if principal != resource {
+            entities.push(agent_entity(f.child));
+        }
+        let context = json!({
+            "actions": f.actions, "tiers": tiers, "labels": labels, "resources": f.resources,
+            "ttl_seconds": f.ttl_seconds, "depth": f.depth, "intent": f.intent,
+            "task": {
+                "id": f.task.id, "playbook": f.task.playbook, "environment": f.task.environment,
+                "intent": f.task.intent, "delegated": f.task.parent_task_id.is_some(),
+            },
+            "incident": {
+                "id": f.incident.id, "class": f.incident.class,
+                "severity": f.incident.severity.as_str(), "severity_rank": f.incident.severity.rank(),
+            },
+        });
+        let (req, ents) = self.build(
+            principal,
+            "task.delegate",
+            resource,
+            Value::Array(entities),
+            context,
+        )?;
         Ok(self.evaluate(&req, &ents, false))
     }
 

@@ -137,6 +137,13 @@ pub struct ServerConfig {
     pub webhooks: Vec<WebhookConfig>,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// How many hops a delegation chain may have.
+    #[serde(default = "d_max_depth")]
+    pub max_delegation_depth: u32,
+}
+
+fn d_max_depth() -> u32 {
+    2
 }
 
 fn d_trust_domain() -> String {
@@ -176,6 +183,7 @@ impl Default for ServerConfig {
             approver_oidc: None,
             webhooks: vec![],
             audit: AuditConfig::default(),
+            max_delegation_depth: d_max_depth(),
         }
     }
 }

@@ -27,6 +27,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../examples/incident-response/policies/20-approvals.cedar"),
     ),
     (
+        "policies/30-delegation.cedar",
+        include_str!("../../../examples/incident-response/policies/30-delegation.cedar"),
+    ),
+    (
         "policies/90-guardrails.cedar",
         include_str!("../../../examples/incident-response/policies/90-guardrails.cedar"),
     ),

@@ -421,6 +421,21 @@ pub async fn tasks_round_trip_and_end_once(s: &dyn Store) {
         active.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
         vec![id2.as_str()]
     );
+    // Children by parent.
+    let child_id = unique("task");
+    let mut child = task(&child_id, "spiffe://acme.test/agent/forensics/i-2", "INC-2");
+    child.parent_task_id = Some(id2.clone());
+    s.commit(Batch::default().change(Change::InsertTask(child.clone())))
+        .await
+        .unwrap();
+    let children = s
+        .tasks(TaskFilter {
+            parent_task_id: Some(id2.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(children, vec![child]);
     // Ending all of an agent's tasks touches only active ones.
     s.commit(Batch::default().change(Change::EndAgentTasks {
         spiffe_id: agent.clone(),

@@ -195,6 +195,8 @@ impl Batch {
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub agent: Option<String>,
+    /// Direct children of this task.
+    pub parent_task_id: Option<String>,
     pub incident_id: Option<String>,
     pub status: Option<TaskStatus>,
     pub limit: usize,

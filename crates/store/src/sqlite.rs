@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS tasks (
   status TEXT NOT NULL, status_reason TEXT);
 CREATE INDEX IF NOT EXISTS tasks_agent ON tasks(agent);
 CREATE INDEX IF NOT EXISTS tasks_incident ON tasks(incident_id);
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_task_id);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS peps (name TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS evidence (
@@ -713,11 +714,11 @@ impl Store for SqliteStore {
                 .conn
                 .prepare(&format!(
                     "SELECT {TASK_COLS} FROM tasks WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR incident_id = ?2)
-                     AND (?3 IS NULL OR status = ?3) ORDER BY created_at, id LIMIT ?4"
+                     AND (?3 IS NULL OR status = ?3) AND (?5 IS NULL OR parent_task_id = ?5) ORDER BY created_at, id LIMIT ?4"
                 ))
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![f.agent, f.incident_id, f.status.map(|s| s.as_str()), limit], task_from_row)
+                .query_map(params![f.agent, f.incident_id, f.status.map(|s| s.as_str()), limit, f.parent_task_id], task_from_row)
                 .map_err(backend)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })

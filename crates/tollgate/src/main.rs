@@ -75,6 +75,13 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Incidents: resolve or reclassify.
+    Incident {
+        #[command(subcommand)]
+        cmd: IncidentCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Kill switch: every agent decision denies until unfreeze.
     Freeze {
         #[command(flatten)]
@@ -159,6 +166,34 @@ enum TaskCmd {
     },
     Revoke {
         id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The rollback plan: compensations of the task's executed actions, newest first.
+    Rollback {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IncidentCmd {
+    /// Mark an incident resolved: every task bound to it is revoked at once.
+    Resolve {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Change status, class or severity; open tasks are re-evaluated.
+    Update {
+        id: String,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long)]
+        severity: Option<String>,
         #[arg(long)]
         reason: Option<String>,
     },
@@ -378,12 +413,65 @@ fn main() -> Result<()> {
                     );
                     Ok(())
                 }
+                TaskCmd::Rollback { id, json } => {
+                    let r = c.get(&format!("/v1/tasks/{}/rollback", client::encode(&id)))?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r)?);
+                        return Ok(());
+                    }
+                    let steps = r["steps"].as_array().cloned().unwrap_or_default();
+                    if steps.is_empty() {
+                        println!("nothing to roll back for task {id}");
+                    }
+                    for (i, st) in steps.iter().enumerate() {
+                        println!(
+                            "{}. {} {}   (undoes {} at {}: `{}`)",
+                            i + 1,
+                            st["compensation"]["action"].as_str().unwrap_or(""),
+                            st["compensation"]["resource"].as_str().unwrap_or(""),
+                            st["executed"]["action"].as_str().unwrap_or(""),
+                            st["executed_at"].as_str().unwrap_or(""),
+                            st["executed"]["command"].as_str().unwrap_or("")
+                        );
+                    }
+                    Ok(())
+                }
                 TaskCmd::Revoke { id, reason } => {
                     c.post("/v1/revocations", &json!({"task_id": id, "reason": reason}))?;
                     println!("revoked task {id}");
                     Ok(())
                 }
             }
+        }
+        Command::Incident { cmd, conn } => {
+            let c = Client::new(&conn)?;
+            let (id, body) = match cmd {
+                IncidentCmd::Resolve { id, reason } => {
+                    (id, json!({"status": "resolved", "reason": reason}))
+                }
+                IncidentCmd::Update {
+                    id,
+                    status,
+                    class,
+                    severity,
+                    reason,
+                } => (
+                    id,
+                    json!({"status": status, "class": class, "severity": severity, "reason": reason}),
+                ),
+            };
+            let r = c.post(&format!("/v1/incidents/{}", client::encode(&id)), &body)?;
+            let inc = &r["incident"];
+            println!(
+                "incident {}: {} / {} / {}",
+                id,
+                inc["status"].as_str().unwrap_or(""),
+                inc["class"].as_str().unwrap_or(""),
+                inc["severity"].as_str().unwrap_or("")
+            );
+            println!("revoked tasks: {}", r["revoked_tasks"]);
+            println!("kept tasks:    {}", r["kept_tasks"]);
+            Ok(())
         }
         Command::Freeze { conn } => {
             Client::new(&conn)?.post("/v1/freeze", &json!({}))?;

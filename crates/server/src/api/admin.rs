@@ -89,6 +89,16 @@ pub async fn revoke(
             })
             .event(ended(&task));
         revoked.push(id.clone());
+        // Revoking a task revokes every task delegated from it.
+        let children = crate::api::lifecycle::active_descendants(&state, id).await?;
+        revoked.extend(children.iter().map(|t| t.id.clone()));
+        batch = crate::api::lifecycle::revoke_all(
+            batch,
+            &children,
+            &format!("parent task {id} was revoked: {reason}"),
+            "admin",
+            now,
+        );
     } else if let Some(agent) = &req.agent {
         let id = SpiffeId::parse(agent)
             .map_err(|e| ApiError::bad_request(format!("agent: {e}")))?
@@ -108,6 +118,22 @@ pub async fn revoke(
         for t in &tasks {
             batch = batch.event(ended(t));
             revoked.push(t.id.clone());
+        }
+        // Work its tasks delegated to other agents dies with them.
+        for t in &tasks {
+            let children: Vec<_> = crate::api::lifecycle::active_descendants(&state, &t.id)
+                .await?
+                .into_iter()
+                .filter(|c| c.agent != id)
+                .collect();
+            revoked.extend(children.iter().map(|c| c.id.clone()));
+            batch = crate::api::lifecycle::revoke_all(
+                batch,
+                &children,
+                &format!("parent task {} was revoked: {reason}", t.id),
+                "admin",
+                now,
+            );
         }
         batch = batch
             .change(Change::SetAgentRevoked {
@@ -218,6 +244,7 @@ pub async fn list_tasks(
         incident_id: q.incident,
         status,
         limit: q.limit.unwrap_or(100).min(10_000),
+        parent_task_id: None,
     };
     Ok(Json(
         state

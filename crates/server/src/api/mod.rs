@@ -5,6 +5,7 @@ pub mod approvals;
 pub mod audit;
 pub mod authzen;
 pub mod identity;
+pub mod lifecycle;
 pub mod tasks;
 
 use crate::auth::Shared;
@@ -53,6 +54,10 @@ impl Modify for Security {
         tasks::open_task, tasks::renew_task, tasks::close_task, tasks::add_evidence, tasks::authorize,
         admin::freeze, admin::unfreeze, admin::revoke, admin::list_tasks, admin::show_task, admin::audit,
         admin::reload, admin::add_pep,
+        lifecycle::delegate,
+        lifecycle::update_incident,
+        lifecycle::introspect,
+        lifecycle::rollback,
         audit::checkpoint,
         audit::checkpoints,
         audit::proof,
@@ -113,6 +118,10 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/audit", get(admin::audit))
         .route("/v1/policies/reload", post(admin::reload))
         .route("/v1/peps", post(admin::add_pep))
+        .route("/v1/tasks/{id}/delegate", post(lifecycle::delegate))
+        .route("/v1/tasks/{id}/rollback", get(lifecycle::rollback))
+        .route("/v1/incidents/{id}", post(lifecycle::update_incident))
+        .route("/v1/introspect", post(lifecycle::introspect))
         .route("/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/v1/audit/checkpoints", get(audit::checkpoints))
         .route("/v1/audit/proof/{seq}", get(audit::proof))

@@ -326,6 +326,15 @@ pub async fn close_task(
                 .outcome(status.as_str())
                 .detail(json!({"summary": req.summary})),
         );
+    // Closing a parent kills every delegated descendant with it.
+    let children = crate::api::lifecycle::active_descendants(&state, &id).await?;
+    let batch = crate::api::lifecycle::revoke_all(
+        batch,
+        &children,
+        &format!("parent task {id} was closed"),
+        &auth.task.agent,
+        now,
+    );
     state.store.commit(batch).await?;
     Ok(Json(json!({"task_id": id, "status": status.as_str()})))
 }

@@ -7,5 +7,6 @@ mod audit;
 mod authzen;
 mod harness;
 mod identity;
+mod lifecycle;
 mod operations;
 mod scenario;

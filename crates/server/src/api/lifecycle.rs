@@ -1,0 +1,520 @@
+//! Delegation, cascading revocation, incident lifecycle, introspection and
+//! rollback plans.
+
+use crate::auth::{Admin, ApiJson, PepAuth, Shared, TaskAuth};
+use crate::decide::new_id;
+use crate::error::ApiError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use tollgate_audit::AuditEvent;
+use tollgate_core::clock::rfc3339;
+use tollgate_core::{
+    child_lifetime, Incident, IncidentStatus, Outcome, Severity, SpiffeId, Task, TaskStatus,
+};
+use tollgate_identity::{Actor, TaskGrant};
+use tollgate_policy::{AgentFacts, DelegateFacts, TaskOpenFacts};
+use tollgate_store::{AuditQuery, Batch, Change, TaskFilter};
+use utoipa::ToSchema;
+
+/// Every active descendant of `root` (children, their children, …).
+pub async fn active_descendants(state: &Shared, root: &str) -> Result<Vec<Task>, ApiError> {
+    let mut out = Vec::new();
+    let mut frontier = vec![root.to_string()];
+    while let Some(id) = frontier.pop() {
+        let children = state
+            .store
+            .tasks(TaskFilter {
+                parent_task_id: Some(id),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await?;
+        for c in children {
+            frontier.push(c.id.clone());
+            if c.status == TaskStatus::Active {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Changes and audit entries that revoke `tasks` for `reason`.
+pub fn revoke_all(batch: Batch, tasks: &[Task], reason: &str, actor: &str, now: i64) -> Batch {
+    tasks.iter().fold(batch, |b, t| {
+        b.change(Change::EndTask {
+            task_id: t.id.clone(),
+            status: TaskStatus::Revoked,
+            reason: reason.to_string(),
+        })
+        .event(
+            AuditEvent::new(now, "task.revoked", actor)
+                .agent(t.agent.clone())
+                .task(t.id.clone())
+                .parent_task(t.parent_task_id.clone())
+                .incident(t.incident_id.clone())
+                .outcome("revoked")
+                .detail(json!({"reason": reason})),
+        )
+    })
+}
+
+/// How deep `task` is in its delegation tree (0 for a task an agent opened).
+async fn depth_of(state: &Shared, task: &Task) -> Result<u32, ApiError> {
+    let mut depth = 0;
+    let mut parent = task.parent_task_id.clone();
+    while let Some(p) = parent {
+        depth += 1;
+        parent = state.store.task(&p).await?.and_then(|t| t.parent_task_id);
+        if depth > 64 {
+            return Err(ApiError::Internal("delegation chain too deep".into()));
+        }
+    }
+    Ok(depth)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Delegate {
+    /// SPIFFE ID of the registered agent instance that receives the work.
+    pub agent: String,
+    /// Catalog operations the child may ask for; within the parent's scope.
+    pub actions: Vec<String>,
+    /// Resources (`Type::id`) the child may act on; within the parent's scope.
+    pub resources: Vec<String>,
+    pub ttl_seconds: i64,
+    pub intent: String,
+}
+
+/// Hand a sub-scope of this task to another agent: a policy decision and
+/// an audit entry; the child's scope, lifetime and depth never exceed the parent's.
+#[utoipa::path(post, path = "/v1/tasks/{id}/delegate", params(("id" = String, Path)), request_body = Delegate, responses((status = 201), (status = 403)), security(("task" = [])))]
+pub async fn delegate(
+    auth: TaskAuth,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<Delegate>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if auth.task.id != id {
+        return Err(ApiError::Forbidden(
+            "this credential belongs to another task".into(),
+        ));
+    }
+    if req.intent.trim().is_empty() || req.intent.len() > 2048 {
+        return Err(ApiError::bad_request("intent must be 1 to 2048 bytes"));
+    }
+    let now = state.now();
+    let parent = &auth.task;
+    let child_id =
+        SpiffeId::parse(&req.agent).map_err(|e| ApiError::bad_request(format!("agent: {e}")))?;
+    let child_agent = match state.store.agent(&child_id.to_string()).await? {
+        Some(a) if !a.revoked => a,
+        Some(_) => return Err(ApiError::Forbidden(format!("agent {child_id} is revoked"))),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "agent {child_id} is not registered"
+            )))
+        }
+    };
+    let actions: BTreeSet<String> = req.actions.iter().cloned().collect();
+    let resources: BTreeSet<String> = req.resources.iter().cloned().collect();
+    let request_id = new_id("req");
+    let depth = depth_of(&state, parent).await? + 1;
+    let pack = state.pack.load_full();
+    let refuse = |reasons: Vec<String>, policies: Vec<String>| {
+        AuditEvent::new(now, "task.delegation_refused", parent.agent.clone())
+            .agent(parent.agent.clone())
+            .task(parent.id.clone())
+            .incident(parent.incident_id.clone())
+            .request(request_id.clone())
+            .outcome("deny")
+            .detail(json!({"child_agent": child_id.to_string(), "actions": actions, "resources": resources, "ttl_seconds": req.ttl_seconds, "depth": depth, "reasons": reasons, "policies": policies}))
+    };
+    // Attenuation and lifetime are the gateway's, before policy: a child is
+    // never wider than its parent, whatever policy says.
+    let checked = parent
+        .scope
+        .attenuate(&actions, &resources)
+        .and_then(|scope| {
+            child_lifetime(
+                parent,
+                now,
+                req.ttl_seconds,
+                state.config.task_max_ttl_seconds,
+                depth,
+                state.config.max_delegation_depth,
+            )
+            .map(|l| (scope, l))
+        });
+    let (scope, (expires_at, max_expires_at)) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            state
+                .store
+                .commit(Batch::audit_only(refuse(vec![e.to_string()], vec![])))
+                .await?;
+            return Ok((
+                StatusCode::FORBIDDEN,
+                Json(
+                    json!({"decision": "deny", "request_id": request_id, "reasons": [e.to_string()], "error": {"code": "delegation_refused", "message": e.to_string()}}),
+                ),
+            ));
+        }
+    };
+    let incident = state
+        .store
+        .incident(&parent.incident_id)
+        .await?
+        .ok_or_else(|| ApiError::Internal("the task's incident is missing".into()))?;
+    let parent_id =
+        SpiffeId::parse(&parent.agent).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let facts = DelegateFacts {
+        parent: AgentFacts {
+            spiffe_id: &parent_id,
+            owner: &auth.agent.owner,
+        },
+        child: AgentFacts {
+            spiffe_id: &child_id,
+            owner: &child_agent.owner,
+        },
+        task: parent,
+        incident: &incident,
+        actions: &actions,
+        resources: &resources,
+        ttl_seconds: req.ttl_seconds,
+        depth,
+        intent: &req.intent,
+    };
+    let decision = if state.is_frozen() {
+        tollgate_core::Decision::deny(
+            "tollgate is frozen: every agent decision denies until an admin unfreezes",
+        )
+    } else {
+        match pack.decide_delegate(&facts) {
+            Ok(d) => d,
+            Err(tollgate_policy::PolicyError::BadRequest(m)) => {
+                return Err(ApiError::BadRequest {
+                    code: "invalid_request",
+                    message: m,
+                })
+            }
+            Err(e) => tollgate_core::Decision::deny(format!(
+                "policy evaluation failed; failing closed: {e}"
+            )),
+        }
+    };
+    if decision.outcome != Outcome::Allow {
+        state
+            .store
+            .commit(Batch::audit_only(refuse(
+                decision.reasons.clone(),
+                decision.policies.clone(),
+            )))
+            .await?;
+        return Ok((
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "decision": "deny", "request_id": request_id, "reasons": decision.reasons, "policies": decision.policies,
+                "error": {"code": "delegation_refused", "message": decision.reasons.join("; ")},
+            })),
+        ));
+    }
+    let task = Task {
+        id: new_id("task"),
+        agent: child_id.to_string(),
+        incident_id: parent.incident_id.clone(),
+        environment: parent.environment.clone(),
+        playbook: parent.playbook.clone(),
+        intent: req.intent.clone(),
+        scope: scope.clone(),
+        parent_task_id: Some(parent.id.clone()),
+        created_at: now,
+        expires_at,
+        max_expires_at,
+        status: TaskStatus::Active,
+        status_reason: None,
+    };
+    // RFC 8693: the child acts, on behalf of the parent's chain.
+    let act = Actor {
+        sub: parent.agent.clone(),
+        act: auth.claims.act.clone().map(Box::new),
+    };
+    let jti = new_id("cred");
+    let grant = TaskGrant {
+        sub: task.agent.clone(),
+        task_id: task.id.clone(),
+        incident_id: task.incident_id.clone(),
+        scope,
+        iat: now,
+        exp: expires_at,
+        jti: jti.clone(),
+        act: Some(act.clone()),
+    };
+    let (credential, _) = state
+        .tokens
+        .issue_task_credential(grant)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let batch = Batch::default()
+        // The parent must still be live when the child is born.
+        .change(Change::RequireTaskLive { task_id: parent.id.clone(), now })
+        .change(Change::InsertTask(task.clone()))
+        .event(
+            AuditEvent::new(now, "task.delegated", parent.agent.clone())
+                .agent(task.agent.clone())
+                .task(task.id.clone())
+                .parent_task(Some(parent.id.clone()))
+                .incident(task.incident_id.clone())
+                .request(request_id.clone())
+                .outcome("allow")
+                .detail(json!({
+                    "from": parent.agent, "to": task.agent, "scope": task.scope, "depth": depth,
+                    "expires_at": expires_at, "intent": req.intent, "act": act, "credential_jti": jti,
+                    "policies": decision.policies, "reasons": decision.reasons, "policy_digest": pack.digest(),
+                })),
+        );
+    state.store.commit(batch).await.map_err(|e| match e {
+        tollgate_store::StoreError::Conflict(_) => {
+            ApiError::Unauthorized(format!("task {} is no longer active", parent.id))
+        }
+        e => e.into(),
+    })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"task_id": task.id, "credential": credential, "expires_at": rfc3339(expires_at), "request_id": request_id}),
+        ),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIncident {
+    #[schema(value_type = Option<String>)]
+    pub status: Option<IncidentStatus>,
+    pub class: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub severity: Option<Severity>,
+    pub reason: Option<String>,
+}
+
+/// Change an incident. Resolved or closed: every task bound to it is
+/// revoked. Reclassified: open tasks are re-evaluated and revoked if policy
+/// no longer allows them.
+#[utoipa::path(post, path = "/v1/incidents/{id}", params(("id" = String, Path)), request_body = UpdateIncident, responses((status = 200)), security(("admin" = [])))]
+pub async fn update_incident(
+    _: Admin,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateIncident>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.now();
+    let before = state.store.incident(&id).await?;
+    let mut incident = match (&before, &req.class, req.severity) {
+        (Some(i), _, _) => i.clone(),
+        (None, Some(class), Some(severity)) => Incident {
+            id: id.clone(),
+            class: class.clone(),
+            severity,
+            status: IncidentStatus::Open,
+            updated_at: now,
+        },
+        (None, _, _) => {
+            return Err(ApiError::NotFound(format!(
+                "incident {id} (give class and severity to create it)"
+            )))
+        }
+    };
+    if let Some(s) = req.status {
+        incident.status = s;
+    }
+    if let Some(c) = &req.class {
+        incident.class = c.clone();
+    }
+    if let Some(s) = req.severity {
+        incident.severity = s;
+    }
+    incident.updated_at = now;
+    let active = state
+        .store
+        .tasks(TaskFilter {
+            incident_id: Some(id.clone()),
+            status: Some(TaskStatus::Active),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await?;
+    let mut to_revoke: Vec<(Task, String)> = Vec::new();
+    if incident.status != IncidentStatus::Open {
+        let why = format!("incident {id} was {}", incident.status.as_str());
+        to_revoke.extend(active.iter().map(|t| (t.clone(), why.clone())));
+    } else if before
+        .as_ref()
+        .is_some_and(|b| b.class != incident.class || b.severity != incident.severity)
+    {
+        // Re-evaluate each open task as if it were opened now.
+        let pack = state.pack.load_full();
+        for t in &active {
+            let agent = state.store.agent(&t.agent).await?;
+            let Some(agent) = agent else { continue };
+            let Ok(aid) = SpiffeId::parse(&t.agent) else {
+                continue;
+            };
+            // Delegated tasks stand or fall with their parent.
+            if t.parent_task_id.is_some() {
+                continue;
+            }
+            let facts = TaskOpenFacts {
+                agent: AgentFacts {
+                    spiffe_id: &aid,
+                    owner: &agent.owner,
+                },
+                incident: &incident,
+                environment: &t.environment,
+                playbook: &t.playbook,
+                intent: &t.intent,
+                ttl_seconds: (t.expires_at - now).max(1),
+                now,
+            };
+            let d = pack
+                .decide_task_open(&facts)
+                .unwrap_or_else(|e| tollgate_core::Decision::deny(e.to_string()));
+            if d.outcome != Outcome::Allow {
+                let why = format!(
+                    "incident {id} was reclassified to {} / {} and policy no longer allows this task: {}",
+                    incident.class,
+                    incident.severity.as_str(),
+                    d.reasons.join("; ")
+                );
+                to_revoke.push((t.clone(), why.clone()));
+                for c in active_descendants(&state, &t.id).await? {
+                    to_revoke.push((c, why.clone()));
+                }
+            }
+        }
+    }
+    let mut batch = Batch::default().change(Change::UpsertIncident(incident.clone())).event(
+        AuditEvent::new(now, "incident.updated", "admin").incident(id.clone()).detail(json!({
+            "before": before, "after": incident, "reason": req.reason, "revoked_tasks": to_revoke.iter().map(|(t, _)| t.id.clone()).collect::<Vec<_>>(),
+        })),
+    );
+    let mut seen = BTreeSet::new();
+    for (t, why) in &to_revoke {
+        if seen.insert(t.id.clone()) {
+            batch = revoke_all(batch, std::slice::from_ref(t), why, "admin", now);
+        }
+    }
+    state.store.commit(batch).await?;
+    Ok(Json(
+        json!({"incident": incident, "revoked_tasks": seen, "kept_tasks": active.iter().filter(|t| !seen.contains(&t.id)).map(|t| t.id.clone()).collect::<Vec<_>>()}),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct Introspect {
+    pub token: String,
+}
+
+/// RFC 7662-style introspection of a task credential, for services that
+/// verify credentials offline: `active: false` once the task is closed,
+/// revoked or expired, or the agent is revoked.
+#[utoipa::path(post, path = "/v1/introspect", request_body = Introspect, responses((status = 200)), security(("pep" = [])))]
+pub async fn introspect(
+    _: PepAuth,
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<Introspect>,
+) -> Result<Json<Value>, ApiError> {
+    let now = state.now();
+    let inactive = Json(json!({"active": false}));
+    let Ok(claims) = state.tokens.verify_task_credential(&req.token, now) else {
+        return Ok(inactive);
+    };
+    let live = state
+        .store
+        .task(&claims.task_id)
+        .await?
+        .is_some_and(|t| t.agent == claims.sub && t.is_live(now));
+    let agent_ok = state
+        .store
+        .agent(&claims.sub)
+        .await?
+        .is_some_and(|a| !a.revoked);
+    if !(live && agent_ok) {
+        return Ok(inactive);
+    }
+    Ok(Json(json!({
+        "active": true,
+        "token_type": "tollgate-task",
+        "sub": claims.sub, "iss": claims.iss, "aud": claims.aud, "exp": claims.exp, "iat": claims.iat, "jti": claims.jti,
+        "task_id": claims.task_id, "incident_id": claims.incident_id,
+        "scope": claims.scope.actions.map(|a| a.into_iter().collect::<Vec<_>>().join(" ")),
+        "resources": claims.scope.resources,
+        "act": claims.act,
+    })))
+}
+
+/// The rollback plan: every compensation recorded for the task (and its
+/// delegated children), newest first.
+#[utoipa::path(get, path = "/v1/tasks/{id}/rollback", params(("id" = String, Path)), responses((status = 200)), security(("admin" = [])))]
+pub async fn rollback(
+    _: Admin,
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let task = state
+        .store
+        .task(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("task {id}")))?;
+    let mut tasks = vec![task.id.clone()];
+    let mut frontier = vec![task.id.clone()];
+    while let Some(p) = frontier.pop() {
+        for c in state
+            .store
+            .tasks(TaskFilter {
+                parent_task_id: Some(p),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await?
+        {
+            frontier.push(c.id.clone());
+            tasks.push(c.id);
+        }
+    }
+    let mut steps = Vec::new();
+    for t in &tasks {
+        let mut after = 0;
+        loop {
+            let page = state
+                .store
+                .audit(AuditQuery {
+                    task_id: Some(t.clone()),
+                    after,
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in page.iter().filter(|e| {
+                e.event.kind == "action.result" && !e.event.detail["compensation"].is_null()
+            }) {
+                steps.push((e.seq, json!({
+                    "task_id": t,
+                    "request_id": e.event.request_id,
+                    "executed_at": rfc3339(e.event.ts),
+                    "executed": {"action": e.event.detail["action"], "resource": e.event.detail["resource"], "command": e.event.detail["command"]},
+                    "compensation": e.event.detail["compensation"],
+                })));
+            }
+        }
+    }
+    steps.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    Ok(Json(
+        json!({"task_id": id, "steps": steps.into_iter().map(|(_, s)| s).collect::<Vec<_>>()}),
+    ))
+}
