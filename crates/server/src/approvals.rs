@@ -319,6 +319,20 @@ pub async fn vote(
             .await?;
         return Err(ApiError::Conflict(why));
     }
+    // An approval of a task that has ended can never be used: no votes on it.
+    let live = state
+        .store
+        .task(&a.task_id)
+        .await?
+        .is_some_and(|t| t.is_live(now));
+    if !live {
+        let why = format!("task {} of approval {id} is no longer active", a.task_id);
+        state
+            .store
+            .commit(Batch::audit_only(refuse(&a, why.clone())))
+            .await?;
+        return Err(ApiError::Conflict(why));
+    }
     // Separation of duties: agents never approve, least of all themselves.
     if voter.name.starts_with("spiffe://") || voter.name == a.agent {
         let why = "an agent identity can never approve".to_string();

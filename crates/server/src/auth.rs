@@ -301,7 +301,11 @@ impl FromRequestParts<Shared> for ApproverAuth {
 pub enum Viewer {
     Admin,
     Approver(crate::approvals::Voter),
-    Agent { task_id: String },
+    Agent {
+        task_id: String,
+    },
+    /// An enforcement point following an AuthZEN access request's `status_endpoint`.
+    Pep,
 }
 
 impl FromRequestParts<Shared> for Viewer {
@@ -315,6 +319,14 @@ impl FromRequestParts<Shared> for Viewer {
         }
         if let Some(v) = approver_from(state, token).await? {
             return Ok(Viewer::Approver(v));
+        }
+        if state
+            .store
+            .pep_by_key_hash(&sha256_hex(token.as_bytes()))
+            .await?
+            .is_some()
+        {
+            return Ok(Viewer::Pep);
         }
         if state
             .tokens

@@ -92,7 +92,7 @@ pub async fn list(
     State(state): State<Shared>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if matches!(viewer, Viewer::Agent { .. }) {
+    if matches!(viewer, Viewer::Agent { .. } | Viewer::Pep) {
         return Err(ApiError::Forbidden(
             "agents may only look at their own approvals by id".into(),
         ));
@@ -119,43 +119,64 @@ pub async fn list(
         .into_iter()
         .filter(|a| !(a.status == ApprovalStatus::Pending && a.expires_at <= now))
     {
-        let mut v = view(&a);
-        if let Some(op) = pack.catalog().operation(&a.action) {
-            v["tier"] = json!(op.tier.as_str());
-            v["labels"] = json!(op.labels);
-            v["reversible"] = json!(op.reversible);
-            v["blast_radius"] = json!(op.blast_radius);
-        }
-        if let Some(t) = state.store.task(&a.task_id).await? {
-            v["task"] = json!({"intent": t.intent, "playbook": t.playbook, "environment": t.environment, "status": t.status.as_str()});
-        }
-        let evidence = state.store.evidence_for_task(&a.task_id).await?;
-        v["evidence"] = json!(evidence
-            .iter()
-            .map(
-                |e| json!({"id": e.id, "resource": e.resource, "kind": e.kind, "sha256": e.sha256})
-            )
-            .collect::<Vec<_>>());
-        let chain = state
+        out.push(enrich(&state, &pack, &a).await?);
+    }
+    Ok(Json(json!({"approvals": out})))
+}
+
+/// The approval plus what an approver decides on: the operation's tier and
+/// labels, the task, its evidence and its chain of decisions so far.
+async fn enrich(
+    state: &Shared,
+    pack: &tollgate_policy::PolicyPack,
+    a: &tollgate_core::Approval,
+) -> Result<Value, ApiError> {
+    let mut v = view(a);
+    if let Some(op) = pack.catalog().operation(&a.action) {
+        v["tier"] = json!(op.tier.as_str());
+        v["labels"] = json!(op.labels);
+        v["reversible"] = json!(op.reversible);
+        v["blast_radius"] = json!(op.blast_radius);
+    }
+    if let Some(t) = state.store.task(&a.task_id).await? {
+        v["task"] = json!({"intent": t.intent, "playbook": t.playbook, "environment": t.environment, "status": t.status.as_str()});
+    }
+    let evidence = state.store.evidence_for_task(&a.task_id).await?;
+    v["evidence"] = json!(evidence
+        .iter()
+        .map(|e| json!({"id": e.id, "resource": e.resource, "kind": e.kind, "sha256": e.sha256}))
+        .collect::<Vec<_>>());
+    // The newest 200 decisions of the task, oldest first.
+    let mut chain = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = state
             .store
             .audit(AuditQuery {
                 task_id: Some(a.task_id.clone()),
-                limit: 200,
+                after,
+                limit: 1000,
                 ..Default::default()
             })
             .await?;
-        v["chain"] = json!(chain
-            .iter()
-            .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision")
-            .map(|e| json!({
-                "seq": e.seq, "request_id": e.event.request_id, "outcome": e.event.outcome,
-                "action": e.event.detail["action"], "resource": e.event.detail["resource"],
-                "at": tollgate_core::clock::rfc3339(e.event.ts),
-            }))
-            .collect::<Vec<_>>());
-        out.push(v);
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        chain.extend(
+            page.into_iter()
+                .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision"),
+        );
     }
-    Ok(Json(json!({"approvals": out})))
+    let skip = chain.len().saturating_sub(200);
+    v["chain"] = json!(chain
+        .iter()
+        .skip(skip)
+        .map(|e| json!({
+            "seq": e.seq, "request_id": e.event.request_id, "outcome": e.event.outcome,
+            "action": e.event.detail["action"], "resource": e.event.detail["resource"],
+            "at": tollgate_core::clock::rfc3339(e.event.ts),
+        }))
+        .collect::<Vec<_>>());
+    Ok(v)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -200,7 +221,8 @@ pub async fn show(
         let _ = tokio::time::timeout(step, notified).await;
         a = load(&state, &id).await?;
     }
-    Ok(Json(view(&a)))
+    let pack = state.pack.load();
+    Ok(Json(enrich(&state, &pack, &a).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
