@@ -25,6 +25,8 @@ pub const GENESIS: [u8; 32] = [0u8; 32];
 /// What happened. Correlation ids are top-level fields so stores can index
 /// them; everything kind-specific lives in `detail`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+// A stored event with fields the hash does not cover is a forgery, not an extension.
+#[serde(deny_unknown_fields)]
 pub struct AuditEvent {
     /// Unix seconds.
     pub ts: i64,
@@ -226,7 +228,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn floats_survive_the_store_round_trip() {
+        // An entry is re-parsed from its stored JSON before it is verified;
+        // a float that does not round-trip would make a clean log fail.
+        for x in [
+            1e-30,
+            0.1,
+            2.0f64.powi(-1074),
+            1.7976931348623157e308,
+            123456.789e-7,
+        ] {
+            let e = chain(
+                1,
+                GENESIS,
+                AuditEvent::new(1, "decision", "a")
+                    .detail(serde_json::json!({"parameters": {"x": x}})),
+            );
+            let stored = serde_json::to_string(&e.event).unwrap();
+            let back: AuditEvent = serde_json::from_str(&stored).unwrap();
+            assert_eq!(entry_hash(1, &GENESIS, &back), e.hash, "{x}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn float_parameters_round_trip(x in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL) {
+            let e = chain(1, GENESIS, AuditEvent::new(1, "decision", "a").detail(serde_json::json!({"x": x})));
+            let back: AuditEvent = serde_json::from_str(&serde_json::to_string(&e.event).unwrap()).unwrap();
+            prop_assert_eq!(entry_hash(1, &GENESIS, &back), e.hash);
+        }
+
         #[test]
         fn any_edit_is_detected(n in 2usize..30, victim in 0usize..30, mode in 0u8..4) {
             let mut l = log(n);

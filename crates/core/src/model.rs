@@ -241,8 +241,8 @@ impl Scope {
     }
 }
 
-/// Lifetime of a delegated task: never past the parent's current expiry or
-/// its hard maximum. Returns `(expires_at, max_expires_at)`.
+/// Lifetime of a delegated task: never past the parent's current expiry, its
+/// hard maximum, or the ttl granted. Returns `(expires_at, max_expires_at)`.
 pub fn child_lifetime(
     parent: &Task,
     now: UnixTime,
@@ -260,9 +260,13 @@ pub fn child_lifetime(
             max: max_depth,
         });
     }
-    let max_expires_at = (now + max_ttl).min(parent.max_expires_at);
-    let expires_at = (now + ttl).min(parent.expires_at).min(max_expires_at);
-    Ok((expires_at, max_expires_at))
+    let expires_at = (now + ttl)
+        .min(now + max_ttl)
+        .min(parent.expires_at)
+        .min(parent.max_expires_at);
+    // The granted ttl is a ceiling: a delegated task cannot renew past it,
+    // so it can never outlive the parent's lifetime as it stood.
+    Ok((expires_at, expires_at))
 }
 
 #[cfg(test)]

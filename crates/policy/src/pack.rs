@@ -312,10 +312,21 @@ impl PolicyPack {
         let resp = self
             .authorizer
             .is_authorized(request, &self.policies, entities);
-        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
-        if !errors.is_empty() {
+        // Evaluation errors can quote request values (secrets among them),
+        // so only the failing policies are named, never the message.
+        let failed: Vec<String> = resp
+            .diagnostics()
+            .errors()
+            .map(|e| {
+                let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
+                pe.policy_id().to_string()
+            })
+            .collect();
+        if !failed.is_empty() {
             let mut d = Decision::deny("a policy failed to evaluate; failing closed");
-            d.reasons.extend(errors);
+            d.reasons
+                .push(format!("policies that failed: {}", failed.join(", ")));
+            d.policies = failed;
             return d;
         }
         let mut ids: Vec<&PolicyId> = resp.diagnostics().reason().collect();

@@ -159,6 +159,16 @@ impl FromRequestParts<Shared> for TaskAuth {
             };
             return Err(refuse(state, parts, "task credential", ApiError::Unauthorized(why)).await);
         }
+        // A delegated task lives only while its whole chain of parents does.
+        if let Some(why) = crate::api::lifecycle::dead_ancestor(state, &task).await? {
+            return Err(refuse(
+                state,
+                parts,
+                "task credential",
+                ApiError::Unauthorized(format!("task {} cannot act: {why}", task.id)),
+            )
+            .await);
+        }
         let agent = match state.store.agent(&claims.sub).await? {
             Some(a) if !a.revoked => a,
             _ => {

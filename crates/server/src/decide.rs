@@ -57,14 +57,20 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         .unwrap_or_default();
     let logged = state.audit.redact(ask.parameters, &sensitive);
     let scrub = |mut message: String| {
+        // Schema errors can quote values, raw or escaped, so every form of
+        // every secret value is cut out of the message.
         for name in &sensitive {
-            if let Some(v) = ask
-                .parameters
-                .get(name)
-                .and_then(Value::as_str)
-                .filter(|v| !v.is_empty())
-            {
-                message = message.replace(v, "[redacted]");
+            let Some(v) = ask.parameters.get(name) else {
+                continue;
+            };
+            let raw = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            for form in [raw.clone(), raw.escape_debug().to_string(), v.to_string()] {
+                if form.len() >= 2 {
+                    message = message.replace(&form, "[redacted]");
+                }
             }
         }
         message

@@ -208,6 +208,17 @@ impl AppState {
             origin: format!("tollgate {}", config.trust_domain),
         };
         let store = SqliteStore::open(&data.join(DB_FILE))?;
+        // Fail closed: never append to, or sign checkpoints over, a log that
+        // no longer matches what was already signed.
+        store
+            .check_consistency()
+            .await
+            .map_err(|e| StartError::Data {
+                path: data.join(DB_FILE).display().to_string(),
+                message: format!(
+                    "{e}; refusing to start (inspect with `tollgate audit verify --data`)"
+                ),
+            })?;
         let latest_checkpoint = store.checkpoints().await?.pop();
         let frozen = store.setting(FROZEN_KEY).await?.as_deref() == Some("true");
         let state = Arc::new(Self {

@@ -435,7 +435,53 @@ pub async fn tasks_round_trip_and_end_once(s: &dyn Store) {
         })
         .await
         .unwrap();
-    assert_eq!(children, vec![child]);
+    assert_eq!(children, vec![child.clone()]);
+    // Ending descendants reaches grandchildren and leaves the root alone.
+    let grandchild_id = unique("task");
+    let mut grandchild = task(
+        &grandchild_id,
+        "spiffe://acme.test/agent/forensics/i-3",
+        "INC-2",
+    );
+    grandchild.parent_task_id = Some(child_id.clone());
+    s.commit(Batch::default().change(Change::InsertTask(grandchild)))
+        .await
+        .unwrap();
+    s.commit(Batch::default().change(Change::EndDescendants {
+        root_id: id2.clone(),
+        reason: "parent closed".into(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        s.task(&child_id).await.unwrap().unwrap().status,
+        TaskStatus::Revoked
+    );
+    let gc = s.task(&grandchild_id).await.unwrap().unwrap();
+    assert_eq!(
+        (gc.status, gc.status_reason.as_deref()),
+        (TaskStatus::Revoked, Some("parent closed"))
+    );
+    assert_eq!(
+        s.task(&id2).await.unwrap().unwrap().status,
+        TaskStatus::Active
+    );
+    // Revoking an already-ended task is not an error and changes nothing.
+    s.commit(Batch::default().change(Change::RevokeTask {
+        task_id: child_id.clone(),
+        reason: "again".into(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        s.task(&child_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status_reason
+            .as_deref(),
+        Some("parent closed")
+    );
     // Ending all of an agent's tasks touches only active ones.
     s.commit(Batch::default().change(Change::EndAgentTasks {
         spiffe_id: agent.clone(),

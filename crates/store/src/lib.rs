@@ -84,6 +84,18 @@ pub enum Change {
         status: TaskStatus,
         reason: String,
     },
+    /// Revoke a task if it is still active (no precondition: revoking
+    /// something that just ended on its own is not an error).
+    RevokeTask {
+        task_id: String,
+        reason: String,
+    },
+    /// Revoke every active descendant of a task, found inside the commit, so
+    /// a child delegated concurrently cannot slip through.
+    EndDescendants {
+        root_id: String,
+        reason: String,
+    },
     /// End every active task of an agent (no precondition).
     EndAgentTasks {
         spiffe_id: String,

@@ -147,6 +147,66 @@ impl SqliteStore {
         Ok(Self { inner, writer })
     }
 
+    /// Check the stored log against itself and its stored checkpoints:
+    /// sequence numbers without gaps, and the Merkle root at every
+    /// checkpoint's size equal to the signed one. The server refuses to
+    /// start on a log that fails this (signatures are `audit verify`'s job).
+    pub async fn check_consistency(&self) -> Result<(), StoreError> {
+        self.with(|inner| {
+            let (count, max): (i64, Option<i64>) = inner
+                .conn
+                .query_row("SELECT count(*), max(seq) FROM audit", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(backend)?;
+            if count != max.unwrap_or(0) {
+                return Err(backend(format!(
+                    "the audit log has {count} entries but its last is number {}: entries were removed",
+                    max.unwrap_or(0)
+                )));
+            }
+            let mut cps: Vec<Checkpoint> = {
+                let mut stmt = inner.conn.prepare("SELECT body FROM checkpoints ORDER BY tree_size DESC").map_err(backend)?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(backend)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    out.push(serde_json::from_str::<Checkpoint>(&row.map_err(backend)?).map_err(backend)?);
+                }
+                out
+            };
+            if let Some(cp) = cps.first() {
+                if cp.tree_size > count as u64 {
+                    return Err(backend(format!(
+                        "the audit log ends at entry {count} but a signed checkpoint covers {}: it was truncated",
+                        cp.tree_size
+                    )));
+                }
+            }
+            let mut range = CompactRange::default();
+            let mut stmt = inner.conn.prepare("SELECT hash FROM audit ORDER BY seq").map_err(backend)?;
+            let mut rows = stmt.query([]).map_err(backend)?;
+            while let Some(row) = rows.next().map_err(backend)? {
+                let hash: String = row.get(0).map_err(backend)?;
+                let mut h = [0u8; 32];
+                hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
+                range.push(leaf_hash(&h));
+                while cps.last().is_some_and(|c| c.tree_size == range.size()) {
+                    if let Some(cp) = cps.pop() {
+                        if cp.root_hash != hex::encode(range.root()) {
+                            return Err(backend(format!(
+                                "the first {} audit entries do not match their signed checkpoint: entries were rewritten",
+                                cp.tree_size
+                            )));
+                        }
+                    }
+                }
+                while cps.last().is_some_and(|c| c.tree_size == 0) {
+                    cps.pop();
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Inner) -> Result<T, StoreError> + Send + 'static,
@@ -305,6 +365,23 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )));
             }
         }
+        Change::RevokeTask { task_id, reason } => {
+            tx.execute(
+                "UPDATE tasks SET status = 'revoked', status_reason = ?2 WHERE id = ?1 AND status = 'active'",
+                params![task_id, reason],
+            )
+            .map_err(backend)?;
+        }
+        Change::EndDescendants { root_id, reason } => {
+            tx.execute(
+                "WITH RECURSIVE sub(id) AS (
+                   SELECT id FROM tasks WHERE parent_task_id = ?1
+                   UNION SELECT t.id FROM tasks t JOIN sub ON t.parent_task_id = sub.id)
+                 UPDATE tasks SET status = 'revoked', status_reason = ?2 WHERE id IN (SELECT id FROM sub) AND status = 'active'",
+                params![root_id, reason],
+            )
+            .map_err(backend)?;
+        }
         Change::EndAgentTasks { spiffe_id, reason } => {
             tx.execute(
                 "UPDATE tasks SET status = 'revoked', status_reason = ?2 WHERE agent = ?1 AND status = 'active'",
@@ -444,8 +521,19 @@ fn commit_group(inner: &Mutex<Inner>, batches: Vec<Batch>) -> Vec<Result<Vec<u64
             sp.commit().map_err(backend)?;
             Ok(seqs)
         });
-        if outcome.is_err() {
+        if let Err(e) = &outcome {
             (seq, prev, range) = saved;
+            // A precondition failure rolls back its own savepoint only. A
+            // storage failure (I/O, full disk, busy) may have rolled back the
+            // whole transaction, after which later savepoints would commit
+            // on their own: abandon the group, and nothing is acknowledged.
+            if matches!(e, StoreError::Backend(_)) || tx.is_autocommit() {
+                let why = e.to_string();
+                drop(tx);
+                return (0..n)
+                    .map(|_| Err(backend(format!("group commit abandoned: {why}"))))
+                    .collect();
+            }
         }
         results.push(outcome);
     }
@@ -495,18 +583,60 @@ fn apply_batch(
     Ok(seqs)
 }
 
-fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, String)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+/// Columns of an audit row: the chained entry plus the index columns that
+/// filtered queries (timeline, rollback, result lookup) rely on.
+type EntryRow = (
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+const ENTRY_COLS: &str = "seq, prev_hash, hash, event, incident_id, task_id, agent, request_id";
+
+fn entry_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EntryRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
 }
 
 fn decode_entry(
-    (seq, prev, hash, event): (i64, String, String, String),
+    (seq, prev, hash, event, incident, task, agent, request): EntryRow,
 ) -> Result<AuditEntry, StoreError> {
     let mut prev_hash = [0u8; 32];
     let mut h = [0u8; 32];
     hex::decode_to_slice(&prev, &mut prev_hash).map_err(backend)?;
     hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
-    let event: AuditEvent = serde_json::from_str(&event).map_err(backend)?;
+    let event: AuditEvent = serde_json::from_str(&event).map_err(|e| {
+        backend(format!(
+            "audit entry {seq} does not parse (it was modified): {e}"
+        ))
+    })?;
+    // The index columns are not hashed; they must say what the hashed event says,
+    // or an edit could hide an entry from (or move it into) a filtered view.
+    if (incident, task, agent, request)
+        != (
+            event.incident_id.clone(),
+            event.task_id.clone(),
+            event.agent.clone(),
+            event.request_id.clone(),
+        )
+    {
+        return Err(backend(format!(
+            "audit entry {seq}: its index columns disagree with its content (they were modified)"
+        )));
+    }
     Ok(AuditEntry {
         seq: seq as u64,
         prev_hash,
@@ -549,9 +679,17 @@ fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> 
 impl Store for SqliteStore {
     async fn commit(&self, batch: Batch) -> Result<Vec<u64>, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        // Never block the async runtime on a full queue: shed load, fail closed.
         self.writer
-            .send(Job { batch, reply })
-            .map_err(|_| backend("the store's writer has stopped"))?;
+            .try_send(Job { batch, reply })
+            .map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => {
+                    backend("the store's write queue is full")
+                }
+                std::sync::mpsc::TrySendError::Disconnected(_) => {
+                    backend("the store's writer has stopped")
+                }
+            })?;
         answer
             .await
             .map_err(|_| backend("the store's writer dropped a commit"))?
@@ -610,10 +748,13 @@ impl Store for SqliteStore {
         self.with(move |inner| {
             let mut stmt = inner
                 .conn
-                .prepare("SELECT seq, prev_hash, hash, event FROM audit WHERE request_id = ?1 ORDER BY seq")
+                .prepare(&format!(
+                    "SELECT {ENTRY_COLS} FROM audit WHERE request_id = ?1 ORDER BY seq"
+                ))
                 .map_err(backend)?;
             let rows = stmt.query_map([r], entry_row).map_err(backend)?;
-            rows.map(|row| row.map_err(backend).and_then(decode_entry)).collect()
+            rows.map(|row| row.map_err(backend).and_then(decode_entry))
+                .collect()
         })
         .await
     }
@@ -867,28 +1008,16 @@ impl Store for SqliteStore {
             let limit = if q.limit == 0 { 100 } else { q.limit } as i64;
             let mut stmt = inner
                 .conn
-                .prepare(
-                    "SELECT seq, prev_hash, hash, event FROM audit WHERE seq > ?1
+                .prepare(&format!(
+                    "SELECT {ENTRY_COLS} FROM audit WHERE seq > ?1
                      AND (?2 IS NULL OR incident_id = ?2) AND (?3 IS NULL OR task_id = ?3) AND (?4 IS NULL OR agent = ?4)
-                     ORDER BY seq LIMIT ?5",
-                )
+                     ORDER BY seq LIMIT ?5"
+                ))
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![q.after as i64, q.incident_id, q.task_id, q.agent, limit], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-                })
+                .query_map(params![q.after as i64, q.incident_id, q.task_id, q.agent, limit], entry_row)
                 .map_err(backend)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, prev, hash, event) = row.map_err(backend)?;
-                let mut prev_hash = [0u8; 32];
-                let mut h = [0u8; 32];
-                hex::decode_to_slice(&prev, &mut prev_hash).map_err(backend)?;
-                hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
-                let event: AuditEvent = serde_json::from_str(&event).map_err(backend)?;
-                out.push(AuditEntry { seq: seq as u64, prev_hash, hash: h, event });
-            }
-            Ok(out)
+            rows.map(|row| row.map_err(backend).and_then(decode_entry)).collect()
         })
         .await
     }

@@ -174,8 +174,14 @@ pub fn export(c: &Client, format: &str, incident: Option<&str>) -> Result<()> {
             if incident.is_some() {
                 bail!("a jsonl export is the whole log (so it can be verified); filter with --format ocsf or timeline");
             }
-            let (_, entries) = fetch(c, None)?;
-            let cps = c.get("/v1/audit/checkpoints")?;
+            let (cp, entries) = fetch(c, None)?;
+            let size = cp["checkpoint"]["tree_size"].as_u64().unwrap_or(0);
+            let mut cps = c.get("/v1/audit/checkpoints")?;
+            // Only checkpoints the exported entries reach; a newer one would
+            // make a clean export look truncated.
+            if let Some(list) = cps["checkpoints"].as_array_mut() {
+                list.retain(|c| c["tree_size"].as_u64().unwrap_or(u64::MAX) <= size);
+            }
             writeln!(
                 out,
                 "{}",

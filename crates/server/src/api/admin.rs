@@ -92,8 +92,9 @@ pub async fn revoke(
         // Revoking a task revokes every task delegated from it.
         let children = crate::api::lifecycle::active_descendants(&state, id).await?;
         revoked.extend(children.iter().map(|t| t.id.clone()));
-        batch = crate::api::lifecycle::revoke_all(
+        batch = crate::api::lifecycle::revoke_descendants(
             batch,
+            id,
             &children,
             &format!("parent task {id} was revoked: {reason}"),
             "admin",
@@ -119,16 +120,20 @@ pub async fn revoke(
             batch = batch.event(ended(t));
             revoked.push(t.id.clone());
         }
-        // Work its tasks delegated to other agents dies with them.
+        // Work its tasks delegated to other agents dies with them; a task
+        // reachable twice (self-delegation) is audited once.
+        let mut seen: std::collections::BTreeSet<String> =
+            tasks.iter().map(|t| t.id.clone()).collect();
         for t in &tasks {
             let children: Vec<_> = crate::api::lifecycle::active_descendants(&state, &t.id)
                 .await?
                 .into_iter()
-                .filter(|c| c.agent != id)
+                .filter(|c| seen.insert(c.id.clone()))
                 .collect();
             revoked.extend(children.iter().map(|c| c.id.clone()));
-            batch = crate::api::lifecycle::revoke_all(
+            batch = crate::api::lifecycle::revoke_descendants(
                 batch,
+                &t.id,
                 &children,
                 &format!("parent task {} was revoked: {reason}", t.id),
                 "admin",

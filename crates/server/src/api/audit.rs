@@ -56,7 +56,13 @@ async fn leaves_for(state: &Shared, size: u64) -> Result<Vec<[u8; 32]>, ApiError
             head.size
         )));
     }
-    Ok(state.store.audit_leaf_hashes(size).await?)
+    let leaves = state.store.audit_leaf_hashes(size).await?;
+    if leaves.len() as u64 != size {
+        return Err(ApiError::Unavailable(
+            "the audit log has gaps; run `tollgate audit verify`".into(),
+        ));
+    }
+    Ok(leaves)
 }
 
 /// Inclusion proof of entry `seq` in the tree of `tree_size` entries (RFC 9162).
@@ -233,6 +239,7 @@ pub async fn action_result(
             "action": action, "resource": resource, "command": req.command, "output_digest": req.output_digest,
             "decision_seq": decision.seq, "compensation": compensation,
         }));
+    let request_id_for_refusal = request_id.clone();
     let batch = Batch::default()
         .change(Change::RecordActionResult {
             request_id,
@@ -241,6 +248,20 @@ pub async fn action_result(
             at: now,
         })
         .event(ev);
-    state.store.commit(batch).await?;
-    Ok(StatusCode::NO_CONTENT)
+    match state.store.commit(batch).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(tollgate_store::StoreError::Conflict(m)) => {
+            // A second result for one decision: refused, and on the record.
+            let ev = AuditEvent::new(now, "action.result_refused", auth.task.agent.clone())
+                .agent(auth.task.agent.clone())
+                .task(auth.task.id.clone())
+                .incident(auth.task.incident_id.clone())
+                .request(request_id_for_refusal)
+                .outcome("refused")
+                .detail(json!({"status": status, "command": req.command, "reason": m}));
+            state.store.commit(Batch::audit_only(ev)).await?;
+            Err(ApiError::Conflict(m))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -43,24 +43,49 @@ pub async fn active_descendants(state: &Shared, root: &str) -> Result<Vec<Task>,
     Ok(out)
 }
 
-/// Changes and audit entries that revoke `tasks` for `reason`.
-pub fn revoke_all(batch: Batch, tasks: &[Task], reason: &str, actor: &str, now: i64) -> Batch {
-    tasks.iter().fold(batch, |b, t| {
-        b.change(Change::EndTask {
-            task_id: t.id.clone(),
-            status: TaskStatus::Revoked,
-            reason: reason.to_string(),
-        })
-        .event(
-            AuditEvent::new(now, "task.revoked", actor)
-                .agent(t.agent.clone())
-                .task(t.id.clone())
-                .parent_task(t.parent_task_id.clone())
-                .incident(t.incident_id.clone())
-                .outcome("revoked")
-                .detail(json!({"reason": reason})),
-        )
-    })
+/// Revoke every active descendant of `root`: one audit entry for each one
+/// known now, and an in-commit sweep of the whole subtree so that a child
+/// delegated concurrently dies too.
+pub fn revoke_descendants(
+    batch: Batch,
+    root: &str,
+    known: &[Task],
+    reason: &str,
+    actor: &str,
+    now: i64,
+) -> Batch {
+    let batch = batch.change(Change::EndDescendants {
+        root_id: root.to_string(),
+        reason: reason.to_string(),
+    });
+    known
+        .iter()
+        .fold(batch, |b, t| b.event(revoked_event(t, reason, actor, now)))
+}
+
+pub fn revoked_event(t: &Task, reason: &str, actor: &str, now: i64) -> AuditEvent {
+    AuditEvent::new(now, "task.revoked", actor)
+        .agent(t.agent.clone())
+        .task(t.id.clone())
+        .parent_task(t.parent_task_id.clone())
+        .incident(t.incident_id.clone())
+        .outcome("revoked")
+        .detail(json!({"reason": reason}))
+}
+
+/// Why `task` cannot act although it is itself active: an ancestor ended.
+pub async fn dead_ancestor(state: &Shared, task: &Task) -> Result<Option<String>, ApiError> {
+    let mut parent = task.parent_task_id.clone();
+    let mut hops = 0;
+    while let Some(p) = parent {
+        hops += 1;
+        match state.store.task(&p).await? {
+            Some(t) if t.status == TaskStatus::Active && hops <= 64 => parent = t.parent_task_id,
+            Some(t) => return Ok(Some(format!("parent task {} is {}", t.id, t.status))),
+            None => return Ok(Some(format!("parent task {p} is missing"))),
+        }
+    }
+    Ok(None)
 }
 
 /// How deep `task` is in its delegation tree (0 for a task an agent opened).
@@ -111,15 +136,7 @@ pub async fn delegate(
     let parent = &auth.task;
     let child_id =
         SpiffeId::parse(&req.agent).map_err(|e| ApiError::bad_request(format!("agent: {e}")))?;
-    let child_agent = match state.store.agent(&child_id.to_string()).await? {
-        Some(a) if !a.revoked => a,
-        Some(_) => return Err(ApiError::Forbidden(format!("agent {child_id} is revoked"))),
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "agent {child_id} is not registered"
-            )))
-        }
-    };
+    let child_record = state.store.agent(&child_id.to_string()).await?;
     let actions: BTreeSet<String> = req.actions.iter().cloned().collect();
     let resources: BTreeSet<String> = req.resources.iter().cloned().collect();
     let request_id = new_id("req");
@@ -133,6 +150,25 @@ pub async fn delegate(
             .request(request_id.clone())
             .outcome("deny")
             .detail(json!({"child_agent": child_id.to_string(), "actions": actions, "resources": resources, "ttl_seconds": req.ttl_seconds, "depth": depth, "reasons": reasons, "policies": policies}))
+    };
+    let child_agent = match child_record {
+        Some(a) if !a.revoked => a,
+        other => {
+            let why = if other.is_some() {
+                format!("agent {child_id} is revoked")
+            } else {
+                format!("agent {child_id} is not registered")
+            };
+            state
+                .store
+                .commit(Batch::audit_only(refuse(vec![why.clone()], vec![])))
+                .await?;
+            return Err(if other.is_some() {
+                ApiError::Forbidden(why)
+            } else {
+                ApiError::bad_request(why)
+            });
+        }
     };
     // Attenuation and lifetime are the gateway's, before policy: a child is
     // never wider than its parent, whatever policy says.
@@ -358,15 +394,22 @@ pub async fn update_incident(
         // Re-evaluate each open task as if it were opened now.
         let pack = state.pack.load_full();
         for t in &active {
-            let agent = state.store.agent(&t.agent).await?;
-            let Some(agent) = agent else { continue };
-            let Ok(aid) = SpiffeId::parse(&t.agent) else {
-                continue;
-            };
             // Delegated tasks stand or fall with their parent.
             if t.parent_task_id.is_some() {
                 continue;
             }
+            let agent = state.store.agent(&t.agent).await?;
+            let (Some(agent), Ok(aid)) = (agent, SpiffeId::parse(&t.agent)) else {
+                // Cannot re-evaluate: fail closed.
+                to_revoke.push((
+                    t.clone(),
+                    format!(
+                        "incident {id} was reclassified and task {} could not be re-evaluated",
+                        t.id
+                    ),
+                ));
+                continue;
+            };
             let facts = TaskOpenFacts {
                 agent: AgentFacts {
                     spiffe_id: &aid,
@@ -404,7 +447,16 @@ pub async fn update_incident(
     let mut seen = BTreeSet::new();
     for (t, why) in &to_revoke {
         if seen.insert(t.id.clone()) {
-            batch = revoke_all(batch, std::slice::from_ref(t), why, "admin", now);
+            batch = batch
+                .change(Change::RevokeTask {
+                    task_id: t.id.clone(),
+                    reason: why.clone(),
+                })
+                .change(Change::EndDescendants {
+                    root_id: t.id.clone(),
+                    reason: why.clone(),
+                })
+                .event(revoked_event(t, why, "admin", now));
         }
     }
     state.store.commit(batch).await?;
@@ -432,11 +484,15 @@ pub async fn introspect(
     let Ok(claims) = state.tokens.verify_task_credential(&req.token, now) else {
         return Ok(inactive);
     };
-    let live = state
+    let task = state
         .store
         .task(&claims.task_id)
         .await?
-        .is_some_and(|t| t.agent == claims.sub && t.is_live(now));
+        .filter(|t| t.agent == claims.sub && t.is_live(now));
+    let live = match &task {
+        Some(t) => dead_ancestor(&state, t).await?.is_none(),
+        None => false,
+    };
     let agent_ok = state
         .store
         .agent(&claims.sub)

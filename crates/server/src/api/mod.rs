@@ -76,9 +76,14 @@ impl Modify for Security {
 pub struct ApiDoc;
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200)))]
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", responses((status = 200), (status = 503)))]
+pub async fn healthz(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    // Live means able to answer, and answering needs the store: a dead
+    // store (every decision would be a 503) is not healthy.
+    let head = state.store.audit_head().await?;
+    Ok(Json(
+        serde_json::json!({"status": "ok", "audit_entries": head.size, "frozen": state.is_frozen()}),
+    ))
 }
 
 /// Prometheus text exposition.

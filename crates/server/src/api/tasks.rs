@@ -328,8 +328,9 @@ pub async fn close_task(
         );
     // Closing a parent kills every delegated descendant with it.
     let children = crate::api::lifecycle::active_descendants(&state, &id).await?;
-    let batch = crate::api::lifecycle::revoke_all(
+    let batch = crate::api::lifecycle::revoke_descendants(
         batch,
+        &id,
         &children,
         &format!("parent task {id} was closed"),
         &auth.task.agent,

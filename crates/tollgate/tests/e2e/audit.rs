@@ -107,6 +107,34 @@ fn tampering_with_the_database_is_detected_and_named() {
     assert!(!ok);
     assert!(out.contains("truncated"), "{out}");
 
+    // And the server refuses to append to a log that no longer matches what it signed.
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&truncated)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50)); // another process; no clock to move
+    }
+    let Some(status) = exited else {
+        child.kill().unwrap();
+        panic!("the server started on a truncated audit log");
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("truncated") && err.contains("refusing to start"),
+        "{err}"
+    );
+
     // A careful rewrite (content and every later hash recomputed) is caught
     // by the signed checkpoint, even if the stored checkpoints are deleted,
     // when the auditor kept one.
@@ -337,10 +365,15 @@ fn action_results_are_bound_to_allowing_decisions() {
         .iter()
         .map(|e| e["event"]["kind"].as_str().unwrap())
         .collect();
-    // The other task's attempt is on the record of this request too.
+    // The other task's attempt and the duplicate are on the record too.
     assert_eq!(
         kinds,
-        ["decision", "action.result_refused", "action.result"]
+        [
+            "decision",
+            "action.result_refused",
+            "action.result",
+            "action.result_refused"
+        ]
     );
     let r = &entries[2]["event"];
     assert_eq!(
@@ -358,7 +391,7 @@ fn action_results_are_bound_to_allowing_decisions() {
         .iter()
         .filter(|e| e["event"]["kind"] == "action.result_refused")
         .count();
-    assert_eq!(refused, 2);
+    assert_eq!(refused, 3);
     // The timeline tells the story.
     let (ok, story, _) = s.cli(&["audit", "timeline", "--incident", "INC-4711"]);
     assert!(ok);
