@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         intent: "fuzz",
         parameters: &body.parameters,
         evidence_present: data.len() % 2 == 0,
+        history: &tollgate_core::HistorySummary::default(),
         now: 0,
     });
 });

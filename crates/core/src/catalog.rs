@@ -59,6 +59,21 @@ pub struct Operation {
     /// Parameter names whose values are secrets and must never be stored in clear.
     #[serde(default)]
     pub sensitive_parameters: Vec<String>,
+    /// Weight against a task tree's risk budget; default by tier
+    /// (read 0, contain 5, change 10, destructive 25: looking is free).
+    #[serde(default)]
+    pub risk: Option<i64>,
+}
+
+impl Operation {
+    pub fn risk_weight(&self) -> i64 {
+        self.risk.unwrap_or(match self.tier {
+            Tier::Read => 0,
+            Tier::Contain => 5,
+            Tier::Change => 10,
+            Tier::Destructive => 25,
+        })
+    }
 }
 
 fn default_blast_radius() -> String {

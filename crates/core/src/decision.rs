@@ -41,6 +41,13 @@ pub struct Decision {
     /// For `approve` decisions: a determining permit says the agent's owner may approve.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub owner_may_approve: bool,
+    /// A determining forbid carries `@on_deny("revoke")`: the task is revoked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoke_task: bool,
+    /// History labels (`@chain_label`) of determining policies, to name the
+    /// earlier actions that triggered a chain rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain_labels: Vec<String>,
 }
 
 impl Decision {
@@ -55,6 +62,8 @@ impl Decision {
             approval_ttl_seconds: None,
             deny_threshold: None,
             owner_may_approve: false,
+            revoke_task: false,
+            chain_labels: vec![],
         }
     }
 }

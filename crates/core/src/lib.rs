@@ -8,6 +8,7 @@ pub mod approval;
 pub mod catalog;
 pub mod clock;
 pub mod decision;
+pub mod history;
 pub mod model;
 pub mod spiffe;
 
@@ -15,6 +16,7 @@ pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
 pub use catalog::{Catalog, CatalogError, Operation, Tier};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use decision::{Decision, Outcome};
+pub use history::{HistorySummary, Past};
 pub use model::{
     child_lifetime, Agent, DelegationError, Incident, IncidentRef, IncidentStatus, Scope, Severity,
     Task, TaskStatus,

@@ -101,6 +101,8 @@ struct PolicyNotes {
     approval_ttl: Option<i64>,
     deny_threshold: Option<u32>,
     owner_may_approve: bool,
+    revoke_on_deny: bool,
+    chain_label: Option<String>,
 }
 
 impl PolicyPack {
@@ -348,6 +350,11 @@ impl PolicyPack {
                     reasons.push("no policy permits this request".into());
                 }
                 Decision {
+                    revoke_task: notes.iter().any(|(_, n)| n.revoke_on_deny),
+                    chain_labels: notes
+                        .iter()
+                        .filter_map(|(_, n)| n.chain_label.clone())
+                        .collect(),
                     policies,
                     reasons,
                     ..Decision::deny("")
@@ -389,6 +396,8 @@ impl PolicyPack {
                     approval_ttl_seconds: notes.iter().filter_map(|(_, n)| n.approval_ttl).min(),
                     deny_threshold: notes.iter().filter_map(|(_, n)| n.deny_threshold).min(),
                     owner_may_approve: notes.iter().any(|(_, n)| n.owner_may_approve),
+                    revoke_task: false,
+                    chain_labels: vec![],
                 }
             }
         }
@@ -463,7 +472,18 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
                 .into(),
         );
     }
+    let revoke_on_deny = match p.annotation("on_deny") {
+        None => false,
+        Some("revoke") => true,
+        Some(v) => return Err(format!("@on_deny takes \"revoke\", got {v:?}")),
+    };
+    if revoke_on_deny && p.effect() != cedar_policy::Effect::Forbid {
+        return Err("@on_deny only makes sense on a forbid".into());
+    }
+    let chain_label = p.annotation("chain_label").map(str::to_string);
     Ok(PolicyNotes {
+        revoke_on_deny,
+        chain_label,
         approvals,
         obligations,
         reason: p.annotation("reason").map(str::to_string),

@@ -42,6 +42,8 @@ pub struct ActionFacts<'a> {
     pub intent: &'a str,
     pub parameters: &'a Map<String, Value>,
     pub evidence_present: bool,
+    /// What the task's delegation tree has done (`context.history`).
+    pub history: &'a tollgate_core::HistorySummary,
     pub now: UnixTime,
 }
 
@@ -207,6 +209,7 @@ impl PolicyPack {
             status_reason: None,
         };
         let params = Map::new();
+        let history = tollgate_core::HistorySummary::default();
         for (name, op) in &self.catalog().operations {
             let Some(kind) = op.resource_types.first() else {
                 continue;
@@ -225,6 +228,7 @@ impl PolicyPack {
                 intent: "probe",
                 parameters: &params,
                 evidence_present: false,
+                history: &history,
                 now: 0,
             };
             let built = uid("Agent", &id.to_string())
@@ -400,11 +404,12 @@ fn action_context(f: &ActionFacts<'_>, op: &tollgate_core::Operation) -> Value {
         },
         "operation": {
             "tier": op.tier.as_str(), "reversible": op.reversible, "labels": op.labels,
-            "blast_radius": op.blast_radius,
+            "blast_radius": op.blast_radius, "risk": op.risk_weight(),
         },
         "intent": f.intent,
         "parameters": f.parameters,
         "evidence_for_resource": f.evidence_present,
+        "history": f.history,
         "now": f.now,
         "hour_utc": hour,
     })

@@ -67,6 +67,7 @@ fn decide(p: &PolicyPack, c: &Case) -> Result<tollgate_core::Decision, PolicyErr
         intent: "test",
         parameters: &params,
         evidence_present: c.evidence,
+        history: &tollgate_core::HistorySummary::default(),
         now: 1_800_000_000,
     })
 }
@@ -308,6 +309,7 @@ fn task_scope_narrows_what_policy_allows() {
             intent: "i",
             parameters: &empty,
             evidence_present: false,
+            history: &tollgate_core::HistorySummary::default(),
             now: 0,
         })
         .unwrap()

@@ -12,6 +12,21 @@ use tollgate_core::{Agent, Approval, Decision, IncidentStatus, Outcome, SpiffeId
 use tollgate_policy::{ActionFacts, AgentFacts, PolicyError, ResourceRef};
 use tollgate_store::{Batch, Change, StoreError};
 
+/// The top-level task of `task`'s delegation tree.
+pub async fn root_task(state: &AppState, task: &Task) -> Result<Task, ApiError> {
+    let mut t = task.clone();
+    for _ in 0..64 {
+        let Some(p) = t.parent_task_id.clone() else {
+            return Ok(t);
+        };
+        match state.store.task(&p).await? {
+            Some(parent) => t = parent,
+            None => return Ok(t),
+        }
+    }
+    Ok(t)
+}
+
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
@@ -75,7 +90,31 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         }
         message
     };
-    let mut decision = match gateway_decision(state, &pack, &ask, now).await {
+    // The history of the whole delegation tree: chain rules judge the
+    // sequence, and a sub-agent's actions count for its parent.
+    let root = root_task(state, ask.task).await?;
+    let past: Vec<tollgate_core::Past> = state
+        .store
+        .actions_in_tree(&root.id, root.created_at)
+        .await?
+        .into_iter()
+        .map(|a| tollgate_core::Past {
+            risk: pack
+                .catalog()
+                .operation(&a.action)
+                .map(|op| op.risk_weight())
+                .unwrap_or(0),
+            request_id: a.request_id,
+            action: a.action,
+            resource: a.resource,
+            tier: a.tier,
+            labels: a.labels,
+            outcome: a.outcome,
+            ts: a.ts,
+        })
+        .collect();
+    let history = tollgate_core::HistorySummary::from_past(&past, now);
+    let mut decision = match gateway_decision(state, &pack, &ask, &history, now).await {
         Ok(d) => d,
         Err(ApiError::BadRequest { code, message }) => {
             let message = scrub(message);
@@ -94,6 +133,21 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         parameters: &logged,
         ..ask
     };
+    // Name the earlier actions that triggered a chain rule.
+    for label in decision.chain_labels.clone() {
+        for p in tollgate_core::history::triggers(&past, &label, now, 3600)
+            .into_iter()
+            .take(5)
+        {
+            decision.reasons.push(format!(
+                "triggered by {} on {} ({}, {} s ago, labelled {label})",
+                p.action,
+                p.resource,
+                p.request_id,
+                now - p.ts
+            ));
+        }
+    }
     let request_hash = tollgate_core::approval::request_hash(
         &ask.task.id,
         ask.action,
@@ -142,6 +196,39 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         now,
     }];
     changes.append(&mut step.changes);
+    // This decision joins the tree's history (what later chain rules see).
+    if let Some(op) = pack.catalog().operation(ask.action) {
+        changes.push(Change::RecordAction(tollgate_store::ActionRecord {
+            root_task_id: root.id.clone(),
+            task_id: ask.task.id.clone(),
+            request_id: request_id.clone(),
+            action: ask.action.to_string(),
+            resource: ask.resource.key(),
+            tier: op.tier.as_str().to_string(),
+            labels: op.labels.clone(),
+            outcome: decision.outcome.as_str().to_string(),
+            ts: now,
+        }));
+    }
+    // A chain rule marked `@on_deny("revoke")` ends the task (and its
+    // children) in the same commit as the denial: the next call fails.
+    if decision.outcome == Outcome::Deny && decision.revoke_task {
+        let why = format!(
+            "revoked for deviation: {} (request {request_id})",
+            decision.reasons.join("; ")
+        );
+        changes.push(Change::RevokeTask {
+            task_id: ask.task.id.clone(),
+            reason: why.clone(),
+        });
+        changes.push(Change::EndDescendants {
+            root_id: ask.task.id.clone(),
+            reason: why.clone(),
+        });
+        audit.push(crate::api::lifecycle::revoked_event(
+            ask.task, &why, "tollgate", now,
+        ));
+    }
     let batch = Batch { changes, audit };
     match state.store.commit(batch).await {
         Ok(_) => {}
@@ -256,6 +343,7 @@ async fn gateway_decision(
     state: &AppState,
     pack: &tollgate_policy::PolicyPack,
     ask: &ActionAsk<'_>,
+    history: &tollgate_core::HistorySummary,
     now: i64,
 ) -> Result<Decision, ApiError> {
     if state.is_frozen() {
@@ -294,6 +382,7 @@ async fn gateway_decision(
         intent: ask.intent,
         parameters: ask.parameters,
         evidence_present,
+        history,
         now,
     };
     match pack.decide_action(&facts) {

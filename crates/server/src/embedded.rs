@@ -31,6 +31,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../examples/incident-response/policies/30-delegation.cedar"),
     ),
     (
+        "policies/40-chain-rules.cedar",
+        include_str!("../../../examples/incident-response/policies/40-chain-rules.cedar"),
+    ),
+    (
         "policies/90-guardrails.cedar",
         include_str!("../../../examples/incident-response/policies/90-guardrails.cedar"),
     ),

@@ -64,6 +64,13 @@ impl Store for FlakyStore {
     ) -> Result<Vec<tollgate_store::Evidence>, StoreError> {
         self.inner.evidence_for_task(t).await
     }
+    async fn actions_in_tree(
+        &self,
+        r: &str,
+        since: i64,
+    ) -> Result<Vec<tollgate_store::ActionRecord>, StoreError> {
+        self.inner.actions_in_tree(r, since).await
+    }
     async fn audit_head(&self) -> Result<tollgate_store::AuditHead, StoreError> {
         self.inner.audit_head().await
     }

@@ -46,6 +46,62 @@ pub async fn run_all(store: &dyn Store) {
     approvals_update_optimistically(store).await;
     merkle_head_checkpoints_and_request_lookup(store).await;
     concurrent_commits_all_land_and_failures_stay_isolated(store).await;
+    action_history_is_per_tree_and_windowed(store).await;
+}
+
+pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
+    let root = unique("root");
+    let rec = |task: &str, action: &str, ts| crate::ActionRecord {
+        root_task_id: root.clone(),
+        task_id: task.into(),
+        request_id: unique("req"),
+        action: action.into(),
+        resource: "Host::web-1".into(),
+        tier: "read".into(),
+        labels: vec!["reads-secret".into()],
+        outcome: "allow".into(),
+        ts,
+    };
+    for (task, action, ts) in [
+        ("p", "vault.read_secret", 100),
+        ("child", "forensics.image_host", 200),
+        ("p", "edr.read_alerts", 300),
+    ] {
+        s.commit(Batch::default().change(Change::RecordAction(rec(task, action, ts))))
+            .await
+            .unwrap();
+    }
+    let all = s.actions_in_tree(&root, 0).await.unwrap();
+    assert_eq!(
+        all.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        [
+            "vault.read_secret",
+            "forensics.image_host",
+            "edr.read_alerts"
+        ]
+    );
+    assert_eq!(
+        all[0],
+        rec("p", "vault.read_secret", 100).clone_with_request(&all[0].request_id)
+    );
+    let recent = s.actions_in_tree(&root, 200).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert!(s
+        .actions_in_tree(&unique("other"), 0)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+trait CloneWithRequest {
+    fn clone_with_request(self, request_id: &str) -> Self;
+}
+
+impl CloneWithRequest for crate::ActionRecord {
+    fn clone_with_request(mut self, request_id: &str) -> Self {
+        self.request_id = request_id.to_string();
+        self
+    }
 }
 
 pub async fn merkle_head_checkpoints_and_request_lookup(s: &dyn Store) {

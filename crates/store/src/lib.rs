@@ -115,6 +115,7 @@ pub enum Change {
         expected_version: u64,
     },
     PutApprover(Approver),
+    RecordAction(ActionRecord),
     /// A signed checkpoint (idempotent per tree size).
     PutCheckpoint(Checkpoint),
     /// Precondition: no result was recorded for `request_id` yet.
@@ -124,6 +125,24 @@ pub enum Change {
         status: String,
         at: UnixTime,
     },
+}
+
+/// One decided action, kept per delegation tree so chain rules can look at
+/// what the whole tree did (a child's actions count for its parent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    /// The top-level task of the tree.
+    pub root_task_id: String,
+    pub task_id: String,
+    pub request_id: String,
+    pub action: String,
+    /// `Type::id`.
+    pub resource: String,
+    pub tier: String,
+    pub labels: Vec<String>,
+    /// `allow`, `deny` or `approval_required`.
+    pub outcome: String,
+    pub ts: UnixTime,
 }
 
 /// The log's current extent: how many entries and their Merkle root.
@@ -244,6 +263,12 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first.
     async fn approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError>;
     async fn approver_by_key_hash(&self, key_hash: &str) -> Result<Option<Approver>, StoreError>;
+    /// Actions of a delegation tree since `since` (inclusive), oldest first.
+    async fn actions_in_tree(
+        &self,
+        root_task_id: &str,
+        since: UnixTime,
+    ) -> Result<Vec<ActionRecord>, StoreError>;
     /// Size and Merkle root of the whole log, in O(log n).
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
     /// Merkle leaf hashes of the first `size` entries, for proofs.

@@ -48,6 +48,10 @@ CREATE INDEX IF NOT EXISTS approvals_task ON approvals(task_id, request_hash);
 CREATE UNIQUE INDEX IF NOT EXISTS approvals_one_pending ON approvals(task_id, request_hash) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS approvers (
   name TEXT PRIMARY KEY, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS action_history (
+  root_task_id TEXT NOT NULL, task_id TEXT NOT NULL, request_id TEXT NOT NULL, action TEXT NOT NULL,
+  resource TEXT NOT NULL, tier TEXT NOT NULL, labels TEXT NOT NULL, outcome TEXT NOT NULL, ts INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS action_history_tree ON action_history(root_task_id, ts);
 CREATE TABLE IF NOT EXISTS checkpoints (tree_size INTEGER PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS action_results (
   request_id TEXT PRIMARY KEY, task_id TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL);
@@ -442,6 +446,15 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )));
             }
         }
+        Change::RecordAction(a) => {
+            let labels = serde_json::to_string(&a.labels).map_err(backend)?;
+            tx.execute(
+                "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![a.root_task_id, a.task_id, a.request_id, a.action, a.resource, a.tier, labels, a.outcome, a.ts],
+            )
+            .map_err(backend)?;
+        }
         Change::PutCheckpoint(cp) => {
             let body = serde_json::to_string(cp).map_err(backend)?;
             tx.execute(
@@ -693,6 +706,40 @@ impl Store for SqliteStore {
         answer
             .await
             .map_err(|_| backend("the store's writer dropped a commit"))?
+    }
+
+    async fn actions_in_tree(
+        &self,
+        root_task_id: &str,
+        since: i64,
+    ) -> Result<Vec<crate::ActionRecord>, StoreError> {
+        let root = root_task_id.to_string();
+        self.with(move |inner| {
+            let mut stmt = inner
+                .conn
+                .prepare(
+                    "SELECT root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts
+                     FROM action_history WHERE root_task_id = ?1 AND ts >= ?2 ORDER BY ts, rowid",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![root, since], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, String>(6)?, r.get::<_, String>(7)?,
+                        r.get::<_, i64>(8)?,
+                    ))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts) = row.map_err(backend)?;
+                let labels = serde_json::from_str(&labels).map_err(backend)?;
+                out.push(crate::ActionRecord { root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {

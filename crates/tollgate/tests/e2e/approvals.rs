@@ -322,7 +322,8 @@ fn two_simultaneous_uses_of_one_approval_allow_exactly_one() {
     let ident = s.approver("ivan@acme.test", "identity");
     let svid = s.enrol(IR);
     let (_, cred) = s.open_task(&svid);
-    for round in 0..5 {
+    // Three rounds: nine losing uses stay under the retry-storm chain rule.
+    for round in 0..3 {
         let reason = format!("compromised-{round}");
         let (_, d) = s.post("/v1/authorize", Some(&cred), &disable_jdoe(&reason));
         let id = d["approval_id"].as_str().unwrap().to_string();
