@@ -5,6 +5,7 @@
 mod approvals;
 mod audit;
 mod authzen;
+mod chain;
 mod harness;
 mod identity;
 mod lifecycle;

@@ -1,0 +1,215 @@
+//! Chain rules over a task tree's history: reference scenario step 6, a
+//! restart in the middle, no laundering through sub-agents, budgets and storms.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+
+fn read_secret(s: &Server, cred: &str) -> Value {
+    let (_, d) = s.authorize(
+        cred,
+        "vault.read_secret",
+        json!({"type": "Secret", "id": "prod-db"}),
+    );
+    assert_eq!(d["decision"], "allow", "{d}");
+    d
+}
+
+fn post(s: &Server, cred: &str, domain: &str) -> (u16, Value) {
+    s.authorize(cred, "http.post", json!({"type": "Url", "id": format!("https://{domain}/x"), "attributes": {"domain": domain}}))
+}
+
+#[test]
+fn step_6_secret_read_then_egress_is_denied_and_the_task_revoked() {
+    let s = Server::start();
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    // Before any secret is read, egress only needs a human.
+    assert_eq!(
+        post(&s, &cred, "ticket.acme.test").1["decision"],
+        "approval_required"
+    );
+    let read = read_secret(&s, &cred);
+    let (_, d) = post(&s, &cred, "pastebin.com");
+    assert_eq!(d["decision"], "deny", "{d}");
+    let policies: Vec<&str> = d["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(policies.contains(&"no-egress-after-secret-read"), "{d}");
+    // The decision names the earlier action that triggered the rule.
+    let why = d["reasons"].to_string();
+    assert!(
+        why.contains(read["request_id"].as_str().unwrap())
+            && why.contains("vault.read_secret on Secret::prod-db"),
+        "{why}"
+    );
+    // The task was revoked in the same commit: the next call fails.
+    let (status, v) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
+    assert_eq!(status, 401);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked for deviation"),
+        "{v}"
+    );
+    let kinds: Vec<String> = s
+        .audit("")
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"task.revoked".to_string()));
+}
+
+#[test]
+fn a_restart_between_the_read_and_the_egress_still_denies() {
+    let s = Server::start();
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    read_secret(&s, &cred);
+    let s = s.restart();
+    let (_, d) = post(&s, &cred, "ticket.acme.test");
+    assert_eq!(
+        d["decision"], "deny",
+        "the window was lost in the restart: {d}"
+    );
+}
+
+#[test]
+fn a_sub_agent_cannot_launder_egress_after_its_parent_read_a_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_dir(tmp.path(), "");
+    // This pack also lets responders hand egress to a forensics agent.
+    std::fs::write(
+        config.join("policies/50-egress-delegation.cedar"),
+        "permit (principal, action == Action::\"task.delegate\", resource)\nwhen { principal.role == \"ir-responder\" && resource.role == \"forensics\" && context.actions.contains(\"http.post\") };\n\
+         permit (principal, action == Action::\"http.post\", resource) when { principal.role == \"forensics\" };\n",
+    )
+    .unwrap();
+    let s = Server::start_with_config(&config, &tmp.path().join("data"));
+    let svid = s.enrol(IR);
+    s.enrol("spiffe://acme.test/agent/forensics/i-2");
+    let (task_id, cred) = s.open_task(&svid);
+    let (status, child) = s.post(&format!("/v1/tasks/{task_id}/delegate"), Some(&cred), &json!({
+        "agent": "spiffe://acme.test/agent/forensics/i-2", "actions": ["http.post"],
+        "resources": ["Url::https://ticket.acme.test/x"], "ttl_seconds": 120, "intent": "file the report",
+    }));
+    assert_eq!(status, 201, "{child}");
+    let child_cred = child["credential"].as_str().unwrap().to_string();
+    // Before the parent reads anything, the child may post.
+    assert_eq!(
+        post(&s, &child_cred, "ticket.acme.test").1["decision"],
+        "allow"
+    );
+    read_secret(&s, &cred);
+    let (_, d) = post(&s, &child_cred, "ticket.acme.test");
+    assert_eq!(
+        d["decision"], "deny",
+        "egress laundered through a sub-agent: {d}"
+    );
+    assert!(d["policies"]
+        .to_string()
+        .contains("no-egress-after-secret-read"));
+}
+
+#[test]
+fn destructive_rate_and_risk_budget_are_counted_over_the_tree() {
+    let s = Server::start();
+    let bob = s.approver("bob@acme.test", "secops");
+    let carol = s.approver("carol@acme.test", "secops");
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    // Each rotation is destructive (risk 25) and needs two approvers.
+    let rotate = |i: u32| {
+        let ask = json!({"action": "vault.rotate_secret", "resource": {"type": "Secret", "id": format!("db-{i}")}, "intent": "rotate"});
+        let (_, d) = s.post("/v1/authorize", Some(&cred), &ask);
+        if d["decision"] != "approval_required" {
+            return d;
+        }
+        let id = d["approval_id"].as_str().unwrap().to_string();
+        for k in [&bob, &carol] {
+            s.post(
+                &format!("/v1/approvals/{id}/decision"),
+                Some(k),
+                &json!({"approve": true, "reason": "ok"}),
+            );
+        }
+        let mut retry = ask.clone();
+        retry["approval_id"] = json!(id);
+        s.post("/v1/authorize", Some(&cred), &retry).1
+    };
+    for i in 0..3 {
+        assert_eq!(rotate(i)["decision"], "allow", "rotation {i}");
+    }
+    // The 4th destructive action within the hour is refused outright.
+    let d = rotate(3);
+    assert_eq!(d["decision"], "deny", "{d}");
+    assert!(
+        d["policies"].to_string().contains("destructive-per-hour"),
+        "{d}"
+    );
+    // 75 of 100 risk spent; each isolation (contain) weighs 5: five more
+    // fit, the sixth crosses the budget.
+    let mut spent = 75;
+    let mut crossed = None;
+    for i in 0..10 {
+        s.post(&format!("/v1/tasks/{}/evidence", task_of(&cred)), Some(&cred), &json!({"resource": host(&format!("h{i}")), "kind": "memory", "sha256": tollgate_core::sha256_hex(format!("h{i}").as_bytes())}));
+        let (_, d) = s.authorize(&cred, "edr.isolate_host", host(&format!("h{i}")));
+        if d["decision"] == "allow" {
+            spent += 5;
+        } else {
+            crossed = Some(d);
+            break;
+        }
+    }
+    let crossed = crossed.expect("the risk budget was never reached");
+    assert!(
+        crossed["policies"].to_string().contains("risk-budget"),
+        "{crossed}"
+    );
+    assert_eq!(spent, 100);
+}
+
+fn task_of(cred: &str) -> String {
+    use base64::Engine;
+    let payload = cred.split('.').nth(1).unwrap();
+    let v: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    v["task_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_retry_storm_stops_the_task() {
+    let s = Server::start();
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let mut last = Value::Null;
+    for _ in 0..10 {
+        last = s
+            .authorize(
+                &cred,
+                "logs.delete",
+                json!({"type": "LogStream", "id": "auth"}),
+            )
+            .1;
+        assert_eq!(last["decision"], "deny");
+    }
+    // The 11th call meets the storm rule, which revokes.
+    let (_, d) = s.authorize(
+        &cred,
+        "logs.delete",
+        json!({"type": "LogStream", "id": "auth"}),
+    );
+    assert!(
+        d["policies"].to_string().contains("retry-storm"),
+        "{d} after {last}"
+    );
+    let (status, _) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
+    assert_eq!(status, 401);
+}
