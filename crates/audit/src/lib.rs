@@ -5,10 +5,13 @@
 //! [`chain`] under their write lock so that the chain order is the commit order.
 //!
 //! Hashing: `hash = SHA-256("tollgate-audit-v1" 0x00 || seq (8 bytes BE) ||
-//! prev_hash (32 bytes) || canonical_json(event))`. The canonical JSON is
-//! serde_json's compact output: struct fields in declaration order, map keys
-//! sorted (serde_json's default `Map` is a BTreeMap). The first entry's
-//! `prev_hash` is 32 zero bytes.
+//! prev_hash (32 bytes) || json(event))`. `json` is serde_json's compact
+//! output: struct fields in declaration order, and the keys inside `detail`
+//! in the order they were written. The workspace builds serde_json with
+//! `preserve_order` (and `float_roundtrip`) on purpose, so an entry read back
+//! from storage re-serialises to exactly the bytes that were hashed; an
+//! outside verifier must keep key order too. The first entry's `prev_hash`
+//! is 32 zero bytes.
 
 pub mod checkpoint;
 pub mod merkle;
@@ -226,6 +229,19 @@ mod tests {
             hex::encode(e.hash),
             hex::encode(entry_hash(1, &GENESIS, &e.event))
         );
+    }
+
+    #[test]
+    fn detail_key_order_is_kept_as_written() {
+        let e = chain(
+            1,
+            GENESIS,
+            AuditEvent::new(1, "decision", "a").detail(serde_json::json!({"zeta": 1, "alpha": 2})),
+        );
+        let stored = serde_json::to_string(&e.event).unwrap();
+        assert!(stored.contains(r#"{"zeta":1,"alpha":2}"#), "{stored}");
+        let back: AuditEvent = serde_json::from_str(&stored).unwrap();
+        assert_eq!(entry_hash(1, &GENESIS, &back), e.hash);
     }
 
     #[test]

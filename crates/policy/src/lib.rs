@@ -17,6 +17,7 @@
 
 mod pack;
 mod request;
+pub mod testing;
 
 pub use pack::{Diagnostic, PolicyError, PolicyPack, SourceFile, OBLIGATION_EVIDENCE_BEFORE};
 pub use request::{

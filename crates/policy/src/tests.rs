@@ -517,3 +517,26 @@ fn approval_annotations_reach_the_decision() {
         );
     }
 }
+
+#[test]
+fn example_pack_traces_pass_and_a_broken_expectation_fails() {
+    let p = pack();
+    let dir = pack_dir().join("tests");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 5);
+    for path in &names {
+        let t = crate::testing::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let failures = crate::testing::run(&p, &t).unwrap();
+        assert!(failures.is_empty(), "{}: {failures:?}", path.display());
+    }
+    let broken = std::fs::read_to_string(dir.join("chain-egress.yaml"))
+        .unwrap()
+        .replace("expect: deny", "expect: allow");
+    let failures = crate::testing::run(&p, &crate::testing::parse(&broken).unwrap()).unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].step, 3);
+}

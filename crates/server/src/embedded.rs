@@ -38,6 +38,30 @@ pub const FILES: &[(&str, &str)] = &[
         "policies/90-guardrails.cedar",
         include_str!("../../../examples/incident-response/policies/90-guardrails.cedar"),
     ),
+    (
+        "tests/actions.yaml",
+        include_str!("../../../examples/incident-response/tests/actions.yaml"),
+    ),
+    (
+        "tests/chain-destructive-rate.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-destructive-rate.yaml"),
+    ),
+    (
+        "tests/chain-egress-window.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-egress-window.yaml"),
+    ),
+    (
+        "tests/chain-egress.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-egress.yaml"),
+    ),
+    (
+        "tests/chain-retry-storm.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-retry-storm.yaml"),
+    ),
+    (
+        "tests/chain-risk-budget.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-risk-budget.yaml"),
+    ),
 ];
 
 fn file(name: &str) -> tollgate_policy::SourceFile {

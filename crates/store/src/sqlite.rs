@@ -185,12 +185,16 @@ impl SqliteStore {
                 }
             }
             let mut range = CompactRange::default();
-            let mut stmt = inner.conn.prepare("SELECT hash FROM audit ORDER BY seq").map_err(backend)?;
+            // Recompute every entry's hash and link, not only the roots: an
+            // entry edited in place must stop the server too.
+            let mut stmt = inner.conn.prepare(&format!("SELECT {ENTRY_COLS} FROM audit ORDER BY seq")).map_err(backend)?;
             let mut rows = stmt.query([]).map_err(backend)?;
+            let (mut next, mut prev) = (1u64, GENESIS);
             while let Some(row) = rows.next().map_err(backend)? {
-                let hash: String = row.get(0).map_err(backend)?;
-                let mut h = [0u8; 32];
-                hex::decode_to_slice(&hash, &mut h).map_err(backend)?;
+                let entry = decode_entry(entry_row(row).map_err(backend)?)?;
+                (next, prev) = tollgate_audit::verify_run(next, prev, std::iter::once(&entry))
+                    .map_err(|e| backend(format!("{e}")))?;
+                let h = entry.hash;
                 range.push(leaf_hash(&h));
                 while cps.last().is_some_and(|c| c.tree_size == range.size()) {
                     if let Some(cp) = cps.pop() {

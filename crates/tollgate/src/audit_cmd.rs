@@ -36,6 +36,12 @@ fn extra_checkpoint(path: Option<&Path>) -> Result<Vec<Checkpoint>> {
 }
 
 fn report(r: &Report, key_source: &str) {
+    if r.checkpoints_verified == 0 && r.entries > 0 {
+        eprintln!(
+            "warning: no signed checkpoint covers this log, so entries removed from its end, or a consistent \
+             rewrite, cannot be detected; verify against a checkpoint you saved (--checkpoint)"
+        );
+    }
     println!(
         "ok: {} entries, hash chain intact, {} signed checkpoint(s) verified (key: {key_source}), root {}",
         r.entries,

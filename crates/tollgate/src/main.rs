@@ -206,6 +206,14 @@ enum PolicyCmd {
         #[arg(default_value = "tollgate-config")]
         dir: PathBuf,
     },
+    /// Run test traces (YAML: requests with expected decisions) against a pack
+    /// offline; by default every file in DIR/tests. Exits non-zero on a failure.
+    Test {
+        #[arg(default_value = "tollgate-config")]
+        dir: PathBuf,
+        /// Test files to run instead of DIR/tests/*.yaml.
+        files: Vec<PathBuf>,
+    },
     /// Ask the running server to reload its pack.
     Reload {
         #[command(flatten)]
@@ -502,6 +510,7 @@ fn main() -> Result<()> {
                 }
                 Err(e) => Err(e.into()),
             },
+            PolicyCmd::Test { dir, files } => policy_test(&dir, files),
             PolicyCmd::Reload { conn } => {
                 let r = Client::new(&conn)?.post("/v1/policies/reload", &json!({}))?;
                 println!(
@@ -907,4 +916,55 @@ fn print_approval(a: &Value) {
             s(&v["reason"])
         );
     }
+}
+
+fn policy_test(dir: &std::path::Path, mut files: Vec<PathBuf>) -> Result<()> {
+    let pack = match tollgate_policy::PolicyPack::load_dir(dir) {
+        Ok(p) => p,
+        Err(tollgate_policy::PolicyError::Invalid(diags)) => {
+            for d in &diags {
+                eprintln!("{}", d_with_dir(dir, d));
+            }
+            bail!("the pack in {} does not validate", dir.display())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if files.is_empty() {
+        let tests = dir.join("tests");
+        files = std::fs::read_dir(&tests)
+            .with_context(|| format!("reading {}", tests.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for f in &files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let t = tollgate_policy::testing::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let failures = tollgate_policy::testing::run(&pack, &t)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        if failures.is_empty() {
+            passed += 1;
+            println!(
+                "ok    {} ({} steps): {}",
+                f.display(),
+                t.steps.len(),
+                t.name
+            );
+        } else {
+            failed += 1;
+            println!("FAIL  {}: {}", f.display(), t.name);
+            for x in failures {
+                println!("      step {}: {}", x.step, x.message);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} policy test file(s) failed");
+    }
+    Ok(())
 }

@@ -244,6 +244,12 @@ pub async fn delegate(
         }
     };
     if decision.outcome != Outcome::Allow {
+        let mut decision = decision.clone();
+        if decision.outcome == Outcome::ApprovalRequired {
+            decision
+                .reasons
+                .push("delegation cannot wait for approval; refused".into());
+        }
         state
             .store
             .commit(Batch::audit_only(refuse(

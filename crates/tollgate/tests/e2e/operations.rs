@@ -228,3 +228,41 @@ fn health_metrics_and_openapi() {
     }
     assert!(api["components"]["securitySchemes"]["task"].is_object());
 }
+
+#[test]
+fn policy_test_runs_the_packs_traces_and_fails_on_a_broken_expectation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_dir(tmp.path(), "");
+    let out = std::process::Command::new(bin())
+        .args(["policy", "test"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("chain-egress.yaml") && stdout.contains(", 0 failed"),
+        "{stdout}"
+    );
+    let broken = std::fs::read_to_string(config.join("tests/chain-egress.yaml"))
+        .unwrap()
+        .replace("expect: deny", "expect: allow");
+    std::fs::write(config.join("tests/broken.yaml"), broken).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["policy", "test"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("FAIL")
+            && stdout.contains("step 3")
+            && stdout.contains("expected allow, got deny"),
+        "{stdout}"
+    );
+}
