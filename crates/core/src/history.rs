@@ -47,6 +47,10 @@ pub struct HistorySummary {
     pub risk_spent: i64,
     /// The last allowed action, or "".
     pub previous_action: String,
+    /// Every action allowed in the tree so far (for playbook order; not
+    /// part of the Cedar context).
+    #[serde(skip)]
+    pub actions_allowed: BTreeSet<String>,
 }
 
 impl HistorySummary {
@@ -61,6 +65,7 @@ impl HistorySummary {
                 continue;
             }
             s.risk_spent += p.risk;
+            s.actions_allowed.insert(p.action.clone());
             s.previous_action = p.action.clone();
             if age <= 3600 {
                 s.labels_1h.extend(p.labels.iter().cloned());

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod decision;
 pub mod history;
 pub mod model;
+pub mod playbook;
 pub mod spiffe;
 
 pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
@@ -21,6 +22,7 @@ pub use model::{
     child_lifetime, Agent, DelegationError, Incident, IncidentRef, IncidentStatus, Scope, Severity,
     Task, TaskStatus,
 };
+pub use playbook::{DeviationResponse, Playbooks, StepVerdict};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 
 /// Lowercase hex SHA-256 of `data`; used for token hashes and content addresses.

@@ -91,6 +91,8 @@ pub struct PolicyPack {
     /// SHA-256 over every source file, to record which pack decided.
     digest: String,
     authorizer: Authorizer,
+    /// `playbooks.yaml`, when the pack has one.
+    playbooks: Option<tollgate_core::Playbooks>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -128,7 +130,12 @@ impl PolicyPack {
             .iter()
             .map(|p| read(p))
             .collect::<Result<Vec<_>, _>>()?;
-        Self::from_sources(&schema, &policies, &catalog)
+        let pack = Self::from_sources(&schema, &policies, &catalog)?;
+        let playbooks = dir.join("playbooks.yaml");
+        if playbooks.exists() {
+            return pack.with_playbooks(&read(&playbooks)?);
+        }
+        Ok(pack)
     }
 
     /// Build a pack from source texts; every problem found is reported, not just the first.
@@ -268,6 +275,7 @@ impl PolicyPack {
                     annotations,
                     digest: tollgate_core::sha256_hex(&digest_input),
                     authorizer: Authorizer::new(),
+                    playbooks: None,
                 };
                 let problems = pack.probe();
                 if problems.is_empty() {
@@ -288,6 +296,28 @@ impl PolicyPack {
             }
             _ => Err(PolicyError::Invalid(diags)),
         }
+    }
+
+    /// Add the pack's playbooks (validated against its catalog); they join the digest.
+    pub fn with_playbooks(mut self, src: &SourceFile) -> Result<Self, PolicyError> {
+        let playbooks =
+            tollgate_core::Playbooks::from_yaml(&src.text, &self.catalog).map_err(|message| {
+                PolicyError::Invalid(vec![Diagnostic {
+                    file: src.name.clone(),
+                    line: 1,
+                    column: 1,
+                    message,
+                }])
+            })?;
+        self.digest = tollgate_core::sha256_hex(
+            format!("{}\0{}\0{}", self.digest, src.name, src.text).as_bytes(),
+        );
+        self.playbooks = Some(playbooks);
+        Ok(self)
+    }
+
+    pub fn playbooks(&self) -> Option<&tollgate_core::Playbooks> {
+        self.playbooks.as_ref()
     }
 
     pub fn schema(&self) -> &Schema {

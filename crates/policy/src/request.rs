@@ -168,7 +168,63 @@ impl PolicyPack {
             Value::Array(entities),
             context,
         )?;
-        Ok(self.evaluate(&req, &ents, f.evidence_present))
+        let mut d = self.evaluate(&req, &ents, f.evidence_present);
+        self.apply_playbook(&mut d, f);
+        Ok(d)
+    }
+
+    /// The task's playbook has its say after policy: steps may need
+    /// approvals, and a deviation is denied, stepped up or revokes the task.
+    fn apply_playbook(&self, d: &mut Decision, f: &ActionFacts<'_>) {
+        use tollgate_core::{DeviationResponse, Outcome, StepVerdict};
+        let Some(books) = self.playbooks() else {
+            return;
+        };
+        let tag = format!("playbook:{}", f.task.playbook);
+        match books.judge(&f.task.playbook, f.action, &f.history.actions_allowed) {
+            None => {
+                if d.outcome != Outcome::Deny {
+                    *d = Decision::deny(format!(
+                        "the task's playbook {} no longer exists",
+                        f.task.playbook
+                    ));
+                }
+            }
+            Some(StepVerdict::Step { approval }) if approval > 0 && d.outcome != Outcome::Deny => {
+                if approval > d.approvals_required {
+                    d.outcome = Outcome::ApprovalRequired;
+                    d.approvals_required = approval;
+                    d.policies.push(tag);
+                    d.reasons.push(format!(
+                        "{} is a playbook step that needs {approval} approval(s)",
+                        f.action
+                    ));
+                }
+            }
+            Some(StepVerdict::Step { .. }) => {}
+            Some(StepVerdict::Deviation { reason, response }) => match response {
+                DeviationResponse::Revoke => {
+                    d.outcome = Outcome::Deny;
+                    d.revoke_task = true;
+                    d.policies.push(tag);
+                    d.reasons.push(reason);
+                }
+                DeviationResponse::Deny if d.outcome != Outcome::Deny => {
+                    d.outcome = Outcome::Deny;
+                    d.approvals_required = 0;
+                    d.policies.push(tag);
+                    d.reasons.push(reason);
+                }
+                DeviationResponse::StepUp if d.outcome != Outcome::Deny => {
+                    // Already human-gated by policy: the approvers see why.
+                    d.outcome = Outcome::ApprovalRequired;
+                    d.approvals_required = d.approvals_required.max(1);
+                    d.policies.push(tag);
+                    d.reasons.push(format!("{reason}; a human must approve"));
+                }
+                _ => {}
+            },
+        }
     }
 
     /// Check that the schema accepts the requests the gateway builds, for
@@ -384,6 +440,11 @@ impl PolicyPack {
             "environment": f.environment, "playbook": f.playbook, "intent": f.intent,
             "ttl_seconds": f.ttl_seconds, "now": f.now,
         });
+        if let Some(books) = self.playbooks() {
+            if let Err(why) = books.admits(f.playbook, &f.incident.class, f.incident.severity) {
+                return Ok(Decision::deny(why));
+            }
+        }
         let (req, ents) = self.build(principal, "task.open", resource, entities, context)?;
         Ok(self.evaluate(&req, &ents, false))
     }

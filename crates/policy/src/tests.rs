@@ -338,7 +338,12 @@ fn task_open_follows_role_class_and_ttl() {
             },
             incident: &inc,
             environment: "prod",
-            playbook: "contain-malware",
+            // Forensics works read-only investigations of any class.
+            playbook: if agent == FORENSICS {
+                "investigate"
+            } else {
+                "contain-malware"
+            },
             intent: "i",
             ttl_seconds: ttl,
             now: 0,
@@ -539,4 +544,103 @@ fn example_pack_traces_pass_and_a_broken_expectation_fails() {
     let failures = crate::testing::run(&p, &crate::testing::parse(&broken).unwrap()).unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0].step, 3);
+}
+
+#[test]
+fn playbooks_admit_tasks_and_answer_deviations() {
+    let p = pack();
+    let id = SpiffeId::parse(IR).unwrap();
+    let open = |playbook: &str, class: &str| {
+        let inc = incident(class, Severity::High);
+        p.decide_task_open(&TaskOpenFacts {
+            agent: AgentFacts {
+                spiffe_id: &id,
+                owner: "o",
+            },
+            incident: &inc,
+            environment: "prod",
+            playbook,
+            intent: "i",
+            ttl_seconds: 300,
+            now: 0,
+        })
+        .unwrap()
+    };
+    assert_eq!(open("contain-malware", "malware").outcome, Outcome::Allow);
+    let wrong = open("contain-malware", "credential-leak");
+    assert_eq!(wrong.outcome, Outcome::Deny);
+    assert!(
+        wrong.reasons[0].contains("is for malware incidents"),
+        "{wrong:?}"
+    );
+    assert!(open("no-such-playbook", "malware").reasons[0].contains("does not exist"));
+
+    let inc = incident("credential-leak", Severity::High);
+    let decide = |playbook: &str, action: &str, rtype: &str, done: &[&str]| {
+        let mut t = task();
+        t.playbook = playbook.into();
+        let mut h = tollgate_core::HistorySummary::default();
+        h.actions_allowed = done.iter().map(|s| s.to_string()).collect();
+        let r: ResourceRef = serde_json::from_value(json!({"type": rtype, "id": "x"})).unwrap();
+        p.decide_action(&ActionFacts {
+            agent: AgentFacts {
+                spiffe_id: &id,
+                owner: "o",
+            },
+            task: &t,
+            incident: &inc,
+            action,
+            resource: &r,
+            intent: "i",
+            parameters: &Map::new(),
+            evidence_present: true,
+            history: &h,
+            now: 0,
+        })
+        .unwrap()
+    };
+    // deny mode: off-playbook action denied even though policy allows it.
+    let d = decide("investigate", "edr.isolate_host", "Host", &[]);
+    assert_eq!((d.outcome, d.revoke_task), (Outcome::Deny, false));
+    assert!(
+        d.policies.contains(&"playbook:investigate".to_string()),
+        "{d:?}"
+    );
+    // step-up mode: off-playbook, or out of order, needs a human.
+    let d = decide("credential-leak", "edr.read_alerts", "Host", &[]);
+    assert_eq!(
+        (d.outcome, d.approvals_required),
+        (Outcome::ApprovalRequired, 1)
+    );
+    let d = decide("credential-leak", "vault.rotate_secret", "Secret", &[]);
+    assert!(
+        d.reasons
+            .iter()
+            .any(|r| r.contains("only after vault.read_secret")),
+        "{d:?}"
+    );
+    // a step with its own approval count raises policy's.
+    let d = decide(
+        "credential-leak",
+        "vault.rotate_secret",
+        "Secret",
+        &["vault.read_secret"],
+    );
+    assert_eq!(
+        (d.outcome, d.approvals_required),
+        (Outcome::ApprovalRequired, 2)
+    );
+    // revoke mode.
+    let d = decide("quarantine-host", "edr.isolate_host", "Host", &[]);
+    assert_eq!((d.outcome, d.revoke_task), (Outcome::Deny, true));
+    assert_eq!(
+        decide(
+            "quarantine-host",
+            "edr.isolate_host",
+            "Host",
+            &["forensics.image_host"]
+        )
+        .outcome,
+        Outcome::Allow
+    );
 }

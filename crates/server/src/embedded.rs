@@ -11,6 +11,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../examples/incident-response/schema.cedarschema"),
     ),
     (
+        "playbooks.yaml",
+        include_str!("../../../examples/incident-response/playbooks.yaml"),
+    ),
+    (
         "catalog.yaml",
         include_str!("../../../examples/incident-response/catalog.yaml"),
     ),
@@ -86,7 +90,8 @@ pub fn pack() -> Result<tollgate_policy::PolicyPack, tollgate_policy::PolicyErro
         &file("schema.cedarschema"),
         &policies,
         &file("catalog.yaml"),
-    )
+    )?
+    .with_playbooks(&file("playbooks.yaml"))
 }
 
 pub fn config_text() -> &'static str {

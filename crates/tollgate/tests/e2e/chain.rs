@@ -213,3 +213,90 @@ fn a_retry_storm_stops_the_task() {
     let (status, _) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
     assert_eq!(status, 401);
 }
+
+fn open_with(s: &Server, svid: &str, playbook: &str, class: &str) -> (String, String) {
+    let mut body = incident_task();
+    body["playbook"] = json!(playbook);
+    body["incident"]["class"] = json!(class);
+    body["incident"]["id"] = json!(format!("INC-{class}"));
+    let (status, v) = s.post("/v1/tasks", Some(svid), &body);
+    assert_eq!(status, 201, "{v}");
+    (
+        v["task_id"].as_str().unwrap().to_string(),
+        v["credential"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn playbook_deviations_are_denied_stepped_up_or_revoked() {
+    let s = Server::start();
+    let svid = s.enrol(IR);
+    // A playbook must fit the incident.
+    let mut body = incident_task();
+    body["playbook"] = json!("credential-leak");
+    let (status, v) = s.post("/v1/tasks", Some(&svid), &body);
+    assert_eq!(status, 403);
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("is for credential-leak incidents"),
+        "{v}"
+    );
+
+    // deny: an investigation does not isolate hosts.
+    let (_, inv) = open_with(&s, &svid, "investigate", "malware");
+    s.post(
+        &format!("/v1/tasks/{}/evidence", task_of(&inv)),
+        Some(&inv),
+        &json!({"resource": host("web-1"), "kind": "m", "sha256": tollgate_core::sha256_hex(b"m")}),
+    );
+    let (_, d) = s.authorize(&inv, "edr.isolate_host", host("web-1"));
+    assert_eq!(d["decision"], "deny", "{d}");
+    assert!(
+        d["reasons"]
+            .to_string()
+            .contains("not a step of playbook investigate"),
+        "{d}"
+    );
+    assert_eq!(
+        s.authorize(&inv, "edr.read_alerts", host("web-1")).1["decision"],
+        "allow",
+        "deny mode keeps the task"
+    );
+
+    // step-up: off the credential-leak path, a human must approve.
+    let (_, leak) = open_with(&s, &svid, "credential-leak", "credential-leak");
+    let (_, d) = s.authorize(&leak, "edr.read_alerts", host("web-1"));
+    assert_eq!(
+        (d["decision"].as_str(), d["approvals_required"].as_u64()),
+        (Some("approval_required"), Some(1)),
+        "{d}"
+    );
+    assert!(d["approval_id"].is_string());
+
+    // revoke: the task ends at the first deviation (out of order here).
+    let (_, q) = open_with(&s, &svid, "quarantine-host", "phishing");
+    s.post(
+        &format!("/v1/tasks/{}/evidence", task_of(&q)),
+        Some(&q),
+        &json!({"resource": host("web-1"), "kind": "m", "sha256": tollgate_core::sha256_hex(b"m")}),
+    );
+    let (_, d) = s.authorize(&q, "edr.isolate_host", host("web-1"));
+    assert_eq!(d["decision"], "deny", "{d}");
+    assert!(
+        d["reasons"]
+            .to_string()
+            .contains("only after forensics.image_host"),
+        "{d}"
+    );
+    let (status, v) = s.authorize(&q, "edr.read_alerts", host("web-1"));
+    assert_eq!(status, 401, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked for deviation"),
+        "{v}"
+    );
+}

@@ -218,7 +218,15 @@ fn reclassification_revokes_what_policy_no_longer_allows() {
     let ir = s.enrol(IR);
     let fx = s.enrol(FORENSICS);
     let (ir_task, ir_cred) = s.open_task(&ir);
-    let (fx_task, fx_cred) = s.open_task(&fx);
+    // Forensics investigates (read-only playbook for any incident class).
+    let mut body = incident_task();
+    body["playbook"] = json!("investigate");
+    let (status, v) = s.post("/v1/tasks", Some(&fx), &body);
+    assert_eq!(status, 201, "{v}");
+    let (fx_task, fx_cred) = (
+        v["task_id"].as_str().unwrap().to_string(),
+        v["credential"].as_str().unwrap().to_string(),
+    );
     // ddos is not a class incident responders work; forensics works any class at medium+.
     let r = s.admin_post(
         "/v1/incidents/INC-4711",
