@@ -579,8 +579,10 @@ fn playbooks_admit_tasks_and_answer_deviations() {
     let decide = |playbook: &str, action: &str, rtype: &str, done: &[&str]| {
         let mut t = task();
         t.playbook = playbook.into();
-        let mut h = tollgate_core::HistorySummary::default();
-        h.actions_allowed = done.iter().map(|s| s.to_string()).collect();
+        let h = tollgate_core::HistorySummary {
+            actions_allowed: done.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         let r: ResourceRef = serde_json::from_value(json!({"type": rtype, "id": "x"})).unwrap();
         p.decide_action(&ActionFacts {
             agent: AgentFacts {
