@@ -44,6 +44,10 @@ pub struct Decision {
     /// A determining forbid carries `@on_deny("revoke")`: the task is revoked.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoke_task: bool,
+    /// A determining forbid carries `@on_deny("quarantine")`: the agent is
+    /// quarantined (every decision denies until an admin releases it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantine_agent: bool,
     /// History labels (`@chain_label`) of determining policies, to name the
     /// earlier actions that triggered a chain rule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -63,6 +67,7 @@ impl Decision {
             deny_threshold: None,
             owner_may_approve: false,
             revoke_task: false,
+            quarantine_agent: false,
             chain_labels: vec![],
         }
     }

@@ -41,6 +41,8 @@ pub struct HistorySummary {
     pub actions_1h: BTreeSet<String>,
     /// Allowed actions per tier in the last hour.
     pub tier_counts_1h: TierCounts,
+    /// ... and in the last minute (rate limits).
+    pub tier_counts_1m: TierCounts,
     /// Denials in the tree in the last 10 minutes.
     pub denials_10m: i64,
     /// Risk weight of every action allowed in the tree so far.
@@ -80,6 +82,15 @@ impl HistorySummary {
             }
             if age <= 600 {
                 s.labels_10m.extend(p.labels.iter().cloned());
+            }
+            if age <= 60 {
+                match p.tier.as_str() {
+                    "read" => s.tier_counts_1m.read += 1,
+                    "contain" => s.tier_counts_1m.contain += 1,
+                    "change" => s.tier_counts_1m.change += 1,
+                    "destructive" => s.tier_counts_1m.destructive += 1,
+                    _ => {}
+                }
             }
         }
         s

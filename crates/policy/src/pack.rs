@@ -104,6 +104,7 @@ struct PolicyNotes {
     deny_threshold: Option<u32>,
     owner_may_approve: bool,
     revoke_on_deny: bool,
+    quarantine_on_deny: bool,
     chain_label: Option<String>,
 }
 
@@ -380,7 +381,10 @@ impl PolicyPack {
                     reasons.push("no policy permits this request".into());
                 }
                 Decision {
-                    revoke_task: notes.iter().any(|(_, n)| n.revoke_on_deny),
+                    revoke_task: notes
+                        .iter()
+                        .any(|(_, n)| n.revoke_on_deny || n.quarantine_on_deny),
+                    quarantine_agent: notes.iter().any(|(_, n)| n.quarantine_on_deny),
                     chain_labels: notes
                         .iter()
                         .filter_map(|(_, n)| n.chain_label.clone())
@@ -427,6 +431,7 @@ impl PolicyPack {
                     deny_threshold: notes.iter().filter_map(|(_, n)| n.deny_threshold).min(),
                     owner_may_approve: notes.iter().any(|(_, n)| n.owner_may_approve),
                     revoke_task: false,
+                    quarantine_agent: false,
                     chain_labels: vec![],
                 }
             }
@@ -502,17 +507,23 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
                 .into(),
         );
     }
-    let revoke_on_deny = match p.annotation("on_deny") {
-        None => false,
-        Some("revoke") => true,
-        Some(v) => return Err(format!("@on_deny takes \"revoke\", got {v:?}")),
+    let (revoke_on_deny, quarantine_on_deny) = match p.annotation("on_deny") {
+        None => (false, false),
+        Some("revoke") => (true, false),
+        Some("quarantine") => (false, true),
+        Some(v) => {
+            return Err(format!(
+                "@on_deny takes \"revoke\" or \"quarantine\", got {v:?}"
+            ))
+        }
     };
-    if revoke_on_deny && p.effect() != cedar_policy::Effect::Forbid {
+    if (revoke_on_deny || quarantine_on_deny) && p.effect() != cedar_policy::Effect::Forbid {
         return Err("@on_deny only makes sense on a forbid".into());
     }
     let chain_label = p.annotation("chain_label").map(str::to_string);
     Ok(PolicyNotes {
         revoke_on_deny,
+        quarantine_on_deny,
         chain_label,
         approvals,
         obligations,

@@ -12,6 +12,20 @@ use tollgate_core::{Agent, Approval, Decision, IncidentStatus, Outcome, SpiffeId
 use tollgate_policy::{ActionFacts, AgentFacts, PolicyError, ResourceRef};
 use tollgate_store::{Batch, Change, StoreError};
 
+pub fn quarantine_key(agent: &str) -> String {
+    format!("quarantine:{agent}")
+}
+
+/// Why `agent` is quarantined, if it is: every decision denies until an admin releases it.
+pub async fn quarantined(state: &AppState, agent: &str) -> Result<Option<String>, ApiError> {
+    Ok(state
+        .store
+        .setting(&quarantine_key(agent))
+        .await?
+        .filter(|r| !r.is_empty())
+        .map(|r| format!("agent {agent} is quarantined ({r}); an admin must release it")))
+}
+
 /// The top-level task of `task`'s delegation tree.
 pub async fn root_task(state: &AppState, task: &Task) -> Result<Task, ApiError> {
     let mut t = task.clone();
@@ -229,6 +243,22 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
             ask.task, &why, "tollgate", now,
         ));
     }
+    if decision.outcome == Outcome::Deny && decision.quarantine_agent {
+        let why = format!("{} (request {request_id})", decision.reasons.join("; "));
+        changes.push(Change::PutSetting {
+            key: quarantine_key(&ask.agent.spiffe_id),
+            value: why.clone(),
+        });
+        audit.push(
+            AuditEvent::new(now, "agent.quarantined", "tollgate")
+                .agent(ask.agent.spiffe_id.clone())
+                .task(ask.task.id.clone())
+                .incident(ask.task.incident_id.clone())
+                .request(&request_id)
+                .outcome("quarantined")
+                .detail(json!({"reason": why, "policies": decision.policies})),
+        );
+    }
     let batch = Batch { changes, audit };
     match state.store.commit(batch).await {
         Ok(_) => {}
@@ -350,6 +380,9 @@ async fn gateway_decision(
         return Ok(Decision::deny(
             "tollgate is frozen: every agent decision denies until an admin unfreezes",
         ));
+    }
+    if let Some(why) = quarantined(state, &ask.agent.spiffe_id).await? {
+        return Ok(Decision::deny(why));
     }
     let Some(incident) = state.store.incident(&ask.task.incident_id).await? else {
         return Ok(Decision::deny(format!(

@@ -47,6 +47,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../examples/incident-response/tests/actions.yaml"),
     ),
     (
+        "tests/chain-contain-rate.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-contain-rate.yaml"),
+    ),
+    (
         "tests/chain-destructive-rate.yaml",
         include_str!("../../../examples/incident-response/tests/chain-destructive-rate.yaml"),
     ),

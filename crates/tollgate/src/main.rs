@@ -139,6 +139,12 @@ enum AgentCmd {
         #[arg(long)]
         owner: String,
     },
+    /// Lift an agent's quarantine (set by a retry-storm chain rule).
+    Release {
+        spiffe_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Revoke an agent: all its tasks end, and it gets no SVID until re-added.
     Revoke {
         spiffe_id: String,
@@ -363,6 +369,14 @@ fn main() -> Result<()> {
                             "external trust domain: the agent brings JWT-SVIDs from its own issuer"
                         ),
                     }
+                    Ok(())
+                }
+                AgentCmd::Release { spiffe_id, reason } => {
+                    c.post(
+                        "/v1/agents/release",
+                        &json!({"agent": spiffe_id, "reason": reason}),
+                    )?;
+                    println!("released {spiffe_id}: its decisions are judged by policy again");
                     Ok(())
                 }
                 AgentCmd::Revoke { spiffe_id, reason } => {

@@ -185,6 +185,42 @@ pub async fn revoke(
     Ok(Json(json!({"revoked_tasks": revoked})))
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub agent: String,
+    pub reason: Option<String>,
+}
+
+/// Lift an agent's quarantine (set by a chain rule with `@on_deny("quarantine")`).
+#[utoipa::path(post, path = "/v1/agents/release", request_body = Release, responses((status = 200), (status = 409)), security(("admin" = [])))]
+pub async fn release(
+    _: Admin,
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<Release>,
+) -> Result<Json<Value>, ApiError> {
+    let id = SpiffeId::parse(&req.agent)
+        .map_err(|e| ApiError::bad_request(format!("agent: {e}")))?
+        .to_string();
+    if crate::decide::quarantined(&state, &id).await?.is_none() {
+        return Err(ApiError::Conflict(format!("agent {id} is not quarantined")));
+    }
+    let now = state.now();
+    let batch = Batch::default()
+        .change(Change::PutSetting {
+            key: crate::decide::quarantine_key(&id),
+            value: String::new(),
+        })
+        .event(
+            AuditEvent::new(now, "agent.released", "admin")
+                .agent(id.clone())
+                .outcome("released")
+                .detail(json!({"reason": req.reason})),
+        );
+    state.store.commit(batch).await?;
+    Ok(Json(json!({"agent": id, "quarantined": false})))
+}
+
 #[derive(Deserialize, IntoParams)]
 pub struct TaskListQuery {
     pub agent: Option<String>,

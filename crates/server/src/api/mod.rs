@@ -54,6 +54,7 @@ impl Modify for Security {
         tasks::open_task, tasks::renew_task, tasks::close_task, tasks::add_evidence, tasks::authorize,
         admin::freeze, admin::unfreeze, admin::revoke, admin::list_tasks, admin::show_task, admin::audit,
         admin::reload, admin::add_pep,
+        admin::release,
         lifecycle::delegate,
         lifecycle::update_incident,
         lifecycle::introspect,
@@ -123,6 +124,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/audit", get(admin::audit))
         .route("/v1/policies/reload", post(admin::reload))
         .route("/v1/peps", post(admin::add_pep))
+        .route("/v1/agents/release", post(admin::release))
         .route("/v1/tasks/{id}/delegate", post(lifecycle::delegate))
         .route("/v1/tasks/{id}/rollback", get(lifecycle::rollback))
         .route("/v1/incidents/{id}", post(lifecycle::update_incident))

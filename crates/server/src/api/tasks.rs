@@ -85,7 +85,10 @@ pub async fn open_task(
             true,
         ),
     };
-    let mut decision = if state.is_frozen() {
+    let quarantine = crate::decide::quarantined(&state, &agent_id).await?;
+    let mut decision = if let Some(why) = quarantine {
+        tollgate_core::Decision::deny(why)
+    } else if state.is_frozen() {
         tollgate_core::Decision::deny(
             "tollgate is frozen: every agent decision denies until an admin unfreezes",
         )

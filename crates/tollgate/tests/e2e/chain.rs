@@ -185,33 +185,60 @@ fn task_of(cred: &str) -> String {
 }
 
 #[test]
-fn a_retry_storm_stops_the_task() {
+fn a_retry_storm_quarantines_the_agent_until_an_admin_releases_it() {
     let s = Server::start();
     let svid = s.enrol(IR);
     let (_, cred) = s.open_task(&svid);
-    let mut last = Value::Null;
     for _ in 0..10 {
-        last = s
+        let d = s
             .authorize(
                 &cred,
                 "logs.delete",
                 json!({"type": "LogStream", "id": "auth"}),
             )
             .1;
-        assert_eq!(last["decision"], "deny");
+        assert_eq!(d["decision"], "deny");
     }
-    // The 11th call meets the storm rule, which revokes.
+    // The 11th call meets the storm rule: the task ends and the agent is quarantined.
     let (_, d) = s.authorize(
         &cred,
         "logs.delete",
         json!({"type": "LogStream", "id": "auth"}),
     );
+    assert!(d["policies"].to_string().contains("retry-storm"), "{d}");
+    assert_eq!(s.authorize(&cred, "edr.read_alerts", host("web-1")).0, 401);
+    let (status, v) = s.post("/v1/tasks", Some(&svid), &incident_task());
+    assert_eq!(status, 403, "{v}");
     assert!(
-        d["policies"].to_string().contains("retry-storm"),
-        "{d} after {last}"
+        v["reasons"][0].as_str().unwrap().contains("quarantined"),
+        "{v}"
     );
-    let (status, _) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
-    assert_eq!(status, 401);
+    // Only an admin lifts it.
+    let (ok, out, err) = s.cli(&[
+        "agent",
+        "release",
+        IR,
+        "--reason",
+        "looked at it: a bad prompt",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("released"));
+    let (_, cred) = s.open_task(&svid);
+    assert_eq!(
+        s.authorize(&cred, "edr.read_alerts", host("web-1")).1["decision"],
+        "allow"
+    );
+    let (ok, _, err) = s.cli(&["agent", "release", IR]);
+    assert!(!ok && err.contains("not quarantined"), "{err}");
+    let kinds: Vec<String> = s
+        .audit("")
+        .iter()
+        .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.contains(&"agent.quarantined".to_string())
+            && kinds.contains(&"agent.released".to_string())
+    );
 }
 
 fn open_with(s: &Server, svid: &str, playbook: &str, class: &str) -> (String, String) {
