@@ -94,7 +94,8 @@ pub struct WebhookConfig {
     #[serde(default = "d_format")]
     pub format: WebhookFormat,
     /// Events to send; empty = all of `approval.created`, `approval.escalated`,
-    /// `approval.decided`, `approval.expired`.
+    /// `approval.decided`, `approval.expired`, and the alerts `task.revoked`
+    /// (a chain rule or playbook revoked a task) and `agent.quarantined`.
     #[serde(default)]
     pub events: Vec<String>,
 }
@@ -103,11 +104,13 @@ fn d_format() -> WebhookFormat {
     WebhookFormat::Json
 }
 
-pub const WEBHOOK_EVENTS: [&str; 4] = [
+pub const WEBHOOK_EVENTS: [&str; 6] = [
     "approval.created",
     "approval.escalated",
     "approval.decided",
     "approval.expired",
+    "task.revoked",
+    "agent.quarantined",
 ];
 
 #[derive(Debug, Clone, Deserialize)]

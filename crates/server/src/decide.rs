@@ -331,6 +331,35 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         }
         Err(e) => return Err(e.into()),
     }
+    if decision.outcome == Outcome::Deny && decision.revoke_task {
+        crate::webhooks::alert(
+            state,
+            "task.revoked",
+            ask.task.id.clone(),
+            format!(
+                "task {} of {} revoked for deviation: {}",
+                ask.task.id,
+                ask.agent.spiffe_id,
+                decision.reasons.join("; ")
+            ),
+            json!({"task_id": ask.task.id, "agent": ask.agent.spiffe_id, "incident_id": ask.task.incident_id,
+                   "request_id": request_id, "action": ask.action, "resource": ask.resource.key(),
+                   "policies": decision.policies, "reasons": decision.reasons}),
+        );
+    }
+    if decision.outcome == Outcome::Deny && decision.quarantine_agent {
+        crate::webhooks::alert(
+            state,
+            "agent.quarantined",
+            ask.agent.spiffe_id.clone(),
+            format!(
+                "agent {} quarantined: {}",
+                ask.agent.spiffe_id,
+                decision.reasons.join("; ")
+            ),
+            json!({"agent": ask.agent.spiffe_id, "task_id": ask.task.id, "request_id": request_id, "policies": decision.policies}),
+        );
+    }
     if let Some(a) = &step.approval {
         if step.created {
             crate::webhooks::fire(state, "approval.created", a);

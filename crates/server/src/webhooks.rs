@@ -50,14 +50,46 @@ fn deliver(url: &str, body: &Value) -> Result<(), String> {
 /// Send `event` about `approval` to every webhook that wants it.
 pub fn fire(state: &Arc<AppState>, event: &'static str, approval: &Approval) {
     let view = crate::approvals::view(approval);
+    let bodies = |hook: &WebhookConfig| payload(hook, event, approval, &view);
+    send(state, event, approval.id.clone(), bodies);
+}
+
+/// Send an alert (`task.revoked`, `agent.quarantined`) with `detail`.
+pub fn alert(
+    state: &Arc<AppState>,
+    event: &'static str,
+    subject: String,
+    text: String,
+    detail: Value,
+) {
+    let bodies = |hook: &WebhookConfig| match hook.format {
+        WebhookFormat::Json => json!({"event": event, "alert": detail}),
+        WebhookFormat::Slack => {
+            let esc = |t: &str| {
+                t.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            };
+            json!({"text": format!("[tollgate] {event}: {}", esc(&text))})
+        }
+    };
+    send(state, event, subject, bodies);
+}
+
+fn send(
+    state: &Arc<AppState>,
+    event: &'static str,
+    subject: String,
+    body_for: impl Fn(&WebhookConfig) -> Value,
+) {
     for hook in state
         .config
         .webhooks
         .iter()
         .filter(|h| h.events.is_empty() || h.events.iter().any(|e| e == event))
     {
-        let body = payload(hook, event, approval, &view);
-        let (hook, state, approval_id) = (hook.clone(), state.clone(), approval.id.clone());
+        let body = body_for(hook);
+        let (hook, state, subject) = (hook.clone(), state.clone(), subject.clone());
         tokio::spawn(async move {
             let mut last_err = String::new();
             for attempt in 0..ATTEMPTS {
@@ -73,7 +105,7 @@ pub fn fire(state: &Arc<AppState>, event: &'static str, approval: &Approval) {
             }
             tracing::warn!(webhook = %hook.name, error = %last_err, "webhook delivery failed");
             let ev = AuditEvent::new(state.now(), "webhook.failed", "tollgate").outcome("failed").detail(json!({
-                "webhook": hook.name, "event": event, "approval_id": approval_id, "error": last_err, "attempts": ATTEMPTS,
+                "webhook": hook.name, "event": event, "subject": subject, "error": last_err, "attempts": ATTEMPTS,
             }));
             if let Err(e) = state.store.commit(Batch::audit_only(ev)).await {
                 tracing::error!(error = %e, "cannot audit a failed webhook");

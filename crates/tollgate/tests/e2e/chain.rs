@@ -20,7 +20,16 @@ fn post(s: &Server, cred: &str, domain: &str) -> (u16, Value) {
 
 #[test]
 fn step_6_secret_read_then_egress_is_denied_and_the_task_revoked() {
-    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let hook = receiver();
+    let config = config_dir(
+        tmp.path(),
+        &format!(
+            "webhooks:\n  - name: alerts\n    url: {}\n    events: [task.revoked]\n",
+            hook.url
+        ),
+    );
+    let s = Server::start_with_config(&config, &tmp.path().join("data"));
     let svid = s.enrol(IR);
     let (_, cred) = s.open_task(&svid);
     // Before any secret is read, egress only needs a human.
@@ -61,6 +70,13 @@ fn step_6_secret_read_then_egress_is_denied_and_the_task_revoked() {
         .map(|e| e["event"]["kind"].as_str().unwrap().to_string())
         .collect();
     assert!(kinds.contains(&"task.revoked".to_string()));
+    // The alert webhook fired.
+    let alert = hook.next();
+    assert_eq!(alert["event"], "task.revoked");
+    assert_eq!(alert["alert"]["action"], "http.post");
+    assert!(alert["alert"]["policies"]
+        .to_string()
+        .contains("no-egress-after-secret-read"));
 }
 
 #[test]
