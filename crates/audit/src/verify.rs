@@ -12,7 +12,7 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::merkle::{leaf_hash, CompactRange};
-use crate::{entry_hash, AuditEntry, GENESIS};
+use crate::{AuditEntry, GENESIS};
 use ed25519_dalek::VerifyingKey;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,22 +62,8 @@ impl LogVerifier {
     }
 
     pub fn push(&mut self, e: &AuditEntry) -> Result<(), LogError> {
-        use crate::VerifyError as V;
-        if e.seq != self.next_seq {
-            return Err(V::Gap {
-                seq: e.seq,
-                expected: self.next_seq,
-            }
-            .into());
-        }
-        if e.prev_hash != self.prev {
-            return Err(V::Link { seq: e.seq }.into());
-        }
-        if entry_hash(e.seq, &e.prev_hash, &e.event) != e.hash {
-            return Err(V::Content { seq: e.seq }.into());
-        }
-        self.prev = e.hash;
-        self.next_seq += 1;
+        (self.next_seq, self.prev) =
+            crate::verify_run(self.next_seq, self.prev, std::iter::once(e))?;
         self.range.push(leaf_hash(&e.hash));
         while let Some(cp) = self.pending.last() {
             if cp.tree_size == 0 {

@@ -215,6 +215,24 @@ impl SqliteStore {
         .await
     }
 
+    /// At most one row, looked up by one text key.
+    async fn one<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        key: &str,
+        map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let key = key.to_string();
+        self.with(move |inner| {
+            inner
+                .conn
+                .query_row(sql, [key], map)
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Inner) -> Result<T, StoreError> + Send + 'static,
@@ -811,40 +829,24 @@ impl Store for SqliteStore {
     }
 
     async fn agent(&self, spiffe_id: &str) -> Result<Option<Agent>, StoreError> {
-        let id = spiffe_id.to_string();
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row(
-                    "SELECT spiffe_id, owner, created_at, revoked FROM agents WHERE spiffe_id = ?1",
-                    [id],
-                    |r| {
-                        Ok(Agent {
-                            spiffe_id: r.get(0)?,
-                            owner: r.get(1)?,
-                            created_at: r.get(2)?,
-                            revoked: r.get(3)?,
-                        })
-                    },
-                )
-                .optional()
-                .map_err(backend)
-        })
+        self.one(
+            "SELECT spiffe_id, owner, created_at, revoked FROM agents WHERE spiffe_id = ?1",
+            spiffe_id,
+            |r| {
+                Ok(Agent {
+                    spiffe_id: r.get(0)?,
+                    owner: r.get(1)?,
+                    created_at: r.get(2)?,
+                    revoked: r.get(3)?,
+                })
+            },
+        )
         .await
     }
 
     async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>, StoreError> {
-        let h = token_hash.to_string();
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row(
-                    "SELECT token_hash, spiffe_id, expires_at, used_at FROM join_tokens WHERE token_hash = ?1",
-                    [h],
-                    |r| Ok(JoinToken { token_hash: r.get(0)?, spiffe_id: r.get(1)?, expires_at: r.get(2)?, used_at: r.get(3)? }),
-                )
-                .optional()
-                .map_err(backend)
+        self.one("SELECT token_hash, spiffe_id, expires_at, used_at FROM join_tokens WHERE token_hash = ?1", token_hash, |r| {
+            Ok(JoinToken { token_hash: r.get(0)?, spiffe_id: r.get(1)?, expires_at: r.get(2)?, used_at: r.get(3)? })
         })
         .await
     }
@@ -918,38 +920,24 @@ impl Store for SqliteStore {
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let key = key.to_string();
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(backend)
+        self.one("SELECT value FROM settings WHERE key = ?1", key, |r| {
+            r.get(0)
         })
         .await
     }
 
     async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError> {
-        let h = key_hash.to_string();
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row(
-                    "SELECT name, key_hash, created_at FROM peps WHERE key_hash = ?1",
-                    [h],
-                    |r| {
-                        Ok(Pep {
-                            name: r.get(0)?,
-                            key_hash: r.get(1)?,
-                            created_at: r.get(2)?,
-                        })
-                    },
-                )
-                .optional()
-                .map_err(backend)
-        })
+        self.one(
+            "SELECT name, key_hash, created_at FROM peps WHERE key_hash = ?1",
+            key_hash,
+            |r| {
+                Ok(Pep {
+                    name: r.get(0)?,
+                    key_hash: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            },
+        )
         .await
     }
 
@@ -1032,25 +1020,18 @@ impl Store for SqliteStore {
     }
 
     async fn approver_by_key_hash(&self, key_hash: &str) -> Result<Option<Approver>, StoreError> {
-        let h = key_hash.to_string();
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row(
-                    "SELECT name, role, key_hash, created_at FROM approvers WHERE key_hash = ?1",
-                    [h],
-                    |r| {
-                        Ok(Approver {
-                            name: r.get(0)?,
-                            role: r.get(1)?,
-                            key_hash: r.get(2)?,
-                            created_at: r.get(3)?,
-                        })
-                    },
-                )
-                .optional()
-                .map_err(backend)
-        })
+        self.one(
+            "SELECT name, role, key_hash, created_at FROM approvers WHERE key_hash = ?1",
+            key_hash,
+            |r| {
+                Ok(Approver {
+                    name: r.get(0)?,
+                    role: r.get(1)?,
+                    key_hash: r.get(2)?,
+                    created_at: r.get(3)?,
+                })
+            },
+        )
         .await
     }
 
