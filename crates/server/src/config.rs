@@ -55,6 +55,44 @@ impl Default for AuditConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateScope {
+    /// Count the agent's allowed actions across all its tasks.
+    Agent,
+    /// Count the allowed actions of the task's whole delegation tree.
+    TaskTree,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateResponse {
+    Deny,
+    /// Deny, end the task and quarantine the agent until an admin releases it.
+    Quarantine,
+}
+
+/// `rate_limits:` in tollgate.yaml: at most `max` allowed actions (of a
+/// tier, or of one operation) per `per_seconds`, per agent or per task tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub name: String,
+    pub scope: RateScope,
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+    pub max: usize,
+    pub per_seconds: i64,
+    #[serde(default = "d_rate_response")]
+    pub on_exceed: RateResponse,
+}
+
+fn d_rate_response() -> RateResponse {
+    RateResponse::Deny
+}
+
 /// Approvers may sign in with ID tokens of one OIDC issuer.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +181,8 @@ pub struct ServerConfig {
     /// How many hops a delegation chain may have.
     #[serde(default = "d_max_depth")]
     pub max_delegation_depth: u32,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimit>,
 }
 
 fn d_max_depth() -> u32 {
@@ -187,6 +227,7 @@ impl Default for ServerConfig {
             webhooks: vec![],
             audit: AuditConfig::default(),
             max_delegation_depth: d_max_depth(),
+            rate_limits: vec![],
         }
     }
 }
@@ -224,6 +265,22 @@ impl ServerConfig {
         }
         if self.audit.checkpoint_every_entries == 0 || self.audit.checkpoint_every_seconds <= 0 {
             return Err("tollgate.yaml: audit: checkpoint intervals must be positive".into());
+        }
+        for r in &self.rate_limits {
+            if r.max == 0 || r.per_seconds <= 0 {
+                return Err(format!(
+                    "tollgate.yaml: rate limit {}: max and per_seconds must be positive",
+                    r.name
+                ));
+            }
+            if let Some(t) = &r.tier {
+                if !["read", "contain", "change", "destructive"].contains(&t.as_str()) {
+                    return Err(format!(
+                        "tollgate.yaml: rate limit {}: unknown tier {t:?}",
+                        r.name
+                    ));
+                }
+            }
         }
         for w in &self.webhooks {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {

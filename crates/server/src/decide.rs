@@ -26,6 +26,61 @@ pub async fn quarantined(state: &AppState, agent: &str) -> Result<Option<String>
         .map(|r| format!("agent {agent} is quarantined ({r}); an admin must release it")))
 }
 
+/// Configured rate limits (`rate_limits:` in tollgate.yaml), counted over
+/// allowed actions of the agent or of the task tree in a sliding window.
+async fn rate_limited(
+    state: &AppState,
+    pack: &tollgate_policy::PolicyPack,
+    ask: &ActionAsk<'_>,
+    past: &[tollgate_core::Past],
+    now: i64,
+) -> Result<Option<Decision>, ApiError> {
+    use crate::config::{RateResponse, RateScope};
+    let Some(op) = pack.catalog().operation(ask.action) else {
+        return Ok(None);
+    };
+    for rl in &state.config.rate_limits {
+        let applies = |tier: &str, action: &str| {
+            rl.tier.as_deref().is_none_or(|t| t == tier)
+                && rl.action.as_deref().is_none_or(|a| a == action)
+        };
+        if !applies(op.tier.as_str(), ask.action) {
+            continue;
+        }
+        let since = now - rl.per_seconds;
+        let count = match rl.scope {
+            RateScope::TaskTree => past
+                .iter()
+                .filter(|p| p.outcome == "allow" && p.ts > since && applies(&p.tier, &p.action))
+                .count(),
+            RateScope::Agent => state
+                .store
+                .actions_by_agent(&ask.agent.spiffe_id, since + 1)
+                .await?
+                .iter()
+                .filter(|a| a.outcome == "allow" && applies(&a.tier, &a.action))
+                .count(),
+        };
+        if count >= rl.max {
+            let scope = match rl.scope {
+                RateScope::Agent => "this agent",
+                RateScope::TaskTree => "this task tree",
+            };
+            let mut d = Decision::deny(format!(
+                "rate limit {}: {scope} already did {count} such actions in the last {} s (max {})",
+                rl.name, rl.per_seconds, rl.max
+            ));
+            d.policies = vec![format!("rate-limit:{}", rl.name)];
+            if rl.on_exceed == RateResponse::Quarantine {
+                d.quarantine_agent = true;
+                d.revoke_task = true;
+            }
+            return Ok(Some(d));
+        }
+    }
+    Ok(None)
+}
+
 /// The top-level task of `task`'s delegation tree.
 pub async fn root_task(state: &AppState, task: &Task) -> Result<Task, ApiError> {
     let mut t = task.clone();
@@ -128,7 +183,7 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         })
         .collect();
     let history = tollgate_core::HistorySummary::from_past(&past, now);
-    let mut decision = match gateway_decision(state, &pack, &ask, &history, now).await {
+    let mut decision = match gateway_decision(state, &pack, &ask, &history, &past, now).await {
         Ok(d) => d,
         Err(ApiError::BadRequest { code, message }) => {
             let message = scrub(message);
@@ -215,6 +270,7 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         changes.push(Change::RecordAction(tollgate_store::ActionRecord {
             root_task_id: root.id.clone(),
             task_id: ask.task.id.clone(),
+            agent: ask.agent.spiffe_id.clone(),
             request_id: request_id.clone(),
             action: ask.action.to_string(),
             resource: ask.resource.key(),
@@ -403,6 +459,7 @@ async fn gateway_decision(
     pack: &tollgate_policy::PolicyPack,
     ask: &ActionAsk<'_>,
     history: &tollgate_core::HistorySummary,
+    past: &[tollgate_core::Past],
     now: i64,
 ) -> Result<Decision, ApiError> {
     if state.is_frozen() {
@@ -412,6 +469,9 @@ async fn gateway_decision(
     }
     if let Some(why) = quarantined(state, &ask.agent.spiffe_id).await? {
         return Ok(Decision::deny(why));
+    }
+    if let Some(d) = rate_limited(state, pack, ask, past, now).await? {
+        return Ok(d);
     }
     let Some(incident) = state.store.incident(&ask.task.incident_id).await? else {
         return Ok(Decision::deny(format!(

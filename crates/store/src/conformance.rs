@@ -54,6 +54,7 @@ pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
     let rec = |task: &str, action: &str, ts| crate::ActionRecord {
         root_task_id: root.clone(),
         task_id: task.into(),
+        agent: format!("spiffe://acme.test/agent/{task}/{root}"),
         request_id: unique("req"),
         action: action.into(),
         resource: "Host::web-1".into(),
@@ -91,6 +92,17 @@ pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+    let by_agent = s
+        .actions_by_agent(&format!("spiffe://acme.test/agent/p/{root}"), 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        by_agent
+            .iter()
+            .map(|a| a.action.as_str())
+            .collect::<Vec<_>>(),
+        ["vault.read_secret", "edr.read_alerts"]
+    );
 }
 
 trait CloneWithRequest {

@@ -134,6 +134,8 @@ pub struct ActionRecord {
     /// The top-level task of the tree.
     pub root_task_id: String,
     pub task_id: String,
+    /// SPIFFE ID of the agent that asked.
+    pub agent: String,
     pub request_id: String,
     pub action: String,
     /// `Type::id`.
@@ -267,6 +269,12 @@ pub trait Store: Send + Sync + 'static {
     async fn actions_in_tree(
         &self,
         root_task_id: &str,
+        since: UnixTime,
+    ) -> Result<Vec<ActionRecord>, StoreError>;
+    /// Actions of one agent across all its tasks since `since`, oldest first.
+    async fn actions_by_agent(
+        &self,
+        agent: &str,
         since: UnixTime,
     ) -> Result<Vec<ActionRecord>, StoreError>;
     /// Size and Merkle root of the whole log, in O(log n).

@@ -49,9 +49,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS approvals_one_pending ON approvals(task_id, re
 CREATE TABLE IF NOT EXISTS approvers (
   name TEXT PRIMARY KEY, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS action_history (
-  root_task_id TEXT NOT NULL, task_id TEXT NOT NULL, request_id TEXT NOT NULL, action TEXT NOT NULL,
+  root_task_id TEXT NOT NULL, task_id TEXT NOT NULL, agent TEXT NOT NULL, request_id TEXT NOT NULL, action TEXT NOT NULL,
   resource TEXT NOT NULL, tier TEXT NOT NULL, labels TEXT NOT NULL, outcome TEXT NOT NULL, ts INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS action_history_tree ON action_history(root_task_id, ts);
+CREATE INDEX IF NOT EXISTS action_history_agent ON action_history(agent, ts);
 CREATE TABLE IF NOT EXISTS checkpoints (tree_size INTEGER PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS action_results (
   request_id TEXT PRIMARY KEY, task_id TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL);
@@ -211,6 +212,44 @@ impl SqliteStore {
                 }
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Action history rows whose `column` equals `key`, since `since`.
+    async fn actions_where(
+        &self,
+        column: &'static str,
+        key: &str,
+        since: i64,
+    ) -> Result<Vec<crate::ActionRecord>, StoreError> {
+        let key = key.to_string();
+        self.with(move |inner| {
+            let mut stmt = inner
+                .conn
+                .prepare(&format!(
+                    "SELECT root_task_id, task_id, agent, request_id, action, resource, tier, labels, outcome, ts
+                     FROM action_history WHERE {column} = ?1 AND ts >= ?2 ORDER BY ts, rowid"
+                ))
+                .map_err(backend)?;
+            let mut rows = stmt.query(params![key, since]).map_err(backend)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(backend)? {
+                let labels: String = r.get(7).map_err(backend)?;
+                out.push(crate::ActionRecord {
+                    root_task_id: r.get(0).map_err(backend)?,
+                    task_id: r.get(1).map_err(backend)?,
+                    agent: r.get(2).map_err(backend)?,
+                    request_id: r.get(3).map_err(backend)?,
+                    action: r.get(4).map_err(backend)?,
+                    resource: r.get(5).map_err(backend)?,
+                    tier: r.get(6).map_err(backend)?,
+                    labels: serde_json::from_str(&labels).map_err(backend)?,
+                    outcome: r.get(8).map_err(backend)?,
+                    ts: r.get(9).map_err(backend)?,
+                });
+            }
+            Ok(out)
         })
         .await
     }
@@ -471,9 +510,10 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
         Change::RecordAction(a) => {
             let labels = serde_json::to_string(&a.labels).map_err(backend)?;
             tx.execute(
-                "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![a.root_task_id, a.task_id, a.request_id, a.action, a.resource, a.tier, labels, a.outcome, a.ts],
+                "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts, agent)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![a.root_task_id, a.task_id, a.request_id, a.action, a.resource, a.tier, labels, a.outcome, a.ts,
+                    a.agent],
             )
             .map_err(backend)?;
         }
@@ -735,33 +775,16 @@ impl Store for SqliteStore {
         root_task_id: &str,
         since: i64,
     ) -> Result<Vec<crate::ActionRecord>, StoreError> {
-        let root = root_task_id.to_string();
-        self.with(move |inner| {
-            let mut stmt = inner
-                .conn
-                .prepare(
-                    "SELECT root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts
-                     FROM action_history WHERE root_task_id = ?1 AND ts >= ?2 ORDER BY ts, rowid",
-                )
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![root, since], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?, r.get::<_, String>(5)?, r.get::<_, String>(6)?, r.get::<_, String>(7)?,
-                        r.get::<_, i64>(8)?,
-                    ))
-                })
-                .map_err(backend)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts) = row.map_err(backend)?;
-                let labels = serde_json::from_str(&labels).map_err(backend)?;
-                out.push(crate::ActionRecord { root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts });
-            }
-            Ok(out)
-        })
-        .await
+        self.actions_where("root_task_id", root_task_id, since)
+            .await
+    }
+
+    async fn actions_by_agent(
+        &self,
+        agent: &str,
+        since: i64,
+    ) -> Result<Vec<crate::ActionRecord>, StoreError> {
+        self.actions_where("agent", agent, since).await
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {

@@ -343,3 +343,49 @@ fn playbook_deviations_are_denied_stepped_up_or_revoked() {
         "{v}"
     );
 }
+
+#[test]
+fn rate_limits_count_per_agent_across_tasks_and_per_operation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_dir(
+        tmp.path(),
+        "  - name: two-reads-a-minute\n    scope: agent\n    action: edr.read_alerts\n    max: 2\n    per_seconds: 60\n    on_exceed: quarantine\n",
+    );
+    // The example config ends with the rate_limits list, so the test's entry joins it.
+    let s = Server::start_with_config(&config, &tmp.path().join("data"));
+    let svid = s.enrol(IR);
+    let (_, a) = s.open_task(&svid);
+    let (_, b) = s.open_task(&svid);
+    assert_eq!(
+        s.authorize(&a, "edr.read_alerts", host("web-1")).1["decision"],
+        "allow"
+    );
+    assert_eq!(
+        s.authorize(&b, "edr.read_alerts", host("web-2")).1["decision"],
+        "allow"
+    );
+    // Other operations are not counted by this limit.
+    assert_eq!(
+        s.authorize(&b, "siem.query", json!({"type": "SiemIndex", "id": "main"}))
+            .1["decision"],
+        "allow"
+    );
+    // The third read by this agent, in either task, exceeds the limit.
+    let (_, d) = s.authorize(&a, "edr.read_alerts", host("web-3"));
+    assert_eq!(d["decision"], "deny", "{d}");
+    assert_eq!(d["policies"], json!(["rate-limit:two-reads-a-minute"]));
+    assert!(
+        d["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("this agent already did 2"),
+        "{d}"
+    );
+    // on_exceed: quarantine — every decision of the agent now denies.
+    let (_, d) = s.authorize(&b, "siem.query", json!({"type": "SiemIndex", "id": "main"}));
+    assert_eq!(d["decision"], "deny");
+    assert!(
+        d["reasons"][0].as_str().unwrap().contains("quarantined"),
+        "{d}"
+    );
+}
