@@ -159,11 +159,17 @@ fn destructive_rate_and_risk_budget_are_counted_over_the_tree() {
     for i in 0..3 {
         assert_eq!(rotate(i)["decision"], "allow", "rotation {i}");
     }
-    // The 4th destructive action within the hour is refused outright.
-    let d = rotate(3);
-    assert_eq!(d["decision"], "deny", "{d}");
+    // The 4th destructive action within the hour needs a third approver.
+    let (_, d) = s.post("/v1/authorize", Some(&cred), &json!({"action": "vault.rotate_secret", "resource": {"type": "Secret", "id": "db-3"}, "intent": "rotate"}));
+    assert_eq!(
+        (d["decision"].as_str(), d["approvals_required"].as_u64()),
+        (Some("approval_required"), Some(3)),
+        "{d}"
+    );
     assert!(
-        d["policies"].to_string().contains("destructive-per-hour"),
+        d["policies"]
+            .to_string()
+            .contains("destructive-fourth-needs-three"),
         "{d}"
     );
     // 75 of 100 risk spent; each isolation (contain) weighs 5: five more
