@@ -130,6 +130,9 @@ impl Catalog {
                     return Err(bad(name, format!("label {label:?} must be kebab-case")));
                 }
             }
+            if op.risk.is_some_and(|r| !(0..=1000).contains(&r)) {
+                return Err(bad(name, "risk must be 0 to 1000".into()));
+            }
             if !BLAST_RADII.contains(&op.blast_radius.as_str()) {
                 return Err(bad(
                     name,

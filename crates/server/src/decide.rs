@@ -298,6 +298,15 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         audit.push(crate::api::lifecycle::revoked_event(
             ask.task, &why, "tollgate", now,
         ));
+        // Each delegated descendant gets its own entry, as in every cascade.
+        for child in crate::api::lifecycle::active_descendants(state, &ask.task.id).await? {
+            audit.push(crate::api::lifecycle::revoked_event(
+                &child,
+                &format!("parent task {} was {why}", ask.task.id),
+                "tollgate",
+                now,
+            ));
+        }
     }
     if decision.outcome == Outcome::Deny && decision.quarantine_agent {
         let why = format!("{} (request {request_id})", decision.reasons.join("; "));

@@ -202,6 +202,9 @@ pub async fn release(
     let id = SpiffeId::parse(&req.agent)
         .map_err(|e| ApiError::bad_request(format!("agent: {e}")))?
         .to_string();
+    if state.store.agent(&id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("agent {id}")));
+    }
     if crate::decide::quarantined(&state, &id).await?.is_none() {
         return Err(ApiError::Conflict(format!("agent {id} is not quarantined")));
     }

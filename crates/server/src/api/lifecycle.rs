@@ -225,7 +225,10 @@ pub async fn delegate(
         depth,
         intent: &req.intent,
     };
-    let decision = if state.is_frozen() {
+    let quarantine = crate::decide::quarantined(&state, &parent.agent).await?;
+    let decision = if let Some(why) = quarantine {
+        tollgate_core::Decision::deny(why)
+    } else if state.is_frozen() {
         tollgate_core::Decision::deny(
             "tollgate is frozen: every agent decision denies until an admin unfreezes",
         )

@@ -394,4 +394,30 @@ fn rate_limits_count_per_agent_across_tasks_and_per_operation() {
         d["reasons"][0].as_str().unwrap().contains("quarantined"),
         "{d}"
     );
+    // A quarantined agent cannot hand work to another agent either.
+    s.enrol("spiffe://acme.test/agent/forensics/i-2");
+    let tb = {
+        use base64::Engine;
+        let payload = b.split('.').nth(1).unwrap();
+        let v: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        v["task_id"].as_str().unwrap().to_string()
+    };
+    let (status, v) = s.post(
+        &format!("/v1/tasks/{tb}/delegate"),
+        Some(&b),
+        &json!({
+            "agent": "spiffe://acme.test/agent/forensics/i-2", "actions": ["forensics.image_host"],
+            "resources": ["Host::web-1"], "ttl_seconds": 60, "intent": "launder",
+        }),
+    );
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["reasons"][0].as_str().unwrap().contains("quarantined"),
+        "{v}"
+    );
 }
