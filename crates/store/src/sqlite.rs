@@ -83,9 +83,20 @@ struct Job {
 /// Most batches one transaction (one fsync) carries.
 const MAX_GROUP: usize = 512;
 
+/// Read-only connections, so reads never queue behind the writer's fsync
+/// (WAL lets readers see every committed transaction concurrently).
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+const READERS: usize = 4;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Mutex<Inner>>,
+    /// `None` for an in-memory store, whose only database is the writer's.
+    readers: Option<Arc<Readers>>,
     /// Commits go through one writer thread that groups concurrent batches
     /// into one durable transaction (group commit).
     writer: std::sync::mpsc::SyncSender<Job>,
@@ -97,14 +108,14 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Connection::open(path).map_err(backend)?)
+        Self::init(Connection::open(path).map_err(backend)?, Some(path))
     }
 
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory().map_err(backend)?)
+        Self::init(Connection::open_in_memory().map_err(backend)?, None)
     }
 
-    fn init(conn: Connection) -> Result<Self, StoreError> {
+    fn init(conn: Connection, path: Option<&Path>) -> Result<Self, StoreError> {
         // FULL: the WAL is fsync'd at every commit, so a returned commit
         // survives power loss; that is the audit guarantee.
         conn.execute_batch(
@@ -149,7 +160,27 @@ impl SqliteStore {
             .name("tollgate-sqlite-writer".into())
             .spawn(move || writer_loop(&w, &rx))
             .map_err(backend)?;
-        Ok(Self { inner, writer })
+        let readers = match path {
+            None => None,
+            Some(p) => {
+                let mut conns = Vec::with_capacity(READERS);
+                for _ in 0..READERS {
+                    let c = Connection::open(p).map_err(backend)?;
+                    c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=1;")
+                        .map_err(backend)?;
+                    conns.push(Mutex::new(c));
+                }
+                Some(Arc::new(Readers {
+                    conns,
+                    next: std::sync::atomic::AtomicUsize::new(0),
+                }))
+            }
+        };
+        Ok(Self {
+            inner,
+            readers,
+            writer,
+        })
     }
 
     /// Check the stored log against itself and its stored checkpoints:
@@ -224,9 +255,8 @@ impl SqliteStore {
         since: i64,
     ) -> Result<Vec<crate::ActionRecord>, StoreError> {
         let key = key.to_string();
-        self.with(move |inner| {
-            let mut stmt = inner
-                .conn
+        self.read(move |conn| {
+            let mut stmt = conn
                 .prepare(&format!(
                     "SELECT root_task_id, task_id, agent, request_id, action, resource, tier, labels, outcome, ts
                      FROM action_history WHERE {column} = ?1 AND ts >= ?2 ORDER BY ts, rowid"
@@ -262,14 +292,36 @@ impl SqliteStore {
         map: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Option<T>, StoreError> {
         let key = key.to_string();
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row(sql, [key], map)
-                .optional()
-                .map_err(backend)
+        self.read(move |conn| conn.query_row(sql, [key], map).optional().map_err(backend))
+            .await
+    }
+
+    /// Run a read on a reader connection (or the writer's, in memory).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let Some(readers) = self.readers.clone() else {
+            return self.with(move |inner| f(&inner.conn)).await;
+        };
+        tokio::task::spawn_blocking(move || {
+            let n = readers.conns.len();
+            let start = readers
+                .next
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Take a free reader if there is one, else wait for ours.
+            for i in 0..n {
+                if let Ok(conn) = readers.conns[(start + i) % n].try_lock() {
+                    return f(&conn);
+                }
+            }
+            let conn = readers.conns[start % n]
+                .lock()
+                .map_err(|_| backend("reader lock poisoned"))?;
+            f(&conn)
         })
         .await
+        .map_err(backend)?
     }
 
     async fn with<T: Send + 'static>(
@@ -799,9 +851,8 @@ impl Store for SqliteStore {
     }
 
     async fn audit_leaf_hashes(&self, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-        self.with(move |inner| {
-            let mut stmt = inner
-                .conn
+        self.read(move |conn| {
+            let mut stmt = conn
                 .prepare("SELECT hash FROM audit WHERE seq <= ?1 ORDER BY seq")
                 .map_err(backend)?;
             let mut rows = stmt.query([size as i64]).map_err(backend)?;
@@ -818,9 +869,8 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        self.with(|inner| {
-            let mut stmt = inner
-                .conn
+        self.read(|conn| {
+            let mut stmt = conn
                 .prepare("SELECT body FROM checkpoints ORDER BY tree_size")
                 .map_err(backend)?;
             let rows = stmt
@@ -837,9 +887,8 @@ impl Store for SqliteStore {
 
     async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let r = request_id.to_string();
-        self.with(move |inner| {
-            let mut stmt = inner
-                .conn
+        self.read(move |conn| {
+            let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {ENTRY_COLS} FROM audit WHERE request_id = ?1 ORDER BY seq"
                 ))
@@ -876,9 +925,8 @@ impl Store for SqliteStore {
 
     async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
         let id = id.to_string();
-        self.with(move |inner| {
-            let row = inner
-                .conn
+        self.read(move |conn| {
+            let row = conn
                 .query_row(
                     "SELECT id, class, severity, status, updated_at FROM incidents WHERE id = ?1",
                     [id],
@@ -910,25 +958,22 @@ impl Store for SqliteStore {
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
         let id = id.to_string();
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row(
-                    &format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"),
-                    [id],
-                    task_from_row,
-                )
-                .optional()
-                .map_err(backend)
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"),
+                [id],
+                task_from_row,
+            )
+            .optional()
+            .map_err(backend)
         })
         .await
     }
 
     async fn tasks(&self, f: TaskFilter) -> Result<Vec<Task>, StoreError> {
-        self.with(move |inner| {
+        self.read(move |conn| {
             let limit = if f.limit == 0 { 100 } else { f.limit } as i64;
-            let mut stmt = inner
-                .conn
+            let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {TASK_COLS} FROM tasks WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR incident_id = ?2)
                      AND (?3 IS NULL OR status = ?3) AND (?5 IS NULL OR parent_task_id = ?5) ORDER BY created_at, id LIMIT ?4"
@@ -966,24 +1011,21 @@ impl Store for SqliteStore {
 
     async fn has_evidence(&self, task_id: &str, resource: &str) -> Result<bool, StoreError> {
         let (t, r) = (task_id.to_string(), resource.to_string());
-        self.with(move |inner| {
-            inner
-                .conn
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM evidence WHERE task_id = ?1 AND resource = ?2)",
-                    [t, r],
-                    |row| row.get(0),
-                )
-                .map_err(backend)
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM evidence WHERE task_id = ?1 AND resource = ?2)",
+                [t, r],
+                |row| row.get(0),
+            )
+            .map_err(backend)
         })
         .await
     }
 
     async fn evidence_for_task(&self, task_id: &str) -> Result<Vec<crate::Evidence>, StoreError> {
         let t = task_id.to_string();
-        self.with(move |inner| {
-            let mut stmt = inner
-                .conn
+        self.read(move |conn| {
+            let mut stmt = conn
                 .prepare("SELECT id, task_id, resource, kind, sha256, content, created_at FROM evidence WHERE task_id = ?1 ORDER BY created_at, id")
                 .map_err(backend)?;
             let rows = stmt
@@ -1006,9 +1048,8 @@ impl Store for SqliteStore {
 
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let id = id.to_string();
-        self.with(move |inner| {
-            let body: Option<String> = inner
-                .conn
+        self.read(move |conn| {
+            let body: Option<String> = conn
                 .query_row("SELECT body FROM approvals WHERE id = ?1", [id], |r| {
                     r.get(0)
                 })
@@ -1021,10 +1062,9 @@ impl Store for SqliteStore {
     }
 
     async fn approvals(&self, f: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
-        self.with(move |inner| {
+        self.read(move |conn| {
             let limit = if f.limit == 0 { 100 } else { f.limit } as i64;
-            let mut stmt = inner
-                .conn
+            let mut stmt = conn
                 .prepare(
                     "SELECT body FROM approvals WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR task_id = ?2)
                      AND (?3 IS NULL OR request_hash = ?3) ORDER BY created_at, id LIMIT ?4",
@@ -1059,10 +1099,9 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        self.with(move |inner| {
+        self.read(move |conn| {
             let limit = if q.limit == 0 { 100 } else { q.limit } as i64;
-            let mut stmt = inner
-                .conn
+            let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {ENTRY_COLS} FROM audit WHERE seq > ?1
                      AND (?2 IS NULL OR incident_id = ?2) AND (?3 IS NULL OR task_id = ?3) AND (?4 IS NULL OR agent = ?4)
