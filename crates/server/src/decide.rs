@@ -162,26 +162,35 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     // The history of the whole delegation tree: chain rules judge the
     // sequence, and a sub-agent's actions count for its parent.
     let root = root_task(state, ask.task).await?;
-    let past: Vec<tollgate_core::Past> = state
-        .store
-        .actions_in_tree(&root.id, root.created_at)
-        .await?
-        .into_iter()
-        .map(|a| tollgate_core::Past {
-            risk: pack
-                .catalog()
-                .operation(&a.action)
-                .map(|op| op.risk_weight())
-                .unwrap_or(0),
-            request_id: a.request_id,
-            action: a.action,
-            resource: a.resource,
-            tier: a.tier,
-            labels: a.labels,
-            outcome: a.outcome,
-            ts: a.ts,
-        })
-        .collect();
+    let (cached, generation) = state.history.snapshot(&root.id);
+    let past: Arc<Vec<tollgate_core::Past>> = match cached {
+        Some(p) => p,
+        None => {
+            let loaded: Vec<tollgate_core::Past> = state
+                .store
+                .actions_in_tree(&root.id, root.created_at)
+                .await?
+                .into_iter()
+                .map(|a| tollgate_core::Past {
+                    risk: pack
+                        .catalog()
+                        .operation(&a.action)
+                        .map(|op| op.risk_weight())
+                        .unwrap_or(0),
+                    request_id: a.request_id,
+                    action: a.action,
+                    resource: a.resource,
+                    tier: a.tier,
+                    labels: a.labels,
+                    outcome: a.outcome,
+                    ts: a.ts,
+                })
+                .collect();
+            let loaded = Arc::new(loaded);
+            state.history.fill(&root.id, loaded.clone(), generation);
+            loaded
+        }
+    };
     let history = tollgate_core::HistorySummary::from_past(&past, now);
     let mut decision = match gateway_decision(state, &pack, &ask, &history, &past, now).await {
         Ok(d) => d,
@@ -326,7 +335,23 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     }
     let batch = Batch { changes, audit };
     match state.store.commit(batch).await {
-        Ok(_) => {}
+        Ok(_) => {
+            if let Some(op) = pack.catalog().operation(ask.action) {
+                state.history.append(
+                    &root.id,
+                    tollgate_core::Past {
+                        request_id: request_id.clone(),
+                        action: ask.action.to_string(),
+                        resource: ask.resource.key(),
+                        tier: op.tier.as_str().to_string(),
+                        labels: op.labels.clone(),
+                        outcome: decision.outcome.as_str().to_string(),
+                        risk: op.risk_weight(),
+                        ts: now,
+                    },
+                );
+            }
+        }
         Err(StoreError::Conflict(_)) => {
             // Something changed between our reads and our write. Find out
             // what, and still leave exactly one audited answer.

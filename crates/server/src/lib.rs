@@ -20,6 +20,7 @@ pub mod config;
 pub mod decide;
 pub mod embedded;
 pub mod error;
+pub mod history;
 pub mod metrics;
 pub mod state;
 pub mod webhooks;

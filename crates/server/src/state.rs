@@ -37,6 +37,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditKeys,
     /// The newest signed checkpoint, cached.
     pub checkpoint: std::sync::Mutex<Option<tollgate_audit::checkpoint::Checkpoint>>,
+    /// Each delegation tree's action history, kept in step with the store.
+    pub history: crate::history::HistoryCache,
 }
 
 /// Where to find things, as the CLI resolved them.
@@ -235,6 +237,7 @@ impl AppState {
             approval_events: tokio::sync::Notify::new(),
             audit,
             checkpoint: std::sync::Mutex::new(latest_checkpoint),
+            history: crate::history::HistoryCache::default(),
         });
         let pack = state.pack.load_full();
         state.audit_pack_loaded(&pack, "startup").await?;
@@ -282,6 +285,8 @@ impl AppState {
                 let digest = pack.digest().to_string();
                 self.audit_pack_loaded(&pack, trigger).await?;
                 self.pack.store(Arc::new(pack));
+                // Risk weights may have changed: rebuild histories from the store.
+                self.history.clear();
                 Ok(digest)
             }
             Err(e) => {

@@ -149,6 +149,7 @@ impl Harness {
                 origin: "tollgate test".into(),
             },
             checkpoint: std::sync::Mutex::new(None),
+            history: tollgate_server::history::HistoryCache::default(),
         });
         Self {
             state,
