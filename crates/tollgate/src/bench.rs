@@ -101,3 +101,175 @@ pub fn audit(entries: u64, concurrency: u64) -> Result<()> {
         Ok(())
     })
 }
+
+/// `tollgate bench http`: load a running server the way agents do.
+pub fn http(conn: &crate::Conn, duration_secs: u64, clients: usize, tasks: usize) -> Result<()> {
+    use serde_json::Value;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    let admin = crate::client::Client::new(conn)?;
+    let base = conn.addr.trim_end_matches('/').to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |path: &str, token: &str, body: &Value| -> Result<(u16, Value)> {
+        let mut r = agent
+            .post(&format!("{base}{path}"))
+            .header("authorization", &format!("Bearer {token}"))
+            .send_json(body)
+            .map_err(|e| anyhow!("{path}: {e}"))?;
+        let status = r.status().as_u16();
+        let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+        Ok((status, v))
+    };
+    // One agent instance, `tasks` tasks on one incident.
+    let id = format!(
+        "spiffe://acme.test/agent/ir-responder/bench-{}",
+        std::process::id()
+    );
+    let reg = admin.post(
+        "/v1/agents",
+        &json!({"spiffe_id": id, "owner": "bench@acme.test"}),
+    )?;
+    let (_, att) = post(
+        "/v1/agents/attest",
+        "",
+        &json!({"join_token": reg["join_token"]}),
+    )?;
+    let svid = att["svid"]
+        .as_str()
+        .ok_or_else(|| anyhow!("attest failed: {att}"))?
+        .to_string();
+    let mut creds = Vec::new();
+    for _ in 0..tasks {
+        let (status, t) = post(
+            "/v1/tasks",
+            &svid,
+            &json!({"incident": {"id": "INC-BENCH", "class": "malware", "severity": "high"}, "environment": "prod",
+                    "playbook": "contain-malware", "intent": "bench", "ttl_seconds": 3600}),
+        )?;
+        if status != 201 {
+            return Err(anyhow!("task open refused: {t}"));
+        }
+        creds.push((
+            t["task_id"].as_str().unwrap_or_default().to_string(),
+            t["credential"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let requests = [
+        json!({"action": "siem.query", "resource": {"type": "SiemIndex", "id": "main"}, "intent": "bench"}),
+        json!({"action": "edr.read_alerts", "resource": {"type": "Host", "id": "web-1"}, "intent": "bench"}),
+        json!({"action": "logs.delete", "resource": {"type": "LogStream", "id": "auth"}, "intent": "bench"}),
+        json!({"action": "iam.disable_account", "resource": {"type": "Account", "id": "jdoe"}, "intent": "bench", "parameters": {"reason": "bench"}}),
+    ];
+    // Mostly allowed reads and some approval requests. Denials (index 2) are
+    // left out of the mix: the example pack's retry-storm rule would
+    // quarantine the bench agent after ten of them, which measures the rule,
+    // not the gateway.
+    let mix = [0usize, 1, 0, 1, 0, 1, 0, 1, 0, 3];
+    let latencies = Mutex::new(Vec::<f64>::new());
+    let outcomes = Mutex::new(std::collections::BTreeMap::<String, u64>::new());
+    let stale = AtomicU64::new(0);
+    let revoked = AtomicBool::new(false);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(duration_secs);
+    let victim = creds[0].0.clone();
+    let victim = &victim;
+    std::thread::scope(|s| -> Result<()> {
+        for c in 0..clients {
+            let (creds, latencies, outcomes, stale, revoked, requests, base, agent) = (
+                &creds, &latencies, &outcomes, &stale, &revoked, &requests, &base, &agent,
+            );
+            s.spawn(move || {
+                let mut i = c;
+                while Instant::now() < end {
+                    let (task_id, cred) = &creds[i % creds.len()];
+                    let body = &requests[mix[i % mix.len()]];
+                    // Only requests that start after the revocation answered count as stale.
+                    let after_revocation = revoked.load(Ordering::SeqCst) && task_id == victim;
+                    let t = Instant::now();
+                    let r = agent
+                        .post(&format!("{base}/v1/authorize"))
+                        .header("authorization", &format!("Bearer {cred}"))
+                        .send_json(body);
+                    let elapsed = t.elapsed().as_secs_f64();
+                    let outcome = match r {
+                        Ok(mut resp) if resp.status().as_u16() == 200 => {
+                            let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+                            v["decision"].as_str().unwrap_or("?").to_string()
+                        }
+                        Ok(resp) => format!("http {}", resp.status().as_u16()),
+                        Err(_) => "error".to_string(),
+                    };
+                    if after_revocation && outcome == "allow" {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if let Ok(mut l) = latencies.lock() {
+                        l.push(elapsed);
+                    }
+                    if let Ok(mut o) = outcomes.lock() {
+                        *o.entry(outcome).or_default() += 1;
+                    }
+                    i += clients;
+                }
+            });
+        }
+        // Revoke one task half-way through, while the load runs.
+        std::thread::sleep(Duration::from_secs(duration_secs) / 2);
+        admin.post(
+            "/v1/revocations",
+            &json!({"task_id": victim, "reason": "bench revocation"}),
+        )?;
+        revoked.store(true, Ordering::SeqCst);
+        Ok(())
+    })?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut l = latencies.into_inner().map_err(|_| anyhow!("lock"))?;
+    l.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+            * 1e3
+    };
+    let metrics = agent
+        .get(&format!("{base}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default();
+    let rss = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tollgate_process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    println!(
+        "tollgate bench http: {clients} clients, {tasks} tasks, {duration_secs} s against {base}"
+    );
+    println!(
+        "requests:    {} in {elapsed:.1} s = {:.0} decisions/s",
+        l.len(),
+        l.len() as f64 / elapsed
+    );
+    println!(
+        "latency:     p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+        pct(0.50),
+        pct(0.90),
+        pct(0.99)
+    );
+    println!(
+        "outcomes:    {:?}",
+        outcomes.into_inner().map_err(|_| anyhow!("lock"))?
+    );
+    println!(
+        "stale decisions after revocation: {}",
+        stale.load(Ordering::SeqCst)
+    );
+    match rss {
+        Some(b) => println!("server memory: {:.1} MB resident", b / 1e6),
+        None => println!("server memory: not reported"),
+    }
+    Ok(())
+}

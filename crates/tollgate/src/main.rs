@@ -318,6 +318,19 @@ enum ApprovalsCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Load a running server over HTTP: open tasks, mixed allow / deny /
+    /// approval traffic, a revocation mid-run; latency percentiles,
+    /// throughput, stale decisions after the revocation, server memory.
+    Http {
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 8)]
+        tasks: usize,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Durable audit append throughput (serial vs group commit) and verification speed.
     Audit {
         #[arg(long, default_value_t = 100_000)]
@@ -664,6 +677,15 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Bench {
+            cmd:
+                BenchCmd::Http {
+                    duration_secs,
+                    clients,
+                    tasks,
+                    conn,
+                },
+        } => bench::http(&conn, duration_secs, clients.max(1), tasks.max(2)),
         Command::Bench {
             cmd:
                 BenchCmd::Audit {

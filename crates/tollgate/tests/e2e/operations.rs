@@ -266,3 +266,25 @@ fn policy_test_runs_the_packs_traces_and_fails_on_a_broken_expectation() {
         "{stdout}"
     );
 }
+
+#[test]
+fn bench_http_reports_and_finds_no_stale_decision() {
+    let s = Server::start();
+    let (ok, out, err) = s.cli(&[
+        "bench",
+        "http",
+        "--duration-secs",
+        "2",
+        "--clients",
+        "2",
+        "--tasks",
+        "2",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("decisions/s") && out.contains("p99"), "{out}");
+    assert!(out.contains("stale decisions after revocation: 0"), "{out}");
+    assert!(
+        out.contains("server memory:") && out.contains("MB resident"),
+        "{out}"
+    );
+}
