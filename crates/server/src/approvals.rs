@@ -16,6 +16,17 @@ use tollgate_core::clock::rfc3339;
 use tollgate_core::{Approval, ApprovalError, ApprovalStatus, Decision, Outcome, UnixTime, Vote};
 use tollgate_store::{ApprovalFilter, Batch, Change, StoreError};
 
+/// `approval.refused`, filed under the presenting agent's task (not the
+/// approval's: presenting someone else's approval is on the presenter).
+pub fn refused_event(ask: &ActionAsk<'_>, now: UnixTime, request_id: &str) -> AuditEvent {
+    AuditEvent::new(now, "approval.refused", ask.agent.spiffe_id.clone())
+        .task(ask.task.id.clone())
+        .incident(ask.task.incident_id.clone())
+        .agent(ask.agent.spiffe_id.clone())
+        .request(request_id)
+        .outcome("refused")
+}
+
 /// An audit event about an approval, with its correlation ids.
 pub fn event(a: Option<&Approval>, kind: &str, actor: &str, now: UnixTime) -> AuditEvent {
     let mut ev = AuditEvent::new(now, kind, actor);
@@ -98,12 +109,7 @@ pub async fn on_approval_required(
                 .reasons
                 .push(format!("approval {id} does not exist in this task"));
             step.events.push(
-                                AuditEvent::new(now, "approval.refused", actor)
-                    .task(ask.task.id.clone())
-                    .incident(ask.task.incident_id.clone())
-                    .agent(actor)
-                    .request(request_id)
-                    .outcome("refused")
+                                refused_event(ask, now, request_id)
                     .detail(json!({"approval_id": id, "request_hash": request_hash, "reason": "unknown approval"})),
             );
             return Ok(step);
@@ -149,18 +155,11 @@ pub async fn on_approval_required(
                 decision.outcome = Outcome::Deny;
                 decision.reasons.push(reason.clone());
                 // A replay, another task, or a changed request: refused and audited.
-                step.events.push(
-                    AuditEvent::new(now, "approval.refused", actor)
-                        .task(ask.task.id.clone())
-                        .incident(ask.task.incident_id.clone())
-                        .agent(actor)
-                        .request(request_id)
-                        .outcome("refused")
-                        .detail(detail(
-                            &a,
-                            json!({"presented_request_hash": request_hash, "reason": reason}),
-                        )),
-                );
+                step.events
+                    .push(refused_event(ask, now, request_id).detail(detail(
+                        &a,
+                        json!({"presented_request_hash": request_hash, "reason": reason}),
+                    )));
             }
         }
         if a.version != expected {

@@ -65,6 +65,30 @@ impl AuditKeys {
     }
 }
 
+/// Every audit entry of one task, oldest first (paged through the store).
+pub async fn task_entries(
+    state: &AppState,
+    task_id: &str,
+) -> Result<Vec<tollgate_audit::AuditEntry>, ApiError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = state
+            .store
+            .audit(tollgate_store::AuditQuery {
+                task_id: Some(task_id.to_string()),
+                after,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        out.extend(page);
+    }
+    Ok(out)
+}
+
 /// Sign a checkpoint of the log as it is now, unless the newest one already
 /// covers it. Returns the newest checkpoint, or `None` for an empty log.
 pub async fn checkpoint_now(state: &Arc<AppState>) -> Result<Option<Checkpoint>, ApiError> {

@@ -274,19 +274,33 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         now,
     }];
     changes.append(&mut step.changes);
-    // This decision joins the tree's history (what later chain rules see).
-    if let Some(op) = pack.catalog().operation(ask.action) {
-        changes.push(Change::RecordAction(tollgate_store::ActionRecord {
-            root_task_id: root.id.clone(),
-            task_id: ask.task.id.clone(),
-            agent: ask.agent.spiffe_id.clone(),
+    // This decision joins the tree's history (what later chain rules see):
+    // recorded in the commit, and appended to the in-memory copy after it.
+    let recorded = pack
+        .catalog()
+        .operation(ask.action)
+        .map(|op| tollgate_core::Past {
             request_id: request_id.clone(),
             action: ask.action.to_string(),
             resource: ask.resource.key(),
             tier: op.tier.as_str().to_string(),
             labels: op.labels.clone(),
             outcome: decision.outcome.as_str().to_string(),
+            risk: op.risk_weight(),
             ts: now,
+        });
+    if let Some(p) = &recorded {
+        changes.push(Change::RecordAction(tollgate_store::ActionRecord {
+            root_task_id: root.id.clone(),
+            task_id: ask.task.id.clone(),
+            agent: ask.agent.spiffe_id.clone(),
+            request_id: p.request_id.clone(),
+            action: p.action.clone(),
+            resource: p.resource.clone(),
+            tier: p.tier.clone(),
+            labels: p.labels.clone(),
+            outcome: p.outcome.clone(),
+            ts: p.ts,
         }));
     }
     // A chain rule marked `@on_deny("revoke")` ends the task (and its
@@ -336,20 +350,8 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     let batch = Batch { changes, audit };
     match state.store.commit(batch).await {
         Ok(_) => {
-            if let Some(op) = pack.catalog().operation(ask.action) {
-                state.history.append(
-                    &root.id,
-                    tollgate_core::Past {
-                        request_id: request_id.clone(),
-                        action: ask.action.to_string(),
-                        resource: ask.resource.key(),
-                        tier: op.tier.as_str().to_string(),
-                        labels: op.labels.clone(),
-                        outcome: decision.outcome.as_str().to_string(),
-                        risk: op.risk_weight(),
-                        ts: now,
-                    },
-                );
+            if let Some(p) = recorded {
+                state.history.append(&root.id, p);
             }
         }
         Err(StoreError::Conflict(_)) => {
@@ -384,16 +386,10 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
                     .reasons
                     .push("the approval was used by a concurrent request".into());
                 audit.push(
-                    AuditEvent::new(now, "approval.refused", ask.agent.spiffe_id.clone())
-                        .task(ask.task.id.clone())
-                        .incident(ask.task.incident_id.clone())
-                        .agent(ask.agent.spiffe_id.clone())
-                        .request(&request_id)
-                        .outcome("refused")
-                        .detail(json!({
-                            "approval_id": step.approval.as_ref().map(|a| a.id.clone()),
-                            "request_hash": request_hash, "reason": "used concurrently",
-                        })),
+                    approvals::refused_event(&ask, now, &request_id).detail(json!({
+                        "approval_id": step.approval.as_ref().map(|a| a.id.clone()),
+                        "request_hash": request_hash, "reason": "used concurrently",
+                    })),
                 );
             }
             if step.created {

@@ -13,20 +13,21 @@ use tollgate_store::Batch;
 
 const ATTEMPTS: u32 = 3;
 
+/// Agent-chosen strings must not become Slack links or mentions.
+fn slack_escape(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 fn payload(hook: &WebhookConfig, event: &str, approval: &Approval, view: &Value) -> Value {
     match hook.format {
         WebhookFormat::Json => json!({"event": event, "approval": view}),
         WebhookFormat::Slack => {
-            // Agent-chosen strings must not become Slack links or mentions.
-            let esc = |t: &str| {
-                t.replace('&', "&amp;")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;")
-            };
             let (yes, no) = approval.tally();
             json!({"text": format!(
                 "[tollgate] {event}: {} wants {} on {} (incident {}); {}/{} approvals, {} denials; status {}; approval id {}",
-                esc(&approval.agent), esc(&approval.action), esc(&approval.resource), esc(&approval.incident_id),
+                slack_escape(&approval.agent), slack_escape(&approval.action), slack_escape(&approval.resource), slack_escape(&approval.incident_id),
                 yes, approval.required, no, approval.status.as_str(), approval.id
             )})
         }
@@ -65,12 +66,7 @@ pub fn alert(
     let bodies = |hook: &WebhookConfig| match hook.format {
         WebhookFormat::Json => json!({"event": event, "alert": detail}),
         WebhookFormat::Slack => {
-            let esc = |t: &str| {
-                t.replace('&', "&amp;")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;")
-            };
-            json!({"text": format!("[tollgate] {event}: {}", esc(&text))})
+            json!({"text": format!("[tollgate] {event}: {}", slack_escape(&text))})
         }
     };
     send(state, event, subject, bodies);

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate_audit::AuditEvent;
 use tollgate_core::{sha256_hex, ApprovalStatus};
-use tollgate_store::{ApprovalFilter, Approver, AuditQuery, Batch, Change};
+use tollgate_store::{ApprovalFilter, Approver, Batch, Change};
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Deserialize, ToSchema)]
@@ -147,25 +147,11 @@ async fn enrich(
         .map(|e| json!({"id": e.id, "resource": e.resource, "kind": e.kind, "sha256": e.sha256}))
         .collect::<Vec<_>>());
     // The newest 200 decisions of the task, oldest first.
-    let mut chain = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = state
-            .store
-            .audit(AuditQuery {
-                task_id: Some(a.task_id.clone()),
-                after,
-                limit: 1000,
-                ..Default::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        chain.extend(
-            page.into_iter()
-                .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision"),
-        );
-    }
+    let chain: Vec<_> = crate::audit::task_entries(state, &a.task_id)
+        .await?
+        .into_iter()
+        .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision")
+        .collect();
     let skip = chain.len().saturating_sub(200);
     v["chain"] = json!(chain
         .iter()

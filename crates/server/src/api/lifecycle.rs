@@ -17,7 +17,7 @@ use tollgate_core::{
 };
 use tollgate_identity::{Actor, TaskGrant};
 use tollgate_policy::{AgentFacts, DelegateFacts, TaskOpenFacts};
-use tollgate_store::{AuditQuery, Batch, Change, TaskFilter};
+use tollgate_store::{Batch, Change, TaskFilter};
 use utoipa::ToSchema;
 
 /// Every active descendant of `root` (children, their children, …).
@@ -552,30 +552,17 @@ pub async fn rollback(
     }
     let mut steps = Vec::new();
     for t in &tasks {
-        let mut after = 0;
-        loop {
-            let page = state
-                .store
-                .audit(AuditQuery {
-                    task_id: Some(t.clone()),
-                    after,
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in page.iter().filter(|e| {
-                e.event.kind == "action.result" && !e.event.detail["compensation"].is_null()
-            }) {
-                steps.push((e.seq, json!({
-                    "task_id": t,
-                    "request_id": e.event.request_id,
-                    "executed_at": rfc3339(e.event.ts),
-                    "executed": {"action": e.event.detail["action"], "resource": e.event.detail["resource"], "command": e.event.detail["command"]},
-                    "compensation": e.event.detail["compensation"],
-                })));
-            }
+        let entries = crate::audit::task_entries(&state, t).await?;
+        for e in entries.iter().filter(|e| {
+            e.event.kind == "action.result" && !e.event.detail["compensation"].is_null()
+        }) {
+            steps.push((e.seq, json!({
+                "task_id": t,
+                "request_id": e.event.request_id,
+                "executed_at": rfc3339(e.event.ts),
+                "executed": {"action": e.event.detail["action"], "resource": e.event.detail["resource"], "command": e.event.detail["command"]},
+                "compensation": e.event.detail["compensation"],
+            })));
         }
     }
     steps.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
