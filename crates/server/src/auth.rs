@@ -160,7 +160,7 @@ impl FromRequestParts<Shared> for TaskAuth {
             return Err(refuse(state, parts, "task credential", ApiError::Unauthorized(why)).await);
         }
         // A delegated task lives only while its whole chain of parents does.
-        if let Some(why) = crate::api::lifecycle::dead_ancestor(state, &task).await? {
+        if let Some(why) = crate::api::lifecycle::ancestry(state, &task).await?.dead {
             return Err(refuse(
                 state,
                 parts,

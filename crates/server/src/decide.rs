@@ -81,21 +81,6 @@ async fn rate_limited(
     Ok(None)
 }
 
-/// The top-level task of `task`'s delegation tree.
-pub async fn root_task(state: &AppState, task: &Task) -> Result<Task, ApiError> {
-    let mut t = task.clone();
-    for _ in 0..64 {
-        let Some(p) = t.parent_task_id.clone() else {
-            return Ok(t);
-        };
-        match state.store.task(&p).await? {
-            Some(parent) => t = parent,
-            None => return Ok(t),
-        }
-    }
-    Ok(t)
-}
-
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
@@ -161,7 +146,8 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     };
     // The history of the whole delegation tree: chain rules judge the
     // sequence, and a sub-agent's actions count for its parent.
-    let root = root_task(state, ask.task).await?;
+    let tree = crate::api::lifecycle::ancestry(state, ask.task).await?;
+    let root = tree.root;
     let (cached, generation) = state.history.snapshot(&root.id);
     let past: Arc<Vec<tollgate_core::Past>> = match cached {
         Some(p) => p,
@@ -192,7 +178,16 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         }
     };
     let history = tollgate_core::HistorySummary::from_past(&past, now);
-    let mut decision = match gateway_decision(state, &pack, &ask, &history, &past, now).await {
+    let decided = match tree.dead {
+        // A delegated task lives only while its parents do (AuthZEN callers
+        // reach here without the credential extractor that checks this too).
+        Some(why) => Ok(Decision::deny(format!(
+            "task {} cannot act: {why}",
+            ask.task.id
+        ))),
+        None => gateway_decision(state, &pack, &ask, &history, &past, now).await,
+    };
+    let mut decision = match decided {
         Ok(d) => d,
         Err(ApiError::BadRequest { code, message }) => {
             let message = scrub(message);

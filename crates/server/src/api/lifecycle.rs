@@ -4,6 +4,7 @@
 use crate::auth::{Admin, ApiJson, PepAuth, Shared, TaskAuth};
 use crate::decide::new_id;
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -73,33 +74,39 @@ pub fn revoked_event(t: &Task, reason: &str, actor: &str, now: i64) -> AuditEven
         .detail(json!({"reason": reason}))
 }
 
-/// Why `task` cannot act although it is itself active: an ancestor ended.
-pub async fn dead_ancestor(state: &Shared, task: &Task) -> Result<Option<String>, ApiError> {
-    let mut parent = task.parent_task_id.clone();
-    let mut hops = 0;
-    while let Some(p) = parent {
-        hops += 1;
-        match state.store.task(&p).await? {
-            Some(t) if t.status == TaskStatus::Active && hops <= 64 => parent = t.parent_task_id,
-            Some(t) => return Ok(Some(format!("parent task {} is {}", t.id, t.status))),
-            None => return Ok(Some(format!("parent task {p} is missing"))),
-        }
-    }
-    Ok(None)
+/// A task's place in its delegation tree, from one walk up the parents.
+pub struct Ancestry {
+    /// The top-level task (the task itself when it was not delegated).
+    pub root: Task,
+    /// 0 for a task an agent opened, 1 for its children, …
+    pub depth: u32,
+    /// Why the task cannot act although it is itself active: an ancestor ended.
+    pub dead: Option<String>,
 }
 
-/// How deep `task` is in its delegation tree (0 for a task an agent opened).
-async fn depth_of(state: &Shared, task: &Task) -> Result<u32, ApiError> {
+pub async fn ancestry(state: &AppState, task: &Task) -> Result<Ancestry, ApiError> {
+    let mut root = task.clone();
     let mut depth = 0;
-    let mut parent = task.parent_task_id.clone();
-    while let Some(p) = parent {
+    let mut dead = None;
+    while let Some(p) = root.parent_task_id.clone() {
         depth += 1;
-        parent = state.store.task(&p).await?.and_then(|t| t.parent_task_id);
         if depth > 64 {
             return Err(ApiError::Internal("delegation chain too deep".into()));
         }
+        match state.store.task(&p).await? {
+            Some(t) => {
+                if dead.is_none() && t.status != TaskStatus::Active {
+                    dead = Some(format!("parent task {} is {}", t.id, t.status));
+                }
+                root = t;
+            }
+            None => {
+                dead.get_or_insert_with(|| format!("parent task {p} is missing"));
+                break;
+            }
+        }
     }
-    Ok(depth)
+    Ok(Ancestry { root, depth, dead })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -140,7 +147,7 @@ pub async fn delegate(
     let actions: BTreeSet<String> = req.actions.iter().cloned().collect();
     let resources: BTreeSet<String> = req.resources.iter().cloned().collect();
     let request_id = new_id("req");
-    let depth = depth_of(&state, parent).await? + 1;
+    let depth = ancestry(&state, parent).await?.depth + 1;
     let pack = state.pack.load_full();
     let refuse = |reasons: Vec<String>, policies: Vec<String>| {
         AuditEvent::new(now, "task.delegation_refused", parent.agent.clone())
@@ -499,7 +506,7 @@ pub async fn introspect(
         .await?
         .filter(|t| t.agent == claims.sub && t.is_live(now));
     let live = match &task {
-        Some(t) => dead_ancestor(&state, t).await?.is_none(),
+        Some(t) => ancestry(&state, t).await?.dead.is_none(),
         None => false,
     };
     let agent_ok = state
