@@ -279,6 +279,37 @@ pub struct Tokens {
     bundles: HashMap<String, TrustBundle>,
     /// Clock skew tolerated on `exp` and `nbf`, seconds.
     leeway: i64,
+    /// Task credentials already verified.
+    verified: VerifiedCredentials,
+}
+
+/// How many verified task credentials are remembered; past it the cache
+/// starts over (costing one re-verification per credential).
+const MAX_VERIFIED: usize = 65_536;
+
+/// Task credentials already verified, so a credential used for many calls
+/// costs one Ed25519 verification and JSON parse, not one per call. Keyed
+/// by the SHA-256 of the whole token (a token differing in any byte is a
+/// miss and is verified); an entry serves only until the credential's own
+/// `exp` (plus leeway), exactly as re-verifying would. Liveness is not
+/// cached: the gateway reads the task and its agent from the store on
+/// every call, so a revoked credential is refused on the very next request,
+/// and the gateway drops the entry when it finds the task dead.
+#[derive(Default)]
+struct VerifiedCredentials {
+    entries: std::sync::Mutex<HashMap<[u8; 32], TaskClaims>>,
+}
+
+impl VerifiedCredentials {
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], TaskClaims>> {
+        // Only cached verifications live here; a poisoned lock keeps them.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Tokens {
@@ -290,6 +321,7 @@ impl Tokens {
             audience: audience.to_string(),
             bundles: HashMap::new(),
             leeway: 30,
+            verified: VerifiedCredentials::default(),
         }
     }
 
@@ -409,6 +441,44 @@ impl Tokens {
 
     /// Verify a task credential (only Tollgate's own key can have signed it).
     pub fn verify_task_credential(
+        &self,
+        token: &str,
+        now: UnixTime,
+    ) -> Result<TaskClaims, TokenError> {
+        let key = VerifiedCredentials::key(token);
+        let mut cache = self.verified.lock();
+        match cache.get(&key) {
+            Some(claims) if now <= claims.exp + self.leeway => return Ok(claims.clone()),
+            Some(_) => {
+                cache.remove(&key);
+                return Err(TokenError::Expired);
+            }
+            None => {}
+        }
+        drop(cache);
+        let claims = self.verify_task_credential_uncached(token, now)?;
+        let mut cache = self.verified.lock();
+        if cache.len() >= MAX_VERIFIED {
+            cache.clear();
+        }
+        cache.insert(key, claims.clone());
+        Ok(claims)
+    }
+
+    /// Forget a verified credential (its task was found dead), so the next
+    /// use verifies it again from scratch.
+    pub fn forget_task_credential(&self, token: &str) {
+        self.verified
+            .lock()
+            .remove(&VerifiedCredentials::key(token));
+    }
+
+    /// How many verified task credentials are cached.
+    pub fn cached_task_credentials(&self) -> usize {
+        self.verified.lock().len()
+    }
+
+    fn verify_task_credential_uncached(
         &self,
         token: &str,
         now: UnixTime,

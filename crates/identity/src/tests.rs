@@ -254,3 +254,42 @@ fn oidc_id_tokens_for_approvers() {
     assert_eq!(v.verify(&sign(wrong_aud), NOW), Err(TokenError::Audience));
     assert_eq!(v.verify(&sign(good), NOW + 200), Err(TokenError::Expired));
 }
+
+/// The verified-credential cache answers exactly as verification would:
+/// same claims, expiry still enforced, any altered byte verified afresh.
+#[test]
+fn verified_task_credentials_are_cached_without_changing_answers() {
+    let t = tokens();
+    let grant = TaskGrant {
+        sub: agent().to_string(),
+        task_id: "task_1".into(),
+        incident_id: "INC-1".into(),
+        scope: Scope::default(),
+        iat: NOW,
+        exp: NOW + 300,
+        jti: "j3".into(),
+        act: None,
+    };
+    let (cred, claims) = t.issue_task_credential(grant).unwrap();
+    assert_eq!(t.cached_task_credentials(), 0);
+    assert_eq!(t.verify_task_credential(&cred, NOW).unwrap(), claims);
+    assert_eq!(t.cached_task_credentials(), 1);
+    assert_eq!(t.verify_task_credential(&cred, NOW + 10).unwrap(), claims);
+    assert_eq!(t.cached_task_credentials(), 1);
+    // A forged signature (last character changed) is not served from the cache.
+    let mut forged = cred.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(t.verify_task_credential(&forged, NOW).is_err());
+    assert_eq!(t.cached_task_credentials(), 1);
+    // Within the leeway it still verifies; past it the entry is dropped.
+    assert!(t.verify_task_credential(&cred, NOW + 320).is_ok());
+    assert_eq!(
+        t.verify_task_credential(&cred, NOW + 400),
+        Err(TokenError::Expired)
+    );
+    assert_eq!(t.cached_task_credentials(), 0);
+    t.verify_task_credential(&cred, NOW).unwrap();
+    t.forget_task_credential(&cred);
+    assert_eq!(t.cached_task_credentials(), 0);
+}

@@ -15,8 +15,10 @@
 //! - The only IO is [`PolicyPack::load_dir`], which reads files and hands
 //!   their text to the pure [`PolicyPack::from_sources`].
 
+pub mod index;
 mod pack;
 mod request;
+pub mod synthetic;
 pub mod testing;
 
 pub use pack::{Diagnostic, PolicyError, PolicyPack, SourceFile, OBLIGATION_EVIDENCE_BEFORE};

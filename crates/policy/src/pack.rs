@@ -1,6 +1,7 @@
+use crate::index::PolicyIndex;
 use cedar_policy::{
-    Authorizer, Decision as CedarDecision, Entities, PolicyId, PolicySet, Request, Schema,
-    ValidationMode, Validator,
+    Decision as CedarDecision, Entities, PolicyId, PolicySet, Request, Schema, ValidationMode,
+    Validator,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -90,7 +91,8 @@ pub struct PolicyPack {
     annotations: HashMap<PolicyId, PolicyNotes>,
     /// SHA-256 over every source file, to record which pack decided.
     digest: String,
-    authorizer: Authorizer,
+    /// The same policies indexed by scope; every decision goes through it.
+    index: PolicyIndex,
     /// `playbooks.yaml`, when the pack has one.
     playbooks: Option<tollgate_core::Playbooks>,
 }
@@ -194,6 +196,15 @@ impl PolicyPack {
                 .next()
                 .unwrap_or(&file.name)
                 .to_string();
+            // Policies come back in file order, so each one's text is
+            // searched for after the previous one: linear in the file size,
+            // where searching from the start was quadratic.
+            let mut cursor = 0;
+            // Line starts, so locating each policy is a binary search
+            // rather than a count of every newline before it.
+            let line_starts: Vec<usize> = std::iter::once(0)
+                .chain(file.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect();
             for (i, p) in parsed.policies().enumerate() {
                 let id = PolicyId::new(
                     p.annotation("id")
@@ -202,9 +213,19 @@ impl PolicyPack {
                 );
                 let offset = p
                     .to_cedar()
-                    .and_then(|src| file.text.find(&src))
+                    .and_then(|src| {
+                        let at = file.text.get(cursor..)?.find(&src)? + cursor;
+                        cursor = at + src.len();
+                        Some(at)
+                    })
                     .unwrap_or(0);
-                let (line, column) = line_col(&file.text, offset);
+                let line = line_starts.partition_point(|&start| start <= offset);
+                let line_start = line_starts.get(line.wrapping_sub(1)).copied().unwrap_or(0);
+                let column = file
+                    .text
+                    .get(line_start..offset)
+                    .map_or(0, |s| s.chars().count())
+                    + 1;
                 let at = |message: String| Diagnostic {
                     file: file.name.clone(),
                     line,
@@ -271,11 +292,11 @@ impl PolicyPack {
                 }
                 let pack = Self {
                     schema,
+                    index: PolicyIndex::new(&set),
                     policies: set,
                     catalog,
                     annotations,
                     digest: tollgate_core::sha256_hex(&digest_input),
-                    authorizer: Authorizer::new(),
                     playbooks: None,
                 };
                 let problems = pack.probe();
@@ -331,7 +352,12 @@ impl PolicyPack {
         &self.digest
     }
     pub fn policy_count(&self) -> usize {
-        self.policies.policies().count()
+        self.index.len()
+    }
+
+    /// The full policy set, for comparisons with stock Cedar.
+    pub fn policy_set(&self) -> &PolicySet {
+        &self.policies
     }
 
     /// Evaluate a built request and apply Tollgate's annotations.
@@ -342,19 +368,10 @@ impl PolicyPack {
         entities: &Entities,
         evidence_present: bool,
     ) -> Decision {
-        let resp = self
-            .authorizer
-            .is_authorized(request, &self.policies, entities);
+        let resp = self.index.is_authorized(request, entities);
         // Evaluation errors can quote request values (secrets among them),
         // so only the failing policies are named, never the message.
-        let failed: Vec<String> = resp
-            .diagnostics()
-            .errors()
-            .map(|e| {
-                let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
-                pe.policy_id().to_string()
-            })
-            .collect();
+        let failed: Vec<String> = resp.errored.iter().map(|id| id.to_string()).collect();
         if !failed.is_empty() {
             let mut d = Decision::deny("a policy failed to evaluate; failing closed");
             d.reasons
@@ -362,20 +379,19 @@ impl PolicyPack {
             d.policies = failed;
             return d;
         }
-        let mut ids: Vec<&PolicyId> = resp.diagnostics().reason().collect();
-        ids.sort();
+        let ids = &resp.reasons;
         let notes: Vec<(String, PolicyNotes)> = ids
             .iter()
             .map(|id| {
                 (
                     id.to_string(),
-                    self.annotations.get(*id).cloned().unwrap_or_default(),
+                    self.annotations.get(id).cloned().unwrap_or_default(),
                 )
             })
             .collect();
         let policies: Vec<String> = notes.iter().map(|(id, _)| id.clone()).collect();
         let mut reasons: Vec<String> = notes.iter().filter_map(|(_, n)| n.reason.clone()).collect();
-        match resp.decision() {
+        match resp.decision {
             CedarDecision::Deny => {
                 if policies.is_empty() {
                     reasons.push("no policy permits this request".into());

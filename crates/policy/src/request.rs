@@ -1,9 +1,12 @@
 //! Building the Cedar request from verified facts.
 
 use crate::{PolicyError, PolicyPack};
-use cedar_policy::{Context, Entities, EntityUid, Request};
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::str::FromStr;
 use tollgate_core::{Decision, Incident, SpiffeId, Task, UnixTime};
 
 /// The verified caller.
@@ -94,9 +97,39 @@ fn message(e: &dyn std::error::Error) -> String {
 }
 
 fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
-    let v = json!({"type": kind, "id": id});
-    EntityUid::from_json(v)
-        .map_err(|e| PolicyError::BadRequest(format!("bad entity {kind}::{id}: {}", message(&e))))
+    let kind_name = EntityTypeName::from_str(kind).map_err(|e| {
+        PolicyError::BadRequest(format!("bad entity {kind}::{id}: {}", message(&e)))
+    })?;
+    Ok(EntityUid::from_type_name_and_id(
+        kind_name,
+        EntityId::new(id),
+    ))
+}
+
+/// A plain JSON value as a Cedar value: `None` for anything Cedar's
+/// schema-directed JSON parser could read differently (`__entity` and
+/// `__extn` escapes, non-integer numbers, null), so the caller falls back
+/// to that parser.
+fn plain(v: &Value) -> Option<RestrictedExpression> {
+    Some(match v {
+        Value::Bool(b) => RestrictedExpression::new_bool(*b),
+        Value::Number(n) => RestrictedExpression::new_long(n.as_i64()?),
+        Value::String(s) => RestrictedExpression::new_string(s.clone()),
+        Value::Array(items) => {
+            RestrictedExpression::new_set(items.iter().map(plain).collect::<Option<Vec<_>>>()?)
+        }
+        Value::Object(m) => RestrictedExpression::new_record(plain_pairs(m)?).ok()?,
+        Value::Null => return None,
+    })
+}
+
+fn plain_pairs(m: &Map<String, Value>) -> Option<Vec<(String, RestrictedExpression)>> {
+    if m.keys().any(|k| k.starts_with("__")) {
+        return None;
+    }
+    m.iter()
+        .map(|(k, v)| Some((k.clone(), plain(v)?)))
+        .collect()
 }
 
 fn agent_entity(a: AgentFacts<'_>) -> Value {
@@ -116,6 +149,21 @@ impl PolicyPack {
         entities: Value,
         context: Value,
     ) -> Result<(Request, Entities), PolicyError> {
+        if let Some(built) = self.build_direct(&principal, action, &resource, &entities, &context) {
+            return Ok(built);
+        }
+        self.build_json(principal, action, resource, entities, context)
+    }
+
+    /// Cedar's JSON parser, schema-directed: the reference for `build_direct`.
+    pub(crate) fn build_json(
+        &self,
+        principal: EntityUid,
+        action: &str,
+        resource: EntityUid,
+        entities: Value,
+        context: Value,
+    ) -> Result<(Request, Entities), PolicyError> {
         let (schema, _) = self.authorizer_inputs();
         let bad = |what: &str, e: &dyn std::error::Error| {
             PolicyError::BadRequest(format!("{what}: {}", message(e)))
@@ -128,6 +176,48 @@ impl PolicyPack {
         let request = Request::new(principal, action_uid, resource, context, Some(schema))
             .map_err(|e| bad("request does not fit the schema", &e))?;
         Ok((request, entities))
+    }
+
+    /// The same request built without Cedar's JSON parser, which was most
+    /// of a decision's cost (it tries every escape form of every value and
+    /// formats an error for each miss). The schema still checks entities
+    /// and context. Any failure returns `None` and the JSON path decides,
+    /// so answers and error messages are those of the JSON path; a value
+    /// the JSON path would read differently (an entity reference or
+    /// extension value the schema expects) fails the schema check here.
+    pub(crate) fn build_direct(
+        &self,
+        principal: &EntityUid,
+        action: &str,
+        resource: &EntityUid,
+        entities: &Value,
+        context: &Value,
+    ) -> Option<(Request, Entities)> {
+        let (schema, _) = self.authorizer_inputs();
+        let mut list = Vec::new();
+        for e in entities.as_array()? {
+            let id = e.get("uid")?;
+            let id = uid(id.get("type")?.as_str()?, id.get("id")?.as_str()?).ok()?;
+            if !e.get("parents")?.as_array()?.is_empty() {
+                return None;
+            }
+            let attrs: std::collections::HashMap<String, RestrictedExpression> =
+                plain_pairs(e.get("attrs")?.as_object()?)?
+                    .into_iter()
+                    .collect();
+            list.push(Entity::new(id, attrs, std::collections::HashSet::new()).ok()?);
+        }
+        let entities = Entities::from_entities(list, Some(schema)).ok()?;
+        let context = Context::from_pairs(plain_pairs(context.as_object()?)?).ok()?;
+        let request = Request::new(
+            principal.clone(),
+            uid("Action", action).ok()?,
+            resource.clone(),
+            context,
+            Some(schema),
+        )
+        .ok()?;
+        Some((request, entities))
     }
 
     /// Decide a privileged action. `Err` means the request itself is
@@ -154,23 +244,20 @@ impl PolicyPack {
                 f.resource.key()
             )));
         }
-        let principal = uid("Agent", &f.agent.spiffe_id.to_string())?;
-        let resource = uid(&f.resource.kind, &f.resource.id)?;
-        let mut entities = vec![agent_entity(f.agent)];
-        if resource != principal {
-            entities.push(json!({"uid": {"type": f.resource.kind, "id": f.resource.id}, "attrs": f.resource.attributes, "parents": []}));
-        }
-        let context = action_context(f, op);
-        let (req, ents) = self.build(
-            principal,
-            f.action,
-            resource,
-            Value::Array(entities),
-            context,
-        )?;
+        let (req, ents) = self.action_request(f, op)?;
         let mut d = self.evaluate(&req, &ents, f.evidence_present);
         self.apply_playbook(&mut d, f);
         Ok(d)
+    }
+
+    /// The Cedar request and entities of a privileged action, schema-checked.
+    pub fn action_request(
+        &self,
+        f: &ActionFacts<'_>,
+        op: &tollgate_core::Operation,
+    ) -> Result<(Request, Entities), PolicyError> {
+        let (principal, resource, entities, context) = action_parts(f, op)?;
+        self.build(principal, f.action, resource, entities, context)
     }
 
     /// The task's playbook has its say after policy: steps may need
@@ -452,6 +539,25 @@ impl PolicyPack {
 
 /// The context of a privileged-action request: only facts the gateway knows,
 /// plus the agent's intent and parameters.
+/// Principal, resource, entities and context of a privileged action.
+pub(crate) fn action_parts(
+    f: &ActionFacts<'_>,
+    op: &tollgate_core::Operation,
+) -> Result<(EntityUid, EntityUid, Value, Value), PolicyError> {
+    let principal = uid("Agent", &f.agent.spiffe_id.to_string())?;
+    let resource = uid(&f.resource.kind, &f.resource.id)?;
+    let mut entities = vec![agent_entity(f.agent)];
+    if resource != principal {
+        entities.push(json!({"uid": {"type": f.resource.kind, "id": f.resource.id}, "attrs": f.resource.attributes, "parents": []}));
+    }
+    Ok((
+        principal,
+        resource,
+        Value::Array(entities),
+        action_context(f, op),
+    ))
+}
+
 fn action_context(f: &ActionFacts<'_>, op: &tollgate_core::Operation) -> Value {
     let hour = f.now.rem_euclid(86_400) / 3_600;
     json!({

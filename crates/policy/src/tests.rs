@@ -50,12 +50,16 @@ struct Case {
 }
 
 fn decide(p: &PolicyPack, c: &Case) -> Result<tollgate_core::Decision, PolicyError> {
+    with_facts(c, |f| p.decide_action(f))
+}
+
+fn with_facts<R>(c: &Case, run: impl FnOnce(&ActionFacts<'_>) -> R) -> R {
     let id = SpiffeId::parse(c.agent).unwrap();
     let resource: ResourceRef = serde_json::from_value(c.resource.clone()).unwrap();
     let params: Map<String, Value> = serde_json::from_value(c.parameters.clone()).unwrap();
     let t = task();
     let inc = incident("malware", Severity::High);
-    p.decide_action(&ActionFacts {
+    run(&ActionFacts {
         agent: AgentFacts {
             spiffe_id: &id,
             owner: "alice",
@@ -220,6 +224,51 @@ fn example_pack_decisions_match_golden() {
         got, want,
         "decisions changed; if intended, re-bless and review"
     );
+}
+
+/// The direct request builder is taken for every golden case and builds
+/// exactly what Cedar's JSON parser builds; escapes fall back to the parser.
+#[test]
+fn direct_request_building_matches_the_json_parser() {
+    let p = pack();
+    let sorted = |e: &cedar_policy::Entities| {
+        let mut v = e.to_json_value().unwrap().as_array().unwrap().clone();
+        v.sort_by_key(|x| x["uid"].to_string());
+        v
+    };
+    let mut cases = cases();
+    cases.push((
+        "escaped parameter",
+        Case {
+            agent: IR,
+            action: "siem.query",
+            resource: json!({"type": "SiemIndex", "id": "main"}),
+            parameters: json!({"query": {"__extn": {"fn": "ip", "arg": "10.0.0.1"}}}),
+            evidence: false,
+        },
+    ));
+    let mut refused = Vec::new();
+    for (name, case) in cases {
+        with_facts(&case, |f| {
+            let Some(op) = p.catalog().operation(f.action) else {
+                return;
+            };
+            let (principal, resource, entities, context) =
+                crate::request::action_parts(f, op).unwrap();
+            let direct = p.build_direct(&principal, f.action, &resource, &entities, &context);
+            let json = p.build_json(principal, f.action, resource, entities, context);
+            match (direct, json) {
+                (Some((dr, de)), Ok((jr, je))) => {
+                    assert_eq!(format!("{dr:?}"), format!("{jr:?}"), "{name}");
+                    assert_eq!(sorted(&de), sorted(&je), "{name}");
+                }
+                // Requests the schema refuses: the JSON path reports why.
+                (None, Err(_)) => refused.push(name),
+                (d, j) => panic!("{name}: direct {:?} json {:?}", d.is_some(), j.is_ok()),
+            }
+        });
+    }
+    assert_eq!(refused, vec!["wrong resource type", "escaped parameter"]);
 }
 
 #[test]
@@ -430,6 +479,17 @@ fn invalid_packs_report_file_and_line() {
     };
     let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
     assert!(text.iter().any(|t| t.contains("@approval")), "{text:?}");
+    // Each policy is located at its own first line and column.
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("policies/ann.cedar:1:1: ") && t.contains("@approval")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("policies/ann.cedar:3:1: ") && t.contains("unknown obligation")),
+        "{text:?}"
+    );
     assert!(
         text.iter().any(|t| t.contains("unknown obligation")),
         "{text:?}"

@@ -157,10 +157,12 @@ impl FromRequestParts<Shared> for TaskAuth {
                 }
                 None => format!("task {} is {}", task.id, task.status),
             };
+            state.tokens.forget_task_credential(token);
             return Err(refuse(state, parts, "task credential", ApiError::Unauthorized(why)).await);
         }
         // A delegated task lives only while its whole chain of parents does.
         if let Some(why) = crate::api::lifecycle::ancestry(state, &task).await?.dead {
+            state.tokens.forget_task_credential(token);
             return Err(refuse(
                 state,
                 parts,
@@ -172,13 +174,14 @@ impl FromRequestParts<Shared> for TaskAuth {
         let agent = match state.store.agent(&claims.sub).await? {
             Some(a) if !a.revoked => a,
             _ => {
+                state.tokens.forget_task_credential(token);
                 return Err(refuse(
                     state,
                     parts,
                     "task credential",
                     ApiError::Unauthorized(format!("agent {} is revoked", claims.sub)),
                 )
-                .await)
+                .await);
             }
         };
         Ok(TaskAuth {

@@ -331,6 +331,18 @@ enum BenchCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// In-process decisions against packs grown to N policies with
+    /// per-agent policies, beside stock Cedar on the same set and requests.
+    Policy {
+        /// The pack to grow (default: the embedded example pack).
+        #[arg(long)]
+        pack: Option<PathBuf>,
+        /// Pack sizes to measure, in policies.
+        #[arg(long, value_delimiter = ',', default_value = "21,1000,10000")]
+        policies: Vec<usize>,
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+    },
     /// Durable audit append throughput (serial vs group commit) and verification speed.
     Audit {
         #[arg(long, default_value_t = 100_000)]
@@ -688,6 +700,24 @@ fn main() -> Result<()> {
         } => bench::http(&conn, duration_secs, clients.max(1), tasks.max(2)),
         Command::Bench {
             cmd:
+                BenchCmd::Policy {
+                    pack,
+                    policies,
+                    decisions,
+                },
+        } => {
+            let example = tempfile::tempdir()?;
+            let dir = match pack {
+                Some(dir) => dir,
+                None => {
+                    write_example(example.path())?;
+                    example.path().to_path_buf()
+                }
+            };
+            bench::policy(&dir, &policies, decisions.max(1))
+        }
+        Command::Bench {
+            cmd:
                 BenchCmd::Audit {
                     entries,
                     concurrency,
@@ -712,13 +742,8 @@ fn d_with_dir(dir: &std::path::Path, d: &tollgate_policy::Diagnostic) -> String 
     format!("{}/{}", dir.display(), d)
 }
 
-fn init(dir: &std::path::Path) -> Result<()> {
-    if dir.join("tollgate.yaml").exists() {
-        bail!(
-            "{} already holds a tollgate.yaml; not overwriting",
-            dir.display()
-        );
-    }
+/// Write the embedded example pack and configuration into `dir`.
+fn write_example(dir: &std::path::Path) -> Result<()> {
     for (name, text) in tollgate_server::embedded::FILES {
         let p = dir.join(name);
         if let Some(parent) = p.parent() {
@@ -727,6 +752,17 @@ fn init(dir: &std::path::Path) -> Result<()> {
         }
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
     }
+    Ok(())
+}
+
+fn init(dir: &std::path::Path) -> Result<()> {
+    if dir.join("tollgate.yaml").exists() {
+        bail!(
+            "{} already holds a tollgate.yaml; not overwriting",
+            dir.display()
+        );
+    }
+    write_example(dir)?;
     println!(
         "wrote the example incident-response pack to {}",
         dir.display()
