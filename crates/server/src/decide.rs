@@ -55,11 +55,15 @@ async fn rate_limited(
                 .count(),
             RateScope::Agent => state
                 .store
-                .actions_by_agent(&ask.agent.spiffe_id, since + 1)
+                .count_allowed_by_agent(
+                    &ask.agent.spiffe_id,
+                    since + 1,
+                    rl.tier.as_deref(),
+                    rl.action.as_deref(),
+                )
                 .await?
-                .iter()
-                .filter(|a| a.outcome == "allow" && applies(&a.tier, &a.action))
-                .count(),
+                .try_into()
+                .unwrap_or(usize::MAX),
         };
         if count >= rl.max {
             let scope = match rl.scope {
@@ -172,9 +176,7 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
                     ts: a.ts,
                 })
                 .collect();
-            let loaded = Arc::new(loaded);
-            state.history.fill(&root.id, loaded.clone(), generation);
-            loaded
+            state.history.fill(&root.id, Arc::new(loaded), generation)
         }
     };
     let history = tollgate_core::HistorySummary::from_past(&past, now);
@@ -221,6 +223,9 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
             ));
         }
     }
+    // Let go of the history before the commit: while a decision holds it,
+    // every other decision of the tree that commits must copy it to append.
+    drop(past);
     let request_hash = tollgate_core::approval::request_hash(
         &ask.task.id,
         ask.action,

@@ -71,12 +71,16 @@ impl Store for FlakyStore {
     ) -> Result<Vec<tollgate_store::ActionRecord>, StoreError> {
         self.inner.actions_in_tree(r, since).await
     }
-    async fn actions_by_agent(
+    async fn count_allowed_by_agent(
         &self,
         a: &str,
         since: i64,
-    ) -> Result<Vec<tollgate_store::ActionRecord>, StoreError> {
-        self.inner.actions_by_agent(a, since).await
+        tier: Option<&str>,
+        action: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        self.inner
+            .count_allowed_by_agent(a, since, tier, action)
+            .await
     }
     async fn audit_head(&self) -> Result<tollgate_store::AuditHead, StoreError> {
         self.inner.audit_head().await

@@ -92,16 +92,35 @@ pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
-    let by_agent = s
-        .actions_by_agent(&format!("spiffe://acme.test/agent/p/{root}"), 0)
+    // Agent-wide counts of allowed actions, filtered as rate limits are;
+    // a denied action does not count.
+    let mut denied = rec("p", "edr.read_alerts", 400);
+    denied.outcome = "deny".into();
+    s.commit(Batch::default().change(Change::RecordAction(denied)))
         .await
         .unwrap();
+    let agent = format!("spiffe://acme.test/agent/p/{root}");
+    let count = |since, tier, action| {
+        let agent = agent.clone();
+        let s = &s;
+        async move {
+            s.count_allowed_by_agent(&agent, since, tier, action)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count(0, None, None).await, 2);
+    assert_eq!(count(0, Some("read"), None).await, 2);
+    assert_eq!(count(0, Some("contain"), None).await, 0);
+    assert_eq!(count(0, None, Some("edr.read_alerts")).await, 1);
+    assert_eq!(count(0, Some("read"), Some("vault.read_secret")).await, 1);
+    assert_eq!(count(101, None, None).await, 1);
+    assert_eq!(count(301, None, None).await, 0);
     assert_eq!(
-        by_agent
-            .iter()
-            .map(|a| a.action.as_str())
-            .collect::<Vec<_>>(),
-        ["vault.read_secret", "edr.read_alerts"]
+        s.count_allowed_by_agent("spiffe://acme.test/agent/p/nobody", 0, None, None)
+            .await
+            .unwrap(),
+        0
     );
 }
 

@@ -271,12 +271,17 @@ pub trait Store: Send + Sync + 'static {
         root_task_id: &str,
         since: UnixTime,
     ) -> Result<Vec<ActionRecord>, StoreError>;
-    /// Actions of one agent across all its tasks since `since`, oldest first.
-    async fn actions_by_agent(
+    /// How many actions one agent was allowed, across all its tasks, at or
+    /// after `since`; only of `tier` and only `action` when given (the
+    /// agent-wide rate limits). Counted in the store, so the cost follows
+    /// the allowed actions that match, not everything the agent did.
+    async fn count_allowed_by_agent(
         &self,
         agent: &str,
         since: UnixTime,
-    ) -> Result<Vec<ActionRecord>, StoreError>;
+        tier: Option<&str>,
+        action: Option<&str>,
+    ) -> Result<u64, StoreError>;
     /// Size and Merkle root of the whole log, in O(log n).
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
     /// Merkle leaf hashes of the first `size` entries, for proofs.

@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS action_history (
   resource TEXT NOT NULL, tier TEXT NOT NULL, labels TEXT NOT NULL, outcome TEXT NOT NULL, ts INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS action_history_tree ON action_history(root_task_id, ts);
 CREATE INDEX IF NOT EXISTS action_history_agent ON action_history(agent, ts);
+CREATE INDEX IF NOT EXISTS action_history_agent_allowed_tier ON action_history(agent, tier, ts) WHERE outcome = 'allow';
+CREATE INDEX IF NOT EXISTS action_history_agent_allowed_action ON action_history(agent, action, ts) WHERE outcome = 'allow';
 CREATE TABLE IF NOT EXISTS checkpoints (tree_size INTEGER PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS action_results (
   request_id TEXT PRIMARY KEY, task_id TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL);
@@ -257,7 +259,7 @@ impl SqliteStore {
         let key = key.to_string();
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT root_task_id, task_id, agent, request_id, action, resource, tier, labels, outcome, ts
                      FROM action_history WHERE {column} = ?1 AND ts >= ?2 ORDER BY ts, rowid"
                 ))
@@ -831,12 +833,49 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn actions_by_agent(
+    async fn count_allowed_by_agent(
         &self,
         agent: &str,
         since: i64,
-    ) -> Result<Vec<crate::ActionRecord>, StoreError> {
-        self.actions_where("agent", agent, since).await
+        tier: Option<&str>,
+        action: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        // One statement per filter combination, each able to use a partial
+        // index over allowed actions, so a limit costs about its own count.
+        let sql = match (tier, action) {
+            (None, None) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2",
+            (Some(_), None) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND tier = ?3",
+            (None, Some(_)) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND action = ?4",
+            (Some(_), Some(_)) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND tier = ?3 AND action = ?4",
+        };
+        let (agent, tier, action) = (
+            agent.to_string(),
+            tier.map(str::to_string),
+            action.map(str::to_string),
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+            let mut bind = vec![
+                (1, rusqlite::types::Value::from(agent)),
+                (2, rusqlite::types::Value::from(since)),
+            ];
+            if let Some(t) = tier {
+                bind.push((3, rusqlite::types::Value::from(t)));
+            }
+            if let Some(a) = action {
+                bind.push((4, rusqlite::types::Value::from(a)));
+            }
+            for (i, v) in bind {
+                stmt.raw_bind_parameter(i, v).map_err(backend)?;
+            }
+            let mut rows = stmt.raw_query();
+            let n: i64 = match rows.next().map_err(backend)? {
+                Some(r) => r.get(0).map_err(backend)?,
+                None => 0,
+            };
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
