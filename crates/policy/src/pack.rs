@@ -207,7 +207,9 @@ impl PolicyPack {
                 .collect();
             for (i, p) in parsed.policies().enumerate() {
                 let id = PolicyId::new(
-                    p.annotation("id")
+                    p.annotations()
+                        .find(|(k, _)| *k == "id")
+                        .map(|(_, v)| v)
                         .map(str::to_string)
                         .unwrap_or_else(|| format!("{stem}.{i}")),
                 );
@@ -460,7 +462,11 @@ impl PolicyPack {
 }
 
 fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
-    let approvals = match p.annotation("approval") {
+    // `Policy::annotation` parses its key on every call, which dominated
+    // loading large packs; the pairs are read once instead.
+    let annotations: HashMap<&str, &str> = p.annotations().collect();
+    let annotation = |key: &str| annotations.get(key).copied();
+    let approvals = match annotation("approval") {
         None => 0,
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=MAX_APPROVALS).contains(&n) => n,
@@ -474,8 +480,7 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
     if approvals > 0 && p.effect() == cedar_policy::Effect::Forbid {
         return Err("@approval only makes sense on a permit".into());
     }
-    let obligations: Vec<String> = p
-        .annotation("obligation")
+    let obligations: Vec<String> = annotation("obligation")
         .map(|v| {
             v.split(',')
                 .map(|s| s.trim().to_string())
@@ -491,7 +496,7 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
             ));
         }
     }
-    let approval_ttl = match p.annotation("approval_ttl") {
+    let approval_ttl = match annotation("approval_ttl") {
         None => None,
         Some(v) => Some(parse_duration(v).ok_or_else(|| {
             format!(
@@ -499,7 +504,7 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
             )
         })?),
     };
-    let deny_threshold = match p.annotation("deny_threshold") {
+    let deny_threshold = match annotation("deny_threshold") {
         None => None,
         Some(v) => match v.parse::<u32>() {
             Ok(n) if (1..=MAX_APPROVALS).contains(&n) => Some(n),
@@ -510,7 +515,7 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
             }
         },
     };
-    let owner_may_approve = match p.annotation("owner_may_approve") {
+    let owner_may_approve = match annotation("owner_may_approve") {
         None => false,
         Some("true") => true,
         Some(v) => return Err(format!("@owner_may_approve takes \"true\", got {v:?}")),
@@ -523,7 +528,7 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
                 .into(),
         );
     }
-    let (revoke_on_deny, quarantine_on_deny) = match p.annotation("on_deny") {
+    let (revoke_on_deny, quarantine_on_deny) = match annotation("on_deny") {
         None => (false, false),
         Some("revoke") => (true, false),
         Some("quarantine") => (false, true),
@@ -536,14 +541,14 @@ fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {
     if (revoke_on_deny || quarantine_on_deny) && p.effect() != cedar_policy::Effect::Forbid {
         return Err("@on_deny only makes sense on a forbid".into());
     }
-    let chain_label = p.annotation("chain_label").map(str::to_string);
+    let chain_label = annotation("chain_label").map(str::to_string);
     Ok(PolicyNotes {
         revoke_on_deny,
         quarantine_on_deny,
         chain_label,
         approvals,
         obligations,
-        reason: p.annotation("reason").map(str::to_string),
+        reason: annotation("reason").map(str::to_string),
         approval_ttl,
         deny_threshold,
         owner_may_approve,

@@ -2,8 +2,11 @@
 //! policies, the shape that grows large in practice (one or two policies per
 //! enrolled agent, as template links or generated files would give).
 
-use crate::{PolicyError, PolicyPack, SourceFile};
+use crate::{ActionFacts, AgentFacts, PolicyError, PolicyPack, ResourceRef, SourceFile};
 use std::path::Path;
+use tollgate_core::{
+    Incident, IncidentStatus, Scope, Severity, SpiffeId, Task, TaskStatus, UnixTime,
+};
 
 /// The SPIFFE ID of generated agent `i`.
 pub fn agent_id(trust_domain: &str, i: usize) -> String {
@@ -75,4 +78,125 @@ pub fn agent_policies(trust_domain: &str, count: usize) -> String {
         }
     }
     text
+}
+
+/// A decision workload over a synthetic pack's agents: each agent has an
+/// active task on one high-severity malware incident and a tree history of
+/// 20 reads in the last hour; request `k` rotates over agents and over
+/// read, contain, destructive, identity-change and SIEM operations.
+pub struct Workload {
+    ids: Vec<SpiffeId>,
+    tasks: Vec<Task>,
+    incident: Incident,
+    resources: Vec<(&'static str, ResourceRef)>,
+    parameters: serde_json::Map<String, serde_json::Value>,
+    pub past: Vec<tollgate_core::Past>,
+    pub now: UnixTime,
+}
+
+const OPS: [(&str, &str); 5] = [
+    ("edr.read_alerts", "Host"),
+    ("edr.isolate_host", "Host"),
+    ("vault.rotate_secret", "Secret"),
+    ("iam.disable_account", "Account"),
+    ("siem.query", "SiemIndex"),
+];
+
+impl Workload {
+    /// `agents` agents of `trust_domain` (at least one).
+    pub fn new(trust_domain: &str, agents: usize) -> Result<Self, PolicyError> {
+        let now = 1_800_000_000;
+        let ids = (0..agents.max(1))
+            .map(|i| {
+                SpiffeId::parse(&agent_id(trust_domain, i))
+                    .map_err(|e| PolicyError::BadRequest(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = ids
+            .iter()
+            .map(|id| Task {
+                id: format!("task_{id}"),
+                agent: id.to_string(),
+                incident_id: "INC-1".into(),
+                environment: "prod".into(),
+                playbook: "contain-malware".into(),
+                intent: "contain the beacon".into(),
+                scope: Scope::default(),
+                parent_task_id: None,
+                created_at: now - 3600,
+                expires_at: now + 600,
+                max_expires_at: now + 3600,
+                status: TaskStatus::Active,
+                status_reason: None,
+            })
+            .collect();
+        let resources = (0..ids.len())
+            .flat_map(|a| {
+                OPS.iter().map(move |(action, kind)| {
+                    (
+                        *action,
+                        ResourceRef {
+                            kind: (*kind).into(),
+                            id: format!("web-{a}"),
+                            attributes: serde_json::Map::new(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        let past = (0..20)
+            .map(|i| tollgate_core::Past {
+                request_id: format!("req_{i}"),
+                action: "edr.read_alerts".into(),
+                resource: format!("Host::web-{i}"),
+                tier: "read".into(),
+                labels: vec!["reads-telemetry".into()],
+                outcome: "allow".into(),
+                risk: 0,
+                ts: now - 3000 + i * 100,
+            })
+            .collect();
+        Ok(Self {
+            ids,
+            tasks,
+            incident: Incident {
+                id: "INC-1".into(),
+                class: "malware".into(),
+                severity: Severity::High,
+                status: IncidentStatus::Open,
+                updated_at: 0,
+            },
+            resources,
+            parameters: serde_json::Map::new(),
+            past,
+            now,
+        })
+    }
+
+    /// The facts of request `k`, with the history summary the gateway
+    /// would have computed from the tree's past.
+    pub fn facts<'a>(
+        &'a self,
+        k: usize,
+        history: &'a tollgate_core::HistorySummary,
+    ) -> ActionFacts<'a> {
+        let agents = self.ids.len();
+        let a = (k * 7919) % agents;
+        let (action, resource) = &self.resources[a * OPS.len() + k % OPS.len()];
+        ActionFacts {
+            agent: AgentFacts {
+                spiffe_id: &self.ids[a],
+                owner: "bench@acme.test",
+            },
+            task: &self.tasks[a],
+            incident: &self.incident,
+            action,
+            resource,
+            intent: "bench",
+            parameters: &self.parameters,
+            evidence_present: true,
+            history,
+            now: self.now,
+        }
+    }
 }

@@ -298,41 +298,9 @@ fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
 /// against packs grown with per-agent policies, side by side with stock
 /// Cedar's `is_authorized` over the same full set and the same requests.
 pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> Result<()> {
-    use tollgate_core::{
-        Incident, IncidentStatus, Past, Scope, Severity, SpiffeId, Task, TaskStatus,
-    };
-    use tollgate_policy::{synthetic, ActionFacts, AgentFacts, ResourceRef};
+    use tollgate_policy::synthetic;
 
     const TD: &str = "acme.test";
-    let ops = [
-        ("edr.read_alerts", "Host"),
-        ("edr.isolate_host", "Host"),
-        ("vault.rotate_secret", "Secret"),
-        ("iam.disable_account", "Account"),
-        ("siem.query", "SiemIndex"),
-    ];
-    let incident = Incident {
-        id: "INC-1".into(),
-        class: "malware".into(),
-        severity: Severity::High,
-        status: IncidentStatus::Open,
-        updated_at: 0,
-    };
-    let now = 1_800_000_000;
-    // A tree that has already done 20 things in the last hour.
-    let past: Vec<Past> = (0..20)
-        .map(|i| Past {
-            request_id: format!("req_{i}"),
-            action: "edr.read_alerts".into(),
-            resource: format!("Host::web-{i}"),
-            tier: "read".into(),
-            labels: vec!["reads-telemetry".into()],
-            outcome: "allow".into(),
-            risk: 0,
-            ts: now - 3000 + i * 100,
-        })
-        .collect();
-    let params = serde_json::Map::new();
     println!(
         "tollgate bench policy: {decisions} decisions per size; pack {}",
         pack_dir.display()
@@ -354,62 +322,16 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
             synthetic::with_agent_policies(pack_dir, TD, size).map_err(|e| anyhow!("{e}"))?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         let pack_mb = rss_bytes().saturating_sub(before) as f64 / 1e6;
-        let agents = pack.policy_count().saturating_sub(21).max(1);
-        // Pre-build every agent's identity and task outside the timed loop:
-        // the gateway has them from the credential and the store.
-        let ids: Vec<SpiffeId> = (0..agents.min(decisions))
-            .map(|i| SpiffeId::parse(&synthetic::agent_id(TD, i)).map_err(|e| anyhow!("{e}")))
-            .collect::<Result<_>>()?;
-        let tasks: Vec<Task> = ids
-            .iter()
-            .map(|id| Task {
-                id: format!("task_{id}"),
-                agent: id.to_string(),
-                incident_id: incident.id.clone(),
-                environment: "prod".into(),
-                playbook: "contain-malware".into(),
-                intent: "contain the beacon".into(),
-                scope: Scope::default(),
-                parent_task_id: None,
-                created_at: now - 3600,
-                expires_at: now + 600,
-                max_expires_at: now + 3600,
-                status: TaskStatus::Active,
-                status_reason: None,
-            })
-            .collect();
-        let case = |k: usize| {
-            let a = (k * 7919) % ids.len();
-            let (action, kind) = ops[k % ops.len()];
-            let resource = ResourceRef {
-                kind: kind.into(),
-                id: format!("web-{a}"),
-                attributes: serde_json::Map::new(),
-            };
-            (a, action, resource)
-        };
+        let agents = pack.policy_count().saturating_sub(21).clamp(1, decisions);
+        let work = synthetic::Workload::new(TD, agents).map_err(|e| anyhow!("{e}"))?;
         let mut ours = Vec::with_capacity(decisions);
         let mut outcomes = [0usize; 3];
         for k in 0..decisions {
-            let (a, action, resource) = case(k);
             let t = Instant::now();
-            let history = tollgate_core::HistorySummary::from_past(&past, now);
+            // The summary is part of the decision: computed from the tree's past.
+            let history = tollgate_core::HistorySummary::from_past(&work.past, work.now);
             let d = pack
-                .decide_action(&ActionFacts {
-                    agent: AgentFacts {
-                        spiffe_id: &ids[a],
-                        owner: "bench@acme.test",
-                    },
-                    task: &tasks[a],
-                    incident: &incident,
-                    action,
-                    resource: &resource,
-                    intent: "bench",
-                    parameters: &params,
-                    evidence_present: true,
-                    history: &history,
-                    now,
-                })
+                .decide_action(&work.facts(k, &history))
                 .map_err(|e| anyhow!("{e}"))?;
             ours.push(t.elapsed().as_secs_f64() * 1e6);
             outcomes[match d.outcome {
@@ -422,34 +344,15 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
         // built (its figure leaves out the context building ours includes).
         let stock_n = (2_000_000 / pack.policy_count().max(1)).clamp(100, decisions);
         let authorizer = cedar_policy::Authorizer::new();
+        let history = tollgate_core::HistorySummary::from_past(&work.past, work.now);
         let mut stock = Vec::with_capacity(stock_n);
         for k in 0..stock_n {
-            let (a, action, resource) = case(k);
-            let history = tollgate_core::HistorySummary::from_past(&past, now);
+            let f = work.facts(k, &history);
             let op = pack
                 .catalog()
-                .operation(action)
-                .ok_or_else(|| anyhow!("{action} is not in the catalog"))?;
-            let (req, ents) = pack
-                .action_request(
-                    &ActionFacts {
-                        agent: AgentFacts {
-                            spiffe_id: &ids[a],
-                            owner: "bench@acme.test",
-                        },
-                        task: &tasks[a],
-                        incident: &incident,
-                        action,
-                        resource: &resource,
-                        intent: "bench",
-                        parameters: &params,
-                        evidence_present: true,
-                        history: &history,
-                        now,
-                    },
-                    op,
-                )
-                .map_err(|e| anyhow!("{e}"))?;
+                .operation(f.action)
+                .ok_or_else(|| anyhow!("{} is not in the catalog", f.action))?;
+            let (req, ents) = pack.action_request(&f, op).map_err(|e| anyhow!("{e}"))?;
             let t = Instant::now();
             let r = authorizer.is_authorized(&req, pack.policy_set(), &ents);
             stock.push(t.elapsed().as_secs_f64() * 1e6);
@@ -459,7 +362,7 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
         let [s50, s90, s99] = percentiles(stock);
         let base = *base_p99.get_or_insert(o99);
         println!(
-            "{:>8} {:>9.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1}x   (allow {}, approval {}, deny {}; stock n={stock_n}; p99 {:.2}x the smallest pack's)",
+            "{:>8} {:>9.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>8.1}x   (allow {}, approval {}, deny {}; stock n={stock_n}; p99 {:.2}x the first size's)",
             pack.policy_count(),
             load_ms,
             pack_mb,

@@ -342,6 +342,11 @@ enum BenchCmd {
         policies: Vec<usize>,
         #[arg(long, default_value_t = 20_000)]
         decisions: usize,
+        /// Instead of measuring, write the example configuration with its
+        /// pack grown to the largest size into this directory (for
+        /// `serve --config DIR` under `bench http`).
+        #[arg(long)]
+        write: Option<PathBuf>,
     },
     /// Durable audit append throughput (serial vs group commit) and verification speed.
     Audit {
@@ -704,8 +709,26 @@ fn main() -> Result<()> {
                     pack,
                     policies,
                     decisions,
+                    write,
                 },
         } => {
+            if let Some(dir) = write {
+                write_example(&dir)?;
+                let extra = policies.iter().max().copied().unwrap_or(0).saturating_sub(
+                    tollgate_server::embedded::pack()
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .policy_count(),
+                );
+                std::fs::write(
+                    dir.join("policies/zz-agents.cedar"),
+                    tollgate_policy::synthetic::agent_policies("acme.test", extra),
+                )?;
+                println!(
+                    "wrote {} with {extra} generated agent policies",
+                    dir.display()
+                );
+                return Ok(());
+            }
             let example = tempfile::tempdir()?;
             let dir = match pack {
                 Some(dir) => dir,
