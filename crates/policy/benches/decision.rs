@@ -13,8 +13,8 @@ fn decisions(c: &mut Criterion) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/incident-response");
     let mut group = c.benchmark_group("decision");
     for size in [21, 1_000, 10_000] {
-        let pack = with_agent_policies(&dir, "acme.test", size).unwrap();
-        let work = Workload::new("acme.test", size.saturating_sub(21).max(1)).unwrap();
+        let (pack, generated) = with_agent_policies(&dir, "acme.test", size).unwrap();
+        let work = Workload::new("acme.test", generated).unwrap();
         let mut k = 0;
         group.bench_with_input(BenchmarkId::new("tollgate", size), &size, |b, _| {
             b.iter(|| {

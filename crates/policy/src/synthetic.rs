@@ -14,18 +14,18 @@ pub fn agent_id(trust_domain: &str, i: usize) -> String {
 }
 
 /// Load the pack in `dir` and add generated per-agent policies until it
-/// holds `total` policies (never fewer than the pack's own). Agent `i`
-/// may read its own host `web-{i}`; every tenth agent is also forbidden
-/// destructive actions.
+/// holds `total` policies (never fewer than the pack's own); also returns
+/// how many agents got a policy. Agent `i` may read its own host `web-{i}`;
+/// every tenth agent is instead forbidden destructive actions.
 pub fn with_agent_policies(
     dir: &Path,
     trust_domain: &str,
     total: usize,
-) -> Result<PolicyPack, PolicyError> {
+) -> Result<(PolicyPack, usize), PolicyError> {
     let base = PolicyPack::load_dir(dir)?;
     let extra = total.saturating_sub(base.policy_count());
     if extra == 0 {
-        return Ok(base);
+        return Ok((base, 0));
     }
     let read = |name: &str| -> Result<SourceFile, PolicyError> {
         let text = std::fs::read_to_string(dir.join(name))
@@ -51,15 +51,15 @@ pub fn with_agent_policies(
         name: "policies/zz-agents.cedar".into(),
         text: agent_policies(trust_domain, extra),
     });
-    let pack = PolicyPack::from_sources(
+    let mut pack = PolicyPack::from_sources(
         &read("schema.cedarschema")?,
         &policies,
         &read("catalog.yaml")?,
     )?;
     if dir.join("playbooks.yaml").exists() {
-        return pack.with_playbooks(&read("playbooks.yaml")?);
+        pack = pack.with_playbooks(&read("playbooks.yaml")?)?;
     }
-    Ok(pack)
+    Ok((pack, extra))
 }
 
 /// `count` per-agent policies, about ten per cent of them forbids.

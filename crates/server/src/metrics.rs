@@ -12,6 +12,14 @@ pub struct DecisionLabels {
     pub outcome: String,
 }
 
+/// Resident memory of this process in bytes, from `/proc/self/statm`
+/// (Linux; `None` elsewhere).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,

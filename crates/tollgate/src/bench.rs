@@ -227,14 +227,9 @@ pub fn http(conn: &crate::Conn, duration_secs: u64, clients: usize, tasks: usize
         Ok(())
     })?;
     let elapsed = start.elapsed().as_secs_f64();
-    let mut l = latencies.into_inner().map_err(|_| anyhow!("lock"))?;
-    l.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-            * 1e3
-    };
+    let l = latencies.into_inner().map_err(|_| anyhow!("lock"))?;
+    let count = l.len();
+    let [p50, p90, p99] = percentiles(l).map(|s| s * 1e3);
     let metrics = agent
         .get(&format!("{base}/metrics"))
         .call()
@@ -250,14 +245,12 @@ pub fn http(conn: &crate::Conn, duration_secs: u64, clients: usize, tasks: usize
     );
     println!(
         "requests:    {} in {elapsed:.1} s = {:.0} decisions/s",
-        l.len(),
-        l.len() as f64 / elapsed
+        count,
+        count as f64 / elapsed
     );
     println!(
         "latency:     p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
-        pct(0.50),
-        pct(0.90),
-        pct(0.99)
+        p50, p90, p99
     );
     println!(
         "outcomes:    {:?}",
@@ -272,15 +265,6 @@ pub fn http(conn: &crate::Conn, duration_secs: u64, clients: usize, tasks: usize
         None => println!("server memory: not reported"),
     }
     Ok(())
-}
-
-/// Resident memory of this process, in bytes (Linux; 0 elsewhere).
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
 }
 
 fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
@@ -316,13 +300,14 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
     );
     let mut base_p99 = None;
     for &size in sizes {
-        let before = rss_bytes();
+        let rss = || tollgate_server::metrics::resident_memory_bytes().unwrap_or(0);
+        let before = rss();
         let started = Instant::now();
-        let pack =
+        let (pack, generated) =
             synthetic::with_agent_policies(pack_dir, TD, size).map_err(|e| anyhow!("{e}"))?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        let pack_mb = rss_bytes().saturating_sub(before) as f64 / 1e6;
-        let agents = pack.policy_count().saturating_sub(21).clamp(1, decisions);
+        let pack_mb = rss().saturating_sub(before) as f64 / 1e6;
+        let agents = generated.clamp(1, decisions);
         let work = synthetic::Workload::new(TD, agents).map_err(|e| anyhow!("{e}"))?;
         let mut ours = Vec::with_capacity(decisions);
         let mut outcomes = [0usize; 3];

@@ -92,14 +92,7 @@ pub async fn healthz(State(state): State<Shared>) -> Result<Json<serde_json::Val
 pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let mut text = state.metrics.encode();
     // Resident memory, from /proc on Linux (the bench reads it); absent elsewhere.
-    if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-    {
+    if let Some(rss) = crate::metrics::resident_memory_bytes() {
         text = text.trim_end_matches("# EOF\n").to_string();
         text.push_str(
             "# HELP tollgate_process_resident_memory_bytes Resident memory of the server.\n",
@@ -107,7 +100,7 @@ pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
         text.push_str("# TYPE tollgate_process_resident_memory_bytes gauge\n");
         text.push_str(&format!(
             "tollgate_process_resident_memory_bytes {}\n# EOF\n",
-            rss * 4096
+            rss
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
