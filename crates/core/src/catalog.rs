@@ -63,6 +63,76 @@ pub struct Operation {
     /// (read 0, contain 5, change 10, destructive 25: looking is free).
     #[serde(default)]
     pub risk: Option<i64>,
+    /// The MCP tool that performs this operation, for the MCP gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolBinding>,
+}
+
+/// Where an operation is performed: a tool of an upstream MCP server, and
+/// which of its arguments names the resource. The gateway never takes the
+/// resource from anywhere else, so a call cannot act on one thing while
+/// policy judged another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolBinding {
+    /// The upstream's name in `tollgate.yaml` (`mcp.upstreams[].name`).
+    pub server: String,
+    /// The upstream's tool name; agents see and call the tool by this name.
+    pub name: String,
+    /// The argument whose (string) value is the resource id.
+    pub resource_argument: String,
+    /// The resource type, when the operation acts on more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
+    /// Resource attributes the gateway derives from the call's arguments
+    /// (an MCP caller sends none of its own), e.g. `domain: {host_of: url}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resource_attributes: BTreeMap<String, AttributeSource>,
+}
+
+/// How one resource attribute is read from a tool call's arguments:
+/// exactly one of the fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeSource {
+    /// The argument's value, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argument: Option<String>,
+    /// The host name of the URL in this argument, lowercased, without port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_of: Option<String>,
+}
+
+impl AttributeSource {
+    fn read(
+        &self,
+        arguments: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<serde_json::Value> {
+        match (&self.argument, &self.host_of) {
+            (Some(a), None) => arguments.get(a).cloned(),
+            (None, Some(a)) => arguments
+                .get(a)?
+                .as_str()
+                .and_then(url_host)
+                .map(serde_json::Value::String),
+            _ => None,
+        }
+    }
+}
+
+/// The host of a URL (`scheme://user@host:port/path`), lowercased; `None`
+/// when there is none. Only what policy needs, not a full URL parser.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
 }
 
 impl Operation {
@@ -104,6 +174,9 @@ impl Catalog {
             op: op.to_string(),
             problem,
         };
+        // Tool name -> operation: agents call tools by name, so one name
+        // must mean one operation, whichever upstream serves it.
+        let mut tools: BTreeMap<&str, &str> = BTreeMap::new();
         for (name, op) in &self.operations {
             let name_ok = !name.is_empty()
                 && name
@@ -139,6 +212,9 @@ impl Catalog {
                     format!("blast_radius must be one of {}", BLAST_RADII.join(", ")),
                 ));
             }
+            if let Some(t) = &op.tool {
+                validate_tool(name, op, t, &mut tools).map_err(|p| bad(name, p))?;
+            }
             match (&op.compensation, op.reversible) {
                 (Some(c), _) if !self.operations.contains_key(c) => {
                     return Err(bad(
@@ -161,6 +237,86 @@ impl Catalog {
     pub fn operation(&self, action: &str) -> Option<&Operation> {
         self.operations.get(action)
     }
+
+    /// The operation a tool name is bound to, with its binding.
+    pub fn by_tool(&self, tool: &str) -> Option<(&str, &Operation, &ToolBinding)> {
+        self.operations.iter().find_map(|(name, op)| {
+            op.tool
+                .as_ref()
+                .filter(|t| t.name == tool)
+                .map(|t| (name.as_str(), op, t))
+        })
+    }
+}
+
+impl ToolBinding {
+    /// The resource type a call of this tool acts on.
+    /// The resource attributes this binding derives from `arguments`;
+    /// an attribute whose argument is missing or unusable is left out.
+    pub fn derive_attributes(
+        &self,
+        arguments: &serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for (attr, src) in &self.resource_attributes {
+            if let Some(v) = src.read(arguments) {
+                out.insert(attr.clone(), v);
+            }
+        }
+        out
+    }
+
+    pub fn resource_type<'a>(&'a self, op: &'a Operation) -> &'a str {
+        match &self.resource_type {
+            Some(t) => t,
+            None => op.resource_types.first().map_or("", String::as_str),
+        }
+    }
+}
+
+fn validate_tool<'a>(
+    op_name: &'a str,
+    op: &Operation,
+    t: &'a ToolBinding,
+    seen: &mut BTreeMap<&'a str, &'a str>,
+) -> Result<(), String> {
+    for (what, v) in [
+        ("tool.server", &t.server),
+        ("tool.name", &t.name),
+        ("tool.resource_argument", &t.resource_argument),
+    ] {
+        if v.is_empty() || v.len() > 128 {
+            return Err(format!("{what} must be 1 to 128 characters"));
+        }
+    }
+    match &t.resource_type {
+        Some(rt) if !op.resource_types.contains(rt) => {
+            return Err(format!(
+                "tool.resource_type {rt:?} is not one of the operation's resource_types"
+            ))
+        }
+        None if op.resource_types.len() > 1 => {
+            return Err(
+                "tool.resource_type is required when an operation has several resource_types"
+                    .into(),
+            )
+        }
+        _ => {}
+    }
+    for (attr, src) in &t.resource_attributes {
+        match (&src.argument, &src.host_of) {
+            (Some(a), None) | (None, Some(a)) if !a.is_empty() && a.len() <= 128 => {}
+            _ => {
+                return Err(format!(
+                    "tool.resource_attributes.{attr}: give exactly one of argument or host_of, naming an argument (1 to 128 characters)"
+                ))
+            }
+        }
+    }
+    if let Some(other) = seen.insert(&t.name, op_name) {
+        return Err(format!("tool {:?} is already bound to {other:?}", t.name));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -180,6 +336,64 @@ operations:
     resource_types: [Host]
     reversible: true
 "#;
+
+    #[test]
+    fn tool_bindings_are_checked() {
+        let bound = SAMPLE.replace(
+            "labels: [network-change]",
+            "labels: [network-change]\n    tool: {server: edr, name: isolate, resource_argument: host}",
+        );
+        let c = Catalog::from_yaml(&bound).unwrap();
+        let (op, _, t) = c.by_tool("isolate").unwrap();
+        assert_eq!(op, "edr.isolate_host");
+        assert_eq!(t.resource_type(c.operation(op).unwrap()), "Host");
+        assert!(c.by_tool("release").is_none());
+        let twice = bound.replace(
+            "  edr.release_host:\n",
+            "  edr.release_host:\n    tool: {server: edr, name: isolate, resource_argument: host}\n",
+        );
+        assert!(Catalog::from_yaml(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("already bound"));
+        let two = bound.replace(
+            "resource_argument: host}",
+            "resource_argument: host, resource_attributes: {env: {argument: a, host_of: b}}}",
+        );
+        assert!(Catalog::from_yaml(&two)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one of argument or host_of"));
+        let wrong_type = bound.replace(
+            "resource_argument: host}",
+            "resource_argument: host, resource_type: Account}",
+        );
+        assert!(Catalog::from_yaml(&wrong_type)
+            .unwrap_err()
+            .to_string()
+            .contains("not one of"));
+        let empty = bound.replace("resource_argument: host", "resource_argument: ''");
+        assert!(Catalog::from_yaml(&empty).is_err());
+    }
+
+    #[test]
+    fn resource_attributes_come_from_arguments() {
+        let bound = SAMPLE.replace(
+            "labels: [network-change]",
+            "labels: [network-change]\n    tool: {server: edr, name: isolate, resource_argument: host, resource_attributes: {domain: {host_of: url}, environment: {argument: env}}}",
+        );
+        let c = Catalog::from_yaml(&bound).unwrap();
+        let (_, _, t) = c.by_tool("isolate").unwrap();
+        let args =
+            serde_json::json!({"url": "https://User@PasteBin.com.:443/raw?x=1", "env": "prod"});
+        let attrs = t.derive_attributes(args.as_object().unwrap());
+        assert_eq!(attrs["domain"], "pastebin.com");
+        assert_eq!(attrs["environment"], "prod");
+        assert!(t.derive_attributes(&serde_json::Map::new()).is_empty());
+        assert_eq!(url_host("http://[::1]:8080/x").as_deref(), Some("::1"));
+        assert_eq!(url_host("example.org/path").as_deref(), Some("example.org"));
+        assert_eq!(url_host("https:///nohost"), None);
+    }
 
     #[test]
     fn parses_a_valid_catalog() {

@@ -14,7 +14,7 @@ pub mod playbook;
 pub mod spiffe;
 
 pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
-pub use catalog::{Catalog, CatalogError, Operation, Tier};
+pub use catalog::{url_host, AttributeSource, Catalog, CatalogError, Operation, Tier, ToolBinding};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use decision::{Decision, Outcome};
 pub use history::{HistorySummary, Past};

@@ -111,6 +111,16 @@ impl Playbooks {
         Ok(())
     }
 
+    /// Whether a task bound to `name` should be offered `action` at all: it
+    /// is a step, or a deviation the playbook answers with step-up (a human
+    /// may still allow it). Order (`after`) is left to the decision.
+    pub fn offers(&self, name: &str, action: &str) -> bool {
+        self.playbooks.get(name).is_some_and(|pb| {
+            pb.on_deviation == DeviationResponse::StepUp
+                || pb.steps.iter().any(|s| s.action == action)
+        })
+    }
+
     /// Judge `action` in a task bound to `name`, given what its tree has done.
     pub fn judge(
         &self,
@@ -153,6 +163,11 @@ mod tests {
         assert!(p.admits("fix", "malware", Severity::Critical).is_err());
         assert!(p.admits("nope", "malware", Severity::Low).is_err());
         let none = BTreeSet::new();
+        assert!(
+            p.offers("fix", "a.nuke"),
+            "step-up playbooks offer deviations"
+        );
+        assert!(!p.offers("nope", "a.read"));
         assert_eq!(
             p.judge("fix", "a.read", &none),
             Some(StepVerdict::Step { approval: 0 })

@@ -200,6 +200,40 @@ impl PolicyIndex {
         self.policies.is_empty()
     }
 
+    /// Whether some `permit` policy's principal and action constraints
+    /// match: a necessary condition for `principal` ever being allowed
+    /// `action`, on any resource and in any context. It trims what an agent
+    /// is offered (the MCP gateway's `tools/list`); it never decides.
+    pub fn may_permit(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        entities: &Entities,
+    ) -> bool {
+        let principal = Subject::new(principal, entities);
+        let action = Subject::new(action, entities);
+        let applies =
+            |scope: &Scope| scope.principal.matches(&principal) && scope.action.matches(&action);
+        let mut permitted = false;
+        for (policy, scope) in self.policies.iter().zip(&self.scopes) {
+            if !applies(scope) {
+                continue;
+            }
+            match policy.effect() {
+                cedar_policy::Effect::Permit => permitted = true,
+                // A forbid with no condition and any resource always wins.
+                cedar_policy::Effect::Forbid
+                    if matches!(scope.resource, Constraint::Any)
+                        && !policy.has_non_scope_constraint() =>
+                {
+                    return false
+                }
+                cedar_policy::Effect::Forbid => {}
+            }
+        }
+        permitted
+    }
+
     /// Evaluate `request` against the policies whose scope can match it.
     /// A request without a known principal, action or resource (Cedar
     /// allows unknowns only in partial evaluation) is evaluated against

@@ -456,6 +456,10 @@ impl PolicyPack {
         }
     }
 
+    pub(crate) fn index(&self) -> &PolicyIndex {
+        &self.index
+    }
+
     pub(crate) fn authorizer_inputs(&self) -> (&Schema, &Catalog) {
         (&self.schema, &self.catalog)
     }

@@ -250,6 +250,30 @@ impl PolicyPack {
         Ok(d)
     }
 
+    /// Whether this agent could ever be allowed `action` by this pack: the
+    /// action is in the catalog and some `permit` policy's scope matches the
+    /// agent and the action. Conditions, forbids, resources and the playbook
+    /// are left to the decision itself; this only trims what an agent is
+    /// offered, so it errs towards offering.
+    pub fn may_permit(&self, agent: AgentFacts<'_>, action: &str) -> bool {
+        if self.catalog().operation(action).is_none() {
+            return false;
+        }
+        let (Ok(principal), Ok(action)) = (
+            uid("Agent", &agent.spiffe_id.to_string()),
+            uid("Action", action),
+        ) else {
+            return false;
+        };
+        let (schema, _) = self.authorizer_inputs();
+        let Ok(entities) =
+            Entities::from_json_value(Value::Array(vec![agent_entity(agent)]), Some(schema))
+        else {
+            return false;
+        };
+        self.index().may_permit(&principal, &action, &entities)
+    }
+
     /// The Cedar request and entities of a privileged action, schema-checked.
     pub fn action_request(
         &self,

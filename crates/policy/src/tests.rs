@@ -706,3 +706,36 @@ fn playbooks_admit_tasks_and_answer_deviations() {
         Outcome::Allow
     );
 }
+
+#[test]
+fn may_permit_follows_permit_scopes_and_unconditional_forbids() {
+    let (schema, mut policies, catalog) = sources();
+    let id = SpiffeId::parse("spiffe://acme.test/agent/ir-responder/i-1").unwrap();
+    let agent = AgentFacts {
+        spiffe_id: &id,
+        owner: "secops",
+    };
+    let p = PolicyPack::from_sources(&schema, &policies, &catalog).unwrap();
+    // Every catalog action has some permit in the example pack.
+    for action in [
+        "edr.read_alerts",
+        "edr.isolate_host",
+        "http.post",
+        "logs.delete",
+    ] {
+        assert!(p.may_permit(agent, action), "{action}");
+    }
+    assert!(!p.may_permit(agent, "no.such_action"));
+    assert!(!p.may_permit(agent, "task.open_nonexistent"));
+    // An unconditional forbid on any resource takes the action off the list;
+    // a conditional one (or one naming a resource) does not.
+    policies.push(SourceFile {
+        name: "99-extra.cedar".into(),
+        text: "forbid (principal, action == Action::\"http.post\", resource);\n\
+               forbid (principal, action == Action::\"edr.isolate_host\", resource) when { context.now > 0 };\n"
+            .into(),
+    });
+    let p = PolicyPack::from_sources(&schema, &policies, &catalog).unwrap();
+    assert!(!p.may_permit(agent, "http.post"));
+    assert!(p.may_permit(agent, "edr.isolate_host"));
+}

@@ -183,6 +183,82 @@ pub struct ServerConfig {
     pub max_delegation_depth: u32,
     #[serde(default)]
     pub rate_limits: Vec<RateLimit>,
+    /// The MCP gateway: upstream tool servers and how calls are held and forwarded.
+    #[serde(default)]
+    pub mcp: McpConfig,
+}
+
+/// `mcp:` in tollgate.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Longest a forwarded `tools/call` may take before the agent gets a tool error.
+    pub call_timeout_seconds: u64,
+    /// How often a call held for approval sends a progress notification.
+    pub progress_every_seconds: u64,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            upstreams: vec![],
+            call_timeout_seconds: 60,
+            progress_every_seconds: 5,
+        }
+    }
+}
+
+/// One upstream MCP server: a child process speaking MCP on stdio, or a
+/// streamable-HTTP server. Credentials go in `env` / `headers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    #[serde(default)]
+    pub stdio: Option<StdioUpstream>,
+    #[serde(default)]
+    pub http: Option<HttpUpstream>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdioUpstream {
+    /// Program to run; a path containing `/` is relative to the config directory.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The child's whole environment besides `PATH`, `HOME` and `LANG`:
+    /// Tollgate's own environment (which holds its admin token) is not passed on.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, ValueSource>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUpstream {
+    /// The server's streamable-HTTP endpoint, `http://…/mcp`.
+    pub url: String,
+    /// Headers sent with every request (`Authorization`, API keys).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, ValueSource>,
+}
+
+/// Where a value Tollgate injects comes from. `env` and `file` are secrets:
+/// read at startup, never logged, audited or answered, and cut out of
+/// anything an upstream sends back. `value` is for plain settings only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueSource {
+    /// An environment variable of the Tollgate process.
+    pub env: Option<String>,
+    /// A file relative to the config directory, readable by its owner only.
+    pub file: Option<String>,
+    /// A literal, not secret.
+    pub value: Option<String>,
+    /// Put before the value, e.g. `"Bearer "` for an `Authorization` header.
+    #[serde(default)]
+    pub prefix: String,
 }
 
 fn d_max_depth() -> u32 {
@@ -228,6 +304,7 @@ impl Default for ServerConfig {
             audit: AuditConfig::default(),
             max_delegation_depth: d_max_depth(),
             rate_limits: vec![],
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -299,8 +376,54 @@ impl ServerConfig {
                 }
             }
         }
+        self.mcp.validate()?;
         tollgate_core::SpiffeId::parse(&format!("spiffe://{}/x", self.trust_domain))
             .map_err(|e| format!("tollgate.yaml: trust_domain: {e}"))?;
+        Ok(())
+    }
+}
+
+impl McpConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.call_timeout_seconds == 0 || self.progress_every_seconds == 0 {
+            return Err(
+                "tollgate.yaml: mcp: call_timeout_seconds and progress_every_seconds must be positive"
+                    .into(),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for u in &self.upstreams {
+            let at = format!("tollgate.yaml: mcp upstream {:?}", u.name);
+            if u.name.is_empty() || !names.insert(u.name.as_str()) {
+                return Err(format!("{at}: names must be non-empty and unique"));
+            }
+            let sources = match (&u.stdio, &u.http) {
+                (Some(s), None) => {
+                    if s.command.is_empty() {
+                        return Err(format!("{at}: stdio.command is empty"));
+                    }
+                    &s.env
+                }
+                (None, Some(h)) => {
+                    if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                        return Err(format!("{at}: http.url must be http(s)"));
+                    }
+                    &h.headers
+                }
+                _ => return Err(format!("{at}: give exactly one of stdio or http")),
+            };
+            for (key, v) in sources {
+                let given = [&v.env, &v.file, &v.value]
+                    .iter()
+                    .filter(|s| s.is_some())
+                    .count();
+                if given != 1 {
+                    return Err(format!(
+                        "{at}: {key}: give exactly one of env, file or value"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -21,6 +21,7 @@ pub mod decide;
 pub mod embedded;
 pub mod error;
 pub mod history;
+pub mod mcp;
 pub mod metrics;
 pub mod state;
 pub mod webhooks;

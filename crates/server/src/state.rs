@@ -39,6 +39,8 @@ pub struct AppState {
     pub checkpoint: std::sync::Mutex<Option<tollgate_audit::checkpoint::Checkpoint>>,
     /// Each delegation tree's action history, kept in step with the store.
     pub history: crate::history::HistoryCache,
+    /// Upstream MCP servers behind the gateway, with their credentials.
+    pub upstreams: crate::mcp::Upstreams,
 }
 
 /// Where to find things, as the CLI resolved them.
@@ -221,6 +223,13 @@ impl AppState {
                     "{e}; refusing to start (inspect with `tollgate audit verify --data`)"
                 ),
             })?;
+        // Upstream credentials are read now: a missing one stops startup.
+        let upstreams = crate::mcp::Upstreams::from_config(
+            &config.mcp,
+            opts.config_dir.as_deref(),
+            &opts.data_dir,
+        )
+        .map_err(|e| StartError::Config(format!("tollgate.yaml: {e}")))?;
         let latest_checkpoint = store.checkpoints().await?.pop();
         let frozen = store.setting(FROZEN_KEY).await?.as_deref() == Some("true");
         let state = Arc::new(Self {
@@ -238,6 +247,7 @@ impl AppState {
             audit,
             checkpoint: std::sync::Mutex::new(latest_checkpoint),
             history: crate::history::HistoryCache::default(),
+            upstreams,
         });
         let pack = state.pack.load_full();
         state.audit_pack_loaded(&pack, "startup").await?;

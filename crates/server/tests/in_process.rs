@@ -154,6 +154,7 @@ impl Harness {
             },
             checkpoint: std::sync::Mutex::new(None),
             history: tollgate_server::history::HistoryCache::default(),
+            upstreams: tollgate_server::mcp::Upstreams::default(),
         });
         Self {
             state,

@@ -6,6 +6,7 @@
 mod audit_cmd;
 mod bench;
 mod client;
+mod tools;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -121,6 +122,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+    /// Example tool servers to put behind the MCP gateway.
+    Tools {
+        #[command(subcommand)]
+        cmd: ToolsCmd,
     },
     /// Policy enforcement points (AuthZEN callers).
     Pep {
@@ -358,6 +364,13 @@ enum BenchCmd {
 }
 
 #[derive(Subcommand)]
+enum ToolsCmd {
+    /// An MCP server of incident-response tools (EDR, SIEM, IAM, vault, HTTP post)
+    /// acting on a local JSON state file.
+    Example(tools::ExampleArgs),
+}
+
+#[derive(Subcommand)]
 enum PepCmd {
     /// Register a PEP and print its key (shown once).
     Add { name: String },
@@ -367,6 +380,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Init { dir } => init(&dir),
+        Command::Tools {
+            cmd: ToolsCmd::Example(args),
+        } => tools::example(args),
         Command::Serve {
             config,
             data,

@@ -185,30 +185,68 @@ pub async fn action_result(
             ));
         }
     }
-    let now = state.now();
     let status = match req.status {
         ResultStatus::Succeeded => "succeeded",
         ResultStatus::Failed => "failed",
     };
-    let entries = state.store.audit_by_request(&request_id).await?;
+    record_result(
+        &state,
+        &auth.task,
+        &request_id,
+        ExecutedAction {
+            status,
+            command: &req.command,
+            output_digest: req.output_digest.as_deref(),
+            extra: json!({}),
+        },
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What was executed under an allowing decision, as a PEP (or the MCP
+/// gateway itself) reports it.
+pub struct ExecutedAction<'a> {
+    /// `succeeded` or `failed`.
+    pub status: &'a str,
+    pub command: &'a str,
+    pub output_digest: Option<&'a str>,
+    /// More detail for the `action.result` entry (merged into it).
+    pub extra: Value,
+}
+
+/// Record an executed action against the allowing decision `request_id` of
+/// `task`: one result per decision, and a refusal is audited too.
+pub async fn record_result(
+    state: &Shared,
+    task: &tollgate_core::Task,
+    request_id: &str,
+    done: ExecutedAction<'_>,
+) -> Result<(), ApiError> {
+    let now = state.now();
+    let status = done.status;
+    let refused = |reason: String| {
+        AuditEvent::new(now, "action.result_refused", task.agent.clone())
+            .agent(task.agent.clone())
+            .task(task.id.clone())
+            .incident(task.incident_id.clone())
+            .request(request_id.to_string())
+            .outcome("refused")
+            .detail(json!({"status": status, "command": done.command, "output_digest": done.output_digest, "reason": reason}))
+    };
+    let entries = state.store.audit_by_request(request_id).await?;
     let allowing = entries.iter().find(|e| {
         (e.event.kind == "decision" || e.event.kind == "authzen.decision")
             && e.event.outcome.as_deref() == Some("allow")
-            && e.event.task_id.as_deref() == Some(auth.task.id.as_str())
+            && e.event.task_id.as_deref() == Some(task.id.as_str())
     });
     let Some(decision) = allowing else {
         // A result without an allowing decision of this task: refused, and on the record.
-        let ev = AuditEvent::new(now, "action.result_refused", auth.task.agent.clone())
-            .agent(auth.task.agent.clone())
-            .task(auth.task.id.clone())
-            .incident(auth.task.incident_id.clone())
-            .request(request_id.clone())
-            .outcome("refused")
-            .detail(json!({"status": status, "command": req.command, "output_digest": req.output_digest, "reason": "no allowing decision of this task has this request id"}));
+        let ev = refused("no allowing decision of this task has this request id".into());
         state.store.commit(Batch::audit_only(ev)).await?;
         return Err(ApiError::Conflict(format!(
             "no allowing decision {request_id} in task {}",
-            auth.task.id
+            task.id
         )));
     };
     let action = decision.event.detail["action"]
@@ -226,40 +264,39 @@ pub async fn action_result(
         .load()
         .catalog()
         .operation(&action)
-        .filter(|op| op.reversible && matches!(req.status, ResultStatus::Succeeded))
+        .filter(|op| op.reversible && status == "succeeded")
         .and_then(|op| op.compensation.clone())
         .map(|c| json!({"action": c, "resource": resource, "parameters": decision.event.detail["parameters"]}));
-    let ev = AuditEvent::new(now, "action.result", auth.task.agent.clone())
-        .agent(auth.task.agent.clone())
-        .task(auth.task.id.clone())
-        .incident(auth.task.incident_id.clone())
-        .request(request_id.clone())
+    let mut detail = json!({
+        "action": action, "resource": resource, "command": done.command, "output_digest": done.output_digest,
+        "decision_seq": decision.seq, "compensation": compensation,
+    });
+    if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), done.extra) {
+        d.extend(extra);
+    }
+    let ev = AuditEvent::new(now, "action.result", task.agent.clone())
+        .agent(task.agent.clone())
+        .task(task.id.clone())
+        .incident(task.incident_id.clone())
+        .request(request_id.to_string())
         .outcome(status)
-        .detail(json!({
-            "action": action, "resource": resource, "command": req.command, "output_digest": req.output_digest,
-            "decision_seq": decision.seq, "compensation": compensation,
-        }));
-    let request_id_for_refusal = request_id.clone();
+        .detail(detail);
     let batch = Batch::default()
         .change(Change::RecordActionResult {
-            request_id,
-            task_id: auth.task.id.clone(),
+            request_id: request_id.to_string(),
+            task_id: task.id.clone(),
             status: status.into(),
             at: now,
         })
         .event(ev);
     match state.store.commit(batch).await {
-        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Ok(_) => Ok(()),
         Err(tollgate_store::StoreError::Conflict(m)) => {
             // A second result for one decision: refused, and on the record.
-            let ev = AuditEvent::new(now, "action.result_refused", auth.task.agent.clone())
-                .agent(auth.task.agent.clone())
-                .task(auth.task.id.clone())
-                .incident(auth.task.incident_id.clone())
-                .request(request_id_for_refusal)
-                .outcome("refused")
-                .detail(json!({"status": status, "command": req.command, "reason": m}));
-            state.store.commit(Batch::audit_only(ev)).await?;
+            state
+                .store
+                .commit(Batch::audit_only(refused(m.clone())))
+                .await?;
             Err(ApiError::Conflict(m))
         }
         Err(e) => Err(e.into()),

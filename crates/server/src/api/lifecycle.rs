@@ -541,8 +541,16 @@ pub async fn rollback(
         .task(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("task {id}")))?;
-    let mut tasks = vec![task.id.clone()];
-    let mut frontier = vec![task.id.clone()];
+    let steps = rollback_plan(&state, &task.id).await?;
+    Ok(Json(json!({"task_id": id, "steps": steps})))
+}
+
+/// Every compensation recorded for the task and its delegated children,
+/// newest first. A step whose compensation has since succeeded (run through
+/// the MCP gateway's `tollgate_rollback`) is marked `"done": true`.
+pub async fn rollback_plan(state: &Shared, task_id: &str) -> Result<Vec<Value>, ApiError> {
+    let mut tasks = vec![task_id.to_string()];
+    let mut frontier = vec![task_id.to_string()];
     while let Some(p) = frontier.pop() {
         for c in state
             .store
@@ -558,11 +566,18 @@ pub async fn rollback(
         }
     }
     let mut steps = Vec::new();
+    let mut compensated = std::collections::BTreeSet::new();
     for t in &tasks {
-        let entries = crate::audit::task_entries(&state, t).await?;
-        for e in entries.iter().filter(|e| {
-            e.event.kind == "action.result" && !e.event.detail["compensation"].is_null()
-        }) {
+        let entries = crate::audit::task_entries(state, t).await?;
+        for e in entries.iter().filter(|e| e.event.kind == "action.result") {
+            if e.event.outcome.as_deref() == Some("succeeded") {
+                if let Some(r) = e.event.detail["compensates"].as_str() {
+                    compensated.insert(r.to_string());
+                }
+            }
+            if e.event.detail["compensation"].is_null() {
+                continue;
+            }
             steps.push((e.seq, json!({
                 "task_id": t,
                 "request_id": e.event.request_id,
@@ -573,7 +588,14 @@ pub async fn rollback(
         }
     }
     steps.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-    Ok(Json(
-        json!({"task_id": id, "steps": steps.into_iter().map(|(_, s)| s).collect::<Vec<_>>()}),
-    ))
+    Ok(steps
+        .into_iter()
+        .map(|(_, mut s)| {
+            let done = s["request_id"]
+                .as_str()
+                .is_some_and(|r| compensated.contains(r));
+            s["done"] = json!(done);
+            s
+        })
+        .collect())
 }

@@ -9,5 +9,6 @@ mod chain;
 mod harness;
 mod identity;
 mod lifecycle;
+mod mcp;
 mod operations;
 mod scenario;

@@ -1,0 +1,177 @@
+//! The MCP face of the example tools: one handler served on stdio or on
+//! streamable HTTP. It knows one API token, as a real tool server would, and
+//! refuses every call that does not carry it.
+
+use crate::state::{StateFile, ToolError, TOOLS};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The environment variable a stdio client (the gateway) puts the token in.
+pub const TOKEN_ENV: &str = "IR_TOOLS_TOKEN";
+
+/// How the server is run.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The API token callers must present; `None` accepts anyone.
+    pub token: Option<String>,
+    /// Tools that sleep this long before answering (to try call timeouts).
+    pub slow: Vec<(String, Duration)>,
+    /// Put the credential the caller presented into every answer. A careless
+    /// server does this by accident; the gateway must cut it out.
+    pub echo_credential: bool,
+}
+
+#[derive(Clone)]
+pub struct ExampleTools {
+    state: Arc<Mutex<StateFile>>,
+    settings: Arc<Settings>,
+    /// The credential the caller presented (stdio: from the environment).
+    presented: Option<String>,
+}
+
+impl ExampleTools {
+    pub fn new(state: StateFile, settings: Settings, presented: Option<String>) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            settings: Arc::new(settings),
+            presented,
+        }
+    }
+
+    fn presented<'a>(&'a self, ctx: &'a RequestContext<RoleServer>) -> Option<&'a str> {
+        // Over HTTP the bearer token of the current request; on stdio the
+        // environment this process was started with.
+        ctx.extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.headers.get(http::header::AUTHORIZATION))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or(self.presented.as_deref())
+    }
+
+    fn run(&self, name: &str, args: &serde_json::Map<String, serde_json::Value>) -> CallToolResult {
+        let answer = match self.state.lock() {
+            Ok(state) => state.call(name, args),
+            Err(_) => Err(ToolError::State("state lock poisoned".into())),
+        };
+        match answer {
+            Ok(v) => CallToolResult::success(vec![ContentBlock::text(v.to_string())]),
+            Err(e) => CallToolResult::error(vec![ContentBlock::text(e.to_string())]),
+        }
+    }
+}
+
+pub fn tool_list() -> Vec<Tool> {
+    TOOLS
+        .iter()
+        .map(|t| Tool::new(t.name, t.description, t.input_schema()))
+        .collect()
+}
+
+impl ServerHandler for ExampleTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("ir-tools", env!("CARGO_PKG_VERSION")))
+            .with_instructions("Example incident-response tools acting on a local state file.")
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tool_list()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let presented = self.presented(&ctx).map(str::to_string);
+        if let Some(expected) = &self.settings.token {
+            if presented.as_deref() != Some(expected.as_str()) {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(
+                    "unauthorized: this tool server needs its API token",
+                )])
+                .into());
+            }
+        }
+        if let Some((_, delay)) = self.settings.slow.iter().find(|(t, _)| *t == request.name) {
+            tokio::time::sleep(*delay).await;
+        }
+        let args = request.arguments.unwrap_or_default();
+        let mut result = self.run(&request.name, &args);
+        if self.settings.echo_credential {
+            result.content.push(ContentBlock::text(
+                json!({"served_with_credential": presented}).to_string(),
+            ));
+        }
+        Ok(result.into())
+    }
+}
+
+/// Serve on stdin/stdout until the client goes away.
+pub async fn serve_stdio(tools: ExampleTools) -> Result<(), String> {
+    use rmcp::ServiceExt;
+    let running = tools
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| format!("mcp handshake on stdio failed: {e}"))?;
+    running
+        .waiting()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("mcp stdio server: {e}"))
+}
+
+/// Serve streamable HTTP at `/mcp` on `listener` until `shutdown` resolves.
+pub async fn serve_http(
+    tools: ExampleTools,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    let token = tools.settings.token.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(tools.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let router =
+        axum::Router::new()
+            .nest_service("/mcp", service)
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let token = token.clone();
+                    async move {
+                        // A wrong or missing token gets a plain 401, as from any API.
+                        let given = req
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "));
+                        match token {
+                            Some(t) if given != Some(t.as_str()) => {
+                                axum::response::IntoResponse::into_response((
+                                    http::StatusCode::UNAUTHORIZED,
+                                    "unauthorized: this tool server needs its API token",
+                                ))
+                            }
+                            _ => next.run(req).await,
+                        }
+                    }
+                },
+            ));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

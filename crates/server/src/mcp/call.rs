@@ -1,0 +1,513 @@
+//! One `tools/call` through the gateway: map it to a catalog operation and
+//! resource, decide (holding the call open while a human approves), forward,
+//! and record what was executed.
+//!
+//! Every way a call can fail reaches the agent as an MCP tool error (a
+//! result with `isError`), never as a protocol error: clients show tool
+//! errors to the model, which can then explain or change course.
+
+use super::upstream::Upstream;
+use super::{audit_restart, ROLLBACK_TOOL};
+use crate::api::audit::{record_result, ExecutedAction};
+use crate::auth::{Shared, TaskAuth};
+use crate::decide::{decide_action, decision_json, ActionAsk, Decided};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ProgressNotificationParam};
+use rmcp::service::RequestContext;
+use rmcp::RoleServer;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+use tollgate_audit::AuditEvent;
+use tollgate_core::{ApprovalStatus, Outcome};
+use tollgate_policy::ResourceRef;
+use tollgate_store::Batch;
+
+/// `_meta` key an agent may set on a call to state why it makes it.
+pub const INTENT_META: &str = "tollgate/intent";
+/// `_meta` key on every answer that passed a decision: its request id.
+pub const REQUEST_ID_META: &str = "tollgate/request_id";
+
+fn tool_error(text: String, structured: Option<Value>) -> CallToolResult {
+    let mut r = CallToolResult::error(vec![ContentBlock::text(text)]);
+    r.structured_content = structured;
+    r
+}
+
+fn with_request_id(mut r: CallToolResult, request_id: &str) -> CallToolResult {
+    r.meta
+        .get_or_insert_with(Default::default)
+        .0
+        .insert(REQUEST_ID_META.into(), json!(request_id));
+    r
+}
+
+/// Why and under what trace a call is made.
+struct CallMeta {
+    intent: String,
+    traceparent: Option<String>,
+    /// For a rollback step: the executed action it undoes.
+    compensates: Option<String>,
+}
+
+fn meta_of(request: &CallToolRequestParams, ctx: &RequestContext<RoleServer>) -> CallMeta {
+    let get = |key: &str| {
+        request
+            .meta
+            .as_ref()
+            .and_then(|m| m.0 .0.get(key))
+            .or_else(|| ctx.meta.0 .0.get(key))
+            .and_then(Value::as_str)
+            .map(|s| s.chars().take(2048).collect::<String>())
+            .filter(|s| !s.trim().is_empty())
+    };
+    CallMeta {
+        intent: get(INTENT_META).unwrap_or_else(|| format!("mcp tools/call {}", request.name)),
+        traceparent: get("traceparent"),
+        compensates: None,
+    }
+}
+
+/// The answer to one `tools/call`.
+pub async fn call_tool(
+    state: &Shared,
+    auth: &TaskAuth,
+    request: CallToolRequestParams,
+    ctx: &RequestContext<RoleServer>,
+) -> CallToolResult {
+    if request.name == ROLLBACK_TOOL {
+        return rollback(state, auth, request.arguments.unwrap_or_default(), ctx).await;
+    }
+    let meta = meta_of(&request, ctx);
+    let args = request.arguments.unwrap_or_default();
+    governed(state, auth, &request.name, args, meta, ctx)
+        .await
+        .result
+}
+
+struct Called {
+    result: CallToolResult,
+    request_id: Option<String>,
+    /// Forwarded, and the upstream reported success.
+    succeeded: bool,
+}
+
+impl Called {
+    fn refused(result: CallToolResult, request_id: Option<String>) -> Self {
+        Self {
+            result,
+            request_id,
+            succeeded: false,
+        }
+    }
+}
+
+/// Audit a call refused before any decision could be made (unknown tool,
+/// missing resource argument), then answer it.
+async fn refuse_unmapped(state: &Shared, auth: &TaskAuth, tool: &str, reason: String) -> Called {
+    let ev = AuditEvent::new(
+        state.now(),
+        "mcp.call_refused",
+        auth.agent.spiffe_id.clone(),
+    )
+    .agent(auth.agent.spiffe_id.clone())
+    .task(auth.task.id.clone())
+    .incident(auth.task.incident_id.clone())
+    .outcome("refused")
+    .detail(json!({"tool": tool, "reason": reason}));
+    let text = match state.store.commit(Batch::audit_only(ev)).await {
+        Ok(_) => format!("refused by Tollgate: {reason}"),
+        Err(e) => {
+            format!("refused by Tollgate: {reason} (and the refusal could not be audited: {e})")
+        }
+    };
+    Called::refused(tool_error(text, None), None)
+}
+
+async fn governed(
+    state: &Shared,
+    auth: &TaskAuth,
+    tool: &str,
+    args: Map<String, Value>,
+    meta: CallMeta,
+    ctx: &RequestContext<RoleServer>,
+) -> Called {
+    let pack = state.pack.load_full();
+    let Some((action, op, binding)) = pack.catalog().by_tool(tool) else {
+        return refuse_unmapped(
+            state,
+            auth,
+            tool,
+            format!("tool {tool:?} is not bound to any catalog operation, so this gateway does not offer it"),
+        )
+        .await;
+    };
+    let Some(upstream) = state.upstreams.get(&binding.server) else {
+        return refuse_unmapped(
+            state,
+            auth,
+            tool,
+            format!(
+                "the catalog binds {tool:?} to upstream {:?}, which tollgate.yaml does not configure",
+                binding.server
+            ),
+        )
+        .await;
+    };
+    let resource_id = match args.get(&binding.resource_argument) {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => {
+            return refuse_unmapped(
+                state,
+                auth,
+                tool,
+                format!(
+                    "argument {:?} names the {} this call acts on; it is required and must be a non-empty string",
+                    binding.resource_argument,
+                    binding.resource_type(op)
+                ),
+            )
+            .await
+        }
+    };
+    let resource = ResourceRef {
+        kind: binding.resource_type(op).to_string(),
+        id: resource_id,
+        attributes: binding.derive_attributes(&args),
+    };
+    let mut parameters = args.clone();
+    parameters.remove(&binding.resource_argument);
+    let action = action.to_string();
+    let sensitive = op.sensitive_parameters.clone();
+    drop(pack);
+
+    let decide = |approval_id: Option<String>, task: tollgate_core::Task| {
+        let (action, resource, parameters, meta) = (&action, &resource, &parameters, &meta);
+        async move {
+            decide_action(
+                state,
+                ActionAsk {
+                    task: &task,
+                    agent: &auth.agent,
+                    action,
+                    resource,
+                    intent: &meta.intent,
+                    parameters,
+                    actor: auth.agent.spiffe_id.clone(),
+                    kind: "decision",
+                    traceparent: meta.traceparent.clone(),
+                    approval_id: approval_id.as_deref(),
+                },
+            )
+            .await
+        }
+    };
+    let mut decided = match decide(None, auth.task.clone()).await {
+        Ok(d) => d,
+        Err(e) => {
+            return Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
+        }
+    };
+    if decided.decision.outcome == Outcome::ApprovalRequired {
+        let approval_id = match hold(state, auth, &decided, ctx).await {
+            Ok(id) => id,
+            Err(result) => return Called::refused(result, Some(decided.request_id)),
+        };
+        // The task may have changed (or ended) while the call was held.
+        let task = match state.store.task(&auth.task.id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Called::refused(
+                    tool_error("refused by Tollgate: the task is gone".into(), None),
+                    None,
+                )
+            }
+            Err(e) => {
+                return Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
+            }
+        };
+        decided = match decide(Some(approval_id), task).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
+            }
+        };
+    }
+    if decided.decision.outcome != Outcome::Allow {
+        return Called::refused(denied(&decided), Some(decided.request_id));
+    }
+    let command = json!({"mcp": {
+        "server": upstream.name, "tool": tool, "arguments": state.audit.redact(&args, &sensitive),
+    }})
+    .to_string();
+    forward(
+        state,
+        auth,
+        upstream,
+        tool,
+        args,
+        &decided.request_id,
+        &command,
+        meta.compensates,
+    )
+    .await
+}
+
+fn denied(d: &Decided) -> CallToolResult {
+    let what = match d.decision.outcome {
+        Outcome::Deny => "denied",
+        _ => "not allowed",
+    };
+    let mut text = format!("{what} by Tollgate (request {})", d.request_id);
+    if !d.decision.reasons.is_empty() {
+        text.push_str(": ");
+        text.push_str(&d.decision.reasons.join("; "));
+    }
+    if !d.decision.policies.is_empty() {
+        text.push_str(&format!(" [policies: {}]", d.decision.policies.join(", ")));
+    }
+    with_request_id(tool_error(text, Some(decision_json(d))), &d.request_id)
+}
+
+/// Hold the call open until its approval is decided. `Ok` carries the
+/// granted approval's id; `Err` the answer for the agent.
+async fn hold(
+    state: &Shared,
+    auth: &TaskAuth,
+    first: &Decided,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<String, CallToolResult> {
+    let Some(approval) = &first.approval else {
+        return Err(denied(first));
+    };
+    let id = approval.id.clone();
+    let fail = |text: String| {
+        with_request_id(
+            tool_error(text, Some(decision_json(first))),
+            &first.request_id,
+        )
+    };
+    let token = ctx.meta.get_progress_token();
+    let every = Duration::from_secs(state.config.mcp.progress_every_seconds);
+    let mut next_progress = tokio::time::Instant::now();
+    let mut sent = 0u32;
+    loop {
+        // Registered before the read, so an approval decided in between wakes us.
+        let notified = state.approval_events.notified();
+        let a = match state.store.approval(&id).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return Err(fail(format!("approval {id} no longer exists"))),
+            Err(e) => return Err(fail(format!("approval {id} could not be read: {e}"))),
+        };
+        let reasons = || {
+            a.votes
+                .iter()
+                .filter(|v| !v.approve)
+                .map(|v| format!("{}: {}", v.approver, v.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        match a.status {
+            ApprovalStatus::Pending => {}
+            ApprovalStatus::Approved => return Ok(id),
+            ApprovalStatus::Denied => {
+                return Err(fail(format!(
+                    "denied by Tollgate: approval {id} was refused by its approvers ({}) (request {})",
+                    reasons(),
+                    first.request_id
+                )))
+            }
+            ApprovalStatus::Expired => {
+                return Err(fail(format!(
+                    "denied by Tollgate: approval {id} expired before enough approvers agreed (request {})",
+                    first.request_id
+                )))
+            }
+            ApprovalStatus::Used => {
+                return Err(fail(format!(
+                    "approval {id} was already used by another request (request {})",
+                    first.request_id
+                )))
+            }
+        }
+        if let Some(token) = &token {
+            if tokio::time::Instant::now() >= next_progress {
+                sent += 1;
+                let granted = a.votes.iter().filter(|v| v.approve).count();
+                let note = ProgressNotificationParam::new(token.clone(), f64::from(sent)).with_message(
+                    format!(
+                        "held by Tollgate for human approval {id}: {granted} of {} approvals so far; expires {}",
+                        a.required,
+                        tollgate_core::clock::rfc3339(a.expires_at)
+                    ),
+                );
+                // A client that stopped listening is noticed through cancellation.
+                let _ = ctx.peer.notify_progress(note).await;
+                next_progress += every;
+            }
+        }
+        tokio::select! {
+            _ = ctx.ct.cancelled() => {
+                let ev = AuditEvent::new(state.now(), "mcp.call_abandoned", auth.agent.spiffe_id.clone())
+                    .agent(auth.agent.spiffe_id.clone())
+                    .task(auth.task.id.clone())
+                    .incident(auth.task.incident_id.clone())
+                    .request(first.request_id.clone())
+                    .outcome("abandoned")
+                    .detail(json!({"approval_id": id, "reason": "the client cancelled the call while it waited for approval"}));
+                if let Err(e) = state.store.commit(Batch::audit_only(ev)).await {
+                    tracing::error!(error = %e, "could not audit an abandoned call");
+                }
+                return Err(fail("cancelled while waiting for approval".into()));
+            }
+            _ = tokio::time::timeout(Duration::from_secs(1), notified) => {}
+        }
+    }
+}
+
+/// Forward an allowed call and record what happened as the executed action.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    state: &Shared,
+    auth: &TaskAuth,
+    upstream: &Upstream,
+    tool: &str,
+    args: Map<String, Value>,
+    request_id: &str,
+    command: &str,
+    compensates: Option<String>,
+) -> Called {
+    let timeout = state.upstreams.call_timeout;
+    let outcome = match upstream.live(timeout).await {
+        Ok(live) => {
+            if live.restarted {
+                audit_restart(state, &upstream.name, Some(&auth.task)).await;
+            }
+            let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
+            upstream.call(&live.peer, params, timeout).await
+        }
+        Err(e) => Err(e),
+    };
+    let mut extra = json!({"via": "mcp", "server": upstream.name, "tool": tool});
+    if let Some(c) = &compensates {
+        extra["compensates"] = json!(c);
+    }
+    let (result, succeeded, digest) = match outcome {
+        Ok(result) => {
+            // The digest is of the result exactly as the agent receives it
+            // (after redaction, before Tollgate's own `_meta`).
+            let digest =
+                tollgate_core::sha256_hex(&serde_json::to_vec(&result).unwrap_or_default());
+            let ok = result.is_error != Some(true);
+            (result, ok, Some(digest))
+        }
+        Err(e) => {
+            extra["error"] = json!(e.to_string());
+            let text = format!("{e} (request {request_id})");
+            (tool_error(text, None), false, None)
+        }
+    };
+    let done = ExecutedAction {
+        status: if succeeded { "succeeded" } else { "failed" },
+        command,
+        output_digest: digest.as_deref(),
+        extra,
+    };
+    if let Err(e) = record_result(state, &auth.task, request_id, done).await {
+        // The call already happened; the agent must still learn its result.
+        tracing::error!(error = %e, request_id, "could not record an executed MCP call");
+    }
+    Called {
+        result: with_request_id(result, request_id),
+        request_id: Some(request_id.to_string()),
+        succeeded,
+    }
+}
+
+/// `tollgate_rollback`: run the compensations of this task's rollback plan
+/// (or of one executed action), newest first, each through [`governed`].
+async fn rollback(
+    state: &Shared,
+    auth: &TaskAuth,
+    args: Map<String, Value>,
+    ctx: &RequestContext<RoleServer>,
+) -> CallToolResult {
+    let only = match args.get("request_id") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return tool_error("request_id must be a string".into(), None),
+    };
+    if let Some(k) = args.keys().find(|k| *k != "request_id") {
+        return tool_error(format!("unknown argument {k:?}"), None);
+    }
+    let plan = match crate::api::lifecycle::rollback_plan(state, &auth.task.id).await {
+        Ok(p) => p,
+        Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
+    };
+    let steps: Vec<&Value> = plan
+        .iter()
+        .filter(|s| s["done"] != json!(true))
+        .filter(|s| only.as_deref().is_none_or(|r| s["request_id"] == json!(r)))
+        .collect();
+    if steps.is_empty() {
+        let what = match &only {
+            Some(r) => format!("executed action {r} has no compensation left to run in this task"),
+            None => "nothing to roll back: no reversible action of this task is left undone".into(),
+        };
+        return tool_error(what, None);
+    }
+    let pack = state.pack.load_full();
+    let mut report = Vec::new();
+    let mut all_ok = true;
+    for step in steps {
+        let undoes = step["request_id"].as_str().unwrap_or_default().to_string();
+        let comp = &step["compensation"];
+        let action = comp["action"].as_str().unwrap_or_default();
+        let resource = comp["resource"].as_str().unwrap_or_default();
+        let Some(binding) = pack
+            .catalog()
+            .operation(action)
+            .and_then(|op| op.tool.clone())
+        else {
+            all_ok = false;
+            report.push(json!({"undoes": undoes, "action": action, "resource": resource,
+                "outcome": "skipped", "reason": format!("{action} has no MCP tool binding in the catalog")}));
+            continue;
+        };
+        // The resource id is after the type: `Host::"web-1"` → web-1.
+        let id = resource
+            .split_once("::")
+            .map(|(_, id)| id.trim_matches('"'))
+            .unwrap_or(resource);
+        let mut call_args = comp["parameters"].as_object().cloned().unwrap_or_default();
+        call_args.insert(binding.resource_argument.clone(), json!(id));
+        let meta = CallMeta {
+            intent: format!(
+                "rollback: undo {undoes} ({} on {resource})",
+                step["executed"]["action"].as_str().unwrap_or_default()
+            ),
+            traceparent: None,
+            compensates: Some(undoes.clone()),
+        };
+        let called = governed(state, auth, &binding.name, call_args, meta, ctx).await;
+        let text: Vec<String> = called
+            .result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+            .collect();
+        all_ok &= called.succeeded;
+        report.push(json!({
+            "undoes": undoes, "action": action, "resource": resource,
+            "request_id": called.request_id,
+            "outcome": if called.succeeded { "succeeded" } else { "failed" },
+            "answer": text.join("\n"),
+        }));
+    }
+    let summary = json!({"rolled_back": report});
+    let mut r = if all_ok {
+        CallToolResult::success(vec![ContentBlock::text(summary.to_string())])
+    } else {
+        CallToolResult::error(vec![ContentBlock::text(summary.to_string())])
+    };
+    r.structured_content = Some(summary);
+    r
+}

@@ -1,0 +1,222 @@
+//! The MCP gateway: Tollgate as the MCP server an agent talks to, in front
+//! of the real tool servers.
+//!
+//! An agent connects to `/mcp` (streamable HTTP) with its task credential
+//! as bearer token. Every HTTP request is authenticated the way the REST
+//! API authenticates (`TaskAuth`), so closing or revoking the task ends the
+//! agent's MCP access on its next request, inside an open session too.
+//!
+//! - `tools/list` offers the tools bound in the catalog whose action is in
+//!   the task's scope and its playbook, and that some policy could permit
+//!   this agent. It only trims the menu: every call is still decided.
+//! - `tools/call` is decided like `/v1/authorize`, with the call's
+//!   arguments as the Cedar context's `parameters` and the resource named
+//!   by the catalog's `resource_argument`; see [`call`].
+//!
+//! Invariants:
+//! - No call reaches an upstream without an allowing decision committed to
+//!   the audit log first, and every forwarded call's outcome is recorded
+//!   as the executed action (`action.result`).
+//! - The agent never sees the credentials Tollgate injects upstream
+//!   ([`upstream`] owns them and scrubs answers).
+//! - This module holds no policy of its own: what is allowed is decided in
+//!   `decide.rs` by the pack, exactly as for the REST API.
+
+pub mod call;
+pub mod upstream;
+
+use crate::auth::{Shared, TaskAuth};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use std::sync::Arc;
+use tollgate_audit::AuditEvent;
+use tollgate_core::SpiffeId;
+use tollgate_policy::AgentFacts;
+use tollgate_store::Batch;
+
+pub use upstream::{UpstreamError, Upstreams};
+
+/// The gateway's own tool: run the task's rollback plan through the gateway.
+pub const ROLLBACK_TOOL: &str = "tollgate_rollback";
+
+/// The `/mcp` endpoint: rmcp's streamable-HTTP service behind our credential check.
+pub fn router(state: Shared) -> axum::Router {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    let gateway = Gateway {
+        state: state.clone(),
+    };
+    // Host checks guard unauthenticated local servers against DNS
+    // rebinding; every request here carries a bearer credential a rebinding
+    // page cannot have, and the gateway is reached by whatever name the
+    // operator gives it.
+    let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
+    let service = StreamableHttpService::new(
+        move || Ok(gateway.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    axum::Router::new()
+        .fallback_service(service)
+        .layer(axum::middleware::from_fn_with_state(state, authenticate))
+}
+
+/// Authenticate every request to `/mcp` with the task credential; the
+/// handler finds the caller in the request's extensions.
+async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    match TaskAuth::from_request_parts(&mut parts, &state).await {
+        Ok(auth) => {
+            parts.extensions.insert(Arc::new(auth));
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Clone)]
+pub struct Gateway {
+    state: Shared,
+}
+
+fn caller(ctx: &RequestContext<RoleServer>) -> Result<Arc<TaskAuth>, ErrorData> {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Arc<TaskAuth>>())
+        .cloned()
+        // Unreachable through `router`, which authenticates first: refuse anyway.
+        .ok_or_else(|| ErrorData::invalid_request("no task credential on this request", None))
+}
+
+/// Audit that an upstream was (re)started because its connection had died.
+pub(crate) async fn audit_restart(
+    state: &Shared,
+    server: &str,
+    task: Option<&tollgate_core::Task>,
+) {
+    let mut ev = AuditEvent::new(state.now(), "mcp.upstream_restarted", "tollgate")
+        .outcome("restarted")
+        .detail(serde_json::json!({"server": server}));
+    if let Some(t) = task {
+        ev = ev.task(t.id.clone()).agent(t.agent.clone());
+    }
+    if let Err(e) = state.store.commit(Batch::audit_only(ev)).await {
+        tracing::error!(error = %e, server, "could not audit an upstream restart");
+    }
+    tracing::warn!(
+        server,
+        "upstream MCP server connection was dead; reconnected"
+    );
+}
+
+impl Gateway {
+    /// The tools this task may be offered, with the upstreams' own descriptions.
+    async fn offered(&self, auth: &TaskAuth) -> Vec<Tool> {
+        let state = &self.state;
+        let pack = state.pack.load_full();
+        let Ok(spiffe_id) = SpiffeId::parse(&auth.agent.spiffe_id) else {
+            return vec![];
+        };
+        let agent = AgentFacts {
+            spiffe_id: &spiffe_id,
+            owner: &auth.agent.owner,
+        };
+        let mut tools = Vec::new();
+        for upstream in state.upstreams.iter() {
+            let live = match upstream.live(state.upstreams.call_timeout).await {
+                Ok(l) => l,
+                Err(e) => {
+                    // One unreachable upstream hides its tools, not the others'.
+                    tracing::warn!(error = %e, "upstream left out of tools/list");
+                    continue;
+                }
+            };
+            if live.restarted {
+                audit_restart(state, &upstream.name, Some(&auth.task)).await;
+            }
+            for tool in live.tools.iter() {
+                let Some((action, _, binding)) = pack.catalog().by_tool(&tool.name) else {
+                    continue;
+                };
+                let in_scope = auth
+                    .task
+                    .scope
+                    .actions
+                    .as_ref()
+                    .is_none_or(|a| a.contains(action));
+                let in_playbook = pack
+                    .playbooks()
+                    .is_none_or(|b| b.offers(&auth.task.playbook, action));
+                if binding.server == upstream.name
+                    && in_scope
+                    && in_playbook
+                    && pack.may_permit(agent, action)
+                {
+                    tools.push(tool.clone());
+                }
+            }
+        }
+        tools.push(rollback_tool());
+        tools
+    }
+}
+
+fn rollback_tool() -> Tool {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "request_id": {
+                "type": "string",
+                "description": "Undo only this executed action; default: every step of the task's rollback plan not yet undone, newest first."
+            }
+        },
+        "additionalProperties": false
+    });
+    let schema = match schema {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    Tool::new(
+        ROLLBACK_TOOL,
+        "Undo this task's reversible actions by running their compensations (from Tollgate's rollback plan). Each compensation is authorised and audited like any other call.",
+        schema,
+    )
+}
+
+impl ServerHandler for Gateway {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("tollgate", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tollgate governs these tools: every call is authorised against your task and audited. \
+                 A call that needs human approval is held open (with progress notifications) until it is decided.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let auth = caller(&ctx)?;
+        Ok(ListToolsResult::with_all_items(self.offered(&auth).await))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let auth = caller(&ctx)?;
+        Ok(call::call_tool(&self.state, &auth, request, &ctx)
+            .await
+            .into())
+    }
+}

@@ -1,0 +1,548 @@
+//! Upstream MCP servers: how Tollgate starts or reaches them, the
+//! credentials it injects, and the one place their answers are scrubbed of
+//! those credentials.
+//!
+//! Invariants:
+//! - Secret values are read once, at startup, and live only here. `Debug`
+//!   prints names, never values; every string an upstream sends back (tool
+//!   results, error messages, tool descriptions) passes through
+//!   [`Upstream::redact`] before an agent, the audit log or a log line sees it.
+//! - A stdio child gets an empty environment plus `PATH`, `HOME`, `LANG` and
+//!   what its config names: Tollgate's own environment never leaks into it.
+//! - A connection that died is replaced before the next call is forwarded;
+//!   a call that was already forwarded is never retried (it may have acted).
+
+use crate::config::{McpConfig, UpstreamConfig, ValueSource};
+use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use rmcp::service::RunningService;
+use rmcp::{Peer, RoleClient, ServiceError, ServiceExt};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why an upstream could not answer. Messages are already scrubbed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {server} could not be reached: {message}")]
+    Connect { server: String, message: String },
+    #[error(
+        "upstream {server} did not answer within {seconds} s; the call may still take effect there"
+    )]
+    Timeout { server: String, seconds: u64 },
+    #[error("upstream {server} closed the connection during the call (did it crash?); the call may or may not have taken effect and is not retried")]
+    Closed { server: String },
+    #[error("upstream {server} answered with an error: {message}")]
+    Protocol { server: String, message: String },
+}
+
+/// A credential or setting as configured, resolved at startup.
+struct Injected {
+    name: String,
+    value: String,
+}
+
+enum Transport {
+    Stdio {
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<Injected>,
+        cwd: PathBuf,
+    },
+    Http {
+        url: String,
+        headers: Vec<Injected>,
+    },
+}
+
+struct Connection {
+    /// Kept so the connection (and a stdio child) lives; dropping it ends both.
+    service: RunningService<RoleClient, ()>,
+    tools: Arc<Vec<Tool>>,
+}
+
+pub struct Upstream {
+    pub name: String,
+    transport: Transport,
+    /// Every secret value, longest first, to cut out of answers.
+    secrets: Vec<String>,
+    conn: tokio::sync::Mutex<Option<Connection>>,
+    /// Connected before: connecting again is a restart, and audited.
+    connected_once: AtomicBool,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, names): (&str, Vec<&str>) = match &self.transport {
+            Transport::Stdio { env, .. } => {
+                ("stdio", env.iter().map(|i| i.name.as_str()).collect())
+            }
+            Transport::Http { headers, .. } => {
+                ("http", headers.iter().map(|i| i.name.as_str()).collect())
+            }
+        };
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("transport", &kind)
+            .field("injects", &names)
+            .finish()
+    }
+}
+
+/// The configured upstreams, by name.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    list: Vec<Arc<Upstream>>,
+    pub call_timeout: Duration,
+}
+
+/// A live peer to forward to, and whether getting it meant a restart.
+pub struct Live {
+    pub peer: Peer<RoleClient>,
+    pub tools: Arc<Vec<Tool>>,
+    pub restarted: bool,
+}
+
+impl Upstreams {
+    /// Resolve every configured credential now, so a missing secret stops
+    /// startup instead of failing the first call.
+    pub fn from_config(
+        config: &McpConfig,
+        config_dir: Option<&Path>,
+        data_dir: &Path,
+    ) -> Result<Self, String> {
+        let mut list = Vec::new();
+        for u in &config.upstreams {
+            list.push(Arc::new(Upstream::from_config(u, config_dir, data_dir)?));
+        }
+        Ok(Self {
+            list,
+            call_timeout: Duration::from_secs(config.call_timeout_seconds),
+        })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.list.iter()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.list.iter().find(|u| u.name == name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+fn resolve(
+    upstream: &str,
+    key: &str,
+    src: &ValueSource,
+    config_dir: Option<&Path>,
+) -> Result<(String, bool), String> {
+    let at = format!("mcp upstream {upstream:?}: {key}");
+    let (raw, secret) = match (&src.env, &src.file, &src.value) {
+        (Some(var), None, None) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => (v.trim().to_string(), true),
+            _ => {
+                return Err(format!(
+                    "{at}: environment variable {var} is unset or empty"
+                ))
+            }
+        },
+        (None, Some(file), None) => {
+            let path = match config_dir {
+                Some(dir) => dir.join(file),
+                None => PathBuf::from(file),
+            };
+            check_private(&path).map_err(|e| format!("{at}: {e}"))?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{at}: {}: {e}", path.display()))?;
+            let text = text.trim().to_string();
+            if text.is_empty() {
+                return Err(format!("{at}: {} is empty", path.display()));
+            }
+            (text, true)
+        }
+        (None, None, Some(v)) => (v.clone(), false),
+        _ => return Err(format!("{at}: give exactly one of env, file or value")),
+    };
+    Ok((format!("{}{raw}", src.prefix), secret))
+}
+
+/// A secret file must not be readable by group or others, as ssh insists
+/// for keys: a world-readable credential is already leaked.
+fn check_private(path: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable by group or others; chmod 600 it",
+                path.display()
+            ));
+        }
+    }
+    let _ = path;
+    Ok(())
+}
+
+/// Header names the MCP transport sets itself.
+const RESERVED_HEADERS: &[&str] = &["accept", "mcp-session-id", "last-event-id", "content-type"];
+
+impl Upstream {
+    fn from_config(
+        u: &UpstreamConfig,
+        config_dir: Option<&Path>,
+        data_dir: &Path,
+    ) -> Result<Self, String> {
+        let mut secrets = Vec::new();
+        let mut injected = |sources: &std::collections::BTreeMap<String, ValueSource>| {
+            let mut out = Vec::new();
+            for (key, src) in sources {
+                let (value, secret) = resolve(&u.name, key, src, config_dir)?;
+                if secret {
+                    // The bare secret as well as the prefixed value.
+                    let bare = value[src.prefix.len()..].to_string();
+                    if bare.len() >= 4 {
+                        secrets.push(bare);
+                    }
+                    secrets.push(value.clone());
+                }
+                out.push(Injected {
+                    name: key.clone(),
+                    value,
+                });
+            }
+            Ok::<_, String>(out)
+        };
+        let transport = match (&u.stdio, &u.http) {
+            (Some(s), None) => {
+                let program = if s.command == "tollgate" {
+                    // This very binary: the example tools run without an install.
+                    std::env::current_exe().map_err(|e| {
+                        format!("mcp upstream {:?}: locating tollgate itself: {e}", u.name)
+                    })?
+                } else if s.command.contains('/') {
+                    match config_dir {
+                        Some(dir) => dir.join(&s.command),
+                        None => PathBuf::from(&s.command),
+                    }
+                } else {
+                    PathBuf::from(&s.command)
+                };
+                Transport::Stdio {
+                    program,
+                    args: s.args.clone(),
+                    env: injected(&s.env)?,
+                    cwd: data_dir.to_path_buf(),
+                }
+            }
+            (None, Some(h)) => {
+                let headers = injected(&h.headers)?;
+                for hd in &headers {
+                    if RESERVED_HEADERS.contains(&hd.name.to_ascii_lowercase().as_str()) {
+                        return Err(format!(
+                            "mcp upstream {:?}: header {} is set by the MCP transport",
+                            u.name, hd.name
+                        ));
+                    }
+                    http::HeaderName::from_bytes(hd.name.as_bytes()).map_err(|e| {
+                        format!("mcp upstream {:?}: header {}: {e}", u.name, hd.name)
+                    })?;
+                    http::HeaderValue::from_str(&hd.value).map_err(|_| {
+                        format!(
+                            "mcp upstream {:?}: header {} has a value HTTP cannot carry",
+                            u.name, hd.name
+                        )
+                    })?;
+                }
+                Transport::Http {
+                    url: h.url.clone(),
+                    headers,
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "mcp upstream {:?}: give exactly one of stdio or http",
+                    u.name
+                ))
+            }
+        };
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Ok(Self {
+            name: u.name.clone(),
+            transport,
+            secrets,
+            conn: tokio::sync::Mutex::new(None),
+            connected_once: AtomicBool::new(false),
+        })
+    }
+
+    /// Cut every injected secret out of `text`, raw or JSON-escaped.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            out = out.replace(s.as_str(), "[redacted]");
+            let escaped = serde_json::to_string(s).unwrap_or_default();
+            let escaped = escaped.trim_matches('"');
+            if escaped != s {
+                out = out.replace(escaped, "[redacted]");
+            }
+        }
+        out
+    }
+
+    /// Scrub every string in a JSON value.
+    pub fn redact_json(&self, v: &mut serde_json::Value) {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => {
+                let r = self.redact(s);
+                if r != *s {
+                    *s = r;
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| self.redact_json(x)),
+            Value::Object(m) => m.values_mut().for_each(|x| self.redact_json(x)),
+            _ => {}
+        }
+    }
+
+    fn redact_result(&self, result: CallToolResult) -> Result<CallToolResult, UpstreamError> {
+        if self.secrets.is_empty() {
+            return Ok(result);
+        }
+        let mut v = serde_json::to_value(&result).map_err(|e| self.protocol(e.to_string()))?;
+        self.redact_json(&mut v);
+        serde_json::from_value(v).map_err(|e| self.protocol(e.to_string()))
+    }
+
+    fn redact_tools(&self, tools: Vec<Tool>) -> Vec<Tool> {
+        if self.secrets.is_empty() {
+            return tools;
+        }
+        tools
+            .into_iter()
+            .filter_map(|t| {
+                let mut v = serde_json::to_value(&t).ok()?;
+                self.redact_json(&mut v);
+                serde_json::from_value(v).ok()
+            })
+            .collect()
+    }
+
+    fn protocol(&self, message: String) -> UpstreamError {
+        UpstreamError::Protocol {
+            server: self.name.clone(),
+            message: self.redact(&message),
+        }
+    }
+
+    /// The live connection, made (or remade, if the old one died) now.
+    pub async fn live(&self, timeout: Duration) -> Result<Live, UpstreamError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref() {
+            if !c.service.peer().is_transport_closed() {
+                return Ok(Live {
+                    peer: c.service.peer().clone(),
+                    tools: c.tools.clone(),
+                    restarted: false,
+                });
+            }
+        }
+        // Drop the dead connection first, so a stdio child is reaped.
+        *conn = None;
+        // Starting a process and a handshake can take longer than a call
+        // on a busy machine; a short call timeout must not prevent it.
+        let timeout = timeout.max(Duration::from_secs(15));
+        let fresh = tokio::time::timeout(timeout, self.connect())
+            .await
+            .map_err(|_| UpstreamError::Connect {
+                server: self.name.clone(),
+                message: format!("no MCP handshake within {} s", timeout.as_secs()),
+            })??;
+        let live = Live {
+            peer: fresh.service.peer().clone(),
+            tools: fresh.tools.clone(),
+            restarted: self.connected_once.swap(true, Ordering::SeqCst),
+        };
+        *conn = Some(fresh);
+        Ok(live)
+    }
+
+    async fn connect(&self) -> Result<Connection, UpstreamError> {
+        let failed = |message: String| UpstreamError::Connect {
+            server: self.name.clone(),
+            message: self.redact(&message),
+        };
+        let service = match &self.transport {
+            Transport::Stdio {
+                program,
+                args,
+                env,
+                cwd,
+            } => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args).current_dir(cwd).env_clear();
+                for keep in ["PATH", "HOME", "LANG"] {
+                    if let Ok(v) = std::env::var(keep) {
+                        cmd.env(keep, v);
+                    }
+                }
+                for i in env {
+                    cmd.env(&i.name, &i.value);
+                }
+                let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+                    .stderr(std::process::Stdio::inherit())
+                    .spawn()
+                    .map_err(|e| failed(format!("starting {}: {e}", program.display())))?;
+                ().serve(transport)
+                    .await
+                    .map_err(|e| failed(format!("MCP handshake: {e}")))?
+            }
+            Transport::Http { url, headers } => {
+                use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+                let mut map = HashMap::new();
+                for h in headers {
+                    let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(h.name.as_bytes()),
+                        http::HeaderValue::from_str(&h.value),
+                    ) else {
+                        return Err(failed(format!("header {} is not valid HTTP", h.name)));
+                    };
+                    map.insert(name, value);
+                }
+                let config =
+                    StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(map);
+                let transport = rmcp::transport::StreamableHttpClientTransport::from_config(config);
+                ().serve(transport)
+                    .await
+                    .map_err(|e| failed(format!("MCP handshake with {url}: {e}")))?
+            }
+        };
+        // Tool lists are read once per connection: the gateway, not the
+        // SDK's cache, decides when they are fresh.
+        service
+            .peer()
+            .set_response_cache_config(rmcp::ClientCacheConfig::disabled())
+            .await;
+        let tools = service
+            .peer()
+            .list_all_tools()
+            .await
+            .map_err(|e| failed(format!("tools/list: {e}")))?;
+        Ok(Connection {
+            service,
+            tools: Arc::new(self.redact_tools(tools)),
+        })
+    }
+
+    /// Forward one call. Never retried: once sent, it may have acted.
+    pub async fn call(
+        &self,
+        peer: &Peer<RoleClient>,
+        params: CallToolRequestParams,
+        timeout: Duration,
+    ) -> Result<CallToolResult, UpstreamError> {
+        match tokio::time::timeout(timeout, peer.call_tool(params)).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                server: self.name.clone(),
+                seconds: timeout.as_secs(),
+            }),
+            Ok(Err(ServiceError::TransportClosed)) => Err(UpstreamError::Closed {
+                server: self.name.clone(),
+            }),
+            Ok(Err(e)) if peer.is_transport_closed() => {
+                tracing::debug!(server = %self.name, error = %self.redact(&e.to_string()), "upstream died during a call");
+                Err(UpstreamError::Closed {
+                    server: self.name.clone(),
+                })
+            }
+            Ok(Err(e)) => Err(self.protocol(e.to_string())),
+            Ok(Ok(result)) => self.redact_result(result),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StdioUpstream;
+
+    fn upstream_with_secret(secret: &str) -> Upstream {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = std::collections::BTreeMap::new();
+        env.insert(
+            "API_KEY".to_string(),
+            ValueSource {
+                value: None,
+                env: None,
+                file: Some("key".into()),
+                prefix: "Bearer ".into(),
+            },
+        );
+        let path = dir.path().join("key");
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let cfg = UpstreamConfig {
+            name: "tools".into(),
+            stdio: Some(StdioUpstream {
+                command: "true".into(),
+                args: vec![],
+                env,
+            }),
+            http: None,
+        };
+        Upstream::from_config(&cfg, Some(dir.path()), dir.path()).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_cut_out_of_every_string_and_never_debug_printed() {
+        let u = upstream_with_secret("s3cr\"et-value");
+        let mut v =
+            serde_json::json!({"a": ["x s3cr\"et-value y"], "b": "Bearer s3cr\"et-value", "c": 1});
+        u.redact_json(&mut v);
+        let text = v.to_string();
+        assert!(!text.contains("s3cr"), "{text}");
+        assert_eq!(v["c"], 1);
+        // JSON-escaped inside a string that is itself JSON text.
+        let inner = serde_json::json!({"echo": "s3cr\"et-value"}).to_string();
+        assert!(!u.redact(&inner).contains("s3cr"));
+        let debug = format!("{u:?}");
+        assert!(
+            debug.contains("API_KEY") && !debug.contains("s3cr"),
+            "{debug}"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_readable_by_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "k").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let src = ValueSource {
+            file: Some("key".into()),
+            ..Default::default()
+        };
+        let err = resolve("tools", "API_KEY", &src, Some(dir.path())).unwrap_err();
+        assert!(err.contains("chmod 600"), "{err}");
+        let src = ValueSource {
+            env: Some("TOLLGATE_TEST_SURELY_UNSET_VAR".into()),
+            ..Default::default()
+        };
+        assert!(resolve("tools", "X", &src, None)
+            .unwrap_err()
+            .contains("unset"));
+    }
+}

@@ -1,0 +1,97 @@
+//! `tollgate tools example`: the example incident-response MCP server, an
+//! ordinary upstream for the MCP gateway (see docs/mcp-gateway.md).
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use tollgate_example_tools::{ExampleTools, Settings, StateFile, TOKEN_ENV};
+
+#[derive(Args)]
+pub struct ExampleArgs {
+    /// The JSON state file the tools act on; the reference world is written there if it is missing.
+    #[arg(long, default_value = "ir-world.json")]
+    state: PathBuf,
+    /// A file holding the API token callers must present (stdio: in IR_TOOLS_TOKEN;
+    /// HTTP: as a bearer token). Without it the server accepts anyone.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Serve streamable HTTP at http://ADDR/mcp instead of MCP on stdin/stdout.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Write this process's id here (tests kill it to see the gateway restart it).
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Make TOOL answer only after SECONDS (TOOL=SECONDS), to try call timeouts.
+    #[arg(long, value_parser = parse_slow)]
+    slow: Vec<(String, Duration)>,
+    /// Put the credential each call was made with into its answer, like a careless
+    /// server would; the gateway must redact it.
+    #[arg(long)]
+    echo_credential: bool,
+}
+
+fn parse_slow(s: &str) -> Result<(String, Duration), String> {
+    let (tool, secs) = s.split_once('=').ok_or("expected TOOL=SECONDS")?;
+    let secs: f64 = secs.parse().map_err(|_| "SECONDS must be a number")?;
+    if !(0.0..=3600.0).contains(&secs) {
+        return Err("SECONDS must be between 0 and 3600".into());
+    }
+    Ok((tool.to_string(), Duration::from_secs_f64(secs)))
+}
+
+pub fn example(args: ExampleArgs) -> Result<()> {
+    let state = StateFile::open(&args.state)
+        .with_context(|| format!("opening state file {}", args.state.display()))?;
+    let token = match &args.token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("reading token file {}", p.display()))?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                bail!("token file {} is empty", p.display());
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    if let Some(p) = &args.pid_file {
+        std::fs::write(p, std::process::id().to_string())
+            .with_context(|| format!("writing pid file {}", p.display()))?;
+    }
+    let settings = Settings {
+        token,
+        slow: args.slow,
+        echo_credential: args.echo_credential,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match args.listen {
+            None => {
+                // stdout is the protocol channel: say nothing there.
+                let tools = ExampleTools::new(state, settings, std::env::var(TOKEN_ENV).ok());
+                tollgate_example_tools::serve_stdio(tools)
+                    .await
+                    .map_err(anyhow::Error::msg)
+            }
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?;
+                println!(
+                    "ir-tools MCP server on http://{}/mcp",
+                    listener.local_addr()?
+                );
+                let tools = ExampleTools::new(state, settings, None);
+                tollgate_example_tools::serve_http(tools, listener, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+                Ok(())
+            }
+        }
+    })
+}

