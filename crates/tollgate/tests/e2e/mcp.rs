@@ -416,3 +416,80 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
         "the upstream credential reached the audit log"
     );
 }
+
+/// The pinned official MCP Python SDK in a virtualenv kept between runs
+/// (`$HOME/.cache/tollgate-mcp-venv`), installed from PyPI on first use.
+fn python_with_mcp_sdk() -> Option<PathBuf> {
+    const SDK: &str = "mcp==2.3.0";
+    if std::env::var_os("TOLLGATE_SKIP_PYTHON_MCP").is_some() {
+        eprintln!("SKIPPED: the Python MCP SDK test (TOLLGATE_SKIP_PYTHON_MCP is set)");
+        return None;
+    }
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
+    let venv = home.join(".cache/tollgate-mcp-venv");
+    let python = venv.join("bin/python");
+    let ready = || {
+        std::process::Command::new(&python)
+            .args([
+                "-c",
+                "import importlib.metadata as m; assert m.version('mcp') == '2.3.0'",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready() {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect(
+                "python3 is needed for the Python MCP SDK test (or set TOLLGATE_SKIP_PYTHON_MCP=1)",
+            );
+        assert!(made.success(), "python3 -m venv failed");
+        let pip = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", SDK])
+            .status()
+            .unwrap();
+        assert!(pip.success(), "pip install {SDK} failed");
+        assert!(ready(), "{SDK} not importable after install");
+    }
+    Some(python)
+}
+
+#[test]
+fn the_official_python_sdk_gets_every_tool_call_governed() {
+    let Some(python) = python_with_mcp_sdk() else {
+        return;
+    };
+    let g = Gateway::start();
+    let s = &g.server;
+    let ivan = s.approver("ivan@acme.test", "identity");
+    let svid = s.enrol(IR);
+    let (task_id, cred) = s.open_task(&svid);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/mcp_python_client.py");
+    let config = json!({
+        "url": s.addr, "cred": cred, "task_id": task_id, "approver": ivan,
+        "admin": s.admin, "world": g.world,
+    });
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(config.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(r#"{"ok": true}"#), "{stdout}");
+    assert!(
+        !stdout.contains(&g.token) && !stderr.contains(&g.token),
+        "the upstream credential leaked"
+    );
+    // What the Python agent did is what the tools did.
+    let w = g.world();
+    assert_eq!(w["hosts"]["web-2"]["isolated"], true);
+    assert_eq!(w["accounts"]["jdoe"]["enabled"], false);
+    assert_eq!(w["posts"], json!([]));
+}
