@@ -16,6 +16,7 @@
 //!   their text to the pure [`PolicyPack::from_sources`].
 
 pub mod index;
+pub mod mcp_schema;
 mod pack;
 mod request;
 pub mod synthetic;

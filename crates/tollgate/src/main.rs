@@ -226,6 +226,24 @@ enum PolicyCmd {
         /// Test files to run instead of DIR/tests/*.yaml.
         files: Vec<PathBuf>,
     },
+    /// Draft a Cedar schema fragment and catalog entries for an MCP server's
+    /// tools, from its tools/list (see docs/mcp-gateway.md).
+    Schema {
+        /// The server: an http(s):// streamable-HTTP URL, or a command line that
+        /// runs it on stdio (e.g. "tollgate tools example --state w.json").
+        #[arg(long = "from-mcp")]
+        from_mcp: String,
+        /// The upstream's name in tollgate.yaml, used in the tool bindings.
+        #[arg(long, default_value = "upstream")]
+        server: String,
+        /// HTTP header to send, "Name: value" (repeatable), e.g. an API key.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Write mcp.cedarschema and mcp-catalog.yaml into this directory
+        /// instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Ask the running server to reload its pack.
     Reload {
         #[command(flatten)]
@@ -571,6 +589,12 @@ fn main() -> Result<()> {
                 Err(e) => Err(e.into()),
             },
             PolicyCmd::Test { dir, files } => policy_test(&dir, files),
+            PolicyCmd::Schema {
+                from_mcp,
+                server,
+                headers,
+                out,
+            } => tools::schema_from_mcp(&from_mcp, &server, &headers, out.as_deref()),
             PolicyCmd::Reload { conn } => {
                 let r = Client::new(&conn)?.post("/v1/policies/reload", &json!({}))?;
                 println!(

@@ -95,3 +95,84 @@ pub fn example(args: ExampleArgs) -> Result<()> {
         }
     })
 }
+
+/// `tollgate policy schema --from-mcp`: read an MCP server's tools/list and
+/// draft the schema and catalog entries that govern them.
+pub fn schema_from_mcp(
+    target: &str,
+    server: &str,
+    headers: &[String],
+    out: Option<&std::path::Path>,
+) -> Result<()> {
+    use rmcp::ServiceExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let tools = rt.block_on(async {
+        let client = if target.starts_with("http://") || target.starts_with("https://") {
+            use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+            let mut map = std::collections::HashMap::new();
+            for h in headers {
+                let (name, value) = h
+                    .split_once(':')
+                    .with_context(|| format!("header {h:?}: expected \"Name: value\""))?;
+                map.insert(
+                    http::HeaderName::from_bytes(name.trim().as_bytes())?,
+                    http::HeaderValue::from_str(value.trim())?,
+                );
+            }
+            let config = StreamableHttpClientTransportConfig::with_uri(target).custom_headers(map);
+            ().serve(rmcp::transport::StreamableHttpClientTransport::from_config(
+                config,
+            ))
+            .await
+            .with_context(|| format!("connecting to {target}"))?
+        } else {
+            if !headers.is_empty() {
+                bail!("--header is for http(s) servers; a stdio server reads its environment");
+            }
+            let mut words = target.split_whitespace();
+            let program = words.next().context("--from-mcp is empty")?;
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(words);
+            let transport = rmcp::transport::TokioChildProcess::new(cmd)
+                .with_context(|| format!("starting {program}"))?;
+            ().serve(transport)
+                .await
+                .with_context(|| format!("MCP handshake with {program}"))?
+        };
+        let tools = client.list_all_tools().await.context("tools/list")?;
+        let _ = client.cancel().await;
+        anyhow::Ok(tools)
+    })?;
+    let described: Vec<tollgate_policy::mcp_schema::McpTool> = tools
+        .iter()
+        .map(|t| tollgate_policy::mcp_schema::McpTool {
+            name: t.name.to_string(),
+            description: t.description.as_deref().unwrap_or_default().to_string(),
+            input_schema: serde_json::Value::Object((*t.input_schema).clone()),
+            annotations: serde_json::to_value(&t.annotations).unwrap_or_default(),
+        })
+        .collect();
+    let g = tollgate_policy::mcp_schema::generate(server, &described);
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let (schema, catalog) = (dir.join("mcp.cedarschema"), dir.join("mcp-catalog.yaml"));
+            std::fs::write(&schema, &g.schema)?;
+            std::fs::write(&catalog, &g.catalog)?;
+            println!(
+                "{} tools: wrote {} and {}; merge them into the pack, then `tollgate policy validate`",
+                tools.len(),
+                schema.display(),
+                catalog.display()
+            );
+        }
+        None => {
+            println!("{}", g.schema);
+            println!("# ---- catalog.yaml entries ----");
+            print!("{}", g.catalog);
+        }
+    }
+    Ok(())
+}

@@ -202,6 +202,15 @@ pub fn host(id: &str) -> Value {
     json!({"type": "Host", "id": id})
 }
 
+/// POST JSON to any URL (not only the server under test).
+pub fn post_json(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut req = agent().post(url).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    finish(req.send(body.to_string()))
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)

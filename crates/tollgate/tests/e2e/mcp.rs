@@ -23,8 +23,72 @@ pub struct Gateway {
     _tmp: tempfile::TempDir,
 }
 
+/// How the gateway reaches the example tools.
+enum Upstream {
+    Stdio,
+    /// Already serving streamable HTTP at this URL.
+    Http(String),
+}
+
+/// The example tool server on streamable HTTP, killed on drop.
+struct HttpTools {
+    child: std::process::Child,
+    url: String,
+}
+
+impl HttpTools {
+    fn start(world: &std::path::Path, token_file: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin())
+            .args([
+                "tools",
+                "example",
+                "--listen",
+                "127.0.0.1:0",
+                "--echo-credential",
+                "--state",
+            ])
+            .arg(world)
+            .arg("--token-file")
+            .arg(token_file)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("ir-tools MCP server on ")
+            .unwrap_or_else(|| panic!("unexpected {line:?}"))
+            .to_string();
+        Self { child, url }
+    }
+}
+
+impl Drop for HttpTools {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_secret(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
 impl Gateway {
     pub fn start() -> Self {
+        Self::start_with(|_, _| Upstream::Stdio)
+    }
+
+    fn start_with(upstream: impl FnOnce(&std::path::Path, &std::path::Path) -> Upstream) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join("config");
         let out = std::process::Command::new(bin())
@@ -35,21 +99,22 @@ impl Gateway {
         assert!(out.status.success(), "{out:?}");
         let token = format!("ir-tools-secret-{}", now());
         let token_file = config.join("ir-tools.token");
-        std::fs::write(&token_file, format!("{token}\n")).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        }
+        write_secret(&token_file, &format!("{token}\n"));
         let world = tmp.path().join("world.json");
         let pid_file = tmp.path().join("ir-tools.pid");
         let mut yaml = std::fs::read_to_string(config.join("tollgate.yaml")).unwrap();
-        yaml.push_str(&format!(
+        if let Upstream::Http(url) = upstream(&world, &token_file) {
+            yaml.push_str(&format!(
+                "mcp:\n  upstreams:\n    - name: ir-tools\n      http:\n        url: {url}\n        headers:\n          Authorization: {{file: ir-tools.token, prefix: \"Bearer \"}}\n"
+            ));
+        } else {
+            yaml.push_str(&format!(
             "mcp:\n  call_timeout_seconds: 3\n  progress_every_seconds: 1\n  upstreams:\n    - name: ir-tools\n      stdio:\n        command: tollgate\n        args: [tools, example, --state, {world:?}, --token-file, {token_file:?}, --pid-file, {pid_file:?}, --echo-credential, --slow, forensics_image_host=30]\n        env:\n          IR_TOOLS_TOKEN: {{file: ir-tools.token}}\n",
             world = world.display().to_string(),
             token_file = token_file.display().to_string(),
             pid_file = pid_file.display().to_string(),
         ));
+        }
         std::fs::write(config.join("tollgate.yaml"), yaml).unwrap();
         let server = Server::start_with_config(&config, &tmp.path().join("data"));
         Self {
@@ -492,4 +557,79 @@ fn the_official_python_sdk_gets_every_tool_call_governed() {
     assert_eq!(w["hosts"]["web-2"]["isolated"], true);
     assert_eq!(w["accounts"]["jdoe"]["enabled"], false);
     assert_eq!(w["posts"], json!([]));
+}
+
+#[test]
+fn an_http_upstream_gets_its_header_and_a_schema_is_drafted_from_it() {
+    let tools_dir = tempfile::tempdir().unwrap();
+    let token = "http-upstream-secret-4711";
+    let token_file = tools_dir.path().join("token");
+    write_secret(&token_file, token);
+    let world = tools_dir.path().join("world.json");
+    let tools = HttpTools::start(&world, &token_file);
+    // Without the token the tool server itself refuses.
+    let (st, _) = crate::harness::post_json(&tools.url, None, &json!({}));
+    assert_eq!(st, 401);
+
+    let url = tools.url.clone();
+    let g = Gateway::start_with(|_, config_token| {
+        write_secret(config_token, token);
+        Upstream::Http(url)
+    });
+    let s = &g.server;
+    let svid = s.enrol(IR);
+    let (task_id, cred) = s.open_task(&svid);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer = rt.block_on(async {
+        let (c, _) = connect(s, &cred).await;
+        let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        serde_json::to_string(&r).unwrap()
+    });
+    assert!(
+        answer.contains("[redacted]") && !answer.contains(token),
+        "{answer}"
+    );
+    let result = events(s, "action.result");
+    assert_eq!(result[0]["task_id"], task_id.as_str());
+    assert_eq!(result[0]["outcome"], "succeeded");
+
+    // `policy schema --from-mcp` drafts the schema from the same server...
+    let auth = format!("Authorization: Bearer {token}");
+    let (ok, out, err) = s.cli(&[
+        "policy",
+        "schema",
+        "--from-mcp",
+        &tools.url,
+        "--server",
+        "ir-tools",
+        "--header",
+        &auth,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("action \"edr.isolate_host\" appliesTo { principal: Agent, resource: [Host], context: ActionContext };"), "{out}");
+    assert!(
+        out.contains(
+            "tool: {server: ir-tools, name: vault_rotate_secret, resource_argument: secret}"
+        ),
+        "{out}"
+    );
+    // ... and from a stdio command line.
+    let out_dir = tools_dir.path().join("draft");
+    let command = format!("{} tools example --state {}", bin(), world.display());
+    let (ok, out, err) = s.cli(&[
+        "policy",
+        "schema",
+        "--from-mcp",
+        &command,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("11 tools"), "{out}");
+    let schema = std::fs::read_to_string(out_dir.join("mcp.cedarschema")).unwrap();
+    assert!(
+        schema.contains("entity Host;") && schema.contains("\"window_minutes\"?: Long,"),
+        "{schema}"
+    );
 }
