@@ -511,13 +511,18 @@ fn main() -> Result<()> {
                     }
                     for (i, st) in steps.iter().enumerate() {
                         println!(
-                            "{}. {} {}   (undoes {} at {}: `{}`)",
+                            "{}. {} {}   (undoes {} at {}: `{}`){}",
                             i + 1,
                             st["compensation"]["action"].as_str().unwrap_or(""),
                             st["compensation"]["resource"].as_str().unwrap_or(""),
                             st["executed"]["action"].as_str().unwrap_or(""),
                             st["executed_at"].as_str().unwrap_or(""),
-                            st["executed"]["command"].as_str().unwrap_or("")
+                            st["executed"]["command"].as_str().unwrap_or(""),
+                            if st["done"] == json!(true) {
+                                "   [done]"
+                            } else {
+                                ""
+                            }
                         );
                     }
                     Ok(())
