@@ -93,6 +93,15 @@ impl Client {
         )
     }
 
+    /// POST without a bearer token (join-token attestation).
+    pub fn post_anonymous(&self, path: &str, body: &Value) -> Result<Value> {
+        let url = format!("{}{path}", self.addr);
+        Self::finish(
+            self.agent.post(&url).send_json(body),
+            &format!("POST {path}"),
+        )
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
         let url = format!("{}{path}", self.addr);
         Self::finish(

@@ -6,6 +6,7 @@
 mod audit_cmd;
 mod bench;
 mod client;
+mod demo;
 mod tools;
 
 use anyhow::{bail, Context, Result};
@@ -122,6 +123,14 @@ enum Command {
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+    /// Run the reference scenario through the MCP gateway: an in-process server,
+    /// the example tool server, a scripted agent and approver.
+    Demo {
+        /// Keep the config, data and tool state here (a new directory) instead of a
+        /// temporary one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Example tool servers to put behind the MCP gateway.
     Tools {
@@ -401,6 +410,7 @@ fn main() -> Result<()> {
         Command::Tools {
             cmd: ToolsCmd::Example(args),
         } => tools::example(args),
+        Command::Demo { dir } => demo::run(dir),
         Command::Serve {
             config,
             data,

@@ -633,3 +633,42 @@ fn an_http_upstream_gets_its_header_and_a_schema_is_drafted_from_it() {
         "{schema}"
     );
 }
+
+#[test]
+fn the_demo_runs_the_reference_scenario_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("demo");
+    let out = std::process::Command::new(bin())
+        .args(["demo", "--dir"])
+        .arg(&keep)
+        .env("TOLLGATE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "tollgate ← refused: denied by Tollgate",
+        "state file: web-1 isolated = true",
+        "state file: jdoe enabled = false",
+        "state file: posts sent = []",
+        "refused with HTTP 401 before any decision",
+        "Audit: ",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    // What it kept verifies offline.
+    let verify = std::process::Command::new(bin())
+        .args(["audit", "verify", "--data"])
+        .arg(keep.join("data"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    let world: Value =
+        serde_json::from_str(&std::fs::read_to_string(keep.join("ir-world.json")).unwrap())
+            .unwrap();
+    assert_eq!(world["accounts"]["jdoe"]["enabled"], false);
+}

