@@ -292,6 +292,23 @@ async fn hold(
     loop {
         // Registered before the read, so an approval decided in between wakes us.
         let notified = state.approval_events.notified();
+        // A task closed or revoked while its call waits stops waiting now,
+        // not when the approval expires.
+        match state.store.task(&auth.task.id).await {
+            Ok(Some(t)) if t.is_live(state.now()) => {}
+            Ok(_) => {
+                return Err(fail(format!(
+                    "refused by Tollgate: task {} ended while the call waited for approval {id}",
+                    auth.task.id
+                )))
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "task {} could not be read: {e}",
+                    auth.task.id
+                )))
+            }
+        }
         let a = match state.store.approval(&id).await {
             Ok(Some(a)) => a,
             Ok(None) => return Err(fail(format!("approval {id} no longer exists"))),

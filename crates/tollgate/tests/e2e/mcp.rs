@@ -404,11 +404,38 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
         );
         answers.push(serde_json::to_string(&r).unwrap());
 
-        // Revoked: the next request is refused before any decision.
+        // A call held for approval ends when its task is revoked, not when
+        // the approval expires; and the tool is not called.
+        let held = {
+            let c = c.peer().clone();
+            tokio::spawn(async move {
+                c.call_tool(
+                    CallToolRequestParams::new("iam_enable_account")
+                        .with_arguments(args(json!({"account": "jdoe", "reason": "false alarm"}))),
+                )
+                .await
+            })
+        };
+        loop {
+            let (_, v) = s.get("/v1/approvals?status=pending", Some(&ivan));
+            if !v["approvals"].as_array().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Revoked: the held call ends, and the next request is refused before any decision.
         s.admin_post(
             "/v1/revocations",
             &json!({"task_id": task_id, "reason": "done"}),
         );
+        let r = held.await.unwrap().unwrap();
+        assert_eq!(r.is_error, Some(true));
+        assert!(
+            text(&r).contains("ended while the call waited"),
+            "{}",
+            text(&r)
+        );
+        assert_eq!(g.world()["accounts"]["jdoe"]["enabled"], false);
         let refused = c
             .call_tool(
                 CallToolRequestParams::new("edr_read_alerts")
