@@ -103,36 +103,52 @@ pub struct AttributeSource {
     pub host_of: Option<String>,
 }
 
-impl AttributeSource {
-    fn read(
-        &self,
-        arguments: &serde_json::Map<String, serde_json::Value>,
-    ) -> Option<serde_json::Value> {
-        match (&self.argument, &self.host_of) {
-            (Some(a), None) => arguments.get(a).cloned(),
-            (None, Some(a)) => arguments
-                .get(a)?
-                .as_str()
-                .and_then(url_host)
-                .map(serde_json::Value::String),
-            _ => None,
-        }
-    }
+/// Why a tool call's arguments cannot give the resource attributes its
+/// binding declares. The call is refused: a guardrail written against an
+/// attribute must never see a request without it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttributeError {
+    #[error("argument {argument:?} is required: it gives the resource attribute {attribute:?}")]
+    Missing { attribute: String, argument: String },
+    #[error("argument {argument:?} must be an absolute URL with a host name (it gives the resource attribute {attribute:?}): {why}")]
+    NotAUrl {
+        attribute: String,
+        argument: String,
+        why: String,
+    },
 }
 
-/// The host of a URL (`scheme://user@host:port/path`), lowercased; `None`
-/// when there is none. Only what policy needs, not a full URL parser.
-pub fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        host_port.split(':').next()?
+/// The resource attributes a call's arguments give, and the arguments as
+/// they must be forwarded for those attributes to hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+    /// The call's arguments, with every `host_of` URL replaced by its
+    /// WHATWG serialisation: the tool then parses the very URL whose host
+    /// policy judged, however the agent spelled it.
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The host name of an absolute URL as a WHATWG URL parser (browsers,
+/// most HTTP clients) reads it: lowercased, IDNA to punycode, without
+/// port, brackets or a trailing dot; and the URL re-serialised.
+pub fn parse_url_host(text: &str) -> Result<(String, String), String> {
+    let url = url::Url::parse(text).map_err(|e| e.to_string())?;
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_string(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        None => return Err("it has no host".into()),
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    if host.is_empty() {
+        return Err("it has no host".into());
+    }
+    Ok((host, url.into()))
+}
+
+/// The host of a URL, when it has one (see [`parse_url_host`]).
+pub fn url_host(url: &str) -> Option<String> {
+    parse_url_host(url).ok().map(|(h, _)| h)
 }
 
 impl Operation {
@@ -253,17 +269,52 @@ impl ToolBinding {
     /// The resource type a call of this tool acts on.
     /// The resource attributes this binding derives from `arguments`;
     /// an attribute whose argument is missing or unusable is left out.
+    /// The resource attributes this call's arguments give. Every declared
+    /// attribute is required: a missing argument or a `host_of` argument
+    /// that is not an absolute URL with a host refuses the call.
     pub fn derive_attributes(
         &self,
-        arguments: &serde_json::Map<String, serde_json::Value>,
-    ) -> serde_json::Map<String, serde_json::Value> {
-        let mut out = serde_json::Map::new();
+        arguments: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Derived, AttributeError> {
+        let mut attributes = serde_json::Map::new();
+        let mut arguments = arguments;
         for (attr, src) in &self.resource_attributes {
-            if let Some(v) = src.read(arguments) {
-                out.insert(attr.clone(), v);
+            match (&src.argument, &src.host_of) {
+                (Some(a), None) => {
+                    let v = arguments.get(a).ok_or_else(|| AttributeError::Missing {
+                        attribute: attr.clone(),
+                        argument: a.clone(),
+                    })?;
+                    attributes.insert(attr.clone(), v.clone());
+                }
+                (None, Some(a)) => {
+                    let not_url = |why: String| AttributeError::NotAUrl {
+                        attribute: attr.clone(),
+                        argument: a.clone(),
+                        why,
+                    };
+                    let text = match arguments.get(a) {
+                        None => {
+                            return Err(AttributeError::Missing {
+                                attribute: attr.clone(),
+                                argument: a.clone(),
+                            })
+                        }
+                        Some(serde_json::Value::String(s)) => s.clone(),
+                        Some(_) => return Err(not_url("it is not a string".into())),
+                    };
+                    let (host, canonical) = parse_url_host(&text).map_err(not_url)?;
+                    attributes.insert(attr.clone(), serde_json::Value::String(host));
+                    arguments.insert(a.clone(), serde_json::Value::String(canonical));
+                }
+                // `validate_tool` admits exactly one of the two.
+                _ => {}
             }
         }
-        out
+        Ok(Derived {
+            attributes,
+            arguments,
+        })
     }
 
     pub fn resource_type<'a>(&'a self, op: &'a Operation) -> &'a str {
@@ -288,6 +339,13 @@ fn validate_tool<'a>(
         if v.is_empty() || v.len() > 128 {
             return Err(format!("{what} must be 1 to 128 characters"));
         }
+    }
+    if t.name.starts_with("tollgate_") {
+        // The gateway's own tools (`tollgate_rollback`) answer to these names.
+        return Err(format!(
+            "tool.name {:?}: names starting with tollgate_ are reserved for Tollgate's own tools",
+            t.name
+        ));
     }
     match &t.resource_type {
         Some(rt) if !op.resource_types.contains(rt) => {
@@ -374,6 +432,11 @@ operations:
             .contains("not one of"));
         let empty = bound.replace("resource_argument: host", "resource_argument: ''");
         assert!(Catalog::from_yaml(&empty).is_err());
+        let reserved = bound.replace("name: isolate", "name: tollgate_rollback");
+        assert!(Catalog::from_yaml(&reserved)
+            .unwrap_err()
+            .to_string()
+            .contains("reserved"));
     }
 
     #[test]
@@ -386,13 +449,64 @@ operations:
         let (_, _, t) = c.by_tool("isolate").unwrap();
         let args =
             serde_json::json!({"url": "https://User@PasteBin.com.:443/raw?x=1", "env": "prod"});
-        let attrs = t.derive_attributes(args.as_object().unwrap());
-        assert_eq!(attrs["domain"], "pastebin.com");
-        assert_eq!(attrs["environment"], "prod");
-        assert!(t.derive_attributes(&serde_json::Map::new()).is_empty());
+        let d = t
+            .derive_attributes(args.as_object().unwrap().clone())
+            .unwrap();
+        assert_eq!(d.attributes["domain"], "pastebin.com");
+        assert_eq!(d.attributes["environment"], "prod");
+        // Forwarded as parsed: the tool sees the URL whose host was judged.
+        assert_eq!(d.arguments["url"], "https://User@pastebin.com./raw?x=1");
+        assert_eq!(
+            t.derive_attributes(serde_json::Map::new()).unwrap_err(),
+            AttributeError::Missing {
+                attribute: "domain".into(),
+                argument: "url".into()
+            }
+        );
         assert_eq!(url_host("http://[::1]:8080/x").as_deref(), Some("::1"));
-        assert_eq!(url_host("example.org/path").as_deref(), Some("example.org"));
-        assert_eq!(url_host("https:///nohost"), None);
+        assert_eq!(
+            url_host("https://LOCALHOST.:8080/x").as_deref(),
+            Some("localhost")
+        );
+    }
+
+    #[test]
+    fn url_hosts_are_read_as_http_clients_read_them() {
+        // Spellings that a hand-rolled parser gets wrong: each must name
+        // pastebin.com, or refuse the call; never another host, never none.
+        for spelling in [
+            "https://pastebin.com/raw",
+            "HTTPS://PASTEBIN.COM/raw",
+            "https:pastebin.com/raw",
+            "https:///pastebin.com/raw",
+            "https://pastebin.com\\@example.org/",
+            "https://%70astebin.com/raw",
+            "https://ｐａｓｔｅｂｉｎ.com/raw",
+            "https://paste\tbin.com/raw",
+            " https://pastebin.com/raw ",
+            "https://pastebin.com.:443/raw",
+            "https://u:p@pastebin.com/raw",
+        ] {
+            assert_eq!(
+                url_host(spelling).as_deref(),
+                Some("pastebin.com"),
+                "{spelling:?}"
+            );
+        }
+        for refused in [
+            "pastebin.com/raw",
+            "mailto:x@pastebin.com",
+            "",
+            "https://",
+            "data:text/plain,x",
+        ] {
+            assert_eq!(url_host(refused), None, "{refused:?}");
+        }
+        assert_eq!(
+            url_host("http://127.0.0.1:9/x").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert_eq!(url_host("http://0x7f.1/x").as_deref(), Some("127.0.0.1"));
     }
 
     #[test]

@@ -14,7 +14,10 @@ pub mod playbook;
 pub mod spiffe;
 
 pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
-pub use catalog::{url_host, AttributeSource, Catalog, CatalogError, Operation, Tier, ToolBinding};
+pub use catalog::{
+    parse_url_host, url_host, AttributeError, AttributeSource, Catalog, CatalogError, Derived,
+    Operation, Tier, ToolBinding,
+};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use decision::{Decision, Outcome};
 pub use history::{HistorySummary, Past};

@@ -26,6 +26,11 @@ pub struct Settings {
     /// Put the credential the caller presented into every answer. A careless
     /// server does this by accident; the gateway must cut it out.
     pub echo_credential: bool,
+    /// Tools whose call makes the process exit before answering, as a crash would.
+    pub crash_on: Vec<String>,
+    /// Tools answered with a malformed JSON-RPC message on stdout (stdio only):
+    /// a broken server, for the gateway's tests.
+    pub malformed: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -104,12 +109,32 @@ impl ServerHandler for ExampleTools {
                 .into());
             }
         }
+        if self.settings.crash_on.iter().any(|t| *t == request.name) {
+            std::process::exit(70);
+        }
+        if self.settings.malformed.iter().any(|t| *t == request.name) {
+            // An answer with this call's id whose result is not a tool result,
+            // written past the SDK; then silence, as a broken server would.
+            use std::io::Write;
+            let line = json!({"jsonrpc": "2.0", "id": ctx.id, "result": {"content": "not a list", "isError": "maybe"}});
+            {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+            std::future::pending::<()>().await;
+        }
         if let Some((_, delay)) = self.settings.slow.iter().find(|(t, _)| *t == request.name) {
             tokio::time::sleep(*delay).await;
         }
         let args = request.arguments.unwrap_or_default();
         let mut result = self.run(&request.name, &args);
         if self.settings.echo_credential {
+            // On stderr too (which a stdio client logs): the gateway must scrub it there.
+            eprintln!(
+                "ir-tools: {} called with credential {presented:?}",
+                request.name
+            );
             result.content.push(ContentBlock::text(
                 json!({"served_with_credential": presented}).to_string(),
             ));

@@ -197,6 +197,10 @@ pub struct McpConfig {
     pub call_timeout_seconds: u64,
     /// How often a call held for approval sends a progress notification.
     pub progress_every_seconds: u64,
+    /// An agent's MCP session ends after this long without traffic. A call
+    /// held for approval without a progress token sends nothing, so this
+    /// must outlast the approvals' TTL (15 minutes by default).
+    pub session_idle_seconds: u64,
 }
 
 impl Default for McpConfig {
@@ -205,6 +209,7 @@ impl Default for McpConfig {
             upstreams: vec![],
             call_timeout_seconds: 60,
             progress_every_seconds: 5,
+            session_idle_seconds: 3600,
         }
     }
 }
@@ -391,11 +396,27 @@ impl McpConfig {
                     .into(),
             );
         }
+        if self.session_idle_seconds < 60 {
+            return Err("tollgate.yaml: mcp: session_idle_seconds must be at least 60".into());
+        }
         let mut names = std::collections::BTreeSet::new();
         for u in &self.upstreams {
             let at = format!("tollgate.yaml: mcp upstream {:?}", u.name);
             if u.name.is_empty() || !names.insert(u.name.as_str()) {
                 return Err(format!("{at}: names must be non-empty and unique"));
+            }
+            // The name is also the stdio child's working directory under
+            // the data directory (`upstreams/NAME`).
+            if u.name.len() > 64
+                || u.name.starts_with('.')
+                || !u
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(format!(
+                    "{at}: names are 1 to 64 of A-Z a-z 0-9 - _ . and do not start with a dot"
+                ));
             }
             let sources = match (&u.stdio, &u.http) {
                 (Some(s), None) => {
@@ -450,6 +471,7 @@ mod tests {
         for (bad, says) in [
             ("  upstreams:\n    - name: a\n      stdio: {command: x}\n    - name: a\n      stdio: {command: y}\n", "unique"),
             ("  upstreams:\n    - name: a\n", "exactly one of stdio or http"),
+            ("  upstreams:\n    - name: ../x\n      stdio: {command: x}\n", "do not start with a dot"),
             ("  upstreams:\n    - name: a\n      http: {url: \"https://x/mcp\"}\n", "https upstreams"),
             ("  upstreams:\n    - name: a\n      stdio: {command: x, env: {K: {file: k, env: E}}}\n", "exactly one of env, file or value"),
             ("  call_timeout_seconds: 0\n", "positive"),

@@ -23,6 +23,7 @@ pub mod error;
 pub mod history;
 pub mod mcp;
 pub mod metrics;
+pub mod redact;
 pub mod state;
 pub mod webhooks;
 
@@ -69,6 +70,16 @@ pub async fn serve(
                 if let Err(e) = audit::maybe_checkpoint(&s).await {
                     tracing::warn!(error = %e, "audit checkpoint failed");
                 }
+            }
+        });
+    }
+    // Start (or reach) every upstream MCP server now, so the first agent
+    // does not wait for it; a failure here is retried on first use.
+    for upstream in state.upstreams.iter() {
+        let (s, u) = (state.clone(), upstream.clone());
+        tokio::spawn(async move {
+            if let Err(e) = mcp::live_audited(&s, &u, None).await {
+                tracing::warn!(error = %e, "upstream MCP server not reachable at startup");
             }
         });
     }

@@ -223,11 +223,13 @@ impl AppState {
                     "{e}; refusing to start (inspect with `tollgate audit verify --data`)"
                 ),
             })?;
+        crate::redact::register([admin_token.clone()]);
         // Upstream credentials are read now: a missing one stops startup.
         let upstreams = crate::mcp::Upstreams::from_config(
             &config.mcp,
             opts.config_dir.as_deref(),
             &opts.data_dir,
+            std::slice::from_ref(&admin_token),
         )
         .map_err(|e| StartError::Config(format!("tollgate.yaml: {e}")))?;
         let latest_checkpoint = store.checkpoints().await?.pop();

@@ -856,7 +856,9 @@ fn serve(config: Option<PathBuf>, data: PathBuf, listen: String) -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        // Every line is scrubbed of the secrets the server registers
+        // (upstream credentials, the admin token), whoever logs it.
+        .with_writer(|| tollgate_server::redact::RedactingStderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

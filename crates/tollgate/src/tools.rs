@@ -29,6 +29,14 @@ pub struct ExampleArgs {
     /// server would; the gateway must redact it.
     #[arg(long)]
     echo_credential: bool,
+    /// Exit (as a crash would) when TOOL is called, before answering (stdio), to try
+    /// a server dying in the middle of a call.
+    #[arg(long, value_name = "TOOL")]
+    crash_on: Vec<String>,
+    /// Answer TOOL with a malformed JSON-RPC message instead of its result (stdio
+    /// only), to try how the gateway handles a broken server.
+    #[arg(long, value_name = "TOOL")]
+    malformed: Vec<String>,
 }
 
 fn parse_slow(s: &str) -> Result<(String, Duration), String> {
@@ -63,6 +71,12 @@ pub fn example(args: ExampleArgs) -> Result<()> {
         token,
         slow: args.slow,
         echo_credential: args.echo_credential,
+        crash_on: args.crash_on,
+        malformed: if args.listen.is_some() && !args.malformed.is_empty() {
+            bail!("--malformed works on stdio only");
+        } else {
+            args.malformed
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

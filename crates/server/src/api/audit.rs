@@ -206,8 +206,10 @@ pub async fn action_result(
 
 /// What was executed under an allowing decision, as a PEP (or the MCP
 /// gateway itself) reports it.
+#[derive(Clone)]
 pub struct ExecutedAction<'a> {
-    /// `succeeded` or `failed`.
+    /// `succeeded` or `failed`; the MCP gateway also records `unknown` for a
+    /// call that timed out or was cut off (it may have acted).
     pub status: &'a str,
     pub command: &'a str,
     pub output_digest: Option<&'a str>,
@@ -258,15 +260,37 @@ pub async fn record_result(
         .unwrap_or_default()
         .to_string();
     // What would undo this, for the rollback plan: the catalog's compensation
-    // on the same resource, recorded only for a successful reversible action.
-    let compensation = state
-        .pack
-        .load()
-        .catalog()
-        .operation(&action)
-        .filter(|op| op.reversible && status == "succeeded")
+    // on the same resource, recorded only for a successful reversible action
+    // that is not itself a compensation (isolate and release undo each other:
+    // undoing the undo would make every rollback run flip the host back).
+    let is_compensation = done.extra.get("compensates").is_some();
+    let pack = state.pack.load();
+    let op = pack.catalog().operation(&action);
+    let compensation = op
+        .filter(|op| op.reversible && status != "failed" && !is_compensation)
         .and_then(|op| op.compensation.clone())
-        .map(|c| json!({"action": c, "resource": resource, "parameters": decision.event.detail["parameters"]}));
+        .map(|c| {
+            // `Type::id` split at the operation's resource type, so neither a
+            // namespaced type nor an id containing `::` is cut in the wrong place.
+            let (kind, id) = op
+                .and_then(|op| {
+                    op.resource_types.iter().find_map(|t| {
+                        resource
+                            .strip_prefix(t.as_str())
+                            .and_then(|r| r.strip_prefix("::"))
+                            .map(|id| (t.clone(), id.to_string()))
+                    })
+                })
+                .or_else(|| {
+                    resource
+                        .split_once("::")
+                        .map(|(t, id)| (t.to_string(), id.to_string()))
+                })
+                .unwrap_or_default();
+            json!({"action": c, "resource": resource, "resource_type": kind, "resource_id": id,
+                   "parameters": decision.event.detail["parameters"]})
+        });
+    drop(pack);
     let mut detail = json!({
         "action": action, "resource": resource, "command": done.command, "output_digest": done.output_digest,
         "decision_seq": decision.seq, "compensation": compensation,

@@ -575,14 +575,18 @@ pub async fn rollback_plan(state: &Shared, task_id: &str) -> Result<Vec<Value>, 
                     compensated.insert(r.to_string());
                 }
             }
-            if e.event.detail["compensation"].is_null() {
+            // A compensation is not itself undone by a rollback (entries
+            // written before compensations stopped carrying one included).
+            if e.event.detail["compensation"].is_null() || !e.event.detail["compensates"].is_null()
+            {
                 continue;
             }
             steps.push((e.seq, json!({
                 "task_id": t,
                 "request_id": e.event.request_id,
                 "executed_at": rfc3339(e.event.ts),
-                "executed": {"action": e.event.detail["action"], "resource": e.event.detail["resource"], "command": e.event.detail["command"]},
+                // `unknown`: a forwarded call that timed out or was cut off.
+                "executed": {"action": e.event.detail["action"], "resource": e.event.detail["resource"], "command": e.event.detail["command"], "outcome": e.event.outcome},
                 "compensation": e.event.detail["compensation"],
             })));
         }

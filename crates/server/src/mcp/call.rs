@@ -7,7 +7,7 @@
 //! errors to the model, which can then explain or change course.
 
 use super::upstream::Upstream;
-use super::{audit_restart, ROLLBACK_TOOL};
+use super::{live_audited, ROLLBACK_TOOL};
 use crate::api::audit::{record_result, ExecutedAction};
 use crate::auth::{Shared, TaskAuth};
 use crate::decide::{decide_action, decision_json, ActionAsk, Decided};
@@ -66,15 +66,20 @@ fn meta_of(request: &CallToolRequestParams, ctx: &RequestContext<RoleServer>) ->
     }
 }
 
+/// Delegation trees whose rollback is running.
+pub type RunningRollbacks = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
 /// The answer to one `tools/call`.
 pub async fn call_tool(
     state: &Shared,
+    rollbacks: &RunningRollbacks,
     auth: &TaskAuth,
     request: CallToolRequestParams,
     ctx: &RequestContext<RoleServer>,
 ) -> CallToolResult {
     if request.name == ROLLBACK_TOOL {
-        return rollback(state, auth, request.arguments.unwrap_or_default(), ctx).await;
+        let args = request.arguments.unwrap_or_default();
+        return rollback(state, rollbacks, auth, args, ctx).await;
     }
     let meta = meta_of(&request, ctx);
     let args = request.arguments.unwrap_or_default();
@@ -152,6 +157,13 @@ async fn governed(
         )
         .await;
     };
+    // The attributes policy sees come from the arguments, and the arguments
+    // forwarded are the ones they were read from (URLs re-serialised).
+    let derived = match binding.derive_attributes(args) {
+        Ok(d) => d,
+        Err(e) => return refuse_unmapped(state, auth, tool, e.to_string()).await,
+    };
+    let args = derived.arguments;
     let resource_id = match args.get(&binding.resource_argument) {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         _ => {
@@ -171,7 +183,7 @@ async fn governed(
     let resource = ResourceRef {
         kind: binding.resource_type(op).to_string(),
         id: resource_id,
-        attributes: binding.derive_attributes(&args),
+        attributes: derived.attributes,
     };
     let mut parameters = args.clone();
     parameters.remove(&binding.resource_argument);
@@ -215,10 +227,13 @@ async fn governed(
         let task = match state.store.task(&auth.task.id).await {
             Ok(Some(t)) => t,
             Ok(None) => {
-                return Called::refused(
-                    tool_error("refused by Tollgate: the task is gone".into(), None),
-                    None,
+                return refuse_unmapped(
+                    state,
+                    auth,
+                    tool,
+                    format!("task {} is gone after its call was approved", auth.task.id),
                 )
+                .await
             }
             Err(e) => {
                 return Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
@@ -393,11 +408,8 @@ async fn forward(
     compensates: Option<String>,
 ) -> Called {
     let timeout = state.upstreams.call_timeout;
-    let outcome = match upstream.live(timeout).await {
+    let outcome = match live_audited(state, upstream, Some(&auth.task)).await {
         Ok(live) => {
-            if live.restarted {
-                audit_restart(state, &upstream.name, Some(&auth.task)).await;
-            }
             let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
             upstream.call(&live.peer, params, timeout).await
         }
@@ -407,35 +419,62 @@ async fn forward(
     if let Some(c) = &compensates {
         extra["compensates"] = json!(c);
     }
-    let (result, succeeded, digest) = match outcome {
+    let (mut result, status, digest) = match outcome {
         Ok(result) => {
             // The digest is of the result exactly as the agent receives it
             // (after redaction, before Tollgate's own `_meta`).
             let digest =
                 tollgate_core::sha256_hex(&serde_json::to_vec(&result).unwrap_or_default());
-            let ok = result.is_error != Some(true);
-            (result, ok, Some(digest))
+            let status = if result.is_error == Some(true) {
+                "failed"
+            } else {
+                "succeeded"
+            };
+            (result, status, Some(digest))
         }
         Err(e) => {
             extra["error"] = json!(e.to_string());
+            // A call that timed out or was cut off may have acted: its
+            // outcome is unknown, not failed, and its compensation is kept
+            // so the rollback plan can still undo it.
+            let status = if e.may_have_acted() {
+                "unknown"
+            } else {
+                "failed"
+            };
             let text = format!("{e} (request {request_id})");
-            (tool_error(text, None), false, None)
+            (tool_error(text, None), status, None)
         }
     };
     let done = ExecutedAction {
-        status: if succeeded { "succeeded" } else { "failed" },
+        status,
         command,
         output_digest: digest.as_deref(),
         extra,
     };
-    if let Err(e) = record_result(state, &auth.task, request_id, done).await {
-        // The call already happened; the agent must still learn its result.
-        tracing::error!(error = %e, request_id, "could not record an executed MCP call");
+    // The call already happened: its record is retried on a transient
+    // storage failure, and the agent learns its result either way.
+    let mut attempt = 0;
+    loop {
+        match record_result(state, &auth.task, request_id, done.clone()).await {
+            Ok(()) => break,
+            Err(crate::error::ApiError::Unavailable(_)) if attempt < 3 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, request_id, "could not record an executed MCP call");
+                result.content.push(ContentBlock::text(format!(
+                    "warning from Tollgate: this call was executed, but its result could not be recorded in the audit log ({e}); tell an administrator (request {request_id})"
+                )));
+                break;
+            }
+        }
     }
     Called {
         result: with_request_id(result, request_id),
         request_id: Some(request_id.to_string()),
-        succeeded,
+        succeeded: status == "succeeded",
     }
 }
 
@@ -443,6 +482,7 @@ async fn forward(
 /// (or of one executed action), newest first, each through [`governed`].
 async fn rollback(
     state: &Shared,
+    rollbacks: &RunningRollbacks,
     auth: &TaskAuth,
     args: Map<String, Value>,
     ctx: &RequestContext<RoleServer>,
@@ -455,6 +495,18 @@ async fn rollback(
     if let Some(k) = args.keys().find(|k| *k != "request_id") {
         return tool_error(format!("unknown argument {k:?}"), None);
     }
+    // One rollback at a time per delegation tree: plans of a task and of
+    // its sub-tasks overlap, and two runs would undo a step twice.
+    let root = match crate::api::lifecycle::ancestry(state, &auth.task).await {
+        Ok(tree) => tree.root.id.clone(),
+        Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
+    };
+    let Some(_running) = RollbackClaim::take(rollbacks, root) else {
+        return tool_error(
+            "refused by Tollgate: a rollback of this task's delegation tree is already running; wait for it to finish".into(),
+            None,
+        );
+    };
     let plan = match crate::api::lifecycle::rollback_plan(state, &auth.task.id).await {
         Ok(p) => p,
         Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
@@ -489,11 +541,14 @@ async fn rollback(
                 "outcome": "skipped", "reason": format!("{action} has no MCP tool binding in the catalog")}));
             continue;
         };
-        // The resource id is after the type: `Host::"web-1"` → web-1.
-        let id = resource
-            .split_once("::")
-            .map(|(_, id)| id.trim_matches('"'))
-            .unwrap_or(resource);
+        let Some(id) = comp["resource_id"].as_str().filter(|id| !id.is_empty()) else {
+            all_ok = false;
+            report.push(
+                json!({"undoes": undoes, "action": action, "resource": resource,
+                "outcome": "skipped", "reason": "the recorded compensation names no resource id"}),
+            );
+            continue;
+        };
         let mut call_args = comp["parameters"].as_object().cloned().unwrap_or_default();
         call_args.insert(binding.resource_argument.clone(), json!(id));
         let meta = CallMeta {
@@ -527,4 +582,28 @@ async fn rollback(
     };
     r.structured_content = Some(summary);
     r
+}
+
+/// A running rollback of one delegation tree, released when dropped.
+struct RollbackClaim {
+    running: RunningRollbacks,
+    root: String,
+}
+
+impl RollbackClaim {
+    fn take(running: &RunningRollbacks, root: String) -> Option<Self> {
+        let mut set = running.lock().ok()?;
+        set.insert(root.clone()).then(|| Self {
+            running: running.clone(),
+            root,
+        })
+    }
+}
+
+impl Drop for RollbackClaim {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.running.lock() {
+            set.remove(&self.root);
+        }
+    }
 }

@@ -35,7 +35,9 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tollgate_audit::AuditEvent;
 use tollgate_core::SpiffeId;
 use tollgate_policy::AgentFacts;
@@ -52,38 +54,153 @@ pub fn router(state: Shared) -> axum::Router {
     use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
     let gateway = Gateway {
         state: state.clone(),
+        rollbacks: Arc::default(),
     };
     // Host checks guard unauthenticated local servers against DNS
     // rebinding; every request here carries a bearer credential a rebinding
     // page cannot have, and the gateway is reached by whatever name the
     // operator gives it.
     let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
-    let service = StreamableHttpService::new(
-        move || Ok(gateway.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    let idle = std::time::Duration::from_secs(state.config.mcp.session_idle_seconds);
+    let mut sessions = LocalSessionManager::default();
+    // rmcp closes a session after this long without an event; a call held
+    // for approval without a progress token produces none.
+    sessions.session_config.keep_alive = Some(idle);
+    let service =
+        StreamableHttpService::new(move || Ok(gateway.clone()), Arc::new(sessions), config);
+    let guard = Guard {
+        state,
+        owners: Arc::new(SessionOwners::new(idle)),
+    };
     axum::Router::new()
         .fallback_service(service)
-        .layer(axum::middleware::from_fn_with_state(state, authenticate))
+        .layer(axum::middleware::from_fn_with_state(guard, authenticate))
 }
+
+#[derive(Clone)]
+struct Guard {
+    state: Shared,
+    owners: Arc<SessionOwners>,
+}
+
+/// Which task opened each MCP session. A session id is a bearer handle to
+/// a stream of answers, so it is bound to its task: another task's
+/// credential presenting it is refused, as the MCP spec asks of servers.
+struct SessionOwners {
+    idle: std::time::Duration,
+    /// session id → (task id, last seen).
+    by_session: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl SessionOwners {
+    fn new(idle: std::time::Duration) -> Self {
+        Self {
+            idle,
+            by_session: std::sync::Mutex::default(),
+        }
+    }
+
+    /// `Ok(true)`: a session of this task; `Ok(false)`: unknown (rmcp will
+    /// answer 404, so the client initialises anew); `Err`: another task's.
+    fn check(&self, session: &str, task_id: &str) -> Result<bool, ()> {
+        let Ok(mut map) = self.by_session.lock() else {
+            return Err(());
+        };
+        match map.get_mut(session) {
+            Some((owner, _)) if owner != task_id => Err(()),
+            Some((_, seen)) => {
+                *seen = std::time::Instant::now();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn bind(&self, session: String, task_id: String) {
+        let Ok(mut map) = self.by_session.lock() else {
+            return;
+        };
+        // Sessions idle longer than rmcp keeps them are gone there too.
+        if map.len() >= 1024 {
+            let idle = self.idle;
+            map.retain(|_, (_, seen)| seen.elapsed() < idle);
+        }
+        map.insert(session, (task_id, std::time::Instant::now()));
+    }
+
+    fn forget(&self, session: &str) {
+        if let Ok(mut map) = self.by_session.lock() {
+            map.remove(session);
+        }
+    }
+}
+
+const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Authenticate every request to `/mcp` with the task credential; the
 /// handler finds the caller in the request's extensions.
-async fn authenticate(State(state): State<Shared>, req: Request, next: Next) -> Response {
+async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
-    match TaskAuth::from_request_parts(&mut parts, &state).await {
-        Ok(auth) => {
-            parts.extensions.insert(Arc::new(auth));
-            next.run(Request::from_parts(parts, body)).await
+    let auth = match TaskAuth::from_request_parts(&mut parts, &guard.state).await {
+        Ok(auth) => auth,
+        Err(e) => return e.into_response(),
+    };
+    let session = parts
+        .headers
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = &session {
+        match guard.owners.check(id, &auth.task.id) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Not a session we opened (or one that idled out): say so
+                // the way the MCP transport does, so the client re-initialises.
+                return crate::error::ApiError::NotFound("unknown MCP session".into())
+                    .into_response();
+            }
+            Err(()) => {
+                let ev = AuditEvent::new(
+                    guard.state.now(),
+                    "auth.refused",
+                    auth.agent.spiffe_id.clone(),
+                )
+                .agent(auth.agent.spiffe_id.clone())
+                .task(auth.task.id.clone())
+                .outcome("refused")
+                .detail(serde_json::json!({"reason": "MCP session belongs to another task", "path": "/mcp"}));
+                if let Err(e) = guard.state.store.commit(Batch::audit_only(ev)).await {
+                    return crate::error::ApiError::from(e).into_response();
+                }
+                return crate::error::ApiError::Forbidden(
+                    "this MCP session belongs to another task".into(),
+                )
+                .into_response();
+            }
         }
-        Err(e) => e.into_response(),
     }
+    let task_id = auth.task.id.clone();
+    let closing = parts.method == http::Method::DELETE;
+    parts.extensions.insert(Arc::new(auth));
+    let response = next.run(Request::from_parts(parts, body)).await;
+    match (&session, response.headers().get(SESSION_HEADER)) {
+        (None, Some(new)) => {
+            if let Ok(new) = new.to_str() {
+                guard.owners.bind(new.to_string(), task_id);
+            }
+        }
+        (Some(id), _) if closing && response.status().is_success() => guard.owners.forget(id),
+        _ => {}
+    }
+    response
 }
 
 #[derive(Clone)]
 pub struct Gateway {
     state: Shared,
+    /// Tasks whose rollback is running: one at a time per task, so no
+    /// compensation runs twice.
+    rollbacks: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn caller(ctx: &RequestContext<RoleServer>) -> Result<Arc<TaskAuth>, ErrorData> {
@@ -93,6 +210,19 @@ fn caller(ctx: &RequestContext<RoleServer>) -> Result<Arc<TaskAuth>, ErrorData> 
         .cloned()
         // Unreachable through `router`, which authenticates first: refuse anyway.
         .ok_or_else(|| ErrorData::invalid_request("no task credential on this request", None))
+}
+
+/// The upstream's live connection, auditing a restart if getting it took one.
+pub async fn live_audited(
+    state: &Shared,
+    upstream: &upstream::Upstream,
+    task: Option<&tollgate_core::Task>,
+) -> Result<upstream::Live, UpstreamError> {
+    let live = upstream.live(state.upstreams.call_timeout).await?;
+    if live.restarted {
+        audit_restart(state, &upstream.name, task).await;
+    }
+    Ok(live)
 }
 
 /// Audit that an upstream was (re)started because its connection had died.
@@ -128,19 +258,36 @@ impl Gateway {
             spiffe_id: &spiffe_id,
             owner: &auth.agent.owner,
         };
+        // Every upstream is asked at once, and one that is slow to connect
+        // is left out after a few seconds (its connection goes on in the
+        // background): one stuck server must not stall every agent's list.
+        let wait = Duration::from_secs(5);
+        let asked: Vec<_> = state
+            .upstreams
+            .iter()
+            .map(|upstream| {
+                let (state, upstream, task) = (state.clone(), upstream.clone(), auth.task.clone());
+                tokio::spawn(async move { live_audited(&state, &upstream, Some(&task)).await })
+            })
+            .collect();
         let mut tools = Vec::new();
-        for upstream in state.upstreams.iter() {
-            let live = match upstream.live(state.upstreams.call_timeout).await {
-                Ok(l) => l,
-                Err(e) => {
+        for (upstream, handle) in state.upstreams.iter().zip(asked) {
+            let live = match tokio::time::timeout(wait, handle).await {
+                Ok(Ok(Ok(l))) => l,
+                Ok(Ok(Err(e))) => {
                     // One unreachable upstream hides its tools, not the others'.
                     tracing::warn!(error = %e, "upstream left out of tools/list");
                     continue;
                 }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, server = %upstream.name, "tools/list task failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(server = %upstream.name, "upstream still connecting; left out of this tools/list");
+                    continue;
+                }
             };
-            if live.restarted {
-                audit_restart(state, &upstream.name, Some(&auth.task)).await;
-            }
             for tool in live.tools.iter() {
                 let Some((action, _, binding)) = pack.catalog().by_tool(&tool.name) else {
                     continue;
@@ -215,8 +362,10 @@ impl ServerHandler for Gateway {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let auth = caller(&ctx)?;
-        Ok(call::call_tool(&self.state, &auth, request, &ctx)
-            .await
-            .into())
+        Ok(
+            call::call_tool(&self.state, &self.rollbacks, &auth, request, &ctx)
+                .await
+                .into(),
+        )
     }
 }

@@ -9,6 +9,10 @@
 //!   [`Upstream::redact`] before an agent, the audit log or a log line sees it.
 //! - A stdio child gets an empty environment plus `PATH`, `HOME`, `LANG` and
 //!   what its config names: Tollgate's own environment never leaks into it.
+//!   It runs in its own directory (`DATA/upstreams/NAME`, 0700), not in the
+//!   data directory beside the admin token and keys; and its stderr is
+//!   scrubbed like its answers before it is logged. Answers are also
+//!   scrubbed of the admin token, should a server find and read it.
 //! - A connection that died is replaced before the next call is forwarded;
 //!   a call that was already forwarded is never retried (it may have acted).
 
@@ -35,6 +39,18 @@ pub enum UpstreamError {
     Closed { server: String },
     #[error("upstream {server} answered with an error: {message}")]
     Protocol { server: String, message: String },
+    #[error("upstream {server} sent a malformed answer (not a tool result); the call may or may not have taken effect and is not retried")]
+    Malformed { server: String },
+}
+
+impl UpstreamError {
+    /// Whether the call may have reached the tool and acted.
+    pub fn may_have_acted(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout { .. } | Self::Closed { .. } | Self::Malformed { .. }
+        )
+    }
 }
 
 /// A credential or setting as configured, resolved at startup.
@@ -70,7 +86,20 @@ pub struct Upstream {
     conn: tokio::sync::Mutex<Option<Connection>>,
     /// Connected before: connecting again is a restart, and audited.
     connected_once: AtomicBool,
+    /// After a failed connect: no new attempt before this instant, so a
+    /// server that crashes on start is not respawned for every call.
+    down: std::sync::Mutex<Option<Down>>,
 }
+
+struct Down {
+    until: tokio::time::Instant,
+    backoff: Duration,
+    message: String,
+}
+
+/// First wait after a failed connect; doubled on each failure up to the max.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,14 +136,22 @@ pub struct Live {
 impl Upstreams {
     /// Resolve every configured credential now, so a missing secret stops
     /// startup instead of failing the first call.
+    /// `also_secret`: Tollgate's own secrets (the admin token), cut out of
+    /// every answer too. Every secret is registered for log scrubbing.
     pub fn from_config(
         config: &McpConfig,
         config_dir: Option<&Path>,
         data_dir: &Path,
+        also_secret: &[String],
     ) -> Result<Self, String> {
         let mut list = Vec::new();
         for u in &config.upstreams {
-            list.push(Arc::new(Upstream::from_config(u, config_dir, data_dir)?));
+            let mut upstream = Upstream::from_config(u, config_dir, data_dir)?;
+            upstream.secrets.extend(also_secret.iter().cloned());
+            upstream.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+            upstream.secrets.dedup();
+            crate::redact::register(upstream.secrets.iter().cloned());
+            list.push(Arc::new(upstream));
         }
         Ok(Self {
             list,
@@ -189,6 +226,18 @@ fn check_private(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A directory only its owner can enter, created if need be.
+fn private_dir(path: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(path.to_path_buf())
+}
+
 /// Header names the MCP transport sets itself.
 const RESERVED_HEADERS: &[&str] = &["accept", "mcp-session-id", "last-event-id", "content-type"];
 
@@ -237,7 +286,8 @@ impl Upstream {
                     program,
                     args: s.args.clone(),
                     env: injected(&s.env)?,
-                    cwd: data_dir.to_path_buf(),
+                    cwd: private_dir(&data_dir.join("upstreams").join(&u.name))
+                        .map_err(|e| format!("mcp upstream {:?}: {e}", u.name))?,
                 }
             }
             (None, Some(h)) => {
@@ -279,21 +329,13 @@ impl Upstream {
             secrets,
             conn: tokio::sync::Mutex::new(None),
             connected_once: AtomicBool::new(false),
+            down: std::sync::Mutex::new(None),
         })
     }
 
     /// Cut every injected secret out of `text`, raw or JSON-escaped.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            out = out.replace(s.as_str(), "[redacted]");
-            let escaped = serde_json::to_string(s).unwrap_or_default();
-            let escaped = escaped.trim_matches('"');
-            if escaped != s {
-                out = out.replace(escaped, "[redacted]");
-            }
-        }
-        out
+        crate::redact::cut(text, &self.secrets)
     }
 
     /// Scrub every string in a JSON value.
@@ -307,7 +349,16 @@ impl Upstream {
                 }
             }
             Value::Array(a) => a.iter_mut().for_each(|x| self.redact_json(x)),
-            Value::Object(m) => m.values_mut().for_each(|x| self.redact_json(x)),
+            Value::Object(m) => {
+                // Keys too: a server may echo a secret as a map key.
+                if m.keys().any(|k| self.redact(k) != *k) {
+                    *m = std::mem::take(m)
+                        .into_iter()
+                        .map(|(k, v)| (self.redact(&k), v))
+                        .collect();
+                }
+                m.values_mut().for_each(|x| self.redact_json(x))
+            }
             _ => {}
         }
     }
@@ -356,15 +407,57 @@ impl Upstream {
         }
         // Drop the dead connection first, so a stdio child is reaped.
         *conn = None;
+        if let Ok(down) = self.down.lock() {
+            if let Some(d) = down.as_ref() {
+                let now = tokio::time::Instant::now();
+                if now < d.until {
+                    return Err(UpstreamError::Connect {
+                        server: self.name.clone(),
+                        message: format!(
+                            "{} (next attempt in {} ms)",
+                            d.message,
+                            (d.until - now).as_millis()
+                        ),
+                    });
+                }
+            }
+        }
         // Starting a process and a handshake can take longer than a call
         // on a busy machine; a short call timeout must not prevent it.
         let timeout = timeout.max(Duration::from_secs(15));
-        let fresh = tokio::time::timeout(timeout, self.connect())
+        let attempt = tokio::time::timeout(timeout, self.connect())
             .await
-            .map_err(|_| UpstreamError::Connect {
-                server: self.name.clone(),
-                message: format!("no MCP handshake within {} s", timeout.as_secs()),
-            })??;
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Connect {
+                    server: self.name.clone(),
+                    message: format!("no MCP handshake within {} s", timeout.as_secs()),
+                })
+            });
+        let fresh = match attempt {
+            Ok(c) => {
+                if let Ok(mut down) = self.down.lock() {
+                    *down = None;
+                }
+                c
+            }
+            Err(e) => {
+                if let Ok(mut down) = self.down.lock() {
+                    let backoff = down
+                        .as_ref()
+                        .map_or(FIRST_BACKOFF, |d| (d.backoff * 2).min(MAX_BACKOFF));
+                    let message = match &e {
+                        UpstreamError::Connect { message, .. } => message.clone(),
+                        other => other.to_string(),
+                    };
+                    *down = Some(Down {
+                        until: tokio::time::Instant::now() + backoff,
+                        backoff,
+                        message,
+                    });
+                }
+                return Err(e);
+            }
+        };
         let live = Live {
             peer: fresh.service.peer().clone(),
             tools: fresh.tools.clone(),
@@ -396,10 +489,22 @@ impl Upstream {
                 for i in env {
                     cmd.env(&i.name, &i.value);
                 }
-                let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
-                    .stderr(std::process::Stdio::inherit())
+                let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
+                    .stderr(std::process::Stdio::piped())
                     .spawn()
                     .map_err(|e| failed(format!("starting {}: {e}", program.display())))?;
+                if let Some(stderr) = stderr {
+                    // A server may print its credential; its stderr is
+                    // scrubbed line by line like its answers.
+                    let (server, secrets) = (self.name.clone(), self.secrets.clone());
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncBufReadExt;
+                        let mut lines = tokio::io::BufReader::new(stderr).lines();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            tracing::info!(target: "tollgate::upstream", server, "{}", crate::redact::cut(&line, &secrets));
+                        }
+                    });
+                }
                 ().serve(transport)
                     .await
                     .map_err(|e| failed(format!("MCP handshake: {e}")))?
@@ -462,6 +567,9 @@ impl Upstream {
                     server: self.name.clone(),
                 })
             }
+            Ok(Err(ServiceError::UnexpectedResponse)) => Err(UpstreamError::Malformed {
+                server: self.name.clone(),
+            }),
             Ok(Err(e)) => Err(self.protocol(e.to_string())),
             Ok(Ok(result)) => self.redact_result(result),
         }
@@ -507,8 +615,8 @@ mod tests {
     #[test]
     fn secrets_are_cut_out_of_every_string_and_never_debug_printed() {
         let u = upstream_with_secret("s3cr\"et-value");
-        let mut v =
-            serde_json::json!({"a": ["x s3cr\"et-value y"], "b": "Bearer s3cr\"et-value", "c": 1});
+        let mut v = serde_json::json!({"a": ["x s3cr\"et-value y"], "b": "Bearer s3cr\"et-value", "c": 1,
+            "nested": {"s3cr\"et-value": {"k s3cr\"et-value": true}}});
         u.redact_json(&mut v);
         let text = v.to_string();
         assert!(!text.contains("s3cr"), "{text}");

@@ -32,7 +32,17 @@ impl Server {
         Self::spawn(Some(config), data)
     }
 
+    /// With everything logged (`TOLLGATE_LOG=trace`, so the MCP SDK logs whole
+    /// messages) into `log`.
+    pub fn start_logging_to(config: &Path, data: &Path, log: &Path) -> Self {
+        Self::spawn_with(Some(config), data, Some(log))
+    }
+
     fn spawn(config: Option<&Path>, data: &Path) -> Self {
+        Self::spawn_with(config, data, None)
+    }
+
+    fn spawn_with(config: Option<&Path>, data: &Path, log: Option<&Path>) -> Self {
         let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .arg("--data")
@@ -42,12 +52,13 @@ impl Server {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        let mut child = cmd
-            .env("TOLLGATE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        match log {
+            Some(path) => cmd
+                .env("TOLLGATE_LOG", "trace")
+                .stderr(std::fs::File::create(path).unwrap()),
+            None => cmd.env("TOLLGATE_LOG", "warn").stderr(Stdio::inherit()),
+        };
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().expect("server printed nothing").unwrap();

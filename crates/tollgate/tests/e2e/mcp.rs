@@ -20,6 +20,8 @@ pub struct Gateway {
     pub world: PathBuf,
     pub token: String,
     pub pid_file: PathBuf,
+    /// The server's stderr, when started with `log`.
+    pub log: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -85,10 +87,16 @@ fn write_secret(path: &std::path::Path, text: &str) {
 
 impl Gateway {
     pub fn start() -> Self {
-        Self::start_with(|_, _| Upstream::Stdio)
+        Self::start_with(|_, _| Upstream::Stdio, &[], false)
     }
 
-    fn start_with(upstream: impl FnOnce(&std::path::Path, &std::path::Path) -> Upstream) -> Self {
+    /// `extra`: more arguments for the stdio tool server; `log`: keep the
+    /// gateway's whole log (debug) in `self.log`.
+    fn start_with(
+        upstream: impl FnOnce(&std::path::Path, &std::path::Path) -> Upstream,
+        extra: &[&str],
+        log: bool,
+    ) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join("config");
         let out = std::process::Command::new(bin())
@@ -109,19 +117,26 @@ impl Gateway {
             ));
         } else {
             yaml.push_str(&format!(
-            "mcp:\n  call_timeout_seconds: 3\n  progress_every_seconds: 1\n  upstreams:\n    - name: ir-tools\n      stdio:\n        command: tollgate\n        args: [tools, example, --state, {world:?}, --token-file, {token_file:?}, --pid-file, {pid_file:?}, --echo-credential, --slow, forensics_image_host=30]\n        env:\n          IR_TOOLS_TOKEN: {{file: ir-tools.token}}\n",
+            "mcp:\n  call_timeout_seconds: 3\n  progress_every_seconds: 1\n  upstreams:\n    - name: ir-tools\n      stdio:\n        command: tollgate\n        args: [tools, example, --state, {world:?}, --token-file, {token_file:?}, --pid-file, {pid_file:?}, --echo-credential, --slow, forensics_image_host=30{extra}]\n        env:\n          IR_TOOLS_TOKEN: {{file: ir-tools.token}}\n",
             world = world.display().to_string(),
             token_file = token_file.display().to_string(),
             pid_file = pid_file.display().to_string(),
+            extra = extra.iter().map(|a| format!(", {a}")).collect::<String>(),
         ));
         }
         std::fs::write(config.join("tollgate.yaml"), yaml).unwrap();
-        let server = Server::start_with_config(&config, &tmp.path().join("data"));
+        let log_path = tmp.path().join("gateway.log");
+        let server = if log {
+            Server::start_logging_to(&config, &tmp.path().join("data"), &log_path)
+        } else {
+            Server::start_with_config(&config, &tmp.path().join("data"))
+        };
         Self {
             server,
             world,
             token,
             pid_file,
+            log: log_path,
             _tmp: tmp,
         }
     }
@@ -487,7 +502,8 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
         .iter()
         .find(|e| e["detail"]["tool"] == "forensics_image_host")
         .unwrap();
-    assert_eq!(slow["outcome"], "failed");
+    // It may have acted: unknown, not failed.
+    assert_eq!(slow["outcome"], "unknown");
     let post = events(s, "decision")
         .into_iter()
         .find(|e| e["detail"]["action"] == "http.post")
@@ -507,6 +523,246 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
         !all.contains(&g.token),
         "the upstream credential reached the audit log"
     );
+}
+
+/// One raw JSON-RPC request to /mcp: status, the session id it was
+/// answered under, and the body.
+fn raw_mcp(
+    s: &Server,
+    cred: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> (u16, Option<String>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent
+        .post(&s.url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", &format!("Bearer {cred}"));
+    if let Some(id) = session {
+        req = req.header("mcp-session-id", id);
+    }
+    let mut resp = req.send(body.to_string()).unwrap();
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let status = resp.status().as_u16();
+    (
+        status,
+        session,
+        resp.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
+    let g = Gateway::start_with(
+        |_, _| Upstream::Stdio,
+        &[
+            "--malformed",
+            "siem_query",
+            "--crash-on",
+            "vault_read_secret",
+        ],
+        true,
+    );
+    let s = &g.server;
+    let ivan = s.approver("ivan@acme.test", "identity");
+    let svid = s.enrol(IR);
+    let (task_id, cred) = s.open_task(&svid);
+    let (_, other_cred) = s.open_task(&svid);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (c, _) = connect(s, &cred).await;
+
+        // Refused before any decision, and audited: no resource argument;
+        // a URL that is not absolute (so it has no host to judge).
+        let r = call(&c, "edr_read_alerts", json!({"hots": "web-1"})).await;
+        assert_eq!(r.is_error, Some(true));
+        assert!(
+            text(&r).contains("argument \"host\" names the Host"),
+            "{}",
+            text(&r)
+        );
+        let r = call(
+            &c,
+            "http_post",
+            json!({"url": "pastebin.com/raw", "body": "x"}),
+        )
+        .await;
+        assert_eq!(r.is_error, Some(true));
+        assert!(text(&r).contains("must be an absolute URL"), "{}", text(&r));
+        // Spellings a hand-rolled URL parser misreads are judged by the host an
+        // HTTP client would reach, and forwarded as parsed.
+        for url in [
+            "https:pastebin.com/raw",
+            "https:///pastebin.com/raw",
+            "https://pastebin.com\\@example.org/",
+            "https://%70astebin.com/raw",
+        ] {
+            let r = call(&c, "http_post", json!({"url": url, "body": "the dump"})).await;
+            assert_eq!(r.is_error, Some(true), "{url}");
+            assert!(text(&r).contains("no-paste-sites"), "{url}: {}", text(&r));
+        }
+        assert_eq!(g.world()["posts"], json!([]));
+
+        // A held call that its approver refuses ends with the refusal; the tool is not called.
+        let held = {
+            let c = c.peer().clone();
+            tokio::spawn(async move {
+                c.call_tool(
+                    CallToolRequestParams::new("iam_disable_account")
+                        .with_arguments(args(json!({"account": "jdoe", "reason": "beacon"}))),
+                )
+                .await
+            })
+        };
+        let approval_id = loop {
+            let (_, v) = s.get("/v1/approvals?status=pending", Some(&ivan));
+            if let Some(id) = v["approvals"][0]["id"].as_str() {
+                break id.to_string();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        let (st, v) = s.post(
+            &format!("/v1/approvals/{approval_id}/decision"),
+            Some(&ivan),
+            &json!({"approve": false, "reason": "jdoe is the on-call engineer"}),
+        );
+        assert_eq!(st, 200, "{v}");
+        let r = held.await.unwrap().unwrap();
+        assert_eq!(r.is_error, Some(true));
+        assert!(
+            text(&r).contains("refused by its approvers"),
+            "{}",
+            text(&r)
+        );
+        assert!(
+            text(&r).contains("jdoe is the on-call engineer"),
+            "{}",
+            text(&r)
+        );
+        assert_eq!(g.world()["accounts"]["jdoe"]["enabled"], true);
+
+        // The whole rollback plan, twice: the second run has nothing left to
+        // do (undoing the undo would isolate the host again).
+        let content = "pid 4242 beacon.exe";
+        let (st, v) = s.post(
+            &format!("/v1/tasks/{task_id}/evidence"),
+            Some(&cred),
+            &json!({"resource": host("db-1"), "kind": "process-list",
+                    "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
+        );
+        assert_eq!(st, 201, "{v}");
+        let r = call(
+            &c,
+            "edr_isolate_host",
+            json!({"host": "db-1", "reason": "beacon"}),
+        )
+        .await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert_eq!(g.world()["hosts"]["db-1"]["isolated"], true);
+        let r = call(&c, "tollgate_rollback", json!({})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert_eq!(g.world()["hosts"]["db-1"]["isolated"], false);
+        let r = call(&c, "tollgate_rollback", json!({})).await;
+        assert_eq!(r.is_error, Some(true), "{}", text(&r));
+        assert!(text(&r).contains("nothing to roll back"), "{}", text(&r));
+        assert_eq!(g.world()["hosts"]["db-1"]["isolated"], false);
+        let (_, plan) = s.get(&format!("/v1/tasks/{task_id}/rollback"), Some(&s.admin));
+        let steps = plan["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 1, "{plan}");
+        assert_eq!(steps[0]["done"], true);
+
+        // A malformed answer is a clear tool error, and other calls go on.
+        let r = call(
+            &c,
+            "siem_query",
+            json!({"index": "main", "query": "dst=203.0.113.7"}),
+        )
+        .await;
+        assert_eq!(r.is_error, Some(true));
+        let malformed = text(&r);
+        assert!(
+            malformed.contains("upstream ir-tools sent a malformed answer"),
+            "{malformed}"
+        );
+        let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+
+        // The server dies in the middle of a call: the call may have acted,
+        // and says so; the next call gets a restarted server.
+        let r = call(&c, "vault_read_secret", json!({"secret": "prod-db"})).await;
+        assert_eq!(r.is_error, Some(true));
+        assert!(
+            text(&r).contains("may or may not have taken effect"),
+            "{}",
+            text(&r)
+        );
+        let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+
+        // An MCP session belongs to the task that opened it.
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"}}});
+        let (st, session, body) = raw_mcp(s, &cred, None, &init);
+        assert_eq!(st, 200, "{body}");
+        let session = session.expect("no session id");
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+        let (st, _, body) = raw_mcp(s, &other_cred, Some(&session), &list);
+        assert_eq!(st, 403, "{body}");
+        assert!(body.contains("belongs to another task"), "{body}");
+        let (st, _, body) = raw_mcp(s, &cred, Some("not-a-session"), &list);
+        assert_eq!(st, 404, "{body}");
+    });
+
+    let results = events(s, "action.result");
+    let outcome = |tool: &str| {
+        results
+            .iter()
+            .filter(|e| e["detail"]["tool"] == tool)
+            .map(|e| e["outcome"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(outcome("siem_query"), ["unknown"]);
+    assert_eq!(outcome("vault_read_secret"), ["unknown"]);
+    assert_eq!(outcome("iam_disable_account"), Vec::<String>::new());
+    assert_eq!(outcome("edr_release_host"), ["succeeded"]);
+    let refused = events(s, "mcp.call_refused");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(!events(s, "mcp.upstream_restarted").is_empty());
+    let posts = events(s, "decision")
+        .into_iter()
+        .filter(|e| e["detail"]["action"] == "http.post")
+        .collect::<Vec<_>>();
+    assert_eq!(posts.len(), 4);
+    for p in &posts {
+        assert_eq!(p["outcome"], "deny");
+        assert_eq!(p["detail"]["resource_attributes"]["domain"], "pastebin.com");
+    }
+    assert!(events(s, "auth.refused")
+        .iter()
+        .any(|e| e["detail"]["reason"] == "MCP session belongs to another task"));
+
+    // The tool server printed its credential on stderr and rmcp logged whole
+    // messages at trace: the gateway's log has neither the credential nor
+    // its admin token.
+    let log = std::fs::read_to_string(&g.log).unwrap();
+    assert!(
+        log.contains("ir-tools: edr_read_alerts called with credential"),
+        "upstream stderr not logged"
+    );
+    assert!(
+        !log.contains(&g.token),
+        "the upstream credential reached the log"
+    );
+    assert!(!log.contains(&s.admin), "the admin token reached the log");
 }
 
 /// The pinned official MCP Python SDK in a virtualenv kept between runs
@@ -599,10 +855,14 @@ fn an_http_upstream_gets_its_header_and_a_schema_is_drafted_from_it() {
     assert_eq!(st, 401);
 
     let url = tools.url.clone();
-    let g = Gateway::start_with(|_, config_token| {
-        write_secret(config_token, token);
-        Upstream::Http(url)
-    });
+    let g = Gateway::start_with(
+        |_, config_token| {
+            write_secret(config_token, token);
+            Upstream::Http(url)
+        },
+        &[],
+        false,
+    );
     let s = &g.server;
     let svid = s.enrol(IR);
     let (task_id, cred) = s.open_task(&svid);
