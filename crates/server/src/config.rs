@@ -242,8 +242,13 @@ pub struct StdioUpstream {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpUpstream {
-    /// The server's streamable-HTTP endpoint, `http://…/mcp`.
+    /// The server's streamable-HTTP endpoint, `https://…/mcp` (or `http://`).
     pub url: String,
+    /// PEM file of the CA certificates an https server's certificate must
+    /// chain to, *instead of* the system's roots (a private CA); relative to
+    /// the config directory.
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// Headers sent with every request (`Authorization`, API keys).
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, ValueSource>,
@@ -426,14 +431,14 @@ impl McpConfig {
                     &s.env
                 }
                 (None, Some(h)) => {
-                    if h.url.starts_with("https://") {
-                        // The MCP client is built without a TLS stack (see docs/mcp-gateway.md).
+                    let https = h.url.starts_with("https://");
+                    if !https && !h.url.starts_with("http://") {
                         return Err(format!(
-                            "{at}: https upstreams are not supported yet; reach the server over http on a trusted network or through a local TLS-terminating proxy"
+                            "{at}: http.url must start with https:// (or http://)"
                         ));
                     }
-                    if !h.url.starts_with("http://") {
-                        return Err(format!("{at}: http.url must start with http://"));
+                    if h.ca_file.is_some() && !https {
+                        return Err(format!("{at}: http.ca_file needs an https:// url"));
                     }
                     &h.headers
                 }
@@ -472,7 +477,8 @@ mod tests {
             ("  upstreams:\n    - name: a\n      stdio: {command: x}\n    - name: a\n      stdio: {command: y}\n", "unique"),
             ("  upstreams:\n    - name: a\n", "exactly one of stdio or http"),
             ("  upstreams:\n    - name: ../x\n      stdio: {command: x}\n", "do not start with a dot"),
-            ("  upstreams:\n    - name: a\n      http: {url: \"https://x/mcp\"}\n", "https upstreams"),
+            ("  upstreams:\n    - name: a\n      http: {url: \"ftp://x/mcp\"}\n", "must start with https://"),
+            ("  upstreams:\n    - name: a\n      http: {url: \"http://x/mcp\", ca_file: ca.pem}\n", "needs an https:// url"),
             ("  upstreams:\n    - name: a\n      stdio: {command: x, env: {K: {file: k, env: E}}}\n", "exactly one of env, file or value"),
             ("  call_timeout_seconds: 0\n", "positive"),
             ("  upstream: []\n", "unknown field"),

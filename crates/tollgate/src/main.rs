@@ -404,6 +404,8 @@ enum PepCmd {
 }
 
 fn main() -> Result<()> {
+    // Before any HTTP client exists (MCP upstreams, `--from-mcp`, the demo).
+    tollgate_server::mcp::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Init { dir } => init(&dir),

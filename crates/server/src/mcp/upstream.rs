@@ -69,7 +69,53 @@ enum Transport {
     Http {
         url: String,
         headers: Vec<Injected>,
+        /// Built at startup, with the TLS roots the config names.
+        client: reqwest::Client,
     },
+}
+
+/// Install ring as the process's TLS crypto provider, if none is yet.
+/// reqwest (under rmcp's HTTP client) is built without a provider of its own
+/// and panics when asked for a client before one is installed, so every
+/// process that may make an MCP HTTP client calls this first.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// The HTTP client for one upstream: the system's roots, or only the
+/// `ca_file`'s; same-origin redirects only (rmcp's own policy), so an
+/// injected header never follows a redirect to another host.
+fn http_client(
+    upstream: &str,
+    ca_file: Option<&str>,
+    config_dir: Option<&Path>,
+) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    let mut b = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(file) = ca_file {
+        let path = match config_dir {
+            Some(dir) => dir.join(file),
+            None => PathBuf::from(file),
+        };
+        let pem = std::fs::read(&path)
+            .map_err(|e| format!("mcp upstream {upstream:?}: ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("mcp upstream {upstream:?}: ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "mcp upstream {upstream:?}: ca_file {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        b = b.tls_certs_only(certs);
+    }
+    b.build()
+        .map_err(|e| format!("mcp upstream {upstream:?}: building its HTTP client: {e}"))
 }
 
 struct Connection {
@@ -226,6 +272,42 @@ fn check_private(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// An error with its causes (`: `-joined), since HTTP and TLS errors keep
+/// the useful part, such as "invalid peer certificate: UnknownIssuer", in
+/// their sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A failed handshake, saying what failed underneath (rmcp's transport
+/// error keeps its cause, such as a TLS failure, out of its message).
+fn handshake_error(e: &rmcp::service::ClientInitializeError) -> String {
+    match e {
+        rmcp::service::ClientInitializeError::TransportError { error, context } => {
+            use rmcp::transport::streamable_http_client::StreamableHttpError;
+            let cause = match error
+                .error
+                .downcast_ref::<StreamableHttpError<reqwest::Error>>()
+            {
+                Some(StreamableHttpError::Client(http)) => error_chain(http),
+                _ => error_chain(&*error.error),
+            };
+            format!("{cause}; {context}")
+        }
+        other => error_chain(other),
+    }
+}
+
 /// A directory only its owner can enter, created if need be.
 fn private_dir(path: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -312,6 +394,7 @@ impl Upstream {
                 Transport::Http {
                     url: h.url.clone(),
                     headers,
+                    client: http_client(&u.name, h.ca_file.as_deref(), config_dir)?,
                 }
             }
             _ => {
@@ -509,7 +592,11 @@ impl Upstream {
                     .await
                     .map_err(|e| failed(format!("MCP handshake: {e}")))?
             }
-            Transport::Http { url, headers } => {
+            Transport::Http {
+                url,
+                headers,
+                client,
+            } => {
                 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
                 let mut map = HashMap::new();
                 for h in headers {
@@ -523,10 +610,13 @@ impl Upstream {
                 }
                 let config =
                     StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(map);
-                let transport = rmcp::transport::StreamableHttpClientTransport::from_config(config);
-                ().serve(transport)
-                    .await
-                    .map_err(|e| failed(format!("MCP handshake with {url}: {e}")))?
+                let transport = rmcp::transport::StreamableHttpClientTransport::with_client(
+                    client.clone(),
+                    config,
+                );
+                ().serve(transport).await.map_err(|e| {
+                    failed(format!("MCP handshake with {url}: {}", handshake_error(&e)))
+                })?
             }
         };
         // Tool lists are read once per connection: the gateway, not the

@@ -28,8 +28,9 @@ pub struct Gateway {
 /// How the gateway reaches the example tools.
 enum Upstream {
     Stdio,
-    /// Already serving streamable HTTP at this URL.
-    Http(String),
+    /// Already serving streamable HTTP at this URL (`https://` with the
+    /// PEM file of its CA, if given, as `ca_file`).
+    Http(String, Option<PathBuf>),
 }
 
 /// The example tool server on streamable HTTP, killed on drop.
@@ -54,6 +55,8 @@ impl HttpTools {
             .arg("--token-file")
             .arg(token_file)
             .stdout(std::process::Stdio::piped())
+            // It prints the credential it was called with (on purpose).
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -111,9 +114,12 @@ impl Gateway {
         let world = tmp.path().join("world.json");
         let pid_file = tmp.path().join("ir-tools.pid");
         let mut yaml = std::fs::read_to_string(config.join("tollgate.yaml")).unwrap();
-        if let Upstream::Http(url) = upstream(&world, &token_file) {
+        if let Upstream::Http(url, ca) = upstream(&world, &token_file) {
+            let ca = ca
+                .map(|p| format!("        ca_file: {:?}\n", p.display().to_string()))
+                .unwrap_or_default();
             yaml.push_str(&format!(
-                "mcp:\n  upstreams:\n    - name: ir-tools\n      http:\n        url: {url}\n        headers:\n          Authorization: {{file: ir-tools.token, prefix: \"Bearer \"}}\n"
+                "mcp:\n  upstreams:\n    - name: ir-tools\n      http:\n        url: {url}\n{ca}        headers:\n          Authorization: {{file: ir-tools.token, prefix: \"Bearer \"}}\n"
             ));
         } else {
             yaml.push_str(&format!(
@@ -157,6 +163,7 @@ impl ClientHandler for Progress {
 }
 
 async fn connect(s: &Server, cred: &str) -> (RunningService<RoleClient, Progress>, Progress) {
+    tollgate_server::mcp::install_crypto_provider();
     let progress = Progress::default();
     let config =
         StreamableHttpClientTransportConfig::with_uri(s.url("/mcp")).auth_header(cred.to_string());
@@ -765,6 +772,125 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
     assert!(!log.contains(&s.admin), "the admin token reached the log");
 }
 
+/// A TLS-terminating proxy on 127.0.0.1 in front of `upstream` (host:port),
+/// with a certificate for `localhost` from a fresh private CA. Returns its
+/// port and the CA's PEM.
+fn tls_proxy(rt: &tokio::runtime::Runtime, upstream: String) -> (u16, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                // A handshake that fails (an untrusting client) just ends.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+#[test]
+fn an_https_upstream_is_reached_only_through_its_trusted_ca() {
+    let tools_dir = tempfile::tempdir().unwrap();
+    let token = "https-upstream-secret-4711";
+    let token_file = tools_dir.path().join("token");
+    write_secret(&token_file, token);
+    let tools = HttpTools::start(&tools_dir.path().join("world.json"), &token_file);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let plain = tools
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_string();
+    let (port, ca_pem) = tls_proxy(&rt, plain);
+    let ca_file = tools_dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let url = format!("https://localhost:{port}/mcp");
+
+    // Trusting the private CA: calls go through over TLS, credential injected.
+    let g = Gateway::start_with(
+        |_, config_token| {
+            write_secret(config_token, token);
+            Upstream::Http(url.clone(), Some(ca_file.clone()))
+        },
+        &[],
+        false,
+    );
+    let s = &g.server;
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    rt.block_on(async {
+        let (c, _) = connect(s, &cred).await;
+        let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        let answer = serde_json::to_string(&r).unwrap();
+        assert!(
+            answer.contains("beacon") && !answer.contains(token),
+            "{answer}"
+        );
+    });
+    assert_eq!(events(s, "action.result")[0]["outcome"], "succeeded");
+    drop(g);
+
+    // The system's roots do not know that CA: the upstream is unreachable,
+    // its tools are not offered, and a call says why.
+    let g = Gateway::start_with(
+        |_, config_token| {
+            write_secret(config_token, token);
+            Upstream::Http(url.clone(), None)
+        },
+        &[],
+        false,
+    );
+    let s = &g.server;
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    rt.block_on(async {
+        let (c, _) = connect(s, &cred).await;
+        let listed = names(&c.list_all_tools().await.unwrap());
+        assert_eq!(listed, ["tollgate_rollback"]);
+        let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
+        assert_eq!(r.is_error, Some(true));
+        assert!(
+            text(&r).contains("upstream ir-tools could not be reached"),
+            "{}",
+            text(&r)
+        );
+        assert!(text(&r).contains("UnknownIssuer"), "{}", text(&r));
+    });
+    assert_eq!(events(s, "action.result")[0]["outcome"], "failed");
+}
+
 /// The pinned official MCP Python SDK in a virtualenv kept between runs
 /// (`$HOME/.cache/tollgate-mcp-venv`), installed from PyPI on first use.
 fn python_with_mcp_sdk() -> Option<PathBuf> {
@@ -858,7 +984,7 @@ fn an_http_upstream_gets_its_header_and_a_schema_is_drafted_from_it() {
     let g = Gateway::start_with(
         |_, config_token| {
             write_secret(config_token, token);
-            Upstream::Http(url)
+            Upstream::Http(url, None)
         },
         &[],
         false,
