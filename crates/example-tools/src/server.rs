@@ -5,7 +5,8 @@
 use crate::state::{StateFile, ToolError, TOOLS};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -125,7 +126,24 @@ impl ServerHandler for ExampleTools {
             std::future::pending::<()>().await;
         }
         if let Some((_, delay)) = self.settings.slow.iter().find(|(t, _)| *t == request.name) {
-            tokio::time::sleep(*delay).await;
+            // A long call reports progress every half second, if asked to.
+            let token = ctx.meta.get_progress_token();
+            let deadline = tokio::time::Instant::now() + *delay;
+            let mut step = 0u32;
+            while tokio::time::Instant::now() < deadline {
+                if let Some(token) = &token {
+                    step += 1;
+                    let mut message = format!("{}: working, step {step}", request.name);
+                    if self.settings.echo_credential {
+                        message.push_str(&format!(" (credential {presented:?})"));
+                    }
+                    let note = ProgressNotificationParam::new(token.clone(), f64::from(step))
+                        .with_message(message);
+                    let _ = ctx.peer.notify_progress(note).await;
+                }
+                let left = deadline - tokio::time::Instant::now();
+                tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+            }
         }
         let args = request.arguments.unwrap_or_default();
         let mut result = self.run(&request.name, &args);

@@ -58,18 +58,76 @@ fn action_name(server: &str, tool: &str) -> String {
     }
 }
 
-/// The Cedar type of a JSON Schema property, when Cedar has one.
-fn cedar_type(prop: &Value) -> Option<&'static str> {
-    match prop.get("type").and_then(Value::as_str)? {
-        "string" => Some("String"),
-        "integer" => Some("Long"),
-        "boolean" => Some("Bool"),
-        "array" => match prop.pointer("/items/type").and_then(Value::as_str)? {
-            "string" => Some("Set<String>"),
-            "integer" => Some("Set<Long>"),
-            _ => None,
-        },
+/// Nesting deeper than this is left out: a draft, not a proof.
+const MAX_DEPTH: usize = 8;
+
+/// The Cedar type of a JSON Schema property, when Cedar has one: strings
+/// (also `enum`/`const` of strings), integers, booleans, arrays of those
+/// (`Set<…>`), objects with declared properties (records; a property that
+/// is not `required` is optional). `Err` says why not: a Cedar record
+/// cannot hold undeclared attributes, so an object with an untyped property
+/// is left out whole rather than typed wrongly.
+fn cedar_type(prop: &Value, depth: usize) -> Result<String, String> {
+    if depth > MAX_DEPTH {
+        return Err("nested too deeply".into());
+    }
+    let ty = match prop.get("type") {
+        Some(Value::String(t)) => Some(t.as_str()),
+        // ["string", "null"]: nullable; an absent optional value is Cedar's null.
+        Some(Value::Array(ts)) => {
+            let named: Vec<&str> = ts
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|t| *t != "null")
+                .collect();
+            match named.as_slice() {
+                [one] => Some(*one),
+                _ => return Err(format!("type {} is a union", Value::Array(ts.clone()))),
+            }
+        }
         _ => None,
+    };
+    let all_strings = |v: Option<&Value>| match v {
+        Some(Value::Array(a)) => !a.is_empty() && a.iter().all(Value::is_string),
+        Some(Value::String(_)) => true,
+        _ => false,
+    };
+    match ty {
+        Some("string") => Ok("String".into()),
+        Some("integer") => Ok("Long".into()),
+        Some("boolean") => Ok("Bool".into()),
+        Some("array") => {
+            let items = prop.get("items").unwrap_or(&Value::Null);
+            cedar_type(items, depth + 1)
+                .map(|t| format!("Set<{t}>"))
+                .map_err(|why| format!("its items: {why}"))
+        }
+        Some("object") => {
+            let Some(props) = prop.get("properties").and_then(Value::as_object) else {
+                return Err("an object without declared properties".into());
+            };
+            let required: Vec<&str> = prop
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let mut fields = Vec::new();
+            for (name, p) in props {
+                let t = cedar_type(p, depth + 1).map_err(|why| format!("{name}: {why}"))?;
+                let optional = if required.contains(&name.as_str()) {
+                    ""
+                } else {
+                    "?"
+                };
+                fields.push(format!("{}{optional}: {t}", quote(name)));
+            }
+            Ok(format!("{{ {} }}", fields.join(", ")))
+        }
+        None if all_strings(prop.get("enum")) || all_strings(prop.get("const")) => {
+            Ok("String".into())
+        }
+        Some(other) => Err(format!("\"{other}\" has no Cedar type")),
+        None => Err("no type".into()),
     }
 }
 
@@ -80,7 +138,7 @@ fn quote(s: &str) -> String {
 /// Draft a schema fragment and catalog entries for `tools` of upstream `server`.
 pub fn generate(server: &str, tools: &[McpTool]) -> Generated {
     let mut entities = std::collections::BTreeSet::new();
-    let mut parameters: BTreeMap<String, &'static str> = BTreeMap::new();
+    let mut parameters: BTreeMap<String, String> = BTreeMap::new();
     let mut skipped: BTreeMap<String, String> = BTreeMap::new();
     let mut actions = String::new();
     let mut catalog = String::from("operations:\n");
@@ -117,8 +175,8 @@ pub fn generate(server: &str, tools: &[McpTool]) -> Generated {
             if Some(name.as_str()) == resource_arg {
                 continue;
             }
-            match cedar_type(prop) {
-                Some(t) => match parameters.get(name) {
+            match cedar_type(prop, 0) {
+                Ok(t) => match parameters.get(name) {
                     Some(existing) if *existing != t => {
                         skipped.insert(
                             name.clone(),
@@ -129,14 +187,8 @@ pub fn generate(server: &str, tools: &[McpTool]) -> Generated {
                         parameters.insert(name.clone(), t);
                     }
                 },
-                None => {
-                    skipped.insert(
-                        name.clone(),
-                        format!(
-                            "{} has no Cedar type",
-                            prop.get("type").unwrap_or(&Value::Null)
-                        ),
-                    );
+                Err(why) => {
+                    skipped.insert(name.clone(), why);
                 }
             }
         }
@@ -200,7 +252,9 @@ mod tests {
             McpTool {
                 name: "wipe".into(),
                 description: "Wipe it all.\nReally.".into(),
-                input_schema: json!({"type": "object", "properties": {"force": {"type": "boolean"}, "opts": {"type": "object"}, "tags": {"type": "array", "items": {"type": "string"}}}}),
+                input_schema: json!({"type": "object", "properties": {"force": {"type": "boolean"}, "opts": {"type": "object"}, "tags": {"type": "array", "items": {"type": "string"}},
+                    "target": {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}, "depth": {"type": ["integer", "null"]}, "mode": {"enum": ["fast", "safe"]}}},
+                    "ratio": {"type": "number"}, "filters": {"type": "array", "items": {"type": "object", "properties": {"key": {"type": "string"}, "value": {}}}}}}),
                 annotations: json!({"destructiveHint": true}),
             },
             McpTool {
@@ -220,7 +274,31 @@ mod tests {
         assert!(
             g.schema.contains("\"force\"?: Bool,") && g.schema.contains("\"tags\"?: Set<String>,")
         );
-        assert!(g.schema.contains("// opts: left out"), "{}", g.schema);
+        assert!(
+            g.schema
+                .contains("// opts: left out (an object without declared properties)"),
+            "{}",
+            g.schema
+        );
+        // Objects with declared properties become records, required ones mandatory.
+        assert!(
+            g.schema
+                .contains(r#""target"?: { "path": String, "depth"?: Long, "mode"?: String },"#),
+            "{}",
+            g.schema
+        );
+        assert!(
+            g.schema
+                .contains(r#"// ratio: left out ("number" has no Cedar type)"#),
+            "{}",
+            g.schema
+        );
+        assert!(
+            g.schema
+                .contains("// filters: left out (its items: value: no type)"),
+            "{}",
+            g.schema
+        );
         // One argument typed two ways is left out rather than guessed.
         assert!(
             g.schema

@@ -200,7 +200,11 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
                     "action": ask.action, "resource": ask.resource.key(), "error": message,
                 }));
             state.store.commit(Batch::audit_only(ev)).await?;
-            return Err(ApiError::BadRequest { code, message });
+            // The request id finds the refusal in the audit log.
+            return Err(ApiError::BadRequest {
+                code,
+                message: format!("{message} (request {request_id})"),
+            });
         }
         Err(e) => return Err(e),
     };

@@ -366,3 +366,131 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
     }
     Ok(())
 }
+
+/// `tollgate bench mcp`: what the MCP gateway adds to a tool call. The same
+/// allowed read (`edr_read_alerts`) is called directly on the example tool
+/// server and through an in-process gateway in front of another copy of it
+/// (decision, two durable audit commits, forwarding, redaction), from the
+/// same number of concurrent clients, in one run. (Denied calls are not
+/// measured: the example pack quarantines an agent after ten denials.)
+pub fn mcp(calls: usize, clients: usize) -> Result<()> {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::service::RunningService;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::{RoleClient, ServiceExt};
+
+    let dir = tempfile::tempdir()?;
+    let (config, data, _) = crate::demo::write_config(dir.path())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+
+    /// Run `calls` calls of `tool` from `clients` peers; latencies in ms.
+    async fn load(
+        peers: &[rmcp::Peer<RoleClient>],
+        calls: usize,
+        tool: &str,
+        args: serde_json::Value,
+        expect_error: bool,
+    ) -> Result<(Vec<f64>, f64)> {
+        let per = calls.div_ceil(peers.len());
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for peer in peers {
+            let (peer, tool, args) = (peer.clone(), tool.to_string(), args.clone());
+            handles.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                let arguments = args.as_object().cloned().unwrap_or_default();
+                for _ in 0..per {
+                    let t = Instant::now();
+                    let r = peer
+                        .call_tool(
+                            CallToolRequestParams::new(tool.clone())
+                                .with_arguments(arguments.clone()),
+                        )
+                        .await?;
+                    if (r.is_error == Some(true)) != expect_error {
+                        return Err(anyhow!("unexpected answer to {tool}: {:?}", r.content));
+                    }
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                anyhow::Ok(lat)
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await??);
+        }
+        let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+        Ok((all, rate))
+    }
+
+    rt.block_on(async move {
+        // Direct: one client of the example tool server on stdio, shared by
+        // `clients` tasks (as the gateway shares its one upstream connection).
+        let token = tollgate_server::state::random_token("irt_");
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.args(["tools", "example", "--state"])
+            .arg(dir.path().join("direct-world.json"))
+            .env(tollgate_example_tools::TOKEN_ENV, &token);
+        let direct: RunningService<RoleClient, ()> =
+            ().serve(rmcp::transport::TokioChildProcess::new(cmd)?).await?;
+        let direct_peers = vec![direct.peer().clone(); clients];
+        let read = json!({"host": "web-1"});
+        load(&direct_peers, clients * 5, "edr_read_alerts", read.clone(), false).await?; // warm-up
+        let (direct_lat, direct_rate) =
+            load(&direct_peers, calls, "edr_read_alerts", read.clone(), false).await?;
+
+        // Through the gateway: the demo's configuration, in this process.
+        let opts = tollgate_server::Options {
+            config_dir: Some(config.clone()),
+            data_dir: data.clone(),
+        };
+        let state =
+            tollgate_server::AppState::open(&opts, Arc::new(tollgate_core::SystemClock)).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(tollgate_server::serve(state, listener, std::future::pending()));
+        let conn = crate::Conn {
+            addr: addr.clone(),
+            token: None,
+            data: Some(data.clone()),
+        };
+        let admin = crate::client::Client::new(&conn)?;
+        let agent = "spiffe://acme.test/agent/ir-responder/bench-mcp";
+        let reg = admin.post("/v1/agents", &json!({"spiffe_id": agent, "owner": "bench@acme.test"}))?;
+        let anon = crate::client::Client::new(&crate::Conn { addr: addr.clone(), token: Some(String::new()), data: None })?;
+        let att = anon.post_anonymous("/v1/agents/attest", &json!({"join_token": reg["join_token"]}))?;
+        let svid = att["svid"].as_str().ok_or_else(|| anyhow!("attest failed: {att}"))?.to_string();
+        let as_agent = crate::client::Client::new(&crate::Conn { addr: addr.clone(), token: Some(svid), data: None })?;
+        // One task and one MCP session per client: each its own delegation tree.
+        let mut sessions = Vec::new();
+        for _ in 0..clients {
+            let task = as_agent.post("/v1/tasks", &json!({
+                "incident": {"id": "INC-4711", "class": "malware", "severity": "high"},
+                "environment": "prod", "playbook": "contain-malware", "intent": "bench mcp"}))?;
+            let cred = task["credential"].as_str().ok_or_else(|| anyhow!("no credential: {task}"))?;
+            let t = StreamableHttpClientTransportConfig::with_uri(format!("{addr}/mcp")).auth_header(cred.to_string());
+            sessions.push(().serve(rmcp::transport::StreamableHttpClientTransport::from_config(t)).await?);
+        }
+        let peers: Vec<_> = sessions.iter().map(|s| s.peer().clone()).collect();
+        load(&peers, clients * 5, "edr_read_alerts", read.clone(), false).await?; // warm-up
+        let (gw_lat, gw_rate) = load(&peers, calls, "edr_read_alerts", read.clone(), false).await?;
+
+        let [d50, d90, d99] = percentiles(direct_lat);
+        let [g50, g90, g99] = percentiles(gw_lat);
+        println!("tollgate bench mcp: {calls} tools/call per row, {clients} concurrent clients, example tool server on stdio");
+        println!("                                   calls/s     p50 ms   p90 ms   p99 ms");
+        println!("direct to the tool server      {direct_rate:>10.0}   {d50:>8.2} {d90:>8.2} {d99:>8.2}");
+        println!("through the gateway (allowed)  {gw_rate:>10.0}   {g50:>8.2} {g90:>8.2} {g99:>8.2}");
+        println!(
+            "gateway overhead on an allowed call: p50 +{:.2} ms ({:.1}x), throughput {:.2}x of direct",
+            g50 - d50,
+            g50 / d50.max(1e-9),
+            gw_rate / direct_rate.max(1e-9)
+        );
+        drop(sessions);
+        let _ = direct.cancel().await;
+        anyhow::Ok(())
+    })
+}

@@ -81,7 +81,7 @@ impl Demo {
     }
 }
 
-fn write_config(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+pub(crate) fn write_config(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let config = dir.join("config");
     let data = dir.join("data");
     crate::write_example(&config)?;

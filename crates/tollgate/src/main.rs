@@ -381,6 +381,14 @@ enum BenchCmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// What the MCP gateway adds to a tool call: the same allowed call direct to
+    /// the example tool server and through an in-process gateway.
+    Mcp {
+        #[arg(long, default_value_t = 2_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
     /// Durable audit append throughput (serial vs group commit) and verification speed.
     Audit {
         #[arg(long, default_value_t = 100_000)]
@@ -803,6 +811,9 @@ fn main() -> Result<()> {
                     concurrency,
                 },
         } => bench::audit(entries, concurrency.max(1)),
+        Command::Bench {
+            cmd: BenchCmd::Mcp { calls, clients },
+        } => bench::mcp(calls.max(1), clients.max(1)),
         Command::Pep { cmd, conn } => {
             let c = Client::new(&conn)?;
             match cmd {

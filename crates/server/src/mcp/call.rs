@@ -262,6 +262,7 @@ async fn governed(
         &decided.request_id,
         &command,
         meta.compensates,
+        ctx,
     )
     .await
 }
@@ -406,12 +407,21 @@ async fn forward(
     request_id: &str,
     command: &str,
     compensates: Option<String>,
+    ctx: &RequestContext<RoleServer>,
 ) -> Called {
     let timeout = state.upstreams.call_timeout;
     let outcome = match live_audited(state, upstream, Some(&auth.task)).await {
         Ok(live) => {
             let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
-            upstream.call(&live.peer, params, timeout).await
+            // The tool's own progress reaches the agent, if it asked for progress.
+            let progress =
+                ctx.meta
+                    .get_progress_token()
+                    .map(|token| super::upstream::ProgressRoute {
+                        peer: ctx.peer.clone(),
+                        token,
+                    });
+            upstream.call(&live.peer, params, timeout, progress).await
         }
         Err(e) => Err(e),
     };
@@ -531,23 +541,31 @@ async fn rollback(
         let comp = &step["compensation"];
         let action = comp["action"].as_str().unwrap_or_default();
         let resource = comp["resource"].as_str().unwrap_or_default();
-        let Some(binding) = pack
+        let binding = pack
             .catalog()
             .operation(action)
-            .and_then(|op| op.tool.clone())
-        else {
-            all_ok = false;
-            report.push(json!({"undoes": undoes, "action": action, "resource": resource,
-                "outcome": "skipped", "reason": format!("{action} has no MCP tool binding in the catalog")}));
-            continue;
-        };
-        let Some(id) = comp["resource_id"].as_str().filter(|id| !id.is_empty()) else {
-            all_ok = false;
-            report.push(
-                json!({"undoes": undoes, "action": action, "resource": resource,
-                "outcome": "skipped", "reason": "the recorded compensation names no resource id"}),
-            );
-            continue;
+            .and_then(|op| op.tool.clone());
+        let id = comp["resource_id"].as_str().filter(|id| !id.is_empty());
+        let (binding, id) = match (binding, id) {
+            (Some(b), Some(id)) => (b, id),
+            (b, _) => {
+                // Not run, and on the record: an auditor sees what a rollback left undone.
+                let reason = match b {
+                    None => format!(
+                        "cannot undo {undoes}: {action} has no MCP tool binding in the catalog"
+                    ),
+                    Some(_) => format!(
+                        "cannot undo {undoes}: the recorded compensation names no resource id"
+                    ),
+                };
+                refuse_unmapped(state, auth, ROLLBACK_TOOL, reason.clone()).await;
+                all_ok = false;
+                report.push(
+                    json!({"undoes": undoes, "action": action, "resource": resource,
+                    "outcome": "skipped", "reason": reason}),
+                );
+                continue;
+            }
         };
         let mut call_args = comp["parameters"].as_object().cloned().unwrap_or_default();
         call_args.insert(binding.resource_argument.clone(), json!(id));

@@ -17,9 +17,11 @@
 //!   a call that was already forwarded is never retried (it may have acted).
 
 use crate::config::{McpConfig, UpstreamConfig, ValueSource};
-use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ProgressNotificationParam, ProgressToken, Tool,
+};
 use rmcp::service::RunningService;
-use rmcp::{Peer, RoleClient, ServiceError, ServiceExt};
+use rmcp::{Peer, RoleClient, RoleServer, ServiceError, ServiceExt};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,7 +122,7 @@ fn http_client(
 
 struct Connection {
     /// Kept so the connection (and a stdio child) lives; dropping it ends both.
-    service: RunningService<RoleClient, ()>,
+    service: RunningService<RoleClient, ProgressRelay>,
     tools: Arc<Vec<Tool>>,
 }
 
@@ -135,6 +137,78 @@ pub struct Upstream {
     /// After a failed connect: no new attempt before this instant, so a
     /// server that crashes on start is not respawned for every call.
     down: std::sync::Mutex<Option<Down>>,
+    /// Calls in flight whose progress goes to an agent, by the progress
+    /// token rmcp gave the forwarded request.
+    routes: Routes,
+}
+
+type Routes = Arc<std::sync::Mutex<HashMap<ProgressToken, ProgressRoute>>>;
+
+/// Where an upstream's progress on a forwarded call goes: the agent's
+/// session, under the agent's own progress token.
+#[derive(Clone)]
+pub struct ProgressRoute {
+    pub peer: Peer<RoleServer>,
+    pub token: ProgressToken,
+}
+
+/// Removes a route when the call ends, however it ends.
+struct RouteGuard {
+    routes: Routes,
+    token: ProgressToken,
+}
+
+impl RouteGuard {
+    fn add(routes: &Routes, token: ProgressToken, route: ProgressRoute) -> Self {
+        if let Ok(mut map) = routes.lock() {
+            map.insert(token.clone(), route);
+        }
+        Self {
+            routes: routes.clone(),
+            token,
+        }
+    }
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.routes.lock() {
+            map.remove(&self.token);
+        }
+    }
+}
+
+/// The gateway's client side of an upstream connection: it relays the
+/// upstream's progress notifications for a forwarded call to the agent that
+/// made it, scrubbed of the upstream's secrets; every other notification
+/// is dropped, as before.
+#[derive(Clone)]
+struct ProgressRelay {
+    routes: Routes,
+    secrets: Arc<Vec<String>>,
+}
+
+impl rmcp::ClientHandler for ProgressRelay {
+    async fn on_progress(
+        &self,
+        mut progress: ProgressNotificationParam,
+        _ctx: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        let route = self
+            .routes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&progress.progress_token).cloned());
+        let Some(route) = route else {
+            return;
+        };
+        progress.progress_token = route.token;
+        progress.message = progress
+            .message
+            .map(|m| crate::redact::cut(&m, &self.secrets));
+        // An agent that went away is noticed by its own call's cancellation.
+        let _ = route.peer.notify_progress(progress).await;
+    }
 }
 
 struct Down {
@@ -413,6 +487,7 @@ impl Upstream {
             conn: tokio::sync::Mutex::new(None),
             connected_once: AtomicBool::new(false),
             down: std::sync::Mutex::new(None),
+            routes: Routes::default(),
         })
     }
 
@@ -473,6 +548,13 @@ impl Upstream {
         UpstreamError::Protocol {
             server: self.name.clone(),
             message: self.redact(&message),
+        }
+    }
+
+    fn relay(&self) -> ProgressRelay {
+        ProgressRelay {
+            routes: self.routes.clone(),
+            secrets: Arc::new(self.secrets.clone()),
         }
     }
 
@@ -588,7 +670,8 @@ impl Upstream {
                         }
                     });
                 }
-                ().serve(transport)
+                self.relay()
+                    .serve(transport)
                     .await
                     .map_err(|e| failed(format!("MCP handshake: {e}")))?
             }
@@ -614,7 +697,7 @@ impl Upstream {
                     client.clone(),
                     config,
                 );
-                ().serve(transport).await.map_err(|e| {
+                self.relay().serve(transport).await.map_err(|e| {
                     failed(format!("MCP handshake with {url}: {}", handshake_error(&e)))
                 })?
             }
@@ -637,17 +720,52 @@ impl Upstream {
     }
 
     /// Forward one call. Never retried: once sent, it may have acted.
+    /// The upstream's progress notifications for it go to `progress`, the
+    /// agent's call (scrubbed like answers). On timeout the upstream is told
+    /// the call is cancelled.
     pub async fn call(
         &self,
         peer: &Peer<RoleClient>,
         params: CallToolRequestParams,
         timeout: Duration,
+        progress: Option<ProgressRoute>,
     ) -> Result<CallToolResult, UpstreamError> {
-        match tokio::time::timeout(timeout, peer.call_tool(params)).await {
-            Err(_) => Err(UpstreamError::Timeout {
-                server: self.name.clone(),
-                seconds: timeout.as_secs(),
-            }),
+        use rmcp::model::{CallToolRequest, ClientRequest, ServerResult};
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let handle = match peer
+            .send_request_with_option(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+        {
+            Ok(h) => h,
+            Err(ServiceError::TransportClosed) => {
+                return Err(UpstreamError::Closed {
+                    server: self.name.clone(),
+                })
+            }
+            Err(e) => return Err(self.protocol(e.to_string())),
+        };
+        let (id, token) = (handle.id.clone(), handle.progress_token.clone());
+        let routed = progress.map(|route| RouteGuard::add(&self.routes, token, route));
+        let answer = tokio::time::timeout(timeout, handle.await_response()).await;
+        drop(routed);
+        let answer = answer.map(|r| {
+            r.and_then(|result| match result {
+                ServerResult::CallToolResult(r) => Ok(r),
+                _ => Err(ServiceError::UnexpectedResponse),
+            })
+        });
+        match answer {
+            Err(_) => {
+                let note = rmcp::model::CancelledNotificationParam::new(
+                    Some(id),
+                    Some(format!("Tollgate's call timeout ({} s)", timeout.as_secs())),
+                );
+                let _ = peer.notify_cancelled(note).await;
+                Err(UpstreamError::Timeout {
+                    server: self.name.clone(),
+                    seconds: timeout.as_secs(),
+                })
+            }
             Ok(Err(ServiceError::TransportClosed)) => Err(UpstreamError::Closed {
                 server: self.name.clone(),
             }),

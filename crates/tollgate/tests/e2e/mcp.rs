@@ -400,6 +400,8 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
         answers.push(serde_json::to_string(&r).unwrap());
 
         // A slow upstream becomes a clear tool error; the gateway keeps serving.
+        // While it works, its progress reaches the agent, scrubbed.
+        progress.0.lock().unwrap().clear();
         let r = call(&c, "forensics_image_host", json!({"host": "web-1"})).await;
         assert_eq!(r.is_error, Some(true));
         assert!(
@@ -407,6 +409,15 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
             "{}",
             text(&r)
         );
+        let notes = progress.0.lock().unwrap().clone();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("forensics_image_host: working, step 2")),
+            "{notes:?}"
+        );
+        assert!(notes.iter().all(|n| !n.contains(&g.token)), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("[redacted]")), "{notes:?}");
 
         // The upstream crashes: the next call restarts it.
         let pid = std::fs::read_to_string(&g.pid_file).unwrap();
