@@ -442,15 +442,7 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
             load(&direct_peers, calls, "edr_read_alerts", read.clone(), false).await?;
 
         // Through the gateway: the demo's configuration, in this process.
-        let opts = tollgate_server::Options {
-            config_dir: Some(config.clone()),
-            data_dir: data.clone(),
-        };
-        let state =
-            tollgate_server::AppState::open(&opts, Arc::new(tollgate_core::SystemClock)).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(tollgate_server::serve(state, listener, std::future::pending()));
+        let addr = crate::demo::serve_in_process(&config, &data).await?;
         let conn = crate::Conn {
             addr: addr.clone(),
             token: None,

@@ -104,6 +104,25 @@ pub(crate) fn write_config(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     Ok((config, data, world))
 }
 
+/// A server in this process, on a free loopback port, until the runtime
+/// ends; its base URL.
+pub(crate) async fn serve_in_process(config: &Path, data: &Path) -> Result<String> {
+    let opts = tollgate_server::Options {
+        config_dir: Some(config.to_path_buf()),
+        data_dir: data.to_path_buf(),
+    };
+    let state =
+        tollgate_server::AppState::open(&opts, Arc::new(tollgate_core::SystemClock)).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(tollgate_server::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    Ok(format!("http://{addr}"))
+}
+
 pub fn run(keep: Option<PathBuf>) -> Result<()> {
     let tmp;
     let dir = match keep {
@@ -124,23 +143,7 @@ pub fn run(keep: Option<PathBuf>) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // The server, in this process, on a free port.
-    let addr = rt.block_on(async {
-        let opts = tollgate_server::Options {
-            config_dir: Some(config.clone()),
-            data_dir: data.clone(),
-        };
-        let state =
-            tollgate_server::AppState::open(&opts, Arc::new(tollgate_core::SystemClock)).await?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(tollgate_server::serve(
-            state,
-            listener,
-            std::future::pending(),
-        ));
-        anyhow::Ok(format!("http://{addr}"))
-    })?;
+    let addr = rt.block_on(serve_in_process(&config, &data))?;
     println!("Tollgate demo: the reference scenario through the MCP gateway");
     println!(
         "  gateway  {addr}/mcp   (config {}, data {})",

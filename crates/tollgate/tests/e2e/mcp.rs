@@ -202,6 +202,62 @@ fn events(s: &Server, kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Call `tool` in the background (it may be held for approval).
+fn spawn_call(
+    c: &RunningService<RoleClient, Progress>,
+    tool: &'static str,
+    a: Value,
+) -> tokio::task::JoinHandle<Result<CallToolResult, rmcp::ServiceError>> {
+    let peer = c.peer().clone();
+    tokio::spawn(async move {
+        peer.call_tool(CallToolRequestParams::new(tool).with_arguments(args(a)))
+            .await
+    })
+}
+
+/// The id of the first pending approval `approver` sees, once there is one.
+async fn pending_approval(s: &Server, approver: &str) -> String {
+    loop {
+        let (_, v) = s.get("/v1/approvals?status=pending", Some(approver));
+        if let Some(id) = v["approvals"][0]["id"].as_str() {
+            return id.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Record evidence for `host` (REST), then isolate it through the gateway;
+/// the host is isolated in the tool server's state afterwards.
+async fn isolate_with_evidence(
+    g: &Gateway,
+    c: &RunningService<RoleClient, Progress>,
+    task_id: &str,
+    cred: &str,
+    host_id: &str,
+) -> CallToolResult {
+    let content = format!("pid 4242 beacon.exe on {host_id} -> 203.0.113.7:443");
+    let (st, ev) = g.server.post(
+        &format!("/v1/tasks/{task_id}/evidence"),
+        Some(cred),
+        &json!({"resource": host(host_id), "kind": "process-list",
+                "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
+    );
+    assert_eq!(st, 201, "{ev}");
+    let r = call(
+        c,
+        "edr_isolate_host",
+        json!({"host": host_id, "reason": "beacon"}),
+    )
+    .await;
+    assert_eq!(
+        g.world()["hosts"][host_id]["isolated"],
+        true,
+        "{}",
+        text(&r)
+    );
+    r
+}
+
 fn names(tools: &[rmcp::model::Tool]) -> Vec<String> {
     let mut n: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
     n.sort();
@@ -300,22 +356,8 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
         answers.push(serde_json::to_string(&r).unwrap());
 
         // With evidence recorded, the same call is allowed and the host is isolated.
-        let content = "pid 4242 beacon.exe -> 203.0.113.7:443";
-        let (st, ev) = s.post(
-            &format!("/v1/tasks/{task_id}/evidence"),
-            Some(&cred),
-            &json!({"resource": host("web-2"), "kind": "process-list",
-                    "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
-        );
-        assert_eq!(st, 201, "{ev}");
-        let r = call(
-            &c,
-            "edr_isolate_host",
-            json!({"host": "web-2", "reason": "beacon"}),
-        )
-        .await;
+        let r = isolate_with_evidence(&g, &c, &task_id, &cred, "web-2").await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
-        assert_eq!(g.world()["hosts"]["web-2"]["isolated"], true);
         let isolate_request = r.meta.as_ref().unwrap().0["tollgate/request_id"]
             .as_str()
             .unwrap()
@@ -337,24 +379,12 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
 
         // Approval: the call is held open, with progress notifications, until
         // a human approves; only then does it reach the tool.
-        let held = {
-            let c = c.peer().clone();
-            tokio::spawn(async move {
-                c.call_tool(
-                    CallToolRequestParams::new("iam_disable_account").with_arguments(args(
-                        json!({"account": "jdoe", "reason": "jdoe's session launched the beacon"}),
-                    )),
-                )
-                .await
-            })
-        };
-        let approval_id = loop {
-            let (_, v) = s.get("/v1/approvals?status=pending", Some(&ivan));
-            if let Some(id) = v["approvals"][0]["id"].as_str() {
-                break id.to_string();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
+        let held = spawn_call(
+            &c,
+            "iam_disable_account",
+            json!({"account": "jdoe", "reason": "jdoe's session launched the beacon"}),
+        );
+        let approval_id = pending_approval(s, &ivan).await;
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         assert_eq!(
             g.world()["accounts"]["jdoe"]["enabled"],
@@ -439,23 +469,12 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
 
         // A call held for approval ends when its task is revoked, not when
         // the approval expires; and the tool is not called.
-        let held = {
-            let c = c.peer().clone();
-            tokio::spawn(async move {
-                c.call_tool(
-                    CallToolRequestParams::new("iam_enable_account")
-                        .with_arguments(args(json!({"account": "jdoe", "reason": "false alarm"}))),
-                )
-                .await
-            })
-        };
-        loop {
-            let (_, v) = s.get("/v1/approvals?status=pending", Some(&ivan));
-            if !v["approvals"].as_array().unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let held = spawn_call(
+            &c,
+            "iam_enable_account",
+            json!({"account": "jdoe", "reason": "false alarm"}),
+        );
+        pending_approval(s, &ivan).await;
         // Revoked: the held call ends, and the next request is refused before any decision.
         s.admin_post(
             "/v1/revocations",
@@ -630,23 +649,12 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
         assert_eq!(g.world()["posts"], json!([]));
 
         // A held call that its approver refuses ends with the refusal; the tool is not called.
-        let held = {
-            let c = c.peer().clone();
-            tokio::spawn(async move {
-                c.call_tool(
-                    CallToolRequestParams::new("iam_disable_account")
-                        .with_arguments(args(json!({"account": "jdoe", "reason": "beacon"}))),
-                )
-                .await
-            })
-        };
-        let approval_id = loop {
-            let (_, v) = s.get("/v1/approvals?status=pending", Some(&ivan));
-            if let Some(id) = v["approvals"][0]["id"].as_str() {
-                break id.to_string();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
+        let held = spawn_call(
+            &c,
+            "iam_disable_account",
+            json!({"account": "jdoe", "reason": "beacon"}),
+        );
+        let approval_id = pending_approval(s, &ivan).await;
         let (st, v) = s.post(
             &format!("/v1/approvals/{approval_id}/decision"),
             Some(&ivan),
@@ -669,22 +677,8 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
 
         // The whole rollback plan, twice: the second run has nothing left to
         // do (undoing the undo would isolate the host again).
-        let content = "pid 4242 beacon.exe";
-        let (st, v) = s.post(
-            &format!("/v1/tasks/{task_id}/evidence"),
-            Some(&cred),
-            &json!({"resource": host("db-1"), "kind": "process-list",
-                    "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
-        );
-        assert_eq!(st, 201, "{v}");
-        let r = call(
-            &c,
-            "edr_isolate_host",
-            json!({"host": "db-1", "reason": "beacon"}),
-        )
-        .await;
+        let r = isolate_with_evidence(&g, &c, &task_id, &cred, "db-1").await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
-        assert_eq!(g.world()["hosts"]["db-1"]["isolated"], true);
         let r = call(&c, "tollgate_rollback", json!({})).await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
         assert_eq!(g.world()["hosts"]["db-1"]["isolated"], false);
