@@ -134,6 +134,15 @@ pub struct Derived {
 /// port, brackets or a trailing dot; and the URL re-serialised.
 pub fn parse_url_host(text: &str) -> Result<(String, String), String> {
     let url = url::Url::parse(text).map_err(|e| e.to_string())?;
+    // Only for these does the WHATWG parser normalise the host (case,
+    // percent-encoding, IDNA); any other scheme's host is opaque text
+    // (`sftp://PASTEBIN.COM`) that a guardrail would compare as written.
+    if !matches!(url.scheme(), "http" | "https" | "ws" | "wss" | "ftp") {
+        return Err(format!(
+            "scheme {:?} is not http, https, ws, wss or ftp",
+            url.scheme()
+        ));
+    }
     let host = match url.host() {
         Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_string(),
         Some(url::Host::Ipv4(a)) => a.to_string(),
@@ -149,6 +158,21 @@ pub fn parse_url_host(text: &str) -> Result<(String, String), String> {
 /// The host of a URL, when it has one (see [`parse_url_host`]).
 pub fn url_host(url: &str) -> Option<String> {
     parse_url_host(url).ok().map(|(h, _)| h)
+}
+
+/// `Type::id` (the resource key audit entries hold) split into type and id,
+/// at the longest of `types` that prefixes it, so neither a namespaced type
+/// (`Acme::Host`) nor an id containing `::` is cut in the wrong place; at
+/// the first `::` when no type fits.
+pub fn split_resource_key<'a>(key: &'a str, types: &[String]) -> Option<(&'a str, &'a str)> {
+    types
+        .iter()
+        .filter_map(|t| {
+            let id = key.strip_prefix(t.as_str())?.strip_prefix("::")?;
+            Some((&key[..t.len()], id))
+        })
+        .max_by_key(|(t, _)| t.len())
+        .or_else(|| key.split_once("::"))
 }
 
 impl Operation {
@@ -471,6 +495,21 @@ operations:
     }
 
     #[test]
+    fn resource_keys_split_at_the_longest_known_type() {
+        let types = vec!["Acme".to_string(), "Acme::Host".to_string()];
+        assert_eq!(
+            split_resource_key("Acme::Host::h1", &types),
+            Some(("Acme::Host", "h1"))
+        );
+        assert_eq!(
+            split_resource_key("Host::a::b", &["Host".into()]),
+            Some(("Host", "a::b"))
+        );
+        assert_eq!(split_resource_key("Url::x", &[]), Some(("Url", "x")));
+        assert_eq!(split_resource_key("nothing", &[]), None);
+    }
+
+    #[test]
     fn url_hosts_are_read_as_http_clients_read_them() {
         // Spellings that a hand-rolled parser gets wrong: each must name
         // pastebin.com, or refuse the call; never another host, never none.
@@ -499,6 +538,8 @@ operations:
             "",
             "https://",
             "data:text/plain,x",
+            "sftp://PASTEBIN.COM/raw",
+            "x://pastebin.com/",
         ] {
             assert_eq!(url_host(refused), None, "{refused:?}");
         }

@@ -15,8 +15,8 @@ pub mod spiffe;
 
 pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
 pub use catalog::{
-    parse_url_host, url_host, AttributeError, AttributeSource, Catalog, CatalogError, Derived,
-    Operation, Tier, ToolBinding,
+    parse_url_host, split_resource_key, url_host, AttributeError, AttributeSource, Catalog,
+    CatalogError, Derived, Operation, Tier, ToolBinding,
 };
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use decision::{Decision, Outcome};

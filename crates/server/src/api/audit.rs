@@ -270,23 +270,9 @@ pub async fn record_result(
         .filter(|op| op.reversible && status != "failed" && !is_compensation)
         .and_then(|op| op.compensation.clone())
         .map(|c| {
-            // `Type::id` split at the operation's resource type, so neither a
-            // namespaced type nor an id containing `::` is cut in the wrong place.
-            let (kind, id) = op
-                .and_then(|op| {
-                    op.resource_types.iter().find_map(|t| {
-                        resource
-                            .strip_prefix(t.as_str())
-                            .and_then(|r| r.strip_prefix("::"))
-                            .map(|id| (t.clone(), id.to_string()))
-                    })
-                })
-                .or_else(|| {
-                    resource
-                        .split_once("::")
-                        .map(|(t, id)| (t.to_string(), id.to_string()))
-                })
-                .unwrap_or_default();
+            let types = op.map(|op| op.resource_types.clone()).unwrap_or_default();
+            let (kind, id) =
+                tollgate_core::split_resource_key(&resource, &types).unwrap_or_default();
             json!({"action": c, "resource": resource, "resource_type": kind, "resource_id": id,
                    "parameters": decision.event.detail["parameters"]})
         });

@@ -545,12 +545,10 @@ pub async fn rollback(
     Ok(Json(json!({"task_id": id, "steps": steps})))
 }
 
-/// Every compensation recorded for the task and its delegated children,
-/// newest first. A step whose compensation has since succeeded (run through
-/// the MCP gateway's `tollgate_rollback`) is marked `"done": true`.
-pub async fn rollback_plan(state: &Shared, task_id: &str) -> Result<Vec<Value>, ApiError> {
-    let mut tasks = vec![task_id.to_string()];
-    let mut frontier = vec![task_id.to_string()];
+/// `id` and every task delegated from it, at any depth.
+async fn subtree(state: &Shared, id: &str) -> Result<Vec<String>, ApiError> {
+    let mut tasks = vec![id.to_string()];
+    let mut frontier = vec![id.to_string()];
     while let Some(p) = frontier.pop() {
         for c in state
             .store
@@ -565,9 +563,27 @@ pub async fn rollback_plan(state: &Shared, task_id: &str) -> Result<Vec<Value>, 
             tasks.push(c.id);
         }
     }
+    Ok(tasks)
+}
+
+/// Every compensation recorded for the task and its delegated children,
+/// newest first. A step whose compensation has since succeeded (run through
+/// the MCP gateway's `tollgate_rollback`) is marked `"done": true`, whichever
+/// task of the delegation tree ran it: a parent that undid its child's step
+/// leaves nothing for the child to undo again.
+pub async fn rollback_plan(state: &Shared, task_id: &str) -> Result<Vec<Value>, ApiError> {
+    let task = state
+        .store
+        .task(task_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("task {task_id}")))?;
+    let root = ancestry(state, &task).await?.root;
+    let tree = subtree(state, &root.id).await?;
+    let mine: std::collections::BTreeSet<String> =
+        subtree(state, task_id).await?.into_iter().collect();
     let mut steps = Vec::new();
     let mut compensated = std::collections::BTreeSet::new();
-    for t in &tasks {
+    for t in &tree {
         let entries = crate::audit::task_entries(state, t).await?;
         for e in entries.iter().filter(|e| e.event.kind == "action.result") {
             if e.event.outcome.as_deref() == Some("succeeded") {
@@ -577,7 +593,9 @@ pub async fn rollback_plan(state: &Shared, task_id: &str) -> Result<Vec<Value>, 
             }
             // A compensation is not itself undone by a rollback (entries
             // written before compensations stopped carrying one included).
-            if e.event.detail["compensation"].is_null() || !e.event.detail["compensates"].is_null()
+            if !mine.contains(t)
+                || e.event.detail["compensation"].is_null()
+                || !e.event.detail["compensates"].is_null()
             {
                 continue;
             }

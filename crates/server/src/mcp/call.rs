@@ -218,9 +218,15 @@ async fn governed(
             return Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
         }
     };
+    // Progress notifications Tollgate sent while holding the call; the
+    // tool's own are relayed above them.
+    let mut progress_sent = 0.0;
     if decided.decision.outcome == Outcome::ApprovalRequired {
         let approval_id = match hold(state, auth, &decided, ctx).await {
-            Ok(id) => id,
+            Ok((id, sent)) => {
+                progress_sent = f64::from(sent);
+                id
+            }
             Err(result) => return Called::refused(result, Some(decided.request_id)),
         };
         // The task may have changed (or ended) while the call was held.
@@ -263,6 +269,7 @@ async fn governed(
         &command,
         meta.compensates,
         ctx,
+        progress_sent,
     )
     .await
 }
@@ -284,13 +291,14 @@ fn denied(d: &Decided) -> CallToolResult {
 }
 
 /// Hold the call open until its approval is decided. `Ok` carries the
-/// granted approval's id; `Err` the answer for the agent.
+/// granted approval's id and how many progress notifications were sent;
+/// `Err` the answer for the agent.
 async fn hold(
     state: &Shared,
     auth: &TaskAuth,
     first: &Decided,
     ctx: &RequestContext<RoleServer>,
-) -> Result<String, CallToolResult> {
+) -> Result<(String, u32), CallToolResult> {
     let Some(approval) = &first.approval else {
         return Err(denied(first));
     };
@@ -340,7 +348,7 @@ async fn hold(
         };
         match a.status {
             ApprovalStatus::Pending => {}
-            ApprovalStatus::Approved => return Ok(id),
+            ApprovalStatus::Approved => return Ok((id, sent)),
             ApprovalStatus::Denied => {
                 return Err(fail(format!(
                     "denied by Tollgate: approval {id} was refused by its approvers ({}) (request {})",
@@ -408,20 +416,17 @@ async fn forward(
     command: &str,
     compensates: Option<String>,
     ctx: &RequestContext<RoleServer>,
+    progress_floor: f64,
 ) -> Called {
     let timeout = state.upstreams.call_timeout;
     let outcome = match live_audited(state, upstream, Some(&auth.task)).await {
         Ok(live) => {
             let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
             // The tool's own progress reaches the agent, if it asked for progress.
-            let progress =
-                ctx.meta
-                    .get_progress_token()
-                    .map(|token| super::upstream::ProgressRoute {
-                        peer: ctx.peer.clone(),
-                        token,
-                    });
-            upstream.call(&live.peer, params, timeout, progress).await
+            let progress = ctx.meta.get_progress_token().map(|token| {
+                super::upstream::ProgressRoute::new(ctx.peer.clone(), token, progress_floor)
+            });
+            upstream.call(&live, params, timeout, progress).await
         }
         Err(e) => Err(e),
     };
@@ -466,6 +471,10 @@ async fn forward(
     // storage failure, and the agent learns its result either way.
     let mut attempt = 0;
     loop {
+        // A retry after an outage may find the first attempt committed after all.
+        if attempt > 0 && already_recorded(state, request_id).await {
+            break;
+        }
         match record_result(state, &auth.task, request_id, done.clone()).await {
             Ok(()) => break,
             Err(crate::error::ApiError::Unavailable(_)) if attempt < 3 => {
@@ -486,6 +495,15 @@ async fn forward(
         request_id: Some(request_id.to_string()),
         succeeded: status == "succeeded",
     }
+}
+
+/// Whether an `action.result` for this decision is in the audit log.
+async fn already_recorded(state: &Shared, request_id: &str) -> bool {
+    state
+        .store
+        .audit_by_request(request_id)
+        .await
+        .is_ok_and(|entries| entries.iter().any(|e| e.event.kind == "action.result"))
 }
 
 /// `tollgate_rollback`: run the compensations of this task's rollback plan
@@ -541,11 +559,17 @@ async fn rollback(
         let comp = &step["compensation"];
         let action = comp["action"].as_str().unwrap_or_default();
         let resource = comp["resource"].as_str().unwrap_or_default();
-        let binding = pack
-            .catalog()
-            .operation(action)
-            .and_then(|op| op.tool.clone());
-        let id = comp["resource_id"].as_str().filter(|id| !id.is_empty());
+        let op = pack.catalog().operation(action);
+        let binding = op.and_then(|op| op.tool.clone());
+        // Entries recorded before compensations carried `resource_id` hold
+        // only the `Type::id` key: split it at the operation's types.
+        let id = comp["resource_id"]
+            .as_str()
+            .or_else(|| {
+                let types = op.map(|op| op.resource_types.clone()).unwrap_or_default();
+                tollgate_core::split_resource_key(resource, &types).map(|(_, id)| id)
+            })
+            .filter(|id| !id.is_empty());
         let (binding, id) = match (binding, id) {
             (Some(b), Some(id)) => (b, id),
             (b, _) => {

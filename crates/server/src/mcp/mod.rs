@@ -261,7 +261,7 @@ impl Gateway {
         // Every upstream is asked at once, and one that is slow to connect
         // is left out after a few seconds (its connection goes on in the
         // background): one stuck server must not stall every agent's list.
-        let wait = Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let asked: Vec<_> = state
             .upstreams
             .iter()
@@ -272,7 +272,8 @@ impl Gateway {
             .collect();
         let mut tools = Vec::new();
         for (upstream, handle) in state.upstreams.iter().zip(asked) {
-            let live = match tokio::time::timeout(wait, handle).await {
+            // One deadline for all of them: N stuck upstreams cost 5 s, not 5 s each.
+            let live = match tokio::time::timeout_at(deadline, handle).await {
                 Ok(Ok(Ok(l))) => l,
                 Ok(Ok(Err(e))) => {
                     // One unreachable upstream hides its tools, not the others'.

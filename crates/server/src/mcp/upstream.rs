@@ -88,8 +88,8 @@ pub fn install_crypto_provider() {
 }
 
 /// The HTTP client for one upstream: the system's roots, or only the
-/// `ca_file`'s; same-origin redirects only (rmcp's own policy), so an
-/// injected header never follows a redirect to another host.
+/// `ca_file`'s; no redirects at all, so an injected header never follows
+/// one to another host.
 fn http_client(
     upstream: &str,
     ca_file: Option<&str>,
@@ -124,6 +124,10 @@ struct Connection {
     /// Kept so the connection (and a stdio child) lives; dropping it ends both.
     service: RunningService<RoleClient, ProgressRelay>,
     tools: Arc<Vec<Tool>>,
+    /// This connection's calls whose progress goes to an agent. Per
+    /// connection: rmcp numbers progress tokens per peer, from 0 again after
+    /// a restart, so a stale route must not catch a new call's progress.
+    routes: Routes,
 }
 
 pub struct Upstream {
@@ -137,19 +141,33 @@ pub struct Upstream {
     /// After a failed connect: no new attempt before this instant, so a
     /// server that crashes on start is not respawned for every call.
     down: std::sync::Mutex<Option<Down>>,
-    /// Calls in flight whose progress goes to an agent, by the progress
-    /// token rmcp gave the forwarded request.
-    routes: Routes,
 }
 
 type Routes = Arc<std::sync::Mutex<HashMap<ProgressToken, ProgressRoute>>>;
 
 /// Where an upstream's progress on a forwarded call goes: the agent's
-/// session, under the agent's own progress token.
+/// session, under the agent's own progress token, above `floor` (the
+/// notifications Tollgate itself sent while the call was held), since
+/// progress under one token must only increase.
 #[derive(Clone)]
 pub struct ProgressRoute {
     pub peer: Peer<RoleServer>,
     pub token: ProgressToken,
+    pub floor: f64,
+    /// The last value relayed; notes that would not increase it (rmcp
+    /// handles notifications concurrently, so they can come reordered) are dropped.
+    last: Arc<std::sync::Mutex<f64>>,
+}
+
+impl ProgressRoute {
+    pub fn new(peer: Peer<RoleServer>, token: ProgressToken, floor: f64) -> Self {
+        Self {
+            peer,
+            token,
+            floor,
+            last: Arc::new(std::sync::Mutex::new(floor)),
+        }
+    }
 }
 
 /// Removes a route when the call ends, however it ends.
@@ -202,6 +220,13 @@ impl rmcp::ClientHandler for ProgressRelay {
         let Some(route) = route else {
             return;
         };
+        let value = route.floor + progress.progress;
+        match route.last.lock() {
+            Ok(mut last) if value > *last => *last = value,
+            _ => return,
+        }
+        progress.progress = value;
+        progress.total = progress.total.map(|t| route.floor + t);
         progress.progress_token = route.token;
         progress.message = progress
             .message
@@ -251,6 +276,7 @@ pub struct Live {
     pub peer: Peer<RoleClient>,
     pub tools: Arc<Vec<Tool>>,
     pub restarted: bool,
+    routes: Routes,
 }
 
 impl Upstreams {
@@ -487,7 +513,6 @@ impl Upstream {
             conn: tokio::sync::Mutex::new(None),
             connected_once: AtomicBool::new(false),
             down: std::sync::Mutex::new(None),
-            routes: Routes::default(),
         })
     }
 
@@ -551,9 +576,9 @@ impl Upstream {
         }
     }
 
-    fn relay(&self) -> ProgressRelay {
+    fn relay(&self, routes: &Routes) -> ProgressRelay {
         ProgressRelay {
-            routes: self.routes.clone(),
+            routes: routes.clone(),
             secrets: Arc::new(self.secrets.clone()),
         }
     }
@@ -567,6 +592,7 @@ impl Upstream {
                     peer: c.service.peer().clone(),
                     tools: c.tools.clone(),
                     restarted: false,
+                    routes: c.routes.clone(),
                 });
             }
         }
@@ -627,12 +653,14 @@ impl Upstream {
             peer: fresh.service.peer().clone(),
             tools: fresh.tools.clone(),
             restarted: self.connected_once.swap(true, Ordering::SeqCst),
+            routes: fresh.routes.clone(),
         };
         *conn = Some(fresh);
         Ok(live)
     }
 
     async fn connect(&self) -> Result<Connection, UpstreamError> {
+        let routes = Routes::default();
         let failed = |message: String| UpstreamError::Connect {
             server: self.name.clone(),
             message: self.redact(&message),
@@ -663,14 +691,34 @@ impl Upstream {
                     // scrubbed line by line like its answers.
                     let (server, secrets) = (self.name.clone(), self.secrets.clone());
                     tokio::spawn(async move {
-                        use tokio::io::AsyncBufReadExt;
-                        let mut lines = tokio::io::BufReader::new(stderr).lines();
-                        while let Ok(Some(line)) = lines.next_line().await {
-                            tracing::info!(target: "tollgate::upstream", server, "{}", crate::redact::cut(&line, &secrets));
+                        // Drained until EOF whatever it holds (a child whose
+                        // stderr pipe closed would die on its next write):
+                        // lines of any bytes, cut at 8 KiB.
+                        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+                        let mut reader = tokio::io::BufReader::new(stderr);
+                        let mut buf = Vec::new();
+                        let mut errors = 0;
+                        loop {
+                            buf.clear();
+                            match (&mut reader).take(8192).read_until(b'\n', &mut buf).await {
+                                Ok(0) => break,
+                                Err(_) if errors >= 100 => break,
+                                Ok(_) => {
+                                    errors = 0;
+                                    let line = String::from_utf8_lossy(&buf);
+                                    let line = line.trim_end_matches(['\n', '\r']);
+                                    tracing::info!(target: "tollgate::upstream", server, "{}", crate::redact::cut(line, &secrets));
+                                }
+                                // A read error other than EOF: keep draining.
+                                Err(_) => {
+                                    errors += 1;
+                                    tokio::time::sleep(Duration::from_millis(10)).await
+                                }
+                            }
                         }
                     });
                 }
-                self.relay()
+                self.relay(&routes)
                     .serve(transport)
                     .await
                     .map_err(|e| failed(format!("MCP handshake: {e}")))?
@@ -697,7 +745,7 @@ impl Upstream {
                     client.clone(),
                     config,
                 );
-                self.relay().serve(transport).await.map_err(|e| {
+                self.relay(&routes).serve(transport).await.map_err(|e| {
                     failed(format!("MCP handshake with {url}: {}", handshake_error(&e)))
                 })?
             }
@@ -716,6 +764,7 @@ impl Upstream {
         Ok(Connection {
             service,
             tools: Arc::new(self.redact_tools(tools)),
+            routes,
         })
     }
 
@@ -725,28 +774,39 @@ impl Upstream {
     /// the call is cancelled.
     pub async fn call(
         &self,
-        peer: &Peer<RoleClient>,
+        live: &Live,
         params: CallToolRequestParams,
         timeout: Duration,
         progress: Option<ProgressRoute>,
     ) -> Result<CallToolResult, UpstreamError> {
         use rmcp::model::{CallToolRequest, ClientRequest, ServerResult};
+        let peer = &live.peer;
+        let timed_out = || UpstreamError::Timeout {
+            server: self.name.clone(),
+            seconds: timeout.as_secs(),
+        };
+        // One deadline for sending and answering: a wedged child whose
+        // stdin is full must not hold the call past it.
+        let deadline = tokio::time::Instant::now() + timeout;
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        let handle = match peer
-            .send_request_with_option(request, rmcp::service::PeerRequestOptions::no_options())
-            .await
-        {
-            Ok(h) => h,
-            Err(ServiceError::TransportClosed) => {
+        let sent = tokio::time::timeout_at(
+            deadline,
+            peer.send_request_with_option(request, rmcp::service::PeerRequestOptions::no_options()),
+        )
+        .await;
+        let handle = match sent {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(h)) => h,
+            Ok(Err(ServiceError::TransportClosed)) => {
                 return Err(UpstreamError::Closed {
                     server: self.name.clone(),
                 })
             }
-            Err(e) => return Err(self.protocol(e.to_string())),
+            Ok(Err(e)) => return Err(self.protocol(e.to_string())),
         };
         let (id, token) = (handle.id.clone(), handle.progress_token.clone());
-        let routed = progress.map(|route| RouteGuard::add(&self.routes, token, route));
-        let answer = tokio::time::timeout(timeout, handle.await_response()).await;
+        let routed = progress.map(|route| RouteGuard::add(&live.routes, token, route));
+        let answer = tokio::time::timeout_at(deadline, handle.await_response()).await;
         drop(routed);
         let answer = answer.map(|r| {
             r.and_then(|result| match result {
@@ -760,11 +820,10 @@ impl Upstream {
                     Some(id),
                     Some(format!("Tollgate's call timeout ({} s)", timeout.as_secs())),
                 );
-                let _ = peer.notify_cancelled(note).await;
-                Err(UpstreamError::Timeout {
-                    server: self.name.clone(),
-                    seconds: timeout.as_secs(),
-                })
+                // Best effort, and bounded: the upstream may be what is stuck.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), peer.notify_cancelled(note)).await;
+                Err(timed_out())
             }
             Ok(Err(ServiceError::TransportClosed)) => Err(UpstreamError::Closed {
                 server: self.name.clone(),

@@ -215,13 +215,19 @@ fn spawn_call(
     })
 }
 
-/// The id of the first pending approval `approver` sees, once there is one.
+/// The id of the first pending approval `approver` sees, once there is one
+/// (within 30 s).
 async fn pending_approval(s: &Server, approver: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (_, v) = s.get("/v1/approvals?status=pending", Some(approver));
         if let Some(id) = v["approvals"][0]["id"].as_str() {
             return id.to_string();
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pending approval: {v}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
