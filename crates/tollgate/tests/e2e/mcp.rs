@@ -94,7 +94,7 @@ impl Gateway {
     }
 
     /// `extra`: more arguments for the stdio tool server; `log`: keep the
-    /// gateway's whole log (debug) in `self.log`.
+    /// gateway's whole log (trace) in `self.log`.
     fn start_with(
         upstream: impl FnOnce(&std::path::Path, &std::path::Path) -> Upstream,
         extra: &[&str],
@@ -900,6 +900,88 @@ fn an_https_upstream_is_reached_only_through_its_trusted_ca() {
         assert!(text(&r).contains("UnknownIssuer"), "{}", text(&r));
     });
     assert_eq!(events(s, "action.result")[0]["outcome"], "failed");
+}
+
+/// Test-only policies: responders may delegate containment to forensics
+/// agents, who may then isolate and release hosts.
+const DELEGATED_CONTAINMENT: &str = r#"
+@id("test-delegate-containment")
+permit (principal, action == Action::"task.delegate", resource)
+when { principal.role == "ir-responder" && resource.role == "forensics" };
+
+@id("test-forensics-contain")
+permit (principal, action in [Action::"edr.isolate_host", Action::"edr.release_host"], resource)
+when { principal.role == "forensics" };
+"#;
+
+#[test]
+fn a_step_the_parent_undid_is_not_undone_again_by_the_child() {
+    const FORENSICS: &str = "spiffe://acme.test/agent/forensics/i-2";
+    let g = Gateway::start_with(
+        |_, token_file| {
+            let policies = token_file.parent().unwrap().join("policies");
+            std::fs::write(
+                policies.join("50-test-delegation.cedar"),
+                DELEGATED_CONTAINMENT,
+            )
+            .unwrap();
+            Upstream::Stdio
+        },
+        &[],
+        false,
+    );
+    let s = &g.server;
+    let svid = s.enrol(IR);
+    s.enrol(FORENSICS);
+    let (parent_id, parent_cred) = s.open_task(&svid);
+    let (st, child) = s.post(
+        &format!("/v1/tasks/{parent_id}/delegate"),
+        Some(&parent_cred),
+        &json!({"agent": FORENSICS, "actions": ["edr.isolate_host", "edr.release_host"],
+                "resources": ["Host::web-1"], "ttl_seconds": 120, "intent": "isolate web-1"}),
+    );
+    assert_eq!(st, 201, "{child}");
+    let child_id = child["task_id"].as_str().unwrap().to_string();
+    let child_cred = child["credential"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (child_mcp, _) = connect(s, &child_cred).await;
+        let r = call(
+            &child_mcp,
+            "edr_isolate_host",
+            json!({"host": "web-1", "reason": "beacon"}),
+        )
+        .await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert_eq!(g.world()["hosts"]["web-1"]["isolated"], true);
+
+        // The parent's plan holds the child's step; the parent undoes it
+        // (a release is containment too: evidence first).
+        let content = "web-1 process list";
+        let (st, ev) = s.post(
+            &format!("/v1/tasks/{parent_id}/evidence"),
+            Some(&parent_cred),
+            &json!({"resource": host("web-1"), "kind": "process-list",
+                    "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
+        );
+        assert_eq!(st, 201, "{ev}");
+        let (parent_mcp, _) = connect(s, &parent_cred).await;
+        let r = call(&parent_mcp, "tollgate_rollback", json!({})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert_eq!(g.world()["hosts"]["web-1"]["isolated"], false);
+
+        // For the child it is done as well: nothing left to undo.
+        let (_, plan) = s.get(&format!("/v1/tasks/{child_id}/rollback"), Some(&s.admin));
+        assert_eq!(plan["steps"][0]["done"], true, "{plan}");
+        let r = call(&child_mcp, "tollgate_rollback", json!({})).await;
+        assert_eq!(r.is_error, Some(true), "{}", text(&r));
+        assert!(text(&r).contains("nothing to roll back"), "{}", text(&r));
+    });
+    let releases = events(s, "action.result")
+        .into_iter()
+        .filter(|e| e["detail"]["tool"] == "edr_release_host")
+        .count();
+    assert_eq!(releases, 1);
 }
 
 /// The pinned official MCP Python SDK in a virtualenv kept between runs
