@@ -697,6 +697,23 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
         assert_eq!(steps.len(), 1, "{plan}");
         assert_eq!(steps[0]["done"], true);
 
+        // While one task's call hangs at the upstream, another task is served.
+        let slow = spawn_call(&c, "forensics_image_host", json!({"host": "web-1"}));
+        let (other, _) = connect(s, &other_cred).await;
+        let r = call(&other, "edr_read_alerts", json!({"host": "web-2"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        // Answered while the other call still waits for its 3 s timeout.
+        assert!(
+            !slow.is_finished(),
+            "the other task waited for the slow call"
+        );
+        let r = slow.await.unwrap().unwrap();
+        assert!(
+            text(&r).contains("did not answer within 3 s"),
+            "{}",
+            text(&r)
+        );
+
         // A malformed answer is a clear tool error, and other calls go on.
         let r = call(
             &c,
