@@ -291,8 +291,9 @@ fn scenario(rt: &tokio::runtime::Runtime, admin: &Client, addr: &str, world: &Pa
         anyhow::Ok(())
     })?;
 
-    let head = admin.get("/healthz")?;
+    // The checkpoint first: fetching it may sign a new one, which is an entry.
     let cp = admin.get("/v1/audit/checkpoint")?;
+    let head = admin.get("/healthz")?;
     println!(
         "\nAudit: {} entries, hash-chained; newest signed checkpoint covers {} (root {}…).",
         head["audit_entries"],
