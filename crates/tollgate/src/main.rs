@@ -248,6 +248,10 @@ enum PolicyCmd {
         /// HTTP header to send, "Name: value" (repeatable), e.g. an API key.
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// For an https:// server: trust only the CAs in this PEM file
+        /// (default: the system's roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// Write mcp.cedarschema and mcp-catalog.yaml into this directory
         /// instead of printing them.
         #[arg(long)]
@@ -618,8 +622,15 @@ fn main() -> Result<()> {
                 from_mcp,
                 server,
                 headers,
+                ca_file,
                 out,
-            } => tools::schema_from_mcp(&from_mcp, &server, &headers, out.as_deref()),
+            } => tools::schema_from_mcp(
+                &from_mcp,
+                &server,
+                &headers,
+                ca_file.as_deref(),
+                out.as_deref(),
+            ),
             PolicyCmd::Reload { conn } => {
                 let r = Client::new(&conn)?.post("/v1/policies/reload", &json!({}))?;
                 println!(

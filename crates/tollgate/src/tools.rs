@@ -116,14 +116,19 @@ pub fn schema_from_mcp(
     target: &str,
     server: &str,
     headers: &[String],
+    ca_file: Option<&std::path::Path>,
     out: Option<&std::path::Path>,
 ) -> Result<()> {
+    let is_http = target.starts_with("http://") || target.starts_with("https://");
+    if ca_file.is_some() && !target.starts_with("https://") {
+        bail!("--ca-file is for https:// servers");
+    }
     use rmcp::ServiceExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let tools = rt.block_on(async {
-        let client = if target.starts_with("http://") || target.starts_with("https://") {
+        let client = if is_http {
             use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
             let mut map = std::collections::HashMap::new();
             for h in headers {
@@ -136,8 +141,11 @@ pub fn schema_from_mcp(
                 );
             }
             let config = StreamableHttpClientTransportConfig::with_uri(target).custom_headers(map);
-            ().serve(rmcp::transport::StreamableHttpClientTransport::from_config(
-                config,
+            // The same client the gateway makes: the CA file's roots, no redirects.
+            let http =
+                tollgate_server::mcp::mcp_http_client(ca_file).map_err(anyhow::Error::msg)?;
+            ().serve(rmcp::transport::StreamableHttpClientTransport::with_client(
+                http, config,
             ))
             .await
             .with_context(|| format!("connecting to {target}"))?

@@ -43,7 +43,7 @@ use tollgate_core::SpiffeId;
 use tollgate_policy::AgentFacts;
 use tollgate_store::Batch;
 
-pub use upstream::{install_crypto_provider, UpstreamError, Upstreams};
+pub use upstream::{install_crypto_provider, mcp_http_client, UpstreamError, Upstreams};
 
 /// The gateway's own tool: run the task's rollback plan through the gateway.
 pub const ROLLBACK_TOOL: &str = "tollgate_rollback";

@@ -95,29 +95,35 @@ fn http_client(
     ca_file: Option<&str>,
     config_dir: Option<&Path>,
 ) -> Result<reqwest::Client, String> {
+    let path = ca_file.map(|file| match config_dir {
+        Some(dir) => dir.join(file),
+        None => PathBuf::from(file),
+    });
+    mcp_http_client(path.as_deref()).map_err(|e| format!("mcp upstream {upstream:?}: {e}"))
+}
+
+/// An HTTP client for MCP servers as the gateway makes them: TLS verified
+/// against the system's roots or, given a PEM file, only its CAs; no
+/// redirects. Also what `tollgate policy schema --from-mcp` uses.
+pub fn mcp_http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
     install_crypto_provider();
     let mut b = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .redirect(reqwest::redirect::Policy::none());
-    if let Some(file) = ca_file {
-        let path = match config_dir {
-            Some(dir) => dir.join(file),
-            None => PathBuf::from(file),
-        };
-        let pem = std::fs::read(&path)
-            .map_err(|e| format!("mcp upstream {upstream:?}: ca_file {}: {e}", path.display()))?;
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("mcp upstream {upstream:?}: ca_file {}: {e}", path.display()))?;
+            .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
         if certs.is_empty() {
             return Err(format!(
-                "mcp upstream {upstream:?}: ca_file {} holds no PEM certificate",
+                "ca_file {} holds no PEM certificate",
                 path.display()
             ));
         }
         b = b.tls_certs_only(certs);
     }
     b.build()
-        .map_err(|e| format!("mcp upstream {upstream:?}: building its HTTP client: {e}"))
+        .map_err(|e| format!("building the HTTP client: {e}"))
 }
 
 struct Connection {

@@ -890,6 +890,33 @@ fn an_https_upstream_is_reached_only_through_its_trusted_ca() {
     assert_eq!(events(s, "action.result")[0]["outcome"], "succeeded");
     drop(g);
 
+    // `policy schema --from-mcp` reaches the same server with the same trust.
+    let draft = |ca: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args([
+            "policy",
+            "schema",
+            "--from-mcp",
+            &url,
+            "--server",
+            "ir-tools",
+        ])
+        .args(["--header", &format!("Authorization: Bearer {token}")]);
+        if let Some(ca) = ca {
+            cmd.arg("--ca-file").arg(ca);
+        }
+        cmd.output().unwrap()
+    };
+    let out = draft(Some(&ca_file));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("action \"edr.read_alerts\""), "{stdout}");
+    let out = draft(None);
+    assert!(
+        !out.status.success(),
+        "trusted a CA the system does not know"
+    );
+
     // The system's roots do not know that CA: the upstream is unreachable,
     // its tools are not offered, and a call says why.
     let g = Gateway::start_with(
