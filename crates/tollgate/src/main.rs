@@ -132,6 +132,13 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The MCP gateway's upstream servers, as the running server sees them.
+    Mcp {
+        #[command(subcommand)]
+        cmd: McpCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Example tool servers to put behind the MCP gateway.
     Tools {
         #[command(subcommand)]
@@ -407,6 +414,16 @@ enum ToolsCmd {
     /// An MCP server of incident-response tools (EDR, SIEM, IAM, vault, HTTP post)
     /// acting on a local JSON state file.
     Example(tools::ExampleArgs),
+}
+
+#[derive(Subcommand)]
+enum McpCmd {
+    /// Each upstream: connected or why not, and its tools with the catalog
+    /// operation each is bound to ("-": not bound, so never offered).
+    Upstreams {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -825,6 +842,45 @@ fn main() -> Result<()> {
         Command::Bench {
             cmd: BenchCmd::Mcp { calls, clients },
         } => bench::mcp(calls.max(1), clients.max(1)),
+        Command::Mcp {
+            cmd: McpCmd::Upstreams { json },
+            conn,
+        } => {
+            let r = Client::new(&conn)?.get("/v1/mcp/upstreams")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let upstreams = r["upstreams"].as_array().cloned().unwrap_or_default();
+            if upstreams.is_empty() {
+                println!("no MCP upstreams configured (mcp.upstreams in tollgate.yaml)");
+            }
+            for u in upstreams {
+                let s = |k: &str| u[k].as_str().unwrap_or_default().to_string();
+                println!(
+                    "{} ({} {}): {}",
+                    s("name"),
+                    s("transport"),
+                    s("target"),
+                    s("state")
+                );
+                if let Some(f) = u["failure"].as_object() {
+                    println!(
+                        "  last failure: {} (next attempt in {} ms)",
+                        f["last_error"].as_str().unwrap_or_default(),
+                        f["next_attempt_in_ms"]
+                    );
+                }
+                for t in u["tools"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<28} {}",
+                        t["name"].as_str().unwrap_or_default(),
+                        t["operation"].as_str().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Pep { cmd, conn } => {
             let c = Client::new(&conn)?;
             match cmd {

@@ -406,3 +406,17 @@ pub async fn add_pep(
         Json(json!({"name": req.name, "key": key})),
     ))
 }
+
+/// The MCP gateway's upstream servers: whether each is connected, its last
+/// failure and when it is tried again, and its tools with the catalog
+/// operation each is bound to (`null`: not offered to agents).
+#[utoipa::path(get, path = "/v1/mcp/upstreams", responses((status = 200)), security(("admin" = [])))]
+pub async fn mcp_upstreams(_: Admin, State(state): State<Shared>) -> Json<Value> {
+    let pack = state.pack.load_full();
+    let upstreams: Vec<Value> = state
+        .upstreams
+        .iter()
+        .map(|u| u.status(pack.catalog()))
+        .collect();
+    Json(json!({"upstreams": upstreams}))
+}

@@ -55,6 +55,7 @@ impl Modify for Security {
         admin::freeze, admin::unfreeze, admin::revoke, admin::list_tasks, admin::show_task, admin::audit,
         admin::reload, admin::add_pep,
         admin::release,
+        admin::mcp_upstreams,
         lifecycle::delegate,
         lifecycle::update_incident,
         lifecycle::introspect,
@@ -161,6 +162,7 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
+        .route("/v1/mcp/upstreams", get(admin::mcp_upstreams))
         .nest_service("/mcp", crate::mcp::router(state.clone()))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

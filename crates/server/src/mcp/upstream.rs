@@ -589,6 +589,52 @@ impl Upstream {
         }
     }
 
+    /// What an operator needs to see: reached or not, why not, which tools.
+    /// Never waits for a connect in progress, and names no secret (the
+    /// program and URL only, not arguments or headers).
+    pub fn status(&self, catalog: &tollgate_core::Catalog) -> serde_json::Value {
+        use serde_json::json;
+        let (transport, target) = match &self.transport {
+            Transport::Stdio { program, .. } => ("stdio", program.display().to_string()),
+            Transport::Http { url, .. } => ("http", url.clone()),
+        };
+        let (state, tools) = match self.conn.try_lock() {
+            Err(_) => ("connecting", None),
+            Ok(c) => match c.as_ref() {
+                Some(c) if !c.service.peer().is_transport_closed() => {
+                    ("connected", Some(c.tools.clone()))
+                }
+                Some(_) => ("closed", None),
+                None => ("not connected", None),
+            },
+        };
+        let down = self.down.lock().ok().and_then(|d| {
+            d.as_ref().map(|d| {
+                let wait = d
+                    .until
+                    .saturating_duration_since(tokio::time::Instant::now());
+                json!({"last_error": d.message, "next_attempt_in_ms": wait.as_millis() as u64})
+            })
+        });
+        let tools = tools.map(|tools| {
+            tools
+                .iter()
+                .map(|t| {
+                    let bound = catalog
+                        .by_tool(&t.name)
+                        .filter(|(_, _, b)| b.server == self.name)
+                        .map(|(action, _, _)| action.to_string());
+                    json!({"name": t.name, "operation": bound})
+                })
+                .collect::<Vec<_>>()
+        });
+        json!({
+            "name": self.name, "transport": transport, "target": self.redact(&target),
+            "state": state, "restarted_before": self.connected_once.load(Ordering::SeqCst),
+            "failure": down, "tools": tools,
+        })
+    }
+
     /// The live connection, made (or remade, if the old one died) now.
     pub async fn live(&self, timeout: Duration) -> Result<Live, UpstreamError> {
         let mut conn = self.conn.lock().await;

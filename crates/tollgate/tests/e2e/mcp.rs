@@ -888,6 +888,16 @@ fn an_https_upstream_is_reached_only_through_its_trusted_ca() {
         );
     });
     assert_eq!(events(s, "action.result")[0]["outcome"], "succeeded");
+    // The operator's view: connected, with each tool's catalog operation.
+    let (ok, out, err) = s.cli(&["mcp", "upstreams"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!("ir-tools (http {url}): connected")),
+        "{out}"
+    );
+    assert!(out.contains("edr_read_alerts"), "{out}");
+    assert!(out.contains("edr.read_alerts"), "{out}");
+    assert!(!out.contains(token), "{out}");
     drop(g);
 
     // `policy schema --from-mcp` reaches the same server with the same trust.
@@ -944,6 +954,20 @@ fn an_https_upstream_is_reached_only_through_its_trusted_ca() {
         assert!(text(&r).contains("UnknownIssuer"), "{}", text(&r));
     });
     assert_eq!(events(s, "action.result")[0]["outcome"], "failed");
+    // The operator sees why.
+    let (_, v) = s.get("/v1/mcp/upstreams", Some(&s.admin));
+    let u = &v["upstreams"][0];
+    assert_eq!(u["state"], "not connected", "{v}");
+    assert!(
+        u["failure"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("UnknownIssuer"),
+        "{v}"
+    );
+    assert_eq!(u["tools"], Value::Null);
+    let (st, _) = s.get("/v1/mcp/upstreams", Some(&cred));
+    assert_eq!(st, 401, "an agent may not see the upstreams");
 }
 
 /// Test-only policies: responders may delegate containment to forensics
