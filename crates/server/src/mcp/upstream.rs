@@ -630,7 +630,7 @@ impl Upstream {
         });
         json!({
             "name": self.name, "transport": transport, "target": self.redact(&target),
-            "state": state, "restarted_before": self.connected_once.load(Ordering::SeqCst),
+            "state": state, "ever_connected": self.connected_once.load(Ordering::SeqCst),
             "failure": down, "tools": tools,
         })
     }
