@@ -32,12 +32,17 @@ pub struct Settings {
     /// Tools answered with a malformed JSON-RPC message on stdout (stdio only):
     /// a broken server, for the gateway's tests.
     pub malformed: Vec<String>,
+    /// Tools left out of tools/list until the first call, which then
+    /// announces `notifications/tools/list_changed` (a server whose tools change).
+    pub late_tools: Vec<String>,
 }
 
 #[derive(Clone)]
 pub struct ExampleTools {
     state: Arc<Mutex<StateFile>>,
     settings: Arc<Settings>,
+    /// The late tools are listed (after the first call).
+    revealed: Arc<std::sync::atomic::AtomicBool>,
     /// The credential the caller presented (stdio: from the environment).
     presented: Option<String>,
 }
@@ -47,6 +52,7 @@ impl ExampleTools {
         Self {
             state: Arc::new(Mutex::new(state)),
             settings: Arc::new(settings),
+            revealed: Arc::default(),
             presented,
         }
     }
@@ -83,9 +89,14 @@ pub fn tool_list() -> Vec<Tool> {
 
 impl ServerHandler for ExampleTools {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("ir-tools", env!("CARGO_PKG_VERSION")))
-            .with_instructions("Example incident-response tools acting on a local state file.")
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("ir-tools", env!("CARGO_PKG_VERSION")))
+        .with_instructions("Example incident-response tools acting on a local state file.")
     }
 
     async fn list_tools(
@@ -93,7 +104,12 @@ impl ServerHandler for ExampleTools {
         _request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tool_list()))
+        let revealed = self.revealed.load(std::sync::atomic::Ordering::SeqCst);
+        let tools = tool_list()
+            .into_iter()
+            .filter(|t| revealed || !self.settings.late_tools.iter().any(|l| *l == t.name))
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn call_tool(
@@ -109,6 +125,13 @@ impl ServerHandler for ExampleTools {
                 )])
                 .into());
             }
+        }
+        if !self.settings.late_tools.is_empty()
+            && !self
+                .revealed
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let _ = ctx.peer.notify_tool_list_changed().await;
         }
         if self.settings.crash_on.iter().any(|t| *t == request.name) {
             std::process::exit(70);

@@ -37,6 +37,10 @@ pub struct ExampleArgs {
     /// only), to try how the gateway handles a broken server.
     #[arg(long, value_name = "TOOL")]
     malformed: Vec<String>,
+    /// Leave TOOL out of tools/list until the first call, which then announces
+    /// that the tool list changed.
+    #[arg(long, value_name = "TOOL")]
+    late_tool: Vec<String>,
 }
 
 fn parse_slow(s: &str) -> Result<(String, Duration), String> {
@@ -77,6 +81,7 @@ pub fn example(args: ExampleArgs) -> Result<()> {
         } else {
             args.malformed
         },
+        late_tools: args.late_tool,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -340,12 +340,21 @@ fn rollback_tool() -> Tool {
 
 impl ServerHandler for Gateway {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("tollgate", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Tollgate governs these tools: every call is authorised against your task and audited. \
                  A call that needs human approval is held open (with progress notifications) until it is decided.",
             )
+    }
+
+    async fn on_initialized(&self, ctx: rmcp::service::NotificationContext<RoleServer>) {
+        // Told when an upstream's tools change, so the agent lists again.
+        self.state.upstreams.agents.add(ctx.peer);
     }
 
     async fn list_tools(

@@ -129,7 +129,8 @@ pub fn mcp_http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, String
 struct Connection {
     /// Kept so the connection (and a stdio child) lives; dropping it ends both.
     service: RunningService<RoleClient, ProgressRelay>,
-    tools: Arc<Vec<Tool>>,
+    /// Replaced when the server says its list changed.
+    tools: Arc<arc_swap::ArcSwap<Vec<Tool>>>,
     /// This connection's calls whose progress goes to an agent. Per
     /// connection: rmcp numbers progress tokens per peer, from 0 again after
     /// a restart, so a stale route must not catch a new call's progress.
@@ -147,6 +148,8 @@ pub struct Upstream {
     /// After a failed connect: no new attempt before this instant, so a
     /// server that crashes on start is not respawned for every call.
     down: std::sync::Mutex<Option<Down>>,
+    /// Shared by every upstream (see [`Upstreams::agents`]).
+    agents: AgentSessions,
 }
 
 type Routes = Arc<std::sync::Mutex<HashMap<ProgressToken, ProgressRoute>>>;
@@ -204,12 +207,47 @@ impl Drop for RouteGuard {
 
 /// The gateway's client side of an upstream connection: it relays the
 /// upstream's progress notifications for a forwarded call to the agent that
-/// made it, scrubbed of the upstream's secrets; every other notification
-/// is dropped, as before.
+/// made it, scrubbed of the upstream's secrets; and when the upstream says
+/// its tools changed, reads them again and tells every agent session to
+/// re-list. Every other notification is dropped.
 #[derive(Clone)]
 struct ProgressRelay {
     routes: Routes,
     secrets: Arc<Vec<String>>,
+    tools: Arc<arc_swap::ArcSwap<Vec<Tool>>>,
+    agents: AgentSessions,
+    server: String,
+}
+
+/// The agents' MCP sessions, to tell them when an upstream's tools changed.
+/// Closed sessions are dropped whenever one is added or told.
+#[derive(Clone, Default)]
+pub struct AgentSessions(Arc<std::sync::Mutex<Vec<Peer<RoleServer>>>>);
+
+impl std::fmt::Debug for AgentSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|a| a.len()).unwrap_or(0);
+        write!(f, "AgentSessions({n})")
+    }
+}
+
+impl AgentSessions {
+    pub fn add(&self, peer: Peer<RoleServer>) {
+        if let Ok(mut all) = self.0.lock() {
+            all.retain(|p| !p.is_transport_closed());
+            all.push(peer);
+        }
+    }
+
+    fn live(&self) -> Vec<Peer<RoleServer>> {
+        match self.0.lock() {
+            Ok(mut all) => {
+                all.retain(|p| !p.is_transport_closed());
+                all.clone()
+            }
+            Err(_) => vec![],
+        }
+    }
 }
 
 impl rmcp::ClientHandler for ProgressRelay {
@@ -239,6 +277,26 @@ impl rmcp::ClientHandler for ProgressRelay {
             .map(|m| crate::redact::cut(&m, &self.secrets));
         // An agent that went away is noticed by its own call's cancellation.
         let _ = route.peer.notify_progress(progress).await;
+    }
+
+    async fn on_tool_list_changed(&self, ctx: rmcp::service::NotificationContext<RoleClient>) {
+        match ctx.peer.list_all_tools().await {
+            Ok(listed) => {
+                let count = listed.len();
+                self.tools
+                    .store(Arc::new(redact_tools_with(&self.secrets, listed)));
+                tracing::info!(server = %self.server, tools = count, "upstream tool list changed; agents told to re-list");
+                // Each on its own: one stalled agent stream must not hold the others.
+                for agent in self.agents.live() {
+                    tokio::spawn(async move {
+                        let _ = agent.notify_tool_list_changed().await;
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(server = %self.server, error = %crate::redact::cut(&e.to_string(), &self.secrets), "upstream said its tools changed, but listing them failed; keeping the old list");
+            }
+        }
     }
 }
 
@@ -275,6 +333,8 @@ impl std::fmt::Debug for Upstream {
 pub struct Upstreams {
     list: Vec<Arc<Upstream>>,
     pub call_timeout: Duration,
+    /// Every agent MCP session, told when an upstream's tools change.
+    pub agents: AgentSessions,
 }
 
 /// A live peer to forward to, and whether getting it meant a restart.
@@ -297,8 +357,10 @@ impl Upstreams {
         also_secret: &[String],
     ) -> Result<Self, String> {
         let mut list = Vec::new();
+        let agents = AgentSessions::default();
         for u in &config.upstreams {
             let mut upstream = Upstream::from_config(u, config_dir, data_dir)?;
+            upstream.agents = agents.clone();
             upstream.secrets.extend(also_secret.iter().cloned());
             upstream.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
             upstream.secrets.dedup();
@@ -308,6 +370,7 @@ impl Upstreams {
         Ok(Self {
             list,
             call_timeout: Duration::from_secs(config.call_timeout_seconds),
+            agents,
         })
     }
 
@@ -519,6 +582,7 @@ impl Upstream {
             conn: tokio::sync::Mutex::new(None),
             connected_once: AtomicBool::new(false),
             down: std::sync::Mutex::new(None),
+            agents: AgentSessions::default(),
         })
     }
 
@@ -529,29 +593,53 @@ impl Upstream {
 
     /// Scrub every string in a JSON value.
     pub fn redact_json(&self, v: &mut serde_json::Value) {
-        use serde_json::Value;
-        match v {
-            Value::String(s) => {
-                let r = self.redact(s);
-                if r != *s {
-                    *s = r;
-                }
-            }
-            Value::Array(a) => a.iter_mut().for_each(|x| self.redact_json(x)),
-            Value::Object(m) => {
-                // Keys too: a server may echo a secret as a map key.
-                if m.keys().any(|k| self.redact(k) != *k) {
-                    *m = std::mem::take(m)
-                        .into_iter()
-                        .map(|(k, v)| (self.redact(&k), v))
-                        .collect();
-                }
-                m.values_mut().for_each(|x| self.redact_json(x))
-            }
-            _ => {}
-        }
+        redact_json_with(&self.secrets, v)
     }
+}
 
+/// Tool descriptions scrubbed of `secrets` (a tool that cannot be
+/// re-read after scrubbing is left out).
+fn redact_tools_with(secrets: &[String], tools: Vec<Tool>) -> Vec<Tool> {
+    if secrets.is_empty() {
+        return tools;
+    }
+    tools
+        .into_iter()
+        .filter_map(|t| {
+            let mut v = serde_json::to_value(&t).ok()?;
+            redact_json_with(secrets, &mut v);
+            serde_json::from_value(v).ok()
+        })
+        .collect()
+}
+
+/// Every string of a JSON value, keys too, scrubbed of `secrets`.
+fn redact_json_with(secrets: &[String], v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let redact = |t: &str| crate::redact::cut(t, secrets);
+    match v {
+        Value::String(s) => {
+            let r = redact(s);
+            if r != *s {
+                *s = r;
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| redact_json_with(secrets, x)),
+        Value::Object(m) => {
+            // Keys too: a server may echo a secret as a map key.
+            if m.keys().any(|k| redact(k) != *k) {
+                *m = std::mem::take(m)
+                    .into_iter()
+                    .map(|(k, v)| (redact(&k), v))
+                    .collect();
+            }
+            m.values_mut().for_each(|x| redact_json_with(secrets, x))
+        }
+        _ => {}
+    }
+}
+
+impl Upstream {
     fn redact_result(&self, result: CallToolResult) -> Result<CallToolResult, UpstreamError> {
         if self.secrets.is_empty() {
             return Ok(result);
@@ -562,17 +650,7 @@ impl Upstream {
     }
 
     fn redact_tools(&self, tools: Vec<Tool>) -> Vec<Tool> {
-        if self.secrets.is_empty() {
-            return tools;
-        }
-        tools
-            .into_iter()
-            .filter_map(|t| {
-                let mut v = serde_json::to_value(&t).ok()?;
-                self.redact_json(&mut v);
-                serde_json::from_value(v).ok()
-            })
-            .collect()
+        redact_tools_with(&self.secrets, tools)
     }
 
     fn protocol(&self, message: String) -> UpstreamError {
@@ -582,10 +660,13 @@ impl Upstream {
         }
     }
 
-    fn relay(&self, routes: &Routes) -> ProgressRelay {
+    fn relay(&self, routes: &Routes, tools: &Arc<arc_swap::ArcSwap<Vec<Tool>>>) -> ProgressRelay {
         ProgressRelay {
             routes: routes.clone(),
             secrets: Arc::new(self.secrets.clone()),
+            tools: tools.clone(),
+            agents: self.agents.clone(),
+            server: self.name.clone(),
         }
     }
 
@@ -602,7 +683,7 @@ impl Upstream {
             Err(_) => ("connecting", None),
             Ok(c) => match c.as_ref() {
                 Some(c) if !c.service.peer().is_transport_closed() => {
-                    ("connected", Some(c.tools.clone()))
+                    ("connected", Some(c.tools.load_full()))
                 }
                 Some(_) => ("closed", None),
                 None => ("not connected", None),
@@ -642,7 +723,7 @@ impl Upstream {
             if !c.service.peer().is_transport_closed() {
                 return Ok(Live {
                     peer: c.service.peer().clone(),
-                    tools: c.tools.clone(),
+                    tools: c.tools.load_full(),
                     restarted: false,
                     routes: c.routes.clone(),
                 });
@@ -703,7 +784,7 @@ impl Upstream {
         };
         let live = Live {
             peer: fresh.service.peer().clone(),
-            tools: fresh.tools.clone(),
+            tools: fresh.tools.load_full(),
             restarted: self.connected_once.swap(true, Ordering::SeqCst),
             routes: fresh.routes.clone(),
         };
@@ -713,6 +794,7 @@ impl Upstream {
 
     async fn connect(&self) -> Result<Connection, UpstreamError> {
         let routes = Routes::default();
+        let tools = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
         let failed = |message: String| UpstreamError::Connect {
             server: self.name.clone(),
             message: self.redact(&message),
@@ -770,7 +852,7 @@ impl Upstream {
                         }
                     });
                 }
-                self.relay(&routes)
+                self.relay(&routes, &tools)
                     .serve(transport)
                     .await
                     .map_err(|e| failed(format!("MCP handshake: {e}")))?
@@ -797,25 +879,29 @@ impl Upstream {
                     client.clone(),
                     config,
                 );
-                self.relay(&routes).serve(transport).await.map_err(|e| {
-                    failed(format!("MCP handshake with {url}: {}", handshake_error(&e)))
-                })?
+                self.relay(&routes, &tools)
+                    .serve(transport)
+                    .await
+                    .map_err(|e| {
+                        failed(format!("MCP handshake with {url}: {}", handshake_error(&e)))
+                    })?
             }
         };
-        // Tool lists are read once per connection: the gateway, not the
-        // SDK's cache, decides when they are fresh.
+        // Tool lists are read when connecting and when the server says they
+        // changed: the gateway, not the SDK's cache, decides when they are fresh.
         service
             .peer()
             .set_response_cache_config(rmcp::ClientCacheConfig::disabled())
             .await;
-        let tools = service
+        let listed = service
             .peer()
             .list_all_tools()
             .await
             .map_err(|e| failed(format!("tools/list: {e}")))?;
+        tools.store(Arc::new(self.redact_tools(listed)));
         Ok(Connection {
             service,
-            tools: Arc::new(self.redact_tools(tools)),
+            tools,
             routes,
         })
     }

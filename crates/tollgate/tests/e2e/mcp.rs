@@ -160,6 +160,10 @@ impl ClientHandler for Progress {
     async fn on_progress(&self, p: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
         self.0.lock().unwrap().push(p.message.unwrap_or_default());
     }
+
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.0.lock().unwrap().push("tools/list_changed".into());
+    }
 }
 
 async fn connect(s: &Server, cred: &str) -> (RunningService<RoleClient, Progress>, Progress) {
@@ -1050,6 +1054,52 @@ fn a_step_the_parent_undid_is_not_undone_again_by_the_child() {
         .filter(|e| e["detail"]["tool"] == "edr_release_host")
         .count();
     assert_eq!(releases, 1);
+}
+
+#[test]
+fn a_tool_an_upstream_adds_is_offered_and_agents_are_told() {
+    let g = Gateway::start_with(
+        |_, _| Upstream::Stdio,
+        &["--late-tool", "siem_query"],
+        false,
+    );
+    let s = &g.server;
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (c, seen) = connect(s, &cred).await;
+        let before = names(&c.list_all_tools().await.unwrap());
+        assert!(
+            before.contains(&"edr_read_alerts".to_string()),
+            "{before:?}"
+        );
+        assert!(!before.contains(&"siem_query".to_string()), "{before:?}");
+        // The first call makes the tool server add siem_query and say so.
+        let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let told = seen
+                .0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|n| n == "tools/list_changed");
+            let now = names(&c.list_all_tools().await.unwrap());
+            if told && now.contains(&"siem_query".to_string()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "told: {told}, tools: {now:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let r = call(&c, "siem_query", json!({"index": "auth", "query": "jdoe"})).await;
+        assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        assert!(text(&r).contains("203.0.113.7"), "{}", text(&r));
+    });
 }
 
 /// The pinned official MCP Python SDK in a virtualenv kept between runs
