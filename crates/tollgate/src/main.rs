@@ -866,9 +866,9 @@ fn main() -> Result<()> {
                 );
                 if let Some(f) = u["failure"].as_object() {
                     println!(
-                        "  last failure: {} (next attempt in {} ms)",
+                        "  last failure: {} (the first use after {} ms tries again)",
                         f["last_error"].as_str().unwrap_or_default(),
-                        f["next_attempt_in_ms"]
+                        f["retry_after_ms"]
                     );
                 }
                 for t in u["tools"].as_array().into_iter().flatten() {

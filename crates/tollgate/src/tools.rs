@@ -153,7 +153,12 @@ pub fn schema_from_mcp(
                 http, config,
             ))
             .await
-            .with_context(|| format!("connecting to {target}"))?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "connecting to {target}: {}",
+                    tollgate_server::mcp::handshake_error(&e)
+                )
+            })?
         } else {
             if !headers.is_empty() {
                 bail!("--header is for http(s) servers; a stdio server reads its environment");

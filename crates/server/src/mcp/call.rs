@@ -220,11 +220,11 @@ async fn governed(
     };
     // Progress notifications Tollgate sent while holding the call; the
     // tool's own are relayed above them.
-    let mut progress_sent = 0.0;
+    let mut progress_sent = 0;
     if decided.decision.outcome == Outcome::ApprovalRequired {
         let approval_id = match hold(state, auth, &decided, ctx).await {
             Ok((id, sent)) => {
-                progress_sent = f64::from(sent);
+                progress_sent = sent;
                 id
             }
             Err(result) => return Called::refused(result, Some(decided.request_id)),
@@ -416,7 +416,7 @@ async fn forward(
     command: &str,
     compensates: Option<String>,
     ctx: &RequestContext<RoleServer>,
-    progress_floor: f64,
+    progress_held: u32,
 ) -> Called {
     let timeout = state.upstreams.call_timeout;
     let outcome = match live_audited(state, upstream, Some(&auth.task)).await {
@@ -424,7 +424,7 @@ async fn forward(
             let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
             // The tool's own progress reaches the agent, if it asked for progress.
             let progress = ctx.meta.get_progress_token().map(|token| {
-                super::upstream::ProgressRoute::new(ctx.peer.clone(), token, progress_floor)
+                super::upstream::ProgressRoute::new(ctx.peer.clone(), token, progress_held)
             });
             upstream.call(&live, params, timeout, progress).await
         }

@@ -43,7 +43,9 @@ use tollgate_core::SpiffeId;
 use tollgate_policy::AgentFacts;
 use tollgate_store::Batch;
 
-pub use upstream::{install_crypto_provider, mcp_http_client, UpstreamError, Upstreams};
+pub use upstream::{
+    handshake_error, install_crypto_provider, mcp_http_client, UpstreamError, Upstreams,
+};
 
 /// The gateway's own tool: run the task's rollback plan through the gateway.
 pub const ROLLBACK_TOOL: &str = "tollgate_rollback";
@@ -353,8 +355,19 @@ impl ServerHandler for Gateway {
     }
 
     async fn on_initialized(&self, ctx: rmcp::service::NotificationContext<RoleServer>) {
-        // Told when an upstream's tools change, so the agent lists again.
-        self.state.upstreams.agents.add(ctx.peer);
+        // Told when an upstream's tools change, so the agent lists again;
+        // only while its task can still live (a notification also keeps an
+        // idle session open, so a dead task's session must not get them).
+        let auth = ctx
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Arc<TaskAuth>>());
+        if let Some(auth) = auth {
+            self.state
+                .upstreams
+                .agents
+                .add(ctx.peer.clone(), auth.task.max_expires_at);
+        }
     }
 
     async fn list_tools(

@@ -130,7 +130,7 @@ struct Connection {
     /// Kept so the connection (and a stdio child) lives; dropping it ends both.
     service: RunningService<RoleClient, ProgressRelay>,
     /// Replaced when the server says its list changed.
-    tools: Arc<arc_swap::ArcSwap<Vec<Tool>>>,
+    tools: Arc<ToolList>,
     /// This connection's calls whose progress goes to an agent. Per
     /// connection: rmcp numbers progress tokens per peer, from 0 again after
     /// a restart, so a stale route must not catch a new call's progress.
@@ -165,16 +165,22 @@ pub struct ProgressRoute {
     pub floor: f64,
     /// The last value relayed; notes that would not increase it (rmcp
     /// handles notifications concurrently, so they can come reordered) are dropped.
-    last: Arc<std::sync::Mutex<f64>>,
+    last: Arc<std::sync::Mutex<Option<f64>>>,
 }
 
 impl ProgressRoute {
-    pub fn new(peer: Peer<RoleServer>, token: ProgressToken, floor: f64) -> Self {
+    /// `held`: how many notifications Tollgate sent while the call was held
+    /// (values 1 to `held`); the tool's own start above them.
+    pub fn new(peer: Peer<RoleServer>, token: ProgressToken, held: u32) -> Self {
+        let (floor, last) = match held {
+            0 => (0.0, None),
+            n => (f64::from(n) + 1.0, Some(f64::from(n))),
+        };
         Self {
             peer,
             token,
             floor,
-            last: Arc::new(std::sync::Mutex::new(floor)),
+            last: Arc::new(std::sync::Mutex::new(last)),
         }
     }
 }
@@ -214,15 +220,52 @@ impl Drop for RouteGuard {
 struct ProgressRelay {
     routes: Routes,
     secrets: Arc<Vec<String>>,
-    tools: Arc<arc_swap::ArcSwap<Vec<Tool>>>,
+    tools: Arc<ToolList>,
     agents: AgentSessions,
     server: String,
 }
 
-/// The agents' MCP sessions, to tell them when an upstream's tools changed.
-/// Closed sessions are dropped whenever one is added or told.
+/// How long re-listing an upstream's tools may take after it says they changed.
+const LIST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection's tools, replaced only by the newest listing.
+#[derive(Default)]
+pub(crate) struct ToolList {
+    tools: arc_swap::ArcSwap<Vec<Tool>>,
+    /// Bumped when a listing starts; a listing stores only if none began after it.
+    generation: std::sync::atomic::AtomicU64,
+    lock: std::sync::Mutex<()>,
+}
+
+impl ToolList {
+    fn begin(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn store_if_newest(&self, generation: u64, tools: Vec<Tool>) -> bool {
+        let Ok(_held) = self.lock.lock() else {
+            return false;
+        };
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return false;
+        }
+        self.tools.store(Arc::new(tools));
+        true
+    }
+
+    fn load_full(&self) -> Arc<Vec<Tool>> {
+        self.tools.load_full()
+    }
+}
+
+/// The agents' MCP sessions, to tell them when an upstream's tools changed,
+/// each until its task's hard expiry at the latest. Closed and expired
+/// sessions are dropped whenever one is added or told.
 #[derive(Clone, Default)]
-pub struct AgentSessions(Arc<std::sync::Mutex<Vec<Peer<RoleServer>>>>);
+pub struct AgentSessions(Arc<std::sync::Mutex<Vec<AgentSession>>>);
+
+/// An agent's session and its task's hard expiry (unix seconds).
+type AgentSession = (Peer<RoleServer>, i64);
 
 impl std::fmt::Debug for AgentSessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -232,18 +275,23 @@ impl std::fmt::Debug for AgentSessions {
 }
 
 impl AgentSessions {
-    pub fn add(&self, peer: Peer<RoleServer>) {
+    /// `until`: the task's hard expiry (unix seconds); after it the
+    /// session is never told again. (The system clock: this only prunes a
+    /// list of whom to notify, it decides nothing.)
+    pub fn add(&self, peer: Peer<RoleServer>, until: i64) {
         if let Ok(mut all) = self.0.lock() {
-            all.retain(|p| !p.is_transport_closed());
-            all.push(peer);
+            let now = tollgate_core::Clock::now(&tollgate_core::SystemClock);
+            all.retain(|(p, until)| *until > now && !p.is_transport_closed());
+            all.push((peer, until));
         }
     }
 
     fn live(&self) -> Vec<Peer<RoleServer>> {
         match self.0.lock() {
             Ok(mut all) => {
-                all.retain(|p| !p.is_transport_closed());
-                all.clone()
+                let now = tollgate_core::Clock::now(&tollgate_core::SystemClock);
+                all.retain(|(p, until)| *until > now && !p.is_transport_closed());
+                all.iter().map(|(p, _)| p.clone()).collect()
             }
             Err(_) => vec![],
         }
@@ -266,7 +314,7 @@ impl rmcp::ClientHandler for ProgressRelay {
         };
         let value = route.floor + progress.progress;
         match route.last.lock() {
-            Ok(mut last) if value > *last => *last = value,
+            Ok(mut last) if last.is_none_or(|l| value > l) => *last = Some(value),
             _ => return,
         }
         progress.progress = value;
@@ -280,20 +328,36 @@ impl rmcp::ClientHandler for ProgressRelay {
     }
 
     async fn on_tool_list_changed(&self, ctx: rmcp::service::NotificationContext<RoleClient>) {
-        match ctx.peer.list_all_tools().await {
-            Ok(listed) => {
+        // Only the newest notification's list is kept: rmcp runs handlers
+        // concurrently, so an older listing may finish last.
+        let generation = self.tools.begin();
+        let listed = tokio::time::timeout(LIST_TIMEOUT, ctx.peer.list_all_tools()).await;
+        match listed {
+            Err(_) => {
+                tracing::warn!(server = %self.server, "upstream said its tools changed, but did not list them in time; keeping the old list");
+            }
+            Ok(Ok(listed)) => {
                 let count = listed.len();
-                self.tools
-                    .store(Arc::new(redact_tools_with(&self.secrets, listed)));
+                if !self
+                    .tools
+                    .store_if_newest(generation, redact_tools_with(&self.secrets, listed))
+                {
+                    return;
+                }
                 tracing::info!(server = %self.server, tools = count, "upstream tool list changed; agents told to re-list");
-                // Each on its own: one stalled agent stream must not hold the others.
+                // Each on its own and bounded: one stalled agent stream must
+                // not hold the others, nor a task forever.
                 for agent in self.agents.live() {
                     tokio::spawn(async move {
-                        let _ = agent.notify_tool_list_changed().await;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            agent.notify_tool_list_changed(),
+                        )
+                        .await;
                     });
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(server = %self.server, error = %crate::redact::cut(&e.to_string(), &self.secrets), "upstream said its tools changed, but listing them failed; keeping the old list");
             }
         }
@@ -441,6 +505,21 @@ fn check_private(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// A URL as it may be shown (status, errors): without user, password,
+/// query or fragment, where SaaS MCP servers often carry a key.
+fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "[unparsable url]".into(),
+    }
+}
+
 /// An error with its causes (`: `-joined), since HTTP and TLS errors keep
 /// the useful part, such as "invalid peer certificate: UnknownIssuer", in
 /// their sources.
@@ -460,7 +539,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// A failed handshake, saying what failed underneath (rmcp's transport
 /// error keeps its cause, such as a TLS failure, out of its message).
-fn handshake_error(e: &rmcp::service::ClientInitializeError) -> String {
+pub fn handshake_error(e: &rmcp::service::ClientInitializeError) -> String {
     match e {
         rmcp::service::ClientInitializeError::TransportError { error, context } => {
             use rmcp::transport::streamable_http_client::StreamableHttpError;
@@ -543,6 +622,19 @@ impl Upstream {
             }
             (None, Some(h)) => {
                 let headers = injected(&h.headers)?;
+                // A URL that carries a user, password or query (where SaaS MCP
+                // servers put keys) is itself a secret: cut from everything shown.
+                if let Ok(u) = url::Url::parse(&h.url) {
+                    if !u.username().is_empty() || u.password().is_some() || u.query().is_some() {
+                        secrets.push(h.url.clone());
+                        secrets.push(u.to_string());
+                        for part in [u.password(), u.query()].into_iter().flatten() {
+                            if part.len() >= 4 {
+                                secrets.push(part.to_string());
+                            }
+                        }
+                    }
+                }
                 for hd in &headers {
                     if RESERVED_HEADERS.contains(&hd.name.to_ascii_lowercase().as_str()) {
                         return Err(format!(
@@ -660,7 +752,7 @@ impl Upstream {
         }
     }
 
-    fn relay(&self, routes: &Routes, tools: &Arc<arc_swap::ArcSwap<Vec<Tool>>>) -> ProgressRelay {
+    fn relay(&self, routes: &Routes, tools: &Arc<ToolList>) -> ProgressRelay {
         ProgressRelay {
             routes: routes.clone(),
             secrets: Arc::new(self.secrets.clone()),
@@ -677,7 +769,7 @@ impl Upstream {
         use serde_json::json;
         let (transport, target) = match &self.transport {
             Transport::Stdio { program, .. } => ("stdio", program.display().to_string()),
-            Transport::Http { url, .. } => ("http", url.clone()),
+            Transport::Http { url, .. } => ("http", shown_url(url)),
         };
         let (state, tools) = match self.conn.try_lock() {
             Err(_) => ("connecting", None),
@@ -694,7 +786,7 @@ impl Upstream {
                 let wait = d
                     .until
                     .saturating_duration_since(tokio::time::Instant::now());
-                json!({"last_error": d.message, "next_attempt_in_ms": wait.as_millis() as u64})
+                json!({"last_error": d.message, "retry_after_ms": wait.as_millis() as u64})
             })
         });
         let tools = tools.map(|tools| {
@@ -738,7 +830,7 @@ impl Upstream {
                     return Err(UpstreamError::Connect {
                         server: self.name.clone(),
                         message: format!(
-                            "{} (next attempt in {} ms)",
+                            "{} (not tried again for {} ms)",
                             d.message,
                             (d.until - now).as_millis()
                         ),
@@ -794,7 +886,7 @@ impl Upstream {
 
     async fn connect(&self) -> Result<Connection, UpstreamError> {
         let routes = Routes::default();
-        let tools = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+        let tools = Arc::new(ToolList::default());
         let failed = |message: String| UpstreamError::Connect {
             server: self.name.clone(),
             message: self.redact(&message),
@@ -832,6 +924,9 @@ impl Upstream {
                         let mut reader = tokio::io::BufReader::new(stderr);
                         let mut buf = Vec::new();
                         let mut errors = 0;
+                        // Inside a line longer than 8 KiB: its rest is skipped.
+                        let mut skipping = false;
+                        let longest = secrets.iter().map(String::len).max().unwrap_or(0);
                         loop {
                             buf.clear();
                             match (&mut reader).take(8192).read_until(b'\n', &mut buf).await {
@@ -839,6 +934,16 @@ impl Upstream {
                                 Err(_) if errors >= 100 => break,
                                 Ok(_) => {
                                     errors = 0;
+                                    let whole = buf.ends_with(b"\n");
+                                    if std::mem::replace(&mut skipping, !whole) {
+                                        continue;
+                                    }
+                                    if !whole {
+                                        // Cut: a secret may straddle the cut, so
+                                        // drop as much as the longest secret.
+                                        buf.truncate(buf.len().saturating_sub(longest));
+                                        buf.extend_from_slice(" […]".as_bytes());
+                                    }
                                     let line = String::from_utf8_lossy(&buf);
                                     let line = line.trim_end_matches(['\n', '\r']);
                                     tracing::info!(target: "tollgate::upstream", server, "{}", crate::redact::cut(line, &secrets));
@@ -883,7 +988,11 @@ impl Upstream {
                     .serve(transport)
                     .await
                     .map_err(|e| {
-                        failed(format!("MCP handshake with {url}: {}", handshake_error(&e)))
+                        failed(format!(
+                            "MCP handshake with {}: {}",
+                            shown_url(url),
+                            handshake_error(&e)
+                        ))
                     })?
             }
         };
@@ -893,12 +1002,14 @@ impl Upstream {
             .peer()
             .set_response_cache_config(rmcp::ClientCacheConfig::disabled())
             .await;
+        let generation = tools.begin();
         let listed = service
             .peer()
             .list_all_tools()
             .await
             .map_err(|e| failed(format!("tools/list: {e}")))?;
-        tools.store(Arc::new(self.redact_tools(listed)));
+        // A change announced meanwhile has listed (or is listing) newer tools.
+        tools.store_if_newest(generation, self.redact_tools(listed));
         Ok(Connection {
             service,
             tools,
@@ -1033,6 +1144,32 @@ mod tests {
         assert!(
             debug.contains("API_KEY") && !debug.contains("s3cr"),
             "{debug}"
+        );
+    }
+
+    #[test]
+    fn a_url_carrying_credentials_is_never_shown() {
+        let url = "https://bob:pw-secret-1@mcp.example.test/mcp?api_key=key-secret-2";
+        let cfg = UpstreamConfig {
+            name: "saas".into(),
+            stdio: None,
+            http: Some(crate::config::HttpUpstream {
+                url: url.into(),
+                ca_file: None,
+                headers: Default::default(),
+            }),
+        };
+        let u = Upstream::from_config(&cfg, None, std::path::Path::new("/nonexistent")).unwrap();
+        let status = u.status(&tollgate_core::Catalog::default()).to_string();
+        assert!(status.contains("https://mcp.example.test/mcp"), "{status}");
+        for secret in ["pw-secret-1", "key-secret-2", "bob"] {
+            assert!(!status.contains(secret), "{status}");
+        }
+        let echoed = format!("error sending request for url ({url})");
+        let cut = u.redact(&echoed);
+        assert!(
+            !cut.contains("pw-secret-1") && !cut.contains("key-secret-2"),
+            "{cut}"
         );
     }
 

@@ -625,7 +625,7 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
     let (_, other_cred) = s.open_task(&svid);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (c, _) = connect(s, &cred).await;
+        let (c, notes) = connect(s, &cred).await;
 
         // Refused before any decision, and audited: no resource argument;
         // a URL that is not absolute (so it has no host to judge).
@@ -701,8 +701,24 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
         assert_eq!(steps.len(), 1, "{plan}");
         assert_eq!(steps[0]["done"], true);
 
-        // While one task's call hangs at the upstream, another task is served.
+        // While one task's call hangs at the upstream (it has reached the
+        // tool: its progress arrives), another task is served.
+        notes.0.lock().unwrap().clear();
         let slow = spawn_call(&c, "forensics_image_host", json!({"host": "web-1"}));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !notes
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.contains("working, step 1"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slow call never reached the tool"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let (other, _) = connect(s, &other_cred).await;
         let r = call(&other, "edr_read_alerts", json!({"host": "web-2"})).await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
@@ -930,6 +946,8 @@ fn an_https_upstream_is_reached_only_through_its_trusted_ca() {
         !out.status.success(),
         "trusted a CA the system does not know"
     );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
 
     // The system's roots do not know that CA: the upstream is unreachable,
     // its tools are not offered, and a call says why.
