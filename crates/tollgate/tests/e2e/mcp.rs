@@ -206,6 +206,19 @@ fn events(s: &Server, kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Call `tool`, which must answer with a tool error saying `needle`.
+async fn tool_error(
+    c: &RunningService<RoleClient, Progress>,
+    tool: &str,
+    a: Value,
+    needle: &str,
+) -> CallToolResult {
+    let r = call(c, tool, a).await;
+    assert_eq!(r.is_error, Some(true), "{tool}: {}", text(&r));
+    assert!(text(&r).contains(needle), "{tool}: {}", text(&r));
+    r
+}
+
 /// Call `tool` in the background (it may be held for approval).
 fn spawn_call(
     c: &RunningService<RoleClient, Progress>,
@@ -629,21 +642,16 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
 
         // Refused before any decision, and audited: no resource argument;
         // a URL that is not absolute (so it has no host to judge).
-        let r = call(&c, "edr_read_alerts", json!({"hots": "web-1"})).await;
-        assert_eq!(r.is_error, Some(true));
-        assert!(
-            text(&r).contains("argument \"host\" names the Host"),
-            "{}",
-            text(&r)
-        );
-        let r = call(
+        let hots = json!({"hots": "web-1"});
+        tool_error(
             &c,
-            "http_post",
-            json!({"url": "pastebin.com/raw", "body": "x"}),
+            "edr_read_alerts",
+            hots,
+            "argument \"host\" names the Host",
         )
         .await;
-        assert_eq!(r.is_error, Some(true));
-        assert!(text(&r).contains("must be an absolute URL"), "{}", text(&r));
+        let relative = json!({"url": "pastebin.com/raw", "body": "x"});
+        tool_error(&c, "http_post", relative, "must be an absolute URL").await;
         // Spellings a hand-rolled URL parser misreads are judged by the host an
         // HTTP client would reach, and forwarded as parsed.
         for url in [
@@ -735,30 +743,27 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
         );
 
         // A malformed answer is a clear tool error, and other calls go on.
-        let r = call(
+        let query = json!({"index": "main", "query": "dst=203.0.113.7"});
+        tool_error(
             &c,
             "siem_query",
-            json!({"index": "main", "query": "dst=203.0.113.7"}),
+            query,
+            "upstream ir-tools sent a malformed answer",
         )
         .await;
-        assert_eq!(r.is_error, Some(true));
-        let malformed = text(&r);
-        assert!(
-            malformed.contains("upstream ir-tools sent a malformed answer"),
-            "{malformed}"
-        );
         let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
 
         // The server dies in the middle of a call: the call may have acted,
         // and says so; the next call gets a restarted server.
-        let r = call(&c, "vault_read_secret", json!({"secret": "prod-db"})).await;
-        assert_eq!(r.is_error, Some(true));
-        assert!(
-            text(&r).contains("may or may not have taken effect"),
-            "{}",
-            text(&r)
-        );
+        let secret = json!({"secret": "prod-db"});
+        tool_error(
+            &c,
+            "vault_read_secret",
+            secret,
+            "may or may not have taken effect",
+        )
+        .await;
         let r = call(&c, "edr_read_alerts", json!({"host": "web-1"})).await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
 
