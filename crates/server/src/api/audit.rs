@@ -270,9 +270,9 @@ pub async fn record_result(
         .filter(|op| op.reversible && status != "failed" && !is_compensation)
         .and_then(|op| op.compensation.clone())
         .map(|c| {
-            let types = op.map(|op| op.resource_types.clone()).unwrap_or_default();
+            let types = op.map_or(&[][..], |op| &op.resource_types[..]);
             let (kind, id) =
-                tollgate_core::split_resource_key(&resource, &types).unwrap_or_default();
+                tollgate_core::split_resource_key(&resource, types).unwrap_or_default();
             json!({"action": c, "resource": resource, "resource_type": kind, "resource_id": id,
                    "parameters": decision.event.detail["parameters"]})
         });

@@ -23,6 +23,16 @@ use utoipa::ToSchema;
 
 /// Every active descendant of `root` (children, their children, …).
 pub async fn active_descendants(state: &Shared, root: &str) -> Result<Vec<Task>, ApiError> {
+    Ok(descendants(state, root)
+        .await?
+        .into_iter()
+        .filter(|c| c.status == TaskStatus::Active)
+        .collect())
+}
+
+/// Every task delegated from `root`, at any depth, ended ones included; a
+/// parent always comes before its children.
+pub async fn descendants(state: &Shared, root: &str) -> Result<Vec<Task>, ApiError> {
     let mut out = Vec::new();
     let mut frontier = vec![root.to_string()];
     while let Some(id) = frontier.pop() {
@@ -36,9 +46,7 @@ pub async fn active_descendants(state: &Shared, root: &str) -> Result<Vec<Task>,
             .await?;
         for c in children {
             frontier.push(c.id.clone());
-            if c.status == TaskStatus::Active {
-                out.push(c);
-            }
+            out.push(c);
         }
     }
     Ok(out)
@@ -541,29 +549,9 @@ pub async fn rollback(
         .task(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("task {id}")))?;
-    let steps = rollback_plan(&state, &task.id).await?;
+    let root = ancestry(&state, &task).await?.root;
+    let steps = rollback_plan(&state, &task, &root.id).await?;
     Ok(Json(json!({"task_id": id, "steps": steps})))
-}
-
-/// `id` and every task delegated from it, at any depth.
-async fn subtree(state: &Shared, id: &str) -> Result<Vec<String>, ApiError> {
-    let mut tasks = vec![id.to_string()];
-    let mut frontier = vec![id.to_string()];
-    while let Some(p) = frontier.pop() {
-        for c in state
-            .store
-            .tasks(TaskFilter {
-                parent_task_id: Some(p),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await?
-        {
-            frontier.push(c.id.clone());
-            tasks.push(c.id);
-        }
-    }
-    Ok(tasks)
 }
 
 /// Every compensation recorded for the task and its delegated children,
@@ -571,16 +559,23 @@ async fn subtree(state: &Shared, id: &str) -> Result<Vec<String>, ApiError> {
 /// the MCP gateway's `tollgate_rollback`) is marked `"done": true`, whichever
 /// task of the delegation tree ran it: a parent that undid its child's step
 /// leaves nothing for the child to undo again.
-pub async fn rollback_plan(state: &Shared, task_id: &str) -> Result<Vec<Value>, ApiError> {
-    let task = state
-        .store
-        .task(task_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("task {task_id}")))?;
-    let root = ancestry(state, &task).await?.root;
-    let tree = subtree(state, &root.id).await?;
-    let mine: std::collections::BTreeSet<String> =
-        subtree(state, task_id).await?.into_iter().collect();
+/// `root_id`: the root of `task`'s delegation tree.
+pub async fn rollback_plan(
+    state: &Shared,
+    task: &Task,
+    root_id: &str,
+) -> Result<Vec<Value>, ApiError> {
+    let below_root = descendants(state, root_id).await?;
+    // The task's own subtree, from the tree already read (parents come first).
+    let mut mine = std::collections::BTreeSet::from([task.id.clone()]);
+    for t in &below_root {
+        if t.parent_task_id.as_ref().is_some_and(|p| mine.contains(p)) {
+            mine.insert(t.id.clone());
+        }
+    }
+    let tree: Vec<String> = std::iter::once(root_id.to_string())
+        .chain(below_root.into_iter().map(|t| t.id))
+        .collect();
     let mut steps = Vec::new();
     let mut compensated = std::collections::BTreeSet::new();
     for t in &tree {

@@ -529,13 +529,13 @@ async fn rollback(
         Ok(tree) => tree.root.id.clone(),
         Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
     };
-    let Some(_running) = RollbackClaim::take(rollbacks, root) else {
+    let Some(_running) = RollbackClaim::take(rollbacks, root.clone()) else {
         return tool_error(
             "refused by Tollgate: a rollback of this task's delegation tree is already running; wait for it to finish".into(),
             None,
         );
     };
-    let plan = match crate::api::lifecycle::rollback_plan(state, &auth.task.id).await {
+    let plan = match crate::api::lifecycle::rollback_plan(state, &auth.task, &root).await {
         Ok(p) => p,
         Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
     };
@@ -566,8 +566,8 @@ async fn rollback(
         let id = comp["resource_id"]
             .as_str()
             .or_else(|| {
-                let types = op.map(|op| op.resource_types.clone()).unwrap_or_default();
-                tollgate_core::split_resource_key(resource, &types).map(|(_, id)| id)
+                let types = op.map_or(&[][..], |op| &op.resource_types[..]);
+                tollgate_core::split_resource_key(resource, types).map(|(_, id)| id)
             })
             .filter(|id| !id.is_empty());
         let (binding, id) = match (binding, id) {

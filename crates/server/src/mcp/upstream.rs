@@ -423,11 +423,7 @@ impl Upstreams {
         let mut list = Vec::new();
         let agents = AgentSessions::default();
         for u in &config.upstreams {
-            let mut upstream = Upstream::from_config(u, config_dir, data_dir)?;
-            upstream.agents = agents.clone();
-            upstream.secrets.extend(also_secret.iter().cloned());
-            upstream.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-            upstream.secrets.dedup();
+            let upstream = Upstream::from_config(u, config_dir, data_dir, also_secret, &agents)?;
             crate::redact::register(upstream.secrets.iter().cloned());
             list.push(Arc::new(upstream));
         }
@@ -576,8 +572,10 @@ impl Upstream {
         u: &UpstreamConfig,
         config_dir: Option<&Path>,
         data_dir: &Path,
+        also_secret: &[String],
+        agents: &AgentSessions,
     ) -> Result<Self, String> {
-        let mut secrets = Vec::new();
+        let mut secrets = also_secret.to_vec();
         let mut injected = |sources: &std::collections::BTreeMap<String, ValueSource>| {
             let mut out = Vec::new();
             for (key, src) in sources {
@@ -674,7 +672,7 @@ impl Upstream {
             conn: tokio::sync::Mutex::new(None),
             connected_once: AtomicBool::new(false),
             down: std::sync::Mutex::new(None),
-            agents: AgentSessions::default(),
+            agents: agents.clone(),
         })
     }
 
@@ -1125,7 +1123,14 @@ mod tests {
             }),
             http: None,
         };
-        Upstream::from_config(&cfg, Some(dir.path()), dir.path()).unwrap()
+        Upstream::from_config(
+            &cfg,
+            Some(dir.path()),
+            dir.path(),
+            &[],
+            &AgentSessions::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -1159,7 +1164,14 @@ mod tests {
                 headers: Default::default(),
             }),
         };
-        let u = Upstream::from_config(&cfg, None, std::path::Path::new("/nonexistent")).unwrap();
+        let u = Upstream::from_config(
+            &cfg,
+            None,
+            std::path::Path::new("/nonexistent"),
+            &[],
+            &AgentSessions::default(),
+        )
+        .unwrap();
         let status = u.status(&tollgate_core::Catalog::default()).to_string();
         assert!(status.contains("https://mcp.example.test/mcp"), "{status}");
         for secret in ["pw-secret-1", "key-secret-2", "bob"] {
