@@ -209,6 +209,17 @@ impl Catalog {
         Ok(cat)
     }
 
+    /// Parameter names that some operation declares sensitive. A name that
+    /// is secret anywhere is treated as secret everywhere: agents send
+    /// `new_value` or `body` to operations that do not declare it too, and
+    /// the value is no less a secret for being sent to the wrong place.
+    pub fn sensitive_anywhere(&self) -> std::collections::BTreeSet<&str> {
+        self.operations
+            .values()
+            .flat_map(|op| op.sensitive_parameters.iter().map(String::as_str))
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), CatalogError> {
         let bad = |op: &str, problem: String| CatalogError::Operation {
             op: op.to_string(),

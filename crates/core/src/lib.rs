@@ -12,6 +12,7 @@ pub mod history;
 pub mod model;
 pub mod playbook;
 pub mod spiffe;
+pub mod text;
 
 pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
 pub use catalog::{
@@ -22,8 +23,8 @@ pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use decision::{Decision, Outcome};
 pub use history::{HistorySummary, Past};
 pub use model::{
-    child_lifetime, Agent, DelegationError, Incident, IncidentRef, IncidentStatus, Scope, Severity,
-    Task, TaskStatus,
+    check_receiver, child_lifetime, Agent, DelegationError, Incident, IncidentRef, IncidentStatus,
+    Scope, Severity, Task, TaskStatus,
 };
 pub use playbook::{DeviationResponse, Playbooks, StepVerdict};
 pub use spiffe::{SpiffeId, SpiffeIdError};

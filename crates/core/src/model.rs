@@ -57,7 +57,9 @@ impl IncidentStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentRef {
+    #[serde(deserialize_with = "crate::text::id")]
     pub id: String,
+    #[serde(deserialize_with = "crate::text::id")]
     pub class: String,
     pub severity: Severity,
 }
@@ -200,6 +202,10 @@ pub enum DelegationError {
     Depth { depth: u32, max: u32 },
     #[error("ttl_seconds must be positive")]
     Ttl,
+    #[error("the parent task has no lifetime left to delegate")]
+    ParentExpired,
+    #[error("agent {0} already acts in this delegation chain; an agent cannot delegate to itself")]
+    SelfDelegation(String),
 }
 
 impl Scope {
@@ -260,13 +266,34 @@ pub fn child_lifetime(
             max: max_depth,
         });
     }
-    let expires_at = (now + ttl)
-        .min(now + max_ttl)
+    // Saturating: a ttl near i64::MAX must clamp to the parent, not wrap
+    // into the past (which would once have made a child with a negative expiry).
+    let expires_at = now
+        .saturating_add(ttl)
+        .min(now.saturating_add(max_ttl))
         .min(parent.expires_at)
         .min(parent.max_expires_at);
+    if expires_at <= now {
+        return Err(DelegationError::ParentExpired);
+    }
     // The granted ttl is a ceiling: a delegated task cannot renew past it,
     // so it can never outlive the parent's lifetime as it stood.
     Ok((expires_at, expires_at))
+}
+
+/// Refuse a delegation to an agent that already acts in the chain (the
+/// parent's own agent or any ancestor's): it would hold two credentials of
+/// one tree, and the `act` chain would name it twice. Delegation is for
+/// handing work to someone else; an agent that wants a narrower credential
+/// for itself opens a task.
+pub fn check_receiver<'a>(
+    receiver: &str,
+    chain_agents: impl IntoIterator<Item = &'a str>,
+) -> Result<(), DelegationError> {
+    if chain_agents.into_iter().any(|a| a == receiver) {
+        return Err(DelegationError::SelfDelegation(receiver.to_string()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -313,6 +340,66 @@ mod delegation_tests {
             let (e, m) = child_lifetime(&parent, now, ttl, max_ttl, 1, 3).unwrap();
             prop_assert!(e <= parent.expires_at && m <= parent.max_expires_at && e <= m && e <= now + ttl);
         }
+
+        /// Whatever the numbers (any i64, overflow included), a granted
+        /// lifetime lies in (now, parent expiry] and within the ttl asked.
+        #[test]
+        fn no_input_gives_a_lifetime_outside_now_and_the_parent(
+            now in any::<i64>(), exp in any::<i64>(), max in any::<i64>(),
+            ttl in any::<i64>(), max_ttl in any::<i64>(), depth in any::<u32>(), max_depth in any::<u32>(),
+        ) {
+            let parent = Task {
+                id: "p".into(), agent: "a".into(), incident_id: "i".into(), environment: "prod".into(),
+                playbook: "x".into(), intent: "y".into(), scope: Scope::default(), parent_task_id: None,
+                created_at: 0, expires_at: exp, max_expires_at: max,
+                status: TaskStatus::Active, status_reason: None,
+            };
+            if let Ok((e, m)) = child_lifetime(&parent, now, ttl, max_ttl, depth, max_depth) {
+                prop_assert!(e > now, "expiry {e} not after now {now}");
+                prop_assert!(e <= parent.expires_at && e <= parent.max_expires_at);
+                prop_assert!(e == m);
+                prop_assert!(ttl > 0 && e.checked_sub(now).is_some_and(|d| d <= ttl && d <= max_ttl));
+                prop_assert!(depth <= max_depth);
+            }
+        }
+    }
+
+    #[test]
+    fn overflowing_ttl_clamps_to_the_parent() {
+        let parent = Task {
+            id: "p".into(),
+            agent: "a".into(),
+            incident_id: "i".into(),
+            environment: "prod".into(),
+            playbook: "x".into(),
+            intent: "y".into(),
+            scope: Scope::default(),
+            parent_task_id: None,
+            created_at: 0,
+            expires_at: 1_800_000_300,
+            max_expires_at: 1_800_003_600,
+            status: TaskStatus::Active,
+            status_reason: None,
+        };
+        let now = 1_800_000_000;
+        assert_eq!(
+            child_lifetime(&parent, now, i64::MAX, 86_400, 1, 3),
+            Ok((1_800_000_300, 1_800_000_300))
+        );
+        assert_eq!(
+            child_lifetime(&parent, 1_800_000_300, 60, 86_400, 1, 3),
+            Err(DelegationError::ParentExpired)
+        );
+    }
+
+    #[test]
+    fn an_agent_in_the_chain_cannot_receive() {
+        assert!(check_receiver("b", ["a"]).is_ok());
+        assert_eq!(
+            check_receiver("a", ["a"]),
+            Err(DelegationError::SelfDelegation("a".into()))
+        );
+        assert!(check_receiver("a", ["c", "a"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   what makes `alg: none` and HMAC-confusion attacks impossible.
 //! - An SVID and a task credential can never stand in for each other: they
 //!   differ in `typ` header and audience, and each verifier checks both.
+//! - One verifier (`verify_jwt`) checks every token kind: `typ`, signature,
+//!   `aud`, `iss` (always for Tollgate's own tokens and OIDC, for external
+//!   SVIDs when the trust domain names its issuer), `exp`, `nbf`, `iat`.
 //! - Knows nothing of tasks being revoked; that is the store's job, checked
 //!   by the server on every request.
 
@@ -196,6 +199,10 @@ struct TrustedKey {
 /// The JWT-SVID keys of one external trust domain (SPIFFE bundle format).
 pub struct TrustBundle {
     trust_domain: String,
+    /// `iss` every SVID of this domain must carry, when configured. The
+    /// JWT-SVID spec leaves `iss` to the issuer, so it is checked only if
+    /// the operator names it.
+    issuer: Option<String>,
     keys: HashMap<String, TrustedKey>,
 }
 
@@ -254,17 +261,63 @@ impl TrustBundle {
         }
         Ok(Self {
             trust_domain: trust_domain.to_string(),
+            issuer: None,
             keys: out,
         })
     }
+
+    /// Require `iss` to equal `issuer` on every SVID of this trust domain.
+    pub fn with_issuer(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer;
+        self
+    }
 }
 
+/// The registered claims every token kind is checked on.
 #[derive(Debug, Deserialize)]
 struct RawClaims {
+    #[serde(default)]
+    iss: Option<String>,
     sub: String,
     exp: UnixTime,
     #[serde(default)]
     nbf: Option<UnixTime>,
+    #[serde(default)]
+    iat: Option<UnixTime>,
+}
+
+/// What a `typ` header must say.
+#[derive(Debug, Clone, Copy)]
+enum TypRule {
+    /// Exactly this value.
+    Exactly(&'static str),
+    /// `JWT` or `JOSE`, or absent (the JWT-SVID spec, for external issuers).
+    JwtOrJose,
+    /// Anything (OIDC ID tokens: `typ` is not specified there).
+    Any,
+}
+
+impl TypRule {
+    fn admits(self, typ: Option<&str>) -> bool {
+        match self {
+            TypRule::Exactly(want) => typ == Some(want),
+            TypRule::JwtOrJose => matches!(typ, None | Some("JWT") | Some("JOSE")),
+            TypRule::Any => true,
+        }
+    }
+}
+
+/// Everything a token of one kind must satisfy besides its signature.
+/// Every token Tollgate accepts goes through [`verify_jwt`] with one of
+/// these, so no kind can skip a claim check.
+#[derive(Debug, Clone, Copy)]
+struct Expect<'a> {
+    /// Which kind of token this is, for the `WrongType` error.
+    kind: &'static str,
+    typ: TypRule,
+    aud: &'a str,
+    /// `iss` must be present and equal this; `None` = not checked.
+    iss: Option<&'a str>,
 }
 
 /// Issues and verifies Tollgate's tokens.
@@ -355,7 +408,7 @@ impl Tokens {
         ttl: i64,
         jti: String,
     ) -> Result<(String, UnixTime), TokenError> {
-        let exp = now + ttl;
+        let exp = now.saturating_add(ttl);
         let claims = SvidClaims {
             iss: self.issuer.clone(),
             sub: spiffe_id.to_string(),
@@ -395,15 +448,12 @@ impl Tokens {
             }
             _ => TokenError::Malformed,
         })?;
-        if matches!(header.typ.as_deref(), Some(t) if t != "JWT" && t != "JOSE") {
-            return Err(TokenError::WrongType("jwt-svid"));
-        }
         let kid = header.kid.clone().ok_or(TokenError::MissingKid)?;
         // The subject decides which keys may have signed, so peek at it
         // first; nothing from this unverified read is trusted beyond key choice.
         let sub = peek_sub(token)?;
         let id = SpiffeId::parse(&sub).map_err(|e| TokenError::Subject(e.to_string()))?;
-        let (key, external) = if id.trust_domain() == self.trust_domain {
+        let (key, external, expect) = if id.trust_domain() == self.trust_domain {
             if kid != self.key.kid {
                 return Err(TokenError::UnknownKey(kid));
             }
@@ -413,6 +463,13 @@ impl Tokens {
                     key: self.key.decoding.clone(),
                 },
                 false,
+                // Tollgate's own SVIDs: exactly what `issue_svid` writes.
+                Expect {
+                    kind: "jwt-svid",
+                    typ: TypRule::Exactly(SVID_TYP),
+                    aud: &self.audience,
+                    iss: Some(&self.issuer),
+                },
             )
         } else {
             let bundle = self
@@ -426,9 +483,15 @@ impl Tokens {
                     key: k.key.clone(),
                 },
                 true,
+                Expect {
+                    kind: "jwt-svid",
+                    typ: TypRule::JwtOrJose,
+                    aud: &self.audience,
+                    iss: bundle.issuer.as_deref(),
+                },
             )
         };
-        let raw: RawClaims = self.verify_with(token, &header, &key, &self.audience, now)?;
+        let raw: RawClaims = verify_jwt(token, &header, &key, expect, self.leeway, now)?;
         if raw.sub != sub {
             return Err(TokenError::Malformed);
         }
@@ -448,7 +511,9 @@ impl Tokens {
         let key = VerifiedCredentials::key(token);
         let mut cache = self.verified.lock();
         match cache.get(&key) {
-            Some(claims) if now <= claims.exp + self.leeway => return Ok(claims.clone()),
+            Some(claims) if now <= claims.exp.saturating_add(self.leeway) => {
+                return Ok(claims.clone())
+            }
             Some(_) => {
                 cache.remove(&key);
                 return Err(TokenError::Expired);
@@ -484,6 +549,8 @@ impl Tokens {
         now: UnixTime,
     ) -> Result<TaskClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        // The type is checked before the key so an SVID presented as a
+        // credential says so, whatever key signed it.
         if header.typ.as_deref() != Some(TASK_TYP) {
             return Err(TokenError::WrongType("task credential"));
         }
@@ -495,31 +562,32 @@ impl Tokens {
             alg: Algorithm::EdDSA,
             key: self.key.decoding.clone(),
         };
-        self.verify_with::<TaskClaims>(token, &header, &key, &self.task_audience(), now)
-    }
-
-    fn verify_with<T: serde::de::DeserializeOwned>(
-        &self,
-        token: &str,
-        header: &Header,
-        key: &TrustedKey,
-        aud: &str,
-        now: UnixTime,
-    ) -> Result<T, TokenError> {
-        verify_jwt(token, header, key, aud, self.leeway, now)
+        let aud = self.task_audience();
+        let expect = Expect {
+            kind: "task credential",
+            typ: TypRule::Exactly(TASK_TYP),
+            aud: &aud,
+            iss: Some(&self.issuer),
+        };
+        verify_jwt::<TaskClaims>(token, &header, &key, expect, self.leeway, now)
     }
 }
 
-/// Verify signature (algorithm pinned to the key), audience, `exp` and `nbf`
-/// against the injected clock with `leeway` seconds of skew.
+/// The one verifier of every token kind: `typ` header, signature (algorithm
+/// pinned to the key), `aud`, `iss`, `exp`, `nbf` and `iat`, against the
+/// injected clock with `leeway` seconds of skew. Time arithmetic saturates,
+/// so a claim near `i64::MAX` cannot wrap into the past.
 fn verify_jwt<T: serde::de::DeserializeOwned>(
     token: &str,
     header: &Header,
     key: &TrustedKey,
-    aud: &str,
+    expect: Expect<'_>,
     leeway: i64,
     now: UnixTime,
 ) -> Result<T, TokenError> {
+    if !expect.typ.admits(header.typ.as_deref()) {
+        return Err(TokenError::WrongType(expect.kind));
+    }
     if header.alg != key.alg {
         return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
     }
@@ -527,20 +595,42 @@ fn verify_jwt<T: serde::de::DeserializeOwned>(
     v.validate_exp = false; // checked below against the injected clock
     v.validate_nbf = false;
     v.set_required_spec_claims(&["exp", "sub", "aud"]);
-    v.set_audience(&[aud]);
+    v.set_audience(&[expect.aud]);
     let data =
         jsonwebtoken::decode::<serde_json::Value>(token, &key.key, &v).map_err(map_jwt_error)?;
     let raw: RawClaims =
         serde_json::from_value(data.claims.clone()).map_err(|_| TokenError::Malformed)?;
-    if now > raw.exp + leeway {
+    check_registered_claims(&raw, expect, leeway, now)?;
+    serde_json::from_value(data.claims).map_err(|_| TokenError::Malformed)
+}
+
+/// The time and issuer claims, once the signature holds.
+fn check_registered_claims(
+    raw: &RawClaims,
+    expect: Expect<'_>,
+    leeway: i64,
+    now: UnixTime,
+) -> Result<(), TokenError> {
+    if let Some(iss) = expect.iss {
+        if raw.iss.as_deref() != Some(iss) {
+            return Err(TokenError::Issuer);
+        }
+    }
+    if now > raw.exp.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
     if let Some(nbf) = raw.nbf {
-        if now + leeway < nbf {
+        if now.saturating_add(leeway) < nbf {
             return Err(TokenError::NotYetValid);
         }
     }
-    serde_json::from_value(data.claims).map_err(|_| TokenError::Malformed)
+    // Issued in the future: a clock far off, or a forged lifetime.
+    if let Some(iat) = raw.iat {
+        if now.saturating_add(leeway) < iat {
+            return Err(TokenError::NotYetValid);
+        }
+    }
+    Ok(())
 }
 
 /// A human approver, as an OIDC ID token vouches for them.
@@ -588,11 +678,13 @@ impl OidcVerifier {
             .keys
             .get(&kid)
             .ok_or(TokenError::UnknownKey(kid))?;
-        let claims: serde_json::Value =
-            verify_jwt(token, &header, key, &self.audience, self.leeway, now)?;
-        if claims.get("iss").and_then(|v| v.as_str()) != Some(self.issuer.as_str()) {
-            return Err(TokenError::Issuer);
-        }
+        let expect = Expect {
+            kind: "oidc id token",
+            typ: TypRule::Any,
+            aud: &self.audience,
+            iss: Some(&self.issuer),
+        };
+        let claims: serde_json::Value = verify_jwt(token, &header, key, expect, self.leeway, now)?;
         let claim = |name: &str| {
             claims
                 .get(name)

@@ -90,21 +90,19 @@ fn missing_kid_wrong_audience_and_not_yet_valid_are_refused() {
         jsonwebtoken::encode(&header, &claims, &t.key.encoding).unwrap()
     };
     let mut h = Header::new(Algorithm::EdDSA);
-    let good =
-        serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 300});
+    let good = serde_json::json!({"iss": "tollgate", "sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 300});
     assert_eq!(
         t.verify_svid(&sign(h.clone(), good.clone()), NOW),
         Err(TokenError::MissingKid)
     );
     h.kid = Some(t.key.kid().to_string());
     assert!(t.verify_svid(&sign(h.clone(), good.clone()), NOW).is_ok());
-    let wrong_aud =
-        serde_json::json!({"sub": agent().to_string(), "aud": ["someone-else"], "exp": NOW + 300});
+    let wrong_aud = serde_json::json!({"iss": "tollgate", "sub": agent().to_string(), "aud": ["someone-else"], "exp": NOW + 300});
     assert_eq!(
         t.verify_svid(&sign(h.clone(), wrong_aud), NOW),
         Err(TokenError::Audience)
     );
-    let future = serde_json::json!({"sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 900, "nbf": NOW + 600});
+    let future = serde_json::json!({"iss": "tollgate", "sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 900, "nbf": NOW + 600});
     assert_eq!(
         t.verify_svid(&sign(h.clone(), future), NOW),
         Err(TokenError::NotYetValid)
@@ -292,4 +290,242 @@ fn verified_task_credentials_are_cached_without_changing_answers() {
     t.verify_task_credential(&cred, NOW).unwrap();
     t.forget_task_credential(&cred);
     assert_eq!(t.cached_task_credentials(), 0);
+}
+
+/// Every token kind against every claim: one verifier checks them all, so
+/// each row must be refused with the same error whatever the kind.
+#[test]
+fn every_claim_is_checked_for_every_token_kind() {
+    use p256::pkcs8::EncodePrivateKey as _;
+    // An external trust domain with a configured issuer, signing ES256.
+    let sk = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let mut jwk: serde_json::Value =
+        serde_json::from_str(&sk.public_key().to_jwk_string()).unwrap();
+    jwk["kid"] = "ec-1".into();
+    let ext_der = sk.to_pkcs8_der().unwrap();
+    let ext_key = EncodingKey::from_ec_der(ext_der.as_bytes());
+    let t = tokens().with_bundle(
+        TrustBundle::from_jwks(
+            "other.test",
+            &serde_json::json!({"keys": [jwk.clone()]}).to_string(),
+        )
+        .unwrap()
+        .with_issuer(Some("https://spire.other.test".into())),
+    );
+    let oidc_sk = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let mut oidc_jwk: serde_json::Value =
+        serde_json::from_str(&oidc_sk.public_key().to_jwk_string()).unwrap();
+    oidc_jwk["kid"] = "idp-1".into();
+    let oidc_key = EncodingKey::from_ec_der(oidc_sk.to_pkcs8_der().unwrap().as_bytes());
+    let oidc = OidcVerifier::new(
+        "https://login.acme.test",
+        "tollgate-console",
+        &serde_json::json!({"keys": [oidc_jwk]}).to_string(),
+        "email",
+        "role",
+    )
+    .unwrap();
+
+    struct Kind {
+        name: &'static str,
+        alg: Algorithm,
+        kid: String,
+        typ: Option<&'static str>,
+        claims: serde_json::Value,
+    }
+    let own_svid = Kind {
+        name: "own svid",
+        alg: Algorithm::EdDSA,
+        kid: t.key.kid().to_string(),
+        typ: Some("JWT"),
+        claims: serde_json::json!({"iss": "tollgate", "sub": agent().to_string(), "aud": ["tollgate"], "exp": NOW + 300, "iat": NOW}),
+    };
+    let task = Kind {
+        name: "task credential",
+        alg: Algorithm::EdDSA,
+        kid: t.key.kid().to_string(),
+        typ: Some(TASK_TYP),
+        claims: serde_json::json!({"iss": "tollgate", "sub": agent().to_string(), "aud": "tollgate/task", "exp": NOW + 300, "iat": NOW, "jti": "c1", "task_id": "task_1", "incident_id": "INC-1"}),
+    };
+    let ext_svid = Kind {
+        name: "external svid",
+        alg: Algorithm::ES256,
+        kid: "ec-1".into(),
+        typ: Some("JWT"),
+        claims: serde_json::json!({"iss": "https://spire.other.test", "sub": "spiffe://other.test/agent/siem/i-3", "aud": ["tollgate"], "exp": NOW + 300, "iat": NOW}),
+    };
+    let id_token = Kind {
+        name: "oidc id token",
+        alg: Algorithm::ES256,
+        kid: "idp-1".into(),
+        typ: Some("JWT"),
+        claims: serde_json::json!({"iss": "https://login.acme.test", "sub": "u1", "aud": "tollgate-console", "exp": NOW + 300, "iat": NOW, "email": "bob@acme.test", "role": "secops"}),
+    };
+    let verify = |k: &Kind, token: &str| -> Result<(), TokenError> {
+        match k.name {
+            "own svid" | "external svid" => t.verify_svid(token, NOW).map(|_| ()),
+            "task credential" => t.verify_task_credential(token, NOW).map(|_| ()),
+            _ => oidc.verify(token, NOW).map(|_| ()),
+        }
+    };
+    let sign = |k: &Kind, typ: Option<&str>, claims: &serde_json::Value| {
+        let mut h = Header::new(k.alg);
+        h.kid = Some(k.kid.clone());
+        h.typ = typ.map(str::to_string);
+        let key = match k.name {
+            "external svid" => &ext_key,
+            "oidc id token" => &oidc_key,
+            _ => &t.key.encoding,
+        };
+        jsonwebtoken::encode(&h, claims, key).unwrap()
+    };
+    type Edit = fn(&mut serde_json::Value);
+    let rows: Vec<(&str, Edit, TokenError)> = vec![
+        (
+            "iss of another issuer",
+            |c| c["iss"] = "evil-issuer".into(),
+            TokenError::Issuer,
+        ),
+        (
+            "iss missing",
+            |c| {
+                c.as_object_mut().unwrap().remove("iss");
+            },
+            TokenError::Issuer,
+        ),
+        (
+            "iss not a string",
+            |c| c["iss"] = 7.into(),
+            TokenError::Malformed,
+        ),
+        (
+            "aud of someone else",
+            |c| c["aud"] = "someone-else".into(),
+            TokenError::Audience,
+        ),
+        (
+            "aud missing",
+            |c| {
+                c.as_object_mut().unwrap().remove("aud");
+            },
+            TokenError::Malformed,
+        ),
+        (
+            "exp past",
+            |c| c["exp"] = (NOW - 31).into(),
+            TokenError::Expired,
+        ),
+        (
+            "exp missing",
+            |c| {
+                c.as_object_mut().unwrap().remove("exp");
+            },
+            TokenError::Malformed,
+        ),
+        (
+            "exp not a number",
+            |c| c["exp"] = "soon".into(),
+            TokenError::Malformed,
+        ),
+        ("exp zero", |c| c["exp"] = 0.into(), TokenError::Expired),
+        (
+            "nbf future",
+            |c| c["nbf"] = (NOW + 31).into(),
+            TokenError::NotYetValid,
+        ),
+        (
+            "nbf i64::MAX",
+            |c| c["nbf"] = i64::MAX.into(),
+            TokenError::NotYetValid,
+        ),
+        (
+            "iat future",
+            |c| c["iat"] = (NOW + 31).into(),
+            TokenError::NotYetValid,
+        ),
+        (
+            "sub missing",
+            |c| {
+                c.as_object_mut().unwrap().remove("sub");
+            },
+            TokenError::Malformed,
+        ),
+    ];
+    for kind in [&own_svid, &task, &ext_svid, &id_token] {
+        // The untouched token verifies, so each refusal below is the edit's doing.
+        assert_eq!(
+            verify(kind, &sign(kind, kind.typ, &kind.claims)),
+            Ok(()),
+            "{}",
+            kind.name
+        );
+        // Within the leeway, exp/nbf/iat at the edge still verify.
+        let mut edge = kind.claims.clone();
+        edge["exp"] = (NOW - 30).into();
+        edge["nbf"] = (NOW + 30).into();
+        edge["iat"] = (NOW + 30).into();
+        assert_eq!(
+            verify(kind, &sign(kind, kind.typ, &edge)),
+            Ok(()),
+            "{} at the edge",
+            kind.name
+        );
+        for (what, edit, want) in &rows {
+            let mut claims = kind.claims.clone();
+            edit(&mut claims);
+            let got = verify(kind, &sign(kind, kind.typ, &claims));
+            // `sub` is what an SVID's key is chosen by, so its absence is malformed
+            // before anything else; aud/iss-missing may surface as Malformed from
+            // jsonwebtoken's required claims, which is a refusal all the same.
+            let ok = match (&got, want) {
+                (Err(TokenError::Malformed), _) if *what == "aud missing" => true,
+                (Err(e), w) => e == w,
+                (Ok(()), _) => false,
+            };
+            assert!(ok, "{} with {what}: want {want:?}, got {got:?}", kind.name);
+        }
+    }
+    // typ: each kind only with its own header.
+    let typ_rows: [(&Kind, Option<&str>, bool); 10] = [
+        (&own_svid, None, false),
+        (&own_svid, Some(TASK_TYP), false),
+        (&own_svid, Some("JOSE"), false),
+        (&task, Some("JWT"), false),
+        (&task, None, false),
+        (&ext_svid, Some("JOSE"), true),
+        (&ext_svid, None, true),
+        (&ext_svid, Some(TASK_TYP), false),
+        (&id_token, None, true),
+        (&id_token, Some("at+jwt"), true),
+    ];
+    for (kind, typ, accepted) in typ_rows {
+        let got = verify(kind, &sign(kind, typ, &kind.claims));
+        if accepted {
+            assert_eq!(got, Ok(()), "{} with typ {typ:?}", kind.name);
+        } else {
+            assert!(
+                matches!(got, Err(TokenError::WrongType(_))),
+                "{} with typ {typ:?}: {got:?}",
+                kind.name
+            );
+        }
+    }
+}
+
+#[test]
+fn external_issuer_is_checked_only_when_configured() {
+    let (ed, der) = SigningKeyPair::generate().unwrap();
+    let bundle = serde_json::json!({"keys": [ed.public_jwk()]}).to_string();
+    let claims = serde_json::json!({"iss": "anything", "sub": "spiffe://other.test/agent/siem/i-3", "aud": ["tollgate"], "exp": NOW + 60});
+    let mut h = Header::new(Algorithm::EdDSA);
+    h.kid = Some(ed.kid().to_string());
+    let token = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ed_der(&der)).unwrap();
+    let open = tokens().with_bundle(TrustBundle::from_jwks("other.test", &bundle).unwrap());
+    assert!(open.verify_svid(&token, NOW).is_ok());
+    let pinned = tokens().with_bundle(
+        TrustBundle::from_jwks("other.test", &bundle)
+            .unwrap()
+            .with_issuer(Some("https://spire.other.test".into())),
+    );
+    assert_eq!(pinned.verify_svid(&token, NOW), Err(TokenError::Issuer));
 }

@@ -21,7 +21,9 @@ pub struct AgentFacts<'a> {
 #[serde(deny_unknown_fields)]
 pub struct ResourceRef {
     #[serde(rename = "type")]
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub kind: String,
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub id: String,
     /// Attributes, checked against the schema's declaration of the type.
     #[serde(default)]
@@ -36,6 +38,7 @@ impl ResourceRef {
 }
 
 /// Everything a privileged-action decision is built from.
+#[derive(Clone, Copy)]
 pub struct ActionFacts<'a> {
     pub agent: AgentFacts<'a>,
     pub task: &'a Task,
@@ -275,13 +278,50 @@ impl PolicyPack {
     }
 
     /// The Cedar request and entities of a privileged action, schema-checked.
+    ///
+    /// A schema error can quote the value it choked on, so when the request
+    /// carries secret parameters (`Catalog::sensitive_anywhere`) the error
+    /// the caller gets is formed without them: the request is built again
+    /// with the secrets left out, and either that build's error (about the
+    /// other parameters) or a message naming only the secret parameters is
+    /// returned. No message derived from a secret value leaves this function.
     pub fn action_request(
         &self,
         f: &ActionFacts<'_>,
         op: &tollgate_core::Operation,
     ) -> Result<(Request, Entities), PolicyError> {
-        let (principal, resource, entities, context) = action_parts(f, op)?;
-        self.build(principal, f.action, resource, entities, context)
+        let built = action_parts(f, op).and_then(|(p, r, e, c)| self.build(p, f.action, r, e, c));
+        let Err(PolicyError::BadRequest(_)) = built else {
+            return built;
+        };
+        let sensitive = self.catalog().sensitive_anywhere();
+        let secrets: Vec<&str> = f
+            .parameters
+            .keys()
+            .map(String::as_str)
+            .filter(|k| sensitive.contains(k))
+            .collect();
+        if secrets.is_empty() {
+            return built;
+        }
+        let without: Map<String, Value> = f
+            .parameters
+            .iter()
+            .filter(|(k, _)| !sensitive.contains(k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let public = ActionFacts {
+            parameters: &without,
+            ..*f
+        };
+        match action_parts(&public, op).and_then(|(p, r, e, c)| self.build(p, f.action, r, e, c)) {
+            Err(PolicyError::BadRequest(m)) => Err(PolicyError::BadRequest(m)),
+            _ => Err(PolicyError::BadRequest(format!(
+                "secret parameter(s) {} do not fit the schema of action {}; values of secret parameters are never shown",
+                secrets.join(", "),
+                f.action
+            ))),
+        }
     }
 
     /// The task's playbook has its say after policy: steps may need

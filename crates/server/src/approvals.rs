@@ -215,10 +215,11 @@ pub async fn on_approval_required(
         status: ApprovalStatus::Pending,
         votes: vec![],
         created_at: now,
-        expires_at: now
-            + decision
+        expires_at: now.saturating_add(
+            decision
                 .approval_ttl_seconds
                 .unwrap_or(cfg.default_ttl_seconds),
+        ),
         escalated: false,
         decided_at: None,
         used_at: None,

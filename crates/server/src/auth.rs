@@ -246,6 +246,63 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<
     }
 }
 
+/// `Path<T>` whose rejections use the API's error shape, and whose every
+/// segment follows the id rule (`tollgate_core::text`) before it is parsed.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let invalid = |message: String| ApiError::BadRequest {
+            code: "invalid_path",
+            message,
+        };
+        let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| invalid(e.body_text()))?;
+        for (name, value) in &raw {
+            tollgate_core::text::check_id(value)
+                .map_err(|e| invalid(format!("path parameter {name}: id {e}")))?;
+        }
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(invalid(e.body_text())),
+        }
+    }
+}
+
+/// `Query<T>` whose rejections use the API's error shape. Every query value
+/// is an id, an enum or a number, so each must follow the id rule too.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let invalid = |message: String| ApiError::BadRequest {
+            code: "invalid_query",
+            message,
+        };
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(query).map_err(|e| invalid(format!("query string: {e}")))?;
+        for (name, value) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+            tollgate_core::text::check_id(value)
+                .map_err(|e| invalid(format!("query parameter {}: id {e}", name.escape_debug())))?;
+        }
+        serde_urlencoded::from_str::<T>(query)
+            .map(ApiQuery)
+            .map_err(|e| invalid(format!("query string: {e}")))
+    }
+}
+
 /// A human approver: by API key (`tollgate approver add`) or by an OIDC ID
 /// token of the configured issuer. Agent SVIDs and task credentials are
 /// never accepted here, which is the first half of "an agent never approves".
@@ -260,6 +317,24 @@ async fn approver_from(
         .approver_by_key_hash(&sha256_hex(token.as_bytes()))
         .await?
     {
+        let now = state.now();
+        // A disabled or expired key is an approver's key that no longer
+        // works: refused (and audited by the caller), never passed on to
+        // the other kinds of credential.
+        if let Some(why) = a.refusal(now) {
+            return Err(ApiError::Unauthorized(why));
+        }
+        // Last use, to the minute: one small write a minute per approver,
+        // so `approver list` can show keys nobody uses any more.
+        if a.last_used_at.is_none_or(|t| now.saturating_sub(t) >= 60) {
+            let touch = Batch::default().change(tollgate_store::Change::TouchApprover {
+                name: a.name.clone(),
+                at: now,
+            });
+            if let Err(e) = state.store.commit(touch).await {
+                tracing::warn!(error = %e, "could not record an approver's last use");
+            }
+        }
         return Ok(Some(crate::approvals::Voter {
             name: a.name,
             role: a.role,
@@ -296,9 +371,13 @@ impl FromRequestParts<Shared> for ApproverAuth {
                 "bearer approver key or OIDC ID token required".into(),
             ));
         };
-        match approver_from(state, token).await? {
-            Some(v) => Ok(ApproverAuth(v)),
-            None => Err(refuse(
+        match approver_from(state, token).await {
+            Err(ApiError::Unauthorized(why)) => {
+                Err(refuse(state, parts, "approver", ApiError::Unauthorized(why)).await)
+            }
+            Err(e) => Err(e),
+            Ok(Some(v)) => Ok(ApproverAuth(v)),
+            Ok(None) => Err(refuse(
                 state,
                 parts,
                 "approver",
@@ -314,11 +393,7 @@ impl FromRequestParts<Shared> for ApproverAuth {
 pub enum Viewer {
     Admin,
     Approver(crate::approvals::Voter),
-    Agent {
-        task_id: String,
-    },
-    /// An enforcement point following an AuthZEN access request's `status_endpoint`.
-    Pep,
+    Agent { task_id: String },
 }
 
 impl FromRequestParts<Shared> for Viewer {
@@ -330,16 +405,32 @@ impl FromRequestParts<Shared> for Viewer {
         if sha256_hex(token.as_bytes()) == state.admin_token_hash {
             return Ok(Viewer::Admin);
         }
-        if let Some(v) = approver_from(state, token).await? {
-            return Ok(Viewer::Approver(v));
+        match approver_from(state, token).await {
+            Err(ApiError::Unauthorized(why)) => {
+                return Err(refuse(state, parts, "viewer", ApiError::Unauthorized(why)).await)
+            }
+            Err(e) => return Err(e),
+            Ok(Some(v)) => return Ok(Viewer::Approver(v)),
+            Ok(None) => {}
         }
+        // Least privilege: a PEP decides through AuthZEN and learns an
+        // approval's outcome by evaluating again; it never reads approvals,
+        // whose parameters and evidence are for the people deciding.
         if state
             .store
             .pep_by_key_hash(&sha256_hex(token.as_bytes()))
             .await?
             .is_some()
         {
-            return Ok(Viewer::Pep);
+            return Err(refuse(
+                state,
+                parts,
+                "viewer",
+                ApiError::Forbidden(
+                    "a PEP key may not read approvals; evaluate the request again to learn its outcome".into(),
+                ),
+            )
+            .await);
         }
         if state
             .tokens

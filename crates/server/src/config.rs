@@ -8,6 +8,10 @@ pub struct TrustBundleConfig {
     pub trust_domain: String,
     /// Path of a SPIFFE bundle (JWK Set), relative to the config directory.
     pub jwks_file: String,
+    /// The `iss` this domain's SVIDs must carry. Optional because the
+    /// JWT-SVID spec does not fix `iss`; set it whenever the issuer is known.
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 /// Defaults of the approval workflow; policies override TTL and deny

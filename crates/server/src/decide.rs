@@ -120,34 +120,18 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     let request_id = new_id("req");
     // One pack for the whole decision, so the digest audited is the one that decided.
     let pack = state.pack.load_full();
-    // Secret parameters (catalog `sensitive_parameters`) reach Cedar as they
-    // are, but everything stored (audit, approvals, the request hash that
-    // binds an approval) sees only their keyed hash.
-    let sensitive = pack
+    // Secret parameters reach Cedar as they are, but everything stored
+    // (audit, approvals, the request hash that binds an approval) sees only
+    // their keyed hash. A name that some operation declares sensitive is
+    // secret on every action (`Catalog::sensitive_anywhere`), and errors
+    // about the request are formed without secret values by the pack itself.
+    let sensitive: Vec<String> = pack
         .catalog()
-        .operation(ask.action)
-        .map(|op| op.sensitive_parameters.clone())
-        .unwrap_or_default();
+        .sensitive_anywhere()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     let logged = state.audit.redact(ask.parameters, &sensitive);
-    let scrub = |mut message: String| {
-        // Schema errors can quote values, raw or escaped, so every form of
-        // every secret value is cut out of the message.
-        for name in &sensitive {
-            let Some(v) = ask.parameters.get(name) else {
-                continue;
-            };
-            let raw = v
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string());
-            for form in [raw.clone(), raw.escape_debug().to_string(), v.to_string()] {
-                if form.len() >= 2 {
-                    message = message.replace(&form, "[redacted]");
-                }
-            }
-        }
-        message
-    };
     // The history of the whole delegation tree: chain rules judge the
     // sequence, and a sub-agent's actions count for its parent.
     let tree = crate::api::lifecycle::ancestry(state, ask.task).await?;
@@ -192,7 +176,6 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     let mut decision = match decided {
         Ok(d) => d,
         Err(ApiError::BadRequest { code, message }) => {
-            let message = scrub(message);
             // A malformed request changes nothing, but leaves a trace.
             let ev = base_event(&ask, now, &request_id)
                 .outcome("refused")

@@ -20,6 +20,7 @@ pub mod config;
 pub mod decide;
 pub mod embedded;
 pub mod error;
+pub mod health;
 pub mod history;
 pub mod mcp;
 pub mod metrics;

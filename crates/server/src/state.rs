@@ -41,6 +41,8 @@ pub struct AppState {
     pub history: crate::history::HistoryCache,
     /// Upstream MCP servers behind the gateway, with their credentials.
     pub upstreams: crate::mcp::Upstreams,
+    /// The last readiness probe (`/readyz`).
+    pub readiness: crate::health::Readiness,
 }
 
 /// Where to find things, as the CLI resolved them.
@@ -157,7 +159,7 @@ impl AppState {
                 .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
             let bundle = TrustBundle::from_jwks(&b.trust_domain, &text)
                 .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
-            tokens = tokens.with_bundle(bundle);
+            tokens = tokens.with_bundle(bundle.with_issuer(b.issuer.clone()));
         }
 
         let oidc = match &config.approver_oidc {
@@ -249,6 +251,7 @@ impl AppState {
             audit,
             checkpoint: std::sync::Mutex::new(latest_checkpoint),
             history: crate::history::HistoryCache::default(),
+            readiness: crate::health::Readiness::default(),
             upstreams,
         });
         let pack = state.pack.load_full();

@@ -103,6 +103,9 @@ impl Store for FlakyStore {
     async fn approver_by_key_hash(&self, h: &str) -> Result<Option<Approver>, StoreError> {
         self.inner.approver_by_key_hash(h).await
     }
+    async fn approvers(&self) -> Result<Vec<Approver>, StoreError> {
+        self.inner.approvers().await
+    }
     async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.audit(q).await
     }
@@ -154,6 +157,7 @@ impl Harness {
             },
             checkpoint: std::sync::Mutex::new(None),
             history: tollgate_server::history::HistoryCache::default(),
+            readiness: Default::default(),
             upstreams: tollgate_server::mcp::Upstreams::default(),
         });
         Self {

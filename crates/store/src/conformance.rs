@@ -367,15 +367,66 @@ pub async fn approvals_update_optimistically(s: &dyn Store) {
         role: "secops".into(),
         key_hash: unique("kh"),
         created_at: 1,
+        expires_at: Some(1_000),
+        disabled: false,
+        last_used_at: None,
     };
     s.commit(Batch::default().change(Change::PutApprover(ap.clone())))
         .await
         .unwrap();
     assert_eq!(
         s.approver_by_key_hash(&ap.key_hash).await.unwrap(),
-        Some(ap)
+        Some(ap.clone())
     );
     assert_eq!(s.approver_by_key_hash(&unique("none")).await.unwrap(), None);
+    assert!(s.approvers().await.unwrap().contains(&ap));
+    // Offboarding: disable, touch, enable, remove.
+    s.commit(Batch::default().change(Change::SetApproverDisabled {
+        name: ap.name.clone(),
+        disabled: true,
+    }))
+    .await
+    .unwrap();
+    s.commit(Batch::default().change(Change::TouchApprover {
+        name: ap.name.clone(),
+        at: 77,
+    }))
+    .await
+    .unwrap();
+    let got = s.approver_by_key_hash(&ap.key_hash).await.unwrap().unwrap();
+    assert!(got.disabled);
+    assert_eq!(got.last_used_at, Some(77));
+    assert!(got.refusal(2).is_some());
+    s.commit(Batch::default().change(Change::SetApproverDisabled {
+        name: ap.name.clone(),
+        disabled: false,
+    }))
+    .await
+    .unwrap();
+    let got = s.approver_by_key_hash(&ap.key_hash).await.unwrap().unwrap();
+    assert_eq!(got.refusal(999), None);
+    assert!(got.refusal(1_000).is_some(), "expired at expires_at");
+    s.commit(Batch::default().change(Change::RemoveApprover {
+        name: ap.name.clone(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(s.approver_by_key_hash(&ap.key_hash).await.unwrap(), None);
+    // Removing or disabling someone who is not there changes nothing.
+    for c in [
+        Change::RemoveApprover {
+            name: ap.name.clone(),
+        },
+        Change::SetApproverDisabled {
+            name: ap.name.clone(),
+            disabled: true,
+        },
+    ] {
+        assert!(matches!(
+            s.commit(Batch::default().change(c)).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
 }
 
 pub async fn evidence_is_per_task_and_resource(s: &dyn Store) {

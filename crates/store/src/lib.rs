@@ -114,7 +114,23 @@ pub enum Change {
         approval: Approval,
         expected_version: u64,
     },
+    /// Adds an approver or replaces its key, role and expiry (enabling it).
     PutApprover(Approver),
+    /// Precondition: the approver exists (`NotFound` otherwise). Its key
+    /// stops working with this commit; votes it cast stay as cast.
+    RemoveApprover {
+        name: String,
+    },
+    /// Precondition: the approver exists (`NotFound` otherwise).
+    SetApproverDisabled {
+        name: String,
+        disabled: bool,
+    },
+    /// Best effort bookkeeping: no precondition, no audit entry needed.
+    TouchApprover {
+        name: String,
+        at: UnixTime,
+    },
     RecordAction(ActionRecord),
     /// A signed checkpoint (idempotent per tree size).
     PutCheckpoint(Checkpoint),
@@ -162,6 +178,28 @@ pub struct Approver {
     pub role: String,
     pub key_hash: String,
     pub created_at: UnixTime,
+    /// After this the key no longer authenticates; `None` = no expiry.
+    #[serde(default)]
+    pub expires_at: Option<UnixTime>,
+    /// A disabled approver's key is refused until re-enabled.
+    #[serde(default)]
+    pub disabled: bool,
+    /// When the key last authenticated (kept to the minute).
+    #[serde(default)]
+    pub last_used_at: Option<UnixTime>,
+}
+
+impl Approver {
+    /// Why this approver's key may not be used at `now`, if it may not.
+    pub fn refusal(&self, now: UnixTime) -> Option<String> {
+        if self.disabled {
+            return Some(format!("approver {} is disabled", self.name));
+        }
+        match self.expires_at {
+            Some(exp) if now >= exp => Some(format!("approver {}'s key has expired", self.name)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -265,6 +303,8 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first.
     async fn approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError>;
     async fn approver_by_key_hash(&self, key_hash: &str) -> Result<Option<Approver>, StoreError>;
+    /// Every approver, by name.
+    async fn approvers(&self) -> Result<Vec<Approver>, StoreError>;
     /// Actions of a delegation tree since `since` (inclusive), oldest first.
     async fn actions_in_tree(
         &self,

@@ -47,7 +47,8 @@ CREATE INDEX IF NOT EXISTS approvals_status ON approvals(status);
 CREATE INDEX IF NOT EXISTS approvals_task ON approvals(task_id, request_hash);
 CREATE UNIQUE INDEX IF NOT EXISTS approvals_one_pending ON approvals(task_id, request_hash) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS approvers (
-  name TEXT PRIMARY KEY, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+  name TEXT PRIMARY KEY, role TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL,
+  expires_at INTEGER, disabled INTEGER NOT NULL DEFAULT 0, last_used_at INTEGER);
 CREATE TABLE IF NOT EXISTS action_history (
   root_task_id TEXT NOT NULL, task_id TEXT NOT NULL, agent TEXT NOT NULL, request_id TEXT NOT NULL, action TEXT NOT NULL,
   resource TEXT NOT NULL, tier TEXT NOT NULL, labels TEXT NOT NULL, outcome TEXT NOT NULL, ts INTEGER NOT NULL);
@@ -125,6 +126,7 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        add_missing_columns(&conn)?;
         let head = conn
             .query_row(
                 "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -598,14 +600,80 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
         }
         Change::PutApprover(a) => {
             tx.execute(
-                "INSERT INTO approvers(name, role, key_hash, created_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(name) DO UPDATE SET role = excluded.role, key_hash = excluded.key_hash, created_at = excluded.created_at",
-                params![a.name, a.role, a.key_hash, a.created_at],
+                "INSERT INTO approvers(name, role, key_hash, created_at, expires_at, disabled, last_used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(name) DO UPDATE SET role = excluded.role, key_hash = excluded.key_hash,
+                   created_at = excluded.created_at, expires_at = excluded.expires_at,
+                   disabled = excluded.disabled, last_used_at = excluded.last_used_at",
+                params![a.name, a.role, a.key_hash, a.created_at, a.expires_at, a.disabled, a.last_used_at],
+            )
+            .map_err(backend)?;
+        }
+        Change::RemoveApprover { name } => {
+            let n = tx
+                .execute("DELETE FROM approvers WHERE name = ?1", params![name])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("approver {name}")));
+            }
+        }
+        Change::SetApproverDisabled { name, disabled } => {
+            let n = tx
+                .execute(
+                    "UPDATE approvers SET disabled = ?2 WHERE name = ?1",
+                    params![name, disabled],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("approver {name}")));
+            }
+        }
+        Change::TouchApprover { name, at } => {
+            tx.execute(
+                "UPDATE approvers SET last_used_at = ?2 WHERE name = ?1",
+                params![name, at],
             )
             .map_err(backend)?;
         }
     }
     Ok(())
+}
+
+/// Columns added after a table was first created: `CREATE TABLE IF NOT
+/// EXISTS` leaves an older database's table as it was, so add them here.
+fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
+    const ADDED: [(&str, &str, &str); 3] = [
+        ("approvers", "expires_at", "INTEGER"),
+        ("approvers", "disabled", "INTEGER NOT NULL DEFAULT 0"),
+        ("approvers", "last_used_at", "INTEGER"),
+    ];
+    for (table, column, decl) in ADDED {
+        let present: bool = conn
+            .query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(backend)?
+            > 0;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
+}
+
+fn approver_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approver> {
+    Ok(Approver {
+        name: r.get(0)?,
+        role: r.get(1)?,
+        key_hash: r.get(2)?,
+        created_at: r.get(3)?,
+        expires_at: r.get(4)?,
+        disabled: r.get(5)?,
+        last_used_at: r.get(6)?,
+    })
 }
 
 fn writer_loop(inner: &Mutex<Inner>, rx: &std::sync::mpsc::Receiver<Job>) {
@@ -1123,17 +1191,23 @@ impl Store for SqliteStore {
 
     async fn approver_by_key_hash(&self, key_hash: &str) -> Result<Option<Approver>, StoreError> {
         self.one(
-            "SELECT name, role, key_hash, created_at FROM approvers WHERE key_hash = ?1",
+            "SELECT name, role, key_hash, created_at, expires_at, disabled, last_used_at FROM approvers WHERE key_hash = ?1",
             key_hash,
-            |r| {
-                Ok(Approver {
-                    name: r.get(0)?,
-                    role: r.get(1)?,
-                    key_hash: r.get(2)?,
-                    created_at: r.get(3)?,
-                })
-            },
+            approver_row,
         )
+        .await
+    }
+
+    async fn approvers(&self) -> Result<Vec<Approver>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name, role, key_hash, created_at, expires_at, disabled, last_used_at FROM approvers ORDER BY name",
+                )
+                .map_err(backend)?;
+            let rows = stmt.query_map([], approver_row).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
         .await
     }
 

@@ -276,7 +276,7 @@ pub fn ocsf(e: &AuditEntry, checkpoint: &Value) -> Value {
 /// The readable story of an incident.
 pub fn timeline(c: &Client, incident: &str) -> Result<()> {
     let (cp, entries) = fetch(c, Some(incident))?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = crate::term::SafeWriter(std::io::BufWriter::new(std::io::stdout().lock()));
     writeln!(
         out,
         "Incident {incident}: {} audit entries (covered by checkpoint of size {})",
@@ -298,13 +298,17 @@ pub fn story_line(e: &AuditEntry) -> String {
     let ev = &e.event;
     let d = &ev.detail;
     let time = tollgate_core::clock::rfc3339(ev.ts);
-    let who = short(&ev.actor);
-    let s = |k: &str| d[k].as_str().unwrap_or("").to_string();
+    // Every field is agent-controlled or quotes what an agent sent: escape
+    // each one whole, newlines too, so no field can forge a line.
+    use crate::term::printable;
+    let who = printable(short(&ev.actor));
+    let s = |k: &str| printable(d[k].as_str().unwrap_or("")).into_owned();
     let list = |k: &str| {
         d[k].as_array()
             .map(|a| {
                 a.iter()
                     .filter_map(Value::as_str)
+                    .map(|x| printable(x).into_owned())
                     .collect::<Vec<_>>()
                     .join("; ")
             })

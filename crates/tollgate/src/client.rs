@@ -112,4 +112,15 @@ impl Client {
             &format!("POST {path}"),
         )
     }
+
+    pub fn delete(&self, path: &str) -> Result<Value> {
+        let url = format!("{}{path}", self.addr);
+        Self::finish(
+            self.agent
+                .delete(&url)
+                .header("Authorization", &format!("Bearer {}", self.token))
+                .call(),
+            &format!("DELETE {path}"),
+        )
+    }
 }

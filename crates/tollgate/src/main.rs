@@ -3,10 +3,30 @@
 //! running server's API, like `vault` does, found through `TOLLGATE_ADDR`
 //! and `TOLLGATE_TOKEN`.
 
+// Every line the CLI prints passes through `term`, which escapes terminal
+// controls: much of what is printed is text an agent wrote. Defined before
+// the modules so they use these, not std's.
+macro_rules! println {
+    () => { $crate::term::emit(false, "\n") };
+    ($($arg:tt)*) => { $crate::term::emit(false, &format!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::term::emit(false, &format!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::term::emit(true, "\n") };
+    ($($arg:tt)*) => { $crate::term::emit(true, &format!("{}\n", format_args!($($arg)*))) };
+}
+#[allow(unused_macros)]
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::term::emit(true, &format!($($arg)*)) };
+}
+
 mod audit_cmd;
 mod bench;
 mod client;
 mod demo;
+mod term;
 mod tools;
 
 use anyhow::{bail, Context, Result};
@@ -326,12 +346,60 @@ enum AuditCmd {
 
 #[derive(Subcommand)]
 enum ApproverCmd {
-    /// Register an approver and print their API key (shown once).
+    /// Register an approver (or replace their key) and print the API key (shown once).
     Add {
+        /// The approver's name, e.g. an email address.
         name: String,
+        /// The role policy sees as `principal.role` (e.g. secops, sre-lead).
         #[arg(long)]
         role: String,
+        /// The key stops working after this long: 3600s, 12h, 90d.
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<i64>,
     },
+    /// Approvers with their role, status (active, disabled, expired) and last use.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offboard an approver: the key fails at once; votes already cast stay as cast.
+    Remove {
+        /// The approver's name.
+        name: String,
+    },
+    /// Refuse an approver's key until it is enabled again.
+    Disable {
+        /// The approver's name.
+        name: String,
+    },
+    /// Accept a disabled approver's key again.
+    Enable {
+        /// The approver's name.
+        name: String,
+    },
+}
+
+/// `90d`, `12h`, `30m`, `3600s` or plain seconds.
+fn parse_duration(s: &str) -> Result<i64, String> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 3600s, 12h or 90d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit in {s:?}; use s, m, h or d")),
+    };
+    match n.checked_mul(unit) {
+        Some(v) if v > 0 => Ok(v),
+        _ => Err(format!("{s:?} must be a positive duration")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -432,7 +500,19 @@ enum PepCmd {
     Add { name: String },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes on one line, escaped like all output
+            // (server errors quote what agents sent); never a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     // Before any HTTP client exists (MCP upstreams, `--from-mcp`, the demo).
     tollgate_server::mcp::install_crypto_provider();
     let cli = Cli::parse();
@@ -721,15 +801,70 @@ fn main() -> Result<()> {
         Command::Approver { cmd, conn } => {
             let c = Client::new(&conn)?;
             match cmd {
-                ApproverCmd::Add { name, role } => {
-                    let r = c.post("/v1/approvers", &json!({"name": name, "role": role}))?;
+                ApproverCmd::Add {
+                    name,
+                    role,
+                    expires_in,
+                } => {
+                    let mut body = json!({"name": name, "role": role});
+                    if let Some(secs) = expires_in {
+                        body["expires_in_seconds"] = json!(secs);
+                    }
+                    let r = c.post("/v1/approvers", &body)?;
                     println!(
                         "approver: {} (role {})",
                         r["name"].as_str().unwrap_or_default(),
                         r["role"].as_str().unwrap_or_default()
                     );
                     println!("key:      {}", r["key"].as_str().unwrap_or_default());
+                    if let Some(exp) = r["expires_at"].as_str() {
+                        println!("expires:  {exp}");
+                    }
                     println!("(shown once; the approver sets TOLLGATE_TOKEN to it)");
+                    Ok(())
+                }
+                ApproverCmd::List { json } => {
+                    let r = c.get("/v1/approvers")?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r["approvers"])?);
+                        return Ok(());
+                    }
+                    let list = r["approvers"].as_array().cloned().unwrap_or_default();
+                    if list.is_empty() {
+                        println!("no approvers registered with a key");
+                    }
+                    let s = |v: &Value| term::printable(v.as_str().unwrap_or("-")).into_owned();
+                    for a in &list {
+                        println!(
+                            "{:<32} {:<12} {:<9} expires {:<20} last used {}",
+                            s(&a["name"]),
+                            s(&a["role"]),
+                            s(&a["status"]),
+                            s(&a["expires_at"]),
+                            s(&a["last_used_at"])
+                        );
+                    }
+                    Ok(())
+                }
+                ApproverCmd::Remove { name } => {
+                    c.delete(&format!("/v1/approvers/{}", client::encode(&name)))?;
+                    println!("removed approver {name}: their key no longer works");
+                    Ok(())
+                }
+                ApproverCmd::Disable { name } => {
+                    c.post(
+                        &format!("/v1/approvers/{}/disable", client::encode(&name)),
+                        &json!({}),
+                    )?;
+                    println!("disabled approver {name}");
+                    Ok(())
+                }
+                ApproverCmd::Enable { name } => {
+                    c.post(
+                        &format!("/v1/approvers/{}/enable", client::encode(&name)),
+                        &json!({}),
+                    )?;
+                    println!("enabled approver {name}");
                     Ok(())
                 }
             }
@@ -1035,7 +1170,7 @@ fn audit_tail(
 /// Write a line to stdout; a closed pipe (`| head`) ends the program quietly.
 fn emit(line: &str) -> Result<()> {
     use std::io::Write;
-    match writeln!(std::io::stdout().lock(), "{line}") {
+    match writeln!(std::io::stdout().lock(), "{}", term::escape_controls(line)) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         other => Ok(other?),
     }
@@ -1051,8 +1186,10 @@ fn print_entry(e: &Value, json: bool) -> Result<()> {
         .map(tollgate_core::clock::rfc3339)
         .unwrap_or_default();
     let d = &ev["detail"];
+    // Agent-controlled fields, each escaped whole so none can forge a line.
+    let p = |v: &Value| term::printable(v.as_str().unwrap_or("")).into_owned();
     let what = match (d["action"].as_str(), d["resource"].as_str()) {
-        (Some(a), Some(r)) => format!("{a} {r}"),
+        (Some(a), Some(r)) => format!("{} {}", term::printable(a), term::printable(r)),
         _ => String::new(),
     };
     let why = d["reasons"]
@@ -1060,6 +1197,7 @@ fn print_entry(e: &Value, json: bool) -> Result<()> {
         .map(|r| {
             r.iter()
                 .filter_map(Value::as_str)
+                .map(|x| term::printable(x).into_owned())
                 .collect::<Vec<_>>()
                 .join("; ")
         })
@@ -1071,7 +1209,7 @@ fn print_entry(e: &Value, json: bool) -> Result<()> {
         ev["kind"].as_str().unwrap_or(""),
         ev["outcome"].as_str().unwrap_or("-"),
         ev["task_id"].as_str().unwrap_or("-"),
-        ev["actor"].as_str().unwrap_or(""),
+        p(&ev["actor"]),
         what,
         if why.is_empty() {
             String::new()
@@ -1082,7 +1220,8 @@ fn print_entry(e: &Value, json: bool) -> Result<()> {
 }
 
 fn print_approval(a: &Value) {
-    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    // Agent-controlled text, each field escaped whole (newlines included).
+    let s = |v: &Value| term::printable(v.as_str().unwrap_or("")).into_owned();
     println!(
         "{}  {}  {}/{} approvals  expires {}",
         s(&a["id"]),
@@ -1111,11 +1250,7 @@ fn print_approval(a: &Value) {
         "  policy:   {}",
         a["reasons"]
             .as_array()
-            .map(|r| r
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("; "))
+            .map(|r| r.iter().map(&s).collect::<Vec<_>>().join("; "))
             .unwrap_or_default()
     );
     for e in a["evidence"].as_array().into_iter().flatten() {

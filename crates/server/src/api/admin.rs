@@ -1,10 +1,10 @@
 //! Admin endpoints: kill switch, revocation, task and audit views, policy
 //! reload, PEP keys.
 
-use crate::auth::{Admin, ApiJson, Shared};
+use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared};
 use crate::error::ApiError;
 use crate::state::random_token;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -30,9 +30,12 @@ pub async fn unfreeze(_: Admin, State(state): State<Shared>) -> Result<Json<Valu
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Revocation {
+    #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
     pub task_id: Option<String>,
     /// SPIFFE ID: revokes all its tasks, and it gets no SVID until re-registered.
+    #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
     pub agent: Option<String>,
+    #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
     pub incident_id: Option<String>,
     pub reason: Option<String>,
 }
@@ -188,6 +191,7 @@ pub async fn revoke(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub agent: String,
     pub reason: Option<String>,
 }
@@ -275,7 +279,7 @@ impl From<tollgate_core::Task> for TaskView {
 pub async fn list_tasks(
     _: Admin,
     State(state): State<Shared>,
-    Query(q): Query<TaskListQuery>,
+    ApiQuery(q): ApiQuery<TaskListQuery>,
 ) -> Result<Json<Vec<TaskView>>, ApiError> {
     let status = q
         .status
@@ -305,7 +309,7 @@ pub async fn list_tasks(
 pub async fn show_task(
     _: Admin,
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let t = state
         .store
@@ -332,7 +336,7 @@ pub struct AuditListQuery {
 pub async fn audit(
     _: Admin,
     State(state): State<Shared>,
-    Query(q): Query<AuditListQuery>,
+    ApiQuery(q): ApiQuery<AuditListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     if let Some(r) = &q.request {
@@ -370,6 +374,7 @@ pub async fn reload(_: Admin, State(state): State<Shared>) -> Result<Json<Value>
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPep {
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub name: String,
 }
 

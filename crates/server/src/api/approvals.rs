@@ -1,10 +1,10 @@
 //! Human approval: approvers, pending approvals, long-poll, decisions.
 
 use crate::approvals::{load, view, vote};
-use crate::auth::{Admin, ApiJson, ApproverAuth, Shared, Viewer};
+use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, ApproverAuth, Shared, Viewer};
 use crate::error::ApiError;
 use crate::state::random_token;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -18,8 +18,14 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddApprover {
+    /// The key stops working this many seconds from now; absent = no expiry.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub expires_in_seconds: Option<i64>,
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub name: String,
     /// The role policy sees as `principal.role` in `approve` decisions.
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub role: String,
 }
 
@@ -58,6 +64,11 @@ pub async fn add_approver(
         ));
     }
     let now = state.now();
+    let expires_at = match req.expires_in_seconds {
+        None => None,
+        Some(s) if s > 0 => Some(now.saturating_add(s)),
+        Some(_) => return Err(ApiError::bad_request("expires_in_seconds must be positive")),
+    };
     let key = random_token("tgr_");
     let batch = Batch::default()
         .change(Change::PutApprover(Approver {
@@ -65,16 +76,132 @@ pub async fn add_approver(
             role: req.role.clone(),
             key_hash: sha256_hex(key.as_bytes()),
             created_at: now,
+            expires_at,
+            disabled: false,
+            last_used_at: None,
         }))
         .event(
-            AuditEvent::new(now, "approver.registered", "admin")
-                .detail(json!({"name": name, "role": req.role})),
+            AuditEvent::new(now, "approver.registered", "admin").detail(
+                json!({"name": name, "role": req.role, "expires_at": expires_at.map(tollgate_core::clock::rfc3339)}),
+            ),
         );
     state.store.commit(batch).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"name": name, "role": req.role, "key": key})),
+        Json(json!({
+            "name": name, "role": req.role, "key": key,
+            "expires_at": expires_at.map(tollgate_core::clock::rfc3339),
+        })),
     ))
+}
+
+/// An approver as the admin sees it (never the key or its hash).
+#[derive(serde::Serialize, ToSchema)]
+pub struct ApproverView {
+    pub name: String,
+    pub role: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub disabled: bool,
+    /// When the key last authenticated, to the minute.
+    pub last_used_at: Option<String>,
+    /// `active`, `disabled` or `expired`.
+    pub status: String,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+pub struct ApproverList {
+    pub approvers: Vec<ApproverView>,
+}
+
+/// Every approver registered with a key, with its status and last use.
+#[utoipa::path(get, path = "/v1/approvers", responses((status = 200, body = ApproverList)), security(("admin" = [])))]
+pub async fn list_approvers(
+    _: Admin,
+    State(state): State<Shared>,
+) -> Result<Json<ApproverList>, ApiError> {
+    let now = state.now();
+    let rfc = tollgate_core::clock::rfc3339;
+    let approvers = state
+        .store
+        .approvers()
+        .await?
+        .into_iter()
+        .map(|a| ApproverView {
+            status: match (a.disabled, a.refusal(now)) {
+                (true, _) => "disabled",
+                (false, Some(_)) => "expired",
+                (false, None) => "active",
+            }
+            .into(),
+            created_at: rfc(a.created_at),
+            expires_at: a.expires_at.map(rfc),
+            last_used_at: a.last_used_at.map(rfc),
+            disabled: a.disabled,
+            name: a.name,
+            role: a.role,
+        })
+        .collect();
+    Ok(Json(ApproverList { approvers }))
+}
+
+/// Offboard an approver: the key fails at once; votes already cast stay as cast.
+#[utoipa::path(delete, path = "/v1/approvers/{name}", params(("name" = String, Path)), responses((status = 204), (status = 404, body = crate::error::ErrorBody)), security(("admin" = [])))]
+pub async fn remove_approver(
+    _: Admin,
+    State(state): State<Shared>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = name.to_ascii_lowercase();
+    let batch = Batch::default()
+        .change(Change::RemoveApprover { name: name.clone() })
+        .event(
+            AuditEvent::new(state.now(), "approver.removed", "admin").detail(json!({"name": name})),
+        );
+    state.store.commit(batch).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Disable an approver's key until it is enabled again.
+#[utoipa::path(post, path = "/v1/approvers/{name}/disable", params(("name" = String, Path)), responses((status = 204), (status = 404, body = crate::error::ErrorBody)), security(("admin" = [])))]
+pub async fn disable_approver(
+    admin: Admin,
+    state: State<Shared>,
+    name: ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    set_disabled(admin, state, name, true).await
+}
+
+/// Enable a disabled approver's key.
+#[utoipa::path(post, path = "/v1/approvers/{name}/enable", params(("name" = String, Path)), responses((status = 204), (status = 404, body = crate::error::ErrorBody)), security(("admin" = [])))]
+pub async fn enable_approver(
+    admin: Admin,
+    state: State<Shared>,
+    name: ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    set_disabled(admin, state, name, false).await
+}
+
+async fn set_disabled(
+    _: Admin,
+    State(state): State<Shared>,
+    ApiPath(name): ApiPath<String>,
+    disabled: bool,
+) -> Result<StatusCode, ApiError> {
+    let name = name.to_ascii_lowercase();
+    let kind = if disabled {
+        "approver.disabled"
+    } else {
+        "approver.enabled"
+    };
+    let batch = Batch::default()
+        .change(Change::SetApproverDisabled {
+            name: name.clone(),
+            disabled,
+        })
+        .event(AuditEvent::new(state.now(), kind, "admin").detail(json!({"name": name})));
+    state.store.commit(batch).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -90,9 +217,9 @@ pub struct ListQuery {
 pub async fn list(
     viewer: Viewer,
     State(state): State<Shared>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if matches!(viewer, Viewer::Agent { .. } | Viewer::Pep) {
+    if matches!(viewer, Viewer::Agent { .. }) {
         return Err(ApiError::Forbidden(
             "agents may only look at their own approvals by id".into(),
         ));
@@ -176,8 +303,8 @@ pub struct WaitQuery {
 pub async fn show(
     viewer: Viewer,
     State(state): State<Shared>,
-    Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<Json<Value>, ApiError> {
     // An agent sees only its own task's approvals; check before anything else.
     if let Viewer::Agent { task_id } = &viewer {
@@ -225,7 +352,7 @@ pub struct DecisionBody {
 pub async fn decide(
     approver: ApproverAuth,
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<DecisionBody>,
 ) -> Result<Json<Value>, ApiError> {
     if req.reason.trim().is_empty() || req.reason.len() > 2048 {

@@ -2,9 +2,9 @@
 //! consistency proofs, keyed hashes; and executed-action results.
 
 use crate::audit::checkpoint_now;
-use crate::auth::{Admin, ApiJson, Shared, TaskAuth};
+use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared, TaskAuth};
 use crate::error::ApiError;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -70,8 +70,8 @@ async fn leaves_for(state: &Shared, size: u64) -> Result<Vec<[u8; 32]>, ApiError
 pub async fn proof(
     _: Admin,
     State(state): State<Shared>,
-    Path(seq): Path<u64>,
-    Query(q): Query<ProofQuery>,
+    ApiPath(seq): ApiPath<u64>,
+    ApiQuery(q): ApiQuery<ProofQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let latest = checkpoint_now(&state).await?;
     let size = match (q.tree_size, &latest) {
@@ -114,7 +114,7 @@ pub struct ConsistencyQuery {
 pub async fn consistency(
     _: Admin,
     State(state): State<Shared>,
-    Query(q): Query<ConsistencyQuery>,
+    ApiQuery(q): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<Value>, ApiError> {
     if q.first == 0 || q.first > q.second {
         return Err(ApiError::bad_request("need 1 <= first <= second"));
@@ -168,7 +168,7 @@ pub struct ActionResult {
 pub async fn action_result(
     auth: TaskAuth,
     State(state): State<Shared>,
-    Path(request_id): Path<String>,
+    ApiPath(request_id): ApiPath<String>,
     ApiJson(req): ApiJson<ActionResult>,
 ) -> Result<StatusCode, ApiError> {
     if req.command.trim().is_empty() || req.command.len() > 8192 {

@@ -120,6 +120,18 @@ async fn evaluate(
             ),
         ));
     }
+    // Ids follow the rule of the rest of the API; an item that breaks it
+    // is refused on its own, so a batch still answers the others.
+    for (what, id) in [
+        ("subject.id", &e.subject.id),
+        ("action.name", &e.action.name),
+        ("resource.type", &e.resource.kind),
+        ("resource.id", &e.resource.id),
+    ] {
+        if let Err(err) = tollgate_core::text::check_id(id) {
+            return Ok(refuse(400, format!("{what}: id {err}")));
+        }
+    }
     let Some(task_id) = e.context.get("task_id").and_then(Value::as_str) else {
         return Ok(refuse(
             400,
@@ -132,7 +144,11 @@ async fn evaluate(
         _ => {
             return Ok(refuse(
                 404,
-                format!("no task {task_id} of subject {}", e.subject.id),
+                format!(
+                    "no task {} of subject {}",
+                    task_id.escape_debug(),
+                    e.subject.id
+                ),
             ))
         }
     };

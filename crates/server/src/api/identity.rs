@@ -18,8 +18,10 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
     /// SPIFFE ID of the agent instance, e.g. `spiffe://acme.test/agent/ir-responder/i-1`.
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub spiffe_id: String,
     /// The human or team accountable for the agent.
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub owner: String,
 }
 
@@ -66,7 +68,7 @@ pub async fn register_agent(
             });
     let (join_token, expires_at) = if own {
         let token = random_token("tgj_");
-        let expires_at = now + state.config.join_token_ttl_seconds;
+        let expires_at = now.saturating_add(state.config.join_token_ttl_seconds);
         batch = batch.change(Change::PutJoinToken(JoinToken {
             token_hash: sha256_hex(token.as_bytes()),
             spiffe_id: id.to_string(),

@@ -1,11 +1,11 @@
 //! Delegation, cascading revocation, incident lifecycle, introspection and
 //! rollback plans.
 
-use crate::auth::{Admin, ApiJson, PepAuth, Shared, TaskAuth};
+use crate::auth::{Admin, ApiJson, ApiPath, PepAuth, Shared, TaskAuth};
 use crate::decide::new_id;
 use crate::error::ApiError;
 use crate::state::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -90,12 +90,15 @@ pub struct Ancestry {
     pub depth: u32,
     /// Why the task cannot act although it is itself active: an ancestor ended.
     pub dead: Option<String>,
+    /// The agents of the task and of every ancestor, the task's own first.
+    pub agents: Vec<String>,
 }
 
 pub async fn ancestry(state: &AppState, task: &Task) -> Result<Ancestry, ApiError> {
     let mut root = task.clone();
     let mut depth = 0;
     let mut dead = None;
+    let mut agents = vec![task.agent.clone()];
     while let Some(p) = root.parent_task_id.clone() {
         depth += 1;
         if depth > 64 {
@@ -106,6 +109,7 @@ pub async fn ancestry(state: &AppState, task: &Task) -> Result<Ancestry, ApiErro
                 if dead.is_none() && t.status != TaskStatus::Active {
                     dead = Some(format!("parent task {} is {}", t.id, t.status));
                 }
+                agents.push(t.agent.clone());
                 root = t;
             }
             None => {
@@ -114,17 +118,25 @@ pub async fn ancestry(state: &AppState, task: &Task) -> Result<Ancestry, ApiErro
             }
         }
     }
-    Ok(Ancestry { root, depth, dead })
+    Ok(Ancestry {
+        root,
+        depth,
+        dead,
+        agents,
+    })
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Delegate {
     /// SPIFFE ID of the registered agent instance that receives the work.
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub agent: String,
     /// Catalog operations the child may ask for; within the parent's scope.
+    #[serde(deserialize_with = "tollgate_core::text::ids")]
     pub actions: Vec<String>,
     /// Resources (`Type::id`) the child may act on; within the parent's scope.
+    #[serde(deserialize_with = "tollgate_core::text::ids")]
     pub resources: Vec<String>,
     pub ttl_seconds: i64,
     pub intent: String,
@@ -136,7 +148,7 @@ pub struct Delegate {
 pub async fn delegate(
     auth: TaskAuth,
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<Delegate>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     if auth.task.id != id {
@@ -155,7 +167,8 @@ pub async fn delegate(
     let actions: BTreeSet<String> = req.actions.iter().cloned().collect();
     let resources: BTreeSet<String> = req.resources.iter().cloned().collect();
     let request_id = new_id("req");
-    let depth = ancestry(&state, parent).await?.depth + 1;
+    let chain = ancestry(&state, parent).await?;
+    let depth = chain.depth + 1;
     let pack = state.pack.load_full();
     let refuse = |reasons: Vec<String>, policies: Vec<String>| {
         AuditEvent::new(now, "task.delegation_refused", parent.agent.clone())
@@ -187,20 +200,22 @@ pub async fn delegate(
     };
     // Attenuation and lifetime are the gateway's, before policy: a child is
     // never wider than its parent, whatever policy says.
-    let checked = parent
-        .scope
-        .attenuate(&actions, &resources)
-        .and_then(|scope| {
-            child_lifetime(
-                parent,
-                now,
-                req.ttl_seconds,
-                state.config.task_max_ttl_seconds,
-                depth,
-                state.config.max_delegation_depth,
-            )
-            .map(|l| (scope, l))
-        });
+    let checked = tollgate_core::check_receiver(
+        &child_id.to_string(),
+        chain.agents.iter().map(String::as_str),
+    )
+    .and_then(|()| parent.scope.attenuate(&actions, &resources))
+    .and_then(|scope| {
+        child_lifetime(
+            parent,
+            now,
+            req.ttl_seconds,
+            state.config.task_max_ttl_seconds,
+            depth,
+            state.config.max_delegation_depth,
+        )
+        .map(|l| (scope, l))
+    });
     let (scope, (expires_at, max_expires_at)) = match checked {
         Ok(v) => v,
         Err(e) => {
@@ -355,6 +370,7 @@ pub async fn delegate(
 pub struct UpdateIncident {
     #[schema(value_type = Option<String>)]
     pub status: Option<IncidentStatus>,
+    #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
     pub class: Option<String>,
     #[schema(value_type = Option<String>)]
     pub severity: Option<Severity>,
@@ -368,7 +384,7 @@ pub struct UpdateIncident {
 pub async fn update_incident(
     _: Admin,
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateIncident>,
 ) -> Result<Json<Value>, ApiError> {
     let now = state.now();
@@ -542,7 +558,7 @@ pub async fn introspect(
 pub async fn rollback(
     _: Admin,
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let task = state
         .store

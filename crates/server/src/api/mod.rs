@@ -67,25 +67,69 @@ impl Modify for Security {
         audit::hash,
         audit::action_result,
         approvals::add_approver,
+        approvals::list_approvers,
+        approvals::remove_approver,
+        approvals::disable_approver,
+        approvals::enable_approver,
         approvals::list,
         approvals::show,
         approvals::decide,
         authzen::evaluation, authzen::evaluations, authzen::configuration,
-        healthz, metrics, openapi_json,
+        healthz, livez, readyz, metrics, openapi_json,
     ),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
 
-/// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200), (status = 503)))]
-pub async fn healthz(State(state): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
-    // Live means able to answer, and answering needs the store: a dead
-    // store (every decision would be a 503) is not healthy.
+/// Liveness: the process answers. Says nothing of the store; use `/readyz`
+/// to decide whether to send traffic here.
+#[utoipa::path(get, path = "/livez", responses((status = 200, body = Status)))]
+pub async fn livez() -> Json<Status> {
+    Json(Status {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the store can commit (so decisions can be audited). 503 when not.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Status), (status = 503, body = crate::error::ErrorBody)))]
+pub async fn readyz(State(state): State<Shared>) -> Result<Json<Status>, ApiError> {
+    state
+        .readiness
+        .check(&state)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    Ok(Json(Status {
+        status: "ready".into(),
+    }))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    pub status: String,
+}
+
+/// Health, for humans and older probes: ready (the store can commit), plus
+/// the audit log's size and whether the gateway is frozen. 503 when not ready.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = crate::error::ErrorBody)))]
+pub async fn healthz(State(state): State<Shared>) -> Result<Json<Health>, ApiError> {
+    state
+        .readiness
+        .check(&state)
+        .await
+        .map_err(ApiError::Unavailable)?;
     let head = state.store.audit_head().await?;
-    Ok(Json(
-        serde_json::json!({"status": "ok", "audit_entries": head.size, "frozen": state.is_frozen()}),
-    ))
+    Ok(Json(Health {
+        status: "ok".into(),
+        audit_entries: head.size,
+        frozen: state.is_frozen(),
+    }))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub audit_entries: u64,
+    pub frozen: bool,
 }
 
 /// Prometheus text exposition.
@@ -115,6 +159,12 @@ pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on this endpoint; see /openapi.json"
+    ))
 }
 
 pub fn router(state: Shared) -> Router {
@@ -149,7 +199,22 @@ pub fn router(state: Shared) -> Router {
             "/v1/actions/{request_id}/result",
             post(audit::action_result),
         )
-        .route("/v1/approvers", post(approvals::add_approver))
+        .route(
+            "/v1/approvers",
+            post(approvals::add_approver).get(approvals::list_approvers),
+        )
+        .route(
+            "/v1/approvers/{name}",
+            axum::routing::delete(approvals::remove_approver),
+        )
+        .route(
+            "/v1/approvers/{name}/disable",
+            post(approvals::disable_approver),
+        )
+        .route(
+            "/v1/approvers/{name}/enable",
+            post(approvals::enable_approver),
+        )
         .route("/v1/approvals", get(approvals::list))
         .route("/v1/approvals/{id}", get(approvals::show))
         .route("/v1/approvals/{id}/decision", post(approvals::decide))
@@ -160,11 +225,14 @@ pub fn router(state: Shared) -> Router {
             get(authzen::configuration),
         )
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/mcp/upstreams", get(admin::mcp_upstreams))
         .nest_service("/mcp", crate::mcp::router(state.clone()))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

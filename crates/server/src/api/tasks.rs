@@ -1,9 +1,9 @@
 //! Tasks and their credentials, evidence, and the decision at every action.
 
-use crate::auth::{AgentSvid, ApiJson, Shared, TaskAuth};
+use crate::auth::{AgentSvid, ApiJson, ApiPath, Shared, TaskAuth};
 use crate::decide::{decide_action, decision_json, new_id, ActionAsk};
 use crate::error::ApiError;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,7 +25,9 @@ use utoipa::ToSchema;
 pub struct OpenTask {
     #[schema(value_type = Object)]
     pub incident: IncidentRef,
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub environment: String,
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub playbook: String,
     pub intent: String,
     pub ttl_seconds: Option<i64>,
@@ -164,7 +166,7 @@ pub async fn open_task(
     }
 
     let task_id = new_id("task");
-    let expires_at = now + ttl;
+    let expires_at = now.saturating_add(ttl);
     let task = Task {
         id: task_id.clone(),
         agent: agent_id.clone(),
@@ -176,7 +178,7 @@ pub async fn open_task(
         parent_task_id: None,
         created_at: now,
         expires_at,
-        max_expires_at: now + state.config.task_max_ttl_seconds,
+        max_expires_at: now.saturating_add(state.config.task_max_ttl_seconds),
         status: TaskStatus::Active,
         status_reason: None,
     };
@@ -243,11 +245,13 @@ fn same_task(auth: &TaskAuth, id: &str) -> Result<(), ApiError> {
 pub async fn renew_task(
     auth: TaskAuth,
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TaskCredential>, ApiError> {
     same_task(&auth, &id)?;
     let now = state.now();
-    let expires_at = (now + state.config.task_ttl_seconds).min(auth.task.max_expires_at);
+    let expires_at = now
+        .saturating_add(state.config.task_ttl_seconds)
+        .min(auth.task.max_expires_at);
     if expires_at <= now {
         return Err(ApiError::Conflict(format!(
             "task {id} has reached its maximum lifetime"
@@ -302,7 +306,7 @@ pub struct CloseTask {
 pub async fn close_task(
     auth: TaskAuth,
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CloseTask>,
 ) -> Result<Json<Value>, ApiError> {
     same_task(&auth, &id)?;
@@ -349,6 +353,7 @@ pub struct AddEvidence {
     #[schema(value_type = Object)]
     pub resource: ResourceRef,
     /// What kind of evidence: `memory-snapshot`, `process-list`, `pcap`, …
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub kind: String,
     /// Lowercase hex SHA-256 of the evidence content.
     pub sha256: String,
@@ -361,7 +366,7 @@ pub struct AddEvidence {
 pub async fn add_evidence(
     auth: TaskAuth,
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<AddEvidence>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     same_task(&auth, &id)?;
@@ -412,6 +417,7 @@ pub async fn add_evidence(
 #[serde(deny_unknown_fields)]
 pub struct Authorize {
     /// A tool-catalog operation, e.g. `edr.isolate_host`.
+    #[serde(deserialize_with = "tollgate_core::text::id")]
     pub action: String,
     #[schema(value_type = Object)]
     pub resource: ResourceRef,
@@ -421,6 +427,7 @@ pub struct Authorize {
     #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
     /// The granted approval, when retrying an `approval_required` request.
+    #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
     pub approval_id: Option<String>,
 }
 

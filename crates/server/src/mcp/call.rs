@@ -165,7 +165,19 @@ async fn governed(
     };
     let args = derived.arguments;
     let resource_id = match args.get(&binding.resource_argument) {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            // The same rule as every id at the HTTP edge.
+            if let Err(e) = tollgate_core::text::check_id(s) {
+                return refuse_unmapped(
+                    state,
+                    auth,
+                    tool,
+                    format!("argument {:?}: id {e}", binding.resource_argument),
+                )
+                .await;
+            }
+            s.clone()
+        }
         _ => {
             return refuse_unmapped(
                 state,
@@ -188,7 +200,15 @@ async fn governed(
     let mut parameters = args.clone();
     parameters.remove(&binding.resource_argument);
     let action = action.to_string();
-    let sensitive = op.sensitive_parameters.clone();
+    // Secret anywhere, secret everywhere (as for `/v1/authorize`).
+    let sensitive: Vec<String> = state
+        .pack
+        .load()
+        .catalog()
+        .sensitive_anywhere()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     drop(pack);
 
     let decide = |approval_id: Option<String>, task: tollgate_core::Task| {

@@ -96,7 +96,7 @@ fn forged_tokens_are_refused() {
     let unregistered = sign_with_server_key(
         &s,
         "JWT",
-        &json!({"sub": "spiffe://acme.test/agent/ir-responder/ghost", "aud": ["tollgate"], "exp": now + 300}),
+        &json!({"iss": "tollgate", "sub": "spiffe://acme.test/agent/ir-responder/ghost", "aud": ["tollgate"], "exp": now + 300}),
     );
     let (status, v) = s.post("/v1/tasks", Some(&unregistered), &incident_task());
     assert_eq!(status, 401, "{v}");
@@ -107,7 +107,7 @@ fn forged_tokens_are_refused() {
     let expired_svid = sign_with_server_key(
         &s,
         "JWT",
-        &json!({"sub": IR, "aud": ["tollgate"], "exp": now - 100}),
+        &json!({"iss": "tollgate", "sub": IR, "aud": ["tollgate"], "exp": now - 100}),
     );
     let (status, _) = s.post("/v1/tasks", Some(&expired_svid), &incident_task());
     assert_eq!(status, 401);

@@ -5,6 +5,10 @@ use crate::harness::*;
 use serde_json::{json, Value};
 
 const FORENSICS: &str = "spiffe://acme.test/agent/forensics/i-2";
+/// Further forensics instances: an agent never delegates to itself, so each
+/// hop of a chain goes to another one.
+const FORENSICS_3: &str = "spiffe://acme.test/agent/forensics/i-3";
+const FORENSICS_4: &str = "spiffe://acme.test/agent/forensics/i-4";
 
 fn delegate(s: &Server, cred: &str, task_id: &str, body: Value) -> (u16, Value) {
     s.post(&format!("/v1/tasks/{task_id}/delegate"), Some(cred), &body)
@@ -26,6 +30,8 @@ fn step_7_delegation_narrows_scope_and_dies_with_the_parent() {
     let s = Server::start();
     let svid = s.enrol(IR);
     s.enrol(FORENSICS);
+    s.enrol(FORENSICS_3);
+    s.enrol(FORENSICS_4);
     let (parent_id, parent) = s.open_task(&svid);
     let image = json!({
         "agent": FORENSICS, "actions": ["forensics.image_host"], "resources": ["Host::web-1"],
@@ -73,9 +79,16 @@ fn step_7_delegation_narrows_scope_and_dies_with_the_parent() {
         &s,
         &child_cred,
         &child_id,
-        json!({"agent": FORENSICS, "actions": ["edr.isolate_host"], "resources": ["Host::web-1"], "ttl_seconds": 60, "intent": "widen"}),
+        json!({"agent": FORENSICS_3, "actions": ["edr.isolate_host"], "resources": ["Host::web-1"], "ttl_seconds": 60, "intent": "widen"}),
     );
     assert_eq!(status, 403, "a child widened its scope: {v}");
+    assert!(
+        v["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("outside the parent task's scope"),
+        "{v}"
+    );
     let (status, v) = delegate(
         &s,
         &parent,
@@ -111,7 +124,12 @@ fn step_7_delegation_narrows_scope_and_dies_with_the_parent() {
         "{long} {p}"
     );
     // Depth is bounded (max 2 by default): child of child of child is refused.
-    let (status, grandchild) = delegate(&s, &child_cred, &child_id, image.clone());
+    let to = |agent: &str| {
+        let mut d = image.clone();
+        d["agent"] = json!(agent);
+        d
+    };
+    let (status, grandchild) = delegate(&s, &child_cred, &child_id, to(FORENSICS_3));
     assert_eq!(status, 201, "{grandchild}");
     let gc = claims(grandchild["credential"].as_str().unwrap());
     assert_eq!(
@@ -122,7 +140,7 @@ fn step_7_delegation_narrows_scope_and_dies_with_the_parent() {
         &s,
         grandchild["credential"].as_str().unwrap(),
         grandchild["task_id"].as_str().unwrap(),
-        image.clone(),
+        to(FORENSICS_4),
     );
     assert_eq!(status, 403, "depth 3 was allowed");
 

@@ -6,6 +6,7 @@ mod approvals;
 mod audit;
 mod authzen;
 mod chain;
+mod hardening;
 mod harness;
 mod identity;
 mod lifecycle;
