@@ -31,13 +31,58 @@ fn bearer(parts: &Parts) -> Option<&str> {
 
 /// Audit a refused credential, then produce the refusal.
 async fn refuse(state: &AppState, parts: &Parts, who: &str, err: ApiError) -> ApiError {
+    let reason = err.to_string();
     let ev = AuditEvent::new(state.now(), "auth.refused", "anonymous")
         .outcome("refused")
-        .detail(serde_json::json!({"path": parts.uri.path(), "expected": who, "reason": err.to_string()}));
-    match state.store.commit(Batch::audit_only(ev)).await {
-        Ok(_) => err,
-        Err(e) => e.into(),
+        .detail(serde_json::json!({"path": parts.uri.path(), "expected": who, "reason": reason}));
+    let kind = format!("auth.refused/{who}");
+    match record_refusal(state, &peer(parts), &kind, &reason, ev).await {
+        Ok(()) => err,
+        Err(e) => e,
     }
+}
+
+/// The caller's address, as an extractor.
+pub struct Source(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Source(peer(parts)))
+    }
+}
+
+/// The caller's address, the source refusals are counted by; `unknown`
+/// when the server was not started with connection info (in-process tests).
+pub fn peer(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Commit what `RefusalLog::admit` says to commit now for this refusal
+/// (nothing when it is counted into its source's current second).
+pub async fn record_refusal(
+    state: &AppState,
+    source: &str,
+    kind: &str,
+    reason: &str,
+    event: AuditEvent,
+) -> Result<(), ApiError> {
+    let now = state.refusals.admit(source, kind, reason, event);
+    if now.is_empty() {
+        return Ok(());
+    }
+    state
+        .store
+        .commit(Batch {
+            changes: vec![],
+            audit: now,
+        })
+        .await?;
+    Ok(())
 }
 
 /// The admin, by the bearer admin token.

@@ -25,6 +25,7 @@ pub mod history;
 pub mod mcp;
 pub mod metrics;
 pub mod redact;
+pub mod refusals;
 pub mod state;
 pub mod webhooks;
 
@@ -71,6 +72,16 @@ pub async fn serve(
                 if let Err(e) = audit::maybe_checkpoint(&s).await {
                     tracing::warn!(error = %e, "audit checkpoint failed");
                 }
+                let counted = s.refusals.flush(s.now());
+                if !counted.is_empty() {
+                    let batch = tollgate_store::Batch {
+                        changes: vec![],
+                        audit: counted,
+                    };
+                    if let Err(e) = s.store.commit(batch).await {
+                        tracing::warn!(error = %e, "could not record aggregated refusals");
+                    }
+                }
             }
         });
     }
@@ -84,7 +95,11 @@ pub async fn serve(
             }
         });
     }
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address is the source refusals are aggregated by.
+    axum::serve(
+        listener,
+        api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub upstreams: crate::mcp::Upstreams,
     /// The last readiness probe (`/readyz`).
     pub readiness: crate::health::Readiness,
+    /// Refused credentials, aggregated per source and second.
+    pub refusals: crate::refusals::RefusalLog,
 }
 
 /// Where to find things, as the CLI resolved them.
@@ -252,6 +254,7 @@ impl AppState {
             checkpoint: std::sync::Mutex::new(latest_checkpoint),
             history: crate::history::HistoryCache::default(),
             readiness: crate::health::Readiness::default(),
+            refusals: crate::refusals::RefusalLog::default(),
             upstreams,
         });
         let pack = state.pack.load_full();

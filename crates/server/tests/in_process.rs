@@ -158,6 +158,7 @@ impl Harness {
             checkpoint: std::sync::Mutex::new(None),
             history: tollgate_server::history::HistoryCache::default(),
             readiness: Default::default(),
+            refusals: Default::default(),
             upstreams: tollgate_server::mcp::Upstreams::default(),
         });
         Self {

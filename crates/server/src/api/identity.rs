@@ -1,6 +1,6 @@
 //! Agent identity: registration, join-token attestation, SVID refresh, JWKS.
 
-use crate::auth::{Admin, AgentSvid, ApiJson, Shared};
+use crate::auth::{Admin, AgentSvid, ApiJson, Shared, Source};
 use crate::decide::new_id;
 use crate::error::ApiError;
 use crate::state::random_token;
@@ -112,6 +112,7 @@ pub struct Svid {
 /// Exchange a join token (once) for a JWT-SVID.
 #[utoipa::path(post, path = "/v1/agents/attest", request_body = Attest, responses((status = 200, body = Svid), (status = 401)))]
 pub async fn attest(
+    source: Source,
     State(state): State<Shared>,
     ApiJson(req): ApiJson<Attest>,
 ) -> Result<Json<Svid>, ApiError> {
@@ -131,19 +132,30 @@ pub async fn attest(
                 Some(t) if t.used_at.is_some() => "join token already used",
                 Some(_) => "join token expired",
             };
-            state.store.commit(Batch::audit_only(refused(why))).await?;
+            // Unknown tokens cost nothing to send: aggregated per source.
+            crate::auth::record_refusal(
+                &state,
+                &source.0,
+                "agent.attest_refused",
+                why,
+                refused(why),
+            )
+            .await?;
             return Err(ApiError::Unauthorized(why.into()));
         }
     };
     match state.store.agent(&token.spiffe_id).await? {
         Some(a) if !a.revoked => {}
         _ => {
-            state
-                .store
-                .commit(Batch::audit_only(
-                    refused("agent is revoked").agent(token.spiffe_id.clone()),
-                ))
-                .await?;
+            let ev = refused("agent is revoked").agent(token.spiffe_id.clone());
+            crate::auth::record_refusal(
+                &state,
+                &source.0,
+                "agent.attest_refused",
+                "agent is revoked",
+                ev,
+            )
+            .await?;
             return Err(ApiError::Forbidden(format!(
                 "agent {} is revoked",
                 token.spiffe_id

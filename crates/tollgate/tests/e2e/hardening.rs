@@ -559,3 +559,55 @@ fn approvers_can_be_offboarded() {
         "{v}"
     );
 }
+
+/// Finding 10: every refused credential cost one fsync'd entry, so anyone
+/// could flood the log. Now a source's refusals are one entry per second
+/// plus one aggregate with the count: bounded cost, no evidence lost.
+#[test]
+fn refused_credentials_are_aggregated_without_losing_the_count() {
+    let s = Server::start();
+    let sent = 300;
+    let started = std::time::Instant::now();
+    for i in 0..sent {
+        let token = format!("tga_forged_{i}");
+        let (status, _) = s.get("/v1/tasks", Some(&token));
+        assert_eq!(status, 401);
+    }
+    for i in 0..20 {
+        let (status, _) = s.post(
+            "/v1/agents/attest",
+            None,
+            &json!({"join_token": format!("tgj_nope_{i}")}),
+        );
+        assert_eq!(status, 401);
+    }
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    // The once-a-second loop writes the last aggregate.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let count = |kind: &str| {
+        let entries = entries_of(&s, kind);
+        let total: u64 = entries
+            .iter()
+            .map(|e| e["event"]["detail"]["count"].as_u64().unwrap_or(1))
+            .sum();
+        (entries.len(), total)
+    };
+    let (entries, total) = count("auth.refused");
+    assert_eq!(total, sent as u64, "every refusal is counted");
+    assert!(
+        entries <= 2 * seconds + 2,
+        "{entries} entries for {sent} refusals in {seconds} s: not aggregated"
+    );
+    let aggregate = entries_of(&s, "auth.refused")
+        .into_iter()
+        .find(|e| e["event"]["detail"]["aggregated"] == true)
+        .expect("an aggregated entry");
+    assert_eq!(aggregate["event"]["detail"]["source"], "127.0.0.1");
+    assert_eq!(aggregate["event"]["detail"]["first"]["expected"], "admin");
+    let (entries, total) = count("agent.attest_refused");
+    assert_eq!(total, 20);
+    assert!(entries <= 2 * seconds + 2, "{entries}");
+    // And the log still verifies.
+    let (ok, out, err) = s.cli(&["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+}
