@@ -77,6 +77,8 @@ pub struct Incident {
 pub struct Agent {
     pub spiffe_id: String,
     pub owner: String,
+    /// When the current registration began: registering again starts a new
+    /// one, and SVIDs issued before it are refused.
     pub created_at: UnixTime,
     /// A revoked agent gets no new SVIDs or tasks until it is re-enrolled.
     pub revoked: bool,

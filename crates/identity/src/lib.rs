@@ -186,6 +186,8 @@ pub struct TaskGrant {
 pub struct VerifiedSvid {
     pub spiffe_id: SpiffeId,
     pub exp: UnixTime,
+    /// When it was issued, if it says (Tollgate's own always do).
+    pub iat: Option<UnixTime>,
     /// Whether an external trust domain's issuer signed it (not Tollgate's own).
     pub external: bool,
 }
@@ -498,6 +500,7 @@ impl Tokens {
         Ok(VerifiedSvid {
             spiffe_id: id,
             exp: raw.exp,
+            iat: raw.iat,
             external,
         })
     }

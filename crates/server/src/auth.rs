@@ -147,6 +147,18 @@ impl FromRequestParts<Shared> for AgentSvid {
                 ApiError::Forbidden(format!("agent {id} is revoked")),
             )
             .await),
+            // A registration starts at `created_at`: an SVID issued before
+            // it belongs to an earlier registration (one that may have been
+            // revoked, its SVID stolen) and does not carry over.
+            Some(agent) if svid.iat.is_some_and(|iat| iat < agent.created_at) => Err(refuse(
+                state,
+                parts,
+                "svid",
+                ApiError::Unauthorized(format!(
+                    "this SVID was issued before agent {id} was last registered; attest with the new join token"
+                )),
+            )
+            .await),
             Some(agent) => Ok(AgentSvid { svid, agent }),
         }
     }

@@ -347,7 +347,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
         Change::UpsertAgent(a) => {
             tx.execute(
                 "INSERT INTO agents(spiffe_id, owner, created_at, revoked) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(spiffe_id) DO UPDATE SET owner = excluded.owner, revoked = excluded.revoked",
+                 ON CONFLICT(spiffe_id) DO UPDATE SET owner = excluded.owner, revoked = excluded.revoked,
+                   created_at = excluded.created_at",
                 params![a.spiffe_id, a.owner, a.created_at, a.revoked],
             )
             .map_err(backend)?;

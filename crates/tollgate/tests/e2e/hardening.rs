@@ -611,3 +611,41 @@ fn refused_credentials_are_aggregated_without_losing_the_count() {
     let (ok, out, err) = s.cli(&["audit", "verify"]);
     assert!(ok, "{out}{err}");
 }
+
+/// Found by the adversarial suite: an SVID issued before an agent was
+/// revoked worked again once the agent was registered again, so a stolen
+/// SVID outlived the revocation (and could be refreshed forever).
+#[test]
+fn an_svid_from_before_a_revocation_stays_dead_after_re_registration() {
+    let s = Server::start();
+    let old = s.enrol(IR);
+    assert_eq!(s.post("/v1/tasks", Some(&old), &incident_task()).0, 201);
+    s.admin_post("/v1/revocations", &json!({"agent": IR}));
+    assert_eq!(s.post("/v1/tasks", Some(&old), &incident_task()).0, 403);
+    // Registration happens in a later second than the old SVID's issue.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let reg = s.admin_post(
+        "/v1/agents",
+        &json!({"spiffe_id": IR, "owner": "alice@acme.test"}),
+    );
+    let (status, v) = s.post("/v1/tasks", Some(&old), &incident_task());
+    assert_eq!(status, 401, "the old SVID opened a task: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("before agent"),
+        "{v}"
+    );
+    let (status, v) = s.post("/v1/agents/svid", Some(&old), &json!({}));
+    assert_eq!(status, 401, "the old SVID was refreshed: {v}");
+    // The new registration's SVID works.
+    let (status, v) = s.post(
+        "/v1/agents/attest",
+        None,
+        &json!({"join_token": reg["join_token"]}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let new = v["svid"].as_str().unwrap();
+    assert_eq!(s.post("/v1/tasks", Some(new), &incident_task()).0, 201);
+}

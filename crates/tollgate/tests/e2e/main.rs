@@ -2,6 +2,7 @@
 //! with its own data directory and drives it over HTTP and the CLI.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod adversarial;
 mod approvals;
 mod audit;
 mod authzen;
