@@ -19,6 +19,9 @@ pub enum ApprovalStatus {
     Expired,
     /// Approved and then spent by the one request it was for.
     Used,
+    /// The request it was for was abandoned (its caller cancelled or went
+    /// away while it waited); it can no longer be decided or spent.
+    Withdrawn,
 }
 
 impl ApprovalStatus {
@@ -29,6 +32,7 @@ impl ApprovalStatus {
             ApprovalStatus::Denied => "denied",
             ApprovalStatus::Expired => "expired",
             ApprovalStatus::Used => "used",
+            ApprovalStatus::Withdrawn => "withdrawn",
         }
     }
 }
@@ -111,6 +115,21 @@ impl Approval {
         );
         if open && now >= self.expires_at {
             self.status = ApprovalStatus::Expired;
+            self.decided_at = Some(now);
+            self.version += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Withdraw a pending, or approved but unused, approval because the
+    /// request it was for was abandoned. Returns whether it changed.
+    pub fn withdraw(&mut self, now: UnixTime) -> bool {
+        if matches!(
+            self.status,
+            ApprovalStatus::Pending | ApprovalStatus::Approved
+        ) {
+            self.status = ApprovalStatus::Withdrawn;
             self.decided_at = Some(now);
             self.version += 1;
             return true;
@@ -286,6 +305,31 @@ mod tests {
             a.cast(vote("dave", true), 13),
             Err(ApprovalError::NotPending("approved"))
         );
+    }
+
+    #[test]
+    fn a_withdrawn_approval_takes_no_vote_and_is_never_spent() {
+        let mut a = approval(1, 1);
+        assert!(a.withdraw(5));
+        assert_eq!(a.status, ApprovalStatus::Withdrawn);
+        assert!(!a.withdraw(6), "withdrawing twice changes nothing");
+        assert_eq!(
+            a.cast(vote("bob", true), 7),
+            Err(ApprovalError::NotPending("withdrawn"))
+        );
+        assert_eq!(
+            a.consume("h", "task_1", "req_2", 8),
+            Err(ApprovalError::NotApproved("withdrawn"))
+        );
+        // Approved but unused: withdrawn too; used: stays used.
+        let mut b = approval(1, 1);
+        b.cast(vote("bob", true), 1).unwrap();
+        assert!(b.withdraw(2));
+        let mut c = approval(1, 1);
+        c.cast(vote("bob", true), 1).unwrap();
+        c.consume("h", "task_1", "req_2", 2).unwrap();
+        assert!(!c.withdraw(3));
+        assert_eq!(c.status, ApprovalStatus::Used);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tollgate_audit::AuditEvent;
 use tollgate_core::{ApprovalStatus, Outcome};
 use tollgate_policy::ResourceRef;
-use tollgate_store::Batch;
+use tollgate_store::{Batch, Change};
 
 /// `_meta` key an agent may set on a call to state why it makes it.
 pub const INTENT_META: &str = "tollgate/intent";
@@ -330,6 +330,13 @@ async fn hold(
         )
     };
     let token = ctx.meta.get_progress_token();
+    // Cancelled when the client's HTTP connection for this call closes.
+    let gone = ctx
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<super::ConnectionGone>())
+        .map(|g| g.0.clone())
+        .unwrap_or_default();
     let every = Duration::from_secs(state.config.mcp.progress_every_seconds);
     let mut next_progress = tokio::time::Instant::now();
     let mut sent = 0u32;
@@ -366,9 +373,30 @@ async fn hold(
                 .collect::<Vec<_>>()
                 .join("; ")
         };
+        // Checked before an approval is acted on too: a grant that arrives
+        // after the client left must not run the tool for nobody.
+        if gone.is_cancelled() {
+            abandon(
+                state,
+                auth,
+                first,
+                &id,
+                "the client's connection closed while the call waited for approval",
+            )
+            .await;
+            return Err(fail(
+                "the connection closed while waiting for approval".into(),
+            ));
+        }
         match a.status {
             ApprovalStatus::Pending => {}
             ApprovalStatus::Approved => return Ok((id, sent)),
+            ApprovalStatus::Withdrawn => {
+                return Err(fail(format!(
+                    "approval {id} was withdrawn: its request was abandoned (request {})",
+                    first.request_id
+                )))
+            }
             ApprovalStatus::Denied => {
                 return Err(fail(format!(
                     "denied by Tollgate: approval {id} was refused by its approvers ({}) (request {})",
@@ -407,21 +435,81 @@ async fn hold(
         }
         tokio::select! {
             _ = ctx.ct.cancelled() => {
-                let ev = AuditEvent::new(state.now(), "mcp.call_abandoned", auth.agent.spiffe_id.clone())
-                    .agent(auth.agent.spiffe_id.clone())
-                    .task(auth.task.id.clone())
-                    .incident(auth.task.incident_id.clone())
-                    .request(first.request_id.clone())
-                    .outcome("abandoned")
-                    .detail(json!({"approval_id": id, "reason": "the client cancelled the call while it waited for approval"}));
-                if let Err(e) = state.store.commit(Batch::audit_only(ev)).await {
-                    tracing::error!(error = %e, "could not audit an abandoned call");
-                }
+                abandon(state, auth, first, &id, "the client cancelled the call while it waited for approval").await;
                 return Err(fail("cancelled while waiting for approval".into()));
+            }
+            _ = gone.cancelled() => {
+                abandon(state, auth, first, &id, "the client's connection closed while the call waited for approval").await;
+                return Err(fail("the connection closed while waiting for approval".into()));
             }
             _ = tokio::time::timeout(Duration::from_secs(1), notified) => {}
         }
     }
+}
+
+/// A held call nobody waits for any more: withdraw its approval (so a vote
+/// cast later grants nothing) and record the abandonment, in one commit.
+/// A lost race with a vote is retried on the approval as it now stands.
+async fn abandon(
+    state: &Shared,
+    auth: &TaskAuth,
+    first: &Decided,
+    approval_id: &str,
+    reason: &str,
+) {
+    for _ in 0..3 {
+        let now = state.now();
+        let abandoned = AuditEvent::new(now, "mcp.call_abandoned", auth.agent.spiffe_id.clone())
+            .agent(auth.agent.spiffe_id.clone())
+            .task(auth.task.id.clone())
+            .incident(auth.task.incident_id.clone())
+            .request(first.request_id.clone())
+            .outcome("abandoned")
+            .detail(json!({"approval_id": approval_id, "reason": reason}));
+        let mut batch = Batch::audit_only(abandoned);
+        match state.store.approval(approval_id).await {
+            Ok(Some(mut a)) => {
+                let expected_version = a.version;
+                if a.withdraw(now) {
+                    batch = batch
+                        .change(Change::UpdateApproval {
+                            approval: a.clone(),
+                            expected_version,
+                        })
+                        .event(
+                            AuditEvent::new(
+                                now,
+                                "approval.withdrawn",
+                                auth.agent.spiffe_id.clone(),
+                            )
+                            .agent(auth.agent.spiffe_id.clone())
+                            .task(auth.task.id.clone())
+                            .incident(auth.task.incident_id.clone())
+                            .request(a.request_id.clone())
+                            .outcome("withdrawn")
+                            .detail(json!({"approval_id": approval_id, "reason": reason})),
+                        );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "could not read an abandoned call's approval"),
+        }
+        match state.store.commit(batch).await {
+            Ok(_) => {
+                state.approval_events.notify_waiters();
+                return;
+            }
+            Err(tollgate_store::StoreError::Conflict(_)) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "could not record an abandoned call");
+                return;
+            }
+        }
+    }
+    tracing::error!(
+        approval_id,
+        "could not withdraw an abandoned call's approval after 3 tries"
+    );
 }
 
 /// Forward an allowed call and record what happened as the executed action.

@@ -184,7 +184,9 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
     let task_id = auth.task.id.clone();
     let closing = parts.method == http::Method::DELETE;
     parts.extensions.insert(Arc::new(auth));
-    let response = next.run(Request::from_parts(parts, body)).await;
+    let gone = ConnectionGone::default();
+    parts.extensions.insert(gone.clone());
+    let mut response = next.run(Request::from_parts(parts, body)).await;
     match (&session, response.headers().get(SESSION_HEADER)) {
         (None, Some(new)) => {
             if let Ok(new) = new.to_str() {
@@ -194,7 +196,65 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
         (Some(id), _) if closing && response.status().is_success() => guard.owners.forget(id),
         _ => {}
     }
-    response
+    // rmcp answers a session termination 202, which MCP clients (the
+    // official Python SDK among them) take for a failure: 200 and 204 mean
+    // "terminated". Nothing is pending after a DELETE, so say 204.
+    if closing && response.status() == http::StatusCode::ACCEPTED {
+        *response.status_mut() = http::StatusCode::NO_CONTENT;
+    }
+    response.map(|body| {
+        axum::body::Body::new(WatchedBody {
+            inner: body,
+            gone: Some(gone),
+        })
+    })
+}
+
+/// Cancelled when the HTTP response of the request that carried it is
+/// dropped before it ended: the client closed the connection. A call held
+/// for approval watches it, so an approval granted after the client left
+/// executes nothing (see `call::hold`).
+#[derive(Clone, Default)]
+pub struct ConnectionGone(pub tokio_util::sync::CancellationToken);
+
+/// A response body that cancels its [`ConnectionGone`] if it is dropped
+/// before its end (hyper drops the body of a connection that closed).
+struct WatchedBody {
+    inner: axum::body::Body,
+    /// `None` once the body ended normally.
+    gone: Option<ConnectionGone>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.gone = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        if let Some(gone) = self.gone.take() {
+            gone.0.cancel();
+        }
+    }
 }
 
 #[derive(Clone)]

@@ -1319,3 +1319,110 @@ fn the_demo_runs_the_reference_scenario_through_the_gateway() {
             .unwrap();
     assert_eq!(world["accounts"]["jdoe"]["enabled"], false);
 }
+
+/// Hardening finding 11: a call held for approval whose client went away
+/// (the connection closed, no protocol cancel) stayed pending, and a later
+/// approval ran the tool for nobody. Now the call is abandoned and its
+/// approval withdrawn, audited; and `DELETE /mcp` answers 204, which MCP
+/// clients take for a terminated session (rmcp's 202 reads as a failure).
+#[test]
+fn a_held_call_whose_client_leaves_is_abandoned_and_its_approval_withdrawn() {
+    use std::io::{Read, Write};
+    let g = Gateway::start();
+    let s = &g.server;
+    let ivan = s.approver("ivan@acme.test", "identity");
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}});
+    let (st, session, body) = raw_mcp(s, &cred, None, &init);
+    assert_eq!(st, 200, "{body}");
+    let session = session.expect("no session id");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (st, _, body) = raw_mcp(s, &cred, Some(&session), &initialized);
+    assert!((200..300).contains(&st), "{st} {body}");
+
+    // The call, on a connection of its own that the client then closes.
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "iam_disable_account", "arguments": {"account": "jdoe", "reason": "beacon"}}})
+    .to_string();
+    let addr = s.addr.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nauthorization: Bearer {cred}\r\nmcp-session-id: {session}\r\ncontent-length: {}\r\n\r\n{call}",
+        call.len()
+    )
+    .unwrap();
+    // Wait until the call is held (its approval exists), then leave.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let approval = loop {
+        let (_, v) = s.get("/v1/approvals?status=pending", Some(&ivan));
+        if let Some(id) = v["approvals"][0]["id"].as_str() {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pending approval: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = conn.read(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(conn);
+
+    // The gateway notices (at the latest at its next keep-alive write) and
+    // withdraws the approval.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let withdrawn = loop {
+        let (_, v) = s.get(&format!("/v1/approvals/{approval}"), Some(&ivan));
+        if v["status"] == "withdrawn" {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held call was not abandoned: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(withdrawn["status"], "withdrawn");
+    let abandoned = events(s, "mcp.call_abandoned");
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    assert!(abandoned[0]["detail"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("connection closed"));
+    assert_eq!(events(s, "approval.withdrawn").len(), 1);
+    // A vote now grants nothing, and the tool never ran.
+    let (st, v) = s.post(
+        &format!("/v1/approvals/{approval}/decision"),
+        Some(&ivan),
+        &json!({"approve": true, "reason": "too late"}),
+    );
+    assert_ne!(st, 200, "a withdrawn approval took a vote: {v}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(g.world()["accounts"]["jdoe"]["enabled"], true);
+    assert!(events(s, "action.result").is_empty());
+
+    // Ending the session: 204, as MCP clients expect.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent
+        .delete(&s.url("/mcp"))
+        .header("authorization", &format!("Bearer {cred}"))
+        .header("mcp-session-id", &session)
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+}
