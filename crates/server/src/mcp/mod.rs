@@ -202,12 +202,55 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
     if closing && response.status() == http::StatusCode::ACCEPTED {
         *response.status_mut() = http::StatusCode::NO_CONTENT;
     }
+    let response = in_error_shape(response).await;
     response.map(|body| {
         axum::body::Body::new(WatchedBody {
             inner: body,
             gone: Some(gone),
         })
     })
+}
+
+/// rmcp answers transport errors (no `Accept` header, a bad session
+/// header, a body that is not JSON-RPC) in plain text; every error of
+/// Tollgate's HTTP surface is `{"error": {"code", "message"}}`, so those
+/// are rewritten, their text kept (cut at 2 KiB) as the message.
+async fn in_error_shape(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(2048)]).into_owned(),
+        Err(_) => String::new(),
+    };
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        406 => "not_acceptable",
+        409 => "conflict",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.trim().to_string()
+    };
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
 }
 
 /// Cancelled when the HTTP response of the request that carried it is

@@ -1426,3 +1426,59 @@ fn a_held_call_whose_client_leaves_is_abandoned_and_its_approval_withdrawn() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);
 }
+
+/// Hardening finding 8, for `/mcp`: the MCP transport's own errors (rmcp
+/// answers them in plain text) come in the API's error shape too.
+#[test]
+fn mcp_transport_errors_have_the_error_shape() {
+    let s = Server::start();
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}});
+    let cases: [(&str, &str, &str); 3] = [
+        ("no accept header", "", "application/json"),
+        (
+            "not json-rpc",
+            "application/json, text/event-stream",
+            "application/json",
+        ),
+        (
+            "wrong content type",
+            "application/json, text/event-stream",
+            "text/plain",
+        ),
+    ];
+    for (what, accept, content_type) in cases {
+        let mut req = agent
+            .post(&s.url("/mcp"))
+            .header("content-type", content_type)
+            .header("authorization", &format!("Bearer {cred}"));
+        if !accept.is_empty() {
+            req = req.header("accept", accept);
+        }
+        let body = if what == "not json-rpc" {
+            "{\"hello\": 1}".to_string()
+        } else {
+            init.to_string()
+        };
+        let mut resp = req.send(body).unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        assert!(status >= 400, "{what}: {status} {text}");
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{what}: {status} answered {text:?}"));
+        assert!(v["error"]["code"].as_str().is_some(), "{what}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {v}"
+        );
+    }
+}
