@@ -303,6 +303,25 @@ mod delegation_tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A parent task with these expiries (everything else fixed).
+    fn parent_task(expires_at: i64, max_expires_at: i64) -> Task {
+        Task {
+            id: "p".into(),
+            agent: "a".into(),
+            incident_id: "i".into(),
+            environment: "prod".into(),
+            playbook: "x".into(),
+            intent: "y".into(),
+            scope: Scope::default(),
+            parent_task_id: None,
+            created_at: 0,
+            expires_at,
+            max_expires_at,
+            status: TaskStatus::Active,
+            status_reason: None,
+        }
+    }
+
     fn set(v: &[u8], prefix: &str) -> BTreeSet<String> {
         v.iter().map(|x| format!("{prefix}{x}")).collect()
     }
@@ -333,12 +352,7 @@ mod delegation_tests {
 
         #[test]
         fn child_lifetime_stays_within_the_parent(now in 0i64..1000, exp in 1i64..5000, max in 1i64..9000, ttl in 1i64..10_000, max_ttl in 1i64..10_000) {
-            let parent = Task {
-                id: "p".into(), agent: "a".into(), incident_id: "i".into(), environment: "prod".into(),
-                playbook: "x".into(), intent: "y".into(), scope: Scope::default(), parent_task_id: None,
-                created_at: 0, expires_at: now + exp, max_expires_at: now + exp.max(max),
-                status: TaskStatus::Active, status_reason: None,
-            };
+            let parent = parent_task(now + exp, now + exp.max(max));
             let (e, m) = child_lifetime(&parent, now, ttl, max_ttl, 1, 3).unwrap();
             prop_assert!(e <= parent.expires_at && m <= parent.max_expires_at && e <= m && e <= now + ttl);
         }
@@ -350,12 +364,7 @@ mod delegation_tests {
             now in any::<i64>(), exp in any::<i64>(), max in any::<i64>(),
             ttl in any::<i64>(), max_ttl in any::<i64>(), depth in any::<u32>(), max_depth in any::<u32>(),
         ) {
-            let parent = Task {
-                id: "p".into(), agent: "a".into(), incident_id: "i".into(), environment: "prod".into(),
-                playbook: "x".into(), intent: "y".into(), scope: Scope::default(), parent_task_id: None,
-                created_at: 0, expires_at: exp, max_expires_at: max,
-                status: TaskStatus::Active, status_reason: None,
-            };
+            let parent = parent_task(exp, max);
             if let Ok((e, m)) = child_lifetime(&parent, now, ttl, max_ttl, depth, max_depth) {
                 prop_assert!(e > now, "expiry {e} not after now {now}");
                 prop_assert!(e <= parent.expires_at && e <= parent.max_expires_at);
@@ -368,21 +377,7 @@ mod delegation_tests {
 
     #[test]
     fn overflowing_ttl_clamps_to_the_parent() {
-        let parent = Task {
-            id: "p".into(),
-            agent: "a".into(),
-            incident_id: "i".into(),
-            environment: "prod".into(),
-            playbook: "x".into(),
-            intent: "y".into(),
-            scope: Scope::default(),
-            parent_task_id: None,
-            created_at: 0,
-            expires_at: 1_800_000_300,
-            max_expires_at: 1_800_003_600,
-            status: TaskStatus::Active,
-            status_reason: None,
-        };
+        let parent = parent_task(1_800_000_300, 1_800_003_600);
         let now = 1_800_000_000;
         assert_eq!(
             child_lifetime(&parent, now, i64::MAX, 86_400, 1, 3),

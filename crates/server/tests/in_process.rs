@@ -103,6 +103,9 @@ impl Store for FlakyStore {
     async fn approver_by_key_hash(&self, h: &str) -> Result<Option<Approver>, StoreError> {
         self.inner.approver_by_key_hash(h).await
     }
+    async fn peps(&self) -> Result<Vec<tollgate_store::Pep>, StoreError> {
+        self.inner.peps().await
+    }
     async fn approvers(&self) -> Result<Vec<Approver>, StoreError> {
         self.inner.approvers().await
     }

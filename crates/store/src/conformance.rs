@@ -848,5 +848,20 @@ pub async fn agents_incidents_settings_and_peps(s: &dyn Store) {
     s.commit(Batch::default().change(Change::PutPep(pep.clone())))
         .await
         .unwrap();
-    assert_eq!(s.pep_by_key_hash(&pep.key_hash).await.unwrap(), Some(pep));
+    assert_eq!(
+        s.pep_by_key_hash(&pep.key_hash).await.unwrap(),
+        Some(pep.clone())
+    );
+    assert!(s.peps().await.unwrap().contains(&pep));
+    s.commit(Batch::default().change(Change::RemovePep {
+        name: pep.name.clone(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(s.pep_by_key_hash(&pep.key_hash).await.unwrap(), None);
+    assert!(matches!(
+        s.commit(Batch::default().change(Change::RemovePep { name: pep.name }))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
 }

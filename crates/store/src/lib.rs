@@ -106,6 +106,11 @@ pub enum Change {
         value: String,
     },
     PutPep(Pep),
+    /// Precondition: the PEP exists (`NotFound` otherwise); its key stops
+    /// working with this commit.
+    RemovePep {
+        name: String,
+    },
     PutEvidence(Evidence),
     InsertApproval(Approval),
     /// Optimistic update: fails with `Conflict` unless the stored version is
@@ -295,6 +300,8 @@ pub trait Store: Send + Sync + 'static {
     async fn tasks(&self, filter: TaskFilter) -> Result<Vec<Task>, StoreError>;
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError>;
+    /// Every PEP, by name.
+    async fn peps(&self) -> Result<Vec<Pep>, StoreError>;
     /// Whether the task holds evidence about `resource` (`Type::id`).
     async fn has_evidence(&self, task_id: &str, resource: &str) -> Result<bool, StoreError>;
     /// Evidence attached to a task, oldest first.

@@ -526,6 +526,14 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             )
             .map_err(backend)?;
         }
+        Change::RemovePep { name } => {
+            let n = tx
+                .execute("DELETE FROM peps WHERE name = ?1", params![name])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("pep {name}")));
+            }
+        }
         Change::PutEvidence(e) => {
             tx.execute(
                 "INSERT INTO evidence(id, task_id, resource, kind, sha256, content, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -663,6 +671,14 @@ fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+fn pep_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pep> {
+    Ok(Pep {
+        name: r.get(0)?,
+        key_hash: r.get(1)?,
+        created_at: r.get(2)?,
+    })
 }
 
 fn approver_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approver> {
@@ -1106,14 +1122,19 @@ impl Store for SqliteStore {
         self.one(
             "SELECT name, key_hash, created_at FROM peps WHERE key_hash = ?1",
             key_hash,
-            |r| {
-                Ok(Pep {
-                    name: r.get(0)?,
-                    key_hash: r.get(1)?,
-                    created_at: r.get(2)?,
-                })
-            },
+            pep_row,
         )
+        .await
+    }
+
+    async fn peps(&self) -> Result<Vec<Pep>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT name, key_hash, created_at FROM peps ORDER BY name")
+                .map_err(backend)?;
+            let rows = stmt.query_map([], pep_row).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        })
         .await
     }
 
