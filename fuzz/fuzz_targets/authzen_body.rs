@@ -1,7 +1,2 @@
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = serde_json::from_slice::<tollgate_server::api::authzen::Evaluations>(data);
-    let _ = serde_json::from_slice::<tollgate_server::api::authzen::Evaluation>(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate_fuzz_targets::authzen_body(data));

@@ -1,8 +1,2 @@
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(s) = std::str::from_utf8(data) {
-        let _ = tollgate_core::Catalog::from_yaml(s);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate_fuzz_targets::catalog_yaml(data));

@@ -51,36 +51,90 @@ fn detail(a: &Approval, extra: Value) -> Value {
     d
 }
 
+/// One approver's vote, as the API shows it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct VoteView {
+    pub approver: String,
+    pub role: String,
+    pub approve: bool,
+    pub reason: String,
+    pub at: String,
+}
+
 /// The API view of an approval.
-pub fn view(a: &Approval) -> Value {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ApprovalView {
+    pub id: String,
+    pub status: crate::api::doc::ApprovalStatus,
+    pub task_id: String,
+    pub incident_id: String,
+    /// The requesting agent (SPIFFE ID).
+    pub agent: String,
+    pub action: String,
+    /// `Type::id`.
+    pub resource: String,
+    /// What the approver is shown: resource attributes, parameters, intent.
+    #[schema(value_type = crate::api::doc::Object)]
+    pub request: Value,
+    /// Canonical hash of (task, action, resource, parameters): the one request it is for.
+    pub request_hash: String,
+    /// The decision request that asked for it.
+    pub request_id: String,
+    /// Distinct approvals needed.
+    pub required: u32,
+    pub approvals: u32,
+    pub denials: u32,
+    pub deny_threshold: u32,
+    pub votes: Vec<VoteView>,
+    pub policies: Vec<String>,
+    pub reasons: Vec<String>,
+    pub escalated: bool,
+    pub created_at: String,
+    pub expires_at: String,
+    pub decided_at: Option<String>,
+    pub used_at: Option<String>,
+    /// The request id of the one decision that spent it.
+    pub used_by: Option<String>,
+}
+
+/// The API view of an approval.
+pub fn view(a: &Approval) -> ApprovalView {
     let (yes, no) = a.tally();
-    json!({
-        "id": a.id,
-        "status": a.status.as_str(),
-        "task_id": a.task_id,
-        "incident_id": a.incident_id,
-        "agent": a.agent,
-        "action": a.action,
-        "resource": a.resource,
-        "request": a.request,
-        "request_hash": a.request_hash,
-        "request_id": a.request_id,
-        "required": a.required,
-        "approvals": yes,
-        "denials": no,
-        "deny_threshold": a.deny_threshold,
-        "votes": a.votes.iter().map(|v| json!({
-            "approver": v.approver, "role": v.role, "approve": v.approve, "reason": v.reason, "at": rfc3339(v.ts),
-        })).collect::<Vec<_>>(),
-        "policies": a.policies,
-        "reasons": a.reasons,
-        "escalated": a.escalated,
-        "created_at": rfc3339(a.created_at),
-        "expires_at": rfc3339(a.expires_at),
-        "decided_at": a.decided_at.map(rfc3339),
-        "used_at": a.used_at.map(rfc3339),
-        "used_by": a.used_by,
-    })
+    ApprovalView {
+        id: a.id.clone(),
+        status: a.status.into(),
+        task_id: a.task_id.clone(),
+        incident_id: a.incident_id.clone(),
+        agent: a.agent.clone(),
+        action: a.action.clone(),
+        resource: a.resource.clone(),
+        request: a.request.clone(),
+        request_hash: a.request_hash.clone(),
+        request_id: a.request_id.clone(),
+        required: a.required,
+        approvals: yes,
+        denials: no,
+        deny_threshold: a.deny_threshold,
+        votes: a
+            .votes
+            .iter()
+            .map(|v| VoteView {
+                approver: v.approver.clone(),
+                role: v.role.clone(),
+                approve: v.approve,
+                reason: v.reason.clone(),
+                at: rfc3339(v.ts),
+            })
+            .collect(),
+        policies: a.policies.clone(),
+        reasons: a.reasons.clone(),
+        escalated: a.escalated,
+        created_at: rfc3339(a.created_at),
+        expires_at: rfc3339(a.expires_at),
+        decided_at: a.decided_at.map(rfc3339),
+        used_at: a.used_at.map(rfc3339),
+        used_by: a.used_by.clone(),
+    }
 }
 
 /// The approval part of an `approval_required` decision: spend the

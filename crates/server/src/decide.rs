@@ -539,23 +539,52 @@ async fn gateway_decision(
 }
 
 /// The JSON answer of a decision, as `/v1/authorize` returns it.
+/// The answer to `POST /v1/authorize` (and the structured content of a
+/// refused MCP tool call).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DecisionView {
+    pub decision: crate::api::doc::Outcome,
+    /// Finds every audit entry of this request.
+    pub request_id: String,
+    pub reasons: Vec<String>,
+    /// Ids of the determining policies.
+    pub policies: Vec<String>,
+    /// Conditions to meet first (`evidence-before`); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub obligations: Option<Vec<String>>,
+    /// Distinct approvals needed (`approval_required` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals_required: Option<u32>,
+    /// The approval created, found pending, or spent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_status: Option<crate::api::doc::ApprovalStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_expires_at: Option<String>,
+}
+
+impl From<&Decided> for DecisionView {
+    fn from(d: &Decided) -> Self {
+        DecisionView {
+            decision: d.decision.outcome.into(),
+            request_id: d.request_id.clone(),
+            reasons: d.decision.reasons.clone(),
+            policies: d.decision.policies.clone(),
+            obligations: (!d.decision.obligations.is_empty())
+                .then(|| d.decision.obligations.clone()),
+            approvals_required: (d.decision.outcome == Outcome::ApprovalRequired)
+                .then_some(d.decision.approvals_required),
+            approval_id: d.approval.as_ref().map(|a| a.id.clone()),
+            approval_status: d.approval.as_ref().map(|a| a.status.into()),
+            approval_expires_at: d
+                .approval
+                .as_ref()
+                .map(|a| tollgate_core::clock::rfc3339(a.expires_at)),
+        }
+    }
+}
+
 pub fn decision_json(d: &Decided) -> Value {
-    let mut v = json!({
-        "decision": d.decision.outcome.as_str(),
-        "request_id": d.request_id,
-        "reasons": d.decision.reasons,
-        "policies": d.decision.policies,
-    });
-    if !d.decision.obligations.is_empty() {
-        v["obligations"] = json!(d.decision.obligations);
-    }
-    if d.decision.outcome == Outcome::ApprovalRequired {
-        v["approvals_required"] = json!(d.decision.approvals_required);
-    }
-    if let Some(a) = &d.approval {
-        v["approval_id"] = json!(a.id);
-        v["approval_status"] = json!(a.status.as_str());
-        v["approval_expires_at"] = json!(tollgate_core::clock::rfc3339(a.expires_at));
-    }
-    v
+    json!(DecisionView::from(d))
 }

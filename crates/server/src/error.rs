@@ -3,7 +3,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use tollgate_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +74,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The body of every error answer, for the OpenAPI document.
+/// The body of every error answer.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
@@ -87,15 +86,29 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people; may change between versions.
     pub message: String,
+    /// Why a policy pack was refused (`policy_invalid` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<crate::api::doc::Diagnostic>>)]
+    pub diagnostics: Option<Vec<tollgate_policy::Diagnostic>>,
+}
+
+impl ErrorDetail {
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            diagnostics: None,
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut body = json!({"error": {"code": code, "message": self.to_string()}});
-        if let ApiError::PolicyInvalid(diags) = &self {
-            body["error"]["diagnostics"] = json!(diags);
+        let mut detail = ErrorDetail::new(code, self.to_string());
+        if let ApiError::PolicyInvalid(diags) = self {
+            detail.diagnostics = Some(diags);
         }
-        (status, Json(body)).into_response()
+        (status, Json(ErrorBody { error: detail })).into_response()
     }
 }

@@ -20,7 +20,12 @@ fn slack_escape(t: &str) -> String {
         .replace('>', "&gt;")
 }
 
-fn payload(hook: &WebhookConfig, event: &str, approval: &Approval, view: &Value) -> Value {
+fn payload(
+    hook: &WebhookConfig,
+    event: &str,
+    approval: &Approval,
+    view: &crate::approvals::ApprovalView,
+) -> Value {
     match hook.format {
         WebhookFormat::Json => json!({"event": event, "approval": view}),
         WebhookFormat::Slack => {

@@ -496,8 +496,22 @@ enum McpCmd {
 
 #[derive(Subcommand)]
 enum PepCmd {
-    /// Register a PEP and print its key (shown once).
-    Add { name: String },
+    /// Register a PEP (or replace its key) and print the key (shown once).
+    Add {
+        /// The PEP's name: 1-64 of [A-Za-z0-9._-].
+        name: String,
+    },
+    /// Registered PEPs with when each was added.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offboard a PEP: its key fails on the next request.
+    Remove {
+        /// The PEP's name.
+        name: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -1024,6 +1038,26 @@ fn run() -> Result<()> {
                     println!("pep:  {}", r["name"].as_str().unwrap_or_default());
                     println!("key:  {}", r["key"].as_str().unwrap_or_default());
                     println!("(shown once; the PEP sends it as bearer token to /access/v1/*)");
+                    Ok(())
+                }
+                PepCmd::List { json } => {
+                    let r = c.get("/v1/peps")?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r["peps"])?);
+                        return Ok(());
+                    }
+                    for p in r["peps"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:<32} added {}",
+                            term::printable(p["name"].as_str().unwrap_or("")),
+                            p["created_at"].as_str().unwrap_or("")
+                        );
+                    }
+                    Ok(())
+                }
+                PepCmd::Remove { name } => {
+                    c.delete(&format!("/v1/peps/{}", client::encode(&name)))?;
+                    println!("removed pep {name}: its key no longer works");
                     Ok(())
                 }
             }

@@ -1,8 +1,9 @@
 //! Admin endpoints: kill switch, revocation, task and audit views, policy
 //! reload, PEP keys.
 
+use crate::api::doc::{self, BadInput, Conflict, JsonBody, NotFound, Secured};
 use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::random_token;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,39 +15,64 @@ use tollgate_core::{sha256_hex, SpiffeId, TaskStatus};
 use tollgate_store::{AuditQuery, Batch, Change, Pep, TaskFilter};
 use utoipa::{IntoParams, ToSchema};
 
-/// Kill switch: every agent decision denies until unfrozen. Survives restarts.
-#[utoipa::path(post, path = "/v1/freeze", responses((status = 200)), security(("admin" = [])))]
-pub async fn freeze(_: Admin, State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
-    state.set_frozen(true, "admin").await?;
-    Ok(Json(json!({"frozen": true})))
+#[derive(Serialize, ToSchema)]
+pub struct Frozen {
+    /// Whether every agent decision now denies.
+    pub frozen: bool,
 }
 
-#[utoipa::path(post, path = "/v1/unfreeze", responses((status = 200)), security(("admin" = [])))]
-pub async fn unfreeze(_: Admin, State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+/// Kill switch: every agent decision denies until unfrozen. Survives restarts.
+#[utoipa::path(post, path = "/v1/freeze", responses((status = 200, description = "Frozen", body = Frozen), Secured), security(("admin" = [])))]
+pub async fn freeze(_: Admin, State(state): State<Shared>) -> Result<Json<Frozen>, ApiError> {
+    state.set_frozen(true, "admin").await?;
+    Ok(Json(Frozen { frozen: true }))
+}
+
+/// Lift the kill switch.
+#[utoipa::path(post, path = "/v1/unfreeze", responses((status = 200, description = "Unfrozen", body = Frozen), Secured), security(("admin" = [])))]
+pub async fn unfreeze(_: Admin, State(state): State<Shared>) -> Result<Json<Frozen>, ApiError> {
     state.set_frozen(false, "admin").await?;
-    Ok(Json(json!({"frozen": false})))
+    Ok(Json(Frozen { frozen: false }))
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Revocation {
+    /// Revokes the task and every task delegated from it.
     #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
+    #[schema(value_type = Option<doc::Id>)]
     pub task_id: Option<String>,
     /// SPIFFE ID: revokes all its tasks, and it gets no SVID until re-registered.
     #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
+    #[schema(value_type = Option<doc::Id>)]
     pub agent: Option<String>,
+    /// Revokes every active task of the incident.
     #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
+    #[schema(value_type = Option<doc::Id>)]
     pub incident_id: Option<String>,
     pub reason: Option<String>,
 }
 
-/// Revoke a task, every task of an agent, or every task of an incident.
-#[utoipa::path(post, path = "/v1/revocations", request_body = Revocation, responses((status = 200)), security(("admin" = [])))]
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    /// Every task revoked, descendants included.
+    pub revoked_tasks: Vec<String>,
+}
+
+/// Revoke a task, every task of an agent, or every task of an incident
+/// (exactly one of `task_id`, `agent`, `incident_id`).
+#[utoipa::path(post, path = "/v1/revocations", request_body = Revocation, responses(
+    (status = 200, description = "Revoked; the credentials fail on their next request", body = Revoked),
+    JsonBody,
+    Secured,
+    NotFound,
+    Conflict,
+), security(("admin" = [])))]
 pub async fn revoke(
     _: Admin,
     State(state): State<Shared>,
     ApiJson(req): ApiJson<Revocation>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let now = state.now();
     let reason = req
         .reason
@@ -185,24 +211,41 @@ pub async fn revoke(
         );
     }
     state.store.commit(batch).await?;
-    Ok(Json(json!({"revoked_tasks": revoked})))
+    Ok(Json(Revoked {
+        revoked_tasks: revoked,
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
+    /// SPIFFE ID of the quarantined agent.
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(value_type = doc::Id)]
     pub agent: String,
     pub reason: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Released {
+    pub agent: String,
+    /// Always `false`.
+    pub quarantined: bool,
+}
+
 /// Lift an agent's quarantine (set by a chain rule with `@on_deny("quarantine")`).
-#[utoipa::path(post, path = "/v1/agents/release", request_body = Release, responses((status = 200), (status = 409)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/v1/agents/release", request_body = Release, responses(
+    (status = 200, description = "Released", body = Released),
+    JsonBody,
+    Secured,
+    NotFound,
+    (status = 409, description = "The agent is not quarantined (`conflict`)", body = ErrorBody),
+), security(("admin" = [])))]
 pub async fn release(
     _: Admin,
     State(state): State<Shared>,
     ApiJson(req): ApiJson<Release>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Released>, ApiError> {
     let id = SpiffeId::parse(&req.agent)
         .map_err(|e| ApiError::bad_request(format!("agent: {e}")))?
         .to_string();
@@ -225,14 +268,25 @@ pub async fn release(
                 .detail(json!({"reason": req.reason})),
         );
     state.store.commit(batch).await?;
-    Ok(Json(json!({"agent": id, "quarantined": false})))
+    Ok(Json(Released {
+        agent: id,
+        quarantined: false,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TaskListQuery {
+    /// Tasks of this agent (SPIFFE ID).
+    #[param(value_type = doc::Id, required = false)]
     pub agent: Option<String>,
+    /// Tasks of this incident.
+    #[param(value_type = doc::Id, required = false)]
     pub incident: Option<String>,
+    #[param(value_type = doc::TaskStatus, required = false)]
     pub status: Option<String>,
+    /// At most this many (default 100, at most 10000).
+    #[param(minimum = 0)]
     pub limit: Option<usize>,
 }
 
@@ -244,10 +298,12 @@ pub struct TaskView {
     pub environment: String,
     pub playbook: String,
     pub intent: String,
-    pub status: String,
+    pub status: doc::TaskStatus,
+    /// Why the task left `active` (close summary, revocation reason).
     pub status_reason: Option<String>,
+    /// For delegated tasks: the task that delegated this one.
     pub parent_task_id: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = doc::Scope)]
     pub scope: tollgate_core::Scope,
     pub created_at: String,
     pub expires_at: String,
@@ -264,7 +320,7 @@ impl From<tollgate_core::Task> for TaskView {
             environment: t.environment,
             playbook: t.playbook,
             intent: t.intent,
-            status: t.status.as_str().into(),
+            status: t.status.into(),
             status_reason: t.status_reason,
             parent_task_id: t.parent_task_id,
             scope: t.scope,
@@ -275,7 +331,8 @@ impl From<tollgate_core::Task> for TaskView {
     }
 }
 
-#[utoipa::path(get, path = "/v1/tasks", params(TaskListQuery), responses((status = 200, body = Vec<TaskView>)), security(("admin" = [])))]
+/// Tasks, oldest first, filtered.
+#[utoipa::path(get, path = "/v1/tasks", params(TaskListQuery), responses((status = 200, description = "The tasks", body = Vec<TaskView>), BadInput, Secured), security(("admin" = [])))]
 pub async fn list_tasks(
     _: Admin,
     State(state): State<Shared>,
@@ -305,7 +362,8 @@ pub async fn list_tasks(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path)), responses((status = 200, body = TaskView), (status = 404)), security(("admin" = [])))]
+/// One task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = doc::Id, Path)), responses((status = 200, description = "The task", body = TaskView), BadInput, Secured, NotFound), security(("admin" = [])))]
 pub async fn show_task(
     _: Admin,
     State(state): State<Shared>,
@@ -320,28 +378,48 @@ pub async fn show_task(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditListQuery {
+    #[param(value_type = doc::Id, required = false)]
     pub incident: Option<String>,
+    #[param(value_type = doc::Id, required = false)]
     pub task: Option<String>,
+    #[param(value_type = doc::Id, required = false)]
     pub agent: Option<String>,
     /// Entries carrying this request id (decision, approval steps, result).
+    #[param(value_type = doc::Id, required = false)]
     pub request: Option<String>,
     /// Only entries after this sequence number (paging).
+    #[param(minimum = 0)]
     pub after: Option<u64>,
+    /// At most this many (default 100, clamped to 1..=1000).
+    #[param(minimum = 0)]
     pub limit: Option<usize>,
 }
 
+/// A page of audit entries.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    #[schema(value_type = Vec<doc::AuditEntry>)]
+    pub entries: Vec<tollgate_audit::AuditEntry>,
+    /// Pass as `after` for the next page; `null`: this was the last.
+    pub next_after: Option<u64>,
+}
+
 /// Audit entries, oldest first, paged by `after`.
-#[utoipa::path(get, path = "/v1/audit", params(AuditListQuery), responses((status = 200)), security(("admin" = [])))]
+#[utoipa::path(get, path = "/v1/audit", params(AuditListQuery), responses((status = 200, description = "A page of entries", body = AuditPage), BadInput, Secured), security(("admin" = [])))]
 pub async fn audit(
     _: Admin,
     State(state): State<Shared>,
     ApiQuery(q): ApiQuery<AuditListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     if let Some(r) = &q.request {
         let entries = state.store.audit_by_request(r).await?;
-        return Ok(Json(json!({"entries": entries, "next_after": null})));
+        return Ok(Json(AuditPage {
+            entries,
+            next_after: None,
+        }));
     }
     let entries = state
         .store
@@ -358,33 +436,62 @@ pub async fn audit(
     } else {
         None
     };
-    Ok(Json(json!({"entries": entries, "next_after": next_after})))
+    Ok(Json(AuditPage {
+        entries,
+        next_after,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Reloaded {
+    /// Digest of the pack now live.
+    pub digest: String,
+    /// How many policies it has.
+    pub policies: usize,
 }
 
 /// Reload the policy pack; an invalid pack is refused (422) and the old one stays live.
-#[utoipa::path(post, path = "/v1/policies/reload", responses((status = 200), (status = 422)), security(("admin" = [])))]
-pub async fn reload(_: Admin, State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(post, path = "/v1/policies/reload", responses(
+    (status = 200, description = "The new pack is live", body = Reloaded),
+    Secured,
+    (status = 422, description = "The pack does not validate; the old one stays live (`policy_invalid`, with `diagnostics`)", body = ErrorBody),
+), security(("admin" = [])))]
+pub async fn reload(_: Admin, State(state): State<Shared>) -> Result<Json<Reloaded>, ApiError> {
     let digest = state.reload_pack("api").await?;
     let pack = state.pack.load();
-    Ok(Json(
-        json!({"digest": digest, "policies": pack.policy_count()}),
-    ))
+    Ok(Json(Reloaded {
+        digest,
+        policies: pack.policy_count(),
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPep {
+    /// 1 to 64 characters of `[A-Za-z0-9._-]`.
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]+$")]
     pub name: String,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct PepKey {
+    pub name: String,
+    /// The PEP's bearer key; shown only here.
+    pub key: String,
+}
+
 /// Register a policy enforcement point for the AuthZEN API; the key is shown once.
-#[utoipa::path(post, path = "/v1/peps", request_body = AddPep, responses((status = 201)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/v1/peps", request_body = AddPep, responses(
+    (status = 201, description = "Registered (a name already registered gets a new key)", body = PepKey),
+    JsonBody,
+    Secured,
+), security(("admin" = [])))]
 pub async fn add_pep(
     _: Admin,
     State(state): State<Shared>,
     ApiJson(req): ApiJson<AddPep>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<PepKey>), ApiError> {
     let name_ok = !req.name.is_empty()
         && req.name.len() <= 64
         && req
@@ -408,20 +515,71 @@ pub async fn add_pep(
     state.store.commit(batch).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"name": req.name, "key": key})),
+        Json(PepKey {
+            name: req.name,
+            key,
+        }),
     ))
+}
+
+/// A registered PEP (never its key or the key's hash).
+#[derive(Serialize, ToSchema)]
+pub struct PepView {
+    pub name: String,
+    pub created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PepList {
+    pub peps: Vec<PepView>,
+}
+
+/// Every registered PEP, by name.
+#[utoipa::path(get, path = "/v1/peps", responses((status = 200, description = "The PEPs", body = PepList), Secured), security(("admin" = [])))]
+pub async fn list_peps(_: Admin, State(state): State<Shared>) -> Result<Json<PepList>, ApiError> {
+    let peps = state
+        .store
+        .peps()
+        .await?
+        .into_iter()
+        .map(|p| PepView {
+            name: p.name,
+            created_at: tollgate_core::clock::rfc3339(p.created_at),
+        })
+        .collect();
+    Ok(Json(PepList { peps }))
+}
+
+/// Offboard a PEP: its key fails on the next request. Audited, `pep.removed`.
+#[utoipa::path(delete, path = "/v1/peps/{name}", params(("name" = doc::Id, Path)), responses((status = 204, description = "Removed"), BadInput, Secured, NotFound), security(("admin" = [])))]
+pub async fn remove_pep(
+    _: Admin,
+    State(state): State<Shared>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let batch = Batch::default()
+        .change(Change::RemovePep { name: name.clone() })
+        .event(AuditEvent::new(state.now(), "pep.removed", "admin").detail(json!({"name": name})));
+    state.store.commit(batch).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The MCP gateway's upstream servers: whether each is connected, its last
 /// failure and when it is tried again, and its tools with the catalog
 /// operation each is bound to (`null`: not offered to agents).
-#[utoipa::path(get, path = "/v1/mcp/upstreams", responses((status = 200)), security(("admin" = [])))]
-pub async fn mcp_upstreams(_: Admin, State(state): State<Shared>) -> Json<Value> {
+#[utoipa::path(get, path = "/v1/mcp/upstreams", responses((status = 200, description = "The upstreams, in configuration order", body = Upstreams), Secured), security(("admin" = [])))]
+pub async fn mcp_upstreams(_: Admin, State(state): State<Shared>) -> Json<Upstreams> {
     let pack = state.pack.load_full();
     let upstreams: Vec<Value> = state
         .upstreams
         .iter()
         .map(|u| u.status(pack.catalog()))
         .collect();
-    Json(json!({"upstreams": upstreams}))
+    Json(Upstreams { upstreams })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Upstreams {
+    #[schema(value_type = Vec<doc::UpstreamStatus>)]
+    pub upstreams: Vec<Value>,
 }

@@ -1,13 +1,14 @@
 //! Human approval: approvers, pending approvals, long-poll, decisions.
 
-use crate::approvals::{load, view, vote};
+use crate::api::doc::{self, BadInput, Conflict, JsonBody, NotFound, Secured};
+use crate::approvals::{load, view, vote, ApprovalView};
 use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, ApproverAuth, Shared, Viewer};
 use crate::error::ApiError;
 use crate::state::random_token;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate_audit::AuditEvent;
@@ -22,11 +23,27 @@ pub struct AddApprover {
     #[serde(default)]
     #[schema(minimum = 1)]
     pub expires_in_seconds: Option<i64>,
+    /// An email-like name, 1 to 128 characters of `[A-Za-z0-9._@+-]`
+    /// (lowercased; never a SPIFFE ID).
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._@+-]+$")]
     pub name: String,
-    /// The role policy sees as `principal.role` in `approve` decisions.
+    /// The role policy sees as `principal.role` in `approve` decisions:
+    /// 1 to 64 characters of `[a-z0-9-]`.
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9-]+$")]
     pub role: String,
+}
+
+/// A new approver key.
+#[derive(Serialize, ToSchema)]
+pub struct ApproverKey {
+    pub name: String,
+    pub role: String,
+    /// The approver's bearer key; shown only here.
+    pub key: String,
+    /// `null`: no expiry.
+    pub expires_at: Option<String>,
 }
 
 /// Approver names: an email-like string, never a SPIFFE ID (no ':' or '/').
@@ -40,12 +57,16 @@ pub fn valid_approver_name(name: &str) -> bool {
 
 /// Register (or rotate the key of) an approver; the key is shown once.
 /// Names are lowercased, so one person has one spelling.
-#[utoipa::path(post, path = "/v1/approvers", request_body = AddApprover, responses((status = 201)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/v1/approvers", request_body = AddApprover, responses(
+    (status = 201, description = "Registered; the key is shown once", body = ApproverKey),
+    JsonBody,
+    Secured,
+), security(("admin" = [])))]
 pub async fn add_approver(
     _: Admin,
     State(state): State<Shared>,
     ApiJson(req): ApiJson<AddApprover>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ApproverKey>), ApiError> {
     let name = req.name.to_ascii_lowercase();
     if !valid_approver_name(&name) {
         return Err(ApiError::bad_request(
@@ -88,10 +109,12 @@ pub async fn add_approver(
     state.store.commit(batch).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "name": name, "role": req.role, "key": key,
-            "expires_at": expires_at.map(tollgate_core::clock::rfc3339),
-        })),
+        Json(ApproverKey {
+            name,
+            role: req.role,
+            key,
+            expires_at: expires_at.map(tollgate_core::clock::rfc3339),
+        }),
     ))
 }
 
@@ -106,6 +129,7 @@ pub struct ApproverView {
     /// When the key last authenticated, to the minute.
     pub last_used_at: Option<String>,
     /// `active`, `disabled` or `expired`.
+    #[schema(value_type = String, pattern = "^(active|disabled|expired)$")]
     pub status: String,
 }
 
@@ -115,7 +139,7 @@ pub struct ApproverList {
 }
 
 /// Every approver registered with a key, with its status and last use.
-#[utoipa::path(get, path = "/v1/approvers", responses((status = 200, body = ApproverList)), security(("admin" = [])))]
+#[utoipa::path(get, path = "/v1/approvers", responses((status = 200, description = "The approvers", body = ApproverList), Secured), security(("admin" = [])))]
 pub async fn list_approvers(
     _: Admin,
     State(state): State<Shared>,
@@ -146,7 +170,7 @@ pub async fn list_approvers(
 }
 
 /// Offboard an approver: the key fails at once; votes already cast stay as cast.
-#[utoipa::path(delete, path = "/v1/approvers/{name}", params(("name" = String, Path)), responses((status = 204), (status = 404, body = crate::error::ErrorBody)), security(("admin" = [])))]
+#[utoipa::path(delete, path = "/v1/approvers/{name}", params(("name" = doc::Id, Path)), responses((status = 204, description = "Removed"), BadInput, Secured, NotFound), security(("admin" = [])))]
 pub async fn remove_approver(
     _: Admin,
     State(state): State<Shared>,
@@ -163,7 +187,7 @@ pub async fn remove_approver(
 }
 
 /// Disable an approver's key until it is enabled again.
-#[utoipa::path(post, path = "/v1/approvers/{name}/disable", params(("name" = String, Path)), responses((status = 204), (status = 404, body = crate::error::ErrorBody)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/v1/approvers/{name}/disable", params(("name" = doc::Id, Path)), responses((status = 204, description = "Disabled"), BadInput, Secured, NotFound), security(("admin" = [])))]
 pub async fn disable_approver(
     admin: Admin,
     state: State<Shared>,
@@ -173,7 +197,7 @@ pub async fn disable_approver(
 }
 
 /// Enable a disabled approver's key.
-#[utoipa::path(post, path = "/v1/approvers/{name}/enable", params(("name" = String, Path)), responses((status = 204), (status = 404, body = crate::error::ErrorBody)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/v1/approvers/{name}/enable", params(("name" = doc::Id, Path)), responses((status = 204, description = "Enabled"), BadInput, Secured, NotFound), security(("admin" = [])))]
 pub async fn enable_approver(
     admin: Admin,
     state: State<Shared>,
@@ -205,20 +229,87 @@ async fn set_disabled(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// `pending` (default), `approved`, `denied`, `expired`, `used`, or `all`.
+    /// A status, or `all`; default `pending`.
+    #[param(value_type = doc::ApprovalStatusFilter, required = false)]
     pub status: Option<String>,
+    /// Approvals of this task.
+    #[param(value_type = doc::Id, required = false)]
     pub task: Option<String>,
+}
+
+/// An approval with what an approver decides on.
+#[derive(Serialize, ToSchema)]
+pub struct ApprovalDetail {
+    #[serde(flatten)]
+    pub approval: ApprovalView,
+    /// The operation's tier (absent when it left the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Sensitivity labels: `reads-secret`, `egress-external`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reversible: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<String>,
+    /// The task (absent when it is gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<ApprovalTask>,
+    /// The task's evidence.
+    pub evidence: Vec<EvidenceView>,
+    /// The newest 200 decisions of the task, oldest first.
+    pub chain: Vec<ChainStep>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApprovalTask {
+    pub intent: String,
+    pub playbook: String,
+    pub environment: String,
+    pub status: doc::TaskStatus,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EvidenceView {
+    pub id: String,
+    /// `Type::id`.
+    pub resource: String,
+    pub kind: String,
+    pub sha256: String,
+}
+
+/// One decision of the task so far.
+#[derive(Serialize, ToSchema)]
+pub struct ChainStep {
+    pub seq: u64,
+    pub request_id: Option<String>,
+    pub outcome: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub action: Value,
+    #[schema(value_type = Option<String>)]
+    pub resource: Value,
+    pub at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Approvals {
+    pub approvals: Vec<ApprovalDetail>,
 }
 
 /// Approvals with what an approver needs to decide: intent, action, tier,
 /// resource, parameters, the task's evidence and its chain of actions so far.
-#[utoipa::path(get, path = "/v1/approvals", params(ListQuery), responses((status = 200)), security(("approver" = []), ("admin" = [])))]
+#[utoipa::path(get, path = "/v1/approvals", params(ListQuery), responses(
+    (status = 200, description = "At most 500 approvals", body = Approvals),
+    BadInput,
+    Secured,
+), security(("approver" = []), ("admin" = [])))]
 pub async fn list(
     viewer: Viewer,
     State(state): State<Shared>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Approvals>, ApiError> {
     if matches!(viewer, Viewer::Agent { .. }) {
         return Err(ApiError::Forbidden(
             "agents may only look at their own approvals by id".into(),
@@ -248,7 +339,7 @@ pub async fn list(
     {
         out.push(enrich(&state, &pack, &a).await?);
     }
-    Ok(Json(json!({"approvals": out})))
+    Ok(Json(Approvals { approvals: out }))
 }
 
 /// The approval plus what an approver decides on: the operation's tier and
@@ -257,22 +348,26 @@ async fn enrich(
     state: &Shared,
     pack: &tollgate_policy::PolicyPack,
     a: &tollgate_core::Approval,
-) -> Result<Value, ApiError> {
-    let mut v = view(a);
-    if let Some(op) = pack.catalog().operation(&a.action) {
-        v["tier"] = json!(op.tier.as_str());
-        v["labels"] = json!(op.labels);
-        v["reversible"] = json!(op.reversible);
-        v["blast_radius"] = json!(op.blast_radius);
-    }
-    if let Some(t) = state.store.task(&a.task_id).await? {
-        v["task"] = json!({"intent": t.intent, "playbook": t.playbook, "environment": t.environment, "status": t.status.as_str()});
-    }
-    let evidence = state.store.evidence_for_task(&a.task_id).await?;
-    v["evidence"] = json!(evidence
-        .iter()
-        .map(|e| json!({"id": e.id, "resource": e.resource, "kind": e.kind, "sha256": e.sha256}))
-        .collect::<Vec<_>>());
+) -> Result<ApprovalDetail, ApiError> {
+    let op = pack.catalog().operation(&a.action);
+    let task = state.store.task(&a.task_id).await?.map(|t| ApprovalTask {
+        intent: t.intent,
+        playbook: t.playbook,
+        environment: t.environment,
+        status: t.status.into(),
+    });
+    let evidence = state
+        .store
+        .evidence_for_task(&a.task_id)
+        .await?
+        .into_iter()
+        .map(|e| EvidenceView {
+            id: e.id,
+            resource: e.resource,
+            kind: e.kind,
+            sha256: e.sha256,
+        })
+        .collect();
     // The newest 200 decisions of the task, oldest first.
     let chain: Vec<_> = crate::audit::task_entries(state, &a.task_id)
         .await?
@@ -280,32 +375,53 @@ async fn enrich(
         .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision")
         .collect();
     let skip = chain.len().saturating_sub(200);
-    v["chain"] = json!(chain
+    let chain = chain
         .iter()
         .skip(skip)
-        .map(|e| json!({
-            "seq": e.seq, "request_id": e.event.request_id, "outcome": e.event.outcome,
-            "action": e.event.detail["action"], "resource": e.event.detail["resource"],
-            "at": tollgate_core::clock::rfc3339(e.event.ts),
-        }))
-        .collect::<Vec<_>>());
-    Ok(v)
+        .map(|e| ChainStep {
+            seq: e.seq,
+            request_id: e.event.request_id.clone(),
+            outcome: e.event.outcome.clone(),
+            action: e.event.detail["action"].clone(),
+            resource: e.event.detail["resource"].clone(),
+            at: tollgate_core::clock::rfc3339(e.event.ts),
+        })
+        .collect();
+    Ok(ApprovalDetail {
+        approval: view(a),
+        tier: op.map(|op| op.tier.as_str().to_string()),
+        labels: op.map(|op| op.labels.clone()),
+        reversible: op.map(|op| op.reversible),
+        blast_radius: op.map(|op| op.blast_radius.clone()),
+        task,
+        evidence,
+        chain,
+    })
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Long-poll: hold the answer up to this many seconds while the approval is pending.
+    /// Long-poll: hold the answer up to this many seconds while the approval
+    /// is pending (capped by the server's `approvals.max_wait_seconds`).
+    #[param(minimum = 0)]
     pub wait: Option<u64>,
 }
 
 /// One approval; with `?wait=N`, answers as soon as it is decided or expires.
-#[utoipa::path(get, path = "/v1/approvals/{id}", params(("id" = String, Path), WaitQuery), responses((status = 200)), security(("task" = []), ("approver" = []), ("admin" = [])))]
+/// An agent sees only its own task's approvals (others are 404 to it).
+#[utoipa::path(get, path = "/v1/approvals/{id}", params(("id" = doc::Id, Path), WaitQuery), responses(
+    (status = 200, description = "The approval", body = ApprovalDetail),
+    BadInput,
+    Secured,
+    NotFound,
+), security(("task" = []), ("approver" = []), ("admin" = [])))]
 pub async fn show(
     viewer: Viewer,
     State(state): State<Shared>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApprovalDetail>, ApiError> {
     // An agent sees only its own task's approvals; check before anything else.
     if let Viewer::Agent { task_id } = &viewer {
         let own = state
@@ -340,21 +456,29 @@ pub async fn show(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"approve": true, "reason": "jdoe's credentials are confirmed stolen"})))]
 pub struct DecisionBody {
     pub approve: bool,
-    /// Why; recorded in the audit log and shown to the other approvers.
+    /// Why; recorded in the audit log and shown to the other approvers; 1 to 2048 bytes.
+    #[schema(min_length = 1, max_length = 2048)]
     pub reason: String,
 }
 
 /// An approver's vote. Each approver counts once; a denial reaching the
 /// deny threshold ends the request.
-#[utoipa::path(post, path = "/v1/approvals/{id}/decision", params(("id" = String, Path)), request_body = DecisionBody, responses((status = 200), (status = 403), (status = 409)), security(("approver" = [])))]
+#[utoipa::path(post, path = "/v1/approvals/{id}/decision", params(("id" = doc::Id, Path)), request_body = DecisionBody, responses(
+    (status = 200, description = "The approval after the vote", body = ApprovalView),
+    JsonBody,
+    Secured,
+    NotFound,
+    Conflict,
+), security(("approver" = [])))]
 pub async fn decide(
     approver: ApproverAuth,
     State(state): State<Shared>,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<DecisionBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ApprovalView>, ApiError> {
     if req.reason.trim().is_empty() || req.reason.len() > 2048 {
         return Err(ApiError::bad_request("reason must be 1 to 2048 bytes"));
     }

@@ -1,13 +1,14 @@
 //! Tamper evidence over HTTP: signed checkpoints, inclusion and
 //! consistency proofs, keyed hashes; and executed-action results.
 
+use crate::api::doc::{self, BadInput, Conflict, JsonBody, Secured};
 use crate::audit::checkpoint_now;
 use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared, TaskAuth};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tollgate_audit::checkpoint::Checkpoint;
 use tollgate_audit::merkle;
@@ -15,37 +16,87 @@ use tollgate_audit::AuditEvent;
 use tollgate_store::{Batch, Change};
 use utoipa::{IntoParams, ToSchema};
 
-fn checkpoint_json(state: &Shared, cp: &Checkpoint) -> Value {
-    json!({
-        "checkpoint": cp,
-        "signed_body": cp.body(),
-        "public_key": state.audit.public_key_hex(),
-        "algorithm": "Ed25519",
-    })
+/// A signed checkpoint with what verifies it.
+#[derive(Serialize, ToSchema)]
+pub struct SignedCheckpoint {
+    #[schema(value_type = doc::Checkpoint)]
+    pub checkpoint: Checkpoint,
+    /// The exact text the signature covers.
+    pub signed_body: String,
+    /// Hex Ed25519 public key of the audit log.
+    pub public_key: String,
+    /// `Ed25519`.
+    pub algorithm: String,
 }
 
 /// The newest signed checkpoint (one is signed now if the log grew since).
-#[utoipa::path(get, path = "/v1/audit/checkpoint", responses((status = 200)), security(("admin" = [])))]
-pub async fn checkpoint(_: Admin, State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/audit/checkpoint", responses(
+    (status = 200, description = "The newest checkpoint", body = SignedCheckpoint),
+    Secured,
+    (status = 404, description = "The audit log is empty (`not_found`)", body = ErrorBody),
+), security(("admin" = [])))]
+pub async fn checkpoint(
+    _: Admin,
+    State(state): State<Shared>,
+) -> Result<Json<SignedCheckpoint>, ApiError> {
     let cp = checkpoint_now(&state)
         .await?
         .ok_or_else(|| ApiError::NotFound("the audit log is empty".into()))?;
-    Ok(Json(checkpoint_json(&state, &cp)))
+    Ok(Json(SignedCheckpoint {
+        signed_body: cp.body(),
+        checkpoint: cp,
+        public_key: state.audit.public_key_hex(),
+        algorithm: "Ed25519".into(),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Checkpoints {
+    #[schema(value_type = Vec<doc::Checkpoint>)]
+    pub checkpoints: Vec<Checkpoint>,
+    /// Hex Ed25519 public key of the audit log.
+    pub public_key: String,
+    /// `Ed25519`.
+    pub algorithm: String,
 }
 
 /// Every signed checkpoint, oldest first.
-#[utoipa::path(get, path = "/v1/audit/checkpoints", responses((status = 200)), security(("admin" = [])))]
-pub async fn checkpoints(_: Admin, State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/v1/audit/checkpoints", responses((status = 200, description = "The checkpoints", body = Checkpoints), Secured), security(("admin" = [])))]
+pub async fn checkpoints(
+    _: Admin,
+    State(state): State<Shared>,
+) -> Result<Json<Checkpoints>, ApiError> {
     let cps = state.store.checkpoints().await?;
-    Ok(Json(
-        json!({"checkpoints": cps, "public_key": state.audit.public_key_hex(), "algorithm": "Ed25519"}),
-    ))
+    Ok(Json(Checkpoints {
+        checkpoints: cps,
+        public_key: state.audit.public_key_hex(),
+        algorithm: "Ed25519".into(),
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ProofQuery {
     /// Tree size to prove against; default: the newest checkpoint's.
+    #[param(minimum = 1)]
     pub tree_size: Option<u64>,
+}
+
+/// An RFC 9162 inclusion proof.
+#[derive(Serialize, ToSchema)]
+pub struct InclusionProof {
+    pub seq: u64,
+    pub leaf_index: usize,
+    pub tree_size: u64,
+    /// Hex.
+    pub leaf_hash: String,
+    /// Hex sibling hashes, leaf to root.
+    pub audit_path: Vec<String>,
+    /// Hex Merkle root of the first `tree_size` entries.
+    pub root_hash: String,
+    /// The signed checkpoint of that size, if one was signed.
+    #[schema(value_type = Option<doc::Checkpoint>)]
+    pub checkpoint: Option<Checkpoint>,
 }
 
 async fn leaves_for(state: &Shared, size: u64) -> Result<Vec<[u8; 32]>, ApiError> {
@@ -66,13 +117,18 @@ async fn leaves_for(state: &Shared, size: u64) -> Result<Vec<[u8; 32]>, ApiError
 }
 
 /// Inclusion proof of entry `seq` in the tree of `tree_size` entries (RFC 9162).
-#[utoipa::path(get, path = "/v1/audit/proof/{seq}", params(("seq" = u64, Path), ProofQuery), responses((status = 200)), security(("admin" = [])))]
+#[utoipa::path(get, path = "/v1/audit/proof/{seq}", params(("seq" = u64, Path, minimum = 1, description = "Sequence number of the entry"), ProofQuery), responses(
+    (status = 200, description = "The proof", body = InclusionProof),
+    BadInput,
+    Secured,
+    (status = 404, description = "The audit log is empty (`not_found`)", body = ErrorBody),
+), security(("admin" = [])))]
 pub async fn proof(
     _: Admin,
     State(state): State<Shared>,
     ApiPath(seq): ApiPath<u64>,
     ApiQuery(q): ApiQuery<ProofQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InclusionProof>, ApiError> {
     let latest = checkpoint_now(&state).await?;
     let size = match (q.tree_size, &latest) {
         (Some(n), _) => n,
@@ -92,42 +148,59 @@ pub async fn proof(
         .await?
         .into_iter()
         .find(|c| c.tree_size == size);
-    Ok(Json(json!({
-        "seq": seq,
-        "leaf_index": index,
-        "tree_size": size,
-        "leaf_hash": hex::encode(leaves[index]),
-        "audit_path": path.iter().map(hex::encode).collect::<Vec<_>>(),
-        "root_hash": hex::encode(root),
-        "checkpoint": cp,
-    })))
+    Ok(Json(InclusionProof {
+        seq,
+        leaf_index: index,
+        tree_size: size,
+        leaf_hash: hex::encode(leaves[index]),
+        audit_path: path.iter().map(hex::encode).collect(),
+        root_hash: hex::encode(root),
+        checkpoint: cp,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
+    #[param(minimum = 1)]
     pub first: u64,
+    /// At least `first`, at most the log's size.
+    #[param(minimum = 1)]
     pub second: u64,
 }
 
+/// An RFC 9162 consistency proof.
+#[derive(Serialize, ToSchema)]
+pub struct ConsistencyProof {
+    pub first: u64,
+    pub second: u64,
+    /// Hex Merkle root of the first `first` entries.
+    pub first_root: String,
+    /// Hex Merkle root of the first `second` entries.
+    pub second_root: String,
+    /// Hex hashes.
+    pub proof: Vec<String>,
+}
+
 /// Consistency proof: the tree of `first` entries is a prefix of the tree of `second`.
-#[utoipa::path(get, path = "/v1/audit/consistency", params(ConsistencyQuery), responses((status = 200)), security(("admin" = [])))]
+#[utoipa::path(get, path = "/v1/audit/consistency", params(ConsistencyQuery), responses((status = 200, description = "The proof", body = ConsistencyProof), BadInput, Secured), security(("admin" = [])))]
 pub async fn consistency(
     _: Admin,
     State(state): State<Shared>,
     ApiQuery(q): ApiQuery<ConsistencyQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConsistencyProof>, ApiError> {
     if q.first == 0 || q.first > q.second {
         return Err(ApiError::bad_request("need 1 <= first <= second"));
     }
     let leaves = leaves_for(&state, q.second).await?;
     let proof = merkle::consistency_proof(q.first as usize, &leaves);
-    Ok(Json(json!({
-        "first": q.first,
-        "second": q.second,
-        "first_root": hex::encode(merkle::root(&leaves[..q.first as usize])),
-        "second_root": hex::encode(merkle::root(&leaves)),
-        "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
-    })))
+    Ok(Json(ConsistencyProof {
+        first: q.first,
+        second: q.second,
+        first_root: hex::encode(merkle::root(&leaves[..q.first as usize])),
+        second_root: hex::encode(merkle::root(&leaves)),
+        proof: proof.iter().map(hex::encode).collect(),
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -136,14 +209,21 @@ pub struct HashValue {
     pub value: String,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct KeyedHash {
+    pub hash: String,
+}
+
 /// The keyed hash a secret value is logged as, to check a known value against the log.
-#[utoipa::path(post, path = "/v1/audit/hash", request_body = HashValue, responses((status = 200)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/v1/audit/hash", request_body = HashValue, responses((status = 200, description = "The keyed hash", body = KeyedHash), JsonBody, Secured), security(("admin" = [])))]
 pub async fn hash(
     _: Admin,
     State(state): State<Shared>,
     ApiJson(req): ApiJson<HashValue>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"hash": state.audit.hash(&req.value)})))
+) -> Result<Json<KeyedHash>, ApiError> {
+    Ok(Json(KeyedHash {
+        hash: state.audit.hash(&req.value),
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -157,14 +237,21 @@ pub enum ResultStatus {
 #[serde(deny_unknown_fields)]
 pub struct ActionResult {
     pub status: ResultStatus,
-    /// The exact command or API call that was executed.
+    /// The exact command or API call that was executed; 1 to 8192 bytes.
+    #[schema(min_length = 1, max_length = 8192)]
     pub command: String,
     /// Lowercase hex SHA-256 of the output.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub output_digest: Option<String>,
 }
 
 /// Record what was actually executed under an allowing decision.
-#[utoipa::path(post, path = "/v1/actions/{request_id}/result", params(("request_id" = String, Path)), request_body = ActionResult, responses((status = 204), (status = 409)), security(("task" = [])))]
+#[utoipa::path(post, path = "/v1/actions/{request_id}/result", params(("request_id" = doc::Id, Path, description = "The allowing decision's request id")), request_body = ActionResult, responses(
+    (status = 204, description = "Recorded"),
+    JsonBody,
+    Secured,
+    Conflict,
+), security(("task" = [])))]
 pub async fn action_result(
     auth: TaskAuth,
     State(state): State<Shared>,

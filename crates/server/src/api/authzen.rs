@@ -12,6 +12,7 @@
 //! the outcome in the response context. Every evaluation is decided and
 //! audited exactly like `/v1/authorize`.
 
+use crate::api::doc::{self, JsonBody, Secured};
 use crate::auth::{ApiJson, PepAuth, Shared};
 use crate::decide::{decide_action, ActionAsk};
 use crate::error::ApiError;
@@ -19,8 +20,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use tollgate_core::{Outcome, TaskStatus};
 use tollgate_policy::ResourceRef;
 use utoipa::ToSchema;
@@ -102,6 +103,63 @@ pub struct Evaluations {
     pub options: Options,
 }
 
+/// One AuthZEN decision: `true` only for `allow`.
+#[derive(Serialize, ToSchema)]
+pub struct EvaluationResult {
+    pub decision: bool,
+    pub context: EvaluationContext,
+}
+
+/// Why: the decision's details, or what was wrong with the item.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EvaluationContext {
+    Decided(DecidedContext),
+    Refused(RefusedContext),
+}
+
+/// The decision behind `decision`, as `/v1/authorize` would give it.
+#[derive(Serialize, ToSchema)]
+pub struct DecidedContext {
+    pub request_id: String,
+    pub outcome: doc::Outcome,
+    pub reasons: Vec<String>,
+    pub policies: Vec<String>,
+    pub obligations: Vec<String>,
+    /// `approval_required`, when the denial can be requested (Access Request
+    /// and Approval profile draft).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_request: Option<AccessRequest>,
+}
+
+/// The pending approval a requestable denial waits on.
+#[derive(Serialize, ToSchema)]
+pub struct AccessRequest {
+    pub id: String,
+    pub status: doc::ApprovalStatus,
+    /// Where to poll it (`GET /v1/approvals/{id}`).
+    pub status_endpoint: String,
+    pub expires_at: String,
+    pub approvals_required: u32,
+}
+
+/// An item that could not be evaluated; the rest of a batch still is.
+#[derive(Serialize, ToSchema)]
+pub struct RefusedContext {
+    pub error: ItemError,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ItemError {
+    /// The HTTP status this would have been on its own: 400, 403 or 404.
+    pub status: u16,
+    pub message: String,
+}
+
 /// Evaluate one request. `Err` is an error of the whole call (store down);
 /// problems with the request itself become `decision: false` with an error context.
 async fn evaluate(
@@ -109,8 +167,13 @@ async fn evaluate(
     pep: &str,
     e: &Evaluation,
     traceparent: Option<String>,
-) -> Result<Value, ApiError> {
-    let refuse = |status: u16, message: String| json!({"decision": false, "context": {"error": {"status": status, "message": message}}});
+) -> Result<EvaluationResult, ApiError> {
+    let refuse = |status: u16, message: String| EvaluationResult {
+        decision: false,
+        context: EvaluationContext::Refused(RefusedContext {
+            error: ItemError { status, message },
+        }),
+    };
     if !e.subject.kind.eq_ignore_ascii_case("agent") {
         return Ok(refuse(
             400,
@@ -203,37 +266,40 @@ async fn evaluate(
     };
     match decide_action(state, ask).await {
         Ok(d) => {
-            let mut body = json!({
-                "decision": d.decision.outcome == Outcome::Allow,
-                "context": {
-                    "request_id": d.request_id,
-                    "outcome": d.decision.outcome.as_str(),
-                    "reasons": d.decision.reasons,
-                    "policies": d.decision.policies,
-                    "obligations": d.decision.obligations,
-                }
-            });
+            let mut context = DecidedContext {
+                request_id: d.request_id.clone(),
+                outcome: d.decision.outcome.into(),
+                reasons: d.decision.reasons,
+                policies: d.decision.policies,
+                obligations: d.decision.obligations,
+                reason: None,
+                evaluation_id: None,
+                access_request: None,
+            };
             // A requestable denial, shaped after the AuthZEN Access Request
             // and Approval profile draft: the handle is the approval.
             if let (Outcome::ApprovalRequired, Some(a)) = (d.decision.outcome, &d.approval) {
-                body["context"]["reason"] = json!("approval_required");
-                body["context"]["evaluation_id"] = json!(d.request_id);
-                body["context"]["access_request"] = json!({
-                    "id": a.id,
-                    "status": a.status.as_str(),
-                    "status_endpoint": format!("/v1/approvals/{}", a.id),
-                    "expires_at": tollgate_core::clock::rfc3339(a.expires_at),
-                    "approvals_required": d.decision.approvals_required,
+                context.reason = Some("approval_required".into());
+                context.evaluation_id = Some(d.request_id);
+                context.access_request = Some(AccessRequest {
+                    id: a.id.clone(),
+                    status: a.status.into(),
+                    status_endpoint: format!("/v1/approvals/{}", a.id),
+                    expires_at: tollgate_core::clock::rfc3339(a.expires_at),
+                    approvals_required: d.decision.approvals_required,
                 });
             }
-            Ok(body)
+            Ok(EvaluationResult {
+                decision: d.decision.outcome == Outcome::Allow,
+                context: EvaluationContext::Decided(context),
+            })
         }
         Err(ApiError::BadRequest { message, .. }) => Ok(refuse(400, message)),
         Err(e) => Err(e),
     }
 }
 
-fn with_request_id(headers: &HeaderMap, body: Value) -> Response {
+fn with_request_id(headers: &HeaderMap, body: impl Serialize) -> Response {
     let mut resp = Json(body).into_response();
     // AuthZEN: echo the PEP's X-Request-ID.
     if let Some(id) = headers
@@ -252,7 +318,13 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-#[utoipa::path(post, path = "/access/v1/evaluation", request_body = Evaluation, responses((status = 200, description = "{decision: bool, context}")), security(("pep" = [])))]
+/// Access evaluation (AuthZEN 1.0 §6), decided and audited like `/v1/authorize`.
+#[utoipa::path(post, path = "/access/v1/evaluation", request_body = Evaluation, responses(
+    (status = 200, description = "The decision; problems with the request itself are `decision: false` with `context.error`", body = EvaluationResult,
+        headers(("x-request-id" = String, description = "The PEP's `X-Request-ID`, echoed when it sent one"))),
+    JsonBody,
+    Secured,
+), security(("pep" = [])))]
 pub async fn evaluation(
     pep: PepAuth,
     State(state): State<Shared>,
@@ -263,7 +335,13 @@ pub async fn evaluation(
     Ok(with_request_id(&headers, body))
 }
 
-#[utoipa::path(post, path = "/access/v1/evaluations", request_body = Evaluations, responses((status = 200, description = "{evaluations: [{decision, context}]}")), security(("pep" = [])))]
+/// Access evaluations (AuthZEN 1.0 §7): at most 100 per call.
+#[utoipa::path(post, path = "/access/v1/evaluations", request_body = Evaluations, responses(
+    (status = 200, description = "One result per evaluation, in order (fewer when the semantic stops early)", body = EvaluationResults,
+        headers(("x-request-id" = String, description = "The PEP's `X-Request-ID`, echoed when it sent one"))),
+    JsonBody,
+    Secured,
+), security(("pep" = [])))]
 pub async fn evaluations(
     pep: PepAuth,
     State(state): State<Shared>,
@@ -304,11 +382,17 @@ pub async fn evaluations(
                 };
                 evaluate(&state, &pep.0.name, &e, traceparent(&headers)).await?
             }
-            _ => {
-                json!({"decision": false, "context": {"error": {"status": 400, "message": "subject, action and resource must be given in the evaluation or as defaults"}}})
-            }
+            _ => EvaluationResult {
+                decision: false,
+                context: EvaluationContext::Refused(RefusedContext {
+                    error: ItemError {
+                        status: 400,
+                        message: "subject, action and resource must be given in the evaluation or as defaults".into(),
+                    },
+                }),
+            },
         };
-        let decision = result["decision"].as_bool().unwrap_or(false);
+        let decision = result.decision;
         out.push(result);
         match req.options.evaluations_semantic {
             Semantic::DenyOnFirstDeny if !decision => break,
@@ -316,20 +400,36 @@ pub async fn evaluations(
             _ => {}
         }
     }
-    Ok(with_request_id(&headers, json!({"evaluations": out})))
+    Ok(with_request_id(
+        &headers,
+        EvaluationResults { evaluations: out },
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EvaluationResults {
+    pub evaluations: Vec<EvaluationResult>,
 }
 
 /// PDP metadata (AuthZEN 1.0 §9).
-#[utoipa::path(get, path = "/.well-known/authzen-configuration", responses((status = 200)))]
-pub async fn configuration(headers: HeaderMap) -> Json<Value> {
+#[derive(Serialize, ToSchema)]
+pub struct PdpMetadata {
+    pub policy_decision_point: String,
+    pub access_evaluation_endpoint: String,
+    pub access_evaluations_endpoint: String,
+}
+
+/// PDP metadata (AuthZEN 1.0 §9).
+#[utoipa::path(get, path = "/.well-known/authzen-configuration", responses((status = 200, description = "Where to evaluate", body = PdpMetadata)))]
+pub async fn configuration(headers: HeaderMap) -> Json<PdpMetadata> {
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1:8181");
     let base = format!("http://{host}");
-    Json(json!({
-        "policy_decision_point": base,
-        "access_evaluation_endpoint": format!("{base}/access/v1/evaluation"),
-        "access_evaluations_endpoint": format!("{base}/access/v1/evaluations"),
-    }))
+    Json(PdpMetadata {
+        access_evaluation_endpoint: format!("{base}/access/v1/evaluation"),
+        access_evaluations_endpoint: format!("{base}/access/v1/evaluations"),
+        policy_decision_point: base,
+    })
 }

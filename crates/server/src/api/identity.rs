@@ -1,8 +1,9 @@
 //! Agent identity: registration, join-token attestation, SVID refresh, JWKS.
 
+use crate::api::doc::{self, BadInput, JsonBody, Secured, Unavailable};
 use crate::auth::{Admin, AgentSvid, ApiJson, Shared, Source};
 use crate::decide::new_id;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::random_token;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,12 +17,15 @@ use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"spiffe_id": "spiffe://acme.test/agent/forensics/i-2", "owner": "secops-team"})))]
 pub struct RegisterAgent {
     /// SPIFFE ID of the agent instance, e.g. `spiffe://acme.test/agent/ir-responder/i-1`.
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(value_type = doc::Id)]
     pub spiffe_id: String,
     /// The human or team accountable for the agent.
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(value_type = doc::Id)]
     pub owner: String,
 }
 
@@ -34,7 +38,7 @@ pub struct Registered {
 }
 
 /// Register (or re-enrol) an agent instance and issue a single-use join token.
-#[utoipa::path(post, path = "/v1/agents", request_body = RegisterAgent, responses((status = 201, body = Registered)), security(("admin" = [])))]
+#[utoipa::path(post, path = "/v1/agents", request_body = RegisterAgent, responses((status = 201, description = "Registered; the join token is shown once", body = Registered), JsonBody, Secured), security(("admin" = [])))]
 pub async fn register_agent(
     _: Admin,
     State(state): State<Shared>,
@@ -110,7 +114,13 @@ pub struct Svid {
 }
 
 /// Exchange a join token (once) for a JWT-SVID.
-#[utoipa::path(post, path = "/v1/agents/attest", request_body = Attest, responses((status = 200, body = Svid), (status = 401)))]
+#[utoipa::path(post, path = "/v1/agents/attest", request_body = Attest, responses(
+    (status = 200, description = "A JWT-SVID for the agent the join token was issued to", body = Svid),
+    JsonBody,
+    (status = 401, description = "The join token is unknown, used or expired (`unauthorized`)", body = ErrorBody),
+    (status = 403, description = "The agent is revoked (`forbidden`)", body = ErrorBody),
+    Unavailable,
+))]
 pub async fn attest(
     source: Source,
     State(state): State<Shared>,
@@ -193,7 +203,7 @@ pub async fn attest(
 }
 
 /// A fresh JWT-SVID for an agent holding a valid one.
-#[utoipa::path(post, path = "/v1/agents/svid", responses((status = 200, body = Svid)), security(("svid" = [])))]
+#[utoipa::path(post, path = "/v1/agents/svid", responses((status = 200, description = "A fresh JWT-SVID", body = Svid), BadInput, Secured), security(("svid" = [])))]
 pub async fn refresh_svid(
     caller: AgentSvid,
     State(state): State<Shared>,
@@ -227,7 +237,17 @@ pub async fn refresh_svid(
 }
 
 /// Public keys that verify SVIDs and task credentials.
-#[utoipa::path(get, path = "/.well-known/jwks.json", responses((status = 200, description = "JWK Set")))]
-pub async fn jwks(State(state): State<Shared>) -> Json<serde_json::Value> {
-    Json(state.tokens.jwks())
+#[utoipa::path(get, path = "/.well-known/jwks.json", responses((status = 200, description = "JWK Set (RFC 7517)", body = Jwks)))]
+pub async fn jwks(State(state): State<Shared>) -> Json<Jwks> {
+    let mut set = state.tokens.jwks();
+    Json(Jwks {
+        keys: set["keys"].take(),
+    })
+}
+
+/// A JWK Set (RFC 7517).
+#[derive(Serialize, ToSchema)]
+pub struct Jwks {
+    #[schema(value_type = Vec<doc::Jwk>)]
+    pub keys: serde_json::Value,
 }

@@ -4,17 +4,19 @@ pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod authzen;
+pub mod doc;
 pub mod identity;
 pub mod lifecycle;
 pub mod tasks;
 
 use crate::auth::Shared;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use doc::{Secured, Unavailable};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -53,7 +55,7 @@ impl Modify for Security {
         identity::register_agent, identity::attest, identity::refresh_svid, identity::jwks,
         tasks::open_task, tasks::renew_task, tasks::close_task, tasks::add_evidence, tasks::authorize,
         admin::freeze, admin::unfreeze, admin::revoke, admin::list_tasks, admin::show_task, admin::audit,
-        admin::reload, admin::add_pep,
+        admin::reload, admin::add_pep, admin::list_peps, admin::remove_pep,
         admin::release,
         admin::mcp_upstreams,
         lifecycle::delegate,
@@ -76,14 +78,76 @@ impl Modify for Security {
         approvals::decide,
         authzen::evaluation, authzen::evaluations, authzen::configuration,
         healthz, livez, readyz, metrics, openapi_json,
+        mcp_post, mcp_get, mcp_delete,
     ),
+    components(schemas(ErrorBody, doc::Id, doc::TaskStatus, doc::ApprovalStatusFilter)),
     modifiers(&Security)
 )]
 pub struct ApiDoc;
 
+const MCP_ERRORS: &str = "An error of the transport or the gateway, in the API's error shape";
+
+/// The MCP gateway (streamable HTTP transport, MCP 2025-06-18): send one
+/// JSON-RPC message (`initialize` first; then `tools/list`, `tools/call`, …).
+/// Every `tools/call` is decided, held for approval or forwarded by the
+/// gateway; see `docs/mcp-gateway.md`. The answer is a JSON-RPC response, as
+/// JSON or as an SSE stream, depending on `Accept`.
+#[utoipa::path(post, path = "/mcp", request_body(content = doc::JsonRpcMessage, content_type = "application/json"),
+    params(
+        ("mcp-session-id" = Option<String>, Header, description = "The session, from the `initialize` answer's `mcp-session-id` header"),
+        ("accept" = String, Header, description = "Must accept both `application/json` and `text/event-stream`"),
+    ),
+    responses(
+        (status = 200, description = "The JSON-RPC answer (an SSE stream of messages, or one JSON message); `initialize` sets `mcp-session-id`",
+            content((doc::SseEvent = "text/event-stream"), (doc::JsonRpcMessage = "application/json"))),
+        (status = 202, description = "A notification or response was accepted"),
+        (status = 400, description = MCP_ERRORS, body = ErrorBody),
+        Secured,
+        (status = 404, description = "Unknown or expired session: initialise again (`not_found`)", body = ErrorBody),
+        (status = 406, description = "`Accept` does not allow both `application/json` and `text/event-stream`", body = ErrorBody),
+        (status = 413, description = MCP_ERRORS, body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = MCP_ERRORS, body = ErrorBody),
+    ),
+    security(("task" = [])))]
+pub fn mcp_post() {}
+
+/// The MCP gateway: open the session's SSE stream of server messages.
+#[utoipa::path(get, path = "/mcp",
+    params(
+        ("mcp-session-id" = String, Header, description = "The session"),
+        ("accept" = String, Header, description = "Must accept `text/event-stream`"),
+    ),
+    responses(
+        (status = 200, description = "An SSE stream of JSON-RPC messages", content_type = "text/event-stream", body = doc::SseEvent),
+        (status = 400, description = MCP_ERRORS, body = ErrorBody),
+        Secured,
+        (status = 404, description = "Unknown or expired session (`not_found`)", body = ErrorBody),
+        (status = 405, description = MCP_ERRORS, body = ErrorBody),
+        (status = 406, description = "`Accept` does not allow `text/event-stream`", body = ErrorBody),
+        (status = 409, description = "The session already has a stream (`conflict`)", body = ErrorBody),
+        (status = 422, description = MCP_ERRORS, body = ErrorBody),
+    ),
+    security(("task" = [])))]
+pub fn mcp_get() {}
+
+/// The MCP gateway: end the session.
+#[utoipa::path(delete, path = "/mcp",
+    params(("mcp-session-id" = String, Header, description = "The session")),
+    responses(
+        (status = 204, description = "The session is terminated"),
+        (status = 400, description = MCP_ERRORS, body = ErrorBody),
+        Secured,
+        (status = 404, description = "Unknown or expired session (`not_found`)", body = ErrorBody),
+        (status = 405, description = MCP_ERRORS, body = ErrorBody),
+        (status = 422, description = MCP_ERRORS, body = ErrorBody),
+    ),
+    security(("task" = [])))]
+pub fn mcp_delete() {}
+
 /// Liveness: the process answers. Says nothing of the store; use `/readyz`
 /// to decide whether to send traffic here.
-#[utoipa::path(get, path = "/livez", responses((status = 200, body = Status)))]
+#[utoipa::path(get, path = "/livez", responses((status = 200, description = "`ok`", body = Status)))]
 pub async fn livez() -> Json<Status> {
     Json(Status {
         status: "ok".into(),
@@ -91,7 +155,7 @@ pub async fn livez() -> Json<Status> {
 }
 
 /// Readiness: the store can commit (so decisions can be audited). 503 when not.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, body = Status), (status = 503, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "`ready`", body = Status), Unavailable))]
 pub async fn readyz(State(state): State<Shared>) -> Result<Json<Status>, ApiError> {
     state
         .readiness
@@ -110,7 +174,7 @@ pub struct Status {
 
 /// Health, for humans and older probes: ready (the store can commit), plus
 /// the audit log's size and whether the gateway is frozen. 503 when not ready.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "`ok`", body = Health), Unavailable))]
 pub async fn healthz(State(state): State<Shared>) -> Result<Json<Health>, ApiError> {
     state
         .readiness
@@ -133,7 +197,7 @@ pub struct Health {
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let mut text = state.metrics.encode();
     // Resident memory, from /proc on Linux (the bench reads it); absent elsewhere.
@@ -152,7 +216,7 @@ pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200)))]
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1", body = doc::Object)))]
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
@@ -184,7 +248,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/revocations", post(admin::revoke))
         .route("/v1/audit", get(admin::audit))
         .route("/v1/policies/reload", post(admin::reload))
-        .route("/v1/peps", post(admin::add_pep))
+        .route("/v1/peps", post(admin::add_pep).get(admin::list_peps))
+        .route("/v1/peps/{name}", axum::routing::delete(admin::remove_pep))
         .route("/v1/agents/release", post(admin::release))
         .route("/v1/tasks/{id}/delegate", post(lifecycle::delegate))
         .route("/v1/tasks/{id}/rollback", get(lifecycle::rollback))

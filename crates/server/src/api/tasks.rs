@@ -1,8 +1,9 @@
 //! Tasks and their credentials, evidence, and the decision at every action.
 
+use crate::api::doc::{self, BadInput, Conflict, JsonBody, Secured};
 use crate::auth::{AgentSvid, ApiJson, ApiPath, Shared, TaskAuth};
-use crate::decide::{decide_action, decision_json, new_id, ActionAsk};
-use crate::error::ApiError;
+use crate::decide::{decide_action, new_id, ActionAsk, DecisionView};
+use crate::error::{ApiError, ErrorDetail};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,14 +23,27 @@ use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "incident": {"id": "INC-4711", "class": "malware", "severity": "high"},
+    "environment": "prod", "playbook": "contain-malware",
+    "intent": "contain the beacon on web-1", "ttl_seconds": 900,
+})))]
 pub struct OpenTask {
-    #[schema(value_type = Object)]
+    #[schema(value_type = doc::IncidentRef)]
     pub incident: IncidentRef,
+    /// `prod`, `staging`, …: an id of at most 64 bytes.
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(min_length = 1, max_length = 64)]
     pub environment: String,
+    /// The playbook the task follows: an id of at most 128 bytes.
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(min_length = 1, max_length = 128)]
     pub playbook: String,
+    /// What the agent means to do, in its own words (audited); 1 to 2048 bytes.
+    #[schema(min_length = 1, max_length = 2048)]
     pub intent: String,
+    /// Default: the configured task TTL; above the maximum TTL the task is refused.
+    #[schema(minimum = 1)]
     pub ttl_seconds: Option<i64>,
 }
 
@@ -39,6 +53,23 @@ pub struct TaskCredential {
     /// EdDSA JWT bound to this task; present it as bearer token.
     pub credential: String,
     pub expires_at: String,
+}
+
+/// A refusal by policy (`decision` and the rest present), or of the caller
+/// itself (`error` only: a revoked agent, another task's credential).
+#[derive(Serialize, ToSchema)]
+pub struct Refusal {
+    /// `deny`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<doc::Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<String>>,
+    /// `task_refused` or `delegation_refused` (or `forbidden`).
+    pub error: ErrorDetail,
 }
 
 fn non_empty(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
@@ -51,7 +82,12 @@ fn non_empty(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 }
 
 /// Open a task: a policy decision over the agent, incident and declared intent.
-#[utoipa::path(post, path = "/v1/tasks", request_body = OpenTask, responses((status = 201, body = TaskCredential), (status = 403, description = "refused by policy; body carries the decision")), security(("svid" = [])))]
+#[utoipa::path(post, path = "/v1/tasks", request_body = OpenTask, responses(
+    (status = 201, description = "The task is open; its credential", body = TaskCredential),
+    JsonBody,
+    Secured,
+    (status = 403, description = "Refused by policy (the body carries the decision, `task_refused`), or the agent is revoked (`forbidden`)", body = Refusal),
+), security(("svid" = [])))]
 pub async fn open_task(
     caller: AgentSvid,
     State(state): State<Shared>,
@@ -158,10 +194,13 @@ pub async fn open_task(
         state
             .metrics
             .record("task.open", "deny", started.elapsed().as_secs_f64());
-        let body = json!({
-            "decision": "deny", "request_id": request_id, "reasons": decision.reasons, "policies": decision.policies,
-            "error": {"code": "task_refused", "message": decision.reasons.join("; ")},
-        });
+        let body = Refusal {
+            decision: Some(doc::Outcome::Deny),
+            request_id: Some(request_id),
+            error: ErrorDetail::new("task_refused", decision.reasons.join("; ")),
+            reasons: Some(decision.reasons),
+            policies: Some(decision.policies),
+        };
         return Ok((StatusCode::FORBIDDEN, Json(body)).into_response());
     }
 
@@ -241,7 +280,12 @@ fn same_task(auth: &TaskAuth, id: &str) -> Result<(), ApiError> {
 }
 
 /// A fresh credential for a live task; never past the task's hard maximum.
-#[utoipa::path(post, path = "/v1/tasks/{id}/renew", params(("id" = String, Path)), responses((status = 200, body = TaskCredential)), security(("task" = [])))]
+#[utoipa::path(post, path = "/v1/tasks/{id}/renew", params(("id" = doc::Id, Path, description = "The task of the credential")), responses(
+    (status = 200, description = "A fresh credential", body = TaskCredential),
+    BadInput,
+    Secured,
+    Conflict,
+), security(("task" = [])))]
 pub async fn renew_task(
     auth: TaskAuth,
     State(state): State<Shared>,
@@ -298,17 +342,29 @@ pub enum CloseOutcome {
 #[serde(deny_unknown_fields)]
 pub struct CloseTask {
     pub outcome: CloseOutcome,
+    /// Recorded as the task's status reason.
     pub summary: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct TaskClosed {
+    pub task_id: String,
+    /// `completed` or `failed`.
+    pub status: doc::TaskStatus,
+}
+
 /// Close a task; its credential stops working on the next request.
-#[utoipa::path(post, path = "/v1/tasks/{id}/close", params(("id" = String, Path)), request_body = CloseTask, responses((status = 200)), security(("task" = [])))]
+#[utoipa::path(post, path = "/v1/tasks/{id}/close", params(("id" = doc::Id, Path, description = "The task of the credential")), request_body = CloseTask, responses(
+    (status = 200, description = "Closed; the credential and every delegated descendant are dead", body = TaskClosed),
+    JsonBody,
+    Secured,
+), security(("task" = [])))]
 pub async fn close_task(
     auth: TaskAuth,
     State(state): State<Shared>,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CloseTask>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskClosed>, ApiError> {
     same_task(&auth, &id)?;
     let now = state.now();
     let status = match req.outcome {
@@ -344,31 +400,50 @@ pub async fn close_task(
         now,
     );
     state.store.commit(batch).await?;
-    Ok(Json(json!({"task_id": id, "status": status.as_str()})))
+    Ok(Json(TaskClosed {
+        task_id: id,
+        status: status.into(),
+    }))
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "resource": {"type": "Host", "id": "web-1"}, "kind": "process-list",
+    "sha256": "9f2c1e0a4b7d3c5e8f6a2b1d0c9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e",
+})))]
 pub struct AddEvidence {
-    #[schema(value_type = Object)]
+    #[schema(value_type = doc::ResourceRef)]
     pub resource: ResourceRef,
     /// What kind of evidence: `memory-snapshot`, `process-list`, `pcap`, …
+    /// (an id of at most 64 bytes).
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(min_length = 1, max_length = 64)]
     pub kind: String,
     /// Lowercase hex SHA-256 of the evidence content.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     pub sha256: String,
     /// The content itself (text), optional; if given, it must hash to `sha256`.
     pub content: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct EvidenceRecorded {
+    pub evidence_id: String,
+}
+
 /// Attach diagnostic evidence about a resource to the task.
-#[utoipa::path(post, path = "/v1/tasks/{id}/evidence", params(("id" = String, Path)), request_body = AddEvidence, responses((status = 201)), security(("task" = [])))]
+#[utoipa::path(post, path = "/v1/tasks/{id}/evidence", params(("id" = doc::Id, Path, description = "The task of the credential")), request_body = AddEvidence, responses(
+    (status = 201, description = "Recorded; its hash is in the audit chain", body = EvidenceRecorded),
+    JsonBody,
+    Secured,
+), security(("task" = [])))]
 pub async fn add_evidence(
     auth: TaskAuth,
     State(state): State<Shared>,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<AddEvidence>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<EvidenceRecorded>), ApiError> {
     same_task(&auth, &id)?;
     non_empty("kind", &req.kind, 64)?;
     let hex_ok = req.sha256.len() == 64
@@ -407,38 +482,49 @@ pub async fn add_evidence(
                 .detail(json!({"evidence_id": evidence_id, "resource": resource, "kind": req.kind, "sha256": req.sha256})),
         );
     state.store.commit(batch).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"evidence_id": evidence_id})),
-    ))
+    Ok((StatusCode::CREATED, Json(EvidenceRecorded { evidence_id })))
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "action": "edr.isolate_host", "resource": {"type": "Host", "id": "web-1"},
+    "intent": "isolate web-1: it beacons to a known C2 address",
+})))]
 pub struct Authorize {
-    /// A tool-catalog operation, e.g. `edr.isolate_host`.
+    /// A tool-catalog operation, e.g. `edr.isolate_host` (an id of at most 128 bytes).
     #[serde(deserialize_with = "tollgate_core::text::id")]
+    #[schema(min_length = 1, max_length = 128)]
     pub action: String,
-    #[schema(value_type = Object)]
+    #[schema(value_type = doc::ResourceRef)]
     pub resource: ResourceRef,
-    /// Why the agent wants to do this, in its own words (audited).
+    /// Why the agent wants to do this, in its own words (audited); 1 to 2048 bytes.
+    #[schema(min_length = 1, max_length = 2048)]
     pub intent: String,
+    /// The operation's parameters, as the tool will receive them (part of
+    /// what an approval is bound to).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = doc::Object)]
     pub parameters: Map<String, Value>,
     /// The granted approval, when retrying an `approval_required` request.
     #[serde(default, deserialize_with = "tollgate_core::text::opt_id")]
+    #[schema(value_type = Option<doc::Id>)]
     pub approval_id: Option<String>,
 }
 
 /// Ask before a privileged action: allow, deny or approval_required.
-#[utoipa::path(post, path = "/v1/authorize", request_body = Authorize, responses((status = 200, description = "the decision; a denial is not an error")), security(("task" = [])))]
+#[utoipa::path(post, path = "/v1/authorize", request_body = Authorize, responses(
+    (status = 200, description = "The decision, audited before it is returned; a denial is not an error", body = DecisionView),
+    JsonBody,
+    Secured,
+    Conflict,
+), security(("task" = [])))]
 pub async fn authorize(
     auth: TaskAuth,
     State(state): State<Shared>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<Authorize>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DecisionView>, ApiError> {
     non_empty("action", &req.action, 128)?;
     non_empty("intent", &req.intent, 2048)?;
     let traceparent = headers
@@ -461,5 +547,5 @@ pub async fn authorize(
         },
     )
     .await?;
-    Ok(Json(decision_json(&decided)))
+    Ok(Json(DecisionView::from(&decided)))
 }

@@ -649,3 +649,31 @@ fn an_svid_from_before_a_revocation_stays_dead_after_re_registration() {
     let new = v["svid"].as_str().unwrap();
     assert_eq!(s.post("/v1/tasks", Some(new), &incident_task()).0, 201);
 }
+
+/// Finding 12's class: an enforcement point, like an approver, could be
+/// registered but never offboarded.
+#[test]
+fn peps_can_be_offboarded() {
+    let s = Server::start();
+    let (ok, out, err) = s.cli(&["pep", "add", "edge-gw"]);
+    assert!(ok, "{err}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let body = json!({"subject": {"type": "agent", "id": IR}, "action": {"name": "edr.read_alerts"},
+                      "resource": {"type": "Host", "id": "web-1"}, "context": {"task_id": "task_none"}});
+    assert_eq!(s.post("/access/v1/evaluation", Some(&key), &body).0, 200);
+    let (ok, out, _) = s.cli(&["pep", "list"]);
+    assert!(ok && out.contains("edge-gw"), "{out}");
+    let (ok, _, err) = s.cli(&["pep", "remove", "edge-gw"]);
+    assert!(ok, "{err}");
+    // The key fails at once, and removing again is a 404 that changes nothing.
+    let (status, v) = s.post("/access/v1/evaluation", Some(&key), &body);
+    assert_eq!(status, 401, "{v}");
+    let (ok, _, err) = s.cli(&["pep", "remove", "edge-gw"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    assert_eq!(entries_of(&s, "pep.removed").len(), 1);
+}

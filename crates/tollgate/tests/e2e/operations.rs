@@ -288,3 +288,119 @@ fn bench_http_reports_and_finds_no_stale_decision() {
         "{out}"
     );
 }
+
+/// The OpenAPI document describes what the server answers: every operation
+/// behind a credential lists 401, every JSON body brings 400, 413 and 415,
+/// every answer with a JSON body has its schema, every reference resolves,
+/// and the MCP gateway is there. (`.ci/contract` checks the live answers
+/// against it.)
+#[test]
+fn openapi_documents_every_status_and_body() {
+    let s = Server::start();
+    let (status, api) = s.get("/openapi.json", None);
+    assert_eq!(status, 200);
+    let mut problems = Vec::new();
+    let mut operations = 0;
+    for (path, item) in api["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            operations += 1;
+            let at = format!("{} {path}", method.to_uppercase());
+            let responses = op["responses"].as_object().unwrap();
+            let secured = op["security"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|r| r.as_object().is_some_and(|r| !r.is_empty()))
+            });
+            if secured && !responses.contains_key("401") {
+                problems.push(format!("{at}: secured, but no 401"));
+            }
+            if op.get("requestBody").is_some() {
+                for status in ["400", "413", "415"] {
+                    if !responses.contains_key(status) {
+                        problems.push(format!("{at}: takes a body, but no {status}"));
+                    }
+                }
+            }
+            for (status, response) in responses {
+                let content = response["content"].as_object();
+                if content.is_none() && !["202", "204"].contains(&status.as_str()) {
+                    problems.push(format!("{at}: {status} has no body described"));
+                }
+                for (media, body) in content.into_iter().flatten() {
+                    if media.contains("json") && body.get("schema").is_none() {
+                        problems.push(format!("{at}: {status} {media} has no schema"));
+                    }
+                }
+            }
+            // Every `{param}` in the path is declared as a path parameter.
+            let declared: Vec<&str> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "path")
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            for segment in path.split('/').filter(|s| s.starts_with('{')) {
+                let name = segment.trim_matches(['{', '}']);
+                if !declared.contains(&name) {
+                    problems.push(format!("{at}: path parameter {name} is not declared"));
+                }
+            }
+        }
+    }
+    for method in ["post", "get", "delete"] {
+        if !api["paths"]["/mcp"][method].is_object() {
+            problems.push(format!("/mcp: no {method}"));
+        }
+    }
+    // Every reference resolves.
+    fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v.as_str()) {
+                        ("$ref", Some(r)) => out.push(r),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&api, &mut all);
+    for r in all {
+        let name = r.trim_start_matches("#/components/schemas/");
+        if !api["components"]["schemas"][name].is_object() {
+            problems.push(format!("dangling reference {r}"));
+        }
+    }
+    assert!(operations >= 45, "only {operations} operations");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The shared shapes are real schemas, not bare objects.
+    let schemas = &api["components"]["schemas"];
+    for (name, field) in [
+        ("ResourceRef", "type"),
+        ("IncidentRef", "severity"),
+        ("ErrorBody", "error"),
+    ] {
+        assert!(
+            schemas[name]["properties"][field].is_object(),
+            "{name}: {}",
+            schemas[name]
+        );
+    }
+    assert_eq!(schemas["Id"]["maxLength"], 256);
+    let approvals = &api["paths"]["/v1/approvals"]["get"]["parameters"];
+    assert!(
+        approvals
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "status" && p["in"] == "query"),
+        "{approvals}"
+    );
+}
