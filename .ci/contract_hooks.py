@@ -7,7 +7,7 @@ request id, the ids of live data, so the success answers are checked
 against the document too (random ids only ever reach 403 and 404). When a
 test case has ended the task (closed, revoked, its incident resolved, its
 agent quarantined or revoked), a new one is opened first; when one has
-removed, disabled or re-registered the approver or the agent (schemathesis
+removed, disabled or re-registered the approver, the PEP or the agent (schemathesis
 reuses names it has seen in answers), it is registered again. Requests to `/mcp` that initialise get
 the headers a client sends (half the others too). A long-poll is cut to 2 s.
 """
@@ -44,10 +44,24 @@ LIVE_IDS = {
 }
 
 
+def live_pep():
+    """The PEP key, after registering the PEP again if a test case removed or
+    re-registered it (DELETE /v1/peps/{name}, POST /v1/peps with its name)."""
+    with LOCK:
+        status, _ = setup.call(
+            ADDR, "POST", "/v1/introspect", TOKENS["pep"], {"token": "probe"}, ok=(200, 401)
+        )
+        if status == 401:
+            _, pep = setup.call(ADDR, "POST", "/v1/peps", TOKENS["admin"], {"name": "contract-pep"})
+            TOKENS["pep"] = pep["key"]
+        return TOKENS["pep"]
+
+
 def live_task():
     """The current task's ids, after opening a new task if this one ended."""
+    pep = live_pep()
     with LOCK:
-        _, seen = setup.call(ADDR, "POST", "/v1/introspect", TOKENS["pep"], {"token": STATE["task"]})
+        _, seen = setup.call(ADDR, "POST", "/v1/introspect", pep, {"token": STATE["task"]})
         if not seen["active"]:
             STATE.update(setup.open_task(ADDR, TOKENS, f"INC-contract-{next(INCIDENTS)}"))
         return dict(STATE)
@@ -95,6 +109,8 @@ def before_call(context, case, kwargs):
         token = live_approver()
     elif name == "svid":
         token = live_svid()
+    elif name == "pep":
+        token = live_pep()
     else:
         token = TOKENS[name]
     if case.headers is None:
