@@ -413,21 +413,7 @@ mod delegation_tests {
             parent.attenuate(&BTreeSet::new(), &set(&[1], "r")),
             Err(DelegationError::Empty)
         );
-        let t = Task {
-            id: "p".into(),
-            agent: "a".into(),
-            incident_id: "i".into(),
-            environment: "prod".into(),
-            playbook: "x".into(),
-            intent: "y".into(),
-            scope: Scope::default(),
-            parent_task_id: None,
-            created_at: 0,
-            expires_at: 100,
-            max_expires_at: 100,
-            status: TaskStatus::Active,
-            status_reason: None,
-        };
+        let t = parent_task(100, 100);
         assert_eq!(
             child_lifetime(&t, 0, 10, 60, 3, 2),
             Err(DelegationError::Depth { depth: 3, max: 2 })

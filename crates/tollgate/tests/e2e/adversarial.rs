@@ -10,7 +10,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -268,23 +267,6 @@ fn with_approval(mut body: Value, id: &str) -> Value {
 
 fn read_alerts() -> Value {
     json!({"action": "edr.read_alerts", "resource": host("web-1"), "intent": "look"})
-}
-
-fn verify_offline(data: &Path) -> (bool, String) {
-    let out = Command::new(bin())
-        .args(["audit", "verify", "--data"])
-        .arg(data)
-        .env_remove("TOLLGATE_DATA")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 // ------------------------------------------------------------------ tokens

@@ -23,23 +23,6 @@ fn history(s: &Server) -> (String, String) {
     (task_id, cred)
 }
 
-fn verify_offline(data: &Path) -> (bool, String) {
-    let out = Command::new(bin())
-        .args(["audit", "verify", "--data"])
-        .arg(data)
-        .env_remove("TOLLGATE_DATA")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

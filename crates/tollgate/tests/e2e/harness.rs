@@ -370,3 +370,22 @@ impl Server {
         )
     }
 }
+
+/// `tollgate audit verify --data DIR` on a (stopped) server's data dir:
+/// whether it passed, and what it printed.
+pub fn verify_offline(data: &Path) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(["audit", "verify", "--data"])
+        .arg(data)
+        .env_remove("TOLLGATE_DATA")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
