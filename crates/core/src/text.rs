@@ -17,15 +17,37 @@ use serde::{Deserialize, Deserializer};
 /// Longest id accepted anywhere.
 pub const MAX_ID_BYTES: usize = 256;
 
-/// Whether `c` hides, reorders or controls text rather than showing it.
+/// Whether `c` hides, reorders or controls text rather than showing it:
+/// controls, format characters (bidi marks, overrides and isolates,
+/// zero-width and invisible operators, BOM, interlinear annotation, tags),
+/// variation selectors, fillers that render as nothing, line and paragraph
+/// separators, private-use code points and noncharacters. A lookalike id
+/// such as `prod-db` plus an invisible tag would read as `prod-db` to an
+/// approver while matching no policy written for `prod-db`.
 pub fn is_invisible_or_control(c: char) -> bool {
+    let u = c as u32;
     c.is_control()
         || matches!(c,
             '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}' | '\u{1160}'
+            | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{FEFF}')
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}')
+        || (0xE000..=0xF8FF).contains(&u)
+        || (0xE0000..=0xE0FFF).contains(&u)
+        || u >= 0xF0000
+        || (0xFDD0..=0xFDEF).contains(&u)
+        || (u & 0xFFFE) == 0xFFFE
+        || (0x1D173..=0x1D17A).contains(&u)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +58,8 @@ pub enum IdError {
     TooLong(usize),
     #[error("must not contain control or invisible characters (found U+{0:04X} at byte {1})")]
     Character(u32, usize),
+    #[error("must not start or end with white space")]
+    Padded,
 }
 
 /// Check one id. The error names the offending code point, never echoes the id.
@@ -48,6 +72,9 @@ pub fn check_id(id: &str) -> Result<(), IdError> {
     }
     if let Some((at, c)) = id.char_indices().find(|(_, c)| is_invisible_or_control(*c)) {
         return Err(IdError::Character(c as u32, at));
+    }
+    if id.trim() != id {
+        return Err(IdError::Padded);
     }
     Ok(())
 }
@@ -106,6 +133,23 @@ mod tests {
             assert_eq!(check_id(id), Err(want), "{id:?}");
         }
         assert_eq!(check_id(&"a".repeat(257)), Err(IdError::TooLong(257)));
+        for hidden in [
+            "prod-db\u{E0062}",
+            "x\u{061C}",
+            "x\u{FE0F}",
+            "x\u{180E}",
+            "x\u{3164}",
+            "x\u{E000}",
+            "x\u{FFFF}",
+            "x\u{2066}",
+        ] {
+            assert!(
+                matches!(check_id(hidden), Err(IdError::Character(..))),
+                "{hidden:?}"
+            );
+        }
+        assert_eq!(check_id(" web-1"), Err(IdError::Padded));
+        assert_eq!(check_id("web-1 "), Err(IdError::Padded));
         assert_eq!(check_id(&"a".repeat(256)), Ok(()));
     }
 

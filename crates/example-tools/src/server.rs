@@ -35,6 +35,9 @@ pub struct Settings {
     /// Tools left out of tools/list until the first call, which then
     /// announces `notifications/tools/list_changed` (a server whose tools change).
     pub late_tools: Vec<String>,
+    /// Tools answered with a JSON-RPC "invalid params" error that quotes the
+    /// arguments, as validators do: the gateway must not store secrets from it.
+    pub invalid_params: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -132,6 +135,17 @@ impl ServerHandler for ExampleTools {
                 .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             let _ = ctx.peer.notify_tool_list_changed().await;
+        }
+        if self
+            .settings
+            .invalid_params
+            .iter()
+            .any(|t| *t == request.name)
+        {
+            return Err(ErrorData::invalid_params(
+                "arguments do not validate",
+                Some(json!({"input_value": request.arguments})),
+            ));
         }
         if self.settings.crash_on.iter().any(|t| *t == request.name) {
             std::process::exit(70);

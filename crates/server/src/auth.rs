@@ -29,16 +29,79 @@ fn bearer(parts: &Parts) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Audit a refused credential, then produce the refusal.
-async fn refuse(state: &AppState, parts: &Parts, who: &str, err: ApiError) -> ApiError {
-    let reason = err.to_string();
+/// Longest reason kept in a refusal entry: a forged token's `kid` or `sub`
+/// is quoted in it, and an attacker chooses its length.
+const MAX_REASON: usize = 256;
+
+fn refusal_event(
+    state: &AppState,
+    parts: &Parts,
+    who: &str,
+    err: &ApiError,
+) -> (String, AuditEvent) {
+    let mut reason = err.to_string();
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
     let ev = AuditEvent::new(state.now(), "auth.refused", "anonymous")
         .outcome("refused")
         .detail(serde_json::json!({"path": parts.uri.path(), "expected": who, "reason": reason}));
+    (reason, ev)
+}
+
+/// Audit a refused credential that anyone could have made up (a forged or
+/// unknown token), then produce the refusal. Such refusals are aggregated
+/// per source and second (`refusals.rs`): making them up costs nothing.
+async fn refuse(state: &AppState, parts: &Parts, who: &str, err: ApiError) -> ApiError {
+    let (reason, ev) = refusal_event(state, parts, who, &err);
     let kind = format!("auth.refused/{who}");
     match record_refusal(state, &peer(parts), &kind, &reason, ev).await {
         Ok(()) => err,
         Err(e) => e,
+    }
+}
+
+/// Audit the refusal of a credential that verified (a genuine SVID of a
+/// revoked agent, a credential of a closed task, a disabled approver's key),
+/// each in its own entry before the answer: only a holder of a real
+/// credential can cause one, and who tried what must not be summarised away.
+async fn refuse_verified(state: &AppState, parts: &Parts, who: &str, err: ApiError) -> ApiError {
+    let (_, ev) = refusal_event(state, parts, who, &err);
+    match state.store.commit(Batch::audit_only(ev)).await {
+        Ok(_) => err,
+        Err(e) => e.into(),
+    }
+}
+
+/// The source an address counts as: an IPv4 address itself, an IPv6
+/// address its /64 (one host commonly holds a whole /64, so counting single
+/// addresses would let it dodge aggregation by rotating them).
+fn source_of(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Clock skew allowed between an SVID's `iat` and the agent's registration:
+/// none for Tollgate's own SVIDs (one clock), the token leeway for an
+/// external issuer's, whose clock may run behind.
+fn registration_slack(svid: &VerifiedSvid) -> i64 {
+    if svid.external {
+        30
+    } else {
+        0
     }
 }
 
@@ -58,7 +121,7 @@ pub fn peer(parts: &Parts) -> String {
     parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map(|c| source_of(c.0.ip()))
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -133,14 +196,14 @@ impl FromRequestParts<Shared> for AgentSvid {
         };
         let id = svid.spiffe_id.to_string();
         match state.store.agent(&id).await? {
-            None => Err(refuse(
+            None => Err(refuse_verified(
                 state,
                 parts,
                 "svid",
                 ApiError::Unauthorized(format!("agent {id} is not registered")),
             )
             .await),
-            Some(a) if a.revoked => Err(refuse(
+            Some(a) if a.revoked => Err(refuse_verified(
                 state,
                 parts,
                 "svid",
@@ -150,7 +213,7 @@ impl FromRequestParts<Shared> for AgentSvid {
             // A registration starts at `created_at`: an SVID issued before
             // it belongs to an earlier registration (one that may have been
             // revoked, its SVID stolen) and does not carry over.
-            Some(agent) if svid.iat.is_some_and(|iat| iat < agent.created_at) => Err(refuse(
+            Some(agent) if svid.iat.is_some_and(|iat| iat.saturating_add(registration_slack(&svid)) < agent.created_at) => Err(refuse_verified(
                 state,
                 parts,
                 "svid",
@@ -197,7 +260,7 @@ impl FromRequestParts<Shared> for TaskAuth {
         let task = match state.store.task(&claims.task_id).await? {
             Some(t) if t.agent == claims.sub => t,
             _ => {
-                return Err(refuse(
+                return Err(refuse_verified(
                     state,
                     parts,
                     "task credential",
@@ -215,12 +278,18 @@ impl FromRequestParts<Shared> for TaskAuth {
                 None => format!("task {} is {}", task.id, task.status),
             };
             state.tokens.forget_task_credential(token);
-            return Err(refuse(state, parts, "task credential", ApiError::Unauthorized(why)).await);
+            return Err(refuse_verified(
+                state,
+                parts,
+                "task credential",
+                ApiError::Unauthorized(why),
+            )
+            .await);
         }
         // A delegated task lives only while its whole chain of parents does.
         if let Some(why) = crate::api::lifecycle::ancestry(state, &task).await?.dead {
             state.tokens.forget_task_credential(token);
-            return Err(refuse(
+            return Err(refuse_verified(
                 state,
                 parts,
                 "task credential",
@@ -232,7 +301,7 @@ impl FromRequestParts<Shared> for TaskAuth {
             Some(a) if !a.revoked => a,
             _ => {
                 state.tokens.forget_task_credential(token);
-                return Err(refuse(
+                return Err(refuse_verified(
                     state,
                     parts,
                     "task credential",
@@ -430,7 +499,7 @@ impl FromRequestParts<Shared> for ApproverAuth {
         };
         match approver_from(state, token).await {
             Err(ApiError::Unauthorized(why)) => {
-                Err(refuse(state, parts, "approver", ApiError::Unauthorized(why)).await)
+                Err(refuse_verified(state, parts, "approver", ApiError::Unauthorized(why)).await)
             }
             Err(e) => Err(e),
             Ok(Some(v)) => Ok(ApproverAuth(v)),
@@ -464,7 +533,9 @@ impl FromRequestParts<Shared> for Viewer {
         }
         match approver_from(state, token).await {
             Err(ApiError::Unauthorized(why)) => {
-                return Err(refuse(state, parts, "viewer", ApiError::Unauthorized(why)).await)
+                return Err(
+                    refuse_verified(state, parts, "viewer", ApiError::Unauthorized(why)).await,
+                )
             }
             Err(e) => return Err(e),
             Ok(Some(v)) => return Ok(Viewer::Approver(v)),
@@ -479,7 +550,7 @@ impl FromRequestParts<Shared> for Viewer {
             .await?
             .is_some()
         {
-            return Err(refuse(
+            return Err(refuse_verified(
                 state,
                 parts,
                 "viewer",
@@ -506,5 +577,21 @@ impl FromRequestParts<Shared> for Viewer {
             ApiError::Unauthorized("not a credential that may view approvals".into()),
         )
         .await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_count_by_their_slash_64() {
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_of(a), source_of(b));
+        assert_ne!(source_of(a), source_of(c));
+        assert_eq!(source_of("10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(source_of("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3");
     }
 }

@@ -41,6 +41,10 @@ pub struct ExampleArgs {
     /// that the tool list changed.
     #[arg(long, value_name = "TOOL")]
     late_tool: Vec<String>,
+    /// Answer TOOL with a JSON-RPC "invalid params" error quoting the arguments,
+    /// as a validating server does.
+    #[arg(long, value_name = "TOOL")]
+    invalid_params: Vec<String>,
 }
 
 fn parse_slow(s: &str) -> Result<(String, Duration), String> {
@@ -82,6 +86,7 @@ pub fn example(args: ExampleArgs) -> Result<()> {
             args.malformed
         },
         late_tools: args.late_tool,
+        invalid_params: args.invalid_params,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

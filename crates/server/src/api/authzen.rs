@@ -252,6 +252,9 @@ async fn evaluate(
         .or_else(|| e.context.get("approval_id"))
         .and_then(Value::as_str)
         .map(str::to_string);
+    if let Some(Err(err)) = approval_id.as_deref().map(tollgate_core::text::check_id) {
+        return Ok(refuse(400, format!("context.approval_id: id {err}")));
+    }
     let ask = ActionAsk {
         approval_id: approval_id.as_deref(),
         task: &task,

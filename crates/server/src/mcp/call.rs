@@ -108,6 +108,11 @@ impl Called {
 /// Audit a call refused before any decision could be made (unknown tool,
 /// missing resource argument), then answer it.
 async fn refuse_unmapped(state: &Shared, auth: &TaskAuth, tool: &str, reason: String) -> Called {
+    // The name is the agent's: recorded as sent only when it is a valid id.
+    let tool = match tollgate_core::text::check_id(tool) {
+        Ok(()) => tool.to_string(),
+        Err(e) => format!("(a tool name that {e})"),
+    };
     let ev = AuditEvent::new(
         state.now(),
         "mcp.call_refused",
@@ -279,12 +284,26 @@ async fn governed(
         "server": upstream.name, "tool": tool, "arguments": state.audit.redact(&args, &sensitive),
     }})
     .to_string();
+    // An upstream's error can quote the arguments (a validator's "input
+    // value" in a JSON-RPC error's data): its text is stored and answered
+    // with every secret argument's value cut out.
+    let mut secrets: Vec<String> = sensitive
+        .iter()
+        .filter_map(|name| args.get(name))
+        .map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .filter(|s| s.len() >= 2)
+        .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     forward(
         state,
         auth,
         upstream,
         tool,
         args,
+        &secrets,
         &decided.request_id,
         &command,
         meta.compensates,
@@ -375,17 +394,17 @@ async fn hold(
         };
         // Checked before an approval is acted on too: a grant that arrives
         // after the client left must not run the tool for nobody.
-        if gone.is_cancelled() {
+        if gone.is_cancelled() || ctx.ct.is_cancelled() {
             abandon(
                 state,
                 auth,
                 first,
                 &id,
-                "the client's connection closed while the call waited for approval",
+                "the client's connection closed or the call was cancelled while it waited for approval",
             )
             .await;
             return Err(fail(
-                "the connection closed while waiting for approval".into(),
+                "the connection closed or the call was cancelled while waiting for approval".into(),
             ));
         }
         match a.status {
@@ -434,6 +453,9 @@ async fn hold(
             }
         }
         tokio::select! {
+            // Cancellation first: a vote and a departure arriving together
+            // must not let the call run for nobody.
+            biased;
             _ = ctx.ct.cancelled() => {
                 abandon(state, auth, first, &id, "the client cancelled the call while it waited for approval").await;
                 return Err(fail("cancelled while waiting for approval".into()));
@@ -520,6 +542,7 @@ async fn forward(
     upstream: &Upstream,
     tool: &str,
     args: Map<String, Value>,
+    secrets: &[String],
     request_id: &str,
     command: &str,
     compensates: Option<String>,
@@ -556,7 +579,8 @@ async fn forward(
             (result, status, Some(digest))
         }
         Err(e) => {
-            extra["error"] = json!(e.to_string());
+            let error = crate::redact::cut(&e.to_string(), secrets);
+            extra["error"] = json!(error);
             // A call that timed out or was cut off may have acted: its
             // outcome is unknown, not failed, and its compensation is kept
             // so the rollback plan can still undo it.
@@ -565,7 +589,7 @@ async fn forward(
             } else {
                 "failed"
             };
-            let text = format!("{e} (request {request_id})");
+            let text = format!("{error} (request {request_id})");
             (tool_error(text, None), status, None)
         }
     };

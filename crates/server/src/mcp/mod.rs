@@ -217,6 +217,9 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
 /// are rewritten, their text kept (cut at 2 KiB) as the message.
 async fn in_error_shape(response: Response) -> Response {
     let status = response.status();
+    let mut headers = response.headers().clone();
+    headers.remove(http::header::CONTENT_TYPE);
+    headers.remove(http::header::CONTENT_LENGTH);
     let is_json = response
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -250,7 +253,12 @@ async fn in_error_shape(response: Response) -> Response {
         text.trim().to_string()
     };
     let body = serde_json::json!({"error": {"code": code, "message": message}});
-    (status, axum::Json(body)).into_response()
+    let mut rewritten = (status, axum::Json(body)).into_response();
+    // Keep what the transport said besides its body (`Allow` on a 405, …).
+    for (name, value) in headers.iter() {
+        rewritten.headers_mut().insert(name.clone(), value.clone());
+    }
+    rewritten
 }
 
 /// Cancelled when the HTTP response of the request that carried it is

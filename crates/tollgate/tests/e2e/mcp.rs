@@ -1482,3 +1482,42 @@ fn mcp_transport_errors_have_the_error_shape() {
         );
     }
 }
+
+/// Found in review of finding 1's class: an upstream's JSON-RPC error can
+/// quote the call's arguments (a validator's `input_value`), and the error
+/// text is stored with the executed action. Secret arguments are cut out of
+/// it before it is stored or answered.
+#[test]
+fn an_upstream_error_quoting_a_secret_argument_stores_no_secret() {
+    let g = Gateway::start_with(
+        |_, _| Upstream::Stdio,
+        &["--invalid-params", "edr_read_alerts"],
+        false,
+    );
+    let s = &g.server;
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let secret = "SECRET-quoted-by-upstream-7Hq2";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (c, _) = connect(s, &cred).await;
+        // `new_value` is secret on vault.rotate_secret, so on every call.
+        let r = call(
+            &c,
+            "edr_read_alerts",
+            json!({"host": "web-1", "new_value": secret}),
+        )
+        .await;
+        assert_eq!(r.is_error, Some(true), "{}", text(&r));
+        assert!(text(&r).contains("[redacted]"), "{}", text(&r));
+        assert!(!text(&r).contains(secret), "{}", text(&r));
+    });
+    let results = events(s, "action.result");
+    assert_eq!(results.len(), 1, "{results:?}");
+    let error = results[0]["detail"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("arguments do not validate"), "{error}");
+    assert!(!error.contains(secret), "{error}");
+    let (ok, export, _) = s.cli(&["audit", "export"]);
+    assert!(ok);
+    assert!(!export.contains(secret), "the secret is in the export");
+}
