@@ -95,6 +95,9 @@ pub struct PolicyPack {
     index: PolicyIndex,
     /// `playbooks.yaml`, when the pack has one.
     playbooks: Option<tollgate_core::Playbooks>,
+    /// `Catalog::sensitive_anywhere`, computed once at load: every decision
+    /// redacts with it.
+    secret_parameters: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -292,7 +295,13 @@ impl PolicyPack {
                     digest_input.extend_from_slice(f.text.as_bytes());
                     digest_input.push(0);
                 }
+                let secret_parameters = catalog
+                    .sensitive_anywhere()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
                 let pack = Self {
+                    secret_parameters,
                     schema,
                     index: PolicyIndex::new(&set),
                     policies: set,
@@ -349,6 +358,11 @@ impl PolicyPack {
     }
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+    /// Parameter names secret on every action (some operation declares
+    /// them sensitive), sorted.
+    pub fn secret_parameters(&self) -> &[String] {
+        &self.secret_parameters
     }
     pub fn digest(&self) -> &str {
         &self.digest

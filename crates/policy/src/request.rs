@@ -294,12 +294,12 @@ impl PolicyPack {
         let Err(PolicyError::BadRequest(_)) = built else {
             return built;
         };
-        let sensitive = self.catalog().sensitive_anywhere();
+        let sensitive = self.secret_parameters();
         let secrets: Vec<&str> = f
             .parameters
             .keys()
             .map(String::as_str)
-            .filter(|k| sensitive.contains(k))
+            .filter(|k| sensitive.iter().any(|s| s == k))
             .collect();
         if secrets.is_empty() {
             return built;
@@ -307,7 +307,7 @@ impl PolicyPack {
         let without: Map<String, Value> = f
             .parameters
             .iter()
-            .filter(|(k, _)| !sensitive.contains(k.as_str()))
+            .filter(|(k, _)| !sensitive.contains(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let public = ActionFacts {

@@ -123,15 +123,9 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     // Secret parameters reach Cedar as they are, but everything stored
     // (audit, approvals, the request hash that binds an approval) sees only
     // their keyed hash. A name that some operation declares sensitive is
-    // secret on every action (`Catalog::sensitive_anywhere`), and errors
+    // secret on every action (`PolicyPack::secret_parameters`), and errors
     // about the request are formed without secret values by the pack itself.
-    let sensitive: Vec<String> = pack
-        .catalog()
-        .sensitive_anywhere()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    let logged = state.audit.redact(ask.parameters, &sensitive);
+    let logged = state.audit.redact(ask.parameters, pack.secret_parameters());
     // The history of the whole delegation tree: chain rules judge the
     // sequence, and a sub-agent's actions count for its parent.
     let tree = crate::api::lifecycle::ancestry(state, ask.task).await?;

@@ -206,14 +206,7 @@ async fn governed(
     parameters.remove(&binding.resource_argument);
     let action = action.to_string();
     // Secret anywhere, secret everywhere (as for `/v1/authorize`).
-    let sensitive: Vec<String> = state
-        .pack
-        .load()
-        .catalog()
-        .sensitive_anywhere()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    let sensitive: Vec<String> = state.pack.load().secret_parameters().to_vec();
     drop(pack);
 
     let decide = |approval_id: Option<String>, task: tollgate_core::Task| {

@@ -10,12 +10,7 @@ fn authzen_evaluations_use_the_same_policies() {
     let (task_id, cred) = s.open_task(&svid);
     let (ok, out, _) = s.cli(&["pep", "add", "edr-proxy"]);
     assert!(ok);
-    let key = out
-        .lines()
-        .find_map(|l| l.strip_prefix("key:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = printed_key(&out);
 
     let (status, meta) = s.get("/.well-known/authzen-configuration", None);
     assert_eq!(status, 200);

@@ -545,12 +545,7 @@ fn approvers_can_be_offboarded() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("expires:"), "{out}");
-    let dave = out
-        .lines()
-        .find_map(|l| l.strip_prefix("key:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let dave = printed_key(&out);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let (status, v) = s.get("/v1/approvals", Some(&dave));
     assert_eq!(status, 401, "{v}");
@@ -657,12 +652,7 @@ fn peps_can_be_offboarded() {
     let s = Server::start();
     let (ok, out, err) = s.cli(&["pep", "add", "edge-gw"]);
     assert!(ok, "{err}");
-    let key = out
-        .lines()
-        .find_map(|l| l.strip_prefix("key:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = printed_key(&out);
     let body = json!({"subject": {"type": "agent", "id": IR}, "action": {"name": "edr.read_alerts"},
                       "resource": {"type": "Host", "id": "web-1"}, "context": {"task_id": "task_none"}});
     assert_eq!(s.post("/access/v1/evaluation", Some(&key), &body).0, 200);

@@ -222,7 +222,8 @@ pub fn post_json(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
     finish(req.send(body.to_string()))
 }
 
-fn agent() -> ureq::Agent {
+/// An HTTP client that returns every status as a response, not an error.
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -348,11 +349,7 @@ impl Server {
     pub fn approver(&self, name: &str, role: &str) -> String {
         let (ok, out, err) = self.cli(&["approver", "add", name, "--role", role]);
         assert!(ok, "{err}");
-        out.lines()
-            .find_map(|l| l.strip_prefix("key:"))
-            .unwrap()
-            .trim()
-            .to_string()
+        printed_key(&out)
     }
 
     /// Run the CLI as someone other than the admin.
@@ -388,4 +385,13 @@ pub fn verify_offline(data: &Path) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// The key a `… add` command printed (its `key:` line, shown once).
+pub fn printed_key(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .unwrap_or_else(|| panic!("no key: line in {out:?}"))
+        .trim()
+        .to_string()
 }

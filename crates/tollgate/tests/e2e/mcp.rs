@@ -593,10 +593,7 @@ fn raw_mcp(
     session: Option<&str>,
     body: &Value,
 ) -> (u16, Option<String>, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let mut req = agent
         .post(&s.url("/mcp"))
         .header("content-type", "application/json")
@@ -1414,10 +1411,7 @@ fn a_held_call_whose_client_leaves_is_abandoned_and_its_approval_withdrawn() {
     assert!(events(s, "action.result").is_empty());
 
     // Ending the session: 204, as MCP clients expect.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let resp = agent
         .delete(&s.url("/mcp"))
         .header("authorization", &format!("Bearer {cred}"))
@@ -1434,10 +1428,7 @@ fn mcp_transport_errors_have_the_error_shape() {
     let s = Server::start();
     let svid = s.enrol(IR);
     let (_, cred) = s.open_task(&svid);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "raw", "version": "0"}}});
