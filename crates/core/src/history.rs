@@ -5,20 +5,27 @@
 //! the stored history of the whole delegation tree, so a restart changes
 //! nothing and a sub-agent's actions count for its parent.
 
-use crate::UnixTime;
-use serde::Serialize;
+use crate::{Catalog, Outcome, Tier, UnixTime};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
-/// One earlier decision in the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Past {
+/// One decided action, kept per delegation tree so chain rules can look at
+/// what the whole tree did (a child's actions count for its parent). Its
+/// risk is not recorded: it is the catalog's when the history is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    /// The top-level task of the tree.
+    pub root_task_id: String,
+    pub task_id: String,
+    /// SPIFFE ID of the agent that asked.
+    pub agent: String,
     pub request_id: String,
     pub action: String,
+    /// `Type::id`.
     pub resource: String,
-    pub tier: String,
+    pub tier: Tier,
     pub labels: Vec<String>,
-    pub outcome: String,
-    pub risk: i64,
+    pub outcome: Outcome,
     pub ts: UnixTime,
 }
 
@@ -28,6 +35,17 @@ pub struct TierCounts {
     pub contain: i64,
     pub change: i64,
     pub destructive: i64,
+}
+
+impl TierCounts {
+    fn count(&mut self, tier: Tier) {
+        match tier {
+            Tier::Read => self.read += 1,
+            Tier::Contain => self.contain += 1,
+            Tier::Change => self.change += 1,
+            Tier::Destructive => self.destructive += 1,
+        }
+    }
 }
 
 /// `context.history`.
@@ -56,41 +74,35 @@ pub struct HistorySummary {
 }
 
 impl HistorySummary {
-    pub fn from_past(past: &[Past], now: UnixTime) -> Self {
+    /// Fold a tree's records, oldest first, into the summary at `now`. An
+    /// action's risk is the catalog's weight today (0 once it has left the
+    /// catalog), so a reloaded pack re-weighs the past.
+    pub fn from_records(records: &[ActionRecord], catalog: &Catalog, now: UnixTime) -> Self {
         let mut s = HistorySummary::default();
-        for p in past {
-            let age = now - p.ts;
-            if p.outcome == "deny" && age <= 600 {
+        for r in records {
+            let age = now - r.ts;
+            if r.outcome == Outcome::Deny && age <= 600 {
                 s.denials_10m += 1;
             }
-            if p.outcome != "allow" {
+            if r.outcome != Outcome::Allow {
                 continue;
             }
-            s.risk_spent += p.risk;
-            s.actions_allowed.insert(p.action.clone());
-            s.previous_action = p.action.clone();
+            s.risk_spent += catalog
+                .operation(&r.action)
+                .map(|op| op.risk_weight())
+                .unwrap_or(0);
+            s.actions_allowed.insert(r.action.clone());
+            s.previous_action = r.action.clone();
             if age <= 3600 {
-                s.labels_1h.extend(p.labels.iter().cloned());
-                s.actions_1h.insert(p.action.clone());
-                match p.tier.as_str() {
-                    "read" => s.tier_counts_1h.read += 1,
-                    "contain" => s.tier_counts_1h.contain += 1,
-                    "change" => s.tier_counts_1h.change += 1,
-                    "destructive" => s.tier_counts_1h.destructive += 1,
-                    _ => {}
-                }
+                s.labels_1h.extend(r.labels.iter().cloned());
+                s.actions_1h.insert(r.action.clone());
+                s.tier_counts_1h.count(r.tier);
             }
             if age <= 600 {
-                s.labels_10m.extend(p.labels.iter().cloned());
+                s.labels_10m.extend(r.labels.iter().cloned());
             }
             if age <= 60 {
-                match p.tier.as_str() {
-                    "read" => s.tier_counts_1m.read += 1,
-                    "contain" => s.tier_counts_1m.contain += 1,
-                    "change" => s.tier_counts_1m.change += 1,
-                    "destructive" => s.tier_counts_1m.destructive += 1,
-                    _ => {}
-                }
+                s.tier_counts_1m.count(r.tier);
             }
         }
         s
@@ -99,11 +111,18 @@ impl HistorySummary {
 
 /// The allowed actions within `window` seconds that carry `label`, newest
 /// first: what a decision names as having triggered a chain rule.
-pub fn triggers<'a>(past: &'a [Past], label: &str, now: UnixTime, window: i64) -> Vec<&'a Past> {
-    let mut v: Vec<&Past> = past
+pub fn triggers<'a>(
+    records: &'a [ActionRecord],
+    label: &str,
+    now: UnixTime,
+    window: i64,
+) -> Vec<&'a ActionRecord> {
+    let mut v: Vec<&ActionRecord> = records
         .iter()
-        .filter(|p| {
-            p.outcome == "allow" && now - p.ts <= window && p.labels.iter().any(|l| l == label)
+        .filter(|r| {
+            r.outcome == Outcome::Allow
+                && now - r.ts <= window
+                && r.labels.iter().any(|l| l == label)
         })
         .collect();
     v.reverse();
@@ -114,53 +133,68 @@ pub fn triggers<'a>(past: &'a [Past], label: &str, now: UnixTime, window: i64) -
 mod tests {
     use super::*;
 
-    fn past(action: &str, tier: &str, labels: &[&str], outcome: &str, ts: i64) -> Past {
-        Past {
+    fn rec(action: &str, tier: Tier, labels: &[&str], outcome: Outcome, ts: i64) -> ActionRecord {
+        ActionRecord {
+            root_task_id: "task_root".into(),
+            task_id: "task_root".into(),
+            agent: "spiffe://acme.test/agent/a/1".into(),
             request_id: format!("req_{ts}"),
             action: action.into(),
             resource: "X::y".into(),
-            tier: tier.into(),
+            tier,
             labels: labels.iter().map(|s| s.to_string()).collect(),
-            outcome: outcome.into(),
-            risk: 5,
+            outcome,
             ts,
         }
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::from_yaml(
+            r#"
+operations:
+  vault.read_secret: {tier: read, resource_types: [Secret], labels: [reads-secret], risk: 5}
+  edr.isolate_host: {tier: contain, resource_types: [Host], labels: [network-change], risk: 5}
+  logs.delete: {tier: destructive, resource_types: [Host], labels: [destroys-evidence], risk: 5}
+  iam.disable_account: {tier: change, resource_types: [Account], labels: [modifies-identity]}
+"#,
+        )
+        .unwrap()
     }
 
     #[test]
     fn windows_counts_and_risk() {
         let now = 10_000;
         let h = vec![
-            past(
+            rec(
                 "vault.read_secret",
-                "read",
+                Tier::Read,
                 &["reads-secret"],
-                "allow",
+                Outcome::Allow,
                 now - 3000,
             ),
-            past(
+            rec(
                 "edr.isolate_host",
-                "contain",
+                Tier::Contain,
                 &["network-change"],
-                "allow",
+                Outcome::Allow,
                 now - 300,
             ),
-            past(
+            rec(
                 "logs.delete",
-                "destructive",
+                Tier::Destructive,
                 &["destroys-evidence"],
-                "deny",
+                Outcome::Deny,
                 now - 60,
             ),
-            past(
+            rec(
                 "iam.disable_account",
-                "change",
+                Tier::Change,
                 &["modifies-identity"],
-                "approval_required",
+                Outcome::ApprovalRequired,
                 now - 30,
             ),
         ];
-        let s = HistorySummary::from_past(&h, now);
+        let s = HistorySummary::from_records(&h, &catalog(), now);
         assert_eq!(s.labels_10m, ["network-change".to_string()].into());
         assert!(s.labels_1h.contains("reads-secret"));
         assert_eq!(
@@ -175,5 +209,28 @@ mod tests {
         assert_eq!(s.previous_action, "edr.isolate_host");
         assert_eq!(triggers(&h, "reads-secret", now, 3600).len(), 1);
         assert!(triggers(&h, "reads-secret", now, 600).is_empty());
+    }
+
+    #[test]
+    fn risk_comes_from_the_catalog_and_is_zero_for_unknown_actions() {
+        let now = 10_000;
+        let h = vec![
+            // Default weight by tier: change is 10.
+            rec(
+                "iam.disable_account",
+                Tier::Change,
+                &[],
+                Outcome::Allow,
+                now,
+            ),
+            // No longer in the catalog: it weighs nothing.
+            rec("gone.op", Tier::Destructive, &[], Outcome::Allow, now),
+            // Denied actions spend nothing.
+            rec("logs.delete", Tier::Destructive, &[], Outcome::Deny, now),
+        ];
+        let s = HistorySummary::from_records(&h, &catalog(), now);
+        assert_eq!(s.risk_spent, 10);
+        assert_eq!(s.tier_counts_1m.destructive, 1);
+        assert_eq!(s.previous_action, "gone.op");
     }
 }

@@ -8,7 +8,9 @@ pub mod approval;
 pub mod catalog;
 pub mod clock;
 pub mod decision;
+pub mod events;
 pub mod history;
+pub mod lineage;
 pub mod model;
 pub mod playbook;
 pub mod spiffe;
@@ -21,7 +23,9 @@ pub use catalog::{
 };
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use decision::{Decision, Outcome};
-pub use history::{HistorySummary, Past};
+pub use events::EventKind;
+pub use history::{ActionRecord, HistorySummary};
+pub use lineage::Lineage;
 pub use model::{
     check_receiver, child_lifetime, Agent, DelegationError, Incident, IncidentRef, IncidentStatus,
     Scope, Severity, Task, TaskStatus,

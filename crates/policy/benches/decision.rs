@@ -19,11 +19,16 @@ fn decisions(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("tollgate", size), &size, |b, _| {
             b.iter(|| {
                 k += 1;
-                let history = tollgate_core::HistorySummary::from_past(&work.past, work.now);
+                let history = tollgate_core::HistorySummary::from_records(
+                    &work.past,
+                    pack.catalog(),
+                    work.now,
+                );
                 pack.decide_action(&work.facts(k, &history)).unwrap()
             })
         });
-        let history = tollgate_core::HistorySummary::from_past(&work.past, work.now);
+        let history =
+            tollgate_core::HistorySummary::from_records(&work.past, pack.catalog(), work.now);
         let built: Vec<_> = (0..64)
             .map(|k| {
                 let f = work.facts(k, &history);

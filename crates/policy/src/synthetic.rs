@@ -90,7 +90,7 @@ pub struct Workload {
     incident: Incident,
     resources: Vec<(&'static str, ResourceRef)>,
     parameters: serde_json::Map<String, serde_json::Value>,
-    pub past: Vec<tollgate_core::Past>,
+    pub past: Vec<tollgate_core::ActionRecord>,
     pub now: UnixTime,
 }
 
@@ -145,14 +145,16 @@ impl Workload {
             })
             .collect();
         let past = (0..20)
-            .map(|i| tollgate_core::Past {
+            .map(|i| tollgate_core::ActionRecord {
+                root_task_id: "task_bench".into(),
+                task_id: "task_bench".into(),
+                agent: agent_id(trust_domain, 0),
                 request_id: format!("req_{i}"),
                 action: "edr.read_alerts".into(),
                 resource: format!("Host::web-{i}"),
-                tier: "read".into(),
+                tier: tollgate_core::Tier::Read,
                 labels: vec!["reads-telemetry".into()],
-                outcome: "allow".into(),
-                risk: 0,
+                outcome: tollgate_core::Outcome::Allow,
                 ts: now - 3000 + i * 100,
             })
             .collect();

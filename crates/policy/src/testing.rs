@@ -27,7 +27,8 @@ use crate::{ActionFacts, AgentFacts, PolicyPack, ResourceRef};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tollgate_core::{
-    HistorySummary, Incident, IncidentRef, IncidentStatus, Past, Scope, SpiffeId, Task, TaskStatus,
+    ActionRecord, HistorySummary, Incident, IncidentRef, IncidentStatus, Outcome, Scope, SpiffeId,
+    Task, TaskStatus,
 };
 
 #[derive(Debug, Deserialize)]
@@ -123,7 +124,7 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
         status_reason: None,
     };
     let mut now = start;
-    let mut past: Vec<Past> = Vec::new();
+    let mut past: Vec<ActionRecord> = Vec::new();
     let mut revoked = false;
     let mut failures = Vec::new();
     for (i, step) in t.steps.iter().enumerate() {
@@ -138,7 +139,7 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
             }
             continue;
         }
-        let history = HistorySummary::from_past(&past, now);
+        let history = HistorySummary::from_records(&past, pack.catalog(), now);
         let facts = ActionFacts {
             agent: AgentFacts {
                 spiffe_id: &agent,
@@ -164,11 +165,12 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
                 continue;
             }
         };
-        let mut outcome = d.outcome.as_str().to_string();
-        if outcome == "approval_required" && step.approved {
-            outcome = "allow".into();
-        }
-        let shown = if d.outcome.as_str() == "approval_required" && step.approved {
+        let outcome = if d.outcome == Outcome::ApprovalRequired && step.approved {
+            Outcome::Allow
+        } else {
+            d.outcome
+        };
+        let shown = if d.outcome == Outcome::ApprovalRequired && step.approved {
             "approval_required (approved)"
         } else {
             d.outcome.as_str()
@@ -178,7 +180,7 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
         } else {
             step.expect.as_str()
         };
-        if expected_outcome != outcome {
+        if expected_outcome != outcome.as_str() {
             failures.push(Failure {
                 step: n,
                 message: format!(
@@ -199,18 +201,20 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
             }
         }
         if let Some(op) = pack.catalog().operation(&step.action) {
-            past.push(Past {
+            past.push(ActionRecord {
+                root_task_id: task.id.clone(),
+                task_id: task.id.clone(),
+                agent: task.agent.clone(),
                 request_id: format!("step-{n}"),
                 action: step.action.clone(),
                 resource: step.resource.key(),
-                tier: op.tier.as_str().into(),
+                tier: op.tier,
                 labels: op.labels.clone(),
-                outcome: outcome.clone(),
-                risk: op.risk_weight(),
+                outcome,
                 ts: now,
             });
         }
-        if d.outcome == tollgate_core::Outcome::Deny && d.revoke_task {
+        if d.outcome == Outcome::Deny && d.revoke_task {
             revoked = true;
         }
     }

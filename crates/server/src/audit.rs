@@ -7,7 +7,7 @@
 //! (32 random bytes; HMAC-SHA256 of secret parameters, so an auditor holding
 //! the key can check a known value, as Vault's `audit-hash` allows).
 
-use crate::error::ApiError;
+use crate::service::Error;
 use crate::state::AppState;
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
@@ -69,7 +69,7 @@ impl AuditKeys {
 pub async fn task_entries(
     state: &AppState,
     task_id: &str,
-) -> Result<Vec<tollgate_audit::AuditEntry>, ApiError> {
+) -> Result<Vec<tollgate_audit::AuditEntry>, Error> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
@@ -91,7 +91,7 @@ pub async fn task_entries(
 
 /// Sign a checkpoint of the log as it is now, unless the newest one already
 /// covers it. Returns the newest checkpoint, or `None` for an empty log.
-pub async fn checkpoint_now(state: &Arc<AppState>) -> Result<Option<Checkpoint>, ApiError> {
+pub async fn checkpoint_now(state: &Arc<AppState>) -> Result<Option<Checkpoint>, Error> {
     let head = state.store.audit_head().await?;
     let latest = state.latest_checkpoint();
     if head.size == 0 {
@@ -118,7 +118,7 @@ pub async fn checkpoint_now(state: &Arc<AppState>) -> Result<Option<Checkpoint>,
 }
 
 /// Checkpoint when enough entries or enough time has gone by.
-pub async fn maybe_checkpoint(state: &Arc<AppState>) -> Result<(), ApiError> {
+pub async fn maybe_checkpoint(state: &Arc<AppState>) -> Result<(), Error> {
     let head = state.store.audit_head().await?;
     let cfg = &state.config.audit;
     let (size, ts) = state

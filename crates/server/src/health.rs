@@ -39,7 +39,7 @@ impl Readiness {
         let batch = Batch {
             changes: vec![Change::PutSetting {
                 key: PROBE_KEY.into(),
-                value: crate::decide::new_id("probe"),
+                value: crate::service::new_id("probe"),
             }],
             audit: vec![],
         };

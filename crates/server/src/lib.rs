@@ -13,20 +13,18 @@
 //!   (`ApiError::status_and_code`).
 
 pub mod api;
-pub mod approvals;
 pub mod audit;
-pub mod auth;
 pub mod config;
-pub mod decide;
 pub mod embedded;
-pub mod error;
 pub mod health;
-pub mod history;
 pub mod mcp;
 pub mod metrics;
 pub mod redact;
 pub mod refusals;
+pub mod service;
 pub mod state;
+pub mod upstream;
+pub mod views;
 pub mod webhooks;
 
 pub use state::{AppState, Options, StartError};
@@ -66,7 +64,7 @@ pub async fn serve(
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(e) = approvals::sweep(&s).await {
+                if let Err(e) = service::approvals::sweep(&s).await {
                     tracing::warn!(error = %e, "approval sweep failed");
                 }
                 if let Err(e) = audit::maybe_checkpoint(&s).await {
@@ -103,3 +101,6 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await
 }
+
+#[cfg(test)]
+mod tidy;

@@ -1,11 +1,10 @@
 //! Shared server state and how it is built from the config and data dirs.
 
 use crate::config::ServerConfig;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::service::Error;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tollgate_audit::AuditEvent;
 use tollgate_core::Clock;
@@ -13,10 +12,13 @@ use tollgate_identity::{SigningKeyPair, Tokens, TrustBundle};
 use tollgate_policy::PolicyPack;
 use tollgate_store::{Batch, Change, SqliteStore, Store};
 
-pub const FROZEN_KEY: &str = "frozen";
+pub use crate::service::gate::FROZEN_KEY;
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const ISSUER_KEY_FILE: &str = "issuer-key.der";
 pub const DB_FILE: &str = "tollgate.db";
+
+/// The state every handler and service operation shares.
+pub type Shared = Arc<AppState>;
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
@@ -28,7 +30,6 @@ pub struct AppState {
     pub config_dir: Option<PathBuf>,
     /// SHA-256 of the admin token; compared hash-to-hash.
     pub admin_token_hash: String,
-    pub frozen: AtomicBool,
     pub metrics: Metrics,
     /// Approvers signing in with OIDC ID tokens, if configured.
     pub oidc: Option<tollgate_identity::OidcVerifier>,
@@ -37,10 +38,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditKeys,
     /// The newest signed checkpoint, cached.
     pub checkpoint: std::sync::Mutex<Option<tollgate_audit::checkpoint::Checkpoint>>,
-    /// Each delegation tree's action history, kept in step with the store.
-    pub history: crate::history::HistoryCache,
     /// Upstream MCP servers behind the gateway, with their credentials.
-    pub upstreams: crate::mcp::Upstreams,
+    pub upstreams: crate::upstream::Upstreams,
     /// The last readiness probe (`/readyz`).
     pub readiness: crate::health::Readiness,
     /// Refused credentials, aggregated per source and second.
@@ -229,7 +228,7 @@ impl AppState {
             })?;
         crate::redact::register([admin_token.clone()]);
         // Upstream credentials are read now: a missing one stops startup.
-        let upstreams = crate::mcp::Upstreams::from_config(
+        let upstreams = crate::upstream::Upstreams::from_config(
             &config.mcp,
             opts.config_dir.as_deref(),
             &opts.data_dir,
@@ -237,7 +236,6 @@ impl AppState {
         )
         .map_err(|e| StartError::Config(format!("tollgate.yaml: {e}")))?;
         let latest_checkpoint = store.checkpoints().await?.pop();
-        let frozen = store.setting(FROZEN_KEY).await?.as_deref() == Some("true");
         let state = Arc::new(Self {
             store: Arc::new(store),
             pack: ArcSwap::from_pointee(pack),
@@ -246,13 +244,11 @@ impl AppState {
             config,
             config_dir: opts.config_dir.clone(),
             admin_token_hash: tollgate_core::sha256_hex(admin_token.as_bytes()),
-            frozen: AtomicBool::new(frozen),
             metrics: Metrics::default(),
             oidc,
             approval_events: tokio::sync::Notify::new(),
             audit,
             checkpoint: std::sync::Mutex::new(latest_checkpoint),
-            history: crate::history::HistoryCache::default(),
             readiness: crate::health::Readiness::default(),
             refusals: crate::refusals::RefusalLog::default(),
             upstreams,
@@ -278,8 +274,10 @@ impl AppState {
         }
     }
 
-    pub fn is_frozen(&self) -> bool {
-        self.frozen.load(Ordering::SeqCst)
+    /// Whether the gateway is frozen, as the store says: the brake is
+    /// shared by every process over the same database.
+    pub async fn is_frozen(&self) -> Result<bool, Error> {
+        Ok(self.store.setting(FROZEN_KEY).await?.as_deref() == Some("true"))
     }
 
     async fn audit_pack_loaded(
@@ -297,14 +295,12 @@ impl AppState {
     /// Rebuild the pack from its source and swap it in atomically. A pack
     /// that does not validate is refused and the old one stays live; a pack
     /// whose `policy.loaded` entry cannot be written does not go live either.
-    pub async fn reload_pack(&self, trigger: &str) -> Result<String, ApiError> {
+    pub async fn reload_pack(&self, trigger: &str) -> Result<String, Error> {
         match load_pack(self.config_dir.as_deref()) {
             Ok(pack) => {
                 let digest = pack.digest().to_string();
                 self.audit_pack_loaded(&pack, trigger).await?;
                 self.pack.store(Arc::new(pack));
-                // Risk weights may have changed: rebuild histories from the store.
-                self.history.clear();
                 Ok(digest)
             }
             Err(e) => {
@@ -322,15 +318,19 @@ impl AppState {
                     .detail(serde_json::json!({"trigger": trigger, "diagnostics": diags}));
                 self.store.commit(Batch::audit_only(ev)).await?;
                 tracing::warn!(error = %e, "policy reload refused; previous pack stays live");
-                Err(ApiError::PolicyInvalid(diags))
+                Err(Error::PolicyInvalid(diags))
             }
         }
     }
 
-    pub async fn set_frozen(&self, frozen: bool, actor: &str) -> Result<(), ApiError> {
+    pub async fn set_frozen(&self, frozen: bool, actor: &str) -> Result<(), Error> {
         let ev = AuditEvent::new(
             self.now(),
-            if frozen { "freeze" } else { "unfreeze" },
+            if frozen {
+                tollgate_core::EventKind::Freeze
+            } else {
+                tollgate_core::EventKind::Unfreeze
+            },
             actor,
         );
         let batch = Batch::default()
@@ -340,7 +340,6 @@ impl AppState {
             })
             .event(ev);
         self.store.commit(batch).await?;
-        self.frozen.store(frozen, Ordering::SeqCst);
         Ok(())
     }
 }

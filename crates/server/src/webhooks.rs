@@ -24,7 +24,7 @@ fn payload(
     hook: &WebhookConfig,
     event: &str,
     approval: &Approval,
-    view: &crate::approvals::ApprovalView,
+    view: &crate::views::ApprovalView,
 ) -> Value {
     match hook.format {
         WebhookFormat::Json => json!({"event": event, "approval": view}),
@@ -55,7 +55,7 @@ fn deliver(url: &str, body: &Value) -> Result<(), String> {
 
 /// Send `event` about `approval` to every webhook that wants it.
 pub fn fire(state: &Arc<AppState>, event: &'static str, approval: &Approval) {
-    let view = crate::approvals::view(approval);
+    let view = crate::views::view(approval);
     let bodies = |hook: &WebhookConfig| payload(hook, event, approval, &view);
     send(state, event, approval.id.clone(), bodies);
 }

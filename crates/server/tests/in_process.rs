@@ -64,6 +64,18 @@ impl Store for FlakyStore {
     ) -> Result<Vec<tollgate_store::Evidence>, StoreError> {
         self.inner.evidence_for_task(t).await
     }
+    async fn lineage(&self, id: &str) -> Result<Option<tollgate_core::Lineage>, StoreError> {
+        self.inner.lineage(id).await
+    }
+    async fn descendants(&self, id: &str) -> Result<Vec<Task>, StoreError> {
+        self.inner.descendants(id).await
+    }
+    async fn decision_facts(
+        &self,
+        q: &tollgate_store::FactsQuery,
+    ) -> Result<Option<tollgate_store::StoredFacts>, StoreError> {
+        self.inner.decision_facts(q).await
+    }
     async fn actions_in_tree(
         &self,
         r: &str,
@@ -149,7 +161,6 @@ impl Harness {
             config,
             config_dir: None,
             admin_token_hash: tollgate_core::sha256_hex(ADMIN.as_bytes()),
-            frozen: AtomicBool::new(false),
             metrics: Metrics::default(),
             oidc: None,
             approval_events: tokio::sync::Notify::new(),
@@ -159,10 +170,9 @@ impl Harness {
                 origin: "tollgate test".into(),
             },
             checkpoint: std::sync::Mutex::new(None),
-            history: tollgate_server::history::HistoryCache::default(),
             readiness: Default::default(),
             refusals: Default::default(),
-            upstreams: tollgate_server::mcp::Upstreams::default(),
+            upstreams: tollgate_server::upstream::Upstreams::default(),
         });
         Self {
             state,
@@ -261,8 +271,8 @@ async fn no_decision_without_a_durable_audit_entry() {
     let (status, _) = h.post("/v1/freeze", ADMIN, json!({})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
-        !h.state.is_frozen(),
-        "the in-memory switch moved although the store refused"
+        !h.state.is_frozen().await.unwrap(),
+        "the brake moved although the store refused"
     );
     assert_eq!(h.audit_len().await, before);
 
@@ -390,12 +400,18 @@ async fn approvals_escalate_then_expire_on_the_clock() {
     };
     // Nothing happens before the escalation delay ...
     h.clock.advance(199);
-    tollgate_server::approvals::sweep(&h.state).await.unwrap();
+    tollgate_server::service::approvals::sweep(&h.state)
+        .await
+        .unwrap();
     assert!(!kinds(&h).await.contains(&"approval.escalated".to_string()));
     // ... then it escalates, once.
     h.clock.advance(2);
-    tollgate_server::approvals::sweep(&h.state).await.unwrap();
-    tollgate_server::approvals::sweep(&h.state).await.unwrap();
+    tollgate_server::service::approvals::sweep(&h.state)
+        .await
+        .unwrap();
+    tollgate_server::service::approvals::sweep(&h.state)
+        .await
+        .unwrap();
     assert_eq!(
         kinds(&h)
             .await

@@ -3,10 +3,24 @@
 //! against a database that already holds data (a shared PostgreSQL).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::{AuditQuery, Batch, Change, JoinToken, Store, StoreError, TaskFilter};
+use crate::{
+    ActionRecord, AgentCount, AuditQuery, Batch, Change, Conflict, FactsQuery, JoinToken, Store,
+    StoreError, TaskFilter,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tollgate_audit::AuditEvent;
-use tollgate_core::{Agent, Incident, IncidentStatus, Scope, Severity, Task, TaskStatus};
+use tollgate_core::{
+    Agent, Approval, ApprovalStatus, Incident, IncidentStatus, Outcome, Scope, Severity, Task,
+    TaskStatus, Tier,
+};
+
+/// The conflict a commit failed with; panics on success or another error.
+async fn conflict(s: &dyn Store, batch: Batch) -> Conflict {
+    match s.commit(batch).await {
+        Err(StoreError::Conflict(c)) => c,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
 
 fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -47,20 +61,25 @@ pub async fn run_all(store: &dyn Store) {
     merkle_head_checkpoints_and_request_lookup(store).await;
     concurrent_commits_all_land_and_failures_stay_isolated(store).await;
     action_history_is_per_tree_and_windowed(store).await;
+    lineage_walks_up_to_the_root(store).await;
+    descendants_come_parent_first(store).await;
+    decision_facts_are_one_snapshot_of_everything(store).await;
+    decision_facts_see_every_commit_between_calls(store).await;
+    decision_facts_history_equals_the_full_read(store).await;
 }
 
 pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
     let root = unique("root");
-    let rec = |task: &str, action: &str, ts| crate::ActionRecord {
+    let rec = |task: &str, action: &str, ts| ActionRecord {
         root_task_id: root.clone(),
         task_id: task.into(),
         agent: format!("spiffe://acme.test/agent/{task}/{root}"),
         request_id: unique("req"),
         action: action.into(),
         resource: "Host::web-1".into(),
-        tier: "read".into(),
+        tier: Tier::Read,
         labels: vec!["reads-secret".into()],
-        outcome: "allow".into(),
+        outcome: Outcome::Allow,
         ts,
     };
     for (task, action, ts) in [
@@ -95,7 +114,7 @@ pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
     // Agent-wide counts of allowed actions, filtered as rate limits are;
     // a denied action does not count.
     let mut denied = rec("p", "edr.read_alerts", 400);
-    denied.outcome = "deny".into();
+    denied.outcome = Outcome::Deny;
     s.commit(Batch::default().change(Change::RecordAction(denied)))
         .await
         .unwrap();
@@ -128,7 +147,7 @@ trait CloneWithRequest {
     fn clone_with_request(self, request_id: &str) -> Self;
 }
 
-impl CloneWithRequest for crate::ActionRecord {
+impl CloneWithRequest for ActionRecord {
     fn clone_with_request(mut self, request_id: &str) -> Self {
         self.request_id = request_id.to_string();
         self
@@ -182,10 +201,17 @@ pub async fn merkle_head_checkpoints_and_request_lookup(s: &dyn Store) {
         })
     };
     s.commit(result("succeeded")).await.unwrap();
-    assert!(matches!(
-        s.commit(result("failed")).await,
-        Err(StoreError::Conflict(_))
-    ));
+    let c = conflict(s, result("failed")).await;
+    assert_eq!(
+        c,
+        Conflict::ResultRecorded {
+            request_id: req.clone()
+        }
+    );
+    assert_eq!(
+        c.to_string(),
+        format!("a result for {req} was already recorded")
+    );
 }
 
 pub async fn concurrent_commits_all_land_and_failures_stay_isolated(s: &dyn Store) {
@@ -269,7 +295,7 @@ async fn futures_join<T: Send + 'static>(
 }
 
 pub async fn approvals_update_optimistically(s: &dyn Store) {
-    use tollgate_core::{Approval, ApprovalStatus, Vote};
+    use tollgate_core::Vote;
     let task_id = unique("task");
     let a = Approval {
         id: unique("apr"),
@@ -302,11 +328,24 @@ pub async fn approvals_update_optimistically(s: &dyn Store) {
     // One pending approval per (task, request hash).
     let mut twin = a.clone();
     twin.id = unique("apr");
-    assert!(matches!(
-        s.commit(Batch::default().change(Change::InsertApproval(twin)))
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert_eq!(
+        conflict(s, Batch::default().change(Change::InsertApproval(twin))).await,
+        Conflict::ApprovalPending {
+            task_id: task_id.clone(),
+            request_hash: a.request_hash.clone(),
+            existing_id: a.id.clone(),
+        }
+    );
+    // An id is never reused, pending or not.
+    let mut again = a.clone();
+    again.request_hash = unique("hash");
+    again.status = ApprovalStatus::Denied;
+    assert_eq!(
+        conflict(s, Batch::default().change(Change::InsertApproval(again))).await,
+        Conflict::ApprovalExists {
+            approval_id: a.id.clone()
+        }
+    );
     assert_eq!(s.approval(&a.id).await.unwrap(), Some(a.clone()));
     let mut approved = a.clone();
     approved
@@ -334,10 +373,18 @@ pub async fn approvals_update_optimistically(s: &dyn Store) {
     let mut use2 = approved.clone();
     use2.consume(&a.request_hash, &task_id, "r2", 12).unwrap();
     s.commit(update(&use1, 1)).await.unwrap();
-    assert!(matches!(
-        s.commit(update(&use2, 1)).await,
-        Err(StoreError::Conflict(_))
-    ));
+    let c = conflict(s, update(&use2, 1)).await;
+    assert_eq!(
+        c,
+        Conflict::ApprovalVersion {
+            approval_id: a.id.clone(),
+            expected: 1
+        }
+    );
+    assert_eq!(
+        c.to_string(),
+        format!("approval {} changed concurrently", a.id)
+    );
     let stored = s.approval(&a.id).await.unwrap().unwrap();
     assert_eq!(
         (stored.status, stored.used_by.as_deref()),
@@ -470,24 +517,27 @@ pub async fn join_tokens_are_single_use(s: &dyn Store) {
             now,
         })
     };
-    assert!(
-        matches!(s.commit(consume(600)).await, Err(StoreError::Conflict(_))),
+    let spent = Conflict::JoinTokenSpent {
+        token_hash: h.clone(),
+    };
+    assert_eq!(
+        conflict(s, consume(600)).await,
+        spent,
         "expired token consumed"
     );
     s.commit(consume(200)).await.unwrap();
     assert_eq!(s.join_token(&h).await.unwrap().unwrap().used_at, Some(200));
-    assert!(
-        matches!(s.commit(consume(201)).await, Err(StoreError::Conflict(_))),
-        "token used twice"
-    );
+    assert_eq!(conflict(s, consume(201)).await, spent, "token used twice");
+    assert_eq!(spent.to_string(), "join token is unknown, used or expired");
+    let nope = unique("nope");
     let unknown = Batch::default().change(Change::ConsumeJoinToken {
-        token_hash: unique("nope"),
+        token_hash: nope.clone(),
         now: 1,
     });
-    assert!(matches!(
-        s.commit(unknown).await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert_eq!(
+        conflict(s, unknown).await,
+        Conflict::JoinTokenSpent { token_hash: nope }
+    );
 }
 
 pub async fn tasks_round_trip_and_end_once(s: &dyn Store) {
@@ -499,11 +549,18 @@ pub async fn tasks_round_trip_and_end_once(s: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(s.task(&id).await.unwrap().unwrap(), t);
-    assert!(matches!(
-        s.commit(Batch::default().change(Change::InsertTask(t.clone())))
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
+    let c = conflict(s, Batch::default().change(Change::InsertTask(t.clone()))).await;
+    assert_eq!(
+        c,
+        Conflict::TaskExists {
+            task_id: id.clone()
+        }
+    );
+    assert_eq!(c.to_string(), format!("task {id} exists"));
+    let not_live = Conflict::TaskNotLive {
+        task_id: id.clone(),
+    };
+    assert_eq!(not_live.to_string(), format!("task {id} is not active"));
     let end = |status| {
         Batch::default().change(Change::EndTask {
             task_id: id.clone(),
@@ -518,22 +575,33 @@ pub async fn tasks_round_trip_and_end_once(s: &dyn Store) {
         })
     };
     s.commit(guard(300)).await.unwrap();
-    assert!(
-        matches!(s.commit(guard(400)).await, Err(StoreError::Conflict(_))),
+    assert_eq!(
+        conflict(s, guard(400)).await,
+        not_live,
         "an expired task passed the guard"
     );
     s.commit(end(TaskStatus::Completed)).await.unwrap();
-    assert!(
-        matches!(s.commit(guard(300)).await, Err(StoreError::Conflict(_))),
+    assert_eq!(
+        conflict(s, guard(300)).await,
+        not_live,
         "a closed task passed the guard"
+    );
+    let missing = unique("task");
+    assert_eq!(
+        conflict(
+            s,
+            Batch::default().change(Change::RequireTaskLive {
+                task_id: missing.clone(),
+                now: 1
+            })
+        )
+        .await,
+        Conflict::TaskNotLive { task_id: missing }
     );
     let got = s.task(&id).await.unwrap().unwrap();
     assert_eq!(got.status, TaskStatus::Completed);
     assert_eq!(got.status_reason.as_deref(), Some("done"));
-    assert!(matches!(
-        s.commit(end(TaskStatus::Revoked)).await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert_eq!(conflict(s, end(TaskStatus::Revoked)).await, not_live);
     // Filters.
     let id2 = unique("task");
     s.commit(Batch::default().change(Change::InsertTask(task(&id2, &agent, "INC-2"))))
@@ -651,19 +719,27 @@ pub async fn renew_never_passes_max_and_needs_active(s: &dyn Store) {
     };
     s.commit(renew(700, 300)).await.unwrap();
     assert_eq!(s.task(&id).await.unwrap().unwrap().expires_at, 700);
-    assert!(
-        matches!(
-            s.commit(renew(1001, 300)).await,
-            Err(StoreError::Conflict(_))
-        ),
+    assert_eq!(
+        conflict(s, renew(1001, 300)).await,
+        Conflict::RenewPastMax {
+            task_id: id.clone(),
+            max_expires_at: 1000
+        },
         "renewed past max"
     );
-    assert!(
-        matches!(
-            s.commit(renew(900, 800)).await,
-            Err(StoreError::Conflict(_))
-        ),
+    assert_eq!(
+        conflict(s, renew(900, 800)).await,
+        Conflict::TaskNotLive {
+            task_id: id.clone()
+        },
         "renewed an expired task"
+    );
+    // Not live wins over past max: it is checked first.
+    assert_eq!(
+        conflict(s, renew(1001, 800)).await,
+        Conflict::TaskNotLive {
+            task_id: id.clone()
+        }
     );
 }
 
@@ -817,11 +893,19 @@ pub async fn agents_incidents_settings_and_peps(s: &dyn Store) {
         .unwrap();
     let mut other = inc.clone();
     other.class = "ddos".into();
-    assert!(matches!(
-        s.commit(Batch::default().change(Change::RecordIncident(other)))
-            .await,
-        Err(StoreError::Conflict(_))
-    ));
+    let c = conflict(s, Batch::default().change(Change::RecordIncident(other))).await;
+    assert_eq!(
+        c,
+        Conflict::IncidentDiffers {
+            incident_id: inc_id.clone(),
+            class: "malware".into(),
+            severity: "high".into()
+        }
+    );
+    assert_eq!(
+        c.to_string(),
+        format!("incident {inc_id} is recorded as class malware severity high")
+    );
     assert_eq!(s.incident(&inc_id).await.unwrap(), Some(inc));
 
     let key = unique("k");
@@ -864,4 +948,560 @@ pub async fn agents_incidents_settings_and_peps(s: &dyn Store) {
             .await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+fn child_of(parent: &Task, agent: &str) -> Task {
+    let mut t = task(&unique("task"), agent, &parent.incident_id);
+    t.parent_task_id = Some(parent.id.clone());
+    t
+}
+
+fn record(task: &Task, root: &Task, action: &str, outcome: Outcome, ts: i64) -> ActionRecord {
+    ActionRecord {
+        root_task_id: root.id.clone(),
+        task_id: task.id.clone(),
+        agent: task.agent.clone(),
+        request_id: unique("req"),
+        action: action.into(),
+        resource: "Host::web-1".into(),
+        tier: Tier::Contain,
+        labels: vec!["network-change".into()],
+        outcome,
+        ts,
+    }
+}
+
+fn pending_approval(task: &Task, request_hash: &str) -> Approval {
+    Approval {
+        id: unique("apr"),
+        version: 0,
+        request_hash: request_hash.into(),
+        request_id: unique("req"),
+        task_id: task.id.clone(),
+        agent: task.agent.clone(),
+        agent_owner: "alice".into(),
+        incident_id: task.incident_id.clone(),
+        action: "iam.disable_account".into(),
+        resource: "Account::jdoe".into(),
+        request: serde_json::json!({}),
+        required: 1,
+        deny_threshold: 1,
+        policies: vec!["p".into()],
+        reasons: vec![],
+        status: ApprovalStatus::Pending,
+        votes: vec![],
+        created_at: 150,
+        expires_at: 900,
+        escalated: false,
+        decided_at: None,
+        used_at: None,
+        used_by: None,
+    }
+}
+
+async fn insert_tasks(s: &dyn Store, tasks: &[&Task]) {
+    let mut b = Batch::default();
+    for t in tasks {
+        b = b.change(Change::InsertTask((*t).clone()));
+    }
+    s.commit(b).await.unwrap();
+}
+
+async fn put_setting(s: &dyn Store, key: &str, value: &str) {
+    s.commit(Batch::default().change(Change::PutSetting {
+        key: key.into(),
+        value: value.into(),
+    }))
+    .await
+    .unwrap();
+}
+
+fn facts_query(task: &Task) -> FactsQuery {
+    FactsQuery {
+        task_id: task.id.clone(),
+        resource: "Host::web-1".into(),
+        presented_approval: None,
+        request_hash: unique("hash"),
+        agent_counts: vec![],
+    }
+}
+
+pub async fn lineage_walks_up_to_the_root(s: &dyn Store) {
+    let root = task(&unique("task"), "spiffe://acme.test/agent/root/1", "INC-1");
+    let child = child_of(&root, "spiffe://acme.test/agent/child/1");
+    let grandchild = child_of(&child, "spiffe://acme.test/agent/grandchild/1");
+    insert_tasks(s, &[&root, &child, &grandchild]).await;
+    let l = s.lineage(&grandchild.id).await.unwrap().unwrap();
+    assert_eq!(l.task, grandchild);
+    assert_eq!(l.ancestors, vec![child.clone(), root.clone()]);
+    assert_eq!(l.missing_parent, None);
+    assert_eq!(
+        (l.root().id.as_str(), l.depth(), l.dead()),
+        (root.id.as_str(), 2, None)
+    );
+    assert_eq!(
+        l.agents(),
+        [&grandchild.agent, &child.agent, &root.agent].map(String::clone)
+    );
+    let top = s.lineage(&root.id).await.unwrap().unwrap();
+    assert_eq!((top.root(), top.depth()), (&root, 0));
+    // An ended ancestor is read as it is now.
+    s.commit(Batch::default().change(Change::EndTask {
+        task_id: child.id.clone(),
+        status: TaskStatus::Completed,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    let l = s.lineage(&grandchild.id).await.unwrap().unwrap();
+    assert_eq!(
+        l.dead(),
+        Some(format!("parent task {} is completed", child.id))
+    );
+    // A missing parent stops the walk.
+    let gone = unique("task");
+    let mut orphan = task(&unique("task"), "spiffe://acme.test/agent/o/1", "INC-1");
+    orphan.parent_task_id = Some(gone.clone());
+    insert_tasks(s, &[&orphan]).await;
+    let l = s.lineage(&orphan.id).await.unwrap().unwrap();
+    assert_eq!(
+        (l.ancestors.len(), l.missing_parent.as_deref(), l.depth()),
+        (0, Some(gone.as_str()), 1)
+    );
+    assert_eq!(l.dead(), Some(format!("parent task {gone} is missing")));
+    assert_eq!(s.lineage(&unique("task")).await.unwrap(), None);
+    // 64 ancestors are read; a 65th is refused.
+    let mut chain = vec![task(
+        &unique("task"),
+        "spiffe://acme.test/agent/c/0",
+        "INC-1",
+    )];
+    for i in 1..=65 {
+        let next = child_of(&chain[i - 1], &format!("spiffe://acme.test/agent/c/{i}"));
+        chain.push(next);
+    }
+    insert_tasks(s, &chain.iter().collect::<Vec<_>>()).await;
+    let l = s.lineage(&chain[64].id).await.unwrap().unwrap();
+    assert_eq!((l.depth(), l.root()), (64, &chain[0]));
+    match s.lineage(&chain[65].id).await {
+        Err(StoreError::Backend(m)) => assert_eq!(m, "delegation chain too deep"),
+        other => panic!("a chain of 65 ancestors was read: {other:?}"),
+    }
+}
+
+pub async fn descendants_come_parent_first(s: &dyn Store) {
+    let root = task(&unique("task"), "spiffe://acme.test/agent/root/1", "INC-1");
+    // Creation times that a plain sort would put before their parents.
+    let mut a = child_of(&root, "spiffe://acme.test/agent/a/1");
+    a.created_at = 300;
+    let mut b = child_of(&root, "spiffe://acme.test/agent/b/1");
+    b.created_at = 50;
+    let mut a1 = child_of(&a, "spiffe://acme.test/agent/a1/1");
+    a1.created_at = 10;
+    let mut b1 = child_of(&b, "spiffe://acme.test/agent/b1/1");
+    b1.created_at = 20;
+    b1.status = TaskStatus::Revoked;
+    let mut b11 = child_of(&b1, "spiffe://acme.test/agent/b11/1");
+    b11.created_at = 5;
+    let unrelated = task(&unique("task"), "spiffe://acme.test/agent/u/1", "INC-1");
+    insert_tasks(s, &[&b11, &b1, &a1, &a, &b, &root, &unrelated]).await;
+    let got = s.descendants(&root.id).await.unwrap();
+    let mut ids: Vec<&str> = got.iter().map(|t| t.id.as_str()).collect();
+    for (i, t) in got.iter().enumerate() {
+        if let Some(p) = &t.parent_task_id {
+            if *p != root.id {
+                let at = ids.iter().position(|id| id == p).unwrap();
+                assert!(at < i, "{} came before its parent {p}", t.id);
+            }
+        }
+    }
+    assert!(got.contains(&b1), "ended descendants are included");
+    ids.sort();
+    let mut want = vec![
+        a.id.as_str(),
+        b.id.as_str(),
+        a1.id.as_str(),
+        b1.id.as_str(),
+        b11.id.as_str(),
+    ];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(
+        s.descendants(&b.id).await.unwrap(),
+        vec![b1.clone(), b11.clone()]
+    );
+    assert!(s.descendants(&a1.id).await.unwrap().is_empty());
+    assert!(s.descendants(&unique("task")).await.unwrap().is_empty());
+}
+
+pub async fn decision_facts_are_one_snapshot_of_everything(s: &dyn Store) {
+    let incident = Incident {
+        id: unique("INC"),
+        class: "malware".into(),
+        severity: Severity::High,
+        status: IncidentStatus::Open,
+        updated_at: 1,
+    };
+    let root = task(
+        &unique("task"),
+        &unique("spiffe://acme.test/agent/root"),
+        &incident.id,
+    );
+    let child = child_of(&root, &unique("spiffe://acme.test/agent/child"));
+    let agent = Agent {
+        spiffe_id: child.agent.clone(),
+        owner: "alice".into(),
+        created_at: 5,
+        revoked: false,
+    };
+    let other_root = task(
+        &unique("task"),
+        &unique("spiffe://acme.test/agent/other"),
+        &incident.id,
+    );
+    let hash = unique("hash");
+    let pending = pending_approval(&child, &hash);
+    let foreign = pending_approval(&other_root, &unique("hash"));
+    let in_tree = [
+        record(&root, &root, "edr.isolate_host", Outcome::Allow, 150),
+        record(&child, &root, "edr.isolate_host", Outcome::Deny, 160),
+        record(&child, &root, "edr.isolate_host", Outcome::Allow, 170),
+    ];
+    let mut b = Batch::default()
+        .change(Change::UpsertIncident(incident.clone()))
+        .change(Change::UpsertAgent(agent.clone()))
+        .change(Change::InsertTask(root.clone()))
+        .change(Change::InsertTask(child.clone()))
+        .change(Change::InsertTask(other_root.clone()))
+        .change(Change::InsertApproval(pending.clone()))
+        .change(Change::InsertApproval(foreign.clone()))
+        .change(Change::PutEvidence(crate::Evidence {
+            id: unique("ev"),
+            task_id: child.id.clone(),
+            resource: "Host::web-1".into(),
+            kind: "memory-snapshot".into(),
+            sha256: "00".repeat(32),
+            content: None,
+            created_at: 120,
+        }))
+        // Before the root was created: not the tree's history.
+        .change(Change::RecordAction(record(
+            &root,
+            &root,
+            "edr.read_alerts",
+            Outcome::Allow,
+            99,
+        )))
+        .change(Change::RecordAction(record(
+            &other_root,
+            &other_root,
+            "edr.isolate_host",
+            Outcome::Allow,
+            150,
+        )));
+    for r in &in_tree {
+        b = b.change(Change::RecordAction(r.clone()));
+    }
+    s.commit(b).await.unwrap();
+    let q = FactsQuery {
+        task_id: child.id.clone(),
+        resource: "Host::web-1".into(),
+        presented_approval: Some(foreign.id.clone()),
+        request_hash: hash.clone(),
+        agent_counts: vec![
+            AgentCount::default(),
+            AgentCount {
+                since: 170,
+                tier: Some("contain".into()),
+                action: None,
+            },
+            AgentCount {
+                since: 171,
+                tier: None,
+                action: Some("edr.isolate_host".into()),
+            },
+        ],
+    };
+    let f = s.decision_facts(&q).await.unwrap().unwrap();
+    assert_eq!(f.lineage, s.lineage(&child.id).await.unwrap().unwrap());
+    assert_eq!(f.lineage.root(), &root);
+    assert_eq!(f.agent, Some(agent));
+    assert_eq!(f.incident, Some(incident));
+    assert_eq!(
+        f.frozen,
+        s.setting(crate::FROZEN_KEY).await.unwrap().as_deref() == Some("true")
+    );
+    assert_eq!(f.quarantine, None);
+    assert!(f.evidence_present);
+    assert_eq!(*f.history, in_tree.to_vec());
+    assert_eq!(f.agent_counts, [1, 1, 0]);
+    assert_eq!(f.presented_approval, Some(foreign), "any task's approval");
+    assert_eq!(f.pending_approvals, vec![pending]);
+    // Another resource has no evidence; the root's agent is not registered.
+    let f = s
+        .decision_facts(&FactsQuery {
+            resource: "Host::web-2".into(),
+            ..facts_query(&root)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!f.evidence_present);
+    assert_eq!(f.agent, None);
+    assert!(f.pending_approvals.is_empty() && f.presented_approval.is_none());
+    assert_eq!(*f.history, in_tree.to_vec(), "the root sees the whole tree");
+    assert!(s
+        .decision_facts(&facts_query(&task(&unique("task"), "a", "INC-1")))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn decision_facts_see_every_commit_between_calls(s: &dyn Store) {
+    let root = task(
+        &unique("task"),
+        &unique("spiffe://acme.test/agent/r"),
+        "INC-1",
+    );
+    let child = child_of(&root, &unique("spiffe://acme.test/agent/c"));
+    let root2 = task(
+        &unique("task"),
+        &unique("spiffe://acme.test/agent/r2"),
+        "INC-1",
+    );
+    insert_tasks(s, &[&root, &child, &root2]).await;
+    let hash = unique("hash");
+    let mut a = pending_approval(&child, &hash);
+    let q = FactsQuery {
+        presented_approval: Some(a.id.clone()),
+        request_hash: hash.clone(),
+        ..facts_query(&child)
+    };
+    let facts = |q: FactsQuery| async move { s.decision_facts(&q).await.unwrap().unwrap() };
+    let f = facts(q.clone()).await;
+    assert!(f.history.is_empty() && f.presented_approval.is_none());
+    // History appended, per tree, with the two trees read in turns.
+    let mut want1 = vec![];
+    let mut want2 = vec![];
+    for i in 0..4 {
+        let r1 = record(&child, &root, "edr.isolate_host", Outcome::Allow, 200 + i);
+        let r2 = record(&root2, &root2, "edr.read_alerts", Outcome::Deny, 200 + i);
+        s.commit(
+            Batch::default()
+                .change(Change::RecordAction(r1.clone()))
+                .change(Change::RecordAction(r2.clone())),
+        )
+        .await
+        .unwrap();
+        want1.push(r1);
+        want2.push(r2);
+        assert_eq!(*facts(q.clone()).await.history, want1);
+        assert_eq!(*facts(facts_query(&root2)).await.history, want2);
+        assert_eq!(*facts(facts_query(&root)).await.history, want1);
+    }
+    // A record from a clock that went back sorts into place.
+    let early = record(&root, &root, "edr.isolate_host", Outcome::Allow, 150);
+    s.commit(Batch::default().change(Change::RecordAction(early.clone())))
+        .await
+        .unwrap();
+    want1.insert(0, early);
+    assert_eq!(*facts(q.clone()).await.history, want1);
+    assert_eq!(
+        *facts(q.clone()).await.history,
+        s.actions_in_tree(&root.id, root.created_at).await.unwrap()
+    );
+    // An approval opened, then spent.
+    s.commit(Batch::default().change(Change::InsertApproval(a.clone())))
+        .await
+        .unwrap();
+    let f = facts(q.clone()).await;
+    assert_eq!(f.presented_approval.as_ref(), Some(&a));
+    assert_eq!(f.pending_approvals, vec![a.clone()]);
+    let mut used = a.clone();
+    used.status = ApprovalStatus::Used;
+    used.version = 1;
+    used.used_by = Some("req".into());
+    s.commit(Batch::default().change(Change::UpdateApproval {
+        approval: used.clone(),
+        expected_version: 0,
+    }))
+    .await
+    .unwrap();
+    let f = facts(q.clone()).await;
+    assert_eq!(f.presented_approval, Some(used));
+    assert!(f.pending_approvals.is_empty());
+    a.id = unique("apr");
+    // Quarantine set, then released.
+    let key = crate::quarantine_key(&child.agent);
+    put_setting(s, &key, "retry storm").await;
+    assert_eq!(
+        facts(q.clone()).await.quarantine.as_deref(),
+        Some("retry storm")
+    );
+    assert_eq!(
+        facts(facts_query(&root)).await.quarantine,
+        None,
+        "per agent"
+    );
+    put_setting(s, &key, "").await;
+    assert_eq!(facts(q.clone()).await.quarantine, None);
+    // Frozen, then thawed (a global setting: left as it was found).
+    let was = s.setting(crate::FROZEN_KEY).await.unwrap();
+    put_setting(s, crate::FROZEN_KEY, "true").await;
+    assert!(facts(q.clone()).await.frozen);
+    put_setting(s, crate::FROZEN_KEY, "false").await;
+    assert!(!facts(q.clone()).await.frozen);
+    if let Some(v) = was {
+        put_setting(s, crate::FROZEN_KEY, &v).await;
+    }
+    // The parent revoked, then the task itself.
+    s.commit(Batch::default().change(Change::RevokeTask {
+        task_id: root.id.clone(),
+        reason: "r".into(),
+    }))
+    .await
+    .unwrap();
+    let f = facts(q.clone()).await;
+    assert_eq!(
+        f.lineage.dead(),
+        Some(format!("parent task {} is revoked", root.id))
+    );
+    assert_eq!(f.lineage.task.status, TaskStatus::Active);
+    s.commit(Batch::default().change(Change::RevokeTask {
+        task_id: child.id.clone(),
+        reason: "r".into(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        facts(q.clone()).await.lineage.task.status,
+        TaskStatus::Revoked
+    );
+}
+
+/// A small deterministic generator, so the interleavings are the same on
+/// every run and every backend.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Whether `sub` appears in `all` in the same order (request ids are unique).
+fn is_subsequence(sub: &[ActionRecord], all: &[ActionRecord]) -> bool {
+    let mut rest = all.iter();
+    sub.iter().all(|r| rest.any(|a| a == r))
+}
+
+pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let trees: Vec<(Task, Task)> = (0..3)
+        .map(|i| {
+            let root = task(
+                &unique("task"),
+                &format!("spiffe://acme.test/agent/r/{i}"),
+                "INC-1",
+            );
+            let child = child_of(&root, &format!("spiffe://acme.test/agent/c/{i}"));
+            (root, child)
+        })
+        .collect();
+    for (root, child) in &trees {
+        insert_tasks(s, &[root, child]).await;
+    }
+    let tiers = [Tier::Read, Tier::Contain, Tier::Change, Tier::Destructive];
+    let outcomes = [Outcome::Allow, Outcome::Deny, Outcome::ApprovalRequired];
+    let random_record = |rng: &mut XorShift| {
+        let (root, child) = &trees[rng.below(3) as usize];
+        let by = if rng.below(2) == 0 { root } else { child };
+        // Times around the roots' creation (100), going back and forth,
+        // often equal: some fall before it and are not the tree's.
+        let ts = 90 + rng.below(60) as i64;
+        let mut r = record(
+            by,
+            root,
+            "edr.isolate_host",
+            outcomes[rng.below(3) as usize],
+            ts,
+        );
+        r.tier = tiers[rng.below(4) as usize];
+        r
+    };
+    let full = |root: &Task| {
+        let id = root.id.clone();
+        async move { s.actions_in_tree(&id, 100).await.unwrap() }
+    };
+    let pick = |rng: &mut XorShift| {
+        let (root, child) = &trees[rng.below(3) as usize];
+        let t = if rng.below(2) == 0 { root } else { child };
+        (root.clone(), t.clone())
+    };
+    for _ in 0..250 {
+        match rng.below(10) {
+            0..=4 => {
+                let mut b = Batch::default();
+                for _ in 0..=rng.below(3) {
+                    b = b.change(Change::RecordAction(random_record(&mut rng)));
+                }
+                s.commit(b).await.unwrap();
+            }
+            5..=8 => {
+                let (root, t) = pick(&mut rng);
+                let f = s.decision_facts(&facts_query(&t)).await.unwrap().unwrap();
+                assert_eq!(*f.history, full(&root).await);
+            }
+            _ => {
+                // Reads racing commits: each sees one snapshot (a
+                // subsequence of what is there after), with everything
+                // committed before it began.
+                let (root, t) = pick(&mut rng);
+                let before = full(&root).await;
+                type Read<'a> = std::pin::Pin<
+                    Box<dyn std::future::Future<Output = Option<Vec<ActionRecord>>> + Send + 'a>,
+                >;
+                let mut futures: Vec<Read<'_>> = Vec::new();
+                for i in 0..8 {
+                    if i % 2 == 0 {
+                        let b =
+                            Batch::default().change(Change::RecordAction(random_record(&mut rng)));
+                        futures.push(Box::pin(async move {
+                            s.commit(b).await.unwrap();
+                            None
+                        }));
+                    } else {
+                        let q = facts_query(&t);
+                        futures.push(Box::pin(async move {
+                            Some(
+                                s.decision_facts(&q)
+                                    .await
+                                    .unwrap()
+                                    .unwrap()
+                                    .history
+                                    .to_vec(),
+                            )
+                        }));
+                    }
+                }
+                let seen = futures_join(futures).await;
+                let after = full(&root).await;
+                for h in seen.into_iter().flatten() {
+                    assert!(is_subsequence(&h, &after), "a read mixed snapshots");
+                    assert!(is_subsequence(&before, &h), "a read missed a commit");
+                }
+                let f = s.decision_facts(&facts_query(&t)).await.unwrap().unwrap();
+                assert_eq!(*f.history, after);
+            }
+        }
+    }
+    for (root, child) in &trees {
+        for t in [root, child] {
+            let f = s.decision_facts(&facts_query(t)).await.unwrap().unwrap();
+            assert_eq!(*f.history, full(root).await);
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //! - Audit entries are chained (see `tollgate-audit`) inside that transaction,
 //!   under the store's write lock, so chain order is commit order.
 //! - Preconditions (single-use join tokens, only-active tasks) are checked in
-//!   the same transaction, so races resolve to exactly one winner.
+//!   the same transaction, so races resolve to exactly one winner; the loser
+//!   learns which precondition failed ([`Conflict`]).
 //! - A commit returns only once it is durable (SQLite: WAL with
 //!   `synchronous=FULL`). Concurrent commits are grouped into one
 //!   transaction, each batch in its own savepoint, so durability costs one
@@ -22,10 +23,23 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tollgate_audit::checkpoint::Checkpoint;
 use tollgate_audit::{AuditEntry, AuditEvent};
-use tollgate_core::{Agent, Approval, ApprovalStatus, Incident, Task, TaskStatus, UnixTime};
+use tollgate_core::{
+    Agent, Approval, ApprovalStatus, Incident, Lineage, Task, TaskStatus, UnixTime,
+};
+
+pub use tollgate_core::ActionRecord;
 
 mod sqlite;
+mod tree_cache;
 pub use sqlite::SqliteStore;
+
+/// The setting that freezes every decision when it is `true`.
+pub const FROZEN_KEY: &str = "frozen";
+
+/// The setting that quarantines an agent (its reason; empty once released).
+pub fn quarantine_key(agent: &str) -> String {
+    format!("quarantine:{agent}")
+}
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -34,7 +48,7 @@ pub mod conformance;
 pub enum StoreError {
     /// A precondition failed: the token was used, the task is not active, …
     #[error("conflict: {0}")]
-    Conflict(String),
+    Conflict(Conflict),
     #[error("not found: {0}")]
     NotFound(String),
     /// The backend failed; callers must fail closed.
@@ -42,8 +56,65 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// Which precondition of a [`Change`] failed, and on what. The messages are
+/// the ones API callers see in a 409 body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// [`Change::ConsumeJoinToken`]: the token is unknown, already used, or
+    /// expired (one conditional update checks all three at once).
+    #[error("join token is unknown, used or expired")]
+    JoinTokenSpent { token_hash: String },
+    /// [`Change::RecordIncident`]: the incident is recorded with another
+    /// class or severity (first report wins); these are the recorded ones.
+    #[error("incident {incident_id} is recorded as class {class} severity {severity}")]
+    IncidentDiffers {
+        incident_id: String,
+        class: String,
+        severity: String,
+    },
+    /// [`Change::InsertTask`]: a task with this id exists.
+    #[error("task {task_id} exists")]
+    TaskExists { task_id: String },
+    /// [`Change::RenewTask`], [`Change::RequireTaskLive`] (the task is
+    /// missing, ended, or expired at `now`) and [`Change::EndTask`] (the task
+    /// is missing or ended).
+    #[error("task {task_id} is not active")]
+    TaskNotLive { task_id: String },
+    /// [`Change::RenewTask`]: the task is live, but the new expiry is past
+    /// its hard maximum.
+    #[error("task {task_id} cannot be renewed past {max_expires_at}")]
+    RenewPastMax {
+        task_id: String,
+        max_expires_at: UnixTime,
+    },
+    /// [`Change::InsertApproval`]: another approval of the same request
+    /// (task and request hash) is pending.
+    #[error("an approval for this request is already pending ({existing_id})")]
+    ApprovalPending {
+        task_id: String,
+        request_hash: String,
+        existing_id: String,
+    },
+    /// [`Change::InsertApproval`]: an approval with this id exists.
+    #[error("approval {approval_id} exists")]
+    ApprovalExists { approval_id: String },
+    /// [`Change::UpdateApproval`]: the approval is missing or its stored
+    /// version is not `expected` (another transition won).
+    #[error("approval {approval_id} changed concurrently")]
+    ApprovalVersion { approval_id: String, expected: u64 },
+    /// [`Change::RecordActionResult`]: a result for this request was recorded.
+    #[error("a result for {request_id} was already recorded")]
+    ResultRecorded { request_id: String },
+}
+
+impl From<Conflict> for StoreError {
+    fn from(c: Conflict) -> Self {
+        StoreError::Conflict(c)
+    }
+}
+
 /// One state change. Changes with preconditions fail the whole batch with
-/// [`StoreError::Conflict`] when the precondition does not hold.
+/// [`StoreError::Conflict`] naming the precondition when it does not hold.
 #[derive(Debug, Clone)]
 pub enum Change {
     UpsertAgent(Agent),
@@ -56,29 +127,35 @@ pub enum Change {
     DropUnusedJoinTokens {
         spiffe_id: String,
     },
-    /// Precondition: the token exists, is unused and unexpired at `now`.
+    /// Precondition: the token exists, is unused and unexpired at `now`
+    /// ([`Conflict::JoinTokenSpent`]).
     ConsumeJoinToken {
         token_hash: String,
         now: UnixTime,
     },
     UpsertIncident(Incident),
     /// Record an incident unless it exists; if it exists with another class
-    /// or severity the batch fails with `Conflict` (first report wins).
+    /// or severity the batch fails with [`Conflict::IncidentDiffers`] (first
+    /// report wins).
     RecordIncident(Incident),
+    /// Precondition: no task has this id ([`Conflict::TaskExists`]).
     InsertTask(Task),
-    /// Precondition: the task is active and unexpired at `now`.
+    /// Precondition: the task is active and unexpired at `now`
+    /// ([`Conflict::TaskNotLive`]), and `expires_at` is within its hard
+    /// maximum ([`Conflict::RenewPastMax`]).
     RenewTask {
         task_id: String,
         expires_at: UnixTime,
         now: UnixTime,
     },
-    /// Asserts the task is active and unexpired at `now`; changes nothing.
-    /// Decisions carry it so that a revocation racing a decision wins.
+    /// Asserts the task is active and unexpired at `now`
+    /// ([`Conflict::TaskNotLive`]); changes nothing. Decisions carry it so
+    /// that a revocation racing a decision wins.
     RequireTaskLive {
         task_id: String,
         now: UnixTime,
     },
-    /// Precondition: the task is active.
+    /// Precondition: the task is active ([`Conflict::TaskNotLive`]).
     EndTask {
         task_id: String,
         status: TaskStatus,
@@ -112,9 +189,13 @@ pub enum Change {
         name: String,
     },
     PutEvidence(Evidence),
+    /// Precondition: no other approval of the same task and request hash is
+    /// pending ([`Conflict::ApprovalPending`]) and the id is new
+    /// ([`Conflict::ApprovalExists`]).
     InsertApproval(Approval),
-    /// Optimistic update: fails with `Conflict` unless the stored version is
-    /// `expected_version`. The new value carries the incremented version.
+    /// Optimistic update: fails with [`Conflict::ApprovalVersion`] unless the
+    /// stored version is `expected_version`. The new value carries the
+    /// incremented version.
     UpdateApproval {
         approval: Approval,
         expected_version: u64,
@@ -139,33 +220,14 @@ pub enum Change {
     RecordAction(ActionRecord),
     /// A signed checkpoint (idempotent per tree size).
     PutCheckpoint(Checkpoint),
-    /// Precondition: no result was recorded for `request_id` yet.
+    /// Precondition: no result was recorded for `request_id` yet
+    /// ([`Conflict::ResultRecorded`]).
     RecordActionResult {
         request_id: String,
         task_id: String,
         status: String,
         at: UnixTime,
     },
-}
-
-/// One decided action, kept per delegation tree so chain rules can look at
-/// what the whole tree did (a child's actions count for its parent).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ActionRecord {
-    /// The top-level task of the tree.
-    pub root_task_id: String,
-    pub task_id: String,
-    /// SPIFFE ID of the agent that asked.
-    pub agent: String,
-    pub request_id: String,
-    pub action: String,
-    /// `Type::id`.
-    pub resource: String,
-    pub tier: String,
-    pub labels: Vec<String>,
-    /// `allow`, `deny` or `approval_required`.
-    pub outcome: String,
-    pub ts: UnixTime,
 }
 
 /// The log's current extent: how many entries and their Merkle root.
@@ -288,6 +350,55 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
+/// What [`Store::decision_facts`] reads for one decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FactsQuery {
+    pub task_id: String,
+    /// `Type::id` of the resource, for evidence.
+    pub resource: String,
+    /// The approval the request presents, if any.
+    pub presented_approval: Option<String>,
+    pub request_hash: String,
+    /// Agent-wide counts of allowed actions (rate limits), of the task's agent.
+    pub agent_counts: Vec<AgentCount>,
+}
+
+/// One agent-wide count of allowed actions (see [`Store::count_allowed_by_agent`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentCount {
+    /// Inclusive.
+    pub since: UnixTime,
+    pub tier: Option<String>,
+    pub action: Option<String>,
+}
+
+/// Everything a decision needs from the store, read in one transaction so
+/// that every part describes the same moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFacts {
+    pub lineage: Lineage,
+    /// The task's agent record.
+    pub agent: Option<Agent>,
+    /// The task's incident.
+    pub incident: Option<Incident>,
+    /// The setting `frozen` is `true`.
+    pub frozen: bool,
+    /// The setting `quarantine:<task's agent>`, if set and not empty.
+    pub quarantine: Option<String>,
+    /// The task holds evidence about the query's resource.
+    pub evidence_present: bool,
+    /// Every record of the tree (root = `lineage.root()`) since the root's
+    /// `created_at`, oldest first, as [`Store::actions_in_tree`] orders them.
+    pub history: std::sync::Arc<Vec<ActionRecord>>,
+    /// One count per [`FactsQuery::agent_counts`], in the same order.
+    pub agent_counts: Vec<u64>,
+    /// The presented approval by id, whatever task it belongs to (the
+    /// caller checks that it fits).
+    pub presented_approval: Option<Approval>,
+    /// Pending approvals of (task, request hash), oldest first.
+    pub pending_approvals: Vec<Approval>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Apply `batch` atomically and durably; returns the audit sequence numbers.
@@ -297,6 +408,16 @@ pub trait Store: Send + Sync + 'static {
     async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>, StoreError>;
     async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError>;
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError>;
+    /// A task and its ancestors, read together (one snapshot). `None` if
+    /// the task does not exist. A chain of more than
+    /// [`tollgate_core::lineage::MAX_ANCESTORS`] ancestors is a `Backend` error.
+    async fn lineage(&self, task_id: &str) -> Result<Option<Lineage>, StoreError>;
+    /// Every task delegated from `task_id` at any depth, ended ones
+    /// included, a parent always before its children (one snapshot).
+    async fn descendants(&self, task_id: &str) -> Result<Vec<Task>, StoreError>;
+    /// Everything a decision on `q.task_id` needs, read in one transaction;
+    /// `None` if the task does not exist.
+    async fn decision_facts(&self, q: &FactsQuery) -> Result<Option<StoredFacts>, StoreError>;
     async fn tasks(&self, filter: TaskFilter) -> Result<Vec<Task>, StoreError>;
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError>;

@@ -6,9 +6,10 @@
 //! commits go to a writer thread that groups whatever batches are waiting
 //! into one transaction (group commit): one fsync for many decisions.
 
+use crate::tree_cache::{self, Cached, TreeCache};
 use crate::{
-    ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, JoinToken, Pep, Store,
-    StoreError, TaskFilter,
+    ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
+    FactsQuery, JoinToken, Pep, Store, StoreError, StoredFacts, TaskFilter,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -17,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use tollgate_audit::checkpoint::Checkpoint;
 use tollgate_audit::merkle::{leaf_hash, CompactRange};
 use tollgate_audit::{AuditEntry, AuditEvent, GENESIS};
-use tollgate_core::{Agent, Approval, Incident, Scope, Task, TaskStatus};
+use tollgate_core::lineage::MAX_ANCESTORS;
+use tollgate_core::{Agent, Approval, Incident, Lineage, Scope, Task, TaskStatus};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS agents (
@@ -103,6 +105,8 @@ pub struct SqliteStore {
     /// Commits go through one writer thread that groups concurrent batches
     /// into one durable transaction (group commit).
     writer: std::sync::mpsc::SyncSender<Job>,
+    /// Each tree's action history as last read ([`Store::decision_facts`]).
+    trees: Arc<TreeCache>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -184,6 +188,7 @@ impl SqliteStore {
             inner,
             readers,
             writer,
+            trees: Arc::default(),
         })
     }
 
@@ -251,43 +256,6 @@ impl SqliteStore {
         .await
     }
 
-    /// Action history rows whose `column` equals `key`, since `since`.
-    async fn actions_where(
-        &self,
-        column: &'static str,
-        key: &str,
-        since: i64,
-    ) -> Result<Vec<crate::ActionRecord>, StoreError> {
-        let key = key.to_string();
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT root_task_id, task_id, agent, request_id, action, resource, tier, labels, outcome, ts
-                     FROM action_history WHERE {column} = ?1 AND ts >= ?2 ORDER BY ts, rowid"
-                ))
-                .map_err(backend)?;
-            let mut rows = stmt.query(params![key, since]).map_err(backend)?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next().map_err(backend)? {
-                let labels: String = r.get(7).map_err(backend)?;
-                out.push(crate::ActionRecord {
-                    root_task_id: r.get(0).map_err(backend)?,
-                    task_id: r.get(1).map_err(backend)?,
-                    agent: r.get(2).map_err(backend)?,
-                    request_id: r.get(3).map_err(backend)?,
-                    action: r.get(4).map_err(backend)?,
-                    resource: r.get(5).map_err(backend)?,
-                    tier: r.get(6).map_err(backend)?,
-                    labels: serde_json::from_str(&labels).map_err(backend)?,
-                    outcome: r.get(8).map_err(backend)?,
-                    ts: r.get(9).map_err(backend)?,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
     /// At most one row, looked up by one text key.
     async fn one<T: Send + 'static>(
         &self,
@@ -326,6 +294,22 @@ impl SqliteStore {
         })
         .await
         .map_err(backend)?
+    }
+
+    /// Run reads in one transaction on one connection, so that they all
+    /// see one snapshot (on disk: one WAL snapshot of a reader; in memory:
+    /// the writer's connection, under its lock, between commits).
+    async fn read_tx<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.read(move |conn| {
+            let tx = conn.unchecked_transaction().map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn with<T: Send + 'static>(
@@ -392,10 +376,12 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )
                 .map_err(backend)?;
             if class != i.class || severity != i.severity.as_str() {
-                return Err(StoreError::Conflict(format!(
-                    "incident {} is recorded as class {class} severity {severity}",
-                    i.id
-                )));
+                return Err(Conflict::IncidentDiffers {
+                    incident_id: i.id.clone(),
+                    class,
+                    severity,
+                }
+                .into());
             }
         }
         Change::ConsumeJoinToken { token_hash, now } => {
@@ -406,9 +392,10 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::Conflict(
-                    "join token is unknown, used or expired".into(),
-                ));
+                return Err(Conflict::JoinTokenSpent {
+                    token_hash: token_hash.clone(),
+                }
+                .into());
             }
         }
         Change::UpsertIncident(i) => {
@@ -434,7 +421,7 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    StoreError::Conflict(format!("task {} exists", t.id))
+                    Conflict::TaskExists { task_id: t.id.clone() }.into()
                 }
                 e => backend(e),
             })?;
@@ -451,9 +438,27 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "task {task_id} is not active"
-                )));
+                // Which of the two preconditions failed, read in the same savepoint.
+                let max: Option<i64> = tx
+                    .query_row(
+                        "SELECT max_expires_at FROM tasks WHERE id = ?1 AND status = 'active' AND expires_at > ?2",
+                        params![task_id, now],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                return Err(match max {
+                    Some(max_expires_at) if *expires_at > max_expires_at => {
+                        Conflict::RenewPastMax {
+                            task_id: task_id.clone(),
+                            max_expires_at,
+                        }
+                    }
+                    _ => Conflict::TaskNotLive {
+                        task_id: task_id.clone(),
+                    },
+                }
+                .into());
             }
         }
         Change::EndTask {
@@ -468,9 +473,10 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "task {task_id} is not active"
-                )));
+                return Err(Conflict::TaskNotLive {
+                    task_id: task_id.clone(),
+                }
+                .into());
             }
         }
         Change::RequireTaskLive { task_id, now } => {
@@ -482,9 +488,10 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )
                 .map_err(backend)?;
             if !live {
-                return Err(StoreError::Conflict(format!(
-                    "task {task_id} is not active"
-                )));
+                return Err(Conflict::TaskNotLive {
+                    task_id: task_id.clone(),
+                }
+                .into());
             }
         }
         Change::RevokeTask { task_id, reason } => {
@@ -549,7 +556,7 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    StoreError::Conflict(format!("an approval for this request is already pending ({})", a.id))
+                    approval_conflict(tx, a, e)
                 }
                 e => backend(e),
             })?;
@@ -566,10 +573,11 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )
                 .map_err(backend)?;
             if n == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "approval {} changed concurrently",
-                    a.id
-                )));
+                return Err(Conflict::ApprovalVersion {
+                    approval_id: a.id.clone(),
+                    expected: *expected_version,
+                }
+                .into());
             }
         }
         Change::RecordAction(a) => {
@@ -577,8 +585,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             tx.execute(
                 "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts, agent)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![a.root_task_id, a.task_id, a.request_id, a.action, a.resource, a.tier, labels, a.outcome, a.ts,
-                    a.agent],
+                params![a.root_task_id, a.task_id, a.request_id, a.action, a.resource, a.tier.as_str(), labels,
+                    a.outcome.as_str(), a.ts, a.agent],
             )
             .map_err(backend)?;
         }
@@ -602,7 +610,7 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             )
             .map_err(|e| match e {
                 rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    StoreError::Conflict(format!("a result for {request_id} was already recorded"))
+                    Conflict::ResultRecorded { request_id: request_id.clone() }.into()
                 }
                 e => backend(e),
             })?;
@@ -889,6 +897,429 @@ fn parse_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> 
     serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(backend)
 }
 
+/// Which precondition an approval insert broke, read in the same savepoint.
+fn approval_conflict(tx: &Connection, a: &Approval, e: rusqlite::Error) -> StoreError {
+    let exists: Result<bool, _> = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM approvals WHERE id = ?1)",
+        [&a.id],
+        |r| r.get(0),
+    );
+    match exists {
+        Ok(true) => {
+            return Conflict::ApprovalExists {
+                approval_id: a.id.clone(),
+            }
+            .into()
+        }
+        Ok(false) => {}
+        Err(e) => return backend(e),
+    }
+    let pending: Result<Option<String>, _> = tx
+        .query_row(
+            "SELECT id FROM approvals WHERE task_id = ?1 AND request_hash = ?2 AND status = 'pending'",
+            [&a.task_id, &a.request_hash],
+            |r| r.get(0),
+        )
+        .optional();
+    match pending {
+        Ok(Some(existing_id)) => Conflict::ApprovalPending {
+            task_id: a.task_id.clone(),
+            request_hash: a.request_hash.clone(),
+            existing_id,
+        }
+        .into(),
+        Ok(None) => backend(e),
+        Err(e) => backend(e),
+    }
+}
+
+// Reads on one connection. Each is one statement (or, for a lineage, a
+// walk); callers that need several to agree run them in one transaction
+// (`read_tx`).
+
+const ACTION_COLS: &str =
+    "root_task_id, task_id, agent, request_id, action, resource, tier, labels, outcome, ts, rowid";
+
+/// One `action_history` row and its rowid. A tier or outcome that is not
+/// one of ours is a storage failure: history must never be guessed.
+fn action_row(r: &rusqlite::Row<'_>) -> Result<(i64, ActionRecord), StoreError> {
+    let tier: String = r.get(6).map_err(backend)?;
+    let labels: String = r.get(7).map_err(backend)?;
+    let outcome: String = r.get(8).map_err(backend)?;
+    let record = ActionRecord {
+        root_task_id: r.get(0).map_err(backend)?,
+        task_id: r.get(1).map_err(backend)?,
+        agent: r.get(2).map_err(backend)?,
+        request_id: r.get(3).map_err(backend)?,
+        action: r.get(4).map_err(backend)?,
+        resource: r.get(5).map_err(backend)?,
+        tier: parse_enum(&tier)
+            .map_err(|_| backend(format!("action history holds an unknown tier {tier:?}")))?,
+        labels: serde_json::from_str(&labels).map_err(backend)?,
+        outcome: parse_enum(&outcome).map_err(|_| {
+            backend(format!(
+                "action history holds an unknown outcome {outcome:?}"
+            ))
+        })?,
+        ts: r.get(9).map_err(backend)?,
+    };
+    Ok((r.get(10).map_err(backend)?, record))
+}
+
+/// A tree's records at or after `since` with a rowid above `after`, oldest
+/// first (time, then rowid), and the highest rowid among them (or `after`).
+fn tree_actions(
+    conn: &Connection,
+    root: &str,
+    since: i64,
+    after: i64,
+) -> Result<(Vec<ActionRecord>, i64), StoreError> {
+    // The (root_task_id, ts) index holds the rowid: rows at or below
+    // `after` are skipped in the index, without reading them.
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ACTION_COLS} FROM action_history
+             WHERE root_task_id = ?1 AND ts >= ?2 AND rowid > ?3 ORDER BY ts, rowid"
+        ))
+        .map_err(backend)?;
+    let mut rows = stmt.query(params![root, since, after]).map_err(backend)?;
+    let (mut out, mut max) = (Vec::new(), after);
+    while let Some(r) = rows.next().map_err(backend)? {
+        let (rowid, record) = action_row(r)?;
+        max = max.max(rowid);
+        out.push(record);
+    }
+    Ok((out, max))
+}
+
+/// A tree's history (every record at or after `since`, oldest first), from
+/// the cached copy plus the rows committed since it was read.
+///
+/// Exact, not approximate: `action_history` rows are only ever inserted
+/// (no statement updates or deletes them), and its rowid is SQLite's
+/// implicit one, which the single writer assigns as max(rowid) + 1 (below
+/// 2^63 rows). That reuses a number only after the row holding the maximum
+/// is deleted, which never happens; a row rolled back (a failed savepoint
+/// or group) gives its number back, but no snapshot ever saw it. (VACUUM
+/// may renumber the rowids of a table without an INTEGER PRIMARY KEY:
+/// Tollgate never runs it, and the cache lives only as long as the process,
+/// so an offline VACUUM meets no cache.) So rowids
+/// grow in commit order, and in any snapshot that holds the row numbered
+/// `m`, the rows numbered up to `m` are exactly those of every snapshot
+/// that holds it: the cached copy plus the rows above `m` is the full read.
+/// The copy may come from a reader whose snapshot is newer than this one:
+/// then row `m` is not visible here, and the tree is read in full. Every
+/// part is read in the caller's transaction, so a stale copy never changes
+/// an answer; at worst it costs a full read.
+fn tree_history(
+    conn: &Connection,
+    trees: &TreeCache,
+    root: &str,
+    since: i64,
+) -> Result<Arc<Vec<ActionRecord>>, StoreError> {
+    let cached = match trees.get(root, since) {
+        Some(c) if c.max_rowid == 0 || row_visible(conn, c.max_rowid)? => Some(c),
+        _ => None,
+    };
+    let after = cached.as_ref().map_or(0, |c| c.max_rowid);
+    let (delta, max_rowid) = tree_actions(conn, root, since, after)?;
+    let records = match cached {
+        Some(c) if delta.is_empty() => return Ok(c.records),
+        Some(Cached {
+            records: held,
+            max_rowid: base,
+        }) => {
+            // Copy on write: taken out of the cache, the records are
+            // extended in place unless an earlier answer is still held.
+            let mut records = match trees.take(root, since, base) {
+                Some(taken) => {
+                    drop(held);
+                    taken
+                }
+                None => held,
+            };
+            tree_cache::merge(Arc::make_mut(&mut records), delta);
+            records
+        }
+        None => Arc::new(delta),
+    };
+    trees.put(
+        root,
+        since,
+        Cached {
+            records: records.clone(),
+            max_rowid,
+        },
+    );
+    Ok(records)
+}
+
+fn row_visible(conn: &Connection, rowid: i64) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT EXISTS(SELECT 1 FROM action_history WHERE rowid = ?1)")
+        .and_then(|mut s| s.query_row([rowid], |r| r.get(0)))
+        .map_err(backend)
+}
+
+/// Action history rows whose `column` equals `key`, since `since`, oldest first.
+fn actions_where(
+    conn: &Connection,
+    column: &'static str,
+    key: &str,
+    since: i64,
+) -> Result<Vec<ActionRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ACTION_COLS} FROM action_history WHERE {column} = ?1 AND ts >= ?2 ORDER BY ts, rowid"
+        ))
+        .map_err(backend)?;
+    let mut rows = stmt.query(params![key, since]).map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(backend)? {
+        out.push(action_row(r)?.1);
+    }
+    Ok(out)
+}
+
+fn count_allowed(
+    conn: &Connection,
+    agent: &str,
+    since: i64,
+    tier: Option<&str>,
+    action: Option<&str>,
+) -> Result<u64, StoreError> {
+    // One statement per filter combination, each able to use a partial
+    // index over allowed actions, so a limit costs about its own count.
+    let sql = match (tier, action) {
+        (None, None) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2",
+        (Some(_), None) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND tier = ?3",
+        (None, Some(_)) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND action = ?4",
+        (Some(_), Some(_)) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND tier = ?3 AND action = ?4",
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    stmt.raw_bind_parameter(1, agent).map_err(backend)?;
+    stmt.raw_bind_parameter(2, since).map_err(backend)?;
+    if let Some(t) = tier {
+        stmt.raw_bind_parameter(3, t).map_err(backend)?;
+    }
+    if let Some(a) = action {
+        stmt.raw_bind_parameter(4, a).map_err(backend)?;
+    }
+    let mut rows = stmt.raw_query();
+    let n: i64 = match rows.next().map_err(backend)? {
+        Some(r) => r.get(0).map_err(backend)?,
+        None => 0,
+    };
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+fn agent_by_id(conn: &Connection, spiffe_id: &str) -> Result<Option<Agent>, StoreError> {
+    conn.prepare_cached(
+        "SELECT spiffe_id, owner, created_at, revoked FROM agents WHERE spiffe_id = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([spiffe_id], |r| {
+            Ok(Agent {
+                spiffe_id: r.get(0)?,
+                owner: r.get(1)?,
+                created_at: r.get(2)?,
+                revoked: r.get(3)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
+
+fn incident_by_id(conn: &Connection, id: &str) -> Result<Option<Incident>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, class, severity, status, updated_at FROM incidents WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    row.map(|(id, class, severity, status, updated_at)| {
+        Ok(Incident {
+            id,
+            class,
+            severity: parse_enum(&severity)?,
+            status: parse_enum(&status)?,
+            updated_at,
+        })
+    })
+    .transpose()
+}
+
+fn task_by_id(conn: &Connection, id: &str) -> Result<Option<Task>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], task_from_row).optional())
+        .map_err(backend)
+}
+
+fn setting_by_key(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .map_err(backend)
+}
+
+fn evidence_exists(conn: &Connection, task_id: &str, resource: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM evidence WHERE task_id = ?1 AND resource = ?2)",
+    )
+    .and_then(|mut s| s.query_row([task_id, resource], |r| r.get(0)))
+    .map_err(backend)
+}
+
+fn approval_by_id(conn: &Connection, id: &str) -> Result<Option<Approval>, StoreError> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM approvals WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .map_err(backend)?;
+    body.map(|b| serde_json::from_str(&b).map_err(backend))
+        .transpose()
+}
+
+/// Pending approvals of one request of one task, oldest first.
+fn pending_approvals(
+    conn: &Connection,
+    task_id: &str,
+    request_hash: &str,
+) -> Result<Vec<Approval>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT body FROM approvals WHERE task_id = ?1 AND request_hash = ?2 AND status = 'pending'
+             ORDER BY created_at, id",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([task_id, request_hash], |r| r.get::<_, String>(0))
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(serde_json::from_str(&row.map_err(backend)?).map_err(backend)?);
+    }
+    Ok(out)
+}
+
+/// A task and its ancestors, walked up by id; run it in a transaction for
+/// one snapshot. The walk stops at a missing parent, and refuses a chain
+/// longer than [`MAX_ANCESTORS`] (it would only come from corrupt rows, a
+/// cycle among them included).
+fn lineage_of(conn: &Connection, task_id: &str) -> Result<Option<Lineage>, StoreError> {
+    let Some(task) = task_by_id(conn, task_id)? else {
+        return Ok(None);
+    };
+    let mut ancestors: Vec<Task> = Vec::new();
+    let mut missing_parent = None;
+    let mut next = task.parent_task_id.clone();
+    while let Some(parent) = next {
+        if ancestors.len() >= MAX_ANCESTORS {
+            return Err(backend("delegation chain too deep"));
+        }
+        match task_by_id(conn, &parent)? {
+            Some(t) => {
+                next = t.parent_task_id.clone();
+                ancestors.push(t);
+            }
+            None => {
+                missing_parent = Some(parent);
+                next = None;
+            }
+        }
+    }
+    Ok(Some(Lineage {
+        task,
+        ancestors,
+        missing_parent,
+    }))
+}
+
+/// Every task below `task_id`, a parent before its children: found by one
+/// recursive query (UNION, so even a cycle in corrupt rows ends), then
+/// ordered breadth first from `task_id`, siblings by creation.
+fn descendants_of(conn: &Connection, task_id: &str) -> Result<Vec<Task>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "WITH RECURSIVE sub(id) AS (
+               SELECT id FROM tasks WHERE parent_task_id = ?1
+               UNION SELECT t.id FROM tasks t JOIN sub ON t.parent_task_id = sub.id)
+             SELECT {TASK_COLS} FROM tasks WHERE id IN (SELECT id FROM sub) AND id != ?1
+             ORDER BY created_at, id"
+        ))
+        .map_err(backend)?;
+    let rows = stmt.query_map([task_id], task_from_row).map_err(backend)?;
+    let mut children: std::collections::HashMap<String, Vec<Task>> = Default::default();
+    for t in rows {
+        let t = t.map_err(backend)?;
+        if let Some(p) = t.parent_task_id.clone() {
+            children.entry(p).or_default().push(t);
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([task_id.to_string()]);
+    while let Some(id) = queue.pop_front() {
+        for t in children.remove(&id).unwrap_or_default() {
+            queue.push_back(t.id.clone());
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// [`Store::decision_facts`], inside the caller's transaction.
+fn facts(
+    conn: &Connection,
+    trees: &TreeCache,
+    q: &FactsQuery,
+) -> Result<Option<StoredFacts>, StoreError> {
+    let Some(lineage) = lineage_of(conn, &q.task_id)? else {
+        return Ok(None);
+    };
+    let task = &lineage.task;
+    let root = lineage.root();
+    let history = tree_history(conn, trees, &root.id, root.created_at)?;
+    let agent_counts = q
+        .agent_counts
+        .iter()
+        .map(|c| {
+            count_allowed(
+                conn,
+                &task.agent,
+                c.since,
+                c.tier.as_deref(),
+                c.action.as_deref(),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let presented_approval = match &q.presented_approval {
+        Some(id) => approval_by_id(conn, id)?,
+        None => None,
+    };
+    Ok(Some(StoredFacts {
+        agent: agent_by_id(conn, &task.agent)?,
+        incident: incident_by_id(conn, &task.incident_id)?,
+        frozen: setting_by_key(conn, crate::FROZEN_KEY)?.as_deref() == Some("true"),
+        quarantine: setting_by_key(conn, &crate::quarantine_key(&task.agent))?
+            .filter(|r| !r.is_empty()),
+        evidence_present: evidence_exists(conn, &task.id, &q.resource)?,
+        history,
+        agent_counts,
+        presented_approval,
+        pending_approvals: pending_approvals(conn, &task.id, &q.request_hash)?,
+        lineage,
+    }))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn commit(&self, batch: Batch) -> Result<Vec<u64>, StoreError> {
@@ -913,8 +1344,9 @@ impl Store for SqliteStore {
         &self,
         root_task_id: &str,
         since: i64,
-    ) -> Result<Vec<crate::ActionRecord>, StoreError> {
-        self.actions_where("root_task_id", root_task_id, since)
+    ) -> Result<Vec<ActionRecord>, StoreError> {
+        let root = root_task_id.to_string();
+        self.read(move |conn| actions_where(conn, "root_task_id", &root, since))
             .await
     }
 
@@ -925,42 +1357,30 @@ impl Store for SqliteStore {
         tier: Option<&str>,
         action: Option<&str>,
     ) -> Result<u64, StoreError> {
-        // One statement per filter combination, each able to use a partial
-        // index over allowed actions, so a limit costs about its own count.
-        let sql = match (tier, action) {
-            (None, None) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2",
-            (Some(_), None) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND tier = ?3",
-            (None, Some(_)) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND action = ?4",
-            (Some(_), Some(_)) => "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = ?1 AND ts >= ?2 AND tier = ?3 AND action = ?4",
-        };
         let (agent, tier, action) = (
             agent.to_string(),
             tier.map(str::to_string),
             action.map(str::to_string),
         );
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
-            let mut bind = vec![
-                (1, rusqlite::types::Value::from(agent)),
-                (2, rusqlite::types::Value::from(since)),
-            ];
-            if let Some(t) = tier {
-                bind.push((3, rusqlite::types::Value::from(t)));
-            }
-            if let Some(a) = action {
-                bind.push((4, rusqlite::types::Value::from(a)));
-            }
-            for (i, v) in bind {
-                stmt.raw_bind_parameter(i, v).map_err(backend)?;
-            }
-            let mut rows = stmt.raw_query();
-            let n: i64 = match rows.next().map_err(backend)? {
-                Some(r) => r.get(0).map_err(backend)?,
-                None => 0,
-            };
-            Ok(u64::try_from(n).unwrap_or(0))
+            count_allowed(conn, &agent, since, tier.as_deref(), action.as_deref())
         })
         .await
+    }
+
+    async fn lineage(&self, task_id: &str) -> Result<Option<Lineage>, StoreError> {
+        let id = task_id.to_string();
+        self.read_tx(move |conn| lineage_of(conn, &id)).await
+    }
+
+    async fn descendants(&self, task_id: &str) -> Result<Vec<Task>, StoreError> {
+        let id = task_id.to_string();
+        self.read(move |conn| descendants_of(conn, &id)).await
+    }
+
+    async fn decision_facts(&self, q: &FactsQuery) -> Result<Option<StoredFacts>, StoreError> {
+        let (q, trees) = (q.clone(), self.trees.clone());
+        self.read_tx(move |conn| facts(conn, &trees, &q)).await
     }
 
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
@@ -1025,19 +1445,8 @@ impl Store for SqliteStore {
     }
 
     async fn agent(&self, spiffe_id: &str) -> Result<Option<Agent>, StoreError> {
-        self.one(
-            "SELECT spiffe_id, owner, created_at, revoked FROM agents WHERE spiffe_id = ?1",
-            spiffe_id,
-            |r| {
-                Ok(Agent {
-                    spiffe_id: r.get(0)?,
-                    owner: r.get(1)?,
-                    created_at: r.get(2)?,
-                    revoked: r.get(3)?,
-                })
-            },
-        )
-        .await
+        let id = spiffe_id.to_string();
+        self.read(move |conn| agent_by_id(conn, &id)).await
     }
 
     async fn join_token(&self, token_hash: &str) -> Result<Option<JoinToken>, StoreError> {
@@ -1049,49 +1458,12 @@ impl Store for SqliteStore {
 
     async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
         let id = id.to_string();
-        self.read(move |conn| {
-            let row = conn
-                .query_row(
-                    "SELECT id, class, severity, status, updated_at FROM incidents WHERE id = ?1",
-                    [id],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, i64>(4)?,
-                        ))
-                    },
-                )
-                .optional()
-                .map_err(backend)?;
-            row.map(|(id, class, severity, status, updated_at)| {
-                Ok(Incident {
-                    id,
-                    class,
-                    severity: parse_enum(&severity)?,
-                    status: parse_enum(&status)?,
-                    updated_at,
-                })
-            })
-            .transpose()
-        })
-        .await
+        self.read(move |conn| incident_by_id(conn, &id)).await
     }
 
     async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
         let id = id.to_string();
-        self.read(move |conn| {
-            conn.query_row(
-                &format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1"),
-                [id],
-                task_from_row,
-            )
-            .optional()
-            .map_err(backend)
-        })
-        .await
+        self.read(move |conn| task_by_id(conn, &id)).await
     }
 
     async fn tasks(&self, f: TaskFilter) -> Result<Vec<Task>, StoreError> {
@@ -1112,10 +1484,8 @@ impl Store for SqliteStore {
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.one("SELECT value FROM settings WHERE key = ?1", key, |r| {
-            r.get(0)
-        })
-        .await
+        let key = key.to_string();
+        self.read(move |conn| setting_by_key(conn, &key)).await
     }
 
     async fn pep_by_key_hash(&self, key_hash: &str) -> Result<Option<Pep>, StoreError> {
@@ -1140,15 +1510,7 @@ impl Store for SqliteStore {
 
     async fn has_evidence(&self, task_id: &str, resource: &str) -> Result<bool, StoreError> {
         let (t, r) = (task_id.to_string(), resource.to_string());
-        self.read(move |conn| {
-            conn.query_row(
-                "SELECT EXISTS(SELECT 1 FROM evidence WHERE task_id = ?1 AND resource = ?2)",
-                [t, r],
-                |row| row.get(0),
-            )
-            .map_err(backend)
-        })
-        .await
+        self.read(move |conn| evidence_exists(conn, &t, &r)).await
     }
 
     async fn evidence_for_task(&self, task_id: &str) -> Result<Vec<crate::Evidence>, StoreError> {
@@ -1177,17 +1539,7 @@ impl Store for SqliteStore {
 
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let id = id.to_string();
-        self.read(move |conn| {
-            let body: Option<String> = conn
-                .query_row("SELECT body FROM approvals WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(backend)?;
-            body.map(|b| serde_json::from_str(&b).map_err(backend))
-                .transpose()
-        })
-        .await
+        self.read(move |conn| approval_by_id(conn, &id)).await
     }
 
     async fn approvals(&self, f: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
@@ -1249,5 +1601,164 @@ impl Store for SqliteStore {
             rows.map(|row| row.map_err(backend).and_then(decode_entry)).collect()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use tollgate_core::{Outcome, Tier};
+
+    fn root_task(id: &str) -> Task {
+        Task {
+            id: id.into(),
+            agent: "spiffe://acme.test/agent/a/1".into(),
+            incident_id: "INC-1".into(),
+            environment: "prod".into(),
+            playbook: "p".into(),
+            intent: "i".into(),
+            scope: Scope::default(),
+            parent_task_id: None,
+            created_at: 100,
+            expires_at: 1000,
+            max_expires_at: 1000,
+            status: TaskStatus::Active,
+            status_reason: None,
+        }
+    }
+
+    fn rec(n: u32, ts: i64) -> ActionRecord {
+        ActionRecord {
+            root_task_id: "root".into(),
+            task_id: "root".into(),
+            agent: "spiffe://acme.test/agent/a/1".into(),
+            request_id: format!("req_{n}"),
+            action: "edr.read_alerts".into(),
+            resource: "Host::web-1".into(),
+            tier: Tier::Read,
+            labels: vec![],
+            outcome: Outcome::Allow,
+            ts,
+        }
+    }
+
+    async fn record(s: &SqliteStore, r: ActionRecord) {
+        s.commit(Batch::default().change(Change::RecordAction(r)))
+            .await
+            .unwrap();
+    }
+
+    fn query() -> FactsQuery {
+        FactsQuery {
+            task_id: "root".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn later_reads_extend_the_cached_copy_in_place_when_nobody_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.commit(Batch::default().change(Change::InsertTask(root_task("root"))))
+            .await
+            .unwrap();
+        record(&s, rec(1, 150)).await;
+        let first = s.decision_facts(&query()).await.unwrap().unwrap().history;
+        let cached = s.trees.get("root", 100).unwrap();
+        assert!(Arc::ptr_eq(&cached.records, &first));
+        assert_eq!(cached.max_rowid, 1);
+        drop(cached);
+        // Held by a caller: the next read copies, and the caller's answer stays.
+        record(&s, rec(2, 160)).await;
+        let second = s.decision_facts(&query()).await.unwrap().unwrap().history;
+        assert_eq!((first.len(), second.len()), (1, 2));
+        drop((first, second));
+        // Held by nobody: extended in place.
+        let before = Arc::as_ptr(&s.trees.get("root", 100).unwrap().records);
+        record(&s, rec(3, 140)).await;
+        let third = s.decision_facts(&query()).await.unwrap().unwrap().history;
+        assert_eq!(Arc::as_ptr(&third), before);
+        assert_eq!(*third, s.actions_in_tree("root", 100).await.unwrap());
+        assert_eq!(s.trees.get("root", 100).unwrap().max_rowid, 3);
+    }
+
+    #[tokio::test]
+    async fn a_copy_newer_than_the_reading_snapshot_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = SqliteStore::open(&path).unwrap();
+        record(&s, rec(1, 150)).await;
+        // A reader whose snapshot is taken now, before the second commit.
+        let old = Connection::open(&path).unwrap();
+        let tx = old.unchecked_transaction().unwrap();
+        let n: i64 = tx
+            .query_row("SELECT count(*) FROM action_history", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        record(&s, rec(2, 160)).await;
+        // A later reader caches both rows.
+        let trees = TreeCache::default();
+        let newer = Connection::open(&path).unwrap();
+        assert_eq!(tree_history(&newer, &trees, "root", 100).unwrap().len(), 2);
+        // The old snapshot reads its own truth, and leaves the newer copy.
+        let got = tree_history(&tx, &trees, "root", 100).unwrap();
+        assert_eq!(*got, vec![rec(1, 150)]);
+        assert_eq!(trees.get("root", 100).unwrap().max_rowid, 2);
+    }
+
+    #[tokio::test]
+    async fn the_delta_read_uses_the_tree_index() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        let plan: String = s
+            .with(|inner| {
+                inner
+                    .conn
+                    .query_row(
+                        &format!(
+                            "EXPLAIN QUERY PLAN SELECT {ACTION_COLS} FROM action_history
+                             WHERE root_task_id = ?1 AND ts >= ?2 AND rowid > ?3 ORDER BY ts, rowid"
+                        ),
+                        params!["root", 0, 0],
+                        |r| r.get(3),
+                    )
+                    .map_err(backend)
+            })
+            .await
+            .unwrap();
+        assert!(plan.contains("action_history_tree"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn a_stored_tier_or_outcome_that_is_not_ours_is_a_failure() {
+        let s = SqliteStore::open_in_memory().unwrap();
+        record(&s, rec(1, 150)).await;
+        s.with(|inner| {
+            inner
+                .conn
+                .execute("UPDATE action_history SET tier = 'Read'", [])
+                .map_err(backend)
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.actions_in_tree("root", 0).await,
+            Err(StoreError::Backend(_))
+        ));
+        s.with(|inner| {
+            inner
+                .conn
+                .execute(
+                    "UPDATE action_history SET tier = 'read', outcome = 'allowed'",
+                    [],
+                )
+                .map_err(backend)
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.actions_in_tree("root", 0).await,
+            Err(StoreError::Backend(_))
+        ));
     }
 }

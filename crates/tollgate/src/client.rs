@@ -1,7 +1,20 @@
-//! A small blocking client for the admin API.
+//! A small blocking client for the server's API: one method per call the
+//! CLI makes, each answer read into the types of [`crate::api_types`].
+//!
+//! A refused call is an error naming the call, the HTTP status and the
+//! server's message (`POST /v1/revocations: 409 Conflict: task … is already
+//! revoked`); a refused policy pack's diagnostics go to stderr first, one
+//! `file:line:column: message` each.
 
-use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
+use crate::api_types::{
+    Approval, ApprovalList, ApprovalTally, ApproverKey, ApproverList, AuditPage, Checkpoints,
+    ErrorBody, Health, IncidentUpdated, KeyedHash, PepKey, PepList, Registered, Reloaded, Revoked,
+    RollbackPlan, SignedCheckpoint, Svid, Task, TaskCredential, Upstreams, Verbatim,
+};
+use anyhow::{anyhow, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 pub struct Client {
     agent: ureq::Agent,
@@ -20,6 +33,73 @@ pub fn encode(s: &str) -> String {
         }
     }
     out
+}
+
+/// Which tasks `GET /v1/tasks` lists.
+pub struct TaskFilter {
+    pub agent: Option<String>,
+    pub incident: Option<String>,
+    pub status: Option<String>,
+    pub limit: usize,
+}
+
+/// Which entries `GET /v1/audit` returns.
+#[derive(Default)]
+pub struct AuditFilter {
+    pub incident: Option<String>,
+    pub task: Option<String>,
+    pub agent: Option<String>,
+}
+
+/// The body of `POST /v1/incidents/{id}`: what to change (`None`: keep).
+#[derive(Serialize)]
+pub struct IncidentChange {
+    pub status: Option<String>,
+    pub class: Option<String>,
+    pub severity: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// The body of `POST /v1/tasks`.
+#[derive(Serialize)]
+pub struct OpenTask<'a> {
+    pub incident: IncidentRef<'a>,
+    pub environment: &'a str,
+    pub playbook: &'a str,
+    pub intent: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct IncidentRef<'a> {
+    pub id: &'a str,
+    pub class: &'a str,
+    pub severity: &'a str,
+}
+
+/// The body of `POST /v1/tasks/{id}/evidence`.
+#[derive(Serialize)]
+pub struct NewEvidence<'a> {
+    pub resource: ResourceRef<'a>,
+    pub kind: &'a str,
+    /// Hex SHA-256 of `content`.
+    pub sha256: String,
+    pub content: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct ResourceRef<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub id: &'a str,
+}
+
+/// At most this many audit entries a page (the server's maximum).
+const AUDIT_PAGE: usize = 1000;
+
+enum Method {
+    Get,
+    Post(Value),
+    Delete,
 }
 
 impl Client {
@@ -49,78 +129,305 @@ impl Client {
         })
     }
 
-    fn finish(
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-        what: &str,
-    ) -> Result<Value> {
-        let mut resp = resp.map_err(|e| anyhow!("{what}: {e}"))?;
+    /// The same server with another bearer token: an agent's SVID or task
+    /// credential, an approver's key.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            agent: self.agent.clone(),
+            addr: self.addr.clone(),
+            token: token.to_string(),
+        }
+    }
+
+    /// `req` with the bearer token, or as it is.
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>, bearer: bool) -> ureq::RequestBuilder<B> {
+        if bearer {
+            req.header("Authorization", &format!("Bearer {}", self.token))
+        } else {
+            req
+        }
+    }
+
+    /// Make the call and answer the body of a success; a refusal is an error
+    /// with the server's message. `bearer`: whether to send the token.
+    fn call(&self, method: Method, path: &str, bearer: bool) -> Result<String> {
+        let url = format!("{}{path}", self.addr);
+        let (what, sent) = match method {
+            Method::Get => (
+                format!("GET {path}"),
+                self.authorized(self.agent.get(&url), bearer).call(),
+            ),
+            Method::Delete => (
+                format!("DELETE {path}"),
+                self.authorized(self.agent.delete(&url), bearer).call(),
+            ),
+            Method::Post(body) => (
+                format!("POST {path}"),
+                self.authorized(self.agent.post(&url), bearer)
+                    .send_json(&body),
+            ),
+        };
+        let mut resp = sent.map_err(|e| anyhow!("{what}: {e}"))?;
         let status = resp.status();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        let body: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        if !status.is_success() {
-            let msg = body["error"]["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| body.to_string());
-            if let Some(diags) = body["error"]["diagnostics"].as_array() {
-                for d in diags {
-                    eprintln!(
-                        "{}:{}:{}: {}",
-                        d["file"].as_str().unwrap_or(""),
-                        d["line"],
-                        d["column"],
-                        d["message"].as_str().unwrap_or("")
-                    );
-                }
-            }
-            bail!("{what}: {status}: {msg}");
+        if status.is_success() {
+            return Ok(text);
         }
-        Ok(body)
+        Err(anyhow!("{what}: {status}: {}", refusal_message(&text)))
     }
 
-    pub fn get(&self, path: &str) -> Result<Value> {
-        let url = format!("{}{path}", self.addr);
-        Self::finish(
-            self.agent
-                .get(&url)
-                .header("Authorization", &format!("Bearer {}", self.token))
-                .call(),
-            &format!("GET {path}"),
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        parse(&self.call(Method::Get, path, true)?, "GET", path)
+    }
+
+    fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T> {
+        parse(&self.call(Method::Post(body), path, true)?, "POST", path)
+    }
+
+    /// A POST whose answer the CLI does not read.
+    fn post_ignoring_answer(&self, path: &str, body: Value) -> Result<()> {
+        self.call(Method::Post(body), path, true).map(drop)
+    }
+
+    fn delete(&self, path: &str) -> Result<()> {
+        self.call(Method::Delete, path, true).map(drop)
+    }
+
+    // Agents.
+
+    pub fn register_agent(&self, spiffe_id: &str, owner: &str) -> Result<Registered> {
+        self.post(
+            "/v1/agents",
+            json!({"spiffe_id": spiffe_id, "owner": owner}),
         )
     }
 
-    /// POST without a bearer token (join-token attestation).
-    pub fn post_anonymous(&self, path: &str, body: &Value) -> Result<Value> {
-        let url = format!("{}{path}", self.addr);
-        Self::finish(
-            self.agent.post(&url).send_json(body),
-            &format!("POST {path}"),
+    /// Exchange a join token for an SVID (no bearer token: the join token is
+    /// the credential).
+    pub fn attest(&self, join_token: &str) -> Result<Svid> {
+        let path = "/v1/agents/attest";
+        let body = json!({"join_token": join_token});
+        parse(&self.call(Method::Post(body), path, false)?, "POST", path)
+    }
+
+    pub fn release_agent(&self, spiffe_id: &str, reason: Option<&str>) -> Result<()> {
+        self.post_ignoring_answer(
+            "/v1/agents/release",
+            json!({"agent": spiffe_id, "reason": reason}),
         )
     }
 
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        let url = format!("{}{path}", self.addr);
-        Self::finish(
-            self.agent
-                .post(&url)
-                .header("Authorization", &format!("Bearer {}", self.token))
-                .send_json(body),
-            &format!("POST {path}"),
+    pub fn revoke_agent(&self, spiffe_id: &str, reason: Option<&str>) -> Result<Revoked> {
+        self.post(
+            "/v1/revocations",
+            json!({"agent": spiffe_id, "reason": reason}),
         )
     }
 
-    pub fn delete(&self, path: &str) -> Result<Value> {
-        let url = format!("{}{path}", self.addr);
-        Self::finish(
-            self.agent
-                .delete(&url)
-                .header("Authorization", &format!("Bearer {}", self.token))
-                .call(),
-            &format!("DELETE {path}"),
+    // Tasks and incidents.
+
+    /// Open a task (as an agent: the token is its SVID).
+    pub fn open_task(&self, task: &OpenTask) -> Result<TaskCredential> {
+        self.post("/v1/tasks", serde_json::to_value(task)?)
+    }
+
+    /// Record evidence for a task (the token is its credential).
+    pub fn add_evidence(&self, task_id: &str, evidence: &NewEvidence) -> Result<()> {
+        self.post_ignoring_answer(
+            &format!("/v1/tasks/{}/evidence", encode(task_id)),
+            serde_json::to_value(evidence)?,
         )
+    }
+
+    pub fn tasks(&self, filter: &TaskFilter) -> Result<Verbatim<Vec<Task>>> {
+        let mut query = vec![format!("limit={}", filter.limit)];
+        for (key, value) in [
+            ("agent", &filter.agent),
+            ("incident", &filter.incident),
+            ("status", &filter.status),
+        ] {
+            if let Some(v) = value {
+                query.push(format!("{key}={}", encode(v)));
+            }
+        }
+        self.get(&format!("/v1/tasks?{}", query.join("&")))
+    }
+
+    pub fn task(&self, id: &str) -> Result<Verbatim<Task>> {
+        self.get(&format!("/v1/tasks/{}", encode(id)))
+    }
+
+    pub fn rollback_plan(&self, task_id: &str) -> Result<Verbatim<RollbackPlan>> {
+        self.get(&format!("/v1/tasks/{}/rollback", encode(task_id)))
+    }
+
+    pub fn revoke_task(&self, id: &str, reason: Option<&str>) -> Result<Revoked> {
+        self.post("/v1/revocations", json!({"task_id": id, "reason": reason}))
+    }
+
+    pub fn update_incident(&self, id: &str, change: &IncidentChange) -> Result<IncidentUpdated> {
+        self.post(
+            &format!("/v1/incidents/{}", encode(id)),
+            serde_json::to_value(change)?,
+        )
+    }
+
+    // Operations.
+
+    pub fn freeze(&self) -> Result<()> {
+        self.post_ignoring_answer("/v1/freeze", json!({}))
+    }
+
+    pub fn unfreeze(&self) -> Result<()> {
+        self.post_ignoring_answer("/v1/unfreeze", json!({}))
+    }
+
+    pub fn reload_policy(&self) -> Result<Reloaded> {
+        self.post("/v1/policies/reload", json!({}))
+    }
+
+    pub fn health(&self) -> Result<Health> {
+        self.get("/healthz")
+    }
+
+    pub fn mcp_upstreams(&self) -> Result<Verbatim<Upstreams>> {
+        self.get("/v1/mcp/upstreams")
+    }
+
+    pub fn peps(&self) -> Result<PepList> {
+        self.get("/v1/peps")
+    }
+
+    pub fn add_pep(&self, name: &str) -> Result<PepKey> {
+        self.post("/v1/peps", json!({"name": name}))
+    }
+
+    pub fn remove_pep(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/v1/peps/{}", encode(name)))
+    }
+
+    // The audit log.
+
+    /// The page of entries after `after`, each read as `E`.
+    pub fn audit<E: DeserializeOwned>(
+        &self,
+        filter: &AuditFilter,
+        after: u64,
+    ) -> Result<AuditPage<E>> {
+        let mut path = format!("/v1/audit?after={after}&limit={AUDIT_PAGE}");
+        for (key, value) in [
+            ("incident", &filter.incident),
+            ("task", &filter.task),
+            ("agent", &filter.agent),
+        ] {
+            if let Some(v) = value {
+                path.push_str(&format!("&{key}={}", encode(v)));
+            }
+        }
+        self.get(&path)
+    }
+
+    /// The newest signed checkpoint; the server signs one first if the log grew.
+    pub fn checkpoint(&self) -> Result<Verbatim<SignedCheckpoint>> {
+        self.get("/v1/audit/checkpoint")
+    }
+
+    pub fn checkpoints(&self) -> Result<Checkpoints> {
+        self.get("/v1/audit/checkpoints")
+    }
+
+    /// The keyed hash a secret value is logged as.
+    pub fn audit_hash(&self, value: &str) -> Result<KeyedHash> {
+        self.post("/v1/audit/hash", json!({"value": value}))
+    }
+
+    // Approvers and approvals.
+
+    pub fn approvers(&self) -> Result<ApproverList> {
+        self.get("/v1/approvers")
+    }
+
+    pub fn add_approver(
+        &self,
+        name: &str,
+        role: &str,
+        expires_in_seconds: Option<i64>,
+    ) -> Result<ApproverKey> {
+        let mut body = json!({"name": name, "role": role});
+        if let Some(secs) = expires_in_seconds {
+            body["expires_in_seconds"] = json!(secs);
+        }
+        self.post("/v1/approvers", body)
+    }
+
+    pub fn remove_approver(&self, name: &str) -> Result<()> {
+        self.delete(&format!("/v1/approvers/{}", encode(name)))
+    }
+
+    /// Disable (refuse the key) or enable an approver.
+    pub fn set_approver_disabled(&self, name: &str, disabled: bool) -> Result<()> {
+        let verb = if disabled { "disable" } else { "enable" };
+        self.post_ignoring_answer(&format!("/v1/approvers/{}/{verb}", encode(name)), json!({}))
+    }
+
+    /// Approvals with this status (`all`: every one).
+    pub fn approvals(&self, status: &str) -> Result<ApprovalList> {
+        self.get(&format!("/v1/approvals?status={}", encode(status)))
+    }
+
+    pub fn approval(&self, id: &str) -> Result<Approval> {
+        self.get(&format!("/v1/approvals/{}", encode(id)))
+    }
+
+    /// Vote on an approval (the token is the approver's key).
+    pub fn vote(&self, id: &str, approve: bool, reason: &str) -> Result<ApprovalTally> {
+        self.post(
+            &format!("/v1/approvals/{}/decision", encode(id)),
+            json!({"approve": approve, "reason": reason}),
+        )
+    }
+}
+
+/// Read a success's body as `T`.
+fn parse<T: DeserializeOwned>(text: &str, method: &str, path: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| anyhow!("{method} {path}: unexpected answer from the server: {e}"))
+}
+
+/// The server's message in an error answer (the whole body when it is not
+/// the API's error shape). Diagnostics of a refused pack go to stderr.
+fn refusal_message(text: &str) -> String {
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+    };
+    let Ok(ErrorBody { error }) = ErrorBody::deserialize(&body) else {
+        return body.to_string();
+    };
+    for d in &error.diagnostics {
+        eprintln!("{}:{}:{}: {}", d.file, d.line, d.column, d.message);
+    }
+    error.message.unwrap_or_else(|| body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_as_the_servers_message_or_its_whole_body() {
+        let api = r#"{"error":{"code":"conflict","message":"task t is already revoked"}}"#;
+        assert_eq!(refusal_message(api), "task t is already revoked");
+        assert_eq!(refusal_message("bad gateway"), r#""bad gateway""#);
+        assert_eq!(refusal_message(""), "null");
+        assert_eq!(refusal_message(r#"{"other":1}"#), r#"{"other":1}"#);
+    }
+
+    #[test]
+    fn values_are_percent_encoded() {
+        assert_eq!(encode("bob@acme.test"), "bob%40acme.test");
+        assert_eq!(encode("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(encode("x\u{1b}/y"), "x%1B%2Fy");
     }
 }

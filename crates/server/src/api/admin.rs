@@ -1,9 +1,11 @@
 //! Admin endpoints: kill switch, revocation, task and audit views, policy
 //! reload, PEP keys.
 
+use crate::api::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared};
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, NotFound, Secured};
-use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared};
-use crate::error::{ApiError, ErrorBody};
+use crate::api::error::{ApiError, ErrorBody};
+use crate::service::gate::quarantine_key;
+use crate::service::lifecycle;
 use crate::state::random_token;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +13,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tollgate_audit::AuditEvent;
-use tollgate_core::{sha256_hex, SpiffeId, TaskStatus};
+use tollgate_core::{sha256_hex, EventKind, SpiffeId, TaskStatus};
 use tollgate_store::{AuditQuery, Batch, Change, Pep, TaskFilter};
 use utoipa::{IntoParams, ToSchema};
 
@@ -73,144 +75,21 @@ pub async fn revoke(
     State(state): State<Shared>,
     ApiJson(req): ApiJson<Revocation>,
 ) -> Result<Json<Revoked>, ApiError> {
-    let now = state.now();
     let reason = req
         .reason
         .clone()
         .unwrap_or_else(|| "revoked by an admin".into());
-    let targets = [
-        req.task_id.is_some(),
-        req.agent.is_some(),
-        req.incident_id.is_some(),
-    ];
-    if targets.iter().filter(|t| **t).count() != 1 {
-        return Err(ApiError::bad_request(
-            "give exactly one of task_id, agent, incident_id",
-        ));
-    }
-    let ended = |t: &tollgate_core::Task| {
-        AuditEvent::new(now, "task.revoked", "admin")
-            .agent(t.agent.clone())
-            .task(t.id.clone())
-            .incident(t.incident_id.clone())
-            .outcome("revoked")
-            .detail(json!({"reason": reason}))
+    let target = match (req.task_id, req.agent, req.incident_id) {
+        (Some(t), None, None) => lifecycle::Target::Task(t),
+        (None, Some(a), None) => lifecycle::Target::Agent(a),
+        (None, None, Some(i)) => lifecycle::Target::Incident(i),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of task_id, agent, incident_id",
+            ))
+        }
     };
-    let mut batch = Batch::default();
-    let mut revoked = vec![];
-    if let Some(id) = &req.task_id {
-        let task = state
-            .store
-            .task(id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("task {id}")))?;
-        if task.status != TaskStatus::Active {
-            return Err(ApiError::Conflict(format!(
-                "task {id} is already {}",
-                task.status
-            )));
-        }
-        batch = batch
-            .change(Change::EndTask {
-                task_id: id.clone(),
-                status: TaskStatus::Revoked,
-                reason: reason.clone(),
-            })
-            .event(ended(&task));
-        revoked.push(id.clone());
-        // Revoking a task revokes every task delegated from it.
-        let children = crate::api::lifecycle::active_descendants(&state, id).await?;
-        revoked.extend(children.iter().map(|t| t.id.clone()));
-        batch = crate::api::lifecycle::revoke_descendants(
-            batch,
-            id,
-            &children,
-            &format!("parent task {id} was revoked: {reason}"),
-            "admin",
-            now,
-        );
-    } else if let Some(agent) = &req.agent {
-        let id = SpiffeId::parse(agent)
-            .map_err(|e| ApiError::bad_request(format!("agent: {e}")))?
-            .to_string();
-        if state.store.agent(&id).await?.is_none() {
-            return Err(ApiError::NotFound(format!("agent {id}")));
-        }
-        let tasks = state
-            .store
-            .tasks(TaskFilter {
-                agent: Some(id.clone()),
-                status: Some(TaskStatus::Active),
-                limit: 100_000,
-                ..Default::default()
-            })
-            .await?;
-        for t in &tasks {
-            batch = batch.event(ended(t));
-            revoked.push(t.id.clone());
-        }
-        // Work its tasks delegated to other agents dies with them; a task
-        // reachable twice (self-delegation) is audited once.
-        let mut seen: std::collections::BTreeSet<String> =
-            tasks.iter().map(|t| t.id.clone()).collect();
-        for t in &tasks {
-            let children: Vec<_> = crate::api::lifecycle::active_descendants(&state, &t.id)
-                .await?
-                .into_iter()
-                .filter(|c| seen.insert(c.id.clone()))
-                .collect();
-            revoked.extend(children.iter().map(|c| c.id.clone()));
-            batch = crate::api::lifecycle::revoke_descendants(
-                batch,
-                &t.id,
-                &children,
-                &format!("parent task {} was revoked: {reason}", t.id),
-                "admin",
-                now,
-            );
-        }
-        batch = batch
-            .change(Change::SetAgentRevoked {
-                spiffe_id: id.clone(),
-                revoked: true,
-            })
-            .change(Change::EndAgentTasks {
-                spiffe_id: id.clone(),
-                reason: reason.clone(),
-            })
-            .event(
-                AuditEvent::new(now, "agent.revoked", "admin")
-                    .agent(id)
-                    .outcome("revoked")
-                    .detail(json!({"reason": reason})),
-            );
-    } else if let Some(inc) = &req.incident_id {
-        let tasks = state
-            .store
-            .tasks(TaskFilter {
-                incident_id: Some(inc.clone()),
-                status: Some(TaskStatus::Active),
-                limit: 100_000,
-                ..Default::default()
-            })
-            .await?;
-        for t in &tasks {
-            batch = batch
-                .change(Change::EndTask {
-                    task_id: t.id.clone(),
-                    status: TaskStatus::Revoked,
-                    reason: reason.clone(),
-                })
-                .event(ended(t));
-            revoked.push(t.id.clone());
-        }
-        batch = batch.event(
-            AuditEvent::new(now, "incident.revoked", "admin")
-                .incident(inc.clone())
-                .detail(json!({"reason": reason, "tasks": revoked})),
-        );
-    }
-    state.store.commit(batch).await?;
+    let revoked = lifecycle::revoke(&state, target, &reason).await?;
     Ok(Json(Revoked {
         revoked_tasks: revoked,
     }))
@@ -252,17 +131,18 @@ pub async fn release(
     if state.store.agent(&id).await?.is_none() {
         return Err(ApiError::NotFound(format!("agent {id}")));
     }
-    if crate::decide::quarantined(&state, &id).await?.is_none() {
+    let quarantine = state.store.setting(&quarantine_key(&id)).await?;
+    if quarantine.is_none_or(|r| r.is_empty()) {
         return Err(ApiError::Conflict(format!("agent {id} is not quarantined")));
     }
     let now = state.now();
     let batch = Batch::default()
         .change(Change::PutSetting {
-            key: crate::decide::quarantine_key(&id),
+            key: quarantine_key(&id),
             value: String::new(),
         })
         .event(
-            AuditEvent::new(now, "agent.released", "admin")
+            AuditEvent::new(now, EventKind::AgentReleased, "admin")
                 .agent(id.clone())
                 .outcome("released")
                 .detail(json!({"reason": req.reason})),

@@ -1,10 +1,11 @@
 //! Human approval: approvers, pending approvals, long-poll, decisions.
 
+use crate::api::auth::{Admin, ApiJson, ApiPath, ApiQuery, ApproverAuth, Shared, Viewer};
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, NotFound, Secured};
-use crate::approvals::{load, view, vote, ApprovalView};
-use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, ApproverAuth, Shared, Viewer};
-use crate::error::ApiError;
+use crate::api::error::ApiError;
+use crate::service::approvals::{load, vote};
 use crate::state::random_token;
+use crate::views::{view, ApprovalView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;

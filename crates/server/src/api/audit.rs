@@ -1,19 +1,18 @@
 //! Tamper evidence over HTTP: signed checkpoints, inclusion and
 //! consistency proofs, keyed hashes; and executed-action results.
 
+use crate::api::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared, TaskAuth};
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, Secured};
+use crate::api::error::{ApiError, ErrorBody};
 use crate::audit::checkpoint_now;
-use crate::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared, TaskAuth};
-use crate::error::{ApiError, ErrorBody};
+use crate::service::results::{record_result, ExecutedAction};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use tollgate_audit::checkpoint::Checkpoint;
 use tollgate_audit::merkle;
-use tollgate_audit::AuditEvent;
-use tollgate_store::{Batch, Change};
 use utoipa::{IntoParams, ToSchema};
 
 /// A signed checkpoint with what verifies it.
@@ -289,113 +288,4 @@ pub async fn action_result(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// What was executed under an allowing decision, as a PEP (or the MCP
-/// gateway itself) reports it.
-#[derive(Clone)]
-pub struct ExecutedAction<'a> {
-    /// `succeeded` or `failed`; the MCP gateway also records `unknown` for a
-    /// call that timed out or was cut off (it may have acted).
-    pub status: &'a str,
-    pub command: &'a str,
-    pub output_digest: Option<&'a str>,
-    /// More detail for the `action.result` entry (merged into it).
-    pub extra: Value,
-}
-
-/// Record an executed action against the allowing decision `request_id` of
-/// `task`: one result per decision, and a refusal is audited too.
-pub async fn record_result(
-    state: &Shared,
-    task: &tollgate_core::Task,
-    request_id: &str,
-    done: ExecutedAction<'_>,
-) -> Result<(), ApiError> {
-    let now = state.now();
-    let status = done.status;
-    let refused = |reason: String| {
-        AuditEvent::new(now, "action.result_refused", task.agent.clone())
-            .agent(task.agent.clone())
-            .task(task.id.clone())
-            .incident(task.incident_id.clone())
-            .request(request_id.to_string())
-            .outcome("refused")
-            .detail(json!({"status": status, "command": done.command, "output_digest": done.output_digest, "reason": reason}))
-    };
-    let entries = state.store.audit_by_request(request_id).await?;
-    let allowing = entries.iter().find(|e| {
-        (e.event.kind == "decision" || e.event.kind == "authzen.decision")
-            && e.event.outcome.as_deref() == Some("allow")
-            && e.event.task_id.as_deref() == Some(task.id.as_str())
-    });
-    let Some(decision) = allowing else {
-        // A result without an allowing decision of this task: refused, and on the record.
-        let ev = refused("no allowing decision of this task has this request id".into());
-        state.store.commit(Batch::audit_only(ev)).await?;
-        return Err(ApiError::Conflict(format!(
-            "no allowing decision {request_id} in task {}",
-            task.id
-        )));
-    };
-    let action = decision.event.detail["action"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let resource = decision.event.detail["resource"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    // What would undo this, for the rollback plan: the catalog's compensation
-    // on the same resource, recorded only for a successful reversible action
-    // that is not itself a compensation (isolate and release undo each other:
-    // undoing the undo would make every rollback run flip the host back).
-    let is_compensation = done.extra.get("compensates").is_some();
-    let pack = state.pack.load();
-    let op = pack.catalog().operation(&action);
-    let compensation = op
-        .filter(|op| op.reversible && status != "failed" && !is_compensation)
-        .and_then(|op| op.compensation.clone())
-        .map(|c| {
-            let types = op.map_or(&[][..], |op| &op.resource_types[..]);
-            let (kind, id) =
-                tollgate_core::split_resource_key(&resource, types).unwrap_or_default();
-            json!({"action": c, "resource": resource, "resource_type": kind, "resource_id": id,
-                   "parameters": decision.event.detail["parameters"]})
-        });
-    drop(pack);
-    let mut detail = json!({
-        "action": action, "resource": resource, "command": done.command, "output_digest": done.output_digest,
-        "decision_seq": decision.seq, "compensation": compensation,
-    });
-    if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), done.extra) {
-        d.extend(extra);
-    }
-    let ev = AuditEvent::new(now, "action.result", task.agent.clone())
-        .agent(task.agent.clone())
-        .task(task.id.clone())
-        .incident(task.incident_id.clone())
-        .request(request_id.to_string())
-        .outcome(status)
-        .detail(detail);
-    let batch = Batch::default()
-        .change(Change::RecordActionResult {
-            request_id: request_id.to_string(),
-            task_id: task.id.clone(),
-            status: status.into(),
-            at: now,
-        })
-        .event(ev);
-    match state.store.commit(batch).await {
-        Ok(_) => Ok(()),
-        Err(tollgate_store::StoreError::Conflict(m)) => {
-            // A second result for one decision: refused, and on the record.
-            state
-                .store
-                .commit(Batch::audit_only(refused(m.clone())))
-                .await?;
-            Err(ApiError::Conflict(m))
-        }
-        Err(e) => Err(e.into()),
-    }
 }

@@ -12,10 +12,11 @@
 //! the outcome in the response context. Every evaluation is decided and
 //! audited exactly like `/v1/authorize`.
 
+use crate::api::auth::{ApiJson, PepAuth, Shared};
 use crate::api::doc::{self, JsonBody, Secured};
-use crate::auth::{ApiJson, PepAuth, Shared};
-use crate::decide::{decide_action, ActionAsk};
-use crate::error::ApiError;
+use crate::api::error::ApiError;
+use crate::service::decide::decide_action;
+use crate::service::judge::ActionAsk;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -264,7 +265,7 @@ async fn evaluate(
         intent: &intent,
         parameters: &parameters,
         actor: format!("pep:{pep}"),
-        kind: "authzen.decision",
+        kind: tollgate_core::EventKind::AuthzenDecision,
         traceparent,
     };
     match decide_action(state, ask).await {
@@ -297,8 +298,8 @@ async fn evaluate(
                 context: EvaluationContext::Decided(context),
             })
         }
-        Err(ApiError::BadRequest { message, .. }) => Ok(refuse(400, message)),
-        Err(e) => Err(e),
+        Err(crate::service::Error::Invalid { message, .. }) => Ok(refuse(400, message)),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -5,7 +5,7 @@
 //! checked against the real type by the tests at the bottom, so the
 //! document cannot drift from what the server sends.
 
-use crate::error::ErrorBody;
+use crate::api::error::ErrorBody;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -55,7 +55,7 @@ impl IntoResponses for Secured {
 }
 
 /// 400, 413 and 415: what every operation with a JSON body can answer
-/// (`crate::auth::ApiJson`, under the router's body limit).
+/// (`crate::api::auth::ApiJson`, under the router's body limit).
 pub struct JsonBody;
 
 impl IntoResponses for JsonBody {
@@ -72,7 +72,7 @@ impl IntoResponses for JsonBody {
 }
 
 /// 400: a path or query parameter that breaks the id rule or does not parse
-/// (`crate::auth::ApiPath`, `crate::auth::ApiQuery`), or a value refused.
+/// (`crate::api::auth::ApiPath`, `crate::api::auth::ApiQuery`), or a value refused.
 pub struct BadInput;
 
 impl IntoResponses for BadInput {
@@ -217,55 +217,7 @@ pub struct IncidentRef {
     pub severity: Severity,
 }
 
-/// Mirrors of the core enums, each convertible from the real one by an
-/// exhaustive match (a new variant does not compile until it is added here).
-macro_rules! mirror_enum {
-    ($(#[$doc:meta])* $name:ident from $real:path { $($variant:ident),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Serialize, ToSchema, Clone, Copy, PartialEq, Eq, Debug)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name {
-            $($variant),+
-        }
-
-        impl From<$real> for $name {
-            fn from(v: $real) -> Self {
-                use $real as R;
-                match v {
-                    $(R::$variant => $name::$variant),+
-                }
-            }
-        }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-        }
-    };
-}
-
-mirror_enum!(
-    /// Incident severity.
-    Severity from tollgate_core::Severity { Low, Medium, High, Critical }
-);
-mirror_enum!(
-    /// Incident status: `resolved` and `closed` revoke every task bound to it.
-    IncidentStatus from tollgate_core::IncidentStatus { Open, Resolved, Closed }
-);
-mirror_enum!(
-    /// Task status.
-    TaskStatus from tollgate_core::TaskStatus { Active, Completed, Failed, Revoked }
-);
-mirror_enum!(
-    /// Approval status.
-    ApprovalStatus from tollgate_core::ApprovalStatus {
-        Pending, Approved, Denied, Expired, Used, Withdrawn
-    }
-);
-
-mirror_enum!(
-    /// A decision's outcome; a denial is not an error.
-    Outcome from tollgate_core::Outcome { Allow, Deny, ApprovalRequired }
-);
+pub use crate::views::{ApprovalStatus, IncidentStatus, Outcome, Severity, TaskStatus};
 
 /// Which approvals to list: a status, or `all`.
 pub struct ApprovalStatusFilter;

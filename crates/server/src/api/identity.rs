@@ -1,9 +1,9 @@
 //! Agent identity: registration, join-token attestation, SVID refresh, JWKS.
 
+use crate::api::auth::{Admin, AgentSvid, ApiJson, Shared, Source};
 use crate::api::doc::{self, BadInput, JsonBody, Secured, Unavailable};
-use crate::auth::{Admin, AgentSvid, ApiJson, Shared, Source};
-use crate::decide::new_id;
-use crate::error::{ApiError, ErrorBody};
+use crate::api::error::{ApiError, ErrorBody};
+use crate::service::new_id;
 use crate::state::random_token;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -143,7 +143,7 @@ pub async fn attest(
                 Some(_) => "join token expired",
             };
             // Unknown tokens cost nothing to send: aggregated per source.
-            crate::auth::record_refusal(
+            crate::api::auth::record_refusal(
                 &state,
                 &source.0,
                 "agent.attest_refused",
@@ -158,7 +158,7 @@ pub async fn attest(
         Some(a) if !a.revoked => {}
         _ => {
             let ev = refused("agent is revoked").agent(token.spiffe_id.clone());
-            crate::auth::record_refusal(
+            crate::api::auth::record_refusal(
                 &state,
                 &source.0,
                 "agent.attest_refused",

@@ -1,133 +1,22 @@
 //! Delegation, cascading revocation, incident lifecycle, introspection and
 //! rollback plans.
 
+use crate::api::auth::{Admin, ApiJson, ApiPath, PepAuth, Shared, TaskAuth};
 use crate::api::doc::{self, BadInput, JsonBody, NotFound, Secured};
+use crate::api::error::ApiError;
 use crate::api::tasks::Refusal;
-use crate::auth::{Admin, ApiJson, ApiPath, PepAuth, Shared, TaskAuth};
-use crate::decide::new_id;
-use crate::error::{ApiError, ErrorDetail};
-use crate::state::AppState;
+use crate::service::{lifecycle, tasks};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeSet;
-use tollgate_audit::AuditEvent;
 use tollgate_core::clock::rfc3339;
-use tollgate_core::{
-    child_lifetime, Incident, IncidentStatus, Outcome, Severity, SpiffeId, Task, TaskStatus,
-};
-use tollgate_identity::{Actor, TaskGrant};
-use tollgate_policy::{AgentFacts, DelegateFacts, TaskOpenFacts};
-use tollgate_store::{Batch, Change, TaskFilter};
+use tollgate_core::{Incident, IncidentStatus, Severity};
+use tollgate_identity::Actor;
 use utoipa::ToSchema;
-
-/// Every active descendant of `root` (children, their children, …).
-pub async fn active_descendants(state: &Shared, root: &str) -> Result<Vec<Task>, ApiError> {
-    Ok(descendants(state, root)
-        .await?
-        .into_iter()
-        .filter(|c| c.status == TaskStatus::Active)
-        .collect())
-}
-
-/// Every task delegated from `root`, at any depth, ended ones included; a
-/// parent always comes before its children.
-pub async fn descendants(state: &Shared, root: &str) -> Result<Vec<Task>, ApiError> {
-    let mut out = Vec::new();
-    let mut frontier = vec![root.to_string()];
-    while let Some(id) = frontier.pop() {
-        let children = state
-            .store
-            .tasks(TaskFilter {
-                parent_task_id: Some(id),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await?;
-        for c in children {
-            frontier.push(c.id.clone());
-            out.push(c);
-        }
-    }
-    Ok(out)
-}
-
-/// Revoke every active descendant of `root`: one audit entry for each one
-/// known now, and an in-commit sweep of the whole subtree so that a child
-/// delegated concurrently dies too.
-pub fn revoke_descendants(
-    batch: Batch,
-    root: &str,
-    known: &[Task],
-    reason: &str,
-    actor: &str,
-    now: i64,
-) -> Batch {
-    let batch = batch.change(Change::EndDescendants {
-        root_id: root.to_string(),
-        reason: reason.to_string(),
-    });
-    known
-        .iter()
-        .fold(batch, |b, t| b.event(revoked_event(t, reason, actor, now)))
-}
-
-pub fn revoked_event(t: &Task, reason: &str, actor: &str, now: i64) -> AuditEvent {
-    AuditEvent::new(now, "task.revoked", actor)
-        .agent(t.agent.clone())
-        .task(t.id.clone())
-        .parent_task(t.parent_task_id.clone())
-        .incident(t.incident_id.clone())
-        .outcome("revoked")
-        .detail(json!({"reason": reason}))
-}
-
-/// A task's place in its delegation tree, from one walk up the parents.
-pub struct Ancestry {
-    /// The top-level task (the task itself when it was not delegated).
-    pub root: Task,
-    /// 0 for a task an agent opened, 1 for its children, …
-    pub depth: u32,
-    /// Why the task cannot act although it is itself active: an ancestor ended.
-    pub dead: Option<String>,
-    /// The agents of the task and of every ancestor, the task's own first.
-    pub agents: Vec<String>,
-}
-
-pub async fn ancestry(state: &AppState, task: &Task) -> Result<Ancestry, ApiError> {
-    let mut root = task.clone();
-    let mut depth = 0;
-    let mut dead = None;
-    let mut agents = vec![task.agent.clone()];
-    while let Some(p) = root.parent_task_id.clone() {
-        depth += 1;
-        if depth > 64 {
-            return Err(ApiError::Internal("delegation chain too deep".into()));
-        }
-        match state.store.task(&p).await? {
-            Some(t) => {
-                if dead.is_none() && t.status != TaskStatus::Active {
-                    dead = Some(format!("parent task {} is {}", t.id, t.status));
-                }
-                agents.push(t.agent.clone());
-                root = t;
-            }
-            None => {
-                dead.get_or_insert_with(|| format!("parent task {p} is missing"));
-                break;
-            }
-        }
-    }
-    Ok(Ancestry {
-        root,
-        depth,
-        dead,
-        agents,
-    })
-}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -186,214 +75,27 @@ pub async fn delegate(
     if req.intent.trim().is_empty() || req.intent.len() > 2048 {
         return Err(ApiError::bad_request("intent must be 1 to 2048 bytes"));
     }
-    let now = state.now();
-    let parent = &auth.task;
-    let child_id =
-        SpiffeId::parse(&req.agent).map_err(|e| ApiError::bad_request(format!("agent: {e}")))?;
-    let child_record = state.store.agent(&child_id.to_string()).await?;
-    let actions: BTreeSet<String> = req.actions.iter().cloned().collect();
-    let resources: BTreeSet<String> = req.resources.iter().cloned().collect();
-    let request_id = new_id("req");
-    let chain = ancestry(&state, parent).await?;
-    let depth = chain.depth + 1;
-    let pack = state.pack.load_full();
-    let refuse = |reasons: Vec<String>, policies: Vec<String>| {
-        AuditEvent::new(now, "task.delegation_refused", parent.agent.clone())
-            .agent(parent.agent.clone())
-            .task(parent.id.clone())
-            .incident(parent.incident_id.clone())
-            .request(request_id.clone())
-            .outcome("deny")
-            .detail(json!({"child_agent": child_id.to_string(), "actions": actions, "resources": resources, "ttl_seconds": req.ttl_seconds, "depth": depth, "reasons": reasons, "policies": policies}))
-    };
-    let child_agent = match child_record {
-        Some(a) if !a.revoked => a,
-        other => {
-            let why = if other.is_some() {
-                format!("agent {child_id} is revoked")
-            } else {
-                format!("agent {child_id} is not registered")
-            };
-            state
-                .store
-                .commit(Batch::audit_only(refuse(vec![why.clone()], vec![])))
-                .await?;
-            return Err(if other.is_some() {
-                ApiError::Forbidden(why)
-            } else {
-                ApiError::bad_request(why)
-            });
-        }
-    };
-    // Attenuation and lifetime are the gateway's, before policy: a child is
-    // never wider than its parent, whatever policy says.
-    let checked = tollgate_core::check_receiver(
-        &child_id.to_string(),
-        chain.agents.iter().map(String::as_str),
-    )
-    .and_then(|()| parent.scope.attenuate(&actions, &resources))
-    .and_then(|scope| {
-        child_lifetime(
-            parent,
-            now,
-            req.ttl_seconds,
-            state.config.task_max_ttl_seconds,
-            depth,
-            state.config.max_delegation_depth,
-        )
-        .map(|l| (scope, l))
-    });
-    let (scope, (expires_at, max_expires_at)) = match checked {
-        Ok(v) => v,
-        Err(e) => {
-            state
-                .store
-                .commit(Batch::audit_only(refuse(vec![e.to_string()], vec![])))
-                .await?;
-            let body = Refusal {
-                decision: Some(doc::Outcome::Deny),
-                request_id: Some(request_id),
-                reasons: Some(vec![e.to_string()]),
-                policies: None,
-                error: ErrorDetail::new("delegation_refused", e.to_string()),
-            };
-            return Ok((StatusCode::FORBIDDEN, Json(body)).into_response());
-        }
-    };
-    let incident = state
-        .store
-        .incident(&parent.incident_id)
-        .await?
-        .ok_or_else(|| ApiError::Internal("the task's incident is missing".into()))?;
-    let parent_id =
-        SpiffeId::parse(&parent.agent).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let facts = DelegateFacts {
-        parent: AgentFacts {
-            spiffe_id: &parent_id,
-            owner: &auth.agent.owner,
-        },
-        child: AgentFacts {
-            spiffe_id: &child_id,
-            owner: &child_agent.owner,
-        },
-        task: parent,
-        incident: &incident,
-        actions: &actions,
-        resources: &resources,
+    let request = tasks::DelegationRequest {
+        agent: req.agent,
+        actions: req.actions.into_iter().collect(),
+        resources: req.resources.into_iter().collect(),
         ttl_seconds: req.ttl_seconds,
-        depth,
-        intent: &req.intent,
+        intent: req.intent,
     };
-    let quarantine = crate::decide::quarantined(&state, &parent.agent).await?;
-    let decision = if let Some(why) = quarantine {
-        tollgate_core::Decision::deny(why)
-    } else if state.is_frozen() {
-        tollgate_core::Decision::deny(
-            "tollgate is frozen: every agent decision denies until an admin unfreezes",
-        )
-    } else {
-        match pack.decide_delegate(&facts) {
-            Ok(d) => d,
-            Err(tollgate_policy::PolicyError::BadRequest(m)) => {
-                return Err(ApiError::BadRequest {
-                    code: "invalid_request",
-                    message: m,
-                })
-            }
-            Err(e) => tollgate_core::Decision::deny(format!(
-                "policy evaluation failed; failing closed: {e}"
-            )),
+    let delegated =
+        tasks::delegate(&state, &auth.agent, &auth.claims, &auth.task, &request).await?;
+    Ok(match delegated {
+        Ok(g) => {
+            let body = Delegated {
+                task_id: g.task_id,
+                credential: g.credential,
+                expires_at: rfc3339(g.expires_at),
+                request_id: g.request_id,
+            };
+            (StatusCode::CREATED, Json(body)).into_response()
         }
-    };
-    if decision.outcome != Outcome::Allow {
-        let mut decision = decision.clone();
-        if decision.outcome == Outcome::ApprovalRequired {
-            decision
-                .reasons
-                .push("delegation cannot wait for approval; refused".into());
-        }
-        state
-            .store
-            .commit(Batch::audit_only(refuse(
-                decision.reasons.clone(),
-                decision.policies.clone(),
-            )))
-            .await?;
-        let body = Refusal {
-            decision: Some(doc::Outcome::Deny),
-            request_id: Some(request_id),
-            error: ErrorDetail::new("delegation_refused", decision.reasons.join("; ")),
-            reasons: Some(decision.reasons),
-            policies: Some(decision.policies),
-        };
-        return Ok((StatusCode::FORBIDDEN, Json(body)).into_response());
-    }
-    let task = Task {
-        id: new_id("task"),
-        agent: child_id.to_string(),
-        incident_id: parent.incident_id.clone(),
-        environment: parent.environment.clone(),
-        playbook: parent.playbook.clone(),
-        intent: req.intent.clone(),
-        scope: scope.clone(),
-        parent_task_id: Some(parent.id.clone()),
-        created_at: now,
-        expires_at,
-        max_expires_at,
-        status: TaskStatus::Active,
-        status_reason: None,
-    };
-    // RFC 8693: the child acts, on behalf of the parent's chain.
-    let act = Actor {
-        sub: parent.agent.clone(),
-        act: auth.claims.act.clone().map(Box::new),
-    };
-    let jti = new_id("cred");
-    let grant = TaskGrant {
-        sub: task.agent.clone(),
-        task_id: task.id.clone(),
-        incident_id: task.incident_id.clone(),
-        scope,
-        iat: now,
-        exp: expires_at,
-        jti: jti.clone(),
-        act: Some(act.clone()),
-    };
-    let (credential, _) = state
-        .tokens
-        .issue_task_credential(grant)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let batch = Batch::default()
-        // The parent must still be live when the child is born.
-        .change(Change::RequireTaskLive { task_id: parent.id.clone(), now })
-        .change(Change::InsertTask(task.clone()))
-        .event(
-            AuditEvent::new(now, "task.delegated", parent.agent.clone())
-                .agent(task.agent.clone())
-                .task(task.id.clone())
-                .parent_task(Some(parent.id.clone()))
-                .incident(task.incident_id.clone())
-                .request(request_id.clone())
-                .outcome("allow")
-                .detail(json!({
-                    "from": parent.agent, "to": task.agent, "scope": task.scope, "depth": depth,
-                    "expires_at": expires_at, "intent": req.intent, "act": act, "credential_jti": jti,
-                    "policies": decision.policies, "reasons": decision.reasons, "policy_digest": pack.digest(),
-                })),
-        );
-    state.store.commit(batch).await.map_err(|e| match e {
-        tollgate_store::StoreError::Conflict(_) => {
-            ApiError::Unauthorized(format!("task {} is no longer active", parent.id))
-        }
-        e => e.into(),
-    })?;
-    let body = Delegated {
-        task_id: task.id,
-        credential,
-        expires_at: rfc3339(expires_at),
-        request_id,
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+        Err(refused) => Refusal::of(refused, "delegation_refused").into_response(),
+    })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -436,128 +138,17 @@ pub async fn update_incident(
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateIncident>,
 ) -> Result<Json<IncidentUpdated>, ApiError> {
-    let now = state.now();
-    let before = state.store.incident(&id).await?;
-    let mut incident = match (&before, &req.class, req.severity) {
-        (Some(i), _, _) => i.clone(),
-        (None, Some(class), Some(severity)) => Incident {
-            id: id.clone(),
-            class: class.clone(),
-            severity,
-            status: IncidentStatus::Open,
-            updated_at: now,
-        },
-        (None, _, _) => {
-            return Err(ApiError::NotFound(format!(
-                "incident {id} (give class and severity to create it)"
-            )))
-        }
+    let change = lifecycle::IncidentChange {
+        status: req.status,
+        class: req.class,
+        severity: req.severity,
+        reason: req.reason,
     };
-    if let Some(s) = req.status {
-        incident.status = s;
-    }
-    if let Some(c) = &req.class {
-        incident.class = c.clone();
-    }
-    if let Some(s) = req.severity {
-        incident.severity = s;
-    }
-    incident.updated_at = now;
-    let active = state
-        .store
-        .tasks(TaskFilter {
-            incident_id: Some(id.clone()),
-            status: Some(TaskStatus::Active),
-            limit: 100_000,
-            ..Default::default()
-        })
-        .await?;
-    let mut to_revoke: Vec<(Task, String)> = Vec::new();
-    if incident.status != IncidentStatus::Open {
-        let why = format!("incident {id} was {}", incident.status.as_str());
-        to_revoke.extend(active.iter().map(|t| (t.clone(), why.clone())));
-    } else if before
-        .as_ref()
-        .is_some_and(|b| b.class != incident.class || b.severity != incident.severity)
-    {
-        // Re-evaluate each open task as if it were opened now.
-        let pack = state.pack.load_full();
-        for t in &active {
-            // Delegated tasks stand or fall with their parent.
-            if t.parent_task_id.is_some() {
-                continue;
-            }
-            let agent = state.store.agent(&t.agent).await?;
-            let (Some(agent), Ok(aid)) = (agent, SpiffeId::parse(&t.agent)) else {
-                // Cannot re-evaluate: fail closed.
-                to_revoke.push((
-                    t.clone(),
-                    format!(
-                        "incident {id} was reclassified and task {} could not be re-evaluated",
-                        t.id
-                    ),
-                ));
-                continue;
-            };
-            let facts = TaskOpenFacts {
-                agent: AgentFacts {
-                    spiffe_id: &aid,
-                    owner: &agent.owner,
-                },
-                incident: &incident,
-                environment: &t.environment,
-                playbook: &t.playbook,
-                intent: &t.intent,
-                ttl_seconds: (t.expires_at - now).max(1),
-                now,
-            };
-            let d = pack
-                .decide_task_open(&facts)
-                .unwrap_or_else(|e| tollgate_core::Decision::deny(e.to_string()));
-            if d.outcome != Outcome::Allow {
-                let why = format!(
-                    "incident {id} was reclassified to {} / {} and policy no longer allows this task: {}",
-                    incident.class,
-                    incident.severity.as_str(),
-                    d.reasons.join("; ")
-                );
-                to_revoke.push((t.clone(), why.clone()));
-                for c in active_descendants(&state, &t.id).await? {
-                    to_revoke.push((c, why.clone()));
-                }
-            }
-        }
-    }
-    let mut batch = Batch::default().change(Change::UpsertIncident(incident.clone())).event(
-        AuditEvent::new(now, "incident.updated", "admin").incident(id.clone()).detail(json!({
-            "before": before, "after": incident, "reason": req.reason, "revoked_tasks": to_revoke.iter().map(|(t, _)| t.id.clone()).collect::<Vec<_>>(),
-        })),
-    );
-    let mut seen = BTreeSet::new();
-    for (t, why) in &to_revoke {
-        if seen.insert(t.id.clone()) {
-            batch = batch
-                .change(Change::RevokeTask {
-                    task_id: t.id.clone(),
-                    reason: why.clone(),
-                })
-                .change(Change::EndDescendants {
-                    root_id: t.id.clone(),
-                    reason: why.clone(),
-                })
-                .event(revoked_event(t, why, "admin", now));
-        }
-    }
-    state.store.commit(batch).await?;
-    let kept_tasks = active
-        .iter()
-        .filter(|t| !seen.contains(&t.id))
-        .map(|t| t.id.clone())
-        .collect();
+    let changed = lifecycle::update_incident(&state, &id, change).await?;
     Ok(Json(IncidentUpdated {
-        incident,
-        revoked_tasks: seen,
-        kept_tasks,
+        incident: changed.incident,
+        revoked_tasks: changed.revoked_tasks,
+        kept_tasks: changed.kept_tasks,
     }))
 }
 
@@ -634,7 +225,11 @@ pub async fn introspect(
         .await?
         .filter(|t| t.agent == claims.sub && t.is_live(now));
     let live = match &task {
-        Some(t) => ancestry(&state, t).await?.dead.is_none(),
+        Some(t) => state
+            .store
+            .lineage(&t.id)
+            .await?
+            .is_some_and(|l| l.dead().is_none()),
         None => false,
     };
     let agent_ok = state
@@ -683,8 +278,7 @@ pub async fn rollback(
         .task(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("task {id}")))?;
-    let root = ancestry(&state, &task).await?.root;
-    let steps = rollback_plan(&state, &task, &root.id).await?;
+    let steps = lifecycle::rollback_plan(&state, &task).await?;
     Ok(Json(RollbackPlan { task_id: id, steps }))
 }
 
@@ -693,67 +287,4 @@ pub struct RollbackPlan {
     pub task_id: String,
     #[schema(value_type = Vec<doc::RollbackStep>)]
     pub steps: Vec<Value>,
-}
-
-/// Every compensation recorded for the task and its delegated children,
-/// newest first. A step whose compensation has since succeeded (run through
-/// the MCP gateway's `tollgate_rollback`) is marked `"done": true`, whichever
-/// task of the delegation tree ran it: a parent that undid its child's step
-/// leaves nothing for the child to undo again.
-/// `root_id`: the root of `task`'s delegation tree.
-pub async fn rollback_plan(
-    state: &Shared,
-    task: &Task,
-    root_id: &str,
-) -> Result<Vec<Value>, ApiError> {
-    let below_root = descendants(state, root_id).await?;
-    // The task's own subtree, from the tree already read (parents come first).
-    let mut mine = std::collections::BTreeSet::from([task.id.clone()]);
-    for t in &below_root {
-        if t.parent_task_id.as_ref().is_some_and(|p| mine.contains(p)) {
-            mine.insert(t.id.clone());
-        }
-    }
-    let tree: Vec<String> = std::iter::once(root_id.to_string())
-        .chain(below_root.into_iter().map(|t| t.id))
-        .collect();
-    let mut steps = Vec::new();
-    let mut compensated = std::collections::BTreeSet::new();
-    for t in &tree {
-        let entries = crate::audit::task_entries(state, t).await?;
-        for e in entries.iter().filter(|e| e.event.kind == "action.result") {
-            if e.event.outcome.as_deref() == Some("succeeded") {
-                if let Some(r) = e.event.detail["compensates"].as_str() {
-                    compensated.insert(r.to_string());
-                }
-            }
-            // A compensation is not itself undone by a rollback (entries
-            // written before compensations stopped carrying one included).
-            if !mine.contains(t)
-                || e.event.detail["compensation"].is_null()
-                || !e.event.detail["compensates"].is_null()
-            {
-                continue;
-            }
-            steps.push((e.seq, json!({
-                "task_id": t,
-                "request_id": e.event.request_id,
-                "executed_at": rfc3339(e.event.ts),
-                // `unknown`: a forwarded call that timed out or was cut off.
-                "executed": {"action": e.event.detail["action"], "resource": e.event.detail["resource"], "command": e.event.detail["command"], "outcome": e.event.outcome},
-                "compensation": e.event.detail["compensation"],
-            })));
-        }
-    }
-    steps.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-    Ok(steps
-        .into_iter()
-        .map(|(_, mut s)| {
-            let done = s["request_id"]
-                .as_str()
-                .is_some_and(|r| compensated.contains(r));
-            s["done"] = json!(done);
-            s
-        })
-        .collect())
 }

@@ -3,14 +3,16 @@
 pub mod admin;
 pub mod approvals;
 pub mod audit;
+pub mod auth;
 pub mod authzen;
 pub mod doc;
+pub mod error;
 pub mod identity;
 pub mod lifecycle;
 pub mod tasks;
 
-use crate::auth::Shared;
-use crate::error::{ApiError, ErrorBody};
+use crate::api::error::{ApiError, ErrorBody};
+use crate::state::Shared;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -185,7 +187,7 @@ pub async fn healthz(State(state): State<Shared>) -> Result<Json<Health>, ApiErr
     Ok(Json(Health {
         status: "ok".into(),
         audit_entries: head.size,
-        frozen: state.is_frozen(),
+        frozen: state.is_frozen().await?,
     }))
 }
 

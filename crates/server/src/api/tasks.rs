@@ -1,9 +1,12 @@
 //! Tasks and their credentials, evidence, and the decision at every action.
 
+use crate::api::auth::{AgentSvid, ApiJson, ApiPath, Shared, TaskAuth};
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, Secured};
-use crate::auth::{AgentSvid, ApiJson, ApiPath, Shared, TaskAuth};
-use crate::decide::{decide_action, new_id, ActionAsk, DecisionView};
-use crate::error::{ApiError, ErrorDetail};
+use crate::api::error::{ApiError, ErrorDetail};
+use crate::service::decide::decide_action;
+use crate::service::judge::ActionAsk;
+use crate::service::{new_id, tasks};
+use crate::views::DecisionView;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,11 +16,9 @@ use serde_json::{json, Map, Value};
 use std::time::Instant;
 use tollgate_audit::AuditEvent;
 use tollgate_core::clock::rfc3339;
-use tollgate_core::{
-    Incident, IncidentRef, IncidentStatus, Outcome, Scope, SpiffeId, Task, TaskStatus,
-};
+use tollgate_core::{IncidentRef, TaskStatus};
 use tollgate_identity::TaskGrant;
-use tollgate_policy::{AgentFacts, ResourceRef, TaskOpenFacts};
+use tollgate_policy::ResourceRef;
 use tollgate_store::{Batch, Change, Evidence};
 use utoipa::ToSchema;
 
@@ -99,175 +100,52 @@ pub async fn open_task(
     non_empty("environment", &req.environment, 64)?;
     non_empty("playbook", &req.playbook, 128)?;
     non_empty("intent", &req.intent, 2048)?;
-    let ttl = req.ttl_seconds.unwrap_or(state.config.task_ttl_seconds);
-    if ttl <= 0 {
+    let ttl_seconds = req.ttl_seconds.unwrap_or(state.config.task_ttl_seconds);
+    if ttl_seconds <= 0 {
         return Err(ApiError::bad_request("ttl_seconds must be positive"));
     }
-    let now = state.now();
-    let agent_id = caller.agent.spiffe_id.clone();
-    let request_id = new_id("req");
-    let pack = state.pack.load_full();
-    let stored = state.store.incident(&req.incident.id).await?;
-    // The first report of an incident is recorded as the agent states it;
-    // after that the stored record (which admins update) is authoritative.
-    let (incident, is_new) = match stored {
-        Some(i) => (i, false),
-        None => (
-            Incident {
-                id: req.incident.id.clone(),
-                class: req.incident.class.clone(),
-                severity: req.incident.severity,
-                status: IncidentStatus::Open,
-                updated_at: now,
-            },
-            true,
-        ),
+    let request = tasks::TaskRequest {
+        incident: req.incident,
+        environment: req.environment,
+        playbook: req.playbook,
+        intent: req.intent,
+        ttl_seconds,
     };
-    let quarantine = crate::decide::quarantined(&state, &agent_id).await?;
-    let mut decision = if let Some(why) = quarantine {
-        tollgate_core::Decision::deny(why)
-    } else if state.is_frozen() {
-        tollgate_core::Decision::deny(
-            "tollgate is frozen: every agent decision denies until an admin unfreezes",
-        )
-    } else if incident.status != IncidentStatus::Open {
-        tollgate_core::Decision::deny(format!(
-            "incident {} is {}",
-            incident.id,
-            incident.status.as_str()
-        ))
-    } else if incident.class != req.incident.class || incident.severity != req.incident.severity {
-        tollgate_core::Decision::deny(format!(
-            "incident {} is recorded as class {} severity {}",
-            incident.id,
-            incident.class,
-            incident.severity.as_str()
-        ))
-    } else {
-        let id = SpiffeId::parse(&agent_id).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let facts = TaskOpenFacts {
-            agent: AgentFacts {
-                spiffe_id: &id,
-                owner: &caller.agent.owner,
-            },
-            incident: &incident,
-            environment: &req.environment,
-            playbook: &req.playbook,
-            intent: &req.intent,
-            ttl_seconds: ttl,
-            now,
-        };
-        match pack.decide_task_open(&facts) {
-            Ok(d) => d,
-            Err(tollgate_policy::PolicyError::BadRequest(m)) => {
-                return Err(ApiError::BadRequest {
-                    code: "invalid_request",
-                    message: m,
-                })
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "task-open evaluation failed; failing closed");
-                tollgate_core::Decision::deny("policy evaluation failed; failing closed")
-            }
-        }
-    };
-    if ttl > state.config.task_max_ttl_seconds && decision.outcome != Outcome::Deny {
-        decision = tollgate_core::Decision::deny(format!(
-            "ttl_seconds exceeds the maximum of {}",
-            state.config.task_max_ttl_seconds
-        ));
-    }
-    // Opening a task has no approval flow: anything but allow is a refusal.
-    if decision.outcome != Outcome::Allow {
-        if decision.outcome == Outcome::ApprovalRequired {
-            decision
-                .reasons
-                .push("task opening cannot wait for approval; refused".into());
-        }
-        let ev = AuditEvent::new(now, "task.refused", agent_id.clone())
-            .agent(agent_id.clone())
-            .incident(incident.id.clone())
-            .request(request_id.clone())
-            .outcome("deny")
-            .detail(json!({"request": {"incident": req.incident, "environment": req.environment, "playbook": req.playbook, "intent": req.intent, "ttl_seconds": ttl}, "policies": decision.policies, "reasons": decision.reasons, "policy_digest": pack.digest()}));
-        state.store.commit(Batch::audit_only(ev)).await?;
-        state
-            .metrics
-            .record("task.open", "deny", started.elapsed().as_secs_f64());
-        let body = Refusal {
-            decision: Some(doc::Outcome::Deny),
-            request_id: Some(request_id),
-            error: ErrorDetail::new("task_refused", decision.reasons.join("; ")),
-            reasons: Some(decision.reasons),
-            policies: Some(decision.policies),
-        };
-        return Ok((StatusCode::FORBIDDEN, Json(body)).into_response());
-    }
-
-    let task_id = new_id("task");
-    let expires_at = now.saturating_add(ttl);
-    let task = Task {
-        id: task_id.clone(),
-        agent: agent_id.clone(),
-        incident_id: incident.id.clone(),
-        environment: req.environment.clone(),
-        playbook: req.playbook.clone(),
-        intent: req.intent.clone(),
-        scope: Scope::default(),
-        parent_task_id: None,
-        created_at: now,
-        expires_at,
-        max_expires_at: now.saturating_add(state.config.task_max_ttl_seconds),
-        status: TaskStatus::Active,
-        status_reason: None,
-    };
-    let jti = new_id("cred");
-    let grant = TaskGrant {
-        sub: agent_id.clone(),
-        task_id: task_id.clone(),
-        incident_id: incident.id.clone(),
-        scope: Scope::default(),
-        iat: now,
-        exp: expires_at,
-        jti: jti.clone(),
-        act: None,
-    };
-    let (credential, _) = state
-        .tokens
-        .issue_task_credential(grant)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut batch = Batch::default();
-    if is_new {
-        batch = batch
-            .change(Change::RecordIncident(incident.clone()))
-            .event(
-                AuditEvent::new(now, "incident.recorded", agent_id.clone())
-                    .incident(incident.id.clone())
-                    .detail(json!({"class": incident.class, "severity": incident.severity})),
-            );
-    }
-    batch = batch.change(Change::InsertTask(task)).event(
-        AuditEvent::new(now, "task.opened", agent_id.clone())
-            .agent(agent_id.clone())
-            .task(task_id.clone())
-            .incident(incident.id.clone())
-            .request(request_id)
-            .outcome("allow")
-            .detail(json!({
-                "environment": req.environment, "playbook": req.playbook, "intent": req.intent,
-                "expires_at": expires_at, "credential_jti": jti, "policies": decision.policies, "reasons": decision.reasons, "policy_digest": pack.digest(),
-            })),
-    );
-    state.store.commit(batch).await?;
+    let opened = tasks::open_task(&state, &caller.agent, &request).await?;
+    let outcome = if opened.is_ok() { "allow" } else { "deny" };
     state
         .metrics
-        .record("task.open", "allow", started.elapsed().as_secs_f64());
-    let body = TaskCredential {
-        task_id,
-        credential,
-        expires_at: rfc3339(expires_at),
-    };
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+        .record("task.open", outcome, started.elapsed().as_secs_f64());
+    Ok(match opened {
+        Ok(g) => {
+            let body = TaskCredential {
+                task_id: g.task_id,
+                credential: g.credential,
+                expires_at: rfc3339(g.expires_at),
+            };
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(refused) => Refusal::of(refused, "task_refused").into_response(),
+    })
+}
+
+impl Refusal {
+    /// A refusal by the gateway or policy, as `403` with its decision.
+    pub fn of(r: tasks::Refused, code: &str) -> Self {
+        Refusal {
+            decision: Some(doc::Outcome::Deny),
+            request_id: Some(r.request_id),
+            error: ErrorDetail::new(code, r.reasons.join("; ")),
+            reasons: Some(r.reasons),
+            policies: r.policies,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (StatusCode::FORBIDDEN, Json(self)).into_response()
+    }
 }
 
 fn same_task(auth: &TaskAuth, id: &str) -> Result<(), ApiError> {
@@ -366,40 +244,11 @@ pub async fn close_task(
     ApiJson(req): ApiJson<CloseTask>,
 ) -> Result<Json<TaskClosed>, ApiError> {
     same_task(&auth, &id)?;
-    let now = state.now();
     let status = match req.outcome {
         CloseOutcome::Completed => TaskStatus::Completed,
         CloseOutcome::Failed => TaskStatus::Failed,
     };
-    let reason = req
-        .summary
-        .clone()
-        .unwrap_or_else(|| "closed by the agent".into());
-    let batch = Batch::default()
-        .change(Change::EndTask {
-            task_id: id.clone(),
-            status,
-            reason: reason.clone(),
-        })
-        .event(
-            AuditEvent::new(now, "task.closed", auth.task.agent.clone())
-                .agent(auth.task.agent.clone())
-                .task(id.clone())
-                .incident(auth.task.incident_id.clone())
-                .outcome(status.as_str())
-                .detail(json!({"summary": req.summary})),
-        );
-    // Closing a parent kills every delegated descendant with it.
-    let children = crate::api::lifecycle::active_descendants(&state, &id).await?;
-    let batch = crate::api::lifecycle::revoke_descendants(
-        batch,
-        &id,
-        &children,
-        &format!("parent task {id} was closed"),
-        &auth.task.agent,
-        now,
-    );
-    state.store.commit(batch).await?;
+    tasks::close_task(&state, &auth.task, status, req.summary).await?;
     Ok(Json(TaskClosed {
         task_id: id,
         status: status.into(),
@@ -541,7 +390,7 @@ pub async fn authorize(
             intent: &req.intent,
             parameters: &req.parameters,
             actor: auth.agent.spiffe_id.clone(),
-            kind: "decision",
+            kind: tollgate_core::EventKind::Decision,
             traceparent,
             approval_id: req.approval_id.as_deref(),
         },

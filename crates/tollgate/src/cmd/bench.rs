@@ -1,14 +1,130 @@
-//! `tollgate bench audit`: durable append throughput (one fsync per commit
-//! versus group commit) and verification speed, on this machine, in one run.
+//! `tollgate bench http|policy|mcp|audit`: benchmarks on this machine.
+//!
+//! `bench audit`: durable append throughput (one fsync per commit versus
+//! group commit) and verification speed, in one run.
 
+use crate::api_types::{Decision, Svid, TaskCredential};
+use crate::client::{Client, IncidentRef, OpenTask};
+use crate::Conn;
 use anyhow::{anyhow, Result};
-use serde_json::json;
-use std::sync::Arc;
-use std::time::Instant;
+use clap::Subcommand;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tollgate_audit::checkpoint::Checkpoint;
 use tollgate_audit::verify::LogVerifier;
 use tollgate_audit::AuditEvent;
 use tollgate_store::{AuditQuery, Batch, Change, SqliteStore, Store};
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Load a running server over HTTP: open tasks, mixed allow / deny /
+    /// approval traffic, a revocation mid-run; latency percentiles,
+    /// throughput, stale decisions after the revocation, server memory.
+    Http {
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 8)]
+        tasks: usize,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// In-process decisions against packs grown to N policies with
+    /// per-agent policies, beside stock Cedar on the same set and requests.
+    Policy {
+        /// The pack to grow (default: the embedded example pack).
+        #[arg(long)]
+        pack: Option<PathBuf>,
+        /// Pack sizes to measure, in policies.
+        #[arg(long, value_delimiter = ',', default_value = "21,1000,10000")]
+        policies: Vec<usize>,
+        #[arg(long, default_value_t = 20_000)]
+        decisions: usize,
+        /// Instead of measuring, write the example configuration with its
+        /// pack grown to the largest size into this directory (for
+        /// `serve --config DIR` under `bench http`).
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+    /// What the MCP gateway adds to a tool call: the same allowed call direct to
+    /// the example tool server and through an in-process gateway.
+    Mcp {
+        #[arg(long, default_value_t = 2_000)]
+        calls: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+    },
+    /// Durable audit append throughput (serial vs group commit) and verification speed.
+    Audit {
+        #[arg(long, default_value_t = 100_000)]
+        entries: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: u64,
+    },
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Http {
+            duration_secs,
+            clients,
+            tasks,
+            conn,
+        } => http(&conn, duration_secs, clients.max(1), tasks.max(2)),
+        BenchCmd::Policy {
+            policies,
+            write: Some(dir),
+            ..
+        } => write_grown_pack(&dir, &policies),
+        BenchCmd::Policy {
+            pack,
+            policies,
+            decisions,
+            write: None,
+        } => {
+            let example = tempfile::tempdir()?;
+            let dir = match pack {
+                Some(dir) => dir,
+                None => {
+                    super::init::write_example(example.path())?;
+                    example.path().to_path_buf()
+                }
+            };
+            policy(&dir, &policies, decisions.max(1))
+        }
+        BenchCmd::Audit {
+            entries,
+            concurrency,
+        } => audit(entries, concurrency.max(1)),
+        BenchCmd::Mcp { calls, clients } => mcp(calls.max(1), clients.max(1)),
+    }
+}
+
+/// `bench policy --write DIR`: the example configuration with its pack grown
+/// to the largest of `sizes` policies.
+fn write_grown_pack(dir: &std::path::Path, sizes: &[usize]) -> Result<()> {
+    super::init::write_example(dir)?;
+    let extra = sizes.iter().max().copied().unwrap_or(0).saturating_sub(
+        tollgate_server::embedded::pack()
+            .map_err(|e| anyhow!("{e}"))?
+            .policy_count(),
+    );
+    std::fs::write(
+        dir.join("policies/zz-agents.cedar"),
+        tollgate_policy::synthetic::agent_policies("acme.test", extra),
+    )?;
+    println!(
+        "wrote {} with {extra} generated agent policies",
+        dir.display()
+    );
+    Ok(())
+}
 
 /// A decision-sized event (~600 bytes of JSON), like the gateway writes.
 fn event(i: u64) -> AuditEvent {
@@ -103,133 +219,31 @@ pub fn audit(entries: u64, concurrency: u64) -> Result<()> {
 }
 
 /// `tollgate bench http`: load a running server the way agents do.
-pub fn http(conn: &crate::Conn, duration_secs: u64, clients: usize, tasks: usize) -> Result<()> {
-    use serde_json::Value;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Mutex;
-    use std::time::Duration;
-
-    let admin = crate::client::Client::new(conn)?;
+pub fn http(conn: &Conn, duration_secs: u64, clients: usize, tasks: usize) -> Result<()> {
+    let admin = Client::new(conn)?;
     let base = conn.addr.trim_end_matches('/').to_string();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let post = |path: &str, token: &str, body: &Value| -> Result<(u16, Value)> {
-        let mut r = agent
-            .post(&format!("{base}{path}"))
-            .header("authorization", &format!("Bearer {token}"))
-            .send_json(body)
-            .map_err(|e| anyhow!("{path}: {e}"))?;
-        let status = r.status().as_u16();
-        let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
-        Ok((status, v))
+    let creds = open_bench_tasks(&admin, &agent, &base, tasks)?;
+    let load = HttpLoad {
+        admin: &admin,
+        agent: &agent,
+        base: &base,
+        creds: &creds,
+        requests: [
+            json!({"action": "siem.query", "resource": {"type": "SiemIndex", "id": "main"}, "intent": "bench"}),
+            json!({"action": "edr.read_alerts", "resource": {"type": "Host", "id": "web-1"}, "intent": "bench"}),
+            json!({"action": "logs.delete", "resource": {"type": "LogStream", "id": "auth"}, "intent": "bench"}),
+            json!({"action": "iam.disable_account", "resource": {"type": "Account", "id": "jdoe"}, "intent": "bench", "parameters": {"reason": "bench"}}),
+        ],
     };
-    // One agent instance, `tasks` tasks on one incident.
-    let id = format!(
-        "spiffe://acme.test/agent/ir-responder/bench-{}",
-        std::process::id()
-    );
-    let reg = admin.post(
-        "/v1/agents",
-        &json!({"spiffe_id": id, "owner": "bench@acme.test"}),
-    )?;
-    let (_, att) = post(
-        "/v1/agents/attest",
-        "",
-        &json!({"join_token": reg["join_token"]}),
-    )?;
-    let svid = att["svid"]
-        .as_str()
-        .ok_or_else(|| anyhow!("attest failed: {att}"))?
-        .to_string();
-    let mut creds = Vec::new();
-    for _ in 0..tasks {
-        let (status, t) = post(
-            "/v1/tasks",
-            &svid,
-            &json!({"incident": {"id": "INC-BENCH", "class": "malware", "severity": "high"}, "environment": "prod",
-                    "playbook": "contain-malware", "intent": "bench", "ttl_seconds": 3600}),
-        )?;
-        if status != 201 {
-            return Err(anyhow!("task open refused: {t}"));
-        }
-        creds.push((
-            t["task_id"].as_str().unwrap_or_default().to_string(),
-            t["credential"].as_str().unwrap_or_default().to_string(),
-        ));
-    }
-    let requests = [
-        json!({"action": "siem.query", "resource": {"type": "SiemIndex", "id": "main"}, "intent": "bench"}),
-        json!({"action": "edr.read_alerts", "resource": {"type": "Host", "id": "web-1"}, "intent": "bench"}),
-        json!({"action": "logs.delete", "resource": {"type": "LogStream", "id": "auth"}, "intent": "bench"}),
-        json!({"action": "iam.disable_account", "resource": {"type": "Account", "id": "jdoe"}, "intent": "bench", "parameters": {"reason": "bench"}}),
-    ];
-    // Mostly allowed reads and some approval requests. Denials (index 2) are
-    // left out of the mix: the example pack's retry-storm rule would
-    // quarantine the bench agent after ten of them, which measures the rule,
-    // not the gateway.
-    let mix = [0usize, 1, 0, 1, 0, 1, 0, 1, 0, 3];
-    let latencies = Mutex::new(Vec::<f64>::new());
-    let outcomes = Mutex::new(std::collections::BTreeMap::<String, u64>::new());
-    let stale = AtomicU64::new(0);
-    let revoked = AtomicBool::new(false);
-    let start = Instant::now();
-    let end = start + Duration::from_secs(duration_secs);
-    let victim = creds[0].0.clone();
-    let victim = &victim;
-    std::thread::scope(|s| -> Result<()> {
-        for c in 0..clients {
-            let (creds, latencies, outcomes, stale, revoked, requests, base, agent) = (
-                &creds, &latencies, &outcomes, &stale, &revoked, &requests, &base, &agent,
-            );
-            s.spawn(move || {
-                let mut i = c;
-                while Instant::now() < end {
-                    let (task_id, cred) = &creds[i % creds.len()];
-                    let body = &requests[mix[i % mix.len()]];
-                    // Only requests that start after the revocation answered count as stale.
-                    let after_revocation = revoked.load(Ordering::SeqCst) && task_id == victim;
-                    let t = Instant::now();
-                    let r = agent
-                        .post(&format!("{base}/v1/authorize"))
-                        .header("authorization", &format!("Bearer {cred}"))
-                        .send_json(body);
-                    let elapsed = t.elapsed().as_secs_f64();
-                    let outcome = match r {
-                        Ok(mut resp) if resp.status().as_u16() == 200 => {
-                            let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-                            v["decision"].as_str().unwrap_or("?").to_string()
-                        }
-                        Ok(resp) => format!("http {}", resp.status().as_u16()),
-                        Err(_) => "error".to_string(),
-                    };
-                    if after_revocation && outcome == "allow" {
-                        stale.fetch_add(1, Ordering::SeqCst);
-                    }
-                    if let Ok(mut l) = latencies.lock() {
-                        l.push(elapsed);
-                    }
-                    if let Ok(mut o) = outcomes.lock() {
-                        *o.entry(outcome).or_default() += 1;
-                    }
-                    i += clients;
-                }
-            });
-        }
-        // Revoke one task half-way through, while the load runs.
-        std::thread::sleep(Duration::from_secs(duration_secs) / 2);
-        admin.post(
-            "/v1/revocations",
-            &json!({"task_id": victim, "reason": "bench revocation"}),
-        )?;
-        revoked.store(true, Ordering::SeqCst);
-        Ok(())
-    })?;
-    let elapsed = start.elapsed().as_secs_f64();
-    let l = latencies.into_inner().map_err(|_| anyhow!("lock"))?;
-    let count = l.len();
-    let [p50, p90, p99] = percentiles(l).map(|s| s * 1e3);
+    let started = Instant::now();
+    let tally = load.run(Duration::from_secs(duration_secs), clients)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let count = tally.latencies.len();
+    let [p50, p90, p99] = percentiles(tally.latencies).map(|s| s * 1e3);
     let metrics = agent
         .get(&format!("{base}/metrics"))
         .call()
@@ -252,19 +266,168 @@ pub fn http(conn: &crate::Conn, duration_secs: u64, clients: usize, tasks: usize
         "latency:     p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
         p50, p90, p99
     );
-    println!(
-        "outcomes:    {:?}",
-        outcomes.into_inner().map_err(|_| anyhow!("lock"))?
-    );
-    println!(
-        "stale decisions after revocation: {}",
-        stale.load(Ordering::SeqCst)
-    );
+    println!("outcomes:    {:?}", tally.outcomes);
+    println!("stale decisions after revocation: {}", tally.stale);
     match rss {
         Some(b) => println!("server memory: {:.1} MB resident", b / 1e6),
         None => println!("server memory: not reported"),
     }
     Ok(())
+}
+
+/// POST as an agent with the bench's own HTTP agent (not [`Client`]): the
+/// status and body are reported as they are, whatever they are.
+fn post_as(
+    agent: &ureq::Agent,
+    base: &str,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> Result<(u16, Value)> {
+    let mut r = agent
+        .post(&format!("{base}{path}"))
+        .header("authorization", &format!("Bearer {token}"))
+        .send_json(body)
+        .map_err(|e| anyhow!("{path}: {e}"))?;
+    let status = r.status().as_u16();
+    let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+    Ok((status, v))
+}
+
+/// One agent instance with `tasks` tasks on one incident: (task id, credential) each.
+fn open_bench_tasks(
+    admin: &Client,
+    agent: &ureq::Agent,
+    base: &str,
+    tasks: usize,
+) -> Result<Vec<(String, String)>> {
+    let id = format!(
+        "spiffe://acme.test/agent/ir-responder/bench-{}",
+        std::process::id()
+    );
+    let registered = admin.register_agent(&id, "bench@acme.test")?;
+    let (_, att) = post_as(
+        agent,
+        base,
+        "/v1/agents/attest",
+        "",
+        &json!({"join_token": registered.join_token}),
+    )?;
+    let svid = Svid::deserialize(&att)
+        .map_err(|_| anyhow!("attest failed: {att}"))?
+        .svid;
+    let mut creds = Vec::new();
+    for _ in 0..tasks {
+        let (status, t) = post_as(
+            agent,
+            base,
+            "/v1/tasks",
+            &svid,
+            &json!({"incident": {"id": "INC-BENCH", "class": "malware", "severity": "high"}, "environment": "prod",
+                    "playbook": "contain-malware", "intent": "bench", "ttl_seconds": 3600}),
+        )?;
+        if status != 201 {
+            return Err(anyhow!("task open refused: {t}"));
+        }
+        let task = TaskCredential::deserialize(&t).map_err(|e| anyhow!("task open: {e}: {t}"))?;
+        creds.push((task.task_id, task.credential));
+    }
+    Ok(creds)
+}
+
+/// The load of `bench http`: clients asking for decisions on the bench's tasks.
+struct HttpLoad<'a> {
+    admin: &'a Client,
+    agent: &'a ureq::Agent,
+    base: &'a str,
+    /// (task id, credential); the first task is revoked half-way through.
+    creds: &'a [(String, String)],
+    /// The decision requests, sent in the order of [`MIX`].
+    requests: [Value; 4],
+}
+
+/// Mostly allowed reads and some approval requests. Denials (`requests[2]`)
+/// are left out of the mix: the example pack's retry-storm rule would
+/// quarantine the bench agent after ten of them, which measures the rule,
+/// not the gateway.
+const MIX: [usize; 10] = [0, 1, 0, 1, 0, 1, 0, 1, 0, 3];
+
+/// What the clients saw.
+struct HttpTally {
+    /// Seconds, one per request.
+    latencies: Vec<f64>,
+    outcomes: BTreeMap<String, u64>,
+    /// Allowed decisions for the revoked task asked after its revocation answered.
+    stale: u64,
+}
+
+impl HttpLoad<'_> {
+    /// `clients` threads asking for `duration`; one task is revoked half-way.
+    fn run(&self, duration: Duration, clients: usize) -> Result<HttpTally> {
+        let latencies = Mutex::new(Vec::<f64>::new());
+        let outcomes = Mutex::new(BTreeMap::<String, u64>::new());
+        let stale = AtomicU64::new(0);
+        let revoked = AtomicBool::new(false);
+        let end = Instant::now() + duration;
+        let victim = &self.creds[0].0;
+        std::thread::scope(|s| -> Result<()> {
+            for c in 0..clients {
+                let (latencies, outcomes, stale, revoked) =
+                    (&latencies, &outcomes, &stale, &revoked);
+                s.spawn(move || {
+                    let mut i = c;
+                    while Instant::now() < end {
+                        let (task_id, cred) = &self.creds[i % self.creds.len()];
+                        // Only requests that start after the revocation answered count as stale.
+                        let after_revocation = revoked.load(Ordering::SeqCst) && task_id == victim;
+                        let (elapsed, outcome) = self.decide(cred, i);
+                        if after_revocation && outcome == "allow" {
+                            stale.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if let Ok(mut l) = latencies.lock() {
+                            l.push(elapsed);
+                        }
+                        if let Ok(mut o) = outcomes.lock() {
+                            *o.entry(outcome).or_default() += 1;
+                        }
+                        i += clients;
+                    }
+                });
+            }
+            // Revoke one task half-way through, while the load runs.
+            std::thread::sleep(duration / 2);
+            self.admin.revoke_task(victim, Some("bench revocation"))?;
+            revoked.store(true, Ordering::SeqCst);
+            Ok(())
+        })?;
+        Ok(HttpTally {
+            latencies: latencies.into_inner().map_err(|_| anyhow!("lock"))?,
+            outcomes: outcomes.into_inner().map_err(|_| anyhow!("lock"))?,
+            stale: stale.load(Ordering::SeqCst),
+        })
+    }
+
+    /// Request number `i` of the mix with `cred`: its latency in seconds, and
+    /// the decision or what went wrong.
+    fn decide(&self, cred: &str, i: usize) -> (f64, String) {
+        let body = &self.requests[MIX[i % MIX.len()]];
+        let t = Instant::now();
+        let r = self
+            .agent
+            .post(&format!("{}/v1/authorize", self.base))
+            .header("authorization", &format!("Bearer {cred}"))
+            .send_json(body);
+        let elapsed = t.elapsed().as_secs_f64();
+        let outcome = match r {
+            Ok(mut resp) if resp.status().as_u16() == 200 => resp
+                .body_mut()
+                .read_json::<Decision>()
+                .map_or_else(|_| "?".to_string(), |d| d.decision),
+            Ok(resp) => format!("http {}", resp.status().as_u16()),
+            Err(_) => "error".to_string(),
+        };
+        (elapsed, outcome)
+    }
 }
 
 fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
@@ -314,7 +477,8 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
         for k in 0..decisions {
             let t = Instant::now();
             // The summary is part of the decision: computed from the tree's past.
-            let history = tollgate_core::HistorySummary::from_past(&work.past, work.now);
+            let history =
+                tollgate_core::HistorySummary::from_records(&work.past, pack.catalog(), work.now);
             let d = pack
                 .decide_action(&work.facts(k, &history))
                 .map_err(|e| anyhow!("{e}"))?;
@@ -329,7 +493,8 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
         // built (its figure leaves out the context building ours includes).
         let stock_n = (2_000_000 / pack.policy_count().max(1)).clamp(100, decisions);
         let authorizer = cedar_policy::Authorizer::new();
-        let history = tollgate_core::HistorySummary::from_past(&work.past, work.now);
+        let history =
+            tollgate_core::HistorySummary::from_records(&work.past, pack.catalog(), work.now);
         let mut stock = Vec::with_capacity(stock_n);
         for k in 0..stock_n {
             let f = work.facts(k, &history);
@@ -380,7 +545,7 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
     use rmcp::{RoleClient, ServiceExt};
 
     let dir = tempfile::tempdir()?;
-    let (config, data, _) = crate::demo::write_config(dir.path())?;
+    let (config, data, _) = super::demo::write_config(dir.path())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -442,27 +607,27 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
             load(&direct_peers, calls, "edr_read_alerts", read.clone(), false).await?;
 
         // Through the gateway: the demo's configuration, in this process.
-        let addr = crate::demo::serve_in_process(&config, &data).await?;
-        let conn = crate::Conn {
+        let addr = super::demo::serve_in_process(&config, &data).await?;
+        let conn = Conn {
             addr: addr.clone(),
             token: None,
             data: Some(data.clone()),
         };
-        let admin = crate::client::Client::new(&conn)?;
+        let admin = Client::new(&conn)?;
         let agent = "spiffe://acme.test/agent/ir-responder/bench-mcp";
-        let reg = admin.post("/v1/agents", &json!({"spiffe_id": agent, "owner": "bench@acme.test"}))?;
-        let anon = crate::client::Client::new(&crate::Conn { addr: addr.clone(), token: Some(String::new()), data: None })?;
-        let att = anon.post_anonymous("/v1/agents/attest", &json!({"join_token": reg["join_token"]}))?;
-        let svid = att["svid"].as_str().ok_or_else(|| anyhow!("attest failed: {att}"))?.to_string();
-        let as_agent = crate::client::Client::new(&crate::Conn { addr: addr.clone(), token: Some(svid), data: None })?;
+        let registered = admin.register_agent(agent, "bench@acme.test")?;
+        let join_token = registered.join_token.ok_or_else(|| anyhow!("no join token for {agent}"))?;
+        let as_agent = admin.with_token(&admin.attest(&join_token)?.svid);
         // One task and one MCP session per client: each its own delegation tree.
         let mut sessions = Vec::new();
         for _ in 0..clients {
-            let task = as_agent.post("/v1/tasks", &json!({
-                "incident": {"id": "INC-4711", "class": "malware", "severity": "high"},
-                "environment": "prod", "playbook": "contain-malware", "intent": "bench mcp"}))?;
-            let cred = task["credential"].as_str().ok_or_else(|| anyhow!("no credential: {task}"))?;
-            let t = StreamableHttpClientTransportConfig::with_uri(format!("{addr}/mcp")).auth_header(cred.to_string());
+            let task = as_agent.open_task(&OpenTask {
+                incident: IncidentRef { id: "INC-4711", class: "malware", severity: "high" },
+                environment: "prod",
+                playbook: "contain-malware",
+                intent: "bench mcp",
+            })?;
+            let t = StreamableHttpClientTransportConfig::with_uri(format!("{addr}/mcp")).auth_header(task.credential);
             sessions.push(().serve(rmcp::transport::StreamableHttpClientTransport::from_config(t)).await?);
         }
         let peers: Vec<_> = sessions.iter().map(|s| s.peer().clone()).collect();

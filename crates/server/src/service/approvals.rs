@@ -1,0 +1,282 @@
+//! The approval workflow around the pure state machine in
+//! `tollgate_core::approval`: creating approvals for `approval_required`
+//! decisions, spending them exactly once, votes, expiry and escalation.
+//!
+//! Every transition is committed as `UpdateApproval { expected_version }`
+//! together with its audit entries, so racing transitions resolve to one
+//! winner and every step carries the approval id and request hash.
+
+use super::gate::Evaluated;
+use super::Error;
+use crate::state::AppState;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tollgate_audit::AuditEvent;
+use tollgate_core::{
+    Agent, Approval, ApprovalError, ApprovalStatus, EventKind, Outcome, Task, UnixTime, Vote,
+};
+use tollgate_store::{ApprovalFilter, Batch, Change, StoreError};
+
+/// `approval.refused`, filed under the presenting agent's task (not the
+/// approval's: presenting someone else's approval is on the presenter).
+pub fn refused_event(agent: &Agent, task: &Task, now: UnixTime, request_id: &str) -> AuditEvent {
+    AuditEvent::new(now, EventKind::ApprovalRefused, agent.spiffe_id.clone())
+        .task(task.id.clone())
+        .incident(task.incident_id.clone())
+        .agent(agent.spiffe_id.clone())
+        .request(request_id)
+        .outcome("refused")
+}
+
+/// An audit event about an approval, with its correlation ids.
+pub fn event(a: Option<&Approval>, kind: EventKind, actor: &str, now: UnixTime) -> AuditEvent {
+    let mut ev = AuditEvent::new(now, kind, actor);
+    if let Some(a) = a {
+        ev = ev
+            .task(a.task_id.clone())
+            .incident(a.incident_id.clone())
+            .agent(a.agent.clone())
+            .request(a.request_id.clone());
+    }
+    ev
+}
+
+pub fn detail(a: &Approval, extra: Value) -> Value {
+    let mut d = json!({
+        "approval_id": a.id, "request_hash": a.request_hash, "action": a.action, "resource": a.resource,
+        "status": a.status.as_str(), "required": a.required, "votes": a.votes.len(),
+    });
+    if let (Some(m), Value::Object(x)) = (d.as_object_mut(), extra) {
+        m.extend(x);
+    }
+    d
+}
+
+/// Commit an approval transition with its audit entries, then wake waiters.
+async fn save(
+    state: &Arc<AppState>,
+    a: &Approval,
+    expected: u64,
+    events: Vec<AuditEvent>,
+) -> Result<(), Error> {
+    let mut batch = Batch::default().change(Change::UpdateApproval {
+        approval: a.clone(),
+        expected_version: expected,
+    });
+    batch.audit = events;
+    state.store.commit(batch).await.map_err(|e| match e {
+        StoreError::Conflict(_) => {
+            Error::Conflict(format!("approval {} changed concurrently; retry", a.id))
+        }
+        e => e.into(),
+    })?;
+    state.approval_events.notify_waiters();
+    Ok(())
+}
+
+/// Load an approval, expiring it (durably, with its audit entry and
+/// webhook) if its time has come.
+pub async fn load(state: &Arc<AppState>, id: &str) -> Result<Approval, Error> {
+    let mut a = state
+        .store
+        .approval(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
+    let expected = a.version;
+    let now = state.now();
+    if a.expire_if_due(now) {
+        let ev = event(Some(&a), EventKind::ApprovalExpired, "tollgate", now)
+            .outcome("expired")
+            .detail(detail(&a, json!({})));
+        match save(state, &a, expected, vec![ev]).await {
+            Ok(()) => crate::webhooks::fire(state, EventKind::ApprovalExpired.as_str(), &a),
+            // Someone else expired or decided it first: read their result.
+            Err(Error::Conflict(_)) => return Box::pin(load(state, id)).await,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(a)
+}
+
+/// Who is voting.
+pub struct Voter {
+    pub name: String,
+    pub role: String,
+    /// `key` or `oidc`.
+    pub via: &'static str,
+}
+
+/// One approver's vote, with separation of duties and the `approve` policy.
+pub async fn vote(
+    state: &Arc<AppState>,
+    id: &str,
+    voter: &Voter,
+    approve: bool,
+    reason: &str,
+) -> Result<Approval, Error> {
+    let mut a = load(state, id).await?;
+    let now = state.now();
+    let refuse = |a: &Approval, why: String| {
+        event(Some(a), EventKind::ApprovalVoteRefused, &voter.name, now)
+            .outcome("refused")
+            .detail(detail(
+                a,
+                json!({"approver": voter.name, "role": voter.role, "reason": why}),
+            ))
+    };
+    let policies = match voting_rights(state, &a, voter, now).await? {
+        Ok(policies) => policies,
+        Err(refusal) => {
+            state
+                .store
+                .commit(Batch::audit_only(refuse(&a, refusal.to_string())))
+                .await?;
+            return Err(refusal);
+        }
+    };
+    let expected = a.version;
+    let before = a.status;
+    let vote = Vote {
+        approver: voter.name.clone(),
+        role: voter.role.clone(),
+        approve,
+        reason: reason.to_string(),
+        ts: now,
+    };
+    if let Err(e) = a.cast(vote, now) {
+        // Voting twice, or too late: refused, and on the record.
+        let why = e.to_string();
+        let mut events = vec![refuse(&a, why.clone())];
+        let mut batch = Batch::default();
+        if matches!(e, ApprovalError::Expired) {
+            events.push(
+                event(Some(&a), EventKind::ApprovalExpired, "tollgate", now)
+                    .outcome("expired")
+                    .detail(detail(&a, json!({}))),
+            );
+            batch = batch.change(Change::UpdateApproval {
+                approval: a.clone(),
+                expected_version: expected,
+            });
+        }
+        batch.audit = events;
+        state.store.commit(batch).await?;
+        return Err(Error::Conflict(why));
+    }
+    let mut events = vec![event(Some(&a), EventKind::ApprovalVote, &voter.name, now)
+        .outcome(if approve { "approve" } else { "deny" })
+        .detail(detail(&a, json!({"approver": voter.name, "role": voter.role, "via": voter.via, "reason": reason, "policies": policies})))];
+    let decided = a.status != before;
+    if decided {
+        events.push(
+            event(Some(&a), EventKind::ApprovalDecided, &voter.name, now)
+                .outcome(a.status.as_str())
+                .detail(detail(&a, json!({}))),
+        );
+    }
+    save(state, &a, expected, events).await?;
+    if decided {
+        crate::webhooks::fire(state, EventKind::ApprovalDecided.as_str(), &a);
+    }
+    Ok(a)
+}
+
+/// May `voter` vote on `a` now? `Ok(Err(refusal))` says why not (the
+/// caller audits it); `Ok(Ok(policies))` names the policies that let them.
+async fn voting_rights(
+    state: &AppState,
+    a: &Approval,
+    voter: &Voter,
+    now: UnixTime,
+) -> Result<Result<Vec<String>, Error>, Error> {
+    if a.status != ApprovalStatus::Pending {
+        let why = format!("approval {} is already {}", a.id, a.status.as_str());
+        return Ok(Err(Error::Conflict(why)));
+    }
+    // An approval of a task that has ended can never be used: no votes on it.
+    let live = state
+        .store
+        .task(&a.task_id)
+        .await?
+        .is_some_and(|t| t.is_live(now));
+    if !live {
+        let why = format!(
+            "task {} of approval {} is no longer active",
+            a.task_id, a.id
+        );
+        return Ok(Err(Error::Conflict(why)));
+    }
+    // Separation of duties: agents never approve, least of all themselves.
+    if voter.name.starts_with("spiffe://") || voter.name == a.agent {
+        return Ok(Err(Error::Forbidden(
+            "an agent identity can never approve".into(),
+        )));
+    }
+    let incident = state.store.incident(&a.incident_id).await?.ok_or_else(|| {
+        Error::Internal(format!(
+            "incident {} of approval {} is missing",
+            a.incident_id, a.id
+        ))
+    })?;
+    let is_owner = voter.name.eq_ignore_ascii_case(&a.agent_owner);
+    let facts = tollgate_policy::ApproveFacts {
+        approver_name: &voter.name,
+        approver_role: &voter.role,
+        approval: a,
+        incident: &incident,
+        is_agent_owner: is_owner,
+        now,
+    };
+    let decision =
+        Evaluated::from(state.pack.load().decide_approve(&facts)).into_decision("approve")?;
+    if decision.outcome != Outcome::Allow {
+        return Ok(Err(Error::Forbidden(format!(
+            "{} may not decide this approval: {}",
+            voter.name,
+            decision.reasons.join("; ")
+        ))));
+    }
+    if is_owner && !decision.owner_may_approve {
+        return Ok(Err(Error::Forbidden(format!(
+            "{} owns the requesting agent and may not approve its requests",
+            voter.name
+        ))));
+    }
+    Ok(Ok(decision.policies))
+}
+
+/// Expire due approvals and escalate long-pending ones. Run every second by
+/// the server; tests call it directly after moving the clock.
+pub async fn sweep(state: &Arc<AppState>) -> Result<(), Error> {
+    let pending = state
+        .store
+        .approvals(ApprovalFilter {
+            status: Some(ApprovalStatus::Pending),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let now = state.now();
+    let escalate_after = state.config.approvals.escalate_after_seconds;
+    for a in pending {
+        if a.expires_at <= now {
+            load(state, &a.id).await?;
+        } else if escalate_after > 0 && !a.escalated && now >= a.created_at + escalate_after {
+            let mut e = a.clone();
+            e.escalated = true;
+            e.version += 1;
+            let ev = event(Some(&e), EventKind::ApprovalEscalated, "tollgate", now)
+                .outcome("pending")
+                .detail(detail(
+                    &e,
+                    json!({"pending_for_seconds": now - e.created_at}),
+                ));
+            match save(state, &e, a.version, vec![ev]).await {
+                Ok(()) => crate::webhooks::fire(state, EventKind::ApprovalEscalated.as_str(), &e),
+                Err(Error::Conflict(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Deciding an action, for `/v1/authorize`, AuthZEN and MCP `tools/call`
+//! alike: gather the facts in one read, judge them purely, commit once.
+//!
+//! A commit whose precondition fails (the task ended, the approval was spent
+//! or voted on, an identical request opened the pending approval first) is
+//! not patched up: the facts are gathered again and judged again, so every
+//! answer is the judgement of one consistent snapshot that was still true
+//! when it committed.
+
+use super::judge::{agent_count_queries, judge, ActionAsk, Effect, Prepared, Refusal, Verdict};
+use super::{lifecycle, new_id, Error};
+use crate::state::AppState;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Instant;
+use tollgate_core::{Approval, Decision, EventKind};
+use tollgate_policy::PolicyPack;
+use tollgate_store::{FactsQuery, StoreError};
+
+/// How often a decision is judged again after losing a race. Each loss means
+/// another commit changed a fact this decision depended on; the next
+/// judgement sees it (a spent approval, a shared pending one, an ended task),
+/// so two rounds settle every race the store reports. The bound only keeps a
+/// pathological storm from looping.
+const ATTEMPTS: usize = 4;
+
+pub struct Decided {
+    pub request_id: String,
+    pub decision: Decision,
+    /// The approval this decision created, found pending, or spent.
+    pub approval: Option<Approval>,
+}
+
+/// Decide, audit durably, and only then return. If the audit write fails
+/// the caller gets an error (503), never an unaudited allow.
+pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<Decided, Error> {
+    let started = Instant::now();
+    // One pack for the whole decision, so the digest audited is the one that decided.
+    let pack = state.pack.load_full();
+    let prepared = prepare(state, &pack, &ask);
+    let mut attempt = 0;
+    let verdict = loop {
+        attempt += 1;
+        let now = state.now();
+        let facts = gather(state, &pack, &ask, &prepared, now).await?;
+        let mut verdict = judge(&pack, &state.config, &ask, &prepared, &facts, now);
+        if let Some(error) = &verdict.evaluation_error {
+            tracing::error!(%error, "policy evaluation failed; failing closed");
+        }
+        if let Some(reason) = &verdict.revokes {
+            // Each delegated descendant gets its own entry, as in every cascade.
+            let known = state.store.descendants(&ask.task.id).await?;
+            let why = format!("parent task {} was {reason}", ask.task.id);
+            lifecycle::cascade(&mut verdict.batch, ask.task, &known, &why, "tollgate", now);
+        }
+        match state.store.commit(verdict.batch.clone()).await {
+            Ok(_) => break verdict,
+            Err(StoreError::Conflict(c)) if attempt < ATTEMPTS => {
+                tracing::debug!(conflict = %c, attempt, "decision raced a commit; judging again");
+            }
+            Err(StoreError::Conflict(c)) => {
+                return Err(Error::Conflict(format!(
+                    "the decision kept racing other changes ({c}); retry"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    state.metrics.record(
+        ask.kind.as_str(),
+        verdict.decision.outcome.as_str(),
+        started.elapsed().as_secs_f64(),
+    );
+    finish(state, verdict, prepared.request_id)
+}
+
+/// Ids, redaction and the request hash: everything judge needs that is not
+/// a fact of the store and not a pure function of one.
+fn prepare(state: &AppState, pack: &PolicyPack, ask: &ActionAsk<'_>) -> Prepared {
+    // Secret parameters reach Cedar as they are, but everything stored
+    // (audit, approvals, the request hash that binds an approval) sees only
+    // their keyed hash. A name that some operation declares sensitive is
+    // secret on every action (`PolicyPack::secret_parameters`).
+    let logged_parameters = state.audit.redact(ask.parameters, pack.secret_parameters());
+    let request_hash = tollgate_core::approval::request_hash(
+        &ask.task.id,
+        ask.action,
+        &ask.resource.kind,
+        &ask.resource.id,
+        &Value::Object(ask.resource.attributes.clone()),
+        &Value::Object(logged_parameters.clone()),
+    );
+    Prepared {
+        request_id: new_id("req"),
+        new_approval_id: new_id("apr"),
+        logged_parameters,
+        request_hash,
+        // Which limits apply does not depend on the time, only their windows.
+        agent_limits: agent_count_queries(&state.config, pack, ask.action, 0)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect(),
+    }
+}
+
+/// Every fact the decision needs, in one read of the store.
+async fn gather(
+    state: &AppState,
+    pack: &PolicyPack,
+    ask: &ActionAsk<'_>,
+    prepared: &Prepared,
+    now: i64,
+) -> Result<tollgate_store::StoredFacts, Error> {
+    let counts = agent_count_queries(&state.config, pack, ask.action, now);
+    let query = FactsQuery {
+        task_id: ask.task.id.clone(),
+        resource: ask.resource.key(),
+        presented_approval: ask.approval_id.map(str::to_string),
+        request_hash: prepared.request_hash.clone(),
+        agent_counts: counts.iter().map(|(_, q)| q.clone()).collect(),
+    };
+    state
+        .store
+        .decision_facts(&query)
+        .await?
+        .ok_or_else(|| Error::Unauthenticated(format!("task {} is no longer active", ask.task.id)))
+}
+
+/// Run the effects of a committed verdict and shape the answer.
+fn finish(state: &Arc<AppState>, verdict: Verdict, request_id: String) -> Result<Decided, Error> {
+    for effect in verdict.effects {
+        match effect {
+            Effect::Alert {
+                event,
+                subject,
+                summary,
+                detail,
+            } => crate::webhooks::alert(state, event.as_str(), subject, summary, detail),
+            Effect::ApprovalCreated(a) => {
+                crate::webhooks::fire(state, EventKind::ApprovalCreated.as_str(), &a)
+            }
+            Effect::ApprovalsChanged => state.approval_events.notify_waiters(),
+        }
+    }
+    match verdict.refusal {
+        None => Ok(Decided {
+            request_id,
+            decision: verdict.decision,
+            approval: verdict.approval,
+        }),
+        // The request id finds the refusal in the audit log.
+        Some(Refusal::Malformed(message)) => Err(Error::Invalid {
+            code: "invalid_request",
+            message: format!("{message} (request {request_id})"),
+        }),
+        Some(Refusal::TaskEnded(message)) => Err(Error::Unauthenticated(message)),
+    }
+}

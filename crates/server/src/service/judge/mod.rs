@@ -1,0 +1,488 @@
+//! `judge`: the whole decision on one action as a pure function of the
+//! facts gathered for it.
+//!
+//! Architecture invariant: no IO, no clock, no randomness, no async. Every
+//! input arrives in the arguments (the pack, the configuration, the request,
+//! the facts the store returned in one read, `now`, and the ids to use), and
+//! the output is the decision together with everything to commit (changes
+//! and audit entries, with their preconditions) and the effects to run after
+//! the commit. So the same facts always give the same verdict, a retry after
+//! a conflict is "gather again, judge again", and the property tests in
+//! `tests.rs` exercise it without a store.
+
+mod approval;
+#[cfg(test)]
+mod tests;
+
+use crate::config::{RateResponse, RateScope, ServerConfig};
+use crate::service::gate::{quarantine_key, Evaluated, Gate};
+use crate::service::lifecycle::{revocation_reason, revoked_event};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use tollgate_audit::AuditEvent;
+use tollgate_core::{
+    history, ActionRecord, Agent, Approval, Decision, EventKind, HistorySummary, Outcome, SpiffeId,
+    Task, UnixTime,
+};
+use tollgate_policy::{ActionFacts, AgentFacts, PolicyPack, ResourceRef};
+use tollgate_store::{AgentCount, Batch, Change, StoredFacts};
+
+/// One action an agent (or an enforcement point for it) asks to perform.
+pub struct ActionAsk<'a> {
+    /// The task, as the caller's credential (or AuthZEN context) named it.
+    pub task: &'a Task,
+    pub agent: &'a Agent,
+    pub action: &'a str,
+    pub resource: &'a ResourceRef,
+    pub intent: &'a str,
+    /// As the agent sent them: policy sees secret values, nothing stored does.
+    pub parameters: &'a Map<String, Value>,
+    /// Who asked: the agent itself, or `pep:<name>` for AuthZEN.
+    pub actor: String,
+    /// `decision` or `authzen.decision`.
+    pub kind: EventKind,
+    pub traceparent: Option<String>,
+    /// A granted approval the agent presents on its retry.
+    pub approval_id: Option<&'a str>,
+}
+
+/// What the service prepared before judging: ids (judge draws no random
+/// numbers), the parameters as they may be stored, and the request's hash.
+pub struct Prepared {
+    pub request_id: String,
+    /// The id a new approval gets if this decision opens one.
+    pub new_approval_id: String,
+    /// The parameters with every secret replaced by its keyed hash.
+    pub logged_parameters: Map<String, Value>,
+    /// Binds an approval to this exact request (computed over the logged parameters).
+    pub request_hash: String,
+    /// For each agent-wide rate limit that applies to this action: its
+    /// index in the configuration, in the order of `StoredFacts::agent_counts`.
+    pub agent_limits: Vec<usize>,
+}
+
+/// What the store is asked for the agent-wide rate limits of an action.
+pub fn agent_count_queries(
+    config: &ServerConfig,
+    pack: &PolicyPack,
+    action: &str,
+    now: UnixTime,
+) -> Vec<(usize, AgentCount)> {
+    let Some(op) = pack.catalog().operation(action) else {
+        return vec![];
+    };
+    config
+        .rate_limits
+        .iter()
+        .enumerate()
+        .filter(|(_, rl)| {
+            rl.scope == RateScope::Agent && rate_applies(rl, op.tier.as_str(), action)
+        })
+        .map(|(i, rl)| {
+            (
+                i,
+                AgentCount {
+                    since: now.saturating_sub(rl.per_seconds).saturating_add(1),
+                    tier: rl.tier.clone(),
+                    action: rl.action.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn rate_applies(rl: &crate::config::RateLimit, tier: &str, action: &str) -> bool {
+    rl.tier.as_deref().is_none_or(|t| t == tier) && rl.action.as_deref().is_none_or(|a| a == action)
+}
+
+/// Why the request cannot be decided at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// It does not fit the schema (`invalid_request`); the refusal is audited.
+    Malformed(String),
+    /// The task ended before this decision could commit; a denial is audited.
+    TaskEnded(String),
+}
+
+/// Something to do once the verdict's batch is durable.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// An alert webhook (`task.revoked`, `agent.quarantined`).
+    Alert {
+        event: EventKind,
+        subject: String,
+        summary: String,
+        detail: Value,
+    },
+    /// `approval.created` webhook.
+    ApprovalCreated(Approval),
+    /// Wake long-polls: an approval was created, found or spent.
+    ApprovalsChanged,
+}
+
+/// The outcome of judging: the answer and everything to commit for it.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// The approval this decision created, found pending, or spent.
+    pub approval: Option<Approval>,
+    pub refusal: Option<Refusal>,
+    /// Committed atomically before the answer is returned.
+    pub batch: Batch,
+    /// Set when the decision revokes the task: the service adds an entry
+    /// for each of its live descendants (read just before the commit; the
+    /// in-commit sweep ends any it could not see).
+    pub revokes: Option<String>,
+    pub effects: Vec<Effect>,
+    /// Why policy evaluation failed (the answer denies): for the operator's
+    /// log only, never for a reason, since it can quote request values.
+    pub evaluation_error: Option<String>,
+}
+
+/// Decide one action. See the module comment for what this may not do.
+pub fn judge(
+    pack: &PolicyPack,
+    config: &ServerConfig,
+    ask: &ActionAsk<'_>,
+    prepared: &Prepared,
+    facts: &StoredFacts,
+    now: UnixTime,
+) -> Verdict {
+    let task = &facts.lineage.task;
+    let history = HistorySummary::from_records(&facts.history, pack.catalog(), now);
+    if !task.is_live(now) {
+        let d = Decision::deny("the task ended while this request was being decided");
+        let batch = Batch::audit_only(decision_event(ask, prepared, pack, &d, None, now));
+        return refused(
+            d,
+            batch,
+            Refusal::TaskEnded(format!("task {} is no longer active", task.id)),
+        );
+    }
+    let gate = Gate {
+        frozen: facts.frozen,
+        agent: &ask.agent.spiffe_id,
+        quarantine: facts.quarantine.as_deref(),
+        dead_chain: facts.lineage.dead().map(|why| (task.id.as_str(), why)),
+        incident: Some((&task.incident_id, facts.incident.as_ref())),
+    };
+    let decided = match gate.refusal() {
+        Some(d) => Evaluated::Decided(d),
+        None => match rate_limited(pack, config, ask, prepared, facts, now) {
+            Some(d) => Evaluated::Decided(d),
+            None => evaluate(pack, ask, facts, &history, now),
+        },
+    };
+    let mut evaluation_error = None;
+    let mut decision = match decided {
+        Evaluated::Decided(d) => d,
+        Evaluated::Failed { denial, error } => {
+            evaluation_error = Some(error);
+            denial
+        }
+        Evaluated::Malformed(message) => {
+            // A malformed request changes nothing, but leaves a trace.
+            let ev = base_event(ask, prepared, now)
+                .outcome("refused")
+                .detail(json!({
+                    "action": ask.action, "resource": ask.resource.key(), "error": message,
+                }));
+            return refused(
+                Decision::deny(message.clone()),
+                Batch::audit_only(ev),
+                Refusal::Malformed(message),
+            );
+        }
+    };
+    name_triggers(&mut decision, &facts.history, now);
+    let step = if decision.outcome == Outcome::ApprovalRequired {
+        approval::step(config, ask, prepared, facts, &mut decision, now)
+    } else {
+        approval::Step::default()
+    };
+    let mut verdict = commit_plan(pack, ask, prepared, facts, decision, step, now);
+    verdict.evaluation_error = evaluation_error;
+    verdict
+}
+
+fn refused(decision: Decision, batch: Batch, refusal: Refusal) -> Verdict {
+    Verdict {
+        decision,
+        approval: None,
+        refusal: Some(refusal),
+        batch,
+        revokes: None,
+        effects: vec![],
+        evaluation_error: None,
+    }
+}
+
+/// Configured rate limits (`rate_limits:` in tollgate.yaml), counted over
+/// allowed actions of the task tree (from its history) or of the agent
+/// (counted by the store in the same read).
+fn rate_limited(
+    pack: &PolicyPack,
+    config: &ServerConfig,
+    ask: &ActionAsk<'_>,
+    prepared: &Prepared,
+    facts: &StoredFacts,
+    now: UnixTime,
+) -> Option<Decision> {
+    let op = pack.catalog().operation(ask.action)?;
+    for (i, rl) in config.rate_limits.iter().enumerate() {
+        if !rate_applies(rl, op.tier.as_str(), ask.action) {
+            continue;
+        }
+        let since = now.saturating_sub(rl.per_seconds);
+        let count = match rl.scope {
+            RateScope::TaskTree => facts
+                .history
+                .iter()
+                .filter(|p| {
+                    p.outcome == Outcome::Allow
+                        && p.ts > since
+                        && rate_applies(rl, p.tier.as_str(), &p.action)
+                })
+                .count(),
+            RateScope::Agent => {
+                // Counted by the store for exactly the limits `Prepared` names;
+                // a limit it was not asked about counts as exceeded (fail closed).
+                let pos = prepared.agent_limits.iter().position(|&l| l == i);
+                pos.and_then(|p| facts.agent_counts.get(p))
+                    .map_or(usize::MAX, |&c| usize::try_from(c).unwrap_or(usize::MAX))
+            }
+        };
+        if count >= rl.max {
+            let scope = match rl.scope {
+                RateScope::Agent => "this agent",
+                RateScope::TaskTree => "this task tree",
+            };
+            let shown = if count == usize::MAX {
+                "too many".to_string()
+            } else {
+                count.to_string()
+            };
+            let mut d = Decision::deny(format!(
+                "rate limit {}: {scope} already did {shown} such actions in the last {} s (max {})",
+                rl.name, rl.per_seconds, rl.max
+            ));
+            d.policies = vec![format!("rate-limit:{}", rl.name)];
+            if rl.on_exceed == RateResponse::Quarantine {
+                d.quarantine_agent = true;
+                d.revoke_task = true;
+            }
+            return Some(d);
+        }
+    }
+    None
+}
+
+fn evaluate(
+    pack: &PolicyPack,
+    ask: &ActionAsk<'_>,
+    facts: &StoredFacts,
+    history: &HistorySummary,
+    now: UnixTime,
+) -> Evaluated {
+    let Some(incident) = facts.incident.as_ref() else {
+        // The gate already denied an unknown incident; never reached.
+        return Evaluated::Decided(Decision::deny("incident is unknown"));
+    };
+    let spiffe_id = match SpiffeId::parse(&ask.agent.spiffe_id) {
+        Ok(id) => id,
+        Err(e) => {
+            return Evaluated::Failed {
+                denial: Decision::deny("the agent's SPIFFE ID does not parse; failing closed"),
+                error: e.to_string(),
+            }
+        }
+    };
+    let request = ActionFacts {
+        agent: AgentFacts {
+            spiffe_id: &spiffe_id,
+            owner: &ask.agent.owner,
+        },
+        task: &facts.lineage.task,
+        incident,
+        action: ask.action,
+        resource: ask.resource,
+        intent: ask.intent,
+        parameters: ask.parameters,
+        evidence_present: facts.evidence_present,
+        history,
+        now,
+    };
+    pack.decide_action(&request).into()
+}
+
+/// Name the earlier actions that triggered a chain rule.
+fn name_triggers(decision: &mut Decision, past: &Arc<Vec<ActionRecord>>, now: UnixTime) {
+    for label in decision.chain_labels.clone() {
+        for p in history::triggers(past, &label, now, 3600)
+            .into_iter()
+            .take(5)
+        {
+            decision.reasons.push(format!(
+                "triggered by {} on {} ({}, {} s ago, labelled {label})",
+                p.action,
+                p.resource,
+                p.request_id,
+                now - p.ts
+            ));
+        }
+    }
+}
+
+fn base_event(ask: &ActionAsk<'_>, prepared: &Prepared, now: UnixTime) -> AuditEvent {
+    AuditEvent::new(now, ask.kind, ask.actor.clone())
+        .agent(ask.agent.spiffe_id.clone())
+        .task(ask.task.id.clone())
+        .incident(ask.task.incident_id.clone())
+        .request(&prepared.request_id)
+}
+
+/// The decision's own audit entry. Parameters appear only as logged.
+fn decision_event(
+    ask: &ActionAsk<'_>,
+    prepared: &Prepared,
+    pack: &PolicyPack,
+    d: &Decision,
+    approval: Option<&Approval>,
+    now: UnixTime,
+) -> AuditEvent {
+    base_event(ask, prepared, now)
+        .outcome(d.outcome.as_str())
+        .detail(json!({
+            "action": ask.action,
+            "resource": ask.resource.key(),
+            "resource_attributes": ask.resource.attributes,
+            "intent": ask.intent,
+            "parameters": prepared.logged_parameters,
+            "policies": d.policies,
+            "reasons": d.reasons,
+            "obligations": d.obligations,
+            "approvals_required": d.approvals_required,
+            "approval_id": approval.map(|a| a.id.clone()),
+            "request_hash": prepared.request_hash,
+            "policy_digest": pack.digest(),
+            "traceparent": ask.traceparent,
+        }))
+}
+
+/// Everything one decision commits: its entry, the approval step, its
+/// place in the tree's history, and a revocation or quarantine it orders.
+fn commit_plan(
+    pack: &PolicyPack,
+    ask: &ActionAsk<'_>,
+    prepared: &Prepared,
+    facts: &StoredFacts,
+    decision: Decision,
+    mut step: approval::Step,
+    now: UnixTime,
+) -> Verdict {
+    let task = &facts.lineage.task;
+    let mut audit = vec![decision_event(
+        ask,
+        prepared,
+        pack,
+        &decision,
+        step.approval.as_ref(),
+        now,
+    )];
+    audit.append(&mut step.events);
+    // The task must still be live when the decision commits, not only when
+    // it was read: a close or revocation in flight wins (a conflict, then a
+    // fresh judgement).
+    let mut changes = vec![Change::RequireTaskLive {
+        task_id: task.id.clone(),
+        now,
+    }];
+    changes.append(&mut step.changes);
+    // This decision joins the tree's history (what later chain rules see).
+    if let Some(op) = pack.catalog().operation(ask.action) {
+        changes.push(Change::RecordAction(ActionRecord {
+            root_task_id: facts.lineage.root().id.clone(),
+            task_id: task.id.clone(),
+            agent: ask.agent.spiffe_id.clone(),
+            request_id: prepared.request_id.clone(),
+            action: ask.action.to_string(),
+            resource: ask.resource.key(),
+            tier: op.tier,
+            labels: op.labels.clone(),
+            outcome: decision.outcome,
+            ts: now,
+        }));
+    }
+    let mut effects = Vec::new();
+    let mut revokes = None;
+    let denied = decision.outcome == Outcome::Deny;
+    // A chain rule marked `@on_deny("revoke")` ends the task (and its
+    // children) in the same commit as the denial: the next call fails.
+    if denied && decision.revoke_task {
+        let why = revocation_reason(&decision.reasons, &prepared.request_id);
+        changes.push(Change::RevokeTask {
+            task_id: task.id.clone(),
+            reason: why.clone(),
+        });
+        audit.push(revoked_event(task, &why, "tollgate", now));
+        revokes = Some(why);
+        effects.push(Effect::Alert {
+            event: EventKind::TaskRevoked,
+            subject: task.id.clone(),
+            summary: format!(
+                "task {} of {} revoked for deviation: {}",
+                task.id,
+                ask.agent.spiffe_id,
+                decision.reasons.join("; ")
+            ),
+            detail: json!({"task_id": task.id, "agent": ask.agent.spiffe_id, "incident_id": task.incident_id,
+                   "request_id": prepared.request_id, "action": ask.action, "resource": ask.resource.key(),
+                   "policies": decision.policies, "reasons": decision.reasons}),
+        });
+    }
+    if denied && decision.quarantine_agent {
+        let why = format!(
+            "{} (request {})",
+            decision.reasons.join("; "),
+            prepared.request_id
+        );
+        changes.push(Change::PutSetting {
+            key: quarantine_key(&ask.agent.spiffe_id),
+            value: why.clone(),
+        });
+        audit.push(
+            AuditEvent::new(now, EventKind::AgentQuarantined, "tollgate")
+                .agent(ask.agent.spiffe_id.clone())
+                .task(task.id.clone())
+                .incident(task.incident_id.clone())
+                .request(&prepared.request_id)
+                .outcome("quarantined")
+                .detail(json!({"reason": why, "policies": decision.policies})),
+        );
+        effects.push(Effect::Alert {
+            event: EventKind::AgentQuarantined,
+            subject: ask.agent.spiffe_id.clone(),
+            summary: format!(
+                "agent {} quarantined: {}",
+                ask.agent.spiffe_id,
+                decision.reasons.join("; ")
+            ),
+            detail: json!({"agent": ask.agent.spiffe_id, "task_id": task.id, "request_id": prepared.request_id, "policies": decision.policies}),
+        });
+    }
+    if let Some(a) = &step.approval {
+        if step.created {
+            effects.push(Effect::ApprovalCreated(a.clone()));
+        }
+        effects.push(Effect::ApprovalsChanged);
+    }
+    Verdict {
+        decision,
+        approval: step.approval,
+        refusal: None,
+        batch: Batch { changes, audit },
+        revokes,
+        effects,
+        evaluation_error: None,
+    }
+}

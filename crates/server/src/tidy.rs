@@ -1,0 +1,123 @@
+//! Checks on the crate's own source that keep its architecture true:
+//! adapters (`api/`, `mcp/`) are leaves that nothing else imports, and no
+//! function grows past what a reader can hold.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn crate_sources() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let rel = p
+                .strip_prefix(&root)
+                .ok()?
+                .to_string_lossy()
+                .replace('\\', "/");
+            Some((rel, std::fs::read_to_string(&p).ok()?))
+        })
+        .collect()
+}
+
+/// Code only: comments and this file's own needles do not count.
+fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().filter(|l| {
+        let t = l.trim_start();
+        !(t.starts_with("//") || t.starts_with("///") || t.starts_with("//!"))
+    })
+}
+
+#[test]
+fn nothing_outside_the_adapters_imports_them() {
+    let mut offences = Vec::new();
+    for (file, text) in crate_sources() {
+        let adapter = file.starts_with("api/") || file.starts_with("mcp/");
+        // `lib.rs` wires the adapters to the server; this file names them.
+        if adapter || file == "lib.rs" || file == "tidy.rs" {
+            continue;
+        }
+        for (n, line) in code_lines(&text).enumerate() {
+            if line.contains("crate::api") || line.contains("crate::mcp") {
+                offences.push(format!("{file}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "only lib.rs may reach into api/ or mcp/:\n{}",
+        offences.join("\n")
+    );
+}
+
+/// The length of every `fn` (signature to closing brace), for brace-style
+/// `rustfmt` output: the body ends at the first line that is the opening
+/// line's indentation followed by `}`.
+pub(crate) fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let indent = &line[..line.len() - t.len()];
+        let t = t
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub(super) ")
+            .trim_start_matches("pub ")
+            .trim_start_matches("async ");
+        let Some(rest) = t.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let close = format!("{indent}}}");
+        if let Some(end) = lines[i..].iter().position(|l| l.trim_end() == close) {
+            // A declaration without a body (`fn f();`) ends at its `;`.
+            let decl_end = lines[i..]
+                .iter()
+                .position(|l| l.trim_end().ends_with(';') || l.trim_end().ends_with('{'));
+            if decl_end.is_some_and(|d| lines[i + d].trim_end().ends_with(';') && d < end) {
+                continue;
+            }
+            out.push((name, i + 1, end + 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_is_longer_than_120_lines() {
+    let mut long = Vec::new();
+    for (file, text) in crate_sources() {
+        for (name, line, len) in function_lengths(&text) {
+            if len > 120 {
+                long.push(format!("{file}:{line}: fn {name} is {len} lines"));
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these up:\n{}", long.join("\n"));
+}
+
+#[test]
+fn function_lengths_are_measured() {
+    let text = "fn a() {\n    x();\n}\n\n    pub async fn b(\n        y: u8,\n    ) -> u8 {\n        y\n    }\n";
+    let got = function_lengths(text);
+    assert_eq!(got, vec![("a".into(), 1, 3), ("b".into(), 5, 5)]);
+}

@@ -1,0 +1,62 @@
+//! `tollgate agent add|release|revoke`.
+
+use crate::client::Client;
+use crate::Conn;
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum AgentCmd {
+    /// Register an agent instance and print its single-use join token.
+    Add {
+        spiffe_id: String,
+        #[arg(long)]
+        owner: String,
+    },
+    /// Lift an agent's quarantine (set by a retry-storm chain rule).
+    Release {
+        spiffe_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Revoke an agent: all its tasks end, and it gets no SVID until re-added.
+    Revoke {
+        spiffe_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+pub fn run(cmd: AgentCmd, conn: &Conn) -> Result<()> {
+    let c = Client::new(conn)?;
+    match cmd {
+        AgentCmd::Add { spiffe_id, owner } => add(&c, &spiffe_id, &owner),
+        AgentCmd::Release { spiffe_id, reason } => {
+            c.release_agent(&spiffe_id, reason.as_deref())?;
+            println!("released {spiffe_id}: its decisions are judged by policy again");
+            Ok(())
+        }
+        AgentCmd::Revoke { spiffe_id, reason } => {
+            let revoked = c.revoke_agent(&spiffe_id, reason.as_deref())?;
+            println!(
+                "revoked {spiffe_id}; tasks ended: {}",
+                serde_json::to_string(&revoked.revoked_tasks)?
+            );
+            Ok(())
+        }
+    }
+}
+
+fn add(c: &Client, spiffe_id: &str, owner: &str) -> Result<()> {
+    let registered = c.register_agent(spiffe_id, owner)?;
+    println!("agent:       {}", registered.spiffe_id);
+    match registered.join_token {
+        Some(token) => {
+            println!("join token:  {token}");
+            println!("expires at:  {}", registered.expires_at.unwrap_or_default());
+            println!("(single use: the agent exchanges it at POST /v1/agents/attest)");
+        }
+        None => println!("external trust domain: the agent brings JWT-SVIDs from its own issuer"),
+    }
+    Ok(())
+}

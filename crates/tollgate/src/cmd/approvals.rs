@@ -1,0 +1,137 @@
+//! `tollgate approvals list|show|approve|deny` (as an approver:
+//! TOLLGATE_TOKEN is the approver's key).
+
+use crate::api_types::Approval;
+use crate::client::Client;
+use crate::term::printable;
+use crate::Conn;
+use anyhow::{bail, Result};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum ApprovalsCmd {
+    /// Approvals with intent, evidence and the task's chain of actions.
+    List {
+        /// pending, approved, denied, expired, used or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one approval.
+    Show { id: String },
+    /// Vote to approve.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Vote to deny.
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+pub fn run(cmd: ApprovalsCmd, conn: &Conn) -> Result<()> {
+    let c = Client::new(conn)?;
+    match cmd {
+        ApprovalsCmd::List { status, json } => list(&c, &status, json),
+        ApprovalsCmd::Show { id } => print_approval(&c.approval(&id)?),
+        ApprovalsCmd::Approve { id, reason } | ApprovalsCmd::Deny { id, reason }
+            if reason.trim().is_empty() =>
+        {
+            bail!("approval {id}: --reason must not be empty")
+        }
+        ApprovalsCmd::Approve { id, reason } => {
+            let tally = c.vote(&id, true, &reason)?;
+            println!(
+                "voted approve on {id}: now {} ({}/{} approvals)",
+                tally.status, tally.approvals, tally.required
+            );
+            Ok(())
+        }
+        ApprovalsCmd::Deny { id, reason } => {
+            let tally = c.vote(&id, false, &reason)?;
+            println!("voted deny on {id}: now {}", tally.status);
+            Ok(())
+        }
+    }
+}
+
+fn list(c: &Client, status: &str, json: bool) -> Result<()> {
+    let approvals = c.approvals(status)?.approvals;
+    if json {
+        return crate::print_json(&approvals.json);
+    }
+    if approvals.value.is_empty() {
+        println!("no {status} approvals");
+    }
+    for a in &approvals.value {
+        print_approval(a)?;
+    }
+    Ok(())
+}
+
+fn print_approval(a: &Approval) -> Result<()> {
+    // Agent-controlled text, each field escaped whole (newlines included).
+    let text = |v: Option<&str>| printable(v.unwrap_or("")).into_owned();
+    println!(
+        "{}  {}  {}/{} approvals  expires {}",
+        printable(&a.id),
+        printable(&a.status),
+        a.approvals,
+        a.required,
+        printable(&a.expires_at)
+    );
+    println!("  agent:    {}", printable(&a.agent));
+    println!(
+        "  wants:    {} on {} (tier {}, labels {})",
+        printable(&a.action),
+        printable(&a.resource),
+        text(a.tier.as_deref()),
+        serde_json::to_string(&a.labels)?
+    );
+    println!("  intent:   {}", text(a.request.intent.as_deref()));
+    println!("  params:   {}", a.request.parameters);
+    println!(
+        "  task:     {} incident {} ({})",
+        printable(&a.task_id),
+        printable(&a.incident_id),
+        text(a.task.as_ref().map(|t| t.intent.as_str()))
+    );
+    let reasons: Vec<_> = a
+        .reasons
+        .iter()
+        .map(|r| printable(r).into_owned())
+        .collect();
+    println!("  policy:   {}", reasons.join("; "));
+    for e in &a.evidence {
+        println!(
+            "  evidence: {} {} sha256:{}",
+            printable(&e.kind),
+            printable(&e.resource),
+            printable(&e.sha256)
+        );
+    }
+    for step in &a.chain {
+        println!(
+            "  chain:    {} {} {} -> {}",
+            printable(&step.at),
+            text(step.action.as_deref()),
+            text(step.resource.as_deref()),
+            text(step.outcome.as_deref())
+        );
+    }
+    for v in &a.votes {
+        println!(
+            "  vote:     {} ({}) {}: {}",
+            printable(&v.approver),
+            printable(&v.role),
+            if v.approve { "approve" } else { "deny" },
+            printable(&v.reason)
+        );
+    }
+    Ok(())
+}

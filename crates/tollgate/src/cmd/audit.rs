@@ -1,0 +1,202 @@
+//! `tollgate audit verify|export|timeline|checkpoint|hash|tail`.
+
+mod export;
+mod verify;
+
+use crate::api_types::{AuditLine, Verbatim};
+use crate::client::{AuditFilter, Client};
+use crate::Conn;
+use anyhow::Result;
+use clap::Subcommand;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Recompute the hash chain and Merkle roots and check every signed
+    /// checkpoint: over the API, offline with --data DIR, or on an export (--file).
+    Verify {
+        /// An export written by `audit export --format jsonl`.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Trust only this Ed25519 key (hex), instead of the one the source names.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// A checkpoint you saved earlier (`audit checkpoint > cp.json`): catches
+        /// truncation and rewrites even if stored checkpoints were deleted.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Export entries: jsonl (the whole log with its checkpoints, verifiable)
+    /// or ocsf (OCSF API Activity events, filterable by incident).
+    Export {
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[arg(long)]
+        incident: Option<String>,
+    },
+    /// The story of an incident: who did what, why, decided by which policy,
+    /// approved by whom, executed as which command.
+    Timeline {
+        #[arg(long)]
+        incident: String,
+    },
+    /// Print the newest signed checkpoint (save it to verify against later).
+    Checkpoint,
+    /// The keyed hash a secret value is logged as.
+    Hash { value: String },
+    /// Show the newest entries (optionally filtered), or follow new ones.
+    Tail {
+        #[arg(long)]
+        incident: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// How many entries.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep polling for new entries.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: AuditCmd, conn: &Conn) -> Result<()> {
+    match cmd {
+        AuditCmd::Verify {
+            file,
+            public_key,
+            checkpoint,
+        } => verify(conn, file, public_key.as_deref(), checkpoint.as_deref()),
+        AuditCmd::Export { format, incident } => {
+            export::export(&Client::new(conn)?, &format, incident.as_deref())
+        }
+        AuditCmd::Timeline { incident } => export::timeline(&Client::new(conn)?, &incident),
+        // As the server sent it: `audit verify --checkpoint` reads this back.
+        AuditCmd::Checkpoint => crate::print_json(&Client::new(conn)?.checkpoint()?.json),
+        AuditCmd::Hash { value } => {
+            println!("{}", Client::new(conn)?.audit_hash(&value)?.hash);
+            Ok(())
+        }
+        AuditCmd::Tail {
+            incident,
+            task,
+            agent,
+            lines,
+            follow,
+            json,
+        } => {
+            let filter = AuditFilter {
+                incident,
+                task,
+                agent,
+            };
+            tail(&Client::new(conn)?, &filter, lines, follow, json)
+        }
+    }
+}
+
+/// Verify an export file (`--file`), a stopped server's data directory
+/// (`--data`), or else the log of the running server.
+fn verify(
+    conn: &Conn,
+    file: Option<PathBuf>,
+    public_key: Option<&str>,
+    checkpoint: Option<&Path>,
+) -> Result<()> {
+    match (file, &conn.data) {
+        (Some(f), _) => verify::verify_file(&f, public_key, checkpoint),
+        (None, Some(dir)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(verify::verify_data(dir, public_key, checkpoint)),
+        (None, None) => verify::verify_api(&Client::new(conn)?, public_key, checkpoint),
+    }
+}
+
+/// An entry as the server sent it (`--json`) and as a line reads it.
+type TailEntry = Verbatim<AuditLine>;
+
+fn tail(c: &Client, filter: &AuditFilter, lines: usize, follow: bool, json: bool) -> Result<()> {
+    // Walk pages to the end, keeping the last `lines` entries.
+    let mut after = 0u64;
+    let mut window: VecDeque<TailEntry> = VecDeque::new();
+    loop {
+        let page = c.audit::<TailEntry>(filter, after)?;
+        for e in page.entries {
+            after = e.value.seq;
+            window.push_back(e);
+            if window.len() > lines {
+                window.pop_front();
+            }
+        }
+        if page.next_after.is_none() {
+            break;
+        }
+    }
+    for e in &window {
+        print_entry(e, json)?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        for e in c.audit::<TailEntry>(filter, after)?.entries {
+            after = e.value.seq;
+            print_entry(&e, json)?;
+        }
+    }
+}
+
+/// Write a line to stdout; a closed pipe (`| head`) ends the program quietly.
+fn emit(line: &str) -> Result<()> {
+    use std::io::Write;
+    match writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        crate::term::escape_controls(line)
+    ) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
+fn print_entry(entry: &TailEntry, json: bool) -> Result<()> {
+    use crate::term::printable;
+    if json {
+        return emit(&serde_json::to_string(&entry.json)?);
+    }
+    let AuditLine { seq, event } = &entry.value;
+    let ts = tollgate_core::clock::rfc3339(event.ts);
+    // Agent-controlled fields, each escaped whole so none can forge a line.
+    let detail = &event.detail;
+    let what = match (&detail.action, &detail.resource) {
+        (Some(a), Some(r)) => format!("{} {}", printable(a), printable(r)),
+        _ => String::new(),
+    };
+    let why = detail
+        .reasons
+        .iter()
+        .map(|r| printable(r).into_owned())
+        .collect::<Vec<_>>()
+        .join("; ");
+    // `seq` unpadded, as `tail` has always printed it.
+    emit(&format!(
+        "{seq} {} {:<18} {:<18} {:<34} {} {}{}",
+        ts,
+        event.kind,
+        event.outcome.as_deref().unwrap_or("-"),
+        event.task_id.as_deref().unwrap_or("-"),
+        printable(&event.actor),
+        what,
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({why})")
+        }
+    ))
+}

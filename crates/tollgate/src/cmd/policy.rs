@@ -1,0 +1,157 @@
+//! `tollgate policy validate|test|schema|reload`: all offline on a pack
+//! directory but `reload`, which asks the running server.
+
+use crate::client::Client;
+use crate::Conn;
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a pack directory offline; prints file:line:column errors.
+    Validate {
+        #[arg(default_value = "tollgate-config")]
+        dir: PathBuf,
+    },
+    /// Run test traces (YAML: requests with expected decisions) against a pack
+    /// offline; by default every file in DIR/tests. Exits non-zero on a failure.
+    Test {
+        #[arg(default_value = "tollgate-config")]
+        dir: PathBuf,
+        /// Test files to run instead of DIR/tests/*.yaml.
+        files: Vec<PathBuf>,
+    },
+    /// Draft a Cedar schema fragment and catalog entries for an MCP server's
+    /// tools, from its tools/list (see docs/mcp-gateway.md).
+    Schema {
+        /// The server: an http(s):// streamable-HTTP URL, or a command line that
+        /// runs it on stdio (e.g. "tollgate tools example --state w.json").
+        #[arg(long = "from-mcp")]
+        from_mcp: String,
+        /// The upstream's name in tollgate.yaml, used in the tool bindings.
+        #[arg(long, default_value = "upstream")]
+        server: String,
+        /// HTTP header to send, "Name: value" (repeatable), e.g. an API key.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// For an https:// server: trust only the CAs in this PEM file
+        /// (default: the system's roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Write mcp.cedarschema and mcp-catalog.yaml into this directory
+        /// instead of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Ask the running server to reload its pack.
+    Reload {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub fn run(cmd: PolicyCmd) -> Result<()> {
+    match cmd {
+        PolicyCmd::Validate { dir } => validate(&dir),
+        PolicyCmd::Test { dir, files } => test(&dir, files),
+        PolicyCmd::Schema {
+            from_mcp,
+            server,
+            headers,
+            ca_file,
+            out,
+        } => super::tools::schema_from_mcp(
+            &from_mcp,
+            &server,
+            &headers,
+            ca_file.as_deref(),
+            out.as_deref(),
+        ),
+        PolicyCmd::Reload { conn } => {
+            let reloaded = Client::new(&conn)?.reload_policy()?;
+            println!(
+                "reloaded: {} policies, digest {}",
+                reloaded.policies, reloaded.digest
+            );
+            Ok(())
+        }
+    }
+}
+
+/// A diagnostic with its file named by the path given, not relative to the pack.
+fn d_with_dir(dir: &Path, d: &tollgate_policy::Diagnostic) -> String {
+    format!("{}/{}", dir.display(), d)
+}
+
+fn validate(dir: &Path) -> Result<()> {
+    match tollgate_policy::PolicyPack::load_dir(dir) {
+        Ok(p) => {
+            println!(
+                "ok: {} policies, {} catalog operations, digest {}",
+                p.policy_count(),
+                p.catalog().operations.len(),
+                p.digest()
+            );
+            Ok(())
+        }
+        Err(tollgate_policy::PolicyError::Invalid(diags)) => {
+            for d in &diags {
+                eprintln!("{}", d_with_dir(dir, d));
+            }
+            bail!("{} problem(s) in {}", diags.len(), dir.display())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn test(dir: &Path, mut files: Vec<PathBuf>) -> Result<()> {
+    let pack = match tollgate_policy::PolicyPack::load_dir(dir) {
+        Ok(p) => p,
+        Err(tollgate_policy::PolicyError::Invalid(diags)) => {
+            for d in &diags {
+                eprintln!("{}", d_with_dir(dir, d));
+            }
+            bail!("the pack in {} does not validate", dir.display())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if files.is_empty() {
+        let tests = dir.join("tests");
+        files = std::fs::read_dir(&tests)
+            .with_context(|| format!("reading {}", tests.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for f in &files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let t = tollgate_policy::testing::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let failures = tollgate_policy::testing::run(&pack, &t)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        if failures.is_empty() {
+            passed += 1;
+            println!(
+                "ok    {} ({} steps): {}",
+                f.display(),
+                t.steps.len(),
+                t.name
+            );
+        } else {
+            failed += 1;
+            println!("FAIL  {}: {}", f.display(), t.name);
+            for x in failures {
+                println!("      step {}: {}", x.step, x.message);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} policy test file(s) failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `tollgate serve`: run the gateway.
+
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub fn run(config: Option<PathBuf>, data: PathBuf, listen: String) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        // Every line is scrubbed of the secrets the server registers
+        // (upstream credentials, the admin token), whoever logs it.
+        .with_writer(|| tollgate_server::redact::RedactingStderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let opts = tollgate_server::Options {
+            config_dir: config.clone(),
+            data_dir: data.clone(),
+        };
+        let state =
+            tollgate_server::AppState::open(&opts, Arc::new(tollgate_core::SystemClock)).await?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        let pack = state.pack.load();
+        println!("tollgate listening on http://{addr}");
+        println!(
+            "policy pack: {} ({} policies, digest {})",
+            config
+                .as_ref()
+                .map(|c| c.display().to_string())
+                .unwrap_or_else(|| "built-in example".into()),
+            pack.policy_count(),
+            &pack.digest()[..12]
+        );
+        println!("data dir: {}", data.display());
+        println!(
+            "admin token: {}",
+            data.join(tollgate_server::state::ADMIN_TOKEN_FILE)
+                .display()
+        );
+        if state.is_frozen().await? {
+            println!("FROZEN: every agent decision denies until `tollgate unfreeze`");
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        tollgate_server::serve(state, listener, shutdown).await?;
+        Ok(())
+    })
+}

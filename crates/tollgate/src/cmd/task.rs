@@ -1,0 +1,107 @@
+//! `tollgate task list|show|revoke|rollback`.
+
+use crate::client::{Client, TaskFilter};
+use crate::Conn;
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum TaskCmd {
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        incident: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        id: String,
+    },
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The rollback plan: compensations of the task's executed actions, newest first.
+    Rollback {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: TaskCmd, conn: &Conn) -> Result<()> {
+    let c = Client::new(conn)?;
+    match cmd {
+        TaskCmd::List {
+            agent,
+            incident,
+            status,
+            limit,
+            json,
+        } => {
+            let filter = TaskFilter {
+                agent,
+                incident,
+                status,
+                limit,
+            };
+            list(&c, &filter, json)
+        }
+        // The task as the server shows it, every field.
+        TaskCmd::Show { id } => crate::print_json(&c.task(&id)?.json),
+        TaskCmd::Rollback { id, json } => rollback(&c, &id, json),
+        TaskCmd::Revoke { id, reason } => {
+            c.revoke_task(&id, reason.as_deref())?;
+            println!("revoked task {id}");
+            Ok(())
+        }
+    }
+}
+
+fn list(c: &Client, filter: &TaskFilter, json: bool) -> Result<()> {
+    let tasks = c.tasks(filter)?;
+    if json {
+        return crate::print_json(&tasks.json);
+    }
+    println!(
+        "{:<40} {:<10} {:<12} {:<22} AGENT",
+        "TASK", "STATUS", "INCIDENT", "EXPIRES"
+    );
+    for t in &tasks.value {
+        println!(
+            "{:<40} {:<10} {:<12} {:<22} {}",
+            t.id, t.status, t.incident_id, t.expires_at, t.agent
+        );
+    }
+    Ok(())
+}
+
+fn rollback(c: &Client, id: &str, json: bool) -> Result<()> {
+    let plan = c.rollback_plan(id)?;
+    if json {
+        return crate::print_json(&plan.json);
+    }
+    let steps = &plan.value.steps;
+    if steps.is_empty() {
+        println!("nothing to roll back for task {id}");
+    }
+    for (i, step) in steps.iter().enumerate() {
+        println!(
+            "{}. {} {}   (undoes {} at {}: `{}`){}",
+            i + 1,
+            step.compensation.action.as_deref().unwrap_or(""),
+            step.compensation.resource.as_deref().unwrap_or(""),
+            step.executed.action.as_deref().unwrap_or(""),
+            step.executed_at,
+            step.executed.command.as_deref().unwrap_or(""),
+            if step.done { "   [done]" } else { "" }
+        );
+    }
+    Ok(())
+}
