@@ -16,16 +16,16 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod embedded;
-pub mod health;
+mod health;
 pub mod mcp;
 pub mod metrics;
 pub mod redact;
-pub mod refusals;
+mod refusals;
 pub mod service;
 pub mod state;
 pub mod upstream;
-pub mod views;
-pub mod webhooks;
+mod views;
+mod webhooks;
 
 pub use state::{AppState, Options, StartError};
 

@@ -150,7 +150,8 @@ mod tests {
     use super::*;
 
     fn ev(ts: i64, reason: &str) -> AuditEvent {
-        AuditEvent::new(ts, "auth.refused", "anonymous").detail(json!({"reason": reason}))
+        AuditEvent::new(ts, tollgate_core::EventKind::AuthRefused, "anonymous")
+            .detail(json!({"reason": reason}))
     }
 
     #[test]

@@ -105,110 +105,157 @@ pub fn load_pack(config_dir: Option<&Path>) -> Result<PolicyPack, tollgate_polic
     }
 }
 
+fn config_err(path: &Path, e: impl std::fmt::Display) -> StartError {
+    StartError::Config(format!("{}: {e}", path.display()))
+}
+
+/// `tollgate.yaml` from the config dir, or the embedded one.
+fn read_config(config_dir: Option<&Path>) -> Result<ServerConfig, StartError> {
+    match config_dir {
+        Some(dir) => {
+            let p = dir.join("tollgate.yaml");
+            let text = std::fs::read_to_string(&p).map_err(|e| config_err(&p, e))?;
+            ServerConfig::from_yaml(&text).map_err(StartError::Config)
+        }
+        None => ServerConfig::from_yaml(crate::embedded::config_text()).map_err(StartError::Config),
+    }
+}
+
+fn create_data_dir(data: &Path) -> Result<(), StartError> {
+    if !data.exists() {
+        std::fs::create_dir_all(data).map_err(|e| data_err(data, e))?;
+        // The directory holds the audit log, evidence and keys: owner only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| data_err(data, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The key that signs agent tokens, created on first start.
+fn issuer_key(data: &Path) -> Result<SigningKeyPair, StartError> {
+    let key_path = data.join(ISSUER_KEY_FILE);
+    if key_path.exists() {
+        let der = std::fs::read(&key_path).map_err(|e| data_err(&key_path, e))?;
+        SigningKeyPair::from_pkcs8_der(&der).map_err(|e| data_err(&key_path, e))
+    } else {
+        let (key, der) = SigningKeyPair::generate().map_err(|e| data_err(&key_path, e))?;
+        write_secret(&key_path, &der)?;
+        Ok(key)
+    }
+}
+
+/// The admin token, created on first start.
+fn admin_token(data: &Path) -> Result<String, StartError> {
+    let token_path = data.join(ADMIN_TOKEN_FILE);
+    if token_path.exists() {
+        Ok(std::fs::read_to_string(&token_path)
+            .map_err(|e| data_err(&token_path, e))?
+            .trim()
+            .to_string())
+    } else {
+        let t = random_token("tga_");
+        write_secret(&token_path, t.as_bytes())?;
+        Ok(t)
+    }
+}
+
+/// `tokens`, also trusting the SPIFFE bundles the config names.
+fn with_trust_bundles(
+    mut tokens: Tokens,
+    config: &ServerConfig,
+    config_dir: &Path,
+) -> Result<Tokens, StartError> {
+    for b in &config.trust_bundles {
+        let p = config_dir.join(&b.jwks_file);
+        let text = std::fs::read_to_string(&p).map_err(|e| config_err(&p, e))?;
+        let bundle =
+            TrustBundle::from_jwks(&b.trust_domain, &text).map_err(|e| config_err(&p, e))?;
+        tokens = tokens.with_bundle(bundle.with_issuer(b.issuer.clone()));
+    }
+    Ok(tokens)
+}
+
+/// The verifier of approvers' OIDC ID tokens, if the config names one.
+fn approver_oidc(
+    config: &ServerConfig,
+    config_dir: &Path,
+) -> Result<Option<tollgate_identity::OidcVerifier>, StartError> {
+    let Some(o) = &config.approver_oidc else {
+        return Ok(None);
+    };
+    let p = config_dir.join(&o.jwks_file);
+    let text = std::fs::read_to_string(&p).map_err(|e| config_err(&p, e))?;
+    tollgate_identity::OidcVerifier::new(
+        &o.issuer,
+        &o.audience,
+        &text,
+        &o.name_claim,
+        &o.role_claim,
+    )
+    .map(Some)
+    .map_err(|e| config_err(&p, e))
+}
+
+/// The key that signs audit checkpoints, created on first start.
+fn audit_signing_key(data: &Path) -> Result<ed25519_dalek::SigningKey, StartError> {
+    let audit_key_path = data.join(crate::audit::AUDIT_KEY_FILE);
+    if audit_key_path.exists() {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let der = std::fs::read(&audit_key_path).map_err(|e| data_err(&audit_key_path, e))?;
+        ed25519_dalek::SigningKey::from_pkcs8_der(&der).map_err(|e| data_err(&audit_key_path, e))
+    } else {
+        use ed25519_dalek::pkcs8::EncodePrivateKey;
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| data_err(&audit_key_path, e))?;
+        write_secret(&audit_key_path, der.as_bytes())?;
+        Ok(key)
+    }
+}
+
+/// The audit log's HMAC key, created on first start.
+fn hmac_key(data: &Path) -> Result<[u8; 32], StartError> {
+    let hmac_path = data.join(crate::audit::HMAC_KEY_FILE);
+    if hmac_path.exists() {
+        let bytes = std::fs::read(&hmac_path).map_err(|e| data_err(&hmac_path, e))?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map_err(|_| data_err(&hmac_path, "expected 32 bytes"))
+    } else {
+        use rand::RngCore;
+        let mut k = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut k);
+        write_secret(&hmac_path, &k)?;
+        Ok(k)
+    }
+}
+
 impl AppState {
     /// Open (or initialise) the data dir and load the pack.
     pub async fn open(opts: &Options, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StartError> {
-        let config = match &opts.config_dir {
-            Some(dir) => {
-                let p = dir.join("tollgate.yaml");
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
-                ServerConfig::from_yaml(&text).map_err(StartError::Config)?
-            }
-            None => ServerConfig::from_yaml(crate::embedded::config_text())
-                .map_err(StartError::Config)?,
-        };
+        let config = read_config(opts.config_dir.as_deref())?;
         let pack = load_pack(opts.config_dir.as_deref())?;
 
         let data = &opts.data_dir;
-        if !data.exists() {
-            std::fs::create_dir_all(data).map_err(|e| data_err(data, e))?;
-            // The directory holds the audit log, evidence and keys: owner only.
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| data_err(data, e))?;
-            }
-        }
-        let key_path = data.join(ISSUER_KEY_FILE);
-        let key = if key_path.exists() {
-            let der = std::fs::read(&key_path).map_err(|e| data_err(&key_path, e))?;
-            SigningKeyPair::from_pkcs8_der(&der).map_err(|e| data_err(&key_path, e))?
-        } else {
-            let (key, der) = SigningKeyPair::generate().map_err(|e| data_err(&key_path, e))?;
-            write_secret(&key_path, &der)?;
-            key
-        };
-        let token_path = data.join(ADMIN_TOKEN_FILE);
-        let admin_token = if token_path.exists() {
-            std::fs::read_to_string(&token_path)
-                .map_err(|e| data_err(&token_path, e))?
-                .trim()
-                .to_string()
-        } else {
-            let t = random_token("tga_");
-            write_secret(&token_path, t.as_bytes())?;
-            t
-        };
+        create_data_dir(data)?;
+        let key = issuer_key(data)?;
+        let admin_token = admin_token(data)?;
 
-        let mut tokens = Tokens::new(key, &config.issuer, &config.trust_domain, &config.audience);
-        for b in &config.trust_bundles {
-            let dir = opts.config_dir.as_deref().unwrap_or(Path::new("."));
-            let p = dir.join(&b.jwks_file);
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
-            let bundle = TrustBundle::from_jwks(&b.trust_domain, &text)
-                .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
-            tokens = tokens.with_bundle(bundle.with_issuer(b.issuer.clone()));
-        }
-
-        let oidc = match &config.approver_oidc {
-            None => None,
-            Some(o) => {
-                let dir = opts.config_dir.as_deref().unwrap_or(Path::new("."));
-                let p = dir.join(&o.jwks_file);
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
-                Some(
-                    tollgate_identity::OidcVerifier::new(
-                        &o.issuer,
-                        &o.audience,
-                        &text,
-                        &o.name_claim,
-                        &o.role_claim,
-                    )
-                    .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?,
-                )
-            }
-        };
-        let audit_key_path = data.join(crate::audit::AUDIT_KEY_FILE);
-        let signing = if audit_key_path.exists() {
-            use ed25519_dalek::pkcs8::DecodePrivateKey;
-            let der = std::fs::read(&audit_key_path).map_err(|e| data_err(&audit_key_path, e))?;
-            ed25519_dalek::SigningKey::from_pkcs8_der(&der)
-                .map_err(|e| data_err(&audit_key_path, e))?
-        } else {
-            use ed25519_dalek::pkcs8::EncodePrivateKey;
-            let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-            let der = key
-                .to_pkcs8_der()
-                .map_err(|e| data_err(&audit_key_path, e))?;
-            write_secret(&audit_key_path, der.as_bytes())?;
-            key
-        };
-        let hmac_path = data.join(crate::audit::HMAC_KEY_FILE);
-        let hmac = if hmac_path.exists() {
-            let bytes = std::fs::read(&hmac_path).map_err(|e| data_err(&hmac_path, e))?;
-            <[u8; 32]>::try_from(bytes.as_slice())
-                .map_err(|_| data_err(&hmac_path, "expected 32 bytes"))?
-        } else {
-            use rand::RngCore;
-            let mut k = [0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut k);
-            write_secret(&hmac_path, &k)?;
-            k
-        };
+        // Key set files are named relative to the config dir (or the
+        // working directory, with the embedded config).
+        let config_dir = opts.config_dir.as_deref().unwrap_or(Path::new("."));
+        let tokens = with_trust_bundles(
+            Tokens::new(key, &config.issuer, &config.trust_domain, &config.audience),
+            &config,
+            config_dir,
+        )?;
+        let oidc = approver_oidc(&config, config_dir)?;
+        let signing = audit_signing_key(data)?;
+        let hmac = hmac_key(data)?;
         let audit = crate::audit::AuditKeys {
             signing,
             hmac,
@@ -285,7 +332,7 @@ impl AppState {
         pack: &PolicyPack,
         why: &str,
     ) -> Result<(), tollgate_store::StoreError> {
-        let ev = AuditEvent::new(self.now(), "policy.loaded", "tollgate").detail(serde_json::json!({
+        let ev = AuditEvent::new(self.now(), tollgate_core::EventKind::PolicyLoaded, "tollgate").detail(serde_json::json!({
             "digest": pack.digest(), "policies": pack.policy_count(), "trigger": why,
             "source": self.config_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded".into()),
         }));
@@ -313,9 +360,13 @@ impl AppState {
                         message: other.to_string(),
                     }],
                 };
-                let ev = AuditEvent::new(self.now(), "policy.rejected", "tollgate")
-                    .outcome("refused")
-                    .detail(serde_json::json!({"trigger": trigger, "diagnostics": diags}));
+                let ev = AuditEvent::new(
+                    self.now(),
+                    tollgate_core::EventKind::PolicyRejected,
+                    "tollgate",
+                )
+                .outcome("refused")
+                .detail(serde_json::json!({"trigger": trigger, "diagnostics": diags}));
                 self.store.commit(Batch::audit_only(ev)).await?;
                 tracing::warn!(error = %e, "policy reload refused; previous pack stays live");
                 Err(Error::PolicyInvalid(diags))

@@ -66,6 +66,62 @@ fn nothing_outside_the_adapters_imports_them() {
     );
 }
 
+/// The kinds of audit events are `tollgate_core::EventKind`s, never string
+/// literals: a misspelt kind would be a new, undocumented event. Finds
+/// `AuditEvent::new(ts, "…"` (the second argument a literal), across lines.
+fn literal_kinds(text: &str) -> Vec<usize> {
+    let code: String = code_lines(text).collect::<Vec<_>>().join("\n");
+    let mut found = Vec::new();
+    let needle = "AuditEvent::new(";
+    let mut from = 0;
+    while let Some(i) = code[from..].find(needle) {
+        let start = from + i + needle.len();
+        let mut depth = 0;
+        let mut second = None;
+        for (j, c) in code[start..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' if depth == 0 => break,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    second = Some(start + j + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if second.is_some_and(|k| code[k..].trim_start().starts_with('"')) {
+            found.push(code[..start].matches('\n').count() + 1);
+        }
+        from = start;
+    }
+    found
+}
+
+#[test]
+fn audit_event_kinds_are_typed() {
+    let mut offences = Vec::new();
+    for (file, text) in crate_sources() {
+        if file == "tidy.rs" {
+            continue;
+        }
+        for line in literal_kinds(&text) {
+            offences.push(format!("{file}: code line {line}"));
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "use tollgate_core::EventKind for audit event kinds:\n{}",
+        offences.join("\n")
+    );
+    assert_eq!(literal_kinds("AuditEvent::new(now(), \"x.y\", a)"), vec![1]);
+    assert_eq!(
+        literal_kinds("AuditEvent::new(\n  now,\n  \"x\",\n)"),
+        vec![1]
+    );
+    assert!(literal_kinds("AuditEvent::new(now, EventKind::Freeze, \"admin\")").is_empty());
+}
+
 /// The length of every `fn` (signature to closing brace), for brace-style
 /// `rustfmt` output: the body ends at the first line that is the opening
 /// line's indentation followed by `}`.

@@ -729,6 +729,85 @@ fn redact_json_with(secrets: &[String], v: &mut serde_json::Value) {
     }
 }
 
+/// A stdio upstream's command: an empty environment plus `PATH`, `HOME`,
+/// `LANG` and what its config names, run in its own directory.
+fn child_command(
+    program: &Path,
+    args: &[String],
+    env: &[Injected],
+    cwd: &Path,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).current_dir(cwd).env_clear();
+    for keep in ["PATH", "HOME", "LANG"] {
+        if let Ok(v) = std::env::var(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    for i in env {
+        cmd.env(&i.name, &i.value);
+    }
+    cmd
+}
+
+/// Log a stdio upstream's stderr, each line scrubbed of `secrets`.
+async fn log_stderr(server: String, secrets: Vec<String>, stderr: tokio::process::ChildStderr) {
+    // Drained until EOF whatever it holds (a child whose stderr pipe closed
+    // would die on its next write): lines of any bytes, cut at 8 KiB.
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut buf = Vec::new();
+    let mut errors = 0;
+    // Inside a line longer than 8 KiB: its rest is skipped.
+    let mut skipping = false;
+    let longest = secrets.iter().map(String::len).max().unwrap_or(0);
+    loop {
+        buf.clear();
+        match (&mut reader).take(8192).read_until(b'\n', &mut buf).await {
+            Ok(0) => break,
+            Err(_) if errors >= 100 => break,
+            Ok(_) => {
+                errors = 0;
+                let whole = buf.ends_with(b"\n");
+                if std::mem::replace(&mut skipping, !whole) {
+                    continue;
+                }
+                if !whole {
+                    // Cut: a secret may straddle the cut, so drop as much
+                    // as the longest secret.
+                    buf.truncate(buf.len().saturating_sub(longest));
+                    buf.extend_from_slice(" […]".as_bytes());
+                }
+                let line = String::from_utf8_lossy(&buf);
+                let line = line.trim_end_matches(['\n', '\r']);
+                tracing::info!(target: "tollgate::upstream", server, "{}", crate::redact::cut(line, &secrets));
+            }
+            // A read error other than EOF: keep draining.
+            Err(_) => {
+                errors += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+        }
+    }
+}
+
+/// An HTTP upstream's configured headers; `Err` names one that is not valid HTTP.
+fn header_map(
+    headers: &[Injected],
+) -> Result<HashMap<http::HeaderName, http::HeaderValue>, String> {
+    let mut map = HashMap::new();
+    for h in headers {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(h.name.as_bytes()),
+            http::HeaderValue::from_str(&h.value),
+        ) else {
+            return Err(format!("header {} is not valid HTTP", h.name));
+        };
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
 impl Upstream {
     fn redact_result(&self, result: CallToolResult) -> Result<CallToolResult, UpstreamError> {
         if self.secrets.is_empty() {
@@ -896,16 +975,7 @@ impl Upstream {
                 env,
                 cwd,
             } => {
-                let mut cmd = tokio::process::Command::new(program);
-                cmd.args(args).current_dir(cwd).env_clear();
-                for keep in ["PATH", "HOME", "LANG"] {
-                    if let Ok(v) = std::env::var(keep) {
-                        cmd.env(keep, v);
-                    }
-                }
-                for i in env {
-                    cmd.env(&i.name, &i.value);
-                }
+                let cmd = child_command(program, args, env, cwd);
                 let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(cmd)
                     .stderr(std::process::Stdio::piped())
                     .spawn()
@@ -913,47 +983,7 @@ impl Upstream {
                 if let Some(stderr) = stderr {
                     // A server may print its credential; its stderr is
                     // scrubbed line by line like its answers.
-                    let (server, secrets) = (self.name.clone(), self.secrets.clone());
-                    tokio::spawn(async move {
-                        // Drained until EOF whatever it holds (a child whose
-                        // stderr pipe closed would die on its next write):
-                        // lines of any bytes, cut at 8 KiB.
-                        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-                        let mut reader = tokio::io::BufReader::new(stderr);
-                        let mut buf = Vec::new();
-                        let mut errors = 0;
-                        // Inside a line longer than 8 KiB: its rest is skipped.
-                        let mut skipping = false;
-                        let longest = secrets.iter().map(String::len).max().unwrap_or(0);
-                        loop {
-                            buf.clear();
-                            match (&mut reader).take(8192).read_until(b'\n', &mut buf).await {
-                                Ok(0) => break,
-                                Err(_) if errors >= 100 => break,
-                                Ok(_) => {
-                                    errors = 0;
-                                    let whole = buf.ends_with(b"\n");
-                                    if std::mem::replace(&mut skipping, !whole) {
-                                        continue;
-                                    }
-                                    if !whole {
-                                        // Cut: a secret may straddle the cut, so
-                                        // drop as much as the longest secret.
-                                        buf.truncate(buf.len().saturating_sub(longest));
-                                        buf.extend_from_slice(" […]".as_bytes());
-                                    }
-                                    let line = String::from_utf8_lossy(&buf);
-                                    let line = line.trim_end_matches(['\n', '\r']);
-                                    tracing::info!(target: "tollgate::upstream", server, "{}", crate::redact::cut(line, &secrets));
-                                }
-                                // A read error other than EOF: keep draining.
-                                Err(_) => {
-                                    errors += 1;
-                                    tokio::time::sleep(Duration::from_millis(10)).await
-                                }
-                            }
-                        }
-                    });
+                    tokio::spawn(log_stderr(self.name.clone(), self.secrets.clone(), stderr));
                 }
                 self.relay(&routes, &tools)
                     .serve(transport)
@@ -966,16 +996,7 @@ impl Upstream {
                 client,
             } => {
                 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-                let mut map = HashMap::new();
-                for h in headers {
-                    let (Ok(name), Ok(value)) = (
-                        http::HeaderName::from_bytes(h.name.as_bytes()),
-                        http::HeaderValue::from_str(&h.value),
-                    ) else {
-                        return Err(failed(format!("header {} is not valid HTTP", h.name)));
-                    };
-                    map.insert(name, value);
-                }
+                let map = header_map(headers).map_err(failed)?;
                 let config =
                     StreamableHttpClientTransportConfig::with_uri(url.as_str()).custom_headers(map);
                 let transport = rmcp::transport::StreamableHttpClientTransport::with_client(

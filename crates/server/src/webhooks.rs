@@ -105,7 +105,7 @@ fn send(
                 }
             }
             tracing::warn!(webhook = %hook.name, error = %last_err, "webhook delivery failed");
-            let ev = AuditEvent::new(state.now(), "webhook.failed", "tollgate").outcome("failed").detail(json!({
+            let ev = AuditEvent::new(state.now(), tollgate_core::EventKind::WebhookFailed, "tollgate").outcome("failed").detail(json!({
                 "webhook": hook.name, "event": event, "subject": subject, "error": last_err, "attempts": ATTEMPTS,
             }));
             if let Err(e) = state.store.commit(Batch::audit_only(ev)).await {

@@ -66,6 +66,50 @@ pub async fn run_all(store: &dyn Store) {
     decision_facts_are_one_snapshot_of_everything(store).await;
     decision_facts_see_every_commit_between_calls(store).await;
     decision_facts_history_equals_the_full_read(store).await;
+    leases_have_one_holder_until_they_expire(store).await;
+}
+
+/// A lease has one holder at a time, across every process over the store;
+/// an expired lease is taken over, and only its holder gives it back.
+pub async fn leases_have_one_holder_until_they_expire(s: &dyn Store) {
+    let key = unique("rollback");
+    let take = |holder: &str, until: i64, now: i64| {
+        Batch::default().change(Change::AcquireLease {
+            key: key.clone(),
+            holder: holder.into(),
+            until,
+            now,
+        })
+    };
+    s.commit(take("a", 200, 100)).await.unwrap();
+    // The holder may extend it; another may not take it while it lasts.
+    s.commit(take("a", 300, 150)).await.unwrap();
+    match conflict(s, take("b", 400, 299)).await {
+        Conflict::LeaseHeld { holder, until, .. } => {
+            assert_eq!((holder.as_str(), until), ("a", 300));
+        }
+        other => panic!("expected LeaseHeld, got {other:?}"),
+    }
+    // Giving back someone else's lease does nothing.
+    s.commit(Batch::default().change(Change::ReleaseLease {
+        key: key.clone(),
+        holder: "b".into(),
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(
+        conflict(s, take("b", 400, 299)).await,
+        Conflict::LeaseHeld { .. }
+    ));
+    // Expired: taken over.
+    s.commit(take("b", 500, 300)).await.unwrap();
+    s.commit(Batch::default().change(Change::ReleaseLease {
+        key: key.clone(),
+        holder: "b".into(),
+    }))
+    .await
+    .unwrap();
+    s.commit(take("c", 600, 301)).await.unwrap();
 }
 
 pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {

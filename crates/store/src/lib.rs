@@ -105,6 +105,13 @@ pub enum Conflict {
     /// [`Change::RecordActionResult`]: a result for this request was recorded.
     #[error("a result for {request_id} was already recorded")]
     ResultRecorded { request_id: String },
+    /// [`Change::AcquireLease`]: another holder's lease on `key` is unexpired.
+    #[error("{key} is held by {holder} until {until}")]
+    LeaseHeld {
+        key: String,
+        holder: String,
+        until: UnixTime,
+    },
 }
 
 impl From<Conflict> for StoreError {
@@ -220,6 +227,23 @@ pub enum Change {
     RecordAction(ActionRecord),
     /// A signed checkpoint (idempotent per tree size).
     PutCheckpoint(Checkpoint),
+    /// Take (or extend) a lease on `key` until `until`: how work that must
+    /// run once at a time (a rollback of one delegation tree) is claimed
+    /// across every process over this store. Precondition: no other
+    /// holder's lease on `key` is unexpired at `now` ([`Conflict::LeaseHeld`]);
+    /// an expired one is taken over, so a holder that died frees the key.
+    AcquireLease {
+        key: String,
+        holder: String,
+        until: UnixTime,
+        now: UnixTime,
+    },
+    /// Give a lease back (no precondition: a lease that expired and was
+    /// taken over by another holder is left to it).
+    ReleaseLease {
+        key: String,
+        holder: String,
+    },
     /// Precondition: no result was recorded for `request_id` yet
     /// ([`Conflict::ResultRecorded`]).
     RecordActionResult {

@@ -59,6 +59,7 @@ CREATE INDEX IF NOT EXISTS action_history_agent ON action_history(agent, ts);
 CREATE INDEX IF NOT EXISTS action_history_agent_allowed_tier ON action_history(agent, tier, ts) WHERE outcome = 'allow';
 CREATE INDEX IF NOT EXISTS action_history_agent_allowed_action ON action_history(agent, action, ts) WHERE outcome = 'allow';
 CREATE TABLE IF NOT EXISTS checkpoints (tree_size INTEGER PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, holder TEXT NOT NULL, until INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS action_results (
   request_id TEXT PRIMARY KEY, task_id TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
@@ -595,6 +596,42 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             tx.execute(
                 "INSERT INTO checkpoints(tree_size, body) VALUES (?1, ?2) ON CONFLICT(tree_size) DO NOTHING",
                 params![cp.tree_size as i64, body],
+            )
+            .map_err(backend)?;
+        }
+        Change::AcquireLease {
+            key,
+            holder,
+            until,
+            now,
+        } => {
+            let held: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT holder, until FROM leases WHERE key = ?1",
+                    params![key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let Some((other, other_until)) = held.filter(|(h, u)| h != holder && u > now) {
+                return Err(Conflict::LeaseHeld {
+                    key: key.clone(),
+                    holder: other,
+                    until: other_until,
+                }
+                .into());
+            }
+            tx.execute(
+                "INSERT INTO leases(key, holder, until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(key) DO UPDATE SET holder = excluded.holder, until = excluded.until",
+                params![key, holder, until],
+            )
+            .map_err(backend)?;
+        }
+        Change::ReleaseLease { key, holder } => {
+            tx.execute(
+                "DELETE FROM leases WHERE key = ?1 AND holder = ?2",
+                params![key, holder],
             )
             .map_err(backend)?;
         }

@@ -391,7 +391,10 @@ pub async fn add_pep(
             key_hash: sha256_hex(key.as_bytes()),
             created_at: now,
         }))
-        .event(AuditEvent::new(now, "pep.registered", "admin").detail(json!({"name": req.name})));
+        .event(
+            AuditEvent::new(now, tollgate_core::EventKind::PepRegistered, "admin")
+                .detail(json!({"name": req.name})),
+        );
     state.store.commit(batch).await?;
     Ok((
         StatusCode::CREATED,
@@ -439,7 +442,10 @@ pub async fn remove_pep(
 ) -> Result<StatusCode, ApiError> {
     let batch = Batch::default()
         .change(Change::RemovePep { name: name.clone() })
-        .event(AuditEvent::new(state.now(), "pep.removed", "admin").detail(json!({"name": name})));
+        .event(
+            AuditEvent::new(state.now(), tollgate_core::EventKind::PepRemoved, "admin")
+                .detail(json!({"name": name})),
+        );
     state.store.commit(batch).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -103,7 +103,7 @@ pub async fn add_approver(
             last_used_at: None,
         }))
         .event(
-            AuditEvent::new(now, "approver.registered", "admin").detail(
+            AuditEvent::new(now, tollgate_core::EventKind::ApproverRegistered, "admin").detail(
                 json!({"name": name, "role": req.role, "expires_at": expires_at.map(tollgate_core::clock::rfc3339)}),
             ),
         );
@@ -181,7 +181,12 @@ pub async fn remove_approver(
     let batch = Batch::default()
         .change(Change::RemoveApprover { name: name.clone() })
         .event(
-            AuditEvent::new(state.now(), "approver.removed", "admin").detail(json!({"name": name})),
+            AuditEvent::new(
+                state.now(),
+                tollgate_core::EventKind::ApproverRemoved,
+                "admin",
+            )
+            .detail(json!({"name": name})),
         );
     state.store.commit(batch).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -215,9 +220,9 @@ async fn set_disabled(
 ) -> Result<StatusCode, ApiError> {
     let name = name.to_ascii_lowercase();
     let kind = if disabled {
-        "approver.disabled"
+        tollgate_core::EventKind::ApproverDisabled
     } else {
-        "approver.enabled"
+        tollgate_core::EventKind::ApproverEnabled
     };
     let batch = Batch::default()
         .change(Change::SetApproverDisabled {

@@ -47,9 +47,13 @@ fn refusal_event(
         reason.truncate(cut);
         reason.push('…');
     }
-    let ev = AuditEvent::new(state.now(), "auth.refused", "anonymous")
-        .outcome("refused")
-        .detail(serde_json::json!({"path": parts.uri.path(), "expected": who, "reason": reason}));
+    let ev = AuditEvent::new(
+        state.now(),
+        tollgate_core::EventKind::AuthRefused,
+        "anonymous",
+    )
+    .outcome("refused")
+    .detail(serde_json::json!({"path": parts.uri.path(), "expected": who, "reason": reason}));
     (reason, ev)
 }
 

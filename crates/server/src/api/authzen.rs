@@ -15,7 +15,7 @@
 use crate::api::auth::{ApiJson, PepAuth, Shared};
 use crate::api::doc::{self, JsonBody, Secured};
 use crate::api::error::ApiError;
-use crate::service::decide::decide_action;
+use crate::service::decide::{decide_action, Decided};
 use crate::service::judge::ActionAsk;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tollgate_core::{Outcome, TaskStatus};
+use tollgate_core::{Agent, Outcome, Task, TaskStatus};
 use tollgate_policy::ResourceRef;
 use utoipa::ToSchema;
 
@@ -161,28 +161,28 @@ pub struct ItemError {
     pub message: String,
 }
 
-/// Evaluate one request. `Err` is an error of the whole call (store down);
-/// problems with the request itself become `decision: false` with an error context.
-async fn evaluate(
-    state: &Shared,
-    pep: &str,
-    e: &Evaluation,
-    traceparent: Option<String>,
-) -> Result<EvaluationResult, ApiError> {
-    let refuse = |status: u16, message: String| EvaluationResult {
+/// The answer for an item that could not be evaluated.
+fn refused(error: ItemError) -> EvaluationResult {
+    EvaluationResult {
         decision: false,
-        context: EvaluationContext::Refused(RefusedContext {
-            error: ItemError { status, message },
-        }),
-    };
+        context: EvaluationContext::Refused(RefusedContext { error }),
+    }
+}
+
+fn bad_request(message: String) -> ItemError {
+    ItemError {
+        status: 400,
+        message,
+    }
+}
+
+/// The subject must be an agent, and every id valid.
+fn check_names(e: &Evaluation) -> Result<(), ItemError> {
     if !e.subject.kind.eq_ignore_ascii_case("agent") {
-        return Ok(refuse(
-            400,
-            format!(
-                "subject type {:?} is not supported; use \"agent\"",
-                e.subject.kind
-            ),
-        ));
+        return Err(bad_request(format!(
+            "subject type {:?} is not supported; use \"agent\"",
+            e.subject.kind
+        )));
     }
     // Ids follow the rule of the rest of the API; an item that breaks it
     // is refused on its own, so a batch still answers the others.
@@ -193,27 +193,35 @@ async fn evaluate(
         ("resource.id", &e.resource.id),
     ] {
         if let Err(err) = tollgate_core::text::check_id(id) {
-            return Ok(refuse(400, format!("{what}: id {err}")));
+            return Err(bad_request(format!("{what}: id {err}")));
         }
     }
+    Ok(())
+}
+
+/// The live task `context.task_id` names, if it is the subject's, and the
+/// subject's agent, if not revoked. The outer `Err` is the store's.
+async fn live_task(
+    state: &Shared,
+    e: &Evaluation,
+) -> Result<Result<(Task, Agent), ItemError>, ApiError> {
     let Some(task_id) = e.context.get("task_id").and_then(Value::as_str) else {
-        return Ok(refuse(
-            400,
+        return Ok(Err(bad_request(
             "context.task_id is required: Tollgate decides within a task".into(),
-        ));
+        )));
     };
     let now = state.now();
     let task = match state.store.task(task_id).await? {
         Some(t) if t.agent == e.subject.id => t,
         _ => {
-            return Ok(refuse(
-                404,
-                format!(
+            return Ok(Err(ItemError {
+                status: 404,
+                message: format!(
                     "no task {} of subject {}",
                     task_id.escape_debug(),
                     e.subject.id
                 ),
-            ))
+            }))
         }
     };
     if !task.is_live(now) {
@@ -222,11 +230,37 @@ async fn evaluate(
         } else {
             task.status.as_str()
         };
-        return Ok(refuse(403, format!("task {task_id} is {status}")));
+        return Ok(Err(ItemError {
+            status: 403,
+            message: format!("task {task_id} is {status}"),
+        }));
     }
     let agent = match state.store.agent(&task.agent).await? {
         Some(a) if !a.revoked => a,
-        _ => return Ok(refuse(403, format!("agent {} is revoked", task.agent))),
+        _ => {
+            return Ok(Err(ItemError {
+                status: 403,
+                message: format!("agent {} is revoked", task.agent),
+            }))
+        }
+    };
+    Ok(Ok((task, agent)))
+}
+
+/// Evaluate one request. `Err` is an error of the whole call (store down);
+/// problems with the request itself become `decision: false` with an error context.
+async fn evaluate(
+    state: &Shared,
+    pep: &str,
+    e: &Evaluation,
+    traceparent: Option<String>,
+) -> Result<EvaluationResult, ApiError> {
+    if let Err(error) = check_names(e) {
+        return Ok(refused(error));
+    }
+    let (task, agent) = match live_task(state, e).await? {
+        Ok(found) => found,
+        Err(error) => return Ok(refused(error)),
     };
     let resource = ResourceRef {
         kind: e.resource.kind.clone(),
@@ -254,7 +288,9 @@ async fn evaluate(
         .and_then(Value::as_str)
         .map(str::to_string);
     if let Some(Err(err)) = approval_id.as_deref().map(tollgate_core::text::check_id) {
-        return Ok(refuse(400, format!("context.approval_id: id {err}")));
+        return Ok(refused(bad_request(format!(
+            "context.approval_id: id {err}"
+        ))));
     }
     let ask = ActionAsk {
         approval_id: approval_id.as_deref(),
@@ -269,37 +305,40 @@ async fn evaluate(
         traceparent,
     };
     match decide_action(state, ask).await {
-        Ok(d) => {
-            let mut context = DecidedContext {
-                request_id: d.request_id.clone(),
-                outcome: d.decision.outcome.into(),
-                reasons: d.decision.reasons,
-                policies: d.decision.policies,
-                obligations: d.decision.obligations,
-                reason: None,
-                evaluation_id: None,
-                access_request: None,
-            };
-            // A requestable denial, shaped after the AuthZEN Access Request
-            // and Approval profile draft: the handle is the approval.
-            if let (Outcome::ApprovalRequired, Some(a)) = (d.decision.outcome, &d.approval) {
-                context.reason = Some("approval_required".into());
-                context.evaluation_id = Some(d.request_id);
-                context.access_request = Some(AccessRequest {
-                    id: a.id.clone(),
-                    status: a.status.into(),
-                    status_endpoint: format!("/v1/approvals/{}", a.id),
-                    expires_at: tollgate_core::clock::rfc3339(a.expires_at),
-                    approvals_required: d.decision.approvals_required,
-                });
-            }
-            Ok(EvaluationResult {
-                decision: d.decision.outcome == Outcome::Allow,
-                context: EvaluationContext::Decided(context),
-            })
-        }
-        Err(crate::service::Error::Invalid { message, .. }) => Ok(refuse(400, message)),
+        Ok(d) => Ok(decided(d)),
+        Err(crate::service::Error::Invalid { message, .. }) => Ok(refused(bad_request(message))),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The AuthZEN answer for a decision made.
+fn decided(d: Decided) -> EvaluationResult {
+    let mut context = DecidedContext {
+        request_id: d.request_id.clone(),
+        outcome: d.decision.outcome.into(),
+        reasons: d.decision.reasons,
+        policies: d.decision.policies,
+        obligations: d.decision.obligations,
+        reason: None,
+        evaluation_id: None,
+        access_request: None,
+    };
+    // A requestable denial, shaped after the AuthZEN Access Request
+    // and Approval profile draft: the handle is the approval.
+    if let (Outcome::ApprovalRequired, Some(a)) = (d.decision.outcome, &d.approval) {
+        context.reason = Some("approval_required".into());
+        context.evaluation_id = Some(d.request_id);
+        context.access_request = Some(AccessRequest {
+            id: a.id.clone(),
+            status: a.status.into(),
+            status_endpoint: format!("/v1/approvals/{}", a.id),
+            expires_at: tollgate_core::clock::rfc3339(a.expires_at),
+            approvals_required: d.decision.approvals_required,
+        });
+    }
+    EvaluationResult {
+        decision: d.decision.outcome == Outcome::Allow,
+        context: EvaluationContext::Decided(context),
     }
 }
 

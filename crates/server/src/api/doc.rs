@@ -546,7 +546,7 @@ mod tests {
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let cp = tollgate_audit::checkpoint::Checkpoint::sign("o", 1, &[0; 32], 1, &key);
         assert_eq!(props::<Checkpoint>(), keys(json!(cp)));
-        let event = tollgate_audit::AuditEvent::new(1, "k", "a")
+        let event = tollgate_audit::AuditEvent::new(1, tollgate_core::EventKind::Decision, "a")
             .incident("i")
             .task("t")
             .parent_task(Some("p".into()))

@@ -84,7 +84,7 @@ pub async fn register_agent(
         (None, None)
     };
     batch = batch.event(
-        AuditEvent::new(now, "agent.registered", "admin")
+        AuditEvent::new(now, tollgate_core::EventKind::AgentRegistered, "admin")
             .agent(id.to_string())
             .detail(serde_json::json!({"owner": req.owner, "join_token_expires_at": expires_at})),
     );
@@ -129,9 +129,13 @@ pub async fn attest(
     let now = state.now();
     let hash = sha256_hex(req.join_token.as_bytes());
     let refused = |reason: &str| {
-        AuditEvent::new(now, "agent.attest_refused", "anonymous")
-            .outcome("refused")
-            .detail(serde_json::json!({"reason": reason}))
+        AuditEvent::new(
+            now,
+            tollgate_core::EventKind::AgentAttestRefused,
+            "anonymous",
+        )
+        .outcome("refused")
+        .detail(serde_json::json!({"reason": reason}))
     };
     let token = state.store.join_token(&hash).await?;
     let token = match token {
@@ -184,7 +188,7 @@ pub async fn attest(
             now,
         })
         .event(
-            AuditEvent::new(now, "agent.attested", id.to_string())
+            AuditEvent::new(now, tollgate_core::EventKind::AgentAttested, id.to_string())
                 .agent(id.to_string())
                 .detail(serde_json::json!({"svid_jti": jti, "expires_at": exp})),
         );
@@ -225,7 +229,7 @@ pub async fn refresh_svid(
         )
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let id = caller.agent.spiffe_id.clone();
-    let ev = AuditEvent::new(now, "svid.issued", id.clone())
+    let ev = AuditEvent::new(now, tollgate_core::EventKind::SvidIssued, id.clone())
         .agent(id.clone())
         .detail(serde_json::json!({"svid_jti": jti, "expires_at": exp}));
     state.store.commit(Batch::audit_only(ev)).await?;

@@ -195,7 +195,7 @@ pub async fn renew_task(
         .issue_task_credential(grant)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let batch = Batch::default().change(Change::RenewTask { task_id: id.clone(), expires_at, now }).event(
-        AuditEvent::new(now, "task.renewed", auth.task.agent.clone())
+        AuditEvent::new(now, tollgate_core::EventKind::TaskRenewed, auth.task.agent.clone())
             .agent(auth.task.agent.clone())
             .task(id.clone())
             .incident(auth.task.incident_id.clone())
@@ -324,7 +324,7 @@ pub async fn add_evidence(
             created_at: now,
         }))
         .event(
-            AuditEvent::new(now, "evidence.recorded", auth.task.agent.clone())
+            AuditEvent::new(now, tollgate_core::EventKind::EvidenceRecorded, auth.task.agent.clone())
                 .agent(auth.task.agent.clone())
                 .task(id)
                 .incident(auth.task.incident_id.clone())

@@ -13,13 +13,15 @@ use crate::service::judge::ActionAsk;
 use crate::service::results::{record_result, ExecutedAction};
 use crate::upstream::Upstream;
 use crate::views::decision_json;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ProgressNotificationParam};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ContentBlock, ProgressNotificationParam, ProgressToken,
+};
 use rmcp::service::RequestContext;
 use rmcp::RoleServer;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tollgate_audit::AuditEvent;
-use tollgate_core::{ApprovalStatus, Outcome};
+use tollgate_core::{Approval, ApprovalStatus, Operation, Outcome, ToolBinding};
 use tollgate_policy::ResourceRef;
 use tollgate_store::{Batch, Change};
 
@@ -68,20 +70,16 @@ fn meta_of(request: &CallToolRequestParams, ctx: &RequestContext<RoleServer>) ->
     }
 }
 
-/// Delegation trees whose rollback is running.
-pub type RunningRollbacks = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
-
 /// The answer to one `tools/call`.
 pub async fn call_tool(
     state: &Shared,
-    rollbacks: &RunningRollbacks,
     auth: &TaskAuth,
     request: CallToolRequestParams,
     ctx: &RequestContext<RoleServer>,
 ) -> CallToolResult {
     if request.name == ROLLBACK_TOOL {
         let args = request.arguments.unwrap_or_default();
-        return rollback(state, rollbacks, auth, args, ctx).await;
+        return rollback(state, auth, args, ctx).await;
     }
     let meta = meta_of(&request, ctx);
     let args = request.arguments.unwrap_or_default();
@@ -117,7 +115,7 @@ async fn refuse_unmapped(state: &Shared, auth: &TaskAuth, tool: &str, reason: St
     };
     let ev = AuditEvent::new(
         state.now(),
-        "mcp.call_refused",
+        tollgate_core::EventKind::McpCallRefused,
         auth.agent.spiffe_id.clone(),
     )
     .agent(auth.agent.spiffe_id.clone())
@@ -134,26 +132,39 @@ async fn refuse_unmapped(state: &Shared, auth: &TaskAuth, tool: &str, reason: St
     Called::refused(tool_error(text, None), None)
 }
 
-async fn governed(
-    state: &Shared,
+/// A call mapped to its catalog operation and upstream, ready to decide.
+struct Mapped<'s> {
+    upstream: &'s Upstream,
+    action: String,
+    resource: ResourceRef,
+    /// What is forwarded: the arguments the attributes were read from.
+    args: Map<String, Value>,
+    /// What policy sees as parameters: every argument but the resource's.
+    parameters: Map<String, Value>,
+    /// Names of secret parameters.
+    sensitive: Vec<String>,
+}
+
+/// Map a call to its catalog operation, upstream and resource; `Err` is the
+/// audited refusal of a call that cannot be.
+async fn map_call<'s>(
+    state: &'s Shared,
     auth: &TaskAuth,
     tool: &str,
     args: Map<String, Value>,
-    meta: CallMeta,
-    ctx: &RequestContext<RoleServer>,
-) -> Called {
+) -> Result<Mapped<'s>, Called> {
     let pack = state.pack.load_full();
     let Some((action, op, binding)) = pack.catalog().by_tool(tool) else {
-        return refuse_unmapped(
+        return Err(refuse_unmapped(
             state,
             auth,
             tool,
             format!("tool {tool:?} is not bound to any catalog operation, so this gateway does not offer it"),
         )
-        .await;
+        .await);
     };
     let Some(upstream) = state.upstreams.get(&binding.server) else {
-        return refuse_unmapped(
+        return Err(refuse_unmapped(
             state,
             auth,
             tool,
@@ -162,42 +173,18 @@ async fn governed(
                 binding.server
             ),
         )
-        .await;
+        .await);
     };
     // The attributes policy sees come from the arguments, and the arguments
     // forwarded are the ones they were read from (URLs re-serialised).
     let derived = match binding.derive_attributes(args) {
         Ok(d) => d,
-        Err(e) => return refuse_unmapped(state, auth, tool, e.to_string()).await,
+        Err(e) => return Err(refuse_unmapped(state, auth, tool, e.to_string()).await),
     };
     let args = derived.arguments;
-    let resource_id = match args.get(&binding.resource_argument) {
-        Some(Value::String(s)) if !s.trim().is_empty() => {
-            // The same rule as every id at the HTTP edge.
-            if let Err(e) = tollgate_core::text::check_id(s) {
-                return refuse_unmapped(
-                    state,
-                    auth,
-                    tool,
-                    format!("argument {:?}: id {e}", binding.resource_argument),
-                )
-                .await;
-            }
-            s.clone()
-        }
-        _ => {
-            return refuse_unmapped(
-                state,
-                auth,
-                tool,
-                format!(
-                    "argument {:?} names the {} this call acts on; it is required and must be a non-empty string",
-                    binding.resource_argument,
-                    binding.resource_type(op)
-                ),
-            )
-            .await
-        }
+    let resource_id = match resource_id(&args, binding, op) {
+        Ok(id) => id,
+        Err(reason) => return Err(refuse_unmapped(state, auth, tool, reason).await),
     };
     let resource = ResourceRef {
         kind: binding.resource_type(op).to_string(),
@@ -206,37 +193,85 @@ async fn governed(
     };
     let mut parameters = args.clone();
     parameters.remove(&binding.resource_argument);
-    let action = action.to_string();
-    // Secret anywhere, secret everywhere (as for `/v1/authorize`).
-    let sensitive: Vec<String> = state.pack.load().secret_parameters().to_vec();
-    drop(pack);
+    Ok(Mapped {
+        upstream,
+        action: action.to_string(),
+        resource,
+        args,
+        parameters,
+        // Secret anywhere, secret everywhere (as for `/v1/authorize`).
+        sensitive: state.pack.load().secret_parameters().to_vec(),
+    })
+}
 
-    let decide = |approval_id: Option<String>, task: tollgate_core::Task| {
-        let (action, resource, parameters, meta) = (&action, &resource, &parameters, &meta);
-        async move {
-            decide_action(
-                state,
-                ActionAsk {
-                    task: &task,
-                    agent: &auth.agent,
-                    action,
-                    resource,
-                    intent: &meta.intent,
-                    parameters,
-                    actor: auth.agent.spiffe_id.clone(),
-                    kind: tollgate_core::EventKind::Decision,
-                    traceparent: meta.traceparent.clone(),
-                    approval_id: approval_id.as_deref(),
-                },
-            )
-            .await
+/// The id of the resource the call acts on; `Err` says why there is none.
+fn resource_id(
+    args: &Map<String, Value>,
+    binding: &ToolBinding,
+    op: &Operation,
+) -> Result<String, String> {
+    match args.get(&binding.resource_argument) {
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            // The same rule as every id at the HTTP edge.
+            tollgate_core::text::check_id(s)
+                .map_err(|e| format!("argument {:?}: id {e}", binding.resource_argument))?;
+            Ok(s.clone())
         }
+        _ => Err(format!(
+            "argument {:?} names the {} this call acts on; it is required and must be a non-empty string",
+            binding.resource_argument,
+            binding.resource_type(op)
+        )),
+    }
+}
+
+/// Decide a mapped call in `task`; with `approval_id`, the retry of a held one.
+async fn decide_call(
+    state: &Shared,
+    auth: &TaskAuth,
+    call: &Mapped<'_>,
+    meta: &CallMeta,
+    approval_id: Option<String>,
+    task: tollgate_core::Task,
+) -> Result<Decided, crate::service::Error> {
+    decide_action(
+        state,
+        ActionAsk {
+            task: &task,
+            agent: &auth.agent,
+            action: &call.action,
+            resource: &call.resource,
+            intent: &meta.intent,
+            parameters: &call.parameters,
+            actor: auth.agent.spiffe_id.clone(),
+            kind: tollgate_core::EventKind::Decision,
+            traceparent: meta.traceparent.clone(),
+            approval_id: approval_id.as_deref(),
+        },
+    )
+    .await
+}
+
+/// A call that could not be decided (the store failed, say).
+fn undecided(e: impl std::fmt::Display) -> Called {
+    Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
+}
+
+async fn governed(
+    state: &Shared,
+    auth: &TaskAuth,
+    tool: &str,
+    args: Map<String, Value>,
+    meta: CallMeta,
+    ctx: &RequestContext<RoleServer>,
+) -> Called {
+    let call = match map_call(state, auth, tool, args).await {
+        Ok(call) => call,
+        Err(refused) => return refused,
     };
-    let mut decided = match decide(None, auth.task.clone()).await {
+    let mut decided = match decide_call(state, auth, &call, &meta, None, auth.task.clone()).await {
         Ok(d) => d,
-        Err(e) => {
-            return Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
-        }
+        Err(e) => return undecided(e),
     };
     // Progress notifications Tollgate sent while holding the call; the
     // tool's own are relayed above them.
@@ -261,27 +296,43 @@ async fn governed(
                 )
                 .await
             }
-            Err(e) => {
-                return Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
-            }
+            Err(e) => return undecided(e),
         };
-        decided = match decide(Some(approval_id), task).await {
+        decided = match decide_call(state, auth, &call, &meta, Some(approval_id), task).await {
             Ok(d) => d,
-            Err(e) => {
-                return Called::refused(tool_error(format!("refused by Tollgate: {e}"), None), None)
-            }
+            Err(e) => return undecided(e),
         };
     }
     if decided.decision.outcome != Outcome::Allow {
         return Called::refused(denied(&decided), Some(decided.request_id));
     }
     let command = json!({"mcp": {
-        "server": upstream.name, "tool": tool, "arguments": state.audit.redact(&args, &sensitive),
+        "server": call.upstream.name, "tool": tool, "arguments": state.audit.redact(&call.args, &call.sensitive),
     }})
     .to_string();
-    // An upstream's error can quote the arguments (a validator's "input
-    // value" in a JSON-RPC error's data): its text is stored and answered
-    // with every secret argument's value cut out.
+    let secrets = secret_values(&call.args, &call.sensitive);
+    forward(
+        state,
+        auth,
+        call.upstream,
+        tool,
+        call.args,
+        &secrets,
+        &decided.request_id,
+        &command,
+        meta.compensates,
+        ctx,
+        progress_sent,
+    )
+    .await
+}
+
+/// The values of the secret arguments, longest first.
+///
+/// An upstream's error can quote the arguments (a validator's "input
+/// value" in a JSON-RPC error's data): its text is stored and answered
+/// with every secret argument's value cut out.
+fn secret_values(args: &Map<String, Value>, sensitive: &[String]) -> Vec<String> {
     let mut secrets: Vec<String> = sensitive
         .iter()
         .filter_map(|name| args.get(name))
@@ -292,20 +343,7 @@ async fn governed(
         .filter(|s| s.len() >= 2)
         .collect();
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    forward(
-        state,
-        auth,
-        upstream,
-        tool,
-        args,
-        &secrets,
-        &decided.request_id,
-        &command,
-        meta.compensates,
-        ctx,
-        progress_sent,
-    )
-    .await
+    secrets
 }
 
 fn denied(d: &Decided) -> CallToolResult {
@@ -359,33 +397,13 @@ async fn hold(
         let notified = state.approval_events.notified();
         // A task closed or revoked while its call waits stops waiting now,
         // not when the approval expires.
-        match state.store.task(&auth.task.id).await {
-            Ok(Some(t)) if t.is_live(state.now()) => {}
-            Ok(_) => {
-                return Err(fail(format!(
-                    "refused by Tollgate: task {} ended while the call waited for approval {id}",
-                    auth.task.id
-                )))
-            }
-            Err(e) => {
-                return Err(fail(format!(
-                    "task {} could not be read: {e}",
-                    auth.task.id
-                )))
-            }
+        if let Err(why) = task_still_live(state, auth, &id).await {
+            return Err(fail(why));
         }
         let a = match state.store.approval(&id).await {
             Ok(Some(a)) => a,
             Ok(None) => return Err(fail(format!("approval {id} no longer exists"))),
             Err(e) => return Err(fail(format!("approval {id} could not be read: {e}"))),
-        };
-        let reasons = || {
-            a.votes
-                .iter()
-                .filter(|v| !v.approve)
-                .map(|v| format!("{}: {}", v.approver, v.reason))
-                .collect::<Vec<_>>()
-                .join("; ")
         };
         // Checked before an approval is acted on too: a grant that arrives
         // after the client left must not run the tool for nobody.
@@ -402,46 +420,15 @@ async fn hold(
                 "the connection closed or the call was cancelled while waiting for approval".into(),
             ));
         }
-        match a.status {
-            ApprovalStatus::Pending => {}
-            ApprovalStatus::Approved => return Ok((id, sent)),
-            ApprovalStatus::Withdrawn => {
-                return Err(fail(format!(
-                    "approval {id} was withdrawn: its request was abandoned (request {})",
-                    first.request_id
-                )))
-            }
-            ApprovalStatus::Denied => {
-                return Err(fail(format!(
-                    "denied by Tollgate: approval {id} was refused by its approvers ({}) (request {})",
-                    reasons(),
-                    first.request_id
-                )))
-            }
-            ApprovalStatus::Expired => {
-                return Err(fail(format!(
-                    "denied by Tollgate: approval {id} expired before enough approvers agreed (request {})",
-                    first.request_id
-                )))
-            }
-            ApprovalStatus::Used => {
-                return Err(fail(format!(
-                    "approval {id} was already used by another request (request {})",
-                    first.request_id
-                )))
-            }
+        match settled(&id, &a, &first.request_id) {
+            None => {}
+            Some(Ok(())) => return Ok((id, sent)),
+            Some(Err(why)) => return Err(fail(why)),
         }
         if let Some(token) = &token {
             if tokio::time::Instant::now() >= next_progress {
                 sent += 1;
-                let granted = a.votes.iter().filter(|v| v.approve).count();
-                let note = ProgressNotificationParam::new(token.clone(), f64::from(sent)).with_message(
-                    format!(
-                        "held by Tollgate for human approval {id}: {granted} of {} approvals so far; expires {}",
-                        a.required,
-                        tollgate_core::clock::rfc3339(a.expires_at)
-                    ),
-                );
+                let note = held_note(token, sent, &id, &a);
                 // A client that stopped listening is noticed through cancellation.
                 let _ = ctx.peer.notify_progress(note).await;
                 next_progress += every;
@@ -464,6 +451,64 @@ async fn hold(
     }
 }
 
+/// Ok while the held call's task is live; `Err` the answer when it is not.
+async fn task_still_live(state: &Shared, auth: &TaskAuth, approval_id: &str) -> Result<(), String> {
+    match state.store.task(&auth.task.id).await {
+        Ok(Some(t)) if t.is_live(state.now()) => Ok(()),
+        Ok(_) => Err(format!(
+            "refused by Tollgate: task {} ended while the call waited for approval {approval_id}",
+            auth.task.id
+        )),
+        Err(e) => Err(format!("task {} could not be read: {e}", auth.task.id)),
+    }
+}
+
+/// How a held call's wait ends once its approval is decided: `Ok` when
+/// granted, `Err` the answer when not; `None` while it is pending.
+fn settled(id: &str, a: &Approval, request_id: &str) -> Option<Result<(), String>> {
+    let reasons = || {
+        a.votes
+            .iter()
+            .filter(|v| !v.approve)
+            .map(|v| format!("{}: {}", v.approver, v.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let why = match a.status {
+        ApprovalStatus::Pending => return None,
+        ApprovalStatus::Approved => return Some(Ok(())),
+        ApprovalStatus::Withdrawn => format!(
+            "approval {id} was withdrawn: its request was abandoned (request {request_id})"
+        ),
+        ApprovalStatus::Denied => format!(
+            "denied by Tollgate: approval {id} was refused by its approvers ({}) (request {request_id})",
+            reasons()
+        ),
+        ApprovalStatus::Expired => format!(
+            "denied by Tollgate: approval {id} expired before enough approvers agreed (request {request_id})"
+        ),
+        ApprovalStatus::Used => format!(
+            "approval {id} was already used by another request (request {request_id})"
+        ),
+    };
+    Some(Err(why))
+}
+
+/// The `sent`th progress notification of a held call: where its approval stands.
+fn held_note(
+    token: &ProgressToken,
+    sent: u32,
+    id: &str,
+    a: &Approval,
+) -> ProgressNotificationParam {
+    let granted = a.votes.iter().filter(|v| v.approve).count();
+    ProgressNotificationParam::new(token.clone(), f64::from(sent)).with_message(format!(
+        "held by Tollgate for human approval {id}: {granted} of {} approvals so far; expires {}",
+        a.required,
+        tollgate_core::clock::rfc3339(a.expires_at)
+    ))
+}
+
 /// A held call nobody waits for any more: withdraw its approval (so a vote
 /// cast later grants nothing) and record the abandonment, in one commit.
 /// A lost race with a vote is retried on the approval as it now stands.
@@ -476,13 +521,17 @@ async fn abandon(
 ) {
     for _ in 0..3 {
         let now = state.now();
-        let abandoned = AuditEvent::new(now, "mcp.call_abandoned", auth.agent.spiffe_id.clone())
-            .agent(auth.agent.spiffe_id.clone())
-            .task(auth.task.id.clone())
-            .incident(auth.task.incident_id.clone())
-            .request(first.request_id.clone())
-            .outcome("abandoned")
-            .detail(json!({"approval_id": approval_id, "reason": reason}));
+        let abandoned = AuditEvent::new(
+            now,
+            tollgate_core::EventKind::McpCallAbandoned,
+            auth.agent.spiffe_id.clone(),
+        )
+        .agent(auth.agent.spiffe_id.clone())
+        .task(auth.task.id.clone())
+        .incident(auth.task.incident_id.clone())
+        .request(first.request_id.clone())
+        .outcome("abandoned")
+        .detail(json!({"approval_id": approval_id, "reason": reason}));
         let mut batch = Batch::audit_only(abandoned);
         match state.store.approval(approval_id).await {
             Ok(Some(mut a)) => {
@@ -496,7 +545,7 @@ async fn abandon(
                         .event(
                             AuditEvent::new(
                                 now,
-                                "approval.withdrawn",
+                                tollgate_core::EventKind::ApprovalWithdrawn,
                                 auth.agent.spiffe_id.clone(),
                             )
                             .agent(auth.agent.spiffe_id.clone())
@@ -637,7 +686,6 @@ async fn already_recorded(state: &Shared, request_id: &str) -> bool {
 /// (or of one executed action), newest first, each through [`governed`].
 async fn rollback(
     state: &Shared,
-    rollbacks: &RunningRollbacks,
     auth: &TaskAuth,
     args: Map<String, Value>,
     ctx: &RequestContext<RoleServer>,
@@ -650,19 +698,25 @@ async fn rollback(
     if let Some(k) = args.keys().find(|k| *k != "request_id") {
         return tool_error(format!("unknown argument {k:?}"), None);
     }
-    // One rollback at a time per delegation tree: plans of a task and of
-    // its sub-tasks overlap, and two runs would undo a step twice.
-    let root = match state.store.lineage(&auth.task.id).await {
-        Ok(Some(lineage)) => lineage.root().id.clone(),
-        Ok(None) => return tool_error("rollback plan unavailable: the task is gone".into(), None),
-        Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
+    let claim = match RollbackClaim::take(state, &auth.task).await {
+        Ok(claim) => claim,
+        Err(refusal) => return refusal,
     };
-    let Some(_running) = RollbackClaim::take(rollbacks, root.clone()) else {
-        return tool_error(
-            "refused by Tollgate: a rollback of this task's delegation tree is already running; wait for it to finish".into(),
-            None,
-        );
-    };
+    let result = run_rollback(state, auth, only, &claim, ctx).await;
+    // Given back before answering, so a rollback asked right after this one
+    // finds the tree free.
+    claim.release().await;
+    result
+}
+
+/// The rollback itself, under the claim.
+async fn run_rollback(
+    state: &Shared,
+    auth: &TaskAuth,
+    only: Option<String>,
+    claim: &RollbackClaim,
+    ctx: &RequestContext<RoleServer>,
+) -> CallToolResult {
     let plan = match crate::service::lifecycle::rollback_plan(state, &auth.task).await {
         Ok(p) => p,
         Err(e) => return tool_error(format!("rollback plan unavailable: {e}"), None),
@@ -684,6 +738,11 @@ async fn rollback(
     let mut all_ok = true;
     for step in steps {
         let undoes = step["request_id"].as_str().unwrap_or_default().to_string();
+        if let Err(lost) = claim.extend().await {
+            report.push(json!({"undoes": undoes, "outcome": "skipped", "reason": lost}));
+            all_ok = false;
+            break;
+        }
         let comp = &step["compensation"];
         let action = comp["action"].as_str().unwrap_or_default();
         let resource = comp["resource"].as_str().unwrap_or_default();
@@ -754,26 +813,96 @@ async fn rollback(
     r
 }
 
-/// A running rollback of one delegation tree, released when dropped.
+/// A running rollback of one delegation tree: plans of a task and of its
+/// sub-tasks overlap, and two runs would undo a step twice. The claim is a
+/// lease in the store (`Change::AcquireLease`), so it holds across every
+/// process over the same database; it is extended before each step, given
+/// back when dropped, and expires on its own if this process dies mid-run.
 struct RollbackClaim {
-    running: RunningRollbacks,
-    root: String,
+    state: Shared,
+    key: String,
+    holder: String,
+    released: bool,
 }
 
 impl RollbackClaim {
-    fn take(running: &RunningRollbacks, root: String) -> Option<Self> {
-        let mut set = running.lock().ok()?;
-        set.insert(root.clone()).then(|| Self {
-            running: running.clone(),
-            root,
-        })
+    /// Claim the rollback of `task`'s tree, or the tool error to answer.
+    async fn take(state: &Shared, task: &tollgate_core::Task) -> Result<Self, CallToolResult> {
+        let root = match state.store.lineage(&task.id).await {
+            Ok(Some(lineage)) => lineage.root().id.clone(),
+            Ok(None) => {
+                return Err(tool_error(
+                    "rollback plan unavailable: the task is gone".into(),
+                    None,
+                ))
+            }
+            Err(e) => return Err(tool_error(format!("rollback plan unavailable: {e}"), None)),
+        };
+        let claim = Self {
+            state: state.clone(),
+            key: format!("rollback:{root}"),
+            holder: crate::service::new_id("rollback"),
+            released: false,
+        };
+        match claim.extend().await {
+            Ok(()) => Ok(claim),
+            Err(why) => Err(tool_error(format!("refused by Tollgate: {why}"), None)),
+        }
+    }
+
+    /// Give the lease back now (`Drop` does it in the background otherwise).
+    async fn release(mut self) {
+        self.released = true;
+        let release = Change::ReleaseLease {
+            key: self.key.clone(),
+            holder: self.holder.clone(),
+        };
+        if let Err(e) = self
+            .state
+            .store
+            .commit(Batch::default().change(release))
+            .await
+        {
+            tracing::warn!(error = %e, "could not give back a rollback lease; it expires on its own");
+        }
+    }
+
+    /// Hold the lease for one more step: as long as a step can take (an
+    /// approval's whole wait, then the call), so a live run never loses it.
+    async fn extend(&self) -> Result<(), String> {
+        let now = self.state.now();
+        let hold = self.state.config.approvals.default_ttl_seconds.max(0) as u64
+            + self.state.upstreams.call_timeout.as_secs()
+            + 60;
+        let lease = Change::AcquireLease {
+            key: self.key.clone(),
+            holder: self.holder.clone(),
+            until: now.saturating_add(i64::try_from(hold).unwrap_or(i64::MAX)),
+            now,
+        };
+        match self.state.store.commit(Batch::default().change(lease)).await {
+            Ok(_) => Ok(()),
+            Err(tollgate_store::StoreError::Conflict(_)) => Err(
+                "a rollback of this task's delegation tree is already running; wait for it to finish".into(),
+            ),
+            Err(e) => Err(format!("rollback could not be claimed: {e}")),
+        }
     }
 }
 
 impl Drop for RollbackClaim {
     fn drop(&mut self) {
-        if let Ok(mut set) = self.running.lock() {
-            set.remove(&self.root);
+        if self.released {
+            return;
         }
+        // Given back in the background: `drop` cannot wait, and a release
+        // that fails leaves a lease that expires on its own.
+        let (state, key, holder) = (self.state.clone(), self.key.clone(), self.holder.clone());
+        tokio::spawn(async move {
+            let release = Change::ReleaseLease { key, holder };
+            if let Err(e) = state.store.commit(Batch::default().change(release)).await {
+                tracing::warn!(error = %e, "could not give back a rollback lease; it expires on its own");
+            }
+        });
     }
 }

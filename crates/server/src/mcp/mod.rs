@@ -55,7 +55,6 @@ pub fn router(state: Shared) -> axum::Router {
     use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
     let gateway = Gateway {
         state: state.clone(),
-        rollbacks: Arc::default(),
     };
     // Host checks guard unauthenticated local servers against DNS
     // rebinding; every request here carries a bearer credential a rebinding
@@ -163,7 +162,7 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
             Err(()) => {
                 let ev = AuditEvent::new(
                     guard.state.now(),
-                    "auth.refused",
+                    tollgate_core::EventKind::AuthRefused,
                     auth.agent.spiffe_id.clone(),
                 )
                 .agent(auth.agent.spiffe_id.clone())
@@ -310,9 +309,6 @@ impl Drop for WatchedBody {
 #[derive(Clone)]
 pub struct Gateway {
     state: Shared,
-    /// Tasks whose rollback is running: one at a time per task, so no
-    /// compensation runs twice.
-    rollbacks: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn caller(ctx: &RequestContext<RoleServer>) -> Result<Arc<TaskAuth>, ErrorData> {
@@ -343,9 +339,13 @@ pub(crate) async fn audit_restart(
     server: &str,
     task: Option<&tollgate_core::Task>,
 ) {
-    let mut ev = AuditEvent::new(state.now(), "mcp.upstream_restarted", "tollgate")
-        .outcome("restarted")
-        .detail(serde_json::json!({"server": server}));
+    let mut ev = AuditEvent::new(
+        state.now(),
+        tollgate_core::EventKind::McpUpstreamRestarted,
+        "tollgate",
+    )
+    .outcome("restarted")
+    .detail(serde_json::json!({"server": server}));
     if let Some(t) = task {
         ev = ev.task(t.id.clone()).agent(t.agent.clone());
     }
@@ -495,10 +495,8 @@ impl ServerHandler for Gateway {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let auth = caller(&ctx)?;
-        Ok(
-            call::call_tool(&self.state, &self.rollbacks, &auth, request, &ctx)
-                .await
-                .into(),
-        )
+        Ok(call::call_tool(&self.state, &auth, request, &ctx)
+            .await
+            .into())
     }
 }

@@ -72,44 +72,7 @@ pub async fn open_task(
         status: IncidentStatus::Open,
         updated_at: now,
     });
-    let (frozen, quarantine) = gate_facts(state, &agent.spiffe_id).await?;
-    let gate = Gate {
-        frozen,
-        agent: &agent.spiffe_id,
-        quarantine: quarantine.as_deref(),
-        dead_chain: None,
-        incident: Some((&incident.id, Some(&incident))),
-    };
-    let mut decision = match gate.refusal() {
-        Some(d) => d,
-        None if incident.class != req.incident.class
-            || incident.severity != req.incident.severity =>
-        {
-            Decision::deny(format!(
-                "incident {} is recorded as class {} severity {}",
-                incident.id,
-                incident.class,
-                incident.severity.as_str()
-            ))
-        }
-        None => {
-            let id =
-                SpiffeId::parse(&agent.spiffe_id).map_err(|e| Error::Internal(e.to_string()))?;
-            let facts = TaskOpenFacts {
-                agent: AgentFacts {
-                    spiffe_id: &id,
-                    owner: &agent.owner,
-                },
-                incident: &incident,
-                environment: &req.environment,
-                playbook: &req.playbook,
-                intent: &req.intent,
-                ttl_seconds: req.ttl_seconds,
-                now,
-            };
-            Evaluated::from(pack.decide_task_open(&facts)).into_decision("task.open")?
-        }
-    };
+    let mut decision = judge_open(state, &pack, agent, req, &incident, now).await?;
     let max_ttl = state.config.task_max_ttl_seconds;
     if req.ttl_seconds > max_ttl && decision.outcome != Outcome::Deny {
         decision = Decision::deny(format!("ttl_seconds exceeds the maximum of {max_ttl}"));
@@ -174,6 +137,55 @@ pub async fn open_task(
         expires_at: task.expires_at,
         request_id,
     }))
+}
+
+/// The gateway checks, the incident as recorded, and policy (`task.open`).
+async fn judge_open(
+    state: &AppState,
+    pack: &tollgate_policy::PolicyPack,
+    agent: &Agent,
+    req: &TaskRequest,
+    incident: &Incident,
+    now: UnixTime,
+) -> Result<Decision, Error> {
+    let (frozen, quarantine) = gate_facts(state, &agent.spiffe_id).await?;
+    let gate = Gate {
+        frozen,
+        agent: &agent.spiffe_id,
+        quarantine: quarantine.as_deref(),
+        dead_chain: None,
+        incident: Some((&incident.id, Some(incident))),
+    };
+    Ok(match gate.refusal() {
+        Some(d) => d,
+        None if incident.class != req.incident.class
+            || incident.severity != req.incident.severity =>
+        {
+            Decision::deny(format!(
+                "incident {} is recorded as class {} severity {}",
+                incident.id,
+                incident.class,
+                incident.severity.as_str()
+            ))
+        }
+        None => {
+            let id =
+                SpiffeId::parse(&agent.spiffe_id).map_err(|e| Error::Internal(e.to_string()))?;
+            let facts = TaskOpenFacts {
+                agent: AgentFacts {
+                    spiffe_id: &id,
+                    owner: &agent.owner,
+                },
+                incident,
+                environment: &req.environment,
+                playbook: &req.playbook,
+                intent: &req.intent,
+                ttl_seconds: req.ttl_seconds,
+                now,
+            };
+            Evaluated::from(pack.decide_task_open(&facts)).into_decision("task.open")?
+        }
+    })
 }
 
 fn refused(request_id: String, decision: Decision) -> Refused {
@@ -266,21 +278,7 @@ pub async fn delegate(
         depth: lineage.depth() + 1,
         now,
     };
-    let child_agent = match state.store.agent(&child_id.to_string()).await? {
-        Some(a) if !a.revoked => a,
-        other => {
-            let why = match other {
-                Some(_) => format!("agent {child_id} is revoked"),
-                None => format!("agent {child_id} is not registered"),
-            };
-            let ev = d.refusal(std::slice::from_ref(&why), &[]);
-            state.store.commit(Batch::audit_only(ev)).await?;
-            return Err(match other {
-                Some(_) => Error::Forbidden(why),
-                None => Error::invalid(why),
-            });
-        }
-    };
+    let child_agent = receiver(state, &d, &child_id).await?;
     let checked = tollgate_core::check_receiver(
         &child_id.to_string(),
         lineage.agents().iter().map(String::as_str),
@@ -375,6 +373,29 @@ pub async fn delegate(
         expires_at,
         request_id: d.request_id,
     }))
+}
+
+/// The receiving agent: registered and not revoked, or a refusal on the record.
+async fn receiver(
+    state: &AppState,
+    d: &Delegation<'_>,
+    child_id: &SpiffeId,
+) -> Result<Agent, Error> {
+    match state.store.agent(&child_id.to_string()).await? {
+        Some(a) if !a.revoked => Ok(a),
+        other => {
+            let why = match other {
+                Some(_) => format!("agent {child_id} is revoked"),
+                None => format!("agent {child_id} is not registered"),
+            };
+            let ev = d.refusal(std::slice::from_ref(&why), &[]);
+            state.store.commit(Batch::audit_only(ev)).await?;
+            Err(match other {
+                Some(_) => Error::Forbidden(why),
+                None => Error::invalid(why),
+            })
+        }
+    }
 }
 
 /// The gateway checks and policy (`task.delegate`) for a delegation.

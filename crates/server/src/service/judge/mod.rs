@@ -115,7 +115,7 @@ pub enum Effect {
         detail: Value,
     },
     /// `approval.created` webhook.
-    ApprovalCreated(Approval),
+    ApprovalCreated(Box<Approval>),
     /// Wake long-polls: an approval was created, found or spent.
     ApprovalsChanged,
 }
@@ -472,7 +472,7 @@ fn commit_plan(
     }
     if let Some(a) = &step.approval {
         if step.created {
-            effects.push(Effect::ApprovalCreated(a.clone()));
+            effects.push(Effect::ApprovalCreated(Box::new(a.clone())));
         }
         effects.push(Effect::ApprovalsChanged);
     }

@@ -355,6 +355,7 @@ proptest! {
     fn an_approval_is_spent_at_most_once(w in world()) {
         let mut case = Case::new(w);
         let v = case.verdict();
+        let approved = case.world.presented == Some(ApprovalStatus::Approved);
         let spent = v.batch.changes.iter().find_map(|c| match c {
             Change::UpdateApproval { approval, expected_version } if approval.status == ApprovalStatus::Used => Some((approval.clone(), *expected_version)),
             _ => None,
@@ -368,7 +369,6 @@ proptest! {
             prop_assert_ne!(again.decision.outcome, Outcome::Allow);
         }
         // Only an approved approval is ever spent.
-        let approved = case.world.presented == Some(ApprovalStatus::Approved);
         let spends = v.batch.changes.iter().any(|c| {
             matches!(c, Change::UpdateApproval { approval, .. } if approval.status == ApprovalStatus::Used)
         });
