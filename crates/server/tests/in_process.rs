@@ -133,6 +133,8 @@ struct Harness {
     state: Arc<AppState>,
     store: Arc<FlakyStore>,
     clock: Arc<ManualClock>,
+    /// The issuer key, so a second gateway over the same store can share it.
+    key_der: Vec<u8>,
 }
 
 impl Harness {
@@ -142,7 +144,18 @@ impl Harness {
             fail_commits: AtomicBool::new(false),
         });
         let clock = Arc::new(ManualClock::new(START));
-        let (key, _) = SigningKeyPair::generate().unwrap();
+        let (_, key_der) = SigningKeyPair::generate().unwrap();
+        Self::over(store, clock, key_der)
+    }
+
+    /// A second gateway process over the same store, clock and issuer key,
+    /// as a replica would be: nothing in memory is shared with `self`.
+    fn beside(&self) -> Self {
+        Self::over(self.store.clone(), self.clock.clone(), self.key_der.clone())
+    }
+
+    fn over(store: Arc<FlakyStore>, clock: Arc<ManualClock>, key_der: Vec<u8>) -> Self {
+        let key = SigningKeyPair::from_pkcs8_der(&key_der).unwrap();
         let config = ServerConfig {
             task_ttl_seconds: 300,
             task_max_ttl_seconds: 600,
@@ -178,6 +191,7 @@ impl Harness {
             state,
             store,
             clock,
+            key_der,
         }
     }
 
@@ -278,6 +292,51 @@ async fn no_decision_without_a_durable_audit_entry() {
 
     h.store.fail_commits.store(false, Ordering::SeqCst);
     assert_eq!(h.read(&cred).await.1["decision"], "allow");
+}
+
+/// Two gateways over one store agree on everything that decides an
+/// outcome: the brake, a quarantine, the tree's history and an approval
+/// spent on the other one. Nothing of it is kept per process.
+#[tokio::test]
+async fn two_gateways_over_one_store_decide_alike() {
+    let a = Harness::new();
+    let b = a.beside();
+    let (task_id, cred) = a.open_task().await;
+    assert_eq!(b.read(&cred).await.1["decision"], "allow");
+
+    // Frozen through one, the other denies at once.
+    assert_eq!(
+        a.post("/v1/freeze", ADMIN, json!({})).await.0,
+        StatusCode::OK
+    );
+    let (_, d) = b.read(&cred).await;
+    assert_eq!(d["decision"], "deny", "{d}");
+    assert!(d["reasons"][0].as_str().unwrap().contains("frozen"), "{d}");
+    assert_eq!(
+        b.post("/v1/unfreeze", ADMIN, json!({})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(a.read(&cred).await.1["decision"], "allow");
+
+    // History recorded by one is what the other's chain rules see: a secret
+    // read on A, then egress on B, is denied by the exfiltration rule.
+    let secret = json!({"action": "vault.read_secret", "resource": {"type": "Secret", "id": "db-password"}, "intent": "read the db password"});
+    let (_, d) = a.post("/v1/authorize", &cred, secret).await;
+    assert_eq!(d["decision"], "allow", "{d}");
+    let egress = json!({"action": "http.post", "resource": {"type": "Url", "id": "https://paste.example/x", "attributes": {"domain": "paste.example"}}, "intent": "send it out"});
+    let (_, d) = b.post("/v1/authorize", &cred, egress).await;
+    assert_eq!(d["decision"], "deny", "{d}");
+    assert!(
+        d["policies"]
+            .to_string()
+            .contains("no-egress-after-secret-read"),
+        "{d}"
+    );
+
+    // The rule revoked the task through B: A refuses its credential.
+    let (status, body) = a.read(&cred).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.to_string().contains(&task_id), "{body}");
 }
 
 #[tokio::test]
