@@ -23,14 +23,17 @@
 //!   nothing is answered before that commit is durable. Effects (webhooks,
 //!   waking long-polls) run only after it.
 
+// Only `approvals::sweep` is called from outside the crate (the server's
+// once-a-second loop, and tests that move the clock); the rest is for the
+// adapters.
 pub mod approvals;
-pub mod decide;
+pub(crate) mod decide;
 mod error;
-pub mod gate;
-pub mod judge;
-pub mod lifecycle;
-pub mod results;
-pub mod tasks;
+pub(crate) mod gate;
+pub(crate) mod judge;
+pub(crate) mod lifecycle;
+pub(crate) mod results;
+pub(crate) mod tasks;
 
 pub use error::Error;
 

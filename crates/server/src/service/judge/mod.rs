@@ -139,6 +139,17 @@ pub struct Verdict {
     pub evaluation_error: Option<String>,
 }
 
+/// Everything one judgement reads, borrowed for its length.
+#[derive(Clone, Copy)]
+struct Judging<'a> {
+    pack: &'a PolicyPack,
+    config: &'a ServerConfig,
+    ask: &'a ActionAsk<'a>,
+    prepared: &'a Prepared,
+    facts: &'a StoredFacts,
+    now: UnixTime,
+}
+
 /// Decide one action. See the module comment for what this may not do.
 pub fn judge(
     pack: &PolicyPack,
@@ -148,11 +159,19 @@ pub fn judge(
     facts: &StoredFacts,
     now: UnixTime,
 ) -> Verdict {
+    let j = Judging {
+        pack,
+        config,
+        ask,
+        prepared,
+        facts,
+        now,
+    };
     let task = &facts.lineage.task;
     let history = HistorySummary::from_records(&facts.history, pack.catalog(), now);
     if !task.is_live(now) {
         let d = Decision::deny("the task ended while this request was being decided");
-        let batch = Batch::audit_only(decision_event(ask, prepared, pack, &d, None, now));
+        let batch = Batch::audit_only(decision_event(&j, &d, None));
         return refused(
             d,
             batch,
@@ -168,9 +187,9 @@ pub fn judge(
     };
     let decided = match gate.refusal() {
         Some(d) => Evaluated::Decided(d),
-        None => match rate_limited(pack, config, ask, prepared, facts, now) {
+        None => match rate_limited(&j) {
             Some(d) => Evaluated::Decided(d),
-            None => evaluate(pack, ask, facts, &history, now),
+            None => evaluate(&j, &history),
         },
     };
     let mut evaluation_error = None;
@@ -182,11 +201,9 @@ pub fn judge(
         }
         Evaluated::Malformed(message) => {
             // A malformed request changes nothing, but leaves a trace.
-            let ev = base_event(ask, prepared, now)
-                .outcome("refused")
-                .detail(json!({
-                    "action": ask.action, "resource": ask.resource.key(), "error": message,
-                }));
+            let ev = base_event(&j).outcome("refused").detail(json!({
+                "action": ask.action, "resource": ask.resource.key(), "error": message,
+            }));
             return refused(
                 Decision::deny(message.clone()),
                 Batch::audit_only(ev),
@@ -200,7 +217,7 @@ pub fn judge(
     } else {
         approval::Step::default()
     };
-    let mut verdict = commit_plan(pack, ask, prepared, facts, decision, step, now);
+    let mut verdict = commit_plan(&j, decision, step);
     verdict.evaluation_error = evaluation_error;
     verdict
 }
@@ -220,14 +237,9 @@ fn refused(decision: Decision, batch: Batch, refusal: Refusal) -> Verdict {
 /// Configured rate limits (`rate_limits:` in tollgate.yaml), counted over
 /// allowed actions of the task tree (from its history) or of the agent
 /// (counted by the store in the same read).
-fn rate_limited(
-    pack: &PolicyPack,
-    config: &ServerConfig,
-    ask: &ActionAsk<'_>,
-    prepared: &Prepared,
-    facts: &StoredFacts,
-    now: UnixTime,
-) -> Option<Decision> {
+fn rate_limited(j: &Judging<'_>) -> Option<Decision> {
+    let (pack, config, ask, prepared, facts, now) =
+        (j.pack, j.config, j.ask, j.prepared, j.facts, j.now);
     let op = pack.catalog().operation(ask.action)?;
     for (i, rl) in config.rate_limits.iter().enumerate() {
         if !rate_applies(rl, op.tier.as_str(), ask.action) {
@@ -277,13 +289,8 @@ fn rate_limited(
     None
 }
 
-fn evaluate(
-    pack: &PolicyPack,
-    ask: &ActionAsk<'_>,
-    facts: &StoredFacts,
-    history: &HistorySummary,
-    now: UnixTime,
-) -> Evaluated {
+fn evaluate(j: &Judging<'_>, history: &HistorySummary) -> Evaluated {
+    let (pack, ask, facts, now) = (j.pack, j.ask, j.facts, j.now);
     let Some(incident) = facts.incident.as_ref() else {
         // The gate already denied an unknown incident; never reached.
         return Evaluated::Decided(Decision::deny("incident is unknown"));
@@ -333,8 +340,9 @@ fn name_triggers(decision: &mut Decision, past: &Arc<Vec<ActionRecord>>, now: Un
     }
 }
 
-fn base_event(ask: &ActionAsk<'_>, prepared: &Prepared, now: UnixTime) -> AuditEvent {
-    AuditEvent::new(now, ask.kind, ask.actor.clone())
+fn base_event(j: &Judging<'_>) -> AuditEvent {
+    let (ask, prepared) = (j.ask, j.prepared);
+    AuditEvent::new(j.now, ask.kind, ask.actor.clone())
         .agent(ask.agent.spiffe_id.clone())
         .task(ask.task.id.clone())
         .incident(ask.task.incident_id.clone())
@@ -342,53 +350,31 @@ fn base_event(ask: &ActionAsk<'_>, prepared: &Prepared, now: UnixTime) -> AuditE
 }
 
 /// The decision's own audit entry. Parameters appear only as logged.
-fn decision_event(
-    ask: &ActionAsk<'_>,
-    prepared: &Prepared,
-    pack: &PolicyPack,
-    d: &Decision,
-    approval: Option<&Approval>,
-    now: UnixTime,
-) -> AuditEvent {
-    base_event(ask, prepared, now)
-        .outcome(d.outcome.as_str())
-        .detail(json!({
-            "action": ask.action,
-            "resource": ask.resource.key(),
-            "resource_attributes": ask.resource.attributes,
-            "intent": ask.intent,
-            "parameters": prepared.logged_parameters,
-            "policies": d.policies,
-            "reasons": d.reasons,
-            "obligations": d.obligations,
-            "approvals_required": d.approvals_required,
-            "approval_id": approval.map(|a| a.id.clone()),
-            "request_hash": prepared.request_hash,
-            "policy_digest": pack.digest(),
-            "traceparent": ask.traceparent,
-        }))
+fn decision_event(j: &Judging<'_>, d: &Decision, approval: Option<&Approval>) -> AuditEvent {
+    let (ask, prepared, pack) = (j.ask, j.prepared, j.pack);
+    base_event(j).outcome(d.outcome.as_str()).detail(json!({
+        "action": ask.action,
+        "resource": ask.resource.key(),
+        "resource_attributes": ask.resource.attributes,
+        "intent": ask.intent,
+        "parameters": prepared.logged_parameters,
+        "policies": d.policies,
+        "reasons": d.reasons,
+        "obligations": d.obligations,
+        "approvals_required": d.approvals_required,
+        "approval_id": approval.map(|a| a.id.clone()),
+        "request_hash": prepared.request_hash,
+        "policy_digest": pack.digest(),
+        "traceparent": ask.traceparent,
+    }))
 }
 
 /// Everything one decision commits: its entry, the approval step, its
 /// place in the tree's history, and a revocation or quarantine it orders.
-fn commit_plan(
-    pack: &PolicyPack,
-    ask: &ActionAsk<'_>,
-    prepared: &Prepared,
-    facts: &StoredFacts,
-    decision: Decision,
-    mut step: approval::Step,
-    now: UnixTime,
-) -> Verdict {
+fn commit_plan(j: &Judging<'_>, decision: Decision, mut step: approval::Step) -> Verdict {
+    let (pack, ask, prepared, facts, now) = (j.pack, j.ask, j.prepared, j.facts, j.now);
     let task = &facts.lineage.task;
-    let mut audit = vec![decision_event(
-        ask,
-        prepared,
-        pack,
-        &decision,
-        step.approval.as_ref(),
-        now,
-    )];
+    let mut audit = vec![decision_event(j, &decision, step.approval.as_ref())];
     audit.append(&mut step.events);
     // The task must still be live when the decision commits, not only when
     // it was read: a close or revocation in flight wins (a conflict, then a
