@@ -7,14 +7,9 @@
 //! (32 random bytes; HMAC-SHA256 of secret parameters, so an auditor holding
 //! the key can check a known value, as Vault's `audit-hash` allows).
 
-use crate::service::Error;
-use crate::state::AppState;
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
-use std::sync::Arc;
-use tollgate_audit::checkpoint::Checkpoint;
-use tollgate_store::{Batch, Change};
 
 pub const AUDIT_KEY_FILE: &str = "audit-key.der";
 pub const HMAC_KEY_FILE: &str = "audit-hmac.key";
@@ -63,72 +58,4 @@ impl AuditKeys {
     pub fn public_key_hex(&self) -> String {
         hex::encode(self.signing.verifying_key().as_bytes())
     }
-}
-
-/// Every audit entry of one task, oldest first (paged through the store).
-pub async fn task_entries(
-    state: &AppState,
-    task_id: &str,
-) -> Result<Vec<tollgate_audit::AuditEntry>, Error> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = state
-            .store
-            .audit(tollgate_store::AuditQuery {
-                task_id: Some(task_id.to_string()),
-                after,
-                limit: 1000,
-                ..Default::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        out.extend(page);
-    }
-    Ok(out)
-}
-
-/// Sign a checkpoint of the log as it is now, unless the newest one already
-/// covers it. Returns the newest checkpoint, or `None` for an empty log.
-pub async fn checkpoint_now(state: &Arc<AppState>) -> Result<Option<Checkpoint>, Error> {
-    let head = state.store.audit_head().await?;
-    let latest = state.latest_checkpoint();
-    if head.size == 0 {
-        return Ok(latest);
-    }
-    if let Some(cp) = &latest {
-        if cp.tree_size >= head.size {
-            return Ok(latest);
-        }
-    }
-    let cp = Checkpoint::sign(
-        &state.audit.origin,
-        head.size,
-        &head.root_hash,
-        state.now(),
-        &state.audit.signing,
-    );
-    state
-        .store
-        .commit(Batch::default().change(Change::PutCheckpoint(cp.clone())))
-        .await?;
-    state.set_latest_checkpoint(cp.clone());
-    Ok(Some(cp))
-}
-
-/// Checkpoint when enough entries or enough time has gone by.
-pub async fn maybe_checkpoint(state: &Arc<AppState>) -> Result<(), Error> {
-    let head = state.store.audit_head().await?;
-    let cfg = &state.config.audit;
-    let (size, ts) = state
-        .latest_checkpoint()
-        .map(|c| (c.tree_size, c.timestamp))
-        .unwrap_or((0, 0));
-    let due = head.size >= size + cfg.checkpoint_every_entries
-        || (head.size > size && state.now() - ts >= cfg.checkpoint_every_seconds);
-    if due {
-        checkpoint_now(state).await?;
-    }
-    Ok(())
 }

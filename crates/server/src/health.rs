@@ -10,9 +10,8 @@
 //! every decision. Its result is kept for a second, so a flood of probes
 //! (the endpoint needs no credential) costs at most one commit a second.
 
-use crate::state::AppState;
 use std::time::{Duration, Instant};
-use tollgate_store::{Batch, Change};
+use tollgate_store::{Batch, Change, Store};
 
 /// How long one probe's answer is reused.
 const PROBE_TTL: Duration = Duration::from_secs(1);
@@ -27,7 +26,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// `Ok` when the store took a commit within the last second.
-    pub async fn check(&self, state: &AppState) -> Result<(), String> {
+    pub async fn check(&self, store: &dyn Store) -> Result<(), String> {
         // Held across the probe: concurrent callers wait for its answer
         // instead of each committing their own.
         let mut last = self.last.lock().await;
@@ -39,11 +38,11 @@ impl Readiness {
         let batch = Batch {
             changes: vec![Change::PutSetting {
                 key: PROBE_KEY.into(),
-                value: crate::service::new_id("probe"),
+                value: uuid::Uuid::now_v7().simple().to_string(),
             }],
             audit: vec![],
         };
-        let result = match state.store.commit(batch).await {
+        let result = match store.commit(batch).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "readiness probe: the store cannot commit");

@@ -32,6 +32,11 @@ pub use state::{AppState, Options, StartError};
 use std::future::Future;
 use std::sync::Arc;
 
+/// Every route the server answers: the HTTP API with the MCP gateway at `/mcp`.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    api::router(state.clone(), mcp::router(state))
+}
+
 /// Serve until `shutdown` resolves. On Unix, SIGHUP reloads the policy pack.
 pub async fn serve(
     state: Arc<AppState>,
@@ -49,7 +54,7 @@ pub async fn serve(
                 return;
             };
             while hup.recv().await.is_some() {
-                match s.reload_pack("sighup").await {
+                match service::gateway::reload_pack(&s, "sighup").await {
                     Ok(digest) => tracing::info!(%digest, "policy pack reloaded"),
                     Err(e) => tracing::warn!(error = %e, "policy reload refused"),
                 }
@@ -67,7 +72,7 @@ pub async fn serve(
                 if let Err(e) = service::approvals::sweep(&s).await {
                     tracing::warn!(error = %e, "approval sweep failed");
                 }
-                if let Err(e) = audit::maybe_checkpoint(&s).await {
+                if let Err(e) = service::checkpoints::maybe_checkpoint(&s).await {
                     tracing::warn!(error = %e, "audit checkpoint failed");
                 }
                 let counted = s.refusals.flush(s.now());
@@ -96,7 +101,7 @@ pub async fn serve(
     // The peer address is the source refusals are aggregated by.
     axum::serve(
         listener,
-        api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -2,7 +2,6 @@
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::service::Error;
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,9 +9,9 @@ use tollgate_audit::AuditEvent;
 use tollgate_core::Clock;
 use tollgate_identity::{SigningKeyPair, Tokens, TrustBundle};
 use tollgate_policy::PolicyPack;
-use tollgate_store::{Batch, Change, SqliteStore, Store};
+use tollgate_store::{Batch, SqliteStore, Store};
 
-pub use crate::service::gate::FROZEN_KEY;
+pub use tollgate_store::FROZEN_KEY;
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const ISSUER_KEY_FILE: &str = "issuer-key.der";
 pub const DB_FILE: &str = "tollgate.db";
@@ -323,11 +322,11 @@ impl AppState {
 
     /// Whether the gateway is frozen, as the store says: the brake is
     /// shared by every process over the same database.
-    pub async fn is_frozen(&self) -> Result<bool, Error> {
+    pub async fn is_frozen(&self) -> Result<bool, tollgate_store::StoreError> {
         Ok(self.store.setting(FROZEN_KEY).await?.as_deref() == Some("true"))
     }
 
-    async fn audit_pack_loaded(
+    pub(crate) async fn audit_pack_loaded(
         &self,
         pack: &PolicyPack,
         why: &str,
@@ -337,60 +336,5 @@ impl AppState {
             "source": self.config_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded".into()),
         }));
         self.store.commit(Batch::audit_only(ev)).await.map(|_| ())
-    }
-
-    /// Rebuild the pack from its source and swap it in atomically. A pack
-    /// that does not validate is refused and the old one stays live; a pack
-    /// whose `policy.loaded` entry cannot be written does not go live either.
-    pub async fn reload_pack(&self, trigger: &str) -> Result<String, Error> {
-        match load_pack(self.config_dir.as_deref()) {
-            Ok(pack) => {
-                let digest = pack.digest().to_string();
-                self.audit_pack_loaded(&pack, trigger).await?;
-                self.pack.store(Arc::new(pack));
-                Ok(digest)
-            }
-            Err(e) => {
-                let diags = match &e {
-                    tollgate_policy::PolicyError::Invalid(d) => d.clone(),
-                    other => vec![tollgate_policy::Diagnostic {
-                        file: String::new(),
-                        line: 0,
-                        column: 0,
-                        message: other.to_string(),
-                    }],
-                };
-                let ev = AuditEvent::new(
-                    self.now(),
-                    tollgate_core::EventKind::PolicyRejected,
-                    "tollgate",
-                )
-                .outcome("refused")
-                .detail(serde_json::json!({"trigger": trigger, "diagnostics": diags}));
-                self.store.commit(Batch::audit_only(ev)).await?;
-                tracing::warn!(error = %e, "policy reload refused; previous pack stays live");
-                Err(Error::PolicyInvalid(diags))
-            }
-        }
-    }
-
-    pub async fn set_frozen(&self, frozen: bool, actor: &str) -> Result<(), Error> {
-        let ev = AuditEvent::new(
-            self.now(),
-            if frozen {
-                tollgate_core::EventKind::Freeze
-            } else {
-                tollgate_core::EventKind::Unfreeze
-            },
-            actor,
-        );
-        let batch = Batch::default()
-            .change(Change::PutSetting {
-                key: FROZEN_KEY.into(),
-                value: frozen.to_string(),
-            })
-            .event(ev);
-        self.store.commit(batch).await?;
-        Ok(())
     }
 }

@@ -2,9 +2,8 @@
 //! and people are shown. Derived from the records, never stored; every value
 //! an agent sent is data here, escaped by whoever renders it.
 
-use crate::service::decide::Decided;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tollgate_core::clock::rfc3339;
 use tollgate_core::Approval;
 use utoipa::ToSchema;
@@ -169,29 +168,4 @@ pub struct DecisionView {
     pub approval_status: Option<ApprovalStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_expires_at: Option<String>,
-}
-
-impl From<&Decided> for DecisionView {
-    fn from(d: &Decided) -> Self {
-        DecisionView {
-            decision: d.decision.outcome.into(),
-            request_id: d.request_id.clone(),
-            reasons: d.decision.reasons.clone(),
-            policies: d.decision.policies.clone(),
-            obligations: (!d.decision.obligations.is_empty())
-                .then(|| d.decision.obligations.clone()),
-            approvals_required: (d.decision.outcome == tollgate_core::Outcome::ApprovalRequired)
-                .then_some(d.decision.approvals_required),
-            approval_id: d.approval.as_ref().map(|a| a.id.clone()),
-            approval_status: d.approval.as_ref().map(|a| a.status.into()),
-            approval_expires_at: d
-                .approval
-                .as_ref()
-                .map(|a| tollgate_core::clock::rfc3339(a.expires_at)),
-        }
-    }
-}
-
-pub fn decision_json(d: &Decided) -> Value {
-    json!(DecisionView::from(d))
 }

@@ -201,7 +201,7 @@ impl Harness {
             .header("authorization", format!("Bearer {token}"))
             .body(Body::from(body.to_string()))
             .unwrap();
-        let resp = tollgate_server::api::router(self.state.clone())
+        let resp = tollgate_server::app(self.state.clone())
             .oneshot(req)
             .await
             .unwrap();

@@ -5,7 +5,7 @@ use crate::api::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared};
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, NotFound, Secured};
 use crate::api::error::{ApiError, ErrorBody};
 use crate::service::gate::quarantine_key;
-use crate::service::lifecycle;
+use crate::service::{gateway, lifecycle};
 use crate::state::random_token;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,14 +26,14 @@ pub struct Frozen {
 /// Kill switch: every agent decision denies until unfrozen. Survives restarts.
 #[utoipa::path(post, path = "/v1/freeze", responses((status = 200, description = "Frozen", body = Frozen), Secured), security(("admin" = [])))]
 pub async fn freeze(_: Admin, State(state): State<Shared>) -> Result<Json<Frozen>, ApiError> {
-    state.set_frozen(true, "admin").await?;
+    gateway::set_frozen(&state, true, "admin").await?;
     Ok(Json(Frozen { frozen: true }))
 }
 
 /// Lift the kill switch.
 #[utoipa::path(post, path = "/v1/unfreeze", responses((status = 200, description = "Unfrozen", body = Frozen), Secured), security(("admin" = [])))]
 pub async fn unfreeze(_: Admin, State(state): State<Shared>) -> Result<Json<Frozen>, ApiError> {
-    state.set_frozen(false, "admin").await?;
+    gateway::set_frozen(&state, false, "admin").await?;
     Ok(Json(Frozen { frozen: false }))
 }
 
@@ -337,7 +337,7 @@ pub struct Reloaded {
     (status = 422, description = "The pack does not validate; the old one stays live (`policy_invalid`, with `diagnostics`)", body = ErrorBody),
 ), security(("admin" = [])))]
 pub async fn reload(_: Admin, State(state): State<Shared>) -> Result<Json<Reloaded>, ApiError> {
-    let digest = state.reload_pack("api").await?;
+    let digest = gateway::reload_pack(&state, "api").await?;
     let pack = state.pack.load();
     Ok(Json(Reloaded {
         digest,

@@ -375,7 +375,7 @@ async fn enrich(
         })
         .collect();
     // The newest 200 decisions of the task, oldest first.
-    let chain: Vec<_> = crate::audit::task_entries(state, &a.task_id)
+    let chain: Vec<_> = crate::service::checkpoints::task_entries(state, &a.task_id)
         .await?
         .into_iter()
         .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision")

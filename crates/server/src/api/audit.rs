@@ -4,7 +4,7 @@
 use crate::api::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared, TaskAuth};
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, Secured};
 use crate::api::error::{ApiError, ErrorBody};
-use crate::audit::checkpoint_now;
+use crate::service::checkpoints::checkpoint_now;
 use crate::service::results::{record_result, ExecutedAction};
 use axum::extract::State;
 use axum::http::StatusCode;

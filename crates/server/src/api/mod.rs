@@ -161,7 +161,7 @@ pub async fn livez() -> Json<Status> {
 pub async fn readyz(State(state): State<Shared>) -> Result<Json<Status>, ApiError> {
     state
         .readiness
-        .check(&state)
+        .check(state.store.as_ref())
         .await
         .map_err(ApiError::Unavailable)?;
     Ok(Json(Status {
@@ -180,7 +180,7 @@ pub struct Status {
 pub async fn healthz(State(state): State<Shared>) -> Result<Json<Health>, ApiError> {
     state
         .readiness
-        .check(&state)
+        .check(state.store.as_ref())
         .await
         .map_err(ApiError::Unavailable)?;
     let head = state.store.audit_head().await?;
@@ -233,7 +233,9 @@ async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     ))
 }
 
-pub fn router(state: Shared) -> Router {
+/// The HTTP API, with the MCP gateway (`mcp`, built by the caller: the
+/// adapters do not import each other) at `/mcp`.
+pub fn router(state: Shared, mcp: axum::Router) -> Router {
     Router::new()
         .route("/v1/agents", post(identity::register_agent))
         .route("/v1/agents/attest", post(identity::attest))
@@ -297,7 +299,7 @@ pub fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/mcp/upstreams", get(admin::mcp_upstreams))
-        .nest_service("/mcp", crate::mcp::router(state.clone()))
+        .nest_service("/mcp", mcp)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -8,11 +8,10 @@
 
 use super::{live_audited, ROLLBACK_TOOL};
 use crate::api::auth::{Shared, TaskAuth};
-use crate::service::decide::{decide_action, Decided};
+use crate::service::decide::{decide_action, decision_json, Decided};
 use crate::service::judge::ActionAsk;
 use crate::service::results::{record_result, ExecutedAction};
 use crate::upstream::Upstream;
-use crate::views::decision_json;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ProgressNotificationParam, ProgressToken,
 };

@@ -10,6 +10,8 @@
 use super::judge::{agent_count_queries, judge, ActionAsk, Effect, Prepared, Refusal, Verdict};
 use super::{lifecycle, new_id, Error};
 use crate::state::AppState;
+use crate::views::DecisionView;
+use serde_json::json;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
@@ -155,4 +157,29 @@ fn finish(state: &Arc<AppState>, verdict: Verdict, request_id: String) -> Result
         }),
         Some(Refusal::TaskEnded(message)) => Err(Error::Unauthenticated(message)),
     }
+}
+
+impl From<&Decided> for DecisionView {
+    fn from(d: &Decided) -> Self {
+        DecisionView {
+            decision: d.decision.outcome.into(),
+            request_id: d.request_id.clone(),
+            reasons: d.decision.reasons.clone(),
+            policies: d.decision.policies.clone(),
+            obligations: (!d.decision.obligations.is_empty())
+                .then(|| d.decision.obligations.clone()),
+            approvals_required: (d.decision.outcome == tollgate_core::Outcome::ApprovalRequired)
+                .then_some(d.decision.approvals_required),
+            approval_id: d.approval.as_ref().map(|a| a.id.clone()),
+            approval_status: d.approval.as_ref().map(|a| a.status.into()),
+            approval_expires_at: d
+                .approval
+                .as_ref()
+                .map(|a| tollgate_core::clock::rfc3339(a.expires_at)),
+        }
+    }
+}
+
+pub fn decision_json(d: &Decided) -> Value {
+    json!(DecisionView::from(d))
 }

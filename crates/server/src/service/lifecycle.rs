@@ -420,7 +420,7 @@ pub async fn rollback_plan(state: &AppState, task: &Task) -> Result<Vec<Value>, 
     let mut steps = Vec::new();
     let mut compensated = BTreeSet::new();
     for t in &tree {
-        let entries = crate::audit::task_entries(state, t).await?;
+        let entries = super::checkpoints::task_entries(state, t).await?;
         for e in entries
             .iter()
             .filter(|e| e.event.kind == EventKind::ActionResult.as_str())

@@ -23,13 +23,15 @@
 //!   nothing is answered before that commit is durable. Effects (webhooks,
 //!   waking long-polls) run only after it.
 
-// Only `approvals::sweep` is called from outside the crate (the server's
-// once-a-second loop, and tests that move the clock); the rest is for the
-// adapters.
+// Public for the wiring in `lib.rs`, the binary and tests (the once-a-second
+// loop: `approvals::sweep`, `checkpoints::maybe_checkpoint`; reload and the
+// brake: `gateway`); the rest is for the adapters.
 pub mod approvals;
+pub mod checkpoints;
 pub(crate) mod decide;
 mod error;
 pub(crate) mod gate;
+pub mod gateway;
 pub(crate) mod judge;
 pub(crate) mod lifecycle;
 pub(crate) mod results;

@@ -1,0 +1,64 @@
+//! The gateway as a whole: the policy pack it enforces (reloaded atomically,
+//! and only once the reload is audited) and the brake (frozen: every agent
+//! decision denies). Both live where every process over the store sees them.
+
+use super::Error;
+use crate::state::{load_pack, AppState, FROZEN_KEY};
+use std::sync::Arc;
+use tollgate_audit::AuditEvent;
+use tollgate_store::{Batch, Change};
+
+/// Rebuild the pack from its source and swap it in atomically. A pack
+/// that does not validate is refused and the old one stays live; a pack
+/// whose `policy.loaded` entry cannot be written does not go live either.
+pub async fn reload_pack(state: &AppState, trigger: &str) -> Result<String, Error> {
+    match load_pack(state.config_dir.as_deref()) {
+        Ok(pack) => {
+            let digest = pack.digest().to_string();
+            state.audit_pack_loaded(&pack, trigger).await?;
+            state.pack.store(Arc::new(pack));
+            Ok(digest)
+        }
+        Err(e) => {
+            let diags = match &e {
+                tollgate_policy::PolicyError::Invalid(d) => d.clone(),
+                other => vec![tollgate_policy::Diagnostic {
+                    file: String::new(),
+                    line: 0,
+                    column: 0,
+                    message: other.to_string(),
+                }],
+            };
+            let ev = AuditEvent::new(
+                state.now(),
+                tollgate_core::EventKind::PolicyRejected,
+                "tollgate",
+            )
+            .outcome("refused")
+            .detail(serde_json::json!({"trigger": trigger, "diagnostics": diags}));
+            state.store.commit(Batch::audit_only(ev)).await?;
+            tracing::warn!(error = %e, "policy reload refused; previous pack stays live");
+            Err(Error::PolicyInvalid(diags))
+        }
+    }
+}
+
+pub async fn set_frozen(state: &AppState, frozen: bool, actor: &str) -> Result<(), Error> {
+    let ev = AuditEvent::new(
+        state.now(),
+        if frozen {
+            tollgate_core::EventKind::Freeze
+        } else {
+            tollgate_core::EventKind::Unfreeze
+        },
+        actor,
+    );
+    let batch = Batch::default()
+        .change(Change::PutSetting {
+            key: FROZEN_KEY.into(),
+            value: frozen.to_string(),
+        })
+        .event(ev);
+    state.store.commit(batch).await?;
+    Ok(())
+}
