@@ -46,6 +46,9 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         let now = state.now();
         let facts = gather(state, &pack, &ask, &prepared, now).await?;
         let mut verdict = judge(&pack, &state.config, &ask, &prepared, &facts, now);
+        // Let go of the tree's history before the commit: while a decision
+        // holds it, the store must copy it to append the next decision's rows.
+        drop(facts);
         if let Some(error) = &verdict.evaluation_error {
             tracing::error!(%error, "policy evaluation failed; failing closed");
         }
