@@ -4,17 +4,14 @@
 use crate::api::auth::{Admin, ApiJson, ApiPath, ApiQuery, Shared};
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, NotFound, Secured};
 use crate::api::error::{ApiError, ErrorBody};
-use crate::service::gate::quarantine_key;
-use crate::service::{gateway, lifecycle};
-use crate::state::random_token;
+use crate::service::{admin, gateway, lifecycle};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use tollgate_audit::AuditEvent;
-use tollgate_core::{sha256_hex, EventKind, SpiffeId, TaskStatus};
-use tollgate_store::{AuditQuery, Batch, Change, Pep, TaskFilter};
+use serde_json::Value;
+use tollgate_core::TaskStatus;
+use tollgate_store::{AuditQuery, TaskFilter};
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Serialize, ToSchema)]
@@ -125,29 +122,7 @@ pub async fn release(
     State(state): State<Shared>,
     ApiJson(req): ApiJson<Release>,
 ) -> Result<Json<Released>, ApiError> {
-    let id = SpiffeId::parse(&req.agent)
-        .map_err(|e| ApiError::bad_request(format!("agent: {e}")))?
-        .to_string();
-    if state.store.agent(&id).await?.is_none() {
-        return Err(ApiError::NotFound(format!("agent {id}")));
-    }
-    let quarantine = state.store.setting(&quarantine_key(&id)).await?;
-    if quarantine.is_none_or(|r| r.is_empty()) {
-        return Err(ApiError::Conflict(format!("agent {id} is not quarantined")));
-    }
-    let now = state.now();
-    let batch = Batch::default()
-        .change(Change::PutSetting {
-            key: quarantine_key(&id),
-            value: String::new(),
-        })
-        .event(
-            AuditEvent::new(now, EventKind::AgentReleased, "admin")
-                .agent(id.clone())
-                .outcome("released")
-                .detail(json!({"reason": req.reason})),
-        );
-    state.store.commit(batch).await?;
+    let id = admin::release_agent(&state, &req.agent, req.reason).await?;
     Ok(Json(Released {
         agent: id,
         quarantined: false,
@@ -372,30 +347,7 @@ pub async fn add_pep(
     State(state): State<Shared>,
     ApiJson(req): ApiJson<AddPep>,
 ) -> Result<(StatusCode, Json<PepKey>), ApiError> {
-    let name_ok = !req.name.is_empty()
-        && req.name.len() <= 64
-        && req
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !name_ok {
-        return Err(ApiError::bad_request(
-            "name must be 1-64 characters of [A-Za-z0-9._-]",
-        ));
-    }
-    let now = state.now();
-    let key = random_token("tgp_");
-    let batch = Batch::default()
-        .change(Change::PutPep(Pep {
-            name: req.name.clone(),
-            key_hash: sha256_hex(key.as_bytes()),
-            created_at: now,
-        }))
-        .event(
-            AuditEvent::new(now, tollgate_core::EventKind::PepRegistered, "admin")
-                .detail(json!({"name": req.name})),
-        );
-    state.store.commit(batch).await?;
+    let key = admin::add_pep(&state, &req.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(PepKey {
@@ -440,13 +392,7 @@ pub async fn remove_pep(
     State(state): State<Shared>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let batch = Batch::default()
-        .change(Change::RemovePep { name: name.clone() })
-        .event(
-            AuditEvent::new(state.now(), tollgate_core::EventKind::PepRemoved, "admin")
-                .detail(json!({"name": name})),
-        );
-    state.store.commit(batch).await?;
+    admin::remove_pep(&state, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

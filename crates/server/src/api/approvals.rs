@@ -3,18 +3,17 @@
 use crate::api::auth::{Admin, ApiJson, ApiPath, ApiQuery, ApproverAuth, Shared, Viewer};
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, NotFound, Secured};
 use crate::api::error::ApiError;
+use crate::service::admin;
 use crate::service::approvals::{load, vote};
-use crate::state::random_token;
 use crate::views::{view, ApprovalView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
-use tollgate_audit::AuditEvent;
-use tollgate_core::{sha256_hex, ApprovalStatus};
-use tollgate_store::{ApprovalFilter, Approver, Batch, Change};
+use tollgate_core::ApprovalStatus;
+use tollgate_store::ApprovalFilter;
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Deserialize, ToSchema)]
@@ -47,15 +46,6 @@ pub struct ApproverKey {
     pub expires_at: Option<String>,
 }
 
-/// Approver names: an email-like string, never a SPIFFE ID (no ':' or '/').
-pub fn valid_approver_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
-}
-
 /// Register (or rotate the key of) an approver; the key is shown once.
 /// Names are lowercased, so one person has one spelling.
 #[utoipa::path(post, path = "/v1/approvers", request_body = AddApprover, responses(
@@ -68,53 +58,14 @@ pub async fn add_approver(
     State(state): State<Shared>,
     ApiJson(req): ApiJson<AddApprover>,
 ) -> Result<(StatusCode, Json<ApproverKey>), ApiError> {
-    let name = req.name.to_ascii_lowercase();
-    if !valid_approver_name(&name) {
-        return Err(ApiError::bad_request(
-            "name must be 1-128 characters of [a-z0-9._@+-] (an email address, say) and not a SPIFFE ID",
-        ));
-    }
-    let role_ok = !req.role.is_empty()
-        && req.role.len() <= 64
-        && req
-            .role
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !role_ok {
-        return Err(ApiError::bad_request(
-            "role must be 1-64 characters of [a-z0-9-]",
-        ));
-    }
-    let now = state.now();
-    let expires_at = match req.expires_in_seconds {
-        None => None,
-        Some(s) if s > 0 => Some(now.saturating_add(s)),
-        Some(_) => return Err(ApiError::bad_request("expires_in_seconds must be positive")),
-    };
-    let key = random_token("tgr_");
-    let batch = Batch::default()
-        .change(Change::PutApprover(Approver {
-            name: name.clone(),
-            role: req.role.clone(),
-            key_hash: sha256_hex(key.as_bytes()),
-            created_at: now,
-            expires_at,
-            disabled: false,
-            last_used_at: None,
-        }))
-        .event(
-            AuditEvent::new(now, tollgate_core::EventKind::ApproverRegistered, "admin").detail(
-                json!({"name": name, "role": req.role, "expires_at": expires_at.map(tollgate_core::clock::rfc3339)}),
-            ),
-        );
-    state.store.commit(batch).await?;
+    let added = admin::add_approver(&state, &req.name, &req.role, req.expires_in_seconds).await?;
     Ok((
         StatusCode::CREATED,
         Json(ApproverKey {
-            name,
-            role: req.role,
-            key,
-            expires_at: expires_at.map(tollgate_core::clock::rfc3339),
+            name: added.name,
+            role: added.role,
+            key: added.key,
+            expires_at: added.expires_at.map(tollgate_core::clock::rfc3339),
         }),
     ))
 }
@@ -177,18 +128,7 @@ pub async fn remove_approver(
     State(state): State<Shared>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let name = name.to_ascii_lowercase();
-    let batch = Batch::default()
-        .change(Change::RemoveApprover { name: name.clone() })
-        .event(
-            AuditEvent::new(
-                state.now(),
-                tollgate_core::EventKind::ApproverRemoved,
-                "admin",
-            )
-            .detail(json!({"name": name})),
-        );
-    state.store.commit(batch).await?;
+    admin::remove_approver(&state, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -218,19 +158,7 @@ async fn set_disabled(
     ApiPath(name): ApiPath<String>,
     disabled: bool,
 ) -> Result<StatusCode, ApiError> {
-    let name = name.to_ascii_lowercase();
-    let kind = if disabled {
-        tollgate_core::EventKind::ApproverDisabled
-    } else {
-        tollgate_core::EventKind::ApproverEnabled
-    };
-    let batch = Batch::default()
-        .change(Change::SetApproverDisabled {
-            name: name.clone(),
-            disabled,
-        })
-        .event(AuditEvent::new(state.now(), kind, "admin").detail(json!({"name": name})));
-    state.store.commit(batch).await?;
+    admin::set_approver_disabled(&state, &name, disabled).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,6 +5,7 @@
 //! so probing leaves a trace; nothing else is written.
 
 use crate::api::error::ApiError;
+use crate::service::{admin, identity};
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -63,9 +64,9 @@ fn refusal_event(
 async fn refuse(state: &AppState, parts: &Parts, who: &str, err: ApiError) -> ApiError {
     let (reason, ev) = refusal_event(state, parts, who, &err);
     let kind = format!("auth.refused/{who}");
-    match record_refusal(state, &peer(parts), &kind, &reason, ev).await {
+    match identity::record_refusal(state, &peer(parts), &kind, &reason, ev).await {
         Ok(()) => err,
-        Err(e) => e,
+        Err(e) => e.into(),
     }
 }
 
@@ -126,29 +127,6 @@ pub fn peer(parts: &Parts) -> String {
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| source_of(c.0.ip()))
         .unwrap_or_else(|| "unknown".into())
-}
-
-/// Commit what `RefusalLog::admit` says to commit now for this refusal
-/// (nothing when it is counted into its source's current second).
-pub async fn record_refusal(
-    state: &AppState,
-    source: &str,
-    kind: &str,
-    reason: &str,
-    event: AuditEvent,
-) -> Result<(), ApiError> {
-    let now = state.refusals.admit(source, kind, reason, event);
-    if now.is_empty() {
-        return Ok(());
-    }
-    state
-        .store
-        .commit(Batch {
-            changes: vec![],
-            audit: now,
-        })
-        .await?;
-    Ok(())
 }
 
 /// The admin, by the bearer admin token.
@@ -474,7 +452,7 @@ async fn approver_from(
             // The same name rules as registered approvers (which also rule
             // out SPIFFE IDs), and one spelling per person.
             let name = id.name.to_ascii_lowercase();
-            if !crate::api::approvals::valid_approver_name(&name) {
+            if !admin::valid_approver_name(&name) {
                 return Ok(None);
             }
             let id = tollgate_identity::OidcIdentity {

@@ -3,16 +3,12 @@
 use crate::api::auth::{Admin, AgentSvid, ApiJson, Shared, Source};
 use crate::api::doc::{self, BadInput, JsonBody, Secured, Unavailable};
 use crate::api::error::{ApiError, ErrorBody};
-use crate::service::new_id;
-use crate::state::random_token;
+use crate::service::identity;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use tollgate_audit::AuditEvent;
 use tollgate_core::clock::rfc3339;
-use tollgate_core::{sha256_hex, Agent, SpiffeId};
-use tollgate_store::{Batch, Change, JoinToken};
 use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
@@ -44,57 +40,13 @@ pub async fn register_agent(
     State(state): State<Shared>,
     ApiJson(req): ApiJson<RegisterAgent>,
 ) -> Result<(StatusCode, Json<Registered>), ApiError> {
-    let id = SpiffeId::parse(&req.spiffe_id)
-        .map_err(|e| ApiError::bad_request(format!("spiffe_id: {e}")))?;
-    if req.owner.trim().is_empty() {
-        return Err(ApiError::bad_request("owner must not be empty"));
-    }
-    if !state.tokens.trusts_domain(id.trust_domain()) {
-        return Err(ApiError::bad_request(format!(
-            "trust domain {} is neither ours nor configured with a trust bundle; its agents could never authenticate",
-            id.trust_domain()
-        )));
-    }
-    let now = state.now();
-    let own = id.trust_domain() == state.tokens.trust_domain();
-    let agent = Agent {
-        spiffe_id: id.to_string(),
-        owner: req.owner.clone(),
-        created_at: now,
-        revoked: false,
-    };
-    // Re-enrolment voids any join token not yet used.
-    let mut batch =
-        Batch::default()
-            .change(Change::UpsertAgent(agent))
-            .change(Change::DropUnusedJoinTokens {
-                spiffe_id: id.to_string(),
-            });
-    let (join_token, expires_at) = if own {
-        let token = random_token("tgj_");
-        let expires_at = now.saturating_add(state.config.join_token_ttl_seconds);
-        batch = batch.change(Change::PutJoinToken(JoinToken {
-            token_hash: sha256_hex(token.as_bytes()),
-            spiffe_id: id.to_string(),
-            expires_at,
-            used_at: None,
-        }));
-        (Some(token), Some(rfc3339(expires_at)))
-    } else {
-        (None, None)
-    };
-    batch = batch.event(
-        AuditEvent::new(now, tollgate_core::EventKind::AgentRegistered, "admin")
-            .agent(id.to_string())
-            .detail(serde_json::json!({"owner": req.owner, "join_token_expires_at": expires_at})),
-    );
-    state.store.commit(batch).await?;
+    let r = identity::register_agent(&state, &req.spiffe_id, &req.owner).await?;
     Ok((
         StatusCode::CREATED,
         Json(Registered {
-            spiffe_id: id.to_string(),
-            join_token,
-            expires_at,
+            spiffe_id: r.spiffe_id,
+            join_token: r.join_token,
+            expires_at: r.expires_at.map(rfc3339),
         }),
     ))
 }
@@ -113,6 +65,16 @@ pub struct Svid {
     pub expires_at: String,
 }
 
+impl From<identity::Svid> for Svid {
+    fn from(s: identity::Svid) -> Self {
+        Svid {
+            spiffe_id: s.spiffe_id,
+            svid: s.svid,
+            expires_at: rfc3339(s.expires_at),
+        }
+    }
+}
+
 /// Exchange a join token (once) for a JWT-SVID.
 #[utoipa::path(post, path = "/v1/agents/attest", request_body = Attest, responses(
     (status = 200, description = "A JWT-SVID for the agent the join token was issued to", body = Svid),
@@ -126,84 +88,8 @@ pub async fn attest(
     State(state): State<Shared>,
     ApiJson(req): ApiJson<Attest>,
 ) -> Result<Json<Svid>, ApiError> {
-    let now = state.now();
-    let hash = sha256_hex(req.join_token.as_bytes());
-    let refused = |reason: &str| {
-        AuditEvent::new(
-            now,
-            tollgate_core::EventKind::AgentAttestRefused,
-            "anonymous",
-        )
-        .outcome("refused")
-        .detail(serde_json::json!({"reason": reason}))
-    };
-    let token = state.store.join_token(&hash).await?;
-    let token = match token {
-        Some(t) if t.used_at.is_none() && t.expires_at > now => t,
-        other => {
-            let why = match other {
-                None => "unknown join token",
-                Some(t) if t.used_at.is_some() => "join token already used",
-                Some(_) => "join token expired",
-            };
-            // Unknown tokens cost nothing to send: aggregated per source.
-            crate::api::auth::record_refusal(
-                &state,
-                &source.0,
-                "agent.attest_refused",
-                why,
-                refused(why),
-            )
-            .await?;
-            return Err(ApiError::Unauthorized(why.into()));
-        }
-    };
-    match state.store.agent(&token.spiffe_id).await? {
-        Some(a) if !a.revoked => {}
-        _ => {
-            let ev = refused("agent is revoked").agent(token.spiffe_id.clone());
-            crate::api::auth::record_refusal(
-                &state,
-                &source.0,
-                "agent.attest_refused",
-                "agent is revoked",
-                ev,
-            )
-            .await?;
-            return Err(ApiError::Forbidden(format!(
-                "agent {} is revoked",
-                token.spiffe_id
-            )));
-        }
-    }
-    let id = SpiffeId::parse(&token.spiffe_id).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let jti = new_id("svid");
-    let (svid, exp) = state
-        .tokens
-        .issue_svid(&id, now, state.config.svid_ttl_seconds, jti.clone())
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let batch = Batch::default()
-        .change(Change::ConsumeJoinToken {
-            token_hash: hash,
-            now,
-        })
-        .event(
-            AuditEvent::new(now, tollgate_core::EventKind::AgentAttested, id.to_string())
-                .agent(id.to_string())
-                .detail(serde_json::json!({"svid_jti": jti, "expires_at": exp})),
-        );
-    // The conditional consume makes two racing attestations yield one SVID.
-    state.store.commit(batch).await.map_err(|e| match e {
-        tollgate_store::StoreError::Conflict(_) => {
-            ApiError::Unauthorized("join token already used".into())
-        }
-        e => e.into(),
-    })?;
-    Ok(Json(Svid {
-        spiffe_id: id.to_string(),
-        svid,
-        expires_at: rfc3339(exp),
-    }))
+    let svid = identity::attest(&state, &source.0, &req.join_token).await?;
+    Ok(Json(svid.into()))
 }
 
 /// A fresh JWT-SVID for an agent holding a valid one.
@@ -212,32 +98,8 @@ pub async fn refresh_svid(
     caller: AgentSvid,
     State(state): State<Shared>,
 ) -> Result<Json<Svid>, ApiError> {
-    if caller.svid.external {
-        return Err(ApiError::bad_request(
-            "agents of external trust domains get SVIDs from their own issuer",
-        ));
-    }
-    let now = state.now();
-    let jti = new_id("svid");
-    let (svid, exp) = state
-        .tokens
-        .issue_svid(
-            &caller.svid.spiffe_id,
-            now,
-            state.config.svid_ttl_seconds,
-            jti.clone(),
-        )
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let id = caller.agent.spiffe_id.clone();
-    let ev = AuditEvent::new(now, tollgate_core::EventKind::SvidIssued, id.clone())
-        .agent(id.clone())
-        .detail(serde_json::json!({"svid_jti": jti, "expires_at": exp}));
-    state.store.commit(Batch::audit_only(ev)).await?;
-    Ok(Json(Svid {
-        spiffe_id: id,
-        svid,
-        expires_at: rfc3339(exp),
-    }))
+    let svid = identity::refresh_svid(&state, &caller.svid, &caller.agent).await?;
+    Ok(Json(svid.into()))
 }
 
 /// Public keys that verify SVIDs and task credentials.

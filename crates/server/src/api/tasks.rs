@@ -5,21 +5,18 @@ use crate::api::doc::{self, BadInput, Conflict, JsonBody, Secured};
 use crate::api::error::{ApiError, ErrorDetail};
 use crate::service::decide::decide_action;
 use crate::service::judge::ActionAsk;
-use crate::service::{new_id, tasks};
+use crate::service::tasks;
 use crate::views::DecisionView;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::time::Instant;
-use tollgate_audit::AuditEvent;
 use tollgate_core::clock::rfc3339;
 use tollgate_core::{IncidentRef, TaskStatus};
-use tollgate_identity::TaskGrant;
 use tollgate_policy::ResourceRef;
-use tollgate_store::{Batch, Change, Evidence};
 use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
@@ -170,42 +167,11 @@ pub async fn renew_task(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TaskCredential>, ApiError> {
     same_task(&auth, &id)?;
-    let now = state.now();
-    let expires_at = now
-        .saturating_add(state.config.task_ttl_seconds)
-        .min(auth.task.max_expires_at);
-    if expires_at <= now {
-        return Err(ApiError::Conflict(format!(
-            "task {id} has reached its maximum lifetime"
-        )));
-    }
-    let jti = new_id("cred");
-    let grant = TaskGrant {
-        sub: auth.task.agent.clone(),
-        task_id: id.clone(),
-        incident_id: auth.task.incident_id.clone(),
-        scope: auth.task.scope.clone(),
-        iat: now,
-        exp: expires_at,
-        jti: jti.clone(),
-        act: auth.claims.act.clone(),
-    };
-    let (credential, _) = state
-        .tokens
-        .issue_task_credential(grant)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let batch = Batch::default().change(Change::RenewTask { task_id: id.clone(), expires_at, now }).event(
-        AuditEvent::new(now, tollgate_core::EventKind::TaskRenewed, auth.task.agent.clone())
-            .agent(auth.task.agent.clone())
-            .task(id.clone())
-            .incident(auth.task.incident_id.clone())
-            .detail(json!({"expires_at": expires_at, "credential_jti": jti, "max_expires_at": auth.task.max_expires_at})),
-    );
-    state.store.commit(batch).await?;
+    let renewed = tasks::renew_task(&state, &auth.task, &auth.claims).await?;
     Ok(Json(TaskCredential {
         task_id: id,
-        credential,
-        expires_at: rfc3339(expires_at),
+        credential: renewed.credential,
+        expires_at: rfc3339(renewed.expires_at),
     }))
 }
 
@@ -305,32 +271,13 @@ pub async fn add_evidence(
             "sha256 must be 64 lowercase hex characters",
         ));
     }
-    if let Some(c) = &req.content {
-        if tollgate_core::sha256_hex(c.as_bytes()) != req.sha256 {
-            return Err(ApiError::bad_request("content does not hash to sha256"));
-        }
-    }
-    let now = state.now();
-    let evidence_id = new_id("ev");
-    let resource = req.resource.key();
-    let batch = Batch::default()
-        .change(Change::PutEvidence(Evidence {
-            id: evidence_id.clone(),
-            task_id: id.clone(),
-            resource: resource.clone(),
-            kind: req.kind.clone(),
-            sha256: req.sha256.clone(),
-            content: req.content,
-            created_at: now,
-        }))
-        .event(
-            AuditEvent::new(now, tollgate_core::EventKind::EvidenceRecorded, auth.task.agent.clone())
-                .agent(auth.task.agent.clone())
-                .task(id)
-                .incident(auth.task.incident_id.clone())
-                .detail(json!({"evidence_id": evidence_id, "resource": resource, "kind": req.kind, "sha256": req.sha256})),
-        );
-    state.store.commit(batch).await?;
+    let evidence = tasks::NewEvidence {
+        resource: req.resource,
+        kind: req.kind,
+        sha256: req.sha256,
+        content: req.content,
+    };
+    let evidence_id = tasks::add_evidence(&state, &auth.task, evidence).await?;
     Ok((StatusCode::CREATED, Json(EvidenceRecorded { evidence_id })))
 }
 

@@ -8,6 +8,7 @@
 
 use super::{live_audited, ROLLBACK_TOOL};
 use crate::api::auth::{Shared, TaskAuth};
+use crate::service::approvals;
 use crate::service::decide::{decide_action, decision_json, Decided};
 use crate::service::judge::ActionAsk;
 use crate::service::results::{record_result, ExecutedAction};
@@ -510,7 +511,7 @@ fn held_note(
 
 /// A held call nobody waits for any more: withdraw its approval (so a vote
 /// cast later grants nothing) and record the abandonment, in one commit.
-/// A lost race with a vote is retried on the approval as it now stands.
+/// Nobody is left to answer, so a failure is only logged.
 async fn abandon(
     state: &Shared,
     auth: &TaskAuth,
@@ -518,63 +519,33 @@ async fn abandon(
     approval_id: &str,
     reason: &str,
 ) {
-    for _ in 0..3 {
-        let now = state.now();
-        let abandoned = AuditEvent::new(
+    let agent = &auth.agent.spiffe_id;
+    let abandoned = |now| {
+        AuditEvent::new(
             now,
             tollgate_core::EventKind::McpCallAbandoned,
-            auth.agent.spiffe_id.clone(),
+            agent.clone(),
         )
-        .agent(auth.agent.spiffe_id.clone())
+        .agent(agent.clone())
         .task(auth.task.id.clone())
         .incident(auth.task.incident_id.clone())
         .request(first.request_id.clone())
         .outcome("abandoned")
-        .detail(json!({"approval_id": approval_id, "reason": reason}));
-        let mut batch = Batch::audit_only(abandoned);
-        match state.store.approval(approval_id).await {
-            Ok(Some(mut a)) => {
-                let expected_version = a.version;
-                if a.withdraw(now) {
-                    batch = batch
-                        .change(Change::UpdateApproval {
-                            approval: a.clone(),
-                            expected_version,
-                        })
-                        .event(
-                            AuditEvent::new(
-                                now,
-                                tollgate_core::EventKind::ApprovalWithdrawn,
-                                auth.agent.spiffe_id.clone(),
-                            )
-                            .agent(auth.agent.spiffe_id.clone())
-                            .task(auth.task.id.clone())
-                            .incident(auth.task.incident_id.clone())
-                            .request(a.request_id.clone())
-                            .outcome("withdrawn")
-                            .detail(json!({"approval_id": approval_id, "reason": reason})),
-                        );
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "could not read an abandoned call's approval"),
-        }
-        match state.store.commit(batch).await {
-            Ok(_) => {
-                state.approval_events.notify_waiters();
-                return;
-            }
-            Err(tollgate_store::StoreError::Conflict(_)) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "could not record an abandoned call");
-                return;
-            }
-        }
+        .detail(json!({"approval_id": approval_id, "reason": reason}))
+    };
+    let w = approvals::Withdrawal {
+        task: &auth.task,
+        agent,
+        reason,
+    };
+    match approvals::withdraw(state, approval_id, &w, abandoned).await {
+        Ok(()) => {}
+        Err(crate::service::Error::Conflict(_)) => tracing::error!(
+            approval_id,
+            "could not withdraw an abandoned call's approval after 3 tries"
+        ),
+        Err(e) => tracing::error!(error = %e, "could not record an abandoned call"),
     }
-    tracing::error!(
-        approval_id,
-        "could not withdraw an abandoned call's approval after 3 tries"
-    );
 }
 
 /// Forward an allowed call and record what happened as the executed action.

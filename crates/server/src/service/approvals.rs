@@ -1,6 +1,7 @@
 //! The approval workflow around the pure state machine in
 //! `tollgate_core::approval`: creating approvals for `approval_required`
-//! decisions, spending them exactly once, votes, expiry and escalation.
+//! decisions, spending them exactly once, votes, expiry and escalation, and
+//! withdrawal when the request is abandoned.
 //!
 //! Every transition is committed as `UpdateApproval { expected_version }`
 //! together with its audit entries, so racing transitions resolve to one
@@ -96,6 +97,68 @@ pub async fn load(state: &Arc<AppState>, id: &str) -> Result<Approval, Error> {
         }
     }
     Ok(a)
+}
+
+/// Who gave up on an approval's request, and why.
+pub struct Withdrawal<'a> {
+    /// The task that made the request.
+    pub task: &'a Task,
+    /// The agent that gave it up: the entry's actor.
+    pub agent: &'a str,
+    pub reason: &'a str,
+}
+
+/// Withdraw the approval of a request nobody waits for any more (a held MCP
+/// call whose client left), so that a vote cast later grants nothing.
+/// `record` builds, for the commit's time, the entry saying why the request
+/// was given up: it is committed first, in the same batch, and alone when
+/// the approval is gone or already settled. A lost race with a vote is
+/// retried on the approval as it now stands; after 3 lost races, `Conflict`.
+pub async fn withdraw(
+    state: &AppState,
+    approval_id: &str,
+    w: &Withdrawal<'_>,
+    record: impl Fn(UnixTime) -> AuditEvent,
+) -> Result<(), Error> {
+    for _ in 0..3 {
+        let now = state.now();
+        let mut batch = Batch::audit_only(record(now));
+        match state.store.approval(approval_id).await {
+            Ok(Some(mut a)) => {
+                let expected_version = a.version;
+                if a.withdraw(now) {
+                    batch = batch
+                        .change(Change::UpdateApproval {
+                            approval: a.clone(),
+                            expected_version,
+                        })
+                        .event(
+                            AuditEvent::new(now, EventKind::ApprovalWithdrawn, w.agent)
+                                .agent(w.agent)
+                                .task(w.task.id.clone())
+                                .incident(w.task.incident_id.clone())
+                                .request(a.request_id.clone())
+                                .outcome("withdrawn")
+                                .detail(json!({"approval_id": approval_id, "reason": w.reason})),
+                        );
+                }
+            }
+            Ok(None) => {}
+            // The abandonment is still worth recording without the withdrawal.
+            Err(e) => tracing::error!(error = %e, "could not read an abandoned call's approval"),
+        }
+        match state.store.commit(batch).await {
+            Ok(_) => {
+                state.approval_events.notify_waiters();
+                return Ok(());
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Conflict(format!(
+        "approval {approval_id} changed concurrently 3 times; not withdrawn"
+    )))
 }
 
 /// Who is voting.

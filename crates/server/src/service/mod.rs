@@ -26,12 +26,14 @@
 // Public for the wiring in `lib.rs`, the binary and tests (the once-a-second
 // loop: `approvals::sweep`, `checkpoints::maybe_checkpoint`; reload and the
 // brake: `gateway`); the rest is for the adapters.
+pub(crate) mod admin;
 pub mod approvals;
 pub mod checkpoints;
 pub(crate) mod decide;
 mod error;
 pub(crate) mod gate;
 pub mod gateway;
+pub(crate) mod identity;
 pub(crate) mod judge;
 pub(crate) mod lifecycle;
 pub(crate) mod results;

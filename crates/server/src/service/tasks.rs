@@ -1,5 +1,6 @@
 //! Tasks: opening one (a policy decision over agent, incident and intent),
-//! delegating a narrower part of one to another agent, and closing one.
+//! delegating a narrower part of one to another agent, renewing its
+//! credential, attaching evidence to it, and closing one.
 //! Both decisions pass the same gateway checks as every action (`gate`).
 
 use super::gate::{quarantine_key, Evaluated, Gate, FROZEN_KEY};
@@ -14,8 +15,8 @@ use tollgate_core::{
     Scope, SpiffeId, Task, TaskStatus, UnixTime,
 };
 use tollgate_identity::{Actor, TaskClaims, TaskGrant};
-use tollgate_policy::{AgentFacts, DelegateFacts, TaskOpenFacts};
-use tollgate_store::{Batch, Change, Conflict, StoreError};
+use tollgate_policy::{AgentFacts, DelegateFacts, ResourceRef, TaskOpenFacts};
+use tollgate_store::{Batch, Change, Conflict, Evidence, StoreError};
 
 /// A task granted: its id and credential.
 pub struct Granted {
@@ -107,7 +108,7 @@ pub async fn open_task(
         status: TaskStatus::Active,
         status_reason: None,
     };
-    let (credential, jti) = issue(state, &task, None, now)?;
+    let (credential, jti) = issue(state, &task, task.expires_at, None, now)?;
     let mut batch = Batch::default();
     if is_new {
         batch = batch
@@ -196,11 +197,12 @@ fn refused(request_id: String, decision: Decision) -> Refused {
     }
 }
 
-/// A task credential for `task` (with the actor chain of a delegated one);
-/// returns the token and its `jti`.
+/// A task credential for `task` until `exp` (with the actor chain of a
+/// delegated one); returns the token and its `jti`.
 fn issue(
     state: &AppState,
     task: &Task,
+    exp: UnixTime,
     act: Option<Actor>,
     now: UnixTime,
 ) -> Result<(String, String), Error> {
@@ -211,7 +213,7 @@ fn issue(
         incident_id: task.incident_id.clone(),
         scope: task.scope.clone(),
         iat: now,
-        exp: task.expires_at,
+        exp,
         jti: jti.clone(),
         act,
     };
@@ -341,7 +343,7 @@ pub async fn delegate(
         sub: parent.agent.clone(),
         act: claims.act.clone().map(Box::new),
     };
-    let (credential, jti) = issue(state, &task, Some(act.clone()), now)?;
+    let (credential, jti) = issue(state, &task, task.expires_at, Some(act.clone()), now)?;
     let pack = state.pack.load();
     let batch = Batch::default()
         // The parent must still be live when the child is born.
@@ -474,4 +476,85 @@ pub async fn close_task(
     cascade(&mut batch, task, &known, &why, &task.agent, now);
     state.store.commit(batch).await?;
     Ok(())
+}
+
+/// A task's credential renewed.
+pub struct Renewed {
+    pub credential: String,
+    pub expires_at: UnixTime,
+}
+
+/// A fresh credential for a live task: the configured TTL from now, never
+/// past the task's hard maximum. It carries the actor chain of the
+/// credential it replaces.
+pub async fn renew_task(
+    state: &AppState,
+    task: &Task,
+    claims: &TaskClaims,
+) -> Result<Renewed, Error> {
+    let now = state.now();
+    let expires_at = now
+        .saturating_add(state.config.task_ttl_seconds)
+        .min(task.max_expires_at);
+    if expires_at <= now {
+        return Err(Error::Conflict(format!(
+            "task {} has reached its maximum lifetime",
+            task.id
+        )));
+    }
+    let (credential, jti) = issue(state, task, expires_at, claims.act.clone(), now)?;
+    let batch = Batch::default().change(Change::RenewTask { task_id: task.id.clone(), expires_at, now }).event(
+        AuditEvent::new(now, EventKind::TaskRenewed, task.agent.clone())
+            .agent(task.agent.clone())
+            .task(task.id.clone())
+            .incident(task.incident_id.clone())
+            .detail(json!({"expires_at": expires_at, "credential_jti": jti, "max_expires_at": task.max_expires_at})),
+    );
+    state.store.commit(batch).await?;
+    Ok(Renewed {
+        credential,
+        expires_at,
+    })
+}
+
+/// Evidence an agent attaches to its task.
+pub struct NewEvidence {
+    pub resource: ResourceRef,
+    pub kind: String,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+    pub content: Option<String>,
+}
+
+/// Attach evidence about a resource to a task; its hash goes into the audit
+/// chain. Content, when given, must be what the hash names. Returns the
+/// evidence id.
+pub async fn add_evidence(state: &AppState, task: &Task, ev: NewEvidence) -> Result<String, Error> {
+    if let Some(c) = &ev.content {
+        if tollgate_core::sha256_hex(c.as_bytes()) != ev.sha256 {
+            return Err(Error::invalid("content does not hash to sha256"));
+        }
+    }
+    let now = state.now();
+    let evidence_id = new_id("ev");
+    let resource = ev.resource.key();
+    let batch = Batch::default()
+        .change(Change::PutEvidence(Evidence {
+            id: evidence_id.clone(),
+            task_id: task.id.clone(),
+            resource: resource.clone(),
+            kind: ev.kind.clone(),
+            sha256: ev.sha256.clone(),
+            content: ev.content,
+            created_at: now,
+        }))
+        .event(
+            AuditEvent::new(now, EventKind::EvidenceRecorded, task.agent.clone())
+                .agent(task.agent.clone())
+                .task(task.id.clone())
+                .incident(task.incident_id.clone())
+                .detail(json!({"evidence_id": evidence_id, "resource": resource, "kind": ev.kind, "sha256": ev.sha256})),
+        );
+    state.store.commit(batch).await?;
+    Ok(evidence_id)
 }
