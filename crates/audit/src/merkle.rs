@@ -209,6 +209,27 @@ impl CompactRange {
         }
         acc
     }
+
+    /// The peaks' hashes, largest subtree first: with [`Self::size`], all a
+    /// store needs to keep the right edge outside memory (the heights follow
+    /// from the size's bits).
+    pub fn peak_hashes(&self) -> impl Iterator<Item = &Hash> {
+        self.peaks.iter().map(|(_, h)| h)
+    }
+
+    /// The inverse of [`Self::size`] and [`Self::peak_hashes`]; `None` unless
+    /// there is exactly one hash per set bit of `size`.
+    pub fn from_peaks(size: u64, hashes: &[Hash]) -> Option<Self> {
+        if hashes.len() != size.count_ones() as usize {
+            return None;
+        }
+        // Set bits from the highest down: the largest perfect subtree first.
+        let heights = (0..64u32).rev().filter(|b| size & (1u64 << b) != 0);
+        Some(Self {
+            size,
+            peaks: heights.zip(hashes.iter().copied()).collect(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +252,19 @@ mod tests {
             c.push(*leaf);
             assert_eq!(c.root(), root(&l[..=i]), "size {}", i + 1);
         }
+    }
+
+    #[test]
+    fn compact_range_round_trips_through_its_peaks() {
+        let mut c = CompactRange::default();
+        for leaf in leaves(70) {
+            let hashes: Vec<Hash> = c.peak_hashes().copied().collect();
+            assert_eq!(CompactRange::from_peaks(c.size(), &hashes), Some(c.clone()));
+            c.push(leaf);
+        }
+        // One hash per set bit of the size, no more, no fewer.
+        assert_eq!(CompactRange::from_peaks(3, &[[0u8; 32]]), None);
+        assert_eq!(CompactRange::from_peaks(0, &[[0u8; 32]]), None);
     }
 
     proptest! {

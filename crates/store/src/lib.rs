@@ -29,8 +29,10 @@ use tollgate_core::{
 
 pub use tollgate_core::ActionRecord;
 
+mod postgres;
 mod sqlite;
 mod tree_cache;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// The setting that freezes every decision when it is `true`.
