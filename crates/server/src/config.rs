@@ -190,6 +190,72 @@ pub struct ServerConfig {
     /// The MCP gateway: upstream tool servers and how calls are held and forwarded.
     #[serde(default)]
     pub mcp: McpConfig,
+    /// Where state and the audit log live: the embedded SQLite file in the
+    /// data directory (default), or PostgreSQL for several replicas.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `store:` in tollgate.yaml; every field can be overridden from the
+/// environment (`TOLLGATE_STORE`, `TOLLGATE_STORE_SCHEMA`,
+/// `TOLLGATE_STORE_PASSWORD_FILE`), which is how a container is usually told.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite` (the default: `tollgate.db` in the data directory) or a
+    /// `postgres://user@host:port/db` URL. The URL carries no password.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The PostgreSQL schema to work in (created if missing; default: the
+    /// server's `search_path`).
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// A file holding the database password (relative to the config
+    /// directory), or the name of an environment variable that holds it:
+    /// never the command line or the URL.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+impl StoreConfig {
+    /// The environment's overrides, read through `var` (tests pass their own).
+    pub fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
+        if let Some(url) = var("TOLLGATE_STORE").filter(|v| !v.is_empty()) {
+            self.url = Some(url);
+        }
+        if let Some(schema) = var("TOLLGATE_STORE_SCHEMA").filter(|v| !v.is_empty()) {
+            self.schema = Some(schema);
+        }
+        if let Some(file) = var("TOLLGATE_STORE_PASSWORD_FILE").filter(|v| !v.is_empty()) {
+            self.password_file = Some(file);
+        }
+        self
+    }
+
+    /// The PostgreSQL URL, if the store is PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.url
+            .as_deref()
+            .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self.url.as_deref() {
+            None | Some("sqlite") => Ok(()),
+            Some(_) if self.postgres_url().is_some() => {
+                if self.password_file.is_some() && self.password_env.is_some() {
+                    return Err("store: give password_file or password_env, not both".into());
+                }
+                Ok(())
+            }
+            Some(other) => Err(format!(
+                "store.url: {:?} is neither `sqlite` nor a postgres:// URL",
+                other.chars().take(40).collect::<String>()
+            )),
+        }
+    }
 }
 
 /// `mcp:` in tollgate.yaml.
@@ -319,6 +385,7 @@ impl Default for ServerConfig {
             max_delegation_depth: d_max_depth(),
             rate_limits: vec![],
             mcp: McpConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -391,6 +458,9 @@ impl ServerConfig {
             }
         }
         self.mcp.validate()?;
+        self.store
+            .validate()
+            .map_err(|e| format!("tollgate.yaml: {e}"))?;
         tollgate_core::SpiffeId::parse(&format!("spiffe://{}/x", self.trust_domain))
             .map_err(|e| format!("tollgate.yaml: trust_domain: {e}"))?;
         Ok(())

@@ -64,16 +64,26 @@ pub async fn serve(
     {
         // Once a second: expire and escalate approvals nobody answers, and
         // sign an audit checkpoint when enough entries or time have passed.
+        // With several replicas over one store, only the one holding the
+        // `background` lease does this, so nothing runs three times; if it
+        // dies, another takes the lease over within a few seconds.
         let s = state.clone();
         tokio::spawn(async move {
+            let holder = service::new_id("replica");
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                if let Err(e) = service::approvals::sweep(&s).await {
-                    tracing::warn!(error = %e, "approval sweep failed");
-                }
-                if let Err(e) = service::checkpoints::maybe_checkpoint(&s).await {
-                    tracing::warn!(error = %e, "audit checkpoint failed");
+                match service::gateway::lead_background(&s, &holder).await {
+                    Ok(true) => {
+                        if let Err(e) = service::approvals::sweep(&s).await {
+                            tracing::warn!(error = %e, "approval sweep failed");
+                        }
+                        if let Err(e) = service::checkpoints::maybe_checkpoint(&s).await {
+                            tracing::warn!(error = %e, "audit checkpoint failed");
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not take the background lease"),
                 }
                 let counted = s.refusals.flush(s.now());
                 if !counted.is_empty() {

@@ -9,7 +9,7 @@ use tollgate_audit::AuditEvent;
 use tollgate_core::Clock;
 use tollgate_identity::{SigningKeyPair, Tokens, TrustBundle};
 use tollgate_policy::PolicyPack;
-use tollgate_store::{Batch, SqliteStore, Store};
+use tollgate_store::{Batch, PostgresStore, SqliteStore, Store};
 
 pub use tollgate_store::FROZEN_KEY;
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -43,6 +43,66 @@ pub struct AppState {
     pub readiness: crate::health::Readiness,
     /// Refused credentials, aggregated per source and second.
     pub refusals: crate::refusals::RefusalLog,
+}
+
+/// The configured store, opened (migrations applied) and named for errors:
+/// the data directory's SQLite file, or PostgreSQL.
+pub async fn open_store(
+    cfg: &crate::config::StoreConfig,
+    config_dir: &Path,
+    data: &Path,
+) -> Result<(Arc<dyn Store>, String), StartError> {
+    let Some(url) = cfg.postgres_url() else {
+        let path = data.join(DB_FILE);
+        let store = SqliteStore::open(&path)?;
+        return Ok((Arc::new(store), path.display().to_string()));
+    };
+    if PostgresStore::url_has_password(url) {
+        return Err(StartError::Config(
+            "store: the URL carries a password; put it in store.password_file or the variable store.password_env names".into(),
+        ));
+    }
+    let password = match (&cfg.password_file, &cfg.password_env) {
+        (Some(file), _) => {
+            let p = config_dir.join(file);
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                StartError::Config(format!("store.password_file {}: {e}", p.display()))
+            })?;
+            Some(text.trim_end_matches(['\r', '\n']).to_string())
+        }
+        (None, Some(var)) => Some(
+            std::env::var(var)
+                .map_err(|_| StartError::Config(format!("store.password_env: {var} is not set")))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(p) = &password {
+        // A password must never reach a log line.
+        crate::redact::register([p.clone()]);
+    }
+    let store =
+        PostgresStore::connect_with_password(url, cfg.schema.as_deref(), password.as_deref())
+            .await?;
+    let name = match &cfg.schema {
+        Some(s) => format!("PostgreSQL store (schema {s})"),
+        None => "PostgreSQL store".to_string(),
+    };
+    Ok((Arc::new(store), name))
+}
+
+/// Open the configured store (with the environment's overrides) and apply
+/// its pending migrations, for operators who apply them by hand before
+/// starting replicas (`tollgate store migrate`). Returns the store's name.
+pub async fn migrate_store(opts: &Options) -> Result<String, StartError> {
+    let config = read_config(opts.config_dir.as_deref())?;
+    let store = config.store.with_env(|k| std::env::var(k).ok());
+    store
+        .validate()
+        .map_err(|e| StartError::Config(format!("TOLLGATE_STORE: {e}")))?;
+    let config_dir = opts.config_dir.as_deref().unwrap_or(Path::new("."));
+    create_data_dir(&opts.data_dir)?;
+    let (_, name) = open_store(&store, config_dir, &opts.data_dir).await?;
+    Ok(name)
 }
 
 /// Where to find things, as the CLI resolved them.
@@ -236,7 +296,12 @@ fn hmac_key(data: &Path) -> Result<[u8; 32], StartError> {
 impl AppState {
     /// Open (or initialise) the data dir and load the pack.
     pub async fn open(opts: &Options, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StartError> {
-        let config = read_config(opts.config_dir.as_deref())?;
+        let mut config = read_config(opts.config_dir.as_deref())?;
+        config.store = config.store.with_env(|k| std::env::var(k).ok());
+        config
+            .store
+            .validate()
+            .map_err(|e| StartError::Config(format!("TOLLGATE_STORE: {e}")))?;
         let pack = load_pack(opts.config_dir.as_deref())?;
 
         let data = &opts.data_dir;
@@ -260,17 +325,15 @@ impl AppState {
             hmac,
             origin: format!("tollgate {}", config.trust_domain),
         };
-        let store = SqliteStore::open(&data.join(DB_FILE))?;
+        let (store, store_name) = open_store(&config.store, config_dir, data).await?;
         // Fail closed: never append to, or sign checkpoints over, a log that
         // no longer matches what was already signed.
         store
             .check_consistency()
             .await
             .map_err(|e| StartError::Data {
-                path: data.join(DB_FILE).display().to_string(),
-                message: format!(
-                    "{e}; refusing to start (inspect with `tollgate audit verify --data`)"
-                ),
+                path: store_name,
+                message: format!("{e}; refusing to start (inspect with `tollgate audit verify`)"),
             })?;
         crate::redact::register([admin_token.clone()]);
         // Upstream credentials are read now: a missing one stops startup.
@@ -283,7 +346,7 @@ impl AppState {
         .map_err(|e| StartError::Config(format!("tollgate.yaml: {e}")))?;
         let latest_checkpoint = store.checkpoints().await?.pop();
         let state = Arc::new(Self {
-            store: Arc::new(store),
+            store,
             pack: ArcSwap::from_pointee(pack),
             tokens,
             clock,

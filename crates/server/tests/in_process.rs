@@ -94,6 +94,9 @@ impl Store for FlakyStore {
             .count_allowed_by_agent(a, since, tier, action)
             .await
     }
+    async fn check_consistency(&self) -> Result<(), StoreError> {
+        self.inner.check_consistency().await
+    }
     async fn audit_head(&self) -> Result<tollgate_store::AuditHead, StoreError> {
         self.inner.audit_head().await
     }

@@ -476,6 +476,11 @@ pub trait Store: Send + Sync + 'static {
         tier: Option<&str>,
         action: Option<&str>,
     ) -> Result<u64, StoreError>;
+    /// Check the stored log against itself and its stored checkpoints: no
+    /// gaps, every entry re-hashed and linked, each checkpoint's root equal
+    /// to the log's at its size. The server refuses to start on a log that
+    /// fails this (signatures are `audit verify`'s job).
+    async fn check_consistency(&self) -> Result<(), StoreError>;
     /// Size and Merkle root of the whole log, in O(log n).
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
     /// Merkle leaf hashes of the first `size` entries, for proofs.

@@ -186,7 +186,27 @@ impl PostgresStore {
     /// Applies pending migrations before returning, so a store that
     /// connects is ready; an unreachable server is an error.
     pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        Self::connect_with_password(url, schema, None).await
+    }
+
+    /// Whether a connection string carries a password (operators keep it
+    /// out of URLs and configuration: it comes from a file or the
+    /// environment instead).
+    pub fn url_has_password(url: &str) -> bool {
+        url.parse::<tokio_postgres::Config>()
+            .is_ok_and(|c| c.get_password().is_some())
+    }
+
+    /// [`connect`](Self::connect) with the password given apart from the URL.
+    pub async fn connect_with_password(
+        url: &str,
+        schema: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        if let Some(p) = password {
+            config.password(p);
+        }
         // Set at connection start, so every pooled connection has them
         // before its first statement: a bounded statement time (a stuck
         // lock fails closed rather than hanging a request), durable commits
@@ -283,7 +303,7 @@ impl PostgresStore {
     /// checkpoints: sequence numbers without gaps, every entry re-hashed and
     /// linked, the head equal to the log, and the Merkle root at every
     /// checkpoint's size equal to the signed one. One snapshot.
-    pub async fn check_consistency(&self) -> Result<(), StoreError> {
+    async fn verify_log(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = snapshot(&mut client).await?;
         let r = one(&tx, "SELECT count(*), max(seq) FROM audit", &[]).await?;
@@ -1470,6 +1490,10 @@ impl Store for PostgresStore {
     }
 
     /// From the head row: O(log n), and shared by every process.
+    async fn check_consistency(&self) -> Result<(), StoreError> {
+        self.verify_log().await
+    }
+
     async fn audit_head(&self) -> Result<AuditHead, StoreError> {
         let (range, last_hash) = read_head(&self.client().await?, false).await?;
         Ok(AuditHead {

@@ -78,6 +78,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8181")]
         listen: String,
     },
+    /// The store: apply migrations by hand.
+    Store {
+        #[command(subcommand)]
+        cmd: cmd::store::StoreCmd,
+    },
     /// Agent instances.
     Agent {
         #[command(subcommand)]
@@ -190,6 +195,7 @@ fn run() -> Result<()> {
             data,
             listen,
         } => cmd::serve::run(config, data, listen),
+        Command::Store { cmd: sub } => cmd::store::run(sub),
         Command::Agent { cmd: sub, conn } => cmd::agent::run(sub, &conn),
         Command::Task { cmd: sub, conn } => cmd::task::run(sub, &conn),
         Command::Incident { cmd: sub, conn } => cmd::incident::run(sub, &conn),

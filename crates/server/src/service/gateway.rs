@@ -62,3 +62,26 @@ pub async fn set_frozen(state: &AppState, frozen: bool, actor: &str) -> Result<(
     state.store.commit(batch).await?;
     Ok(())
 }
+
+/// How long the replica doing the background work (approval expiry and
+/// escalation, checkpoint signing) holds it without renewing: it renews
+/// every second, and a replica that dies is replaced after this.
+const BACKGROUND_LEASE_SECONDS: i64 = 5;
+
+/// Take or keep the `background` lease for `holder`: true if this process
+/// should do the background work now. Every process over the store competes
+/// for one lease, so the work runs once, not once per replica.
+pub async fn lead_background(state: &AppState, holder: &str) -> Result<bool, Error> {
+    let now = state.now();
+    let lease = Change::AcquireLease {
+        key: "background".into(),
+        holder: holder.to_string(),
+        until: now.saturating_add(BACKGROUND_LEASE_SECONDS),
+        now,
+    };
+    match state.store.commit(Batch::default().change(lease)).await {
+        Ok(_) => Ok(true),
+        Err(tollgate_store::StoreError::Conflict(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

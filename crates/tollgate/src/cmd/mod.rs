@@ -15,5 +15,6 @@ pub mod mcp;
 pub mod pep;
 pub mod policy;
 pub mod serve;
+pub mod store;
 pub mod task;
 pub mod tools;
