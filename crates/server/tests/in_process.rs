@@ -342,6 +342,27 @@ async fn two_gateways_over_one_store_decide_alike() {
     assert!(body.to_string().contains(&task_id), "{body}");
 }
 
+/// Background work (approval expiry and escalation, checkpoints) runs in
+/// one replica at a time: the one holding the store's `background` lease.
+/// A replica that stops renewing it is replaced once it lapses.
+#[tokio::test]
+async fn background_work_has_one_leader_across_gateways() {
+    use tollgate_server::service::gateway::lead_background;
+    let a = Harness::new();
+    let b = a.beside();
+    assert!(lead_background(&a.state, "replica-a").await.unwrap());
+    assert!(!lead_background(&b.state, "replica-b").await.unwrap());
+    // A renews every second and keeps it.
+    a.clock.advance(3);
+    assert!(lead_background(&a.state, "replica-a").await.unwrap());
+    assert!(!lead_background(&b.state, "replica-b").await.unwrap());
+    // A dies (stops renewing): B takes over once the lease lapses, and A,
+    // back, finds it taken.
+    a.clock.advance(6);
+    assert!(lead_background(&b.state, "replica-b").await.unwrap());
+    assert!(!lead_background(&a.state, "replica-a").await.unwrap());
+}
+
 #[tokio::test]
 async fn credentials_expire_and_renewal_stops_at_the_hard_maximum() {
     let h = Harness::new();
