@@ -38,12 +38,28 @@ impl Server {
         Self::spawn_with(Some(config), data, Some(log))
     }
 
+    /// With extra environment variables (e.g. `TOLLGATE_STORE`), on `data`
+    /// (replicas of one store share theirs, and with it their keys).
+    pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_env(None, data, None, env)
+    }
+
     fn spawn(config: Option<&Path>, data: &Path) -> Self {
         Self::spawn_with(config, data, None)
     }
 
     fn spawn_with(config: Option<&Path>, data: &Path, log: Option<&Path>) -> Self {
+        Self::spawn_env(config, data, log, &[])
+    }
+
+    fn spawn_env(
+        config: Option<&Path>,
+        data: &Path,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .arg("--data")
             .arg(data)

@@ -13,4 +13,5 @@ mod identity;
 mod lifecycle;
 mod mcp;
 mod operations;
+mod replicas;
 mod scenario;
