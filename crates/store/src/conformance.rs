@@ -1549,3 +1549,311 @@ pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {
         }
     }
 }
+
+/// Run `a` and `b` concurrently, `a` polled first on even rounds and `b`
+/// on odd ones, so neither side always gets the head start.
+async fn race<A, B>(
+    round: usize,
+    a: impl std::future::Future<Output = A>,
+    b: impl std::future::Future<Output = B>,
+) -> (A, B) {
+    if round.is_multiple_of(2) {
+        tokio::join!(a, b)
+    } else {
+        let (rb, ra) = tokio::join!(b, a);
+        (ra, rb)
+    }
+}
+
+/// How many times each race is run, with fresh ids each time.
+const RACE_ROUNDS: usize = 20;
+
+/// Races between two processes over one database, each side committing
+/// through its own store handle (`a` and `b`; the same handle twice for a
+/// backend that has one writer per database). Every race has exactly one
+/// winner and leaves a consistent state. The audit race checks that its
+/// entries got contiguous sequence numbers, so nothing else may commit to
+/// the store while this runs.
+pub async fn run_races(a: &dyn Store, b: &dyn Store) {
+    delegation_racing_revocation_leaves_no_live_child(a, b).await;
+    one_approval_is_spent_once_across_replicas(a, b).await;
+    quorum_votes_on_two_replicas_both_count(a, b).await;
+    two_replicas_append_to_one_chain(a, b).await;
+}
+
+/// A delegates from a parent (`RequireTaskLive` + `InsertTask`) while B
+/// revokes it and sweeps its descendants: either the delegation loses
+/// (`TaskNotLive`) and the child was never created, or it won and the
+/// sweep revoked the child. Never an active child of a revoked parent.
+pub async fn delegation_racing_revocation_leaves_no_live_child(a: &dyn Store, b: &dyn Store) {
+    let (mut delegated, mut refused) = (0, 0);
+    for round in 0..RACE_ROUNDS {
+        let parent = task(&unique("task"), "spiffe://acme.test/agent/p/1", "INC-1");
+        insert_tasks(a, &[&parent]).await;
+        let child = child_of(&parent, "spiffe://acme.test/agent/c/1");
+        let delegate = Batch::default()
+            .change(Change::RequireTaskLive {
+                task_id: parent.id.clone(),
+                now: 150,
+            })
+            .change(Change::InsertTask(child.clone()))
+            .event(AuditEvent::new(150, "task.delegated", &child.agent).task(&child.id));
+        let revoke = Batch::default()
+            .change(Change::EndTask {
+                task_id: parent.id.clone(),
+                status: TaskStatus::Revoked,
+                reason: "compromised".into(),
+            })
+            .change(Change::EndDescendants {
+                root_id: parent.id.clone(),
+                reason: "parent revoked".into(),
+            })
+            .event(AuditEvent::new(150, "task.revoked", "admin").task(&parent.id));
+        let (da, rb) = race(round, a.commit(delegate), b.commit(revoke)).await;
+        rb.unwrap();
+        let child_won = match da {
+            Ok(_) => {
+                delegated += 1;
+                true
+            }
+            Err(StoreError::Conflict(c)) => {
+                assert_eq!(
+                    c,
+                    Conflict::TaskNotLive {
+                        task_id: parent.id.clone()
+                    }
+                );
+                refused += 1;
+                false
+            }
+            Err(e) => panic!("delegation failed with {e:?}"),
+        };
+        for s in [a, b] {
+            assert_eq!(
+                s.task(&parent.id).await.unwrap().unwrap().status,
+                TaskStatus::Revoked
+            );
+            let stored = s.task(&child.id).await.unwrap();
+            if child_won {
+                assert_eq!(
+                    stored.map(|t| t.status),
+                    Some(TaskStatus::Revoked),
+                    "a child delegated before the revocation escaped the sweep"
+                );
+            } else {
+                assert_eq!(stored, None, "a refused delegation left its child");
+            }
+            let live = s
+                .tasks(TaskFilter {
+                    parent_task_id: Some(parent.id.clone()),
+                    status: Some(TaskStatus::Active),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert!(live.is_empty(), "an active child of a revoked parent");
+            // The audit entry exists exactly when the child does.
+            let logged = s
+                .audit(AuditQuery {
+                    task_id: Some(child.id.clone()),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(logged.len(), usize::from(child_won));
+        }
+    }
+    eprintln!("delegation vs revocation: {delegated} delegated first, {refused} refused");
+}
+
+/// An approval as read through `s` at version 1, spent on `req`: the
+/// commit a replica would send.
+async fn spent(s: &dyn Store, id: &str, hash: &str, task_id: &str, req: &str) -> Batch {
+    let mut read = s.approval(id).await.unwrap().unwrap();
+    assert_eq!(read.version, 1);
+    read.consume(hash, task_id, req, 170).unwrap();
+    Batch::default().change(Change::UpdateApproval {
+        approval: read,
+        expected_version: 1,
+    })
+}
+
+/// Two replicas spend one approval, both having read the same version:
+/// exactly one commit lands, the other learns `ApprovalVersion`, and the
+/// stored approval is used once, by the winner's request.
+pub async fn one_approval_is_spent_once_across_replicas(a: &dyn Store, b: &dyn Store) {
+    use tollgate_core::Vote;
+    for round in 0..RACE_ROUNDS {
+        let t = task(&unique("task"), "spiffe://acme.test/agent/s/1", "INC-1");
+        let hash = unique("hash");
+        let mut ap = pending_approval(&t, &hash);
+        a.commit(Batch::default().change(Change::InsertApproval(ap.clone())))
+            .await
+            .unwrap();
+        ap.cast(
+            Vote {
+                approver: "bob".into(),
+                role: "secops".into(),
+                approve: true,
+                reason: "ok".into(),
+                ts: 160,
+            },
+            160,
+        )
+        .unwrap();
+        a.commit(Batch::default().change(Change::UpdateApproval {
+            approval: ap.clone(),
+            expected_version: 0,
+        }))
+        .await
+        .unwrap();
+        let (req_a, req_b) = (unique("req"), unique("req"));
+        // Both replicas have read version 1 before either commits.
+        let use_a = spent(a, &ap.id, &hash, &t.id, &req_a).await;
+        let use_b = spent(b, &ap.id, &hash, &t.id, &req_b).await;
+        let (ra, rb) = race(round, a.commit(use_a), b.commit(use_b)).await;
+        let winner = match (ra, rb) {
+            (Ok(_), Err(StoreError::Conflict(c))) => (req_a, c),
+            (Err(StoreError::Conflict(c)), Ok(_)) => (req_b, c),
+            other => panic!("expected exactly one spend to win, got {other:?}"),
+        };
+        assert_eq!(
+            winner.1,
+            Conflict::ApprovalVersion {
+                approval_id: ap.id.clone(),
+                expected: 1
+            }
+        );
+        let stored_a = a.approval(&ap.id).await.unwrap().unwrap();
+        let stored_b = b.approval(&ap.id).await.unwrap().unwrap();
+        assert_eq!(stored_a, stored_b);
+        assert_eq!(
+            (stored_a.status, stored_a.version, stored_a.used_at),
+            (ApprovalStatus::Used, 2, Some(170))
+        );
+        assert_eq!(stored_a.used_by, Some(winner.0), "used by the loser");
+    }
+}
+
+/// Vote on an approval as the server does: read, cast, update at the
+/// version read, and on `ApprovalVersion` read again and retry. Returns how
+/// many times it retried.
+async fn vote(s: &dyn Store, id: &str, approver: &str) -> usize {
+    use tollgate_core::Vote;
+    for attempt in 0..10 {
+        let mut read = s.approval(id).await.unwrap().unwrap();
+        let expected = read.version;
+        read.cast(
+            Vote {
+                approver: approver.into(),
+                role: "secops".into(),
+                approve: true,
+                reason: "ok".into(),
+                ts: 160,
+            },
+            160,
+        )
+        .unwrap();
+        match s
+            .commit(Batch::default().change(Change::UpdateApproval {
+                approval: read,
+                expected_version: expected,
+            }))
+            .await
+        {
+            Ok(_) => return attempt,
+            Err(StoreError::Conflict(Conflict::ApprovalVersion {
+                approval_id,
+                expected: e,
+            })) => assert_eq!((approval_id.as_str(), e), (id, expected)),
+            Err(e) => panic!("vote by {approver} failed with {e:?}"),
+        }
+    }
+    panic!("vote by {approver} kept losing");
+}
+
+/// An approval needs two votes; two approvers vote at once, one through
+/// each replica, each doing what the server does: read, cast, update at the
+/// version read, and on `ApprovalVersion` read again and retry. Both votes
+/// count, the approval is approved, and its version moved by exactly two.
+pub async fn quorum_votes_on_two_replicas_both_count(a: &dyn Store, b: &dyn Store) {
+    let mut retries = 0;
+    for round in 0..RACE_ROUNDS {
+        let t = task(&unique("task"), "spiffe://acme.test/agent/q/1", "INC-1");
+        let mut ap = pending_approval(&t, &unique("hash"));
+        ap.required = 2;
+        ap.deny_threshold = 2;
+        a.commit(Batch::default().change(Change::InsertApproval(ap.clone())))
+            .await
+            .unwrap();
+        let (ra, rb) = race(round, vote(a, &ap.id, "alice"), vote(b, &ap.id, "carol")).await;
+        retries += ra + rb;
+        let stored = b.approval(&ap.id).await.unwrap().unwrap();
+        assert_eq!(a.approval(&ap.id).await.unwrap().unwrap(), stored);
+        let mut voters: Vec<&str> = stored.votes.iter().map(|v| v.approver.as_str()).collect();
+        voters.sort();
+        assert_eq!(voters, ["alice", "carol"]);
+        assert_eq!(
+            (stored.status, stored.version, stored.decided_at),
+            (ApprovalStatus::Approved, 2, Some(160))
+        );
+    }
+    eprintln!("quorum votes: {retries} retries over {RACE_ROUNDS} rounds");
+}
+
+/// [`PER_SIDE`] audit-only batches committed at once through `s`.
+async fn burst(s: &dyn Store, side: &str, tag: &str) -> Vec<Result<Vec<u64>, StoreError>> {
+    let futures = (0..PER_SIDE)
+        .map(|i| {
+            s.commit(Batch::audit_only(
+                AuditEvent::new(i as i64, "race", side).task(tag),
+            ))
+        })
+        .collect();
+    futures_join(futures).await
+}
+
+const PER_SIDE: u64 = 30;
+
+/// Both replicas append audit-only batches at once (2×30): every entry
+/// lands, the new ones numbered contiguously after the old head, in one
+/// chain that verifies from genesis, seen the same through either handle.
+pub async fn two_replicas_append_to_one_chain(a: &dyn Store, b: &dyn Store) {
+    let tag = unique("append");
+    let before = a.audit_head().await.unwrap().size;
+    let (ra, rb) = race(0, burst(a, "a", &tag), burst(b, "b", &tag)).await;
+    let mut seqs: Vec<u64> = ra.into_iter().chain(rb).flat_map(|r| r.unwrap()).collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (before + 1..=before + 2 * PER_SIDE).collect::<Vec<u64>>(),
+        "a seq was reused or skipped"
+    );
+    let head = a.audit_head().await.unwrap();
+    assert_eq!(head, b.audit_head().await.unwrap());
+    assert_eq!(head.size, before + 2 * PER_SIDE);
+    for s in [a, b] {
+        let mine = s
+            .audit(AuditQuery {
+                task_id: Some(tag.clone()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(mine.len() as u64, 2 * PER_SIDE);
+        let all = s
+            .audit(AuditQuery {
+                limit: 10_000_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let (next, last) = tollgate_audit::verify_run(1, tollgate_audit::GENESIS, &all).unwrap();
+        assert_eq!((next - 1, last), (head.size, head.last_hash));
+        let leaves = s.audit_leaf_hashes(head.size).await.unwrap();
+        assert_eq!(tollgate_audit::merkle::root(&leaves), head.root_hash);
+    }
+}

@@ -149,6 +149,27 @@ async fn two_processes_append_to_one_chain() {
     schema.drop_now().await;
 }
 
+/// The races between replicas: two stores with their own pools over one
+/// fresh schema, as two processes over one database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_race_to_one_winner() {
+    let Some(url) = url() else { return };
+    let schema = Schema::new(&url);
+    let a = PostgresStore::connect(&url, Some(&schema.name))
+        .await
+        .unwrap();
+    let b = PostgresStore::connect(&url, Some(&schema.name))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    conformance::run_races(&a, &b).await;
+    eprintln!("postgres races: {:?}", started.elapsed());
+    a.check_consistency().await.unwrap();
+    b.check_consistency().await.unwrap();
+    drop((a, b));
+    schema.drop_now().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_an_error() {
     if url().is_none() {

@@ -33,3 +33,13 @@ async fn sqlite_file_conforms_and_chain_survives_reopen() {
         .unwrap();
     tollgate_audit::verify_run(1, tollgate_audit::GENESIS, &all).unwrap();
 }
+
+/// The races between replicas. SQLite has one writer per database, so a
+/// second process is not how it is deployed: the "two sides" are the same
+/// on-disk store passed twice, racing through one writer (one process).
+#[tokio::test]
+async fn sqlite_races_resolve_to_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("races.db")).unwrap();
+    conformance::run_races(&s, &s).await;
+}
