@@ -578,3 +578,189 @@ fn replicas_write_one_log_without_fork_or_gap() {
         assert!(out.contains("ok: "), "{out}");
     }
 }
+
+/// What one load thread saw, per replica (indexed like `Cluster::nodes`
+/// before the kill).
+#[derive(Default)]
+struct Seen {
+    /// Request ids of the decisions answered with a 200: acknowledged.
+    acked: Vec<String>,
+    /// 200s per replica for requests sent after the kill was complete.
+    after_kill: [u32; 3],
+    /// Requests that failed at the connection level, per replica.
+    failed: [u32; 3],
+    /// Answers other than a 200 allow (status, body), per replica.
+    odd: Vec<(usize, u16, Value)>,
+}
+
+#[test]
+fn replicas_a_killed_replica_loses_no_acknowledged_decision() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let Some(mut cl) = Cluster::start() else {
+        return;
+    };
+    let svid = cl.a().enrol(IR);
+    // One task per replica, so the load is not one task's history alone.
+    let creds: Vec<String> = cl.nodes.iter().map(|s| s.open_task(&svid).1).collect();
+    let urls: Vec<String> = cl.nodes.iter().map(|s| s.url("/v1/authorize")).collect();
+    let (killed, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+
+    // Six threads, each going round the three replicas in turn.
+    let handles: Vec<_> = (0..6)
+        .map(|t| {
+            let (urls, creds) = (urls.clone(), creds.clone());
+            let (killed, stop) = (killed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .build()
+                    .into();
+                let mut seen = Seen::default();
+                let mut j = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let n = (t + j) % 3;
+                    let after = killed.load(Ordering::SeqCst);
+                    let body = json!({
+                        "action": "edr.read_alerts",
+                        "resource": host(&format!("web-{t}-{j}")),
+                        "intent": "sweep",
+                    });
+                    j += 1;
+                    let sent = agent
+                        .post(&urls[n])
+                        .header("content-type", "application/json")
+                        .header("authorization", &format!("Bearer {}", creds[(t + j) % 3]))
+                        .send(body.to_string());
+                    let mut resp = match sent {
+                        Ok(r) => r,
+                        Err(_) => {
+                            seen.failed[n] += 1;
+                            continue;
+                        }
+                    };
+                    let status = resp.status().as_u16();
+                    // A reset while reading the body is no acknowledgement.
+                    let Ok(text) = resp.body_mut().read_to_string() else {
+                        seen.failed[n] += 1;
+                        continue;
+                    };
+                    let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                    match (status, v["decision"].as_str(), v["request_id"].as_str()) {
+                        (200, Some("allow"), Some(id)) => {
+                            seen.acked.push(id.to_string());
+                            if after {
+                                seen.after_kill[n] += 1;
+                            }
+                        }
+                        _ => seen.odd.push((n, status, v)),
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_secs(1)); // load duration
+                                                // kill -9 the first replica (the one that created the schema): dropping
+                                                // a `Server` SIGKILLs the child and reaps it.
+    drop(cl.nodes.remove(0));
+    killed.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(1)); // load on the two survivors
+    stop.store(true, Ordering::SeqCst);
+    let seen: Vec<Seen> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let sum = |f: &dyn Fn(&Seen) -> [u32; 3]| {
+        seen.iter().fold([0u32; 3], |acc, s| {
+            std::array::from_fn(|i| acc[i] + f(s)[i])
+        })
+    };
+    let (after_kill, failed) = (sum(&|s| s.after_kill), sum(&|s| s.failed));
+    let odd: Vec<&(usize, u16, Value)> = seen.iter().flat_map(|s| &s.odd).collect();
+    let acked: Vec<&str> = seen
+        .iter()
+        .flat_map(|s| s.acked.iter().map(String::as_str))
+        .collect();
+    let summary = format!(
+        "{} acknowledged; 200s after the kill per replica {after_kill:?}; \
+         connection failures per replica {failed:?}",
+        acked.len()
+    );
+    eprintln!("{summary}");
+    // Every answer was a 200 allow: no replica, before or after the kill,
+    // answered an error.
+    assert!(odd.is_empty(), "{summary}; other answers: {odd:?}");
+    // The killed replica is gone (its requests fail) and the survivors kept
+    // answering, without a connection failure.
+    assert!(
+        failed[0] > 0,
+        "the killed replica still answered: {summary}"
+    );
+    assert_eq!(&failed[1..], &[0, 0], "a survivor failed: {summary}");
+    assert_eq!(after_kill[0], 0, "the killed replica answered: {summary}");
+    assert!(
+        after_kill[1] > 0 && after_kill[2] > 0,
+        "a survivor stopped answering after the kill: {summary}"
+    );
+    let unique: std::collections::HashSet<&str> = acked.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        acked.len(),
+        "a request id was acknowledged twice"
+    );
+
+    // Every acknowledged decision is in the log, read whole through a
+    // survivor; the log has no gap and no fork.
+    let survivor = &cl.nodes[0];
+    let mut log: Vec<Value> = Vec::new();
+    loop {
+        let after = log.last().map(|e| e["seq"].as_u64().unwrap()).unwrap_or(0);
+        let page = survivor.audit(&format!("after={after}"));
+        if page.is_empty() {
+            break;
+        }
+        log.extend(page);
+    }
+    for (i, e) in log.iter().enumerate() {
+        assert_eq!(e["seq"].as_u64(), Some(i as u64 + 1), "gap at {e}");
+        if i > 0 {
+            assert_eq!(e["prev_hash"], log[i - 1]["hash"], "fork at {e}");
+        }
+    }
+    let logged: std::collections::HashSet<&str> = log
+        .iter()
+        .filter(|e| e["event"]["kind"] == "decision")
+        .filter_map(|e| e["event"]["request_id"].as_str())
+        .collect();
+    let lost: Vec<&str> = acked
+        .iter()
+        .copied()
+        .filter(|id| !logged.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged decision(s) missing from the log of {} entries \
+         ({summary}), e.g. {:?}",
+        lost.len(),
+        log.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // The other survivor finds them too, one by one (a sample).
+    let other = &cl.nodes[1];
+    for id in acked.iter().step_by((acked.len() / 20).max(1)) {
+        let found = other.audit(&format!("request={id}"));
+        assert!(
+            found.iter().any(|e| e["event"]["kind"] == "decision"),
+            "{id} not found by request id through the other survivor"
+        );
+    }
+
+    // And the CLI accepts the log through both survivors.
+    for s in &cl.nodes {
+        cl.verify_audit(s);
+    }
+}
