@@ -7,7 +7,9 @@
 //! one-row table, `audit_head`, and every commit transaction starts by
 //! locking that row (`SELECT … FOR UPDATE`): commits are serialised across
 //! all processes, chain order is commit order, and each precondition is read
-//! after every earlier commit. Each [`Batch`] is one transaction.
+//! after every earlier commit. Within a process, one writer task groups the
+//! waiting [`Batch`]es into one transaction (a savepoint each, one lock of
+//! the head, one durable commit), as `SqliteStore`'s writer does.
 //!
 //! Not yet: TLS (plain TCP only), a per-tree history cache (each
 //! `decision_facts` reads the tree's whole history; correct, not cheap).
@@ -111,13 +113,29 @@ INSERT INTO audit_head(id, size, last_hash, peaks)
 /// Serialises migrations of every process over the database (any schema).
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
 
-/// Connections per process. Commits queue on the head lock anyway; this
-/// bounds how many reads run at once.
+/// Connections per process. The writer task uses one at a time; the rest
+/// bound how many reads run at once.
 const POOL_SIZE: usize = 16;
+
+/// Batches waiting for this process's writer. A full queue fails a commit
+/// at once (shed load, fail closed) rather than queueing without bound.
+const QUEUE: usize = 4096;
+
+/// Most batches in one group transaction: bounds how long the head lock is
+/// held, so other processes' groups and this group's first batch wait little.
+const MAX_GROUP: usize = 256;
+
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<u64>, StoreError>>;
+
+struct Job {
+    batch: Batch,
+    reply: Reply,
+}
 
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    writer: tokio::sync::mpsc::Sender<Job>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -240,8 +258,12 @@ impl PostgresStore {
             .wait_timeout(Some(Duration::from_secs(30)))
             .build()
             .map_err(backend)?;
-        let store = Self { pool };
+        // The writer task lives as long as a clone of the store does: when
+        // the last sender is dropped, its queue closes and it returns.
+        let (writer, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let store = Self { pool, writer };
         store.migrate(schema).await?;
+        tokio::spawn(writer_loop(store.pool.clone(), rx));
         Ok(store)
     }
 
@@ -417,51 +439,84 @@ async fn read_head<C: GenericClient>(
     Ok((range, bytes32(last)?))
 }
 
-/// One batch in one transaction. The first statement locks the chain head,
-/// which serialises every commit of every process over this database: chain
-/// order is commit order, sequence-assigned ids (action_history) are commit
-/// ordered, and preconditions read everything committed before. That lock
-/// is this backend's write throughput limit: one commit at a time, each
-/// paying its round trips and its WAL flush while holding it.
-async fn commit_batch(
+/// This process's single writer: takes the first waiting batch and whatever
+/// else waits (up to [`MAX_GROUP`]), commits them as one group, and answers
+/// each only after that commit.
+async fn writer_loop(pool: Pool, mut rx: tokio::sync::mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut jobs, MAX_GROUP).await > 0 {
+        let (batches, replies): (Vec<Batch>, Vec<Reply>) =
+            jobs.drain(..).map(|j| (j.batch, j.reply)).unzip();
+        let results = commit_group(&pool, batches).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // The caller may have gone (a dropped request); its batch stands.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Several batches in one transaction, one answer each. If the transaction
+/// itself fails (connection, lock, savepoint, head update or COMMIT), no
+/// batch of the group is acknowledged: every one gets `Backend`.
+async fn commit_group(pool: &Pool, batches: Vec<Batch>) -> Vec<Result<Vec<u64>, StoreError>> {
+    let n = batches.len();
+    let outcome = match pool.get().await {
+        Ok(mut client) => group_transaction(&mut client, batches).await,
+        Err(e) => Err(backend(format!("postgres pool: {e}"))),
+    };
+    match outcome {
+        Ok(results) => results,
+        Err(e) => {
+            let why = e.to_string();
+            (0..n)
+                .map(|_| Err(backend(format!("group commit abandoned: {why}"))))
+                .collect()
+        }
+    }
+}
+
+/// The group's transaction. Its first statement locks the chain head, which
+/// serialises this group against every other commit of every process over
+/// this database: chain order is commit order, sequence-assigned ids
+/// (action_history) are commit ordered, and preconditions read everything
+/// committed before. The lock and the WAL flush are paid once per group.
+///
+/// Each batch runs in its own savepoint. A batch that fails (a precondition,
+/// or a statement error, which in PostgreSQL aborts everything after it until
+/// rolled back) is rolled back to its savepoint and the chain state restored,
+/// so it leaves no trace and the others proceed; a rollback that itself
+/// fails means the transaction is unusable, and the whole group fails.
+async fn group_transaction(
     client: &mut deadpool_postgres::Client,
-    batch: Batch,
-) -> Result<Vec<u64>, StoreError> {
+    batches: Vec<Batch>,
+) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
     // READ COMMITTED (whatever the server default): after waiting for the
     // lock, each later statement sees the previous holder's commit.
-    let tx = client
+    let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::ReadCommitted)
         .start()
         .await
         .map_err(pg)?;
     let (mut range, mut prev) = read_head(&tx, true).await?;
-    // A failed precondition returns early: dropping `tx` rolls back the
-    // whole batch (one batch per transaction, so no savepoints).
-    for c in &batch.changes {
-        apply(&tx, c).await?;
-    }
-    let mut seqs = Vec::with_capacity(batch.audit.len());
-    if !batch.audit.is_empty() {
-        for event in batch.audit {
-            let seq = range.size() + 1;
-            let entry = tollgate_audit::chain(seq, prev, event);
-            let body = serde_json::to_string(&entry.event).map_err(backend)?;
-            let e = &entry.event;
-            exec(
-                &tx,
-                "INSERT INTO audit(seq, ts, kind, incident_id, task_id, agent, request_id, prev_hash, hash, event)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                &[
-                    &(seq as i64), &e.ts, &e.kind, &e.incident_id, &e.task_id, &e.agent, &e.request_id,
-                    &hex::encode(entry.prev_hash), &hex::encode(entry.hash), &body,
-                ],
-            )
-            .await?;
-            range.push(leaf_hash(&entry.hash));
-            prev = entry.hash;
-            seqs.push(seq);
+    let size_before = range.size();
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let saved = (range.clone(), prev);
+        let sp = tx.savepoint("batch").await.map_err(pg)?;
+        match apply_batch(&sp, batch, &mut range, &mut prev).await {
+            Ok(seqs) => {
+                sp.commit().await.map_err(pg)?;
+                results.push(Ok(seqs));
+            }
+            Err(e) => {
+                sp.rollback().await.map_err(pg)?;
+                (range, prev) = saved;
+                results.push(Err(e));
+            }
         }
+    }
+    if range.size() != size_before {
         let peaks: Vec<u8> = range.peak_hashes().flatten().copied().collect();
         exec(
             &tx,
@@ -470,7 +525,42 @@ async fn commit_batch(
         )
         .await?;
     }
+    // Dropping `tx` on an earlier error rolls the whole group back.
     tx.commit().await.map_err(pg)?;
+    Ok(results)
+}
+
+/// One batch's changes and audit entries, chained after `range`/`prev`
+/// (advanced as entries are added; the caller restores them on failure).
+async fn apply_batch<C: GenericClient>(
+    tx: &C,
+    batch: Batch,
+    range: &mut CompactRange,
+    prev: &mut [u8; 32],
+) -> Result<Vec<u64>, StoreError> {
+    for c in &batch.changes {
+        apply(tx, c).await?;
+    }
+    let mut seqs = Vec::with_capacity(batch.audit.len());
+    for event in batch.audit {
+        let seq = range.size() + 1;
+        let entry = tollgate_audit::chain(seq, *prev, event);
+        let body = serde_json::to_string(&entry.event).map_err(backend)?;
+        let e = &entry.event;
+        exec(
+            tx,
+            "INSERT INTO audit(seq, ts, kind, incident_id, task_id, agent, request_id, prev_hash, hash, event)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &(seq as i64), &e.ts, &e.kind, &e.incident_id, &e.task_id, &e.agent, &e.request_id,
+                &hex::encode(entry.prev_hash), &hex::encode(entry.hash), &body,
+            ],
+        )
+        .await?;
+        range.push(leaf_hash(&entry.hash));
+        *prev = entry.hash;
+        seqs.push(seq);
+    }
     Ok(seqs)
 }
 
@@ -1260,8 +1350,20 @@ fn limit_of(limit: usize) -> i64 {
 #[async_trait]
 impl Store for PostgresStore {
     async fn commit(&self, batch: Batch) -> Result<Vec<u64>, StoreError> {
-        let mut client = self.client().await?;
-        commit_batch(&mut client, batch).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .try_send(Job { batch, reply })
+            .map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    backend("the store's write queue is full")
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                    backend("the store's writer has stopped")
+                }
+            })?;
+        answer
+            .await
+            .map_err(|_| backend("the store's writer dropped a commit"))?
     }
 
     async fn agent(&self, spiffe_id: &str) -> Result<Option<Agent>, StoreError> {
