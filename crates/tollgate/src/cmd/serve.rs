@@ -50,8 +50,28 @@ pub fn run(config: Option<PathBuf>, data: PathBuf, listen: String) -> Result<()>
         }
         use std::io::Write;
         std::io::stdout().flush()?;
+        // Ctrl-C, or SIGTERM (what an orchestrator sends): stop accepting,
+        // let requests in flight finish, then exit.
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = tokio::signal::ctrl_c() => {}
+                            _ = term.recv() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         };
         tollgate_server::serve(state, listener, shutdown).await?;
         Ok(())

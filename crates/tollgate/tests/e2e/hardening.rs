@@ -667,3 +667,14 @@ fn peps_can_be_offboarded() {
     assert!(!ok && err.contains("404"), "{err}");
     assert_eq!(entries_of(&s, "pep.removed").len(), 1);
 }
+
+/// An orchestrator stops a replica with SIGTERM: the server stops accepting,
+/// finishes, and exits cleanly (status 0) instead of being cut off.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut s = Server::start();
+    assert_eq!(s.get("/livez", None).0, 200);
+    let status = s.terminate(10).expect("the server exits after SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
