@@ -116,6 +116,40 @@ pub enum Conflict {
     },
 }
 
+/// Which precondition failed, decided the same way by every backend from
+/// what it read in the failing transaction.
+impl Conflict {
+    /// A `RenewTask` that changed nothing: past the hard maximum if the task
+    /// is still live (`live_max` is its `max_expires_at`), else not live.
+    pub fn of_renewal(task_id: &str, expires_at: UnixTime, live_max: Option<UnixTime>) -> Self {
+        match live_max {
+            Some(max_expires_at) if expires_at > max_expires_at => Conflict::RenewPastMax {
+                task_id: task_id.to_string(),
+                max_expires_at,
+            },
+            _ => Conflict::TaskNotLive {
+                task_id: task_id.to_string(),
+            },
+        }
+    }
+
+    /// An `AcquireLease` refused: another holder's lease (`held`: holder and
+    /// expiry, as stored) is unexpired at `now`.
+    pub fn of_lease(
+        key: &str,
+        holder: &str,
+        held: Option<(String, UnixTime)>,
+        now: UnixTime,
+    ) -> Option<Self> {
+        held.filter(|(h, until)| h != holder && *until > now)
+            .map(|(other, until)| Conflict::LeaseHeld {
+                key: key.to_string(),
+                holder: other,
+                until,
+            })
+    }
+}
+
 impl From<Conflict> for StoreError {
     fn from(c: Conflict) -> Self {
         StoreError::Conflict(c)

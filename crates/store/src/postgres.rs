@@ -700,18 +700,7 @@ async fn apply<C: GenericClient>(tx: &C, change: &Change) -> Result<(), StoreErr
                     Some(r) => Some(get(&r, 0)?),
                     None => None,
                 };
-                return Err(match max {
-                    Some(max_expires_at) if *expires_at > max_expires_at => {
-                        Conflict::RenewPastMax {
-                            task_id: task_id.clone(),
-                            max_expires_at,
-                        }
-                    }
-                    _ => Conflict::TaskNotLive {
-                        task_id: task_id.clone(),
-                    },
-                }
-                .into());
+                return Err(Conflict::of_renewal(task_id, *expires_at, max).into());
             }
         }
         Change::EndTask {
@@ -886,13 +875,8 @@ async fn apply<C: GenericClient>(tx: &C, change: &Change) -> Result<(), StoreErr
                 Some(r) => Some((get::<String>(&r, 0)?, get::<i64>(&r, 1)?)),
                 None => None,
             };
-            if let Some((other, other_until)) = held.filter(|(h, u)| h != holder && u > now) {
-                return Err(Conflict::LeaseHeld {
-                    key: key.clone(),
-                    holder: other,
-                    until: other_until,
-                }
-                .into());
+            if let Some(c) = Conflict::of_lease(key, holder, held, *now) {
+                return Err(c.into());
             }
             exec(
                 tx,

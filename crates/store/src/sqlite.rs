@@ -448,18 +448,7 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                     )
                     .optional()
                     .map_err(backend)?;
-                return Err(match max {
-                    Some(max_expires_at) if *expires_at > max_expires_at => {
-                        Conflict::RenewPastMax {
-                            task_id: task_id.clone(),
-                            max_expires_at,
-                        }
-                    }
-                    _ => Conflict::TaskNotLive {
-                        task_id: task_id.clone(),
-                    },
-                }
-                .into());
+                return Err(Conflict::of_renewal(task_id, *expires_at, max).into());
             }
         }
         Change::EndTask {
@@ -613,13 +602,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 )
                 .optional()
                 .map_err(backend)?;
-            if let Some((other, other_until)) = held.filter(|(h, u)| h != holder && u > now) {
-                return Err(Conflict::LeaseHeld {
-                    key: key.clone(),
-                    holder: other,
-                    until: other_until,
-                }
-                .into());
+            if let Some(c) = Conflict::of_lease(key, holder, held, *now) {
+                return Err(c.into());
             }
             tx.execute(
                 "INSERT INTO leases(key, holder, until) VALUES (?1, ?2, ?3)

@@ -168,7 +168,6 @@ pub fn judge(
         now,
     };
     let task = &facts.lineage.task;
-    let history = HistorySummary::from_records(&facts.history, pack.catalog(), now);
     if !task.is_live(now) {
         let d = Decision::deny("the task ended while this request was being decided");
         let batch = Batch::audit_only(decision_event(&j, &d, None));
@@ -189,7 +188,7 @@ pub fn judge(
         Some(d) => Evaluated::Decided(d),
         None => match rate_limited(&j) {
             Some(d) => Evaluated::Decided(d),
-            None => evaluate(&j, &history),
+            None => evaluate(&j),
         },
     };
     let mut evaluation_error = None;
@@ -289,8 +288,10 @@ fn rate_limited(j: &Judging<'_>) -> Option<Decision> {
     None
 }
 
-fn evaluate(j: &Judging<'_>, history: &HistorySummary) -> Evaluated {
+fn evaluate(j: &Judging<'_>) -> Evaluated {
     let (pack, ask, facts, now) = (j.pack, j.ask, j.facts, j.now);
+    // Summarised only when policy runs: the gate and rate limits need none.
+    let history = HistorySummary::from_records(&facts.history, pack.catalog(), now);
     let Some(incident) = facts.incident.as_ref() else {
         // The gate already denied an unknown incident; never reached.
         return Evaluated::Decided(Decision::deny("incident is unknown"));
@@ -316,7 +317,7 @@ fn evaluate(j: &Judging<'_>, history: &HistorySummary) -> Evaluated {
         intent: ask.intent,
         parameters: ask.parameters,
         evidence_present: facts.evidence_present,
-        history,
+        history: &history,
         now,
     };
     pack.decide_action(&request).into()
