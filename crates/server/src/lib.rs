@@ -98,6 +98,8 @@ pub async fn serve(
             }
         });
     }
+    // Webhook messages queued by any process over the store, sent once.
+    tokio::spawn(webhooks::run_worker(state.clone()));
     // Start (or reach) every upstream MCP server now, so the first agent
     // does not wait for it; a failure here is retried on first use.
     for upstream in state.upstreams.iter() {

@@ -34,6 +34,9 @@ pub struct AppState {
     pub oidc: Option<tollgate_identity::OidcVerifier>,
     /// Woken on every approval change, for long-polls.
     pub approval_events: tokio::sync::Notify,
+    /// Woken when this process queued webhook messages, so its delivery
+    /// worker sends them at once instead of at its next poll.
+    pub outbox_ready: tokio::sync::Notify,
     pub audit: crate::audit::AuditKeys,
     /// The newest signed checkpoint, cached.
     pub checkpoint: std::sync::Mutex<Option<tollgate_audit::checkpoint::Checkpoint>>,
@@ -356,6 +359,7 @@ impl AppState {
             metrics: Metrics::default(),
             oidc,
             approval_events: tokio::sync::Notify::new(),
+            outbox_ready: tokio::sync::Notify::new(),
             audit,
             checkpoint: std::sync::Mutex::new(latest_checkpoint),
             readiness: crate::health::Readiness::default(),

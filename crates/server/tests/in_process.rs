@@ -127,6 +127,14 @@ impl Store for FlakyStore {
     async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.audit(q).await
     }
+    async fn outbox_due(
+        &self,
+        created_by: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<tollgate_store::OutboxMessage>, StoreError> {
+        self.inner.outbox_due(created_by, now, limit).await
+    }
 }
 
 const ADMIN: &str = "tga_test-admin";
@@ -180,6 +188,7 @@ impl Harness {
             metrics: Metrics::default(),
             oidc: None,
             approval_events: tokio::sync::Notify::new(),
+            outbox_ready: tokio::sync::Notify::new(),
             audit: tollgate_server::audit::AuditKeys {
                 signing: ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]),
                 hmac: [5u8; 32],

@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::{
-    ActionRecord, AgentCount, AuditQuery, Batch, Change, Conflict, FactsQuery, JoinToken, Store,
-    StoreError, TaskFilter,
+    ActionRecord, AgentCount, AuditQuery, Batch, Change, Conflict, FactsQuery, JoinToken,
+    OutboxMessage, Store, StoreError, TaskFilter,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use tollgate_audit::AuditEvent;
@@ -67,6 +67,7 @@ pub async fn run_all(store: &dyn Store) {
     decision_facts_see_every_commit_between_calls(store).await;
     decision_facts_history_equals_the_full_read(store).await;
     leases_have_one_holder_until_they_expire(store).await;
+    outbox_messages_wait_until_claimed_and_dequeued(store).await;
 }
 
 /// A lease has one holder at a time, across every process over the store;
@@ -110,6 +111,99 @@ pub async fn leases_have_one_holder_until_they_expire(s: &dyn Store) {
     .await
     .unwrap();
     s.commit(take("c", 600, 301)).await.unwrap();
+}
+
+fn message(id: &str, created_at: i64) -> OutboxMessage {
+    OutboxMessage {
+        id: id.into(),
+        sink: "pager".into(),
+        event: "approval.created".into(),
+        subject: format!("apr-{id}"),
+        body: r#"{"event":"approval.created"}"#.into(),
+        created_at,
+    }
+}
+
+fn claim(id: &str, holder: &str, until: i64, now: i64) -> Batch {
+    Batch::default().change(Change::AcquireLease {
+        key: OutboxMessage::lease_key(id),
+        holder: holder.into(),
+        until,
+        now,
+    })
+}
+
+/// Ids among `due` that belong to this test (a shared store holds others).
+fn ids_of(due: &[OutboxMessage], ours: &[&str]) -> Vec<String> {
+    due.iter()
+        .filter(|m| ours.contains(&m.id.as_str()))
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// A queued notification is committed with its batch or not at all, is due
+/// once old enough, is hidden while a claim lease on it lasts, comes back
+/// when that lease expires (its claimer died), and is gone once dequeued.
+pub async fn outbox_messages_wait_until_claimed_and_dequeued(s: &dyn Store) {
+    let (m1, m2, m3) = (unique("msg"), unique("msg"), unique("msg"));
+    let ours = [m1.as_str(), m2.as_str(), m3.as_str()];
+    s.commit(
+        Batch::audit_only(AuditEvent::new(
+            100,
+            tollgate_core::EventKind::ApprovalCreated,
+            "t",
+        ))
+        .change(Change::Enqueue(message(&m1, 100)))
+        .change(Change::Enqueue(message(&m2, 200))),
+    )
+    .await
+    .unwrap();
+    // Queued again (a retried commit): still one message.
+    s.commit(Batch::default().change(Change::Enqueue(message(&m1, 100))))
+        .await
+        .unwrap();
+    // A batch that fails queues nothing.
+    let t = task(&unique("task"), "spiffe://acme.test/agent/x/1", "INC-O");
+    s.commit(Batch::default().change(Change::InsertTask(t.clone())))
+        .await
+        .unwrap();
+    conflict(
+        s,
+        Batch::default()
+            .change(Change::Enqueue(message(&m3, 100)))
+            .change(Change::InsertTask(t)),
+    )
+    .await;
+
+    let due = |by: i64, now: i64| async move { s.outbox_due(by, now, 10_000).await.unwrap() };
+    assert_eq!(ids_of(&due(150, 100).await, &ours), vec![m1.clone()]);
+    let both = due(200, 100).await;
+    assert_eq!(ids_of(&both, &ours), vec![m1.clone(), m2.clone()]);
+    let got = both.iter().find(|m| m.id == m2).unwrap();
+    assert_eq!(got, &message(&m2, 200));
+
+    // Claimed: hidden from everyone while the lease lasts, and a second
+    // claimer is refused.
+    s.commit(claim(&m1, "a", 300, 100)).await.unwrap();
+    assert_eq!(ids_of(&due(200, 150).await, &ours), vec![m2.clone()]);
+    assert!(matches!(
+        conflict(s, claim(&m1, "b", 400, 150)).await,
+        Conflict::LeaseHeld { .. }
+    ));
+    // The claimer died: the message is due again at the lease's end.
+    assert_eq!(
+        ids_of(&due(200, 300).await, &ours),
+        vec![m1.clone(), m2.clone()]
+    );
+    // Dequeued (with its lease): gone for good.
+    s.commit(Batch::default().change(Change::Dequeue { id: m1.clone() }))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&due(200, 300).await, &ours), vec![m2.clone()]);
+    s.commit(Batch::default().change(Change::Dequeue { id: m2.clone() }))
+        .await
+        .unwrap();
+    assert!(ids_of(&due(i64::MAX, 300).await, &ours).is_empty());
 }
 
 pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
@@ -1579,6 +1673,50 @@ pub async fn run_races(a: &dyn Store, b: &dyn Store) {
     one_approval_is_spent_once_across_replicas(a, b).await;
     quorum_votes_on_two_replicas_both_count(a, b).await;
     two_replicas_append_to_one_chain(a, b).await;
+    two_replicas_claim_each_message_once(a, b).await;
+}
+
+/// Both replicas try to claim every due message at once (as each one's
+/// delivery worker does): each message is claimed by exactly one.
+pub async fn two_replicas_claim_each_message_once(a: &dyn Store, b: &dyn Store) {
+    let ids: Vec<String> = (0..20).map(|_| unique("race-msg")).collect();
+    let mut batch = Batch::default();
+    for id in &ids {
+        batch = batch.change(Change::Enqueue(message(id, 50)));
+    }
+    a.commit(batch).await.unwrap();
+    let (won_a, won_b) = race(
+        0,
+        async {
+            let mut won = 0;
+            for id in &ids {
+                if a.commit(claim(id, "replica-a", 10_000, 100)).await.is_ok() {
+                    won += 1;
+                }
+            }
+            won
+        },
+        async {
+            let mut won = 0;
+            for id in ids.iter().rev() {
+                if b.commit(claim(id, "replica-b", 10_000, 100)).await.is_ok() {
+                    won += 1;
+                }
+            }
+            won
+        },
+    )
+    .await;
+    assert_eq!(
+        won_a + won_b,
+        ids.len(),
+        "every message claimed exactly once"
+    );
+    for id in &ids {
+        a.commit(Batch::default().change(Change::Dequeue { id: id.clone() }))
+            .await
+            .unwrap();
+    }
 }
 
 /// A delegates from a parent (`RequireTaskLive` + `InsertTask`) while B

@@ -280,6 +280,15 @@ pub enum Change {
         key: String,
         holder: String,
     },
+    /// Queue a notification in the commit of what it reports, so it is
+    /// neither lost when the process that committed dies nor sent by every
+    /// process ([`OutboxMessage`]). Idempotent per id.
+    Enqueue(OutboxMessage),
+    /// Remove a delivered (or given up) notification and the lease that
+    /// claimed it (no precondition).
+    Dequeue {
+        id: String,
+    },
     /// Precondition: no result was recorded for `request_id` yet
     /// ([`Conflict::ResultRecorded`]).
     RecordActionResult {
@@ -364,6 +373,33 @@ pub struct Pep {
     pub name: String,
     pub key_hash: String,
     pub created_at: UnixTime,
+}
+
+/// A notification (a webhook delivery) waiting to be sent. Queued by
+/// [`Change::Enqueue`] in the same commit as the change it reports; a
+/// process claims it with the lease [`OutboxMessage::lease_key`] before
+/// sending, and removes it with [`Change::Dequeue`] once sent: delivered at
+/// least once, by one process at a time, whichever process queued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxMessage {
+    pub id: String,
+    /// Where it goes: the webhook's name (its URL stays in configuration).
+    pub sink: String,
+    /// The event it reports (`approval.created`, …).
+    pub event: String,
+    /// What it is about (an approval id, a task id), for the audit entry
+    /// that records a delivery given up.
+    pub subject: String,
+    /// The payload, as sent.
+    pub body: String,
+    pub created_at: UnixTime,
+}
+
+impl OutboxMessage {
+    /// The lease that claims this message for delivery.
+    pub fn lease_key(id: &str) -> String {
+        format!("outbox:{id}")
+    }
 }
 
 /// Changes and the audit events that record them, committed atomically.
@@ -524,4 +560,12 @@ pub trait Store: Send + Sync + 'static {
     /// Entries carrying `request_id`, oldest first.
     async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Queued notifications created at or before `created_by` whose claim
+    /// lease is not held at `now`, oldest first, at most `limit`.
+    async fn outbox_due(
+        &self,
+        created_by: UnixTime,
+        now: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
 }

@@ -16,7 +16,8 @@
 
 use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
-    Evidence, FactsQuery, JoinToken, Pep, Store, StoreError, StoredFacts, TaskFilter,
+    Evidence, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts,
+    TaskFilter,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -34,9 +35,10 @@ use tollgate_core::{Agent, Approval, Incident, Lineage, Scope, Task, TaskStatus}
 /// has shipped, add the next. Text columns use the "C" collation so that
 /// `ORDER BY … id` sorts bytewise, as SQLite's BINARY does, whatever the
 /// database's locale.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE agents (
   spiffe_id TEXT COLLATE "C" PRIMARY KEY, owner TEXT COLLATE "C" NOT NULL, created_at BIGINT NOT NULL,
   revoked BOOLEAN NOT NULL);
@@ -108,7 +110,18 @@ CREATE TABLE audit_head (
 INSERT INTO audit_head(id, size, last_hash, peaks)
   VALUES (true, 0, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea, ''::bytea);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Notifications queued in the commit of what they report (webhooks).
+CREATE TABLE outbox (
+  id TEXT COLLATE "C" PRIMARY KEY, sink TEXT COLLATE "C" NOT NULL, event TEXT COLLATE "C" NOT NULL,
+  subject TEXT COLLATE "C" NOT NULL, body TEXT NOT NULL, created_at BIGINT NOT NULL);
+CREATE INDEX outbox_created ON outbox(created_at, id);
+"#,
+    ),
+];
 
 /// Serialises migrations of every process over the database (any schema).
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465; // "tollgate"
@@ -894,6 +907,24 @@ async fn apply<C: GenericClient>(tx: &C, change: &Change) -> Result<(), StoreErr
             )
             .await?;
         }
+        Change::Enqueue(m) => {
+            exec(
+                tx,
+                "INSERT INTO outbox(id, sink, event, subject, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT(id) DO NOTHING",
+                &[&m.id, &m.sink, &m.event, &m.subject, &m.body, &m.created_at],
+            )
+            .await?;
+        }
+        Change::Dequeue { id } => {
+            exec(tx, "DELETE FROM outbox WHERE id = $1", &[id]).await?;
+            exec(
+                tx,
+                "DELETE FROM leases WHERE key = $1",
+                &[&OutboxMessage::lease_key(id)],
+            )
+            .await?;
+        }
         Change::RecordActionResult {
             request_id,
             task_id,
@@ -1646,6 +1677,35 @@ impl Store for PostgresStore {
         .await?
         .iter()
         .map(entry_from_row)
+        .collect()
+    }
+
+    async fn outbox_due(
+        &self,
+        created_by: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let c = self.client().await?;
+        rows(
+            &c,
+            "SELECT o.id, o.sink, o.event, o.subject, o.body, o.created_at FROM outbox o
+             LEFT JOIN leases l ON l.key = 'outbox:' || o.id AND l.until > $2
+             WHERE o.created_at <= $1 AND l.key IS NULL ORDER BY o.created_at, o.id LIMIT $3",
+            &[&created_by, &now, &limit_of(limit)],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(OutboxMessage {
+                id: get(r, 0)?,
+                sink: get(r, 1)?,
+                event: get(r, 2)?,
+                subject: get(r, 3)?,
+                body: get(r, 4)?,
+                created_at: get(r, 5)?,
+            })
+        })
         .collect()
     }
 }

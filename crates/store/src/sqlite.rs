@@ -9,7 +9,7 @@
 use crate::tree_cache::{self, Cached, TreeCache};
 use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
-    FactsQuery, JoinToken, Pep, Store, StoreError, StoredFacts, TaskFilter,
+    FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts, TaskFilter,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -60,6 +60,10 @@ CREATE INDEX IF NOT EXISTS action_history_agent_allowed_tier ON action_history(a
 CREATE INDEX IF NOT EXISTS action_history_agent_allowed_action ON action_history(agent, action, ts) WHERE outcome = 'allow';
 CREATE TABLE IF NOT EXISTS checkpoints (tree_size INTEGER PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, holder TEXT NOT NULL, until INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+  id TEXT PRIMARY KEY, sink TEXT NOT NULL, event TEXT NOT NULL, subject TEXT NOT NULL,
+  body TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox(created_at, id);
 CREATE TABLE IF NOT EXISTS action_results (
   request_id TEXT PRIMARY KEY, task_id TEXT NOT NULL, status TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
@@ -616,6 +620,23 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             tx.execute(
                 "DELETE FROM leases WHERE key = ?1 AND holder = ?2",
                 params![key, holder],
+            )
+            .map_err(backend)?;
+        }
+        Change::Enqueue(m) => {
+            tx.execute(
+                "INSERT INTO outbox(id, sink, event, subject, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO NOTHING",
+                params![m.id, m.sink, m.event, m.subject, m.body, m.created_at],
+            )
+            .map_err(backend)?;
+        }
+        Change::Dequeue { id } => {
+            tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])
+                .map_err(backend)?;
+            tx.execute(
+                "DELETE FROM leases WHERE key = ?1",
+                params![OutboxMessage::lease_key(id)],
             )
             .map_err(backend)?;
         }
@@ -1624,6 +1645,37 @@ impl Store for SqliteStore {
                 .query_map(params![q.after as i64, q.incident_id, q.task_id, q.agent, limit], entry_row)
                 .map_err(backend)?;
             rows.map(|row| row.map_err(backend).and_then(decode_entry)).collect()
+        })
+        .await
+    }
+
+    async fn outbox_due(
+        &self,
+        created_by: i64,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT o.id, o.sink, o.event, o.subject, o.body, o.created_at FROM outbox o
+                     LEFT JOIN leases l ON l.key = 'outbox:' || o.id AND l.until > ?2
+                     WHERE o.created_at <= ?1 AND l.key IS NULL ORDER BY o.created_at, o.id LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![created_by, now, limit as i64], |r| {
+                    Ok(OutboxMessage {
+                        id: r.get(0)?,
+                        sink: r.get(1)?,
+                        event: r.get(2)?,
+                        subject: r.get(3)?,
+                        body: r.get(4)?,
+                        created_at: r.get(5)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)
         })
         .await
     }

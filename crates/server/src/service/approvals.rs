@@ -53,18 +53,29 @@ pub fn detail(a: &Approval, extra: Value) -> Value {
     d
 }
 
-/// Commit an approval transition with its audit entries, then wake waiters.
+/// Commit an approval transition with its audit entries (and the webhook
+/// messages of `notify`, queued in the same commit), then wake waiters.
 async fn save(
     state: &Arc<AppState>,
     a: &Approval,
     expected: u64,
     events: Vec<AuditEvent>,
+    notify: Option<EventKind>,
 ) -> Result<(), Error> {
     let mut batch = Batch::default().change(Change::UpdateApproval {
         approval: a.clone(),
         expected_version: expected,
     });
     batch.audit = events;
+    if let Some(kind) = notify {
+        let now = state.now();
+        batch.changes.extend(crate::webhooks::approval_messages(
+            &state.config,
+            kind,
+            a,
+            now,
+        ));
+    }
     state.store.commit(batch).await.map_err(|e| match e {
         StoreError::Conflict(_) => {
             Error::Conflict(format!("approval {} changed concurrently; retry", a.id))
@@ -72,6 +83,9 @@ async fn save(
         e => e.into(),
     })?;
     state.approval_events.notify_waiters();
+    if notify.is_some() {
+        state.outbox_ready.notify_one();
+    }
     Ok(())
 }
 
@@ -89,8 +103,16 @@ pub async fn load(state: &Arc<AppState>, id: &str) -> Result<Approval, Error> {
         let ev = event(Some(&a), EventKind::ApprovalExpired, "tollgate", now)
             .outcome("expired")
             .detail(detail(&a, json!({})));
-        match save(state, &a, expected, vec![ev]).await {
-            Ok(()) => crate::webhooks::fire(state, EventKind::ApprovalExpired.as_str(), &a),
+        match save(
+            state,
+            &a,
+            expected,
+            vec![ev],
+            Some(EventKind::ApprovalExpired),
+        )
+        .await
+        {
+            Ok(()) => {}
             // Someone else expired or decided it first: read their result.
             Err(Error::Conflict(_)) => return Box::pin(load(state, id)).await,
             Err(e) => return Err(e),
@@ -237,10 +259,8 @@ pub async fn vote(
                 .detail(detail(&a, json!({}))),
         );
     }
-    save(state, &a, expected, events).await?;
-    if decided {
-        crate::webhooks::fire(state, EventKind::ApprovalDecided.as_str(), &a);
-    }
+    let notify = decided.then_some(EventKind::ApprovalDecided);
+    save(state, &a, expected, events, notify).await?;
     Ok(a)
 }
 
@@ -334,9 +354,16 @@ pub async fn sweep(state: &Arc<AppState>) -> Result<(), Error> {
                     &e,
                     json!({"pending_for_seconds": now - e.created_at}),
                 ));
-            match save(state, &e, a.version, vec![ev]).await {
-                Ok(()) => crate::webhooks::fire(state, EventKind::ApprovalEscalated.as_str(), &e),
-                Err(Error::Conflict(_)) => {}
+            match save(
+                state,
+                &e,
+                a.version,
+                vec![ev],
+                Some(EventKind::ApprovalEscalated),
+            )
+            .await
+            {
+                Ok(()) | Err(Error::Conflict(_)) => {}
                 Err(err) => return Err(err),
             }
         }

@@ -58,7 +58,12 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
             let why = format!("parent task {} was {reason}", ask.task.id);
             lifecycle::cascade(&mut verdict.batch, ask.task, &known, &why, "tollgate", now);
         }
-        match state.store.commit(verdict.batch.clone()).await {
+        // Webhooks go out through the outbox, queued in this very commit.
+        let mut batch = verdict.batch.clone();
+        batch
+            .changes
+            .extend(notifications(state, &verdict.effects, now));
+        match state.store.commit(batch).await {
             Ok(_) => break verdict,
             Err(StoreError::Conflict(c)) if attempt < ATTEMPTS => {
                 tracing::debug!(conflict = %c, attempt, "decision raced a commit; judging again");
@@ -131,19 +136,42 @@ async fn gather(
         .ok_or_else(|| Error::Unauthenticated(format!("task {} is no longer active", ask.task.id)))
 }
 
-/// Run the effects of a committed verdict and shape the answer.
-fn finish(state: &Arc<AppState>, verdict: Verdict, request_id: String) -> Result<Decided, Error> {
-    for effect in verdict.effects {
+/// The outbox messages of a verdict's webhook effects.
+fn notifications(state: &AppState, effects: &[Effect], now: i64) -> Vec<tollgate_store::Change> {
+    let mut out = Vec::new();
+    for effect in effects {
         match effect {
             Effect::Alert {
                 event,
                 subject,
                 summary,
                 detail,
-            } => crate::webhooks::alert(state, event.as_str(), subject, summary, detail),
-            Effect::ApprovalCreated(a) => {
-                crate::webhooks::fire(state, EventKind::ApprovalCreated.as_str(), &a)
-            }
+            } => out.extend(crate::webhooks::alert_messages(
+                &state.config,
+                *event,
+                subject,
+                summary,
+                detail,
+                now,
+            )),
+            Effect::ApprovalCreated(a) => out.extend(crate::webhooks::approval_messages(
+                &state.config,
+                EventKind::ApprovalCreated,
+                a,
+                now,
+            )),
+            Effect::ApprovalsChanged => {}
+        }
+    }
+    out
+}
+
+/// Run the effects of a committed verdict and shape the answer.
+fn finish(state: &Arc<AppState>, verdict: Verdict, request_id: String) -> Result<Decided, Error> {
+    for effect in verdict.effects {
+        match effect {
+            // Queued in the commit; wake this process's delivery worker.
+            Effect::Alert { .. } | Effect::ApprovalCreated(_) => state.outbox_ready.notify_one(),
             Effect::ApprovalsChanged => state.approval_events.notify_waiters(),
         }
     }

@@ -44,6 +44,11 @@ impl Server {
         Self::spawn_env(None, data, None, env)
     }
 
+    /// [`Self::start_with_env`] with a config directory.
+    pub fn start_with_config_env(config: &Path, data: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_env(Some(config), data, None, env)
+    }
+
     fn spawn(config: Option<&Path>, data: &Path) -> Self {
         Self::spawn_with(config, data, None)
     }

@@ -65,6 +65,17 @@ impl Drop for Schema {
     }
 }
 
+/// `TOLLGATE_TEST_PG`, or `None` after saying the test was skipped.
+fn pg_url() -> Option<String> {
+    match std::env::var("TOLLGATE_TEST_PG") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!("skipped: TOLLGATE_TEST_PG is not set");
+            None
+        }
+    }
+}
+
 /// Three replicas. Fields drop in order: the replicas are killed first
 /// (even when the test fails), then the schema is dropped, then the data dir.
 struct Cluster {
@@ -76,15 +87,18 @@ struct Cluster {
 impl Cluster {
     /// `None` (the test is skipped) without `TOLLGATE_TEST_PG`.
     fn start() -> Option<Self> {
-        let url = match std::env::var("TOLLGATE_TEST_PG") {
-            Ok(u) if !u.is_empty() => u,
-            _ => {
-                eprintln!("skipped: TOLLGATE_TEST_PG is not set");
-                return None;
-            }
-        };
+        Self::start_with(None, |url| url.to_string())
+    }
+
+    /// Three replicas of `tollgate init`'s config with `extra` appended
+    /// (`None`: the embedded defaults), reaching PostgreSQL at
+    /// `route(TOLLGATE_TEST_PG)` (a proxy, for the fault tests).
+    fn start_with(extra: Option<&str>, route: impl Fn(&str) -> String) -> Option<Self> {
+        let url = pg_url()?;
         let schema = Schema::new(&url);
         let tmp = tempfile::tempdir().unwrap();
+        let config = extra.map(|extra| config_dir(tmp.path(), extra));
+        let url = route(&url);
         // One data dir for all: the issuer key, admin token and audit keys
         // are shared. The first replica creates them (and the schema, and
         // its tables); the others start once it answers.
@@ -95,7 +109,10 @@ impl Cluster {
         ];
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let s = Server::start_with_env(&data, &env);
+            let s = match &config {
+                Some(config) => Server::start_with_config_env(config, &data, &env),
+                None => Server::start_with_env(&data, &env),
+            };
             wait_live(&s);
             nodes.push(s);
         }
@@ -666,8 +683,9 @@ fn replicas_a_killed_replica_loses_no_acknowledged_decision() {
         .collect();
 
     std::thread::sleep(Duration::from_secs(1)); // load duration
-                                                // kill -9 the first replica (the one that created the schema): dropping
-                                                // a `Server` SIGKILLs the child and reaps it.
+
+    // kill -9 the first replica (the one that created the schema): dropping
+    // a `Server` SIGKILLs the child and reaps it.
     drop(cl.nodes.remove(0));
     killed.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(1)); // load on the two survivors
@@ -760,6 +778,415 @@ fn replicas_a_killed_replica_loses_no_acknowledged_decision() {
     }
 
     // And the CLI accepts the log through both survivors.
+    for s in &cl.nodes {
+        cl.verify_audit(s);
+    }
+}
+
+#[test]
+fn replicas_rate_limits_and_quarantine_count_across_replicas() {
+    // Two reads a minute per agent, whichever replica and task they go
+    // through; the third quarantines the agent everywhere.
+    let extra = "  - name: two-reads-a-minute\n    scope: agent\n    action: edr.read_alerts\n    max: 2\n    per_seconds: 60\n    on_exceed: quarantine\n";
+    let Some(cl) = Cluster::start_with(Some(extra), |u| u.to_string()) else {
+        return;
+    };
+    let (a, b, c) = (cl.a(), cl.b(), cl.c());
+    let svid = a.enrol(IR);
+    let (_, t1) = a.open_task(&svid);
+    let (_, t2) = b.open_task(&svid);
+    assert_eq!(
+        decision(&a.authorize(&t1, "edr.read_alerts", host("web-1"))),
+        "allow"
+    );
+    assert_eq!(
+        decision(&b.authorize(&t2, "edr.read_alerts", host("web-2"))),
+        "allow"
+    );
+    // The third read, on C in the first task: over the agent's limit.
+    let got = c.authorize(&t1, "edr.read_alerts", host("web-3"));
+    assert_eq!(decision(&got), "deny", "{}", got.1);
+    assert_eq!(got.1["policies"], json!(["rate-limit:two-reads-a-minute"]));
+    // Quarantined by C: A and B deny anything the agent asks, in any task.
+    let siem = json!({"type": "SiemIndex", "id": "main"});
+    for (name, s, cred) in [("A", a, &t2), ("B", b, &t2)] {
+        let got = s.authorize(cred, "siem.query", siem.clone());
+        assert_eq!(decision(&got), "deny", "{name}: {}", got.1);
+        assert!(
+            got.1["reasons"].to_string().contains("quarantined"),
+            "{name}: {}",
+            got.1
+        );
+    }
+    // Released on A: B allows again (the limit still counts the two reads).
+    let (ok, out, err) = a.cli(&["agent", "release", IR, "--reason", "storm understood"]);
+    assert!(ok && out.contains("released"), "{out}{err}");
+    let (_, t3) = c.open_task(&svid);
+    assert_eq!(
+        decision(&b.authorize(&t3, "siem.query", siem.clone())),
+        "allow"
+    );
+    let got = b.authorize(&t3, "edr.read_alerts", host("web-4"));
+    assert_eq!(decision(&got), "deny", "{}", got.1);
+    cl.verify_audit(c);
+}
+
+/// A webhook endpoint whose answers the test controls: every POST body is
+/// reported; it is answered 200, or, while `hold` is set, left unanswered
+/// (the connection kept open) until the test lets go of it.
+struct Hook {
+    url: String,
+    bodies: std::sync::mpsc::Receiver<Value>,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    held: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Hook {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, bodies) = std::sync::mpsc::channel();
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, k) = (hold.clone(), held.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    let _ = tx.send(v);
+                }
+                if h.load(std::sync::atomic::Ordering::SeqCst) {
+                    k.lock().unwrap().push(stream);
+                } else {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                }
+            }
+        });
+        Self {
+            url,
+            bodies,
+            hold,
+            held,
+        }
+    }
+
+    /// The approval id of the next delivery, waiting at most `secs`.
+    fn next(&self, secs: u64) -> Option<String> {
+        self.bodies
+            .recv_timeout(std::time::Duration::from_secs(secs))
+            .ok()
+            .map(|v| v["approval"]["id"].as_str().unwrap_or("").to_string())
+    }
+}
+
+/// An approval request (a fresh reason: a fresh request hash) through `s`.
+fn ask_approval(s: &Server, cred: &str, n: usize) -> String {
+    let (_, d) = s.post(
+        "/v1/authorize",
+        Some(cred),
+        &json!({
+            "action": "iam.disable_account", "resource": {"type": "Account", "id": "jdoe"},
+            "intent": "jdoe's session launched the beacon",
+            "parameters": {"reason": format!("compromised-{n}")},
+        }),
+    );
+    assert_eq!(d["decision"], "approval_required", "{d}");
+    d["approval_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn replicas_send_each_webhook_once_even_when_the_sender_dies() {
+    let hook = Hook::start();
+    let extra = format!(
+        "webhooks:\n  - name: pager\n    url: {}\n    events: [approval.created]\n",
+        hook.url
+    );
+    let Some(mut cl) = Cluster::start_with(Some(&extra), |u| u.to_string()) else {
+        return;
+    };
+    let svid = cl.a().enrol(IR);
+    let (_, cred) = cl.b().open_task(&svid);
+
+    // One approval through each replica: each notification arrives once.
+    let mut asked: Vec<String> = cl
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, s)| ask_approval(s, &cred, n))
+        .collect();
+    let mut got: Vec<String> = (0..3)
+        .map(|_| hook.next(10).expect("a webhook was not sent"))
+        .collect();
+    asked.sort();
+    got.sort();
+    assert_eq!(got, asked);
+    // Sent and dequeued; nobody sends them again, the pollers included
+    // (they look every second at messages older than two).
+    assert_eq!(cl.sql("SELECT count(*) FROM outbox"), "0");
+    assert_eq!(hook.next(4), None, "a webhook was sent twice");
+
+    // The replica sending a notification dies before the endpoint answers:
+    // once its claim lapses another replica sends it; it is never lost.
+    hook.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let id = ask_approval(cl.a(), &cred, 3);
+    assert_eq!(hook.next(10).as_deref(), Some(id.as_str()));
+    drop(cl.nodes.remove(0)); // SIGKILL, reaped
+    hook.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    hook.held.lock().unwrap().clear(); // the dead sender's connection
+    assert_eq!(
+        hook.next(40).as_deref(),
+        Some(id.as_str()),
+        "the notification of a replica that died while sending it was never sent"
+    );
+    let started = std::time::Instant::now();
+    while cl.sql("SELECT count(*) FROM outbox") != "0" {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the message stayed queued"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100)); // polling
+    }
+    assert_eq!(hook.next(3), None, "sent again after it was answered");
+    let failed = cl.sql("SELECT count(*) FROM audit WHERE kind = 'webhook.failed'");
+    assert_eq!(failed, "0");
+    cl.verify_audit(cl.b());
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can take down (every
+/// connection through it cut, new ones closed at once) and bring back:
+/// what the replicas see when the database stops and restarts.
+struct PgProxy {
+    addr: String,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl PgProxy {
+    fn start(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (u, o) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                {
+                    let mut open = o.lock().unwrap();
+                    open.push(client.try_clone().unwrap());
+                    open.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { addr, up, open }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `host:port` of a postgres:// URL, and the URL with it replaced.
+fn authority(url: &str) -> (String, impl Fn(&str) -> String) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let after_user = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = after_user.split(['/', '?']).next().unwrap().to_string();
+    let (from, url) = (host.clone(), url.to_string());
+    (host, move |with: &str| url.replacen(&from, with, 1))
+}
+
+fn readyz(s: &Server) -> u16 {
+    match agent().get(&s.url("/readyz")).call() {
+        Ok(mut r) => {
+            let _ = r.body_mut().read_to_string();
+            r.status().as_u16()
+        }
+        Err(_) => 0,
+    }
+}
+
+#[test]
+fn replicas_fail_closed_while_postgresql_is_away_and_recover_without_restart() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::time::{Duration, Instant};
+    let Some(url) = pg_url() else { return };
+    let (target, _) = authority(&url);
+    let proxy = PgProxy::start(target);
+    let via = proxy.addr.clone();
+    let Some(cl) = Cluster::start_with(None, move |u| {
+        let (_, route) = authority(u);
+        route(&via)
+    }) else {
+        return;
+    };
+    let svid = cl.a().enrol(IR);
+    let creds: Vec<String> = cl.nodes.iter().map(|s| s.open_task(&svid).1).collect();
+    let urls: Vec<String> = cl.nodes.iter().map(|s| s.url("/v1/authorize")).collect();
+    // 0: up, 1: going down, 2: down, 3: coming back, 4: back, 5: stop.
+    let phase = Arc::new(AtomicU8::new(0));
+    let handles: Vec<_> = (0..3)
+        .map(|t| {
+            let (urls, creds, phase) = (urls.clone(), creds.clone(), phase.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(20)))
+                    .build()
+                    .into();
+                // (phase when sent, replica, status, decision, request id)
+                let mut seen: Vec<(u8, usize, u16, String, String)> = Vec::new();
+                let mut j = 0usize;
+                loop {
+                    let p = phase.load(Ordering::SeqCst);
+                    if p == 5 {
+                        return seen;
+                    }
+                    let n = (t + j) % 3;
+                    j += 1;
+                    let body = json!({"action": "edr.read_alerts", "resource": host(&format!("web-{t}-{j}")), "intent": "sweep"});
+                    let resp = agent
+                        .post(&urls[n])
+                        .header("content-type", "application/json")
+                        .header("authorization", &format!("Bearer {}", creds[n]))
+                        .send(body.to_string());
+                    let (status, v) = match resp {
+                        Ok(mut r) => {
+                            let text = r.body_mut().read_to_string().unwrap_or_default();
+                            (r.status().as_u16(), serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+                        }
+                        Err(_) => (0, Value::Null),
+                    };
+                    let d = v["decision"].as_str().unwrap_or("").to_string();
+                    let id = v["request_id"].as_str().unwrap_or("").to_string();
+                    seen.push((p, n, status, d, id));
+                    if p == 2 {
+                        std::thread::sleep(Duration::from_millis(20)); // pace the outage
+                    }
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_secs(1)); // load with the database up
+    phase.store(1, Ordering::SeqCst);
+    proxy.down();
+    std::thread::sleep(Duration::from_millis(500)); // requests in flight at the cut end
+    phase.store(2, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1500)); // load with the database away
+
+    // Every replica reports itself not ready (a fresh probe after the TTL).
+    for s in &cl.nodes {
+        assert_eq!(
+            readyz(s),
+            503,
+            "{} says it is ready without its database",
+            s.addr
+        );
+    }
+    phase.store(3, Ordering::SeqCst);
+    proxy.restore();
+    let started = Instant::now();
+    for s in &cl.nodes {
+        while readyz(s) != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{} did not recover when the database came back",
+                s.addr
+            );
+            std::thread::sleep(Duration::from_millis(100)); // polling
+        }
+    }
+    phase.store(4, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(1)); // load after recovery
+    phase.store(5, Ordering::SeqCst);
+    let seen: Vec<(u8, usize, u16, String, String)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+
+    // While the database was away, every answer was a 503, never a decision.
+    let down: Vec<_> = seen.iter().filter(|s| s.0 == 2).collect();
+    assert!(
+        down.len() >= 20,
+        "only {} requests during the outage",
+        down.len()
+    );
+    let not_503: Vec<_> = down.iter().filter(|s| s.2 != 503).collect();
+    assert!(
+        not_503.is_empty(),
+        "answers while the database was away: {not_503:?}"
+    );
+    // Before and after, all three replicas allowed.
+    for p in [0u8, 4] {
+        for n in 0..3 {
+            assert!(
+                seen.iter().any(|s| s.0 == p && s.1 == n && s.3 == "allow"),
+                "replica {n} allowed nothing in phase {p}"
+            );
+        }
+    }
+    // Nothing odd at any time: a decision or a 503.
+    let odd: Vec<_> = seen
+        .iter()
+        .filter(|s| !(s.2 == 503 || (s.2 == 200 && s.3 == "allow")))
+        .collect();
+    assert!(odd.is_empty(), "{odd:?}");
+    // Every acknowledged decision is in the one log, which verifies.
+    let acked: std::collections::BTreeSet<&str> = seen
+        .iter()
+        .filter(|s| s.2 == 200)
+        .map(|s| s.4.as_str())
+        .collect();
+    let logged = cl.sql(&format!(
+        "SELECT count(DISTINCT request_id) FROM audit WHERE kind = 'decision' AND request_id IN ({})",
+        acked.iter().map(|id| format!("'{id}'")).collect::<Vec<_>>().join(",")
+    ));
+    assert_eq!(
+        logged,
+        acked.len().to_string(),
+        "acknowledged decisions missing from the log"
+    );
     for s in &cl.nodes {
         cl.verify_audit(s);
     }
