@@ -124,7 +124,7 @@ fn messages(
         .filter(|h| h.events.is_empty() || h.events.iter().any(|e| e == event.as_str()))
         .map(|hook| {
             Change::Enqueue(OutboxMessage {
-                id: crate::service::new_id("msg"),
+                id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
                 sink: hook.name.clone(),
                 event: event.as_str().to_string(),
                 subject: subject.to_string(),
@@ -169,7 +169,7 @@ async fn send_claimed(state: &AppState, m: OutboxMessage) {
     // claim one message either.
     let claim = Change::AcquireLease {
         key: OutboxMessage::lease_key(&m.id),
-        holder: crate::service::new_id("claim"),
+        holder: format!("claim_{}", uuid::Uuid::now_v7().simple()),
         until: now.saturating_add(CLAIM_SECONDS),
         now,
     };

@@ -32,6 +32,11 @@ pub enum BenchCmd {
         clients: usize,
         #[arg(long, default_value_t = 8)]
         tasks: usize,
+        /// Another replica over the same store (repeatable): the clients are
+        /// spread over every address in turn, like a load balancer would;
+        /// tasks are opened and revoked through `--addr`.
+        #[arg(long = "replica", value_name = "URL")]
+        replicas: Vec<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -75,8 +80,15 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             duration_secs,
             clients,
             tasks,
+            replicas,
             conn,
-        } => http(&conn, duration_secs, clients.max(1), tasks.max(2)),
+        } => http(
+            &conn,
+            &replicas,
+            duration_secs,
+            clients.max(1),
+            tasks.max(2),
+        ),
         BenchCmd::Policy {
             policies,
             write: Some(dir),
@@ -219,9 +231,17 @@ pub fn audit(entries: u64, concurrency: u64) -> Result<()> {
 }
 
 /// `tollgate bench http`: load a running server the way agents do.
-pub fn http(conn: &Conn, duration_secs: u64, clients: usize, tasks: usize) -> Result<()> {
+pub fn http(
+    conn: &Conn,
+    replicas: &[String],
+    duration_secs: u64,
+    clients: usize,
+    tasks: usize,
+) -> Result<()> {
     let admin = Client::new(conn)?;
     let base = conn.addr.trim_end_matches('/').to_string();
+    let mut bases = vec![base.clone()];
+    bases.extend(replicas.iter().map(|r| r.trim_end_matches('/').to_string()));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -230,7 +250,7 @@ pub fn http(conn: &Conn, duration_secs: u64, clients: usize, tasks: usize) -> Re
     let load = HttpLoad {
         admin: &admin,
         agent: &agent,
-        base: &base,
+        bases: &bases,
         creds: &creds,
         requests: [
             json!({"action": "siem.query", "resource": {"type": "SiemIndex", "id": "main"}, "intent": "bench"}),
@@ -244,18 +264,9 @@ pub fn http(conn: &Conn, duration_secs: u64, clients: usize, tasks: usize) -> Re
     let elapsed = started.elapsed().as_secs_f64();
     let count = tally.latencies.len();
     let [p50, p90, p99] = percentiles(tally.latencies).map(|s| s * 1e3);
-    let metrics = agent
-        .get(&format!("{base}/metrics"))
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .unwrap_or_default();
-    let rss = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("tollgate_process_resident_memory_bytes "))
-        .and_then(|v| v.trim().parse::<f64>().ok());
     println!(
-        "tollgate bench http: {clients} clients, {tasks} tasks, {duration_secs} s against {base}"
+        "tollgate bench http: {clients} clients, {tasks} tasks, {duration_secs} s against {}",
+        bases.join(", ")
     );
     println!(
         "requests:    {} in {elapsed:.1} s = {:.0} decisions/s",
@@ -268,9 +279,21 @@ pub fn http(conn: &Conn, duration_secs: u64, clients: usize, tasks: usize) -> Re
     );
     println!("outcomes:    {:?}", tally.outcomes);
     println!("stale decisions after revocation: {}", tally.stale);
-    match rss {
-        Some(b) => println!("server memory: {:.1} MB resident", b / 1e6),
-        None => println!("server memory: not reported"),
+    for b in &bases {
+        let metrics = agent
+            .get(&format!("{b}/metrics"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .unwrap_or_default();
+        let rss = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("tollgate_process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        match rss {
+            Some(bytes) => println!("server memory: {:.1} MB resident ({b})", bytes / 1e6),
+            None => println!("server memory: not reported ({b})"),
+        }
     }
     Ok(())
 }
@@ -339,7 +362,8 @@ fn open_bench_tasks(
 struct HttpLoad<'a> {
     admin: &'a Client,
     agent: &'a ureq::Agent,
-    base: &'a str,
+    /// Every replica's address; client `c` asks `bases[c % len]`.
+    bases: &'a [String],
     /// (task id, credential); the first task is revoked half-way through.
     creds: &'a [(String, String)],
     /// The decision requests, sent in the order of [`MIX`].
@@ -380,7 +404,8 @@ impl HttpLoad<'_> {
                         let (task_id, cred) = &self.creds[i % self.creds.len()];
                         // Only requests that start after the revocation answered count as stale.
                         let after_revocation = revoked.load(Ordering::SeqCst) && task_id == victim;
-                        let (elapsed, outcome) = self.decide(cred, i);
+                        let base = &self.bases[c % self.bases.len()];
+                        let (elapsed, outcome) = self.decide(base, cred, i);
                         if after_revocation && outcome == "allow" {
                             stale.fetch_add(1, Ordering::SeqCst);
                         }
@@ -409,12 +434,12 @@ impl HttpLoad<'_> {
 
     /// Request number `i` of the mix with `cred`: its latency in seconds, and
     /// the decision or what went wrong.
-    fn decide(&self, cred: &str, i: usize) -> (f64, String) {
+    fn decide(&self, base: &str, cred: &str, i: usize) -> (f64, String) {
         let body = &self.requests[MIX[i % MIX.len()]];
         let t = Instant::now();
         let r = self
             .agent
-            .post(&format!("{}/v1/authorize", self.base))
+            .post(&format!("{base}/v1/authorize"))
             .header("authorization", &format!("Bearer {cred}"))
             .send_json(body);
         let elapsed = t.elapsed().as_secs_f64();
