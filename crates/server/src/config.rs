@@ -198,7 +198,8 @@ pub struct ServerConfig {
 
 /// `store:` in tollgate.yaml; every field can be overridden from the
 /// environment (`TOLLGATE_STORE`, `TOLLGATE_STORE_SCHEMA`,
-/// `TOLLGATE_STORE_PASSWORD_FILE`), which is how a container is usually told.
+/// `TOLLGATE_STORE_PASSWORD_FILE`, `TOLLGATE_STORE_CA_FILE`), which is how a
+/// container is usually told.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -217,6 +218,35 @@ pub struct StoreConfig {
     pub password_file: Option<String>,
     #[serde(default)]
     pub password_env: Option<String>,
+    /// TLS to PostgreSQL; `sslmode`/`sslrootcert` in the URL say the same.
+    #[serde(default)]
+    pub tls: StoreTlsConfig,
+}
+
+/// `store.tls:` in tollgate.yaml. Neither here nor in the URL: plain TCP to
+/// a loopback host or Unix socket, `verify-full` to any other host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreTlsConfig {
+    /// `disable`, `require` (not verified: unsafe), `verify-ca` or
+    /// `verify-full` (libpq's `sslmode`); default `verify-full` when a CA
+    /// file is named.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// PEM file of the CA certificates to trust instead of the built-in
+    /// (Mozilla) roots; relative to the config directory.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+impl StoreTlsConfig {
+    /// The mode, checked.
+    pub fn mode(&self) -> Result<Option<tollgate_store::TlsMode>, String> {
+        self.mode
+            .as_deref()
+            .map(|m| m.parse().map_err(|e| format!("store.tls.mode: {e}")))
+            .transpose()
+    }
 }
 
 impl StoreConfig {
@@ -231,6 +261,9 @@ impl StoreConfig {
         if let Some(file) = var("TOLLGATE_STORE_PASSWORD_FILE").filter(|v| !v.is_empty()) {
             self.password_file = Some(file);
         }
+        if let Some(file) = var("TOLLGATE_STORE_CA_FILE").filter(|v| !v.is_empty()) {
+            self.tls.ca_file = Some(file);
+        }
         self
     }
 
@@ -242,7 +275,10 @@ impl StoreConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        self.tls.mode()?;
         match self.url.as_deref() {
+            // TLS settings are not refused here: the file may hold them
+            // while the environment gives the URL (as for password_file).
             None | Some("sqlite") => Ok(()),
             Some(_) if self.postgres_url().is_some() => {
                 if self.password_file.is_some() && self.password_env.is_some() {
@@ -537,6 +573,48 @@ impl McpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store(yaml: &str) -> Result<StoreConfig, String> {
+        ServerConfig::from_yaml(&format!("store:\n{yaml}")).and_then(|c| {
+            c.store.validate()?;
+            Ok(c.store)
+        })
+    }
+
+    #[test]
+    fn store_tls_is_read_and_checked() {
+        let ok = store("  url: postgres://t@db/t\n  tls: {mode: verify-ca, ca_file: db-ca.pem}\n")
+            .unwrap();
+        assert_eq!(
+            ok.tls.mode().unwrap(),
+            Some(tollgate_store::TlsMode::VerifyCa)
+        );
+        assert_eq!(ok.tls.ca_file.as_deref(), Some("db-ca.pem"));
+        // The URL may come from the environment later.
+        assert!(store("  tls: {mode: verify-full, ca_file: x.pem}\n").is_ok());
+        let none = store("  url: postgres://t@db/t\n").unwrap();
+        assert_eq!(none.tls.mode().unwrap(), None);
+        // The environment names the CA file as it names the password file.
+        let env = none.with_env(|k| (k == "TOLLGATE_STORE_CA_FILE").then(|| "/run/ca.pem".into()));
+        assert_eq!(env.tls.ca_file.as_deref(), Some("/run/ca.pem"));
+        for (bad, says) in [
+            (
+                "  url: postgres://t@db/t\n  tls: {mode: prefer}\n",
+                "store.tls.mode: \"prefer\" is not supported",
+            ),
+            (
+                "  url: postgres://t@db/t\n  tls: {mode: verify_full}\n",
+                "store.tls.mode: unknown mode",
+            ),
+            (
+                "  url: postgres://t@db/t\n  tls: {cafile: x.pem}\n",
+                "unknown field",
+            ),
+        ] {
+            let err = store(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
 
     fn mcp(yaml: &str) -> Result<ServerConfig, String> {
         ServerConfig::from_yaml(&format!("mcp:\n{yaml}"))

@@ -83,9 +83,22 @@ pub async fn open_store(
         // A password must never reach a log line.
         crate::redact::register([p.clone()]);
     }
+    let tls = tollgate_store::TlsOptions {
+        mode: cfg.tls.mode().map_err(StartError::Config)?,
+        ca_file: cfg.tls.ca_file.as_ref().map(|f| tollgate_store::CaFile {
+            path: config_dir.join(f),
+            setting: "store.tls.ca_file".into(),
+        }),
+    };
+    if tollgate_store::tls_mode(url, &tls)? == tollgate_store::TlsMode::Require {
+        tracing::warn!(
+            "store: sslmode=require encrypts the connection to PostgreSQL but does not check \
+             the server's certificate: anyone on the path can pose as the database. Name its \
+             CA (store.tls.ca_file or sslrootcert) for verify-full"
+        );
+    }
     let store =
-        PostgresStore::connect_with_password(url, cfg.schema.as_deref(), password.as_deref())
-            .await?;
+        PostgresStore::connect_with(url, cfg.schema.as_deref(), password.as_deref(), &tls).await?;
     let name = match &cfg.schema {
         Some(s) => format!("PostgreSQL store (schema {s})"),
         None => "PostgreSQL store".to_string(),

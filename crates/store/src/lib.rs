@@ -29,9 +29,11 @@ use tollgate_core::{
 
 pub use tollgate_core::ActionRecord;
 
+mod pg_tls;
 mod postgres;
 mod sqlite;
 mod tree_cache;
+pub use pg_tls::{tls_mode, CaFile, TlsMode, TlsOptions};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -11,9 +11,12 @@
 //! waiting [`Batch`]es into one transaction (a savepoint each, one lock of
 //! the head, one durable commit), as `SqliteStore`'s writer does.
 //!
-//! Not yet: TLS (plain TCP only), a per-tree history cache (each
-//! `decision_facts` reads the tree's whole history; correct, not cheap).
+//! TLS to the server is `crate::pg_tls` (libpq's `sslmode`/`sslrootcert`).
+//!
+//! Not yet: a per-tree history cache (each `decision_facts` reads the
+//! tree's whole history; correct, not cheap).
 
+use crate::pg_tls::TlsOptions;
 use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
     Evidence, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts,
@@ -160,8 +163,24 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 fn pg(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => backend(format!("postgres: {} ({})", db.message(), db.code().code())),
-        None => backend(format!("postgres: {e}")),
+        None => backend(format!("postgres: {}", with_sources(&e))),
     }
+}
+
+/// An error's message followed by its causes' (tokio-postgres and deadpool
+/// leave the cause, e.g. which certificate check failed, out of `Display`).
+pub(crate) fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !msg.contains(&m) {
+            msg.push_str(": ");
+            msg.push_str(&m);
+        }
+        cause = c.source();
+    }
+    msg
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -224,8 +243,7 @@ impl PostgresStore {
     /// out of URLs and configuration: it comes from a file or the
     /// environment instead).
     pub fn url_has_password(url: &str) -> bool {
-        url.parse::<tokio_postgres::Config>()
-            .is_ok_and(|c| c.get_password().is_some())
+        crate::pg_tls::parse_without_tls(url).is_ok_and(|c| c.get_password().is_some())
     }
 
     /// [`connect`](Self::connect) with the password given apart from the URL.
@@ -234,7 +252,24 @@ impl PostgresStore {
         schema: Option<&str>,
         password: Option<&str>,
     ) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(pg)?;
+        Self::connect_with(url, schema, password, &TlsOptions::default()).await
+    }
+
+    /// [`connect_with_password`](Self::connect_with_password) with TLS
+    /// settings given apart from the URL (see `crate::pg_tls` for the modes
+    /// and the default).
+    pub async fn connect_with(
+        url: &str,
+        schema: Option<&str>,
+        password: Option<&str>,
+        tls: &TlsOptions,
+    ) -> Result<Self, StoreError> {
+        let crate::pg_tls::Resolved {
+            mut config,
+            mode,
+            by_default,
+            connector,
+        } = crate::pg_tls::resolve(url, tls)?;
         if let Some(p) = password {
             config.password(p);
         }
@@ -257,13 +292,13 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mc = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match connector {
+            Some(tls) => Manager::from_config(config, tls, mc),
+            None => Manager::from_config(config, NoTls, mc),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -275,7 +310,10 @@ impl PostgresStore {
         // the last sender is dropped, its queue closes and it returns.
         let (writer, rx) = tokio::sync::mpsc::channel(QUEUE);
         let store = Self { pool, writer };
-        store.migrate(schema).await?;
+        store
+            .migrate(schema)
+            .await
+            .map_err(|e| crate::pg_tls::explain(e, mode, by_default))?;
         tokio::spawn(writer_loop(store.pool.clone(), rx));
         Ok(store)
     }
@@ -284,7 +322,7 @@ impl PostgresStore {
         self.pool
             .get()
             .await
-            .map_err(|e| backend(format!("postgres pool: {e}")))
+            .map_err(|e| backend(format!("postgres pool: {}", with_sources(&e))))
     }
 
     /// Apply the migrations not yet recorded, in one transaction under an
