@@ -68,6 +68,208 @@ pub async fn run_all(store: &dyn Store) {
     decision_facts_history_equals_the_full_read(store).await;
     leases_have_one_holder_until_they_expire(store).await;
     outbox_messages_wait_until_claimed_and_dequeued(store).await;
+    mcp_sessions_are_registered_touched_and_expired(store).await;
+    held_calls_of_a_dead_replica_are_found(store).await;
+}
+
+/// An MCP session row: registered once (an id is never taken over), read
+/// back by any process, touched forward only, ended by id or by idleness.
+pub async fn mcp_sessions_are_registered_touched_and_expired(s: &dyn Store) {
+    use crate::McpSession;
+    // Far in the past and in the future of every other check's times, so
+    // the idle sweep below removes only this check's old session.
+    let old = McpSession {
+        id: unique("mcp-old"),
+        task_id: unique("task"),
+        init: r#"{"protocolVersion":"2025-06-18"}"#.into(),
+        created_at: -5_000,
+        last_seen: -5_000,
+    };
+    let live = McpSession {
+        id: unique("mcp-live"),
+        last_seen: 9_000_000_000,
+        created_at: 9_000_000_000,
+        ..old.clone()
+    };
+    assert_eq!(s.mcp_session(&old.id).await.unwrap(), None);
+    s.commit(
+        Batch::default()
+            .change(Change::PutMcpSession(old.clone()))
+            .change(Change::PutMcpSession(live.clone())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.mcp_session(&old.id).await.unwrap(), Some(old.clone()));
+    // Another task cannot register the same id: the first owner stays.
+    let thief = McpSession {
+        task_id: unique("task-thief"),
+        ..old.clone()
+    };
+    assert_eq!(
+        conflict(s, Batch::default().change(Change::PutMcpSession(thief))).await,
+        Conflict::McpSessionExists {
+            session_id: old.id.clone()
+        }
+    );
+    assert_eq!(
+        s.mcp_session(&old.id).await.unwrap().unwrap().task_id,
+        old.task_id
+    );
+    // Touched forward, never back.
+    let touch = |id: &str, at: i64| {
+        Batch::default().change(Change::TouchMcpSession {
+            session_id: id.into(),
+            at,
+        })
+    };
+    s.commit(touch(&old.id, -4_000)).await.unwrap();
+    s.commit(touch(&old.id, -4_500)).await.unwrap();
+    assert_eq!(
+        s.mcp_session(&old.id).await.unwrap().unwrap().last_seen,
+        -4_000
+    );
+    // Touching a session that is gone brings nothing back.
+    let gone = unique("mcp-gone");
+    s.commit(touch(&gone, 10)).await.unwrap();
+    assert_eq!(s.mcp_session(&gone).await.unwrap(), None);
+    // Idle ones go; the live one stays.
+    s.commit(Batch::default().change(Change::EndIdleMcpSessions { before: -3_000 }))
+        .await
+        .unwrap();
+    assert_eq!(s.mcp_session(&old.id).await.unwrap(), None);
+    assert_eq!(s.mcp_session(&live.id).await.unwrap(), Some(live.clone()));
+    // Ended by id.
+    s.commit(Batch::default().change(Change::EndMcpSession {
+        session_id: live.id.clone(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(s.mcp_session(&live.id).await.unwrap(), None);
+}
+
+/// A held call is found abandoned once its replica's lease is missing or
+/// expired, not before; ending it forgets it; expired replica leases can be
+/// dropped without touching live ones or other keys.
+pub async fn held_calls_of_a_dead_replica_are_found(s: &dyn Store) {
+    use crate::{replica_lease_key, HeldCall, REPLICA_LEASE_PREFIX};
+    let (alive, dead, never) = (unique("rep-alive"), unique("rep-dead"), unique("rep-never"));
+    let lease = |replica: &str, until: i64| {
+        Batch::default().change(Change::AcquireLease {
+            key: replica_lease_key(replica),
+            holder: replica.into(),
+            until,
+            now: 0,
+        })
+    };
+    s.commit(lease(&alive, 1_000)).await.unwrap();
+    s.commit(lease(&dead, 500)).await.unwrap();
+    let held = |replica: &str| HeldCall {
+        request_id: unique("req"),
+        approval_id: unique("apr"),
+        replica: replica.into(),
+        task_id: unique("task"),
+        agent: "spiffe://acme.test/agent/a/1".into(),
+        held_at: 400,
+    };
+    let (on_alive, on_dead, on_never) = (held(&alive), held(&dead), held(&never));
+    for h in [&on_alive, &on_dead, &on_never] {
+        s.commit(Batch::default().change(Change::PutHeldCall(h.clone())))
+            .await
+            .unwrap();
+    }
+    let mine = |found: Vec<HeldCall>| -> Vec<String> {
+        let ours = [
+            &on_alive.request_id,
+            &on_dead.request_id,
+            &on_never.request_id,
+        ];
+        found
+            .into_iter()
+            .filter(|h| ours.contains(&&h.request_id))
+            .map(|h| h.request_id)
+            .collect()
+    };
+    // At 600: the dead replica's lease expired, the other never had one.
+    let mut found = mine(s.abandoned_held_calls(600, 10_000).await.unwrap());
+    found.sort();
+    let mut want = vec![on_dead.request_id.clone(), on_never.request_id.clone()];
+    want.sort();
+    assert_eq!(found, want);
+    // At 400 the dead one was still alive.
+    assert_eq!(
+        mine(s.abandoned_held_calls(400, 10_000).await.unwrap()),
+        vec![on_never.request_id.clone()]
+    );
+    // Moved to a live replica (upsert), a call is no longer abandoned.
+    s.commit(Batch::default().change(Change::PutHeldCall(HeldCall {
+        replica: alive.clone(),
+        ..on_never.clone()
+    })))
+    .await
+    .unwrap();
+    assert_eq!(
+        mine(s.abandoned_held_calls(600, 10_000).await.unwrap()),
+        vec![on_dead.request_id.clone()]
+    );
+    // Ended, it is forgotten.
+    s.commit(Batch::default().change(Change::EndHeldCall {
+        request_id: on_dead.request_id.clone(),
+    }))
+    .await
+    .unwrap();
+    assert!(mine(s.abandoned_held_calls(600, 10_000).await.unwrap()).is_empty());
+    // Dropping expired replica leases leaves the live one and other keys.
+    let other = unique("rollback");
+    s.commit(Batch::default().change(Change::AcquireLease {
+        key: other.clone(),
+        holder: "h".into(),
+        until: 10,
+        now: 0,
+    }))
+    .await
+    .unwrap();
+    s.commit(Batch::default().change(Change::DropExpiredLeases {
+        prefix: REPLICA_LEASE_PREFIX.into(),
+        now: 600,
+    }))
+    .await
+    .unwrap();
+    // The dead replica's lease is gone: anyone may take its key at once.
+    s.commit(Batch::default().change(Change::AcquireLease {
+        key: replica_lease_key(&dead),
+        holder: "someone".into(),
+        until: 700,
+        now: 0,
+    }))
+    .await
+    .unwrap();
+    // The live one's is still held (taking it at 0 conflicts) and so is the other key.
+    assert!(matches!(
+        conflict(
+            s,
+            lease(&unique("x"), 1).change(Change::AcquireLease {
+                key: replica_lease_key(&alive),
+                holder: "someone".into(),
+                until: 700,
+                now: 0,
+            })
+        )
+        .await,
+        Conflict::LeaseHeld { .. }
+    ));
+    assert!(matches!(
+        conflict(
+            s,
+            Batch::default().change(Change::AcquireLease {
+                key: other,
+                holder: "someone".into(),
+                until: 700,
+                now: 0,
+            })
+        )
+        .await,
+        Conflict::LeaseHeld { .. }
+    ));
 }
 
 /// A lease has one holder at a time, across every process over the store;

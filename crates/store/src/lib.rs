@@ -116,6 +116,9 @@ pub enum Conflict {
         holder: String,
         until: UnixTime,
     },
+    /// [`Change::PutMcpSession`]: a session with this id exists.
+    #[error("MCP session {session_id} exists")]
+    McpSessionExists { session_id: String },
 }
 
 /// Which precondition failed, decided the same way by every backend from
@@ -291,6 +294,36 @@ pub enum Change {
     Dequeue {
         id: String,
     },
+    /// Delete the leases on keys starting with `prefix` that expired at
+    /// `now` (no precondition): replicas that died leave their
+    /// `replica:<id>` lease behind.
+    DropExpiredLeases {
+        prefix: String,
+        now: UnixTime,
+    },
+    /// Register an MCP session. Precondition: the id is new
+    /// ([`Conflict::McpSessionExists`]), so a session is never taken over.
+    PutMcpSession(McpSession),
+    /// The session was used at `at` (no precondition; `last_seen` only moves
+    /// forward, and a session already gone stays gone).
+    TouchMcpSession {
+        session_id: String,
+        at: UnixTime,
+    },
+    /// Remove a session (no precondition).
+    EndMcpSession {
+        session_id: String,
+    },
+    /// Remove every session last seen before `before` (no precondition).
+    EndIdleMcpSessions {
+        before: UnixTime,
+    },
+    /// Record (or move) a call held for approval (upsert by request id).
+    PutHeldCall(HeldCall),
+    /// Forget a held call: it ended, one way or another (no precondition).
+    EndHeldCall {
+        request_id: String,
+    },
     /// Precondition: no result was recorded for `request_id` yet
     /// ([`Conflict::ResultRecorded`]).
     RecordActionResult {
@@ -299,6 +332,47 @@ pub enum Change {
         status: String,
         at: UnixTime,
     },
+}
+
+/// The lease a live replica keeps renewed (`Change::AcquireLease`, with the
+/// replica's id as holder): [`Store::abandoned_held_calls`] reads a held
+/// call's replica as dead once this lease is missing or expired.
+pub fn replica_lease_key(replica: &str) -> String {
+    format!("{REPLICA_LEASE_PREFIX}{replica}")
+}
+
+/// The prefix of every [`replica_lease_key`].
+pub const REPLICA_LEASE_PREFIX: &str = "replica:";
+
+/// An MCP session of the gateway, in the store so that every replica can
+/// serve it: who opened it, and what the client said when it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpSession {
+    pub id: String,
+    /// The task whose credential opened the session; no other task's
+    /// credential may use it.
+    pub task_id: String,
+    /// The client's `initialize` parameters (JSON), replayed by a replica
+    /// that restores the session.
+    pub init: String,
+    pub created_at: UnixTime,
+    /// The last request in it (kept to a few seconds).
+    pub last_seen: UnixTime,
+}
+
+/// A `tools/call` held open for approval, and which replica holds it: if
+/// that replica stops, the call is abandoned and its approval withdrawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCall {
+    /// The request id of the decision that held it: one call.
+    pub request_id: String,
+    pub approval_id: String,
+    /// The holding replica's id (its lease is [`replica_lease_key`]).
+    pub replica: String,
+    pub task_id: String,
+    /// The calling agent's SPIFFE ID.
+    pub agent: String,
+    pub held_at: UnixTime,
 }
 
 /// The log's current extent: how many entries and their Merkle root.
@@ -570,4 +644,13 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
         limit: usize,
     ) -> Result<Vec<OutboxMessage>, StoreError>;
+    /// One MCP session by id, expired or not (the caller judges idleness).
+    async fn mcp_session(&self, id: &str) -> Result<Option<McpSession>, StoreError>;
+    /// Held calls whose replica's lease ([`replica_lease_key`]) is missing
+    /// or expired at `now`, oldest first, at most `limit`.
+    async fn abandoned_held_calls(
+        &self,
+        now: UnixTime,
+        limit: usize,
+    ) -> Result<Vec<HeldCall>, StoreError>;
 }

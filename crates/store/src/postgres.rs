@@ -22,6 +22,7 @@ use crate::{
     Evidence, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts,
     TaskFilter,
 };
+use crate::{HeldCall, McpSession};
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::Arc;
@@ -38,6 +39,8 @@ use tollgate_core::{Agent, Approval, Incident, Lineage, Scope, Task, TaskStatus}
 /// has shipped, add the next. Text columns use the "C" collation so that
 /// `ORDER BY … id` sorts bytewise, as SQLite's BINARY does, whatever the
 /// database's locale.
+mod mcp;
+
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -124,6 +127,8 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_created ON outbox(created_at, id);
 "#,
     ),
+    // MCP sessions and held calls (`postgres/mcp.rs`).
+    (3, mcp::MIGRATION),
 ];
 
 /// Serialises migrations of every process over the database (any schema).
@@ -621,6 +626,15 @@ async fn apply_batch<C: GenericClient>(
 /// and look at the count (the head lock makes that free of races).
 async fn apply<C: GenericClient>(tx: &C, change: &Change) -> Result<(), StoreError> {
     match change {
+        Change::DropExpiredLeases { .. }
+        | Change::PutMcpSession(_)
+        | Change::TouchMcpSession { .. }
+        | Change::EndMcpSession { .. }
+        | Change::EndIdleMcpSessions { .. }
+        | Change::PutHeldCall(_)
+        | Change::EndHeldCall { .. } => {
+            mcp::apply(tx, change).await?;
+        }
         Change::UpsertAgent(a) => {
             exec(
                 tx,
@@ -1583,6 +1597,18 @@ impl Store for PostgresStore {
 
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         approval_by_id(&self.client().await?, id).await
+    }
+
+    async fn mcp_session(&self, id: &str) -> Result<Option<McpSession>, StoreError> {
+        mcp::session(&self.client().await?, id).await
+    }
+
+    async fn abandoned_held_calls(
+        &self,
+        now: tollgate_core::UnixTime,
+        limit: usize,
+    ) -> Result<Vec<HeldCall>, StoreError> {
+        mcp::abandoned_held_calls(&self.client().await?, now, limit_of(limit)).await
     }
 
     async fn approvals(&self, f: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {

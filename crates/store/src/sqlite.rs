@@ -11,6 +11,7 @@ use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
     FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts, TaskFilter,
 };
+use crate::{HeldCall, McpSession};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -20,6 +21,8 @@ use tollgate_audit::merkle::{leaf_hash, CompactRange};
 use tollgate_audit::{AuditEntry, AuditEvent, GENESIS};
 use tollgate_core::lineage::MAX_ANCESTORS;
 use tollgate_core::{Agent, Approval, Incident, Lineage, Scope, Task, TaskStatus};
+
+mod mcp;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS agents (
@@ -135,6 +138,7 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.execute_batch(mcp::SCHEMA).map_err(backend)?;
         add_missing_columns(&conn)?;
         let head = conn
             .query_row(
@@ -333,6 +337,15 @@ impl SqliteStore {
 
 fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
     match change {
+        Change::DropExpiredLeases { .. }
+        | Change::PutMcpSession(_)
+        | Change::TouchMcpSession { .. }
+        | Change::EndMcpSession { .. }
+        | Change::EndIdleMcpSessions { .. }
+        | Change::PutHeldCall(_)
+        | Change::EndHeldCall { .. } => {
+            mcp::apply(tx, change)?;
+        }
         Change::UpsertAgent(a) => {
             tx.execute(
                 "INSERT INTO agents(spiffe_id, owner, created_at, revoked) VALUES (?1, ?2, ?3, ?4)
@@ -1586,6 +1599,20 @@ impl Store for SqliteStore {
     async fn approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| approval_by_id(conn, &id)).await
+    }
+
+    async fn mcp_session(&self, id: &str) -> Result<Option<McpSession>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| mcp::session(conn, &id)).await
+    }
+
+    async fn abandoned_held_calls(
+        &self,
+        now: tollgate_core::UnixTime,
+        limit: usize,
+    ) -> Result<Vec<HeldCall>, StoreError> {
+        self.read(move |conn| mcp::abandoned_held_calls(conn, now, limit))
+            .await
     }
 
     async fn approvals(&self, f: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
