@@ -96,7 +96,8 @@ pub enum EventKind {
     WebhookFailed,
     /// `mcp.call_refused`: a `tools/call` for an unmapped or unknown tool.
     McpCallRefused,
-    /// `mcp.call_abandoned`: the client left while its call was held.
+    /// `mcp.call_abandoned`: the client left, or the replica holding the
+    /// call stopped, while the call was held for approval.
     McpCallAbandoned,
     /// `mcp.upstream_restarted`.
     McpUpstreamRestarted,

@@ -61,22 +61,52 @@ pub async fn serve(
             }
         });
     }
-    {
-        // Once a second: expire and escalate approvals nobody answers, and
-        // sign an audit checkpoint when enough entries or time have passed.
-        // With several replicas over one store, only the one holding the
-        // `background` lease does this, so nothing runs three times; if it
-        // dies, another takes the lease over within a few seconds.
+    // This replica is alive while its lease is: taken before the first
+    // request (a call held before it would look abandoned) and renewed on
+    // a task of its own, so slow background work never delays it.
+    if let Err(e) = mcp::held::renew(&state).await {
+        tracing::warn!(error = %e, "could not take this replica's lease; retrying");
+    }
+    let renewing = {
         let s = state.clone();
         tokio::spawn(async move {
-            let holder = service::new_id("replica");
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut tick = tokio::time::interval(mcp::held::RENEW_EVERY);
             loop {
                 tick.tick().await;
+                if let Err(e) = mcp::held::renew(&s).await {
+                    tracing::warn!(error = %e, "could not renew this replica's lease");
+                }
+            }
+        })
+    };
+    {
+        // Once a second: expire and escalate approvals nobody answers, end
+        // the held MCP calls of replicas that stopped, and sign an audit
+        // checkpoint when enough entries or time have passed; once a minute,
+        // delete idle MCP sessions. With several replicas over one store,
+        // only the one holding the `background` lease does this, so nothing
+        // runs three times; if it dies, another takes the lease over within
+        // a few seconds.
+        let s = state.clone();
+        tokio::spawn(async move {
+            let holder = s.replica.clone();
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut ticks: u64 = 0;
+            loop {
+                tick.tick().await;
+                ticks = ticks.wrapping_add(1);
                 match service::gateway::lead_background(&s, &holder).await {
                     Ok(true) => {
                         if let Err(e) = service::approvals::sweep(&s).await {
                             tracing::warn!(error = %e, "approval sweep failed");
+                        }
+                        if let Err(e) = mcp::held::sweep(&s).await {
+                            tracing::warn!(error = %e, "sweep of abandoned MCP calls failed");
+                        }
+                        if ticks % 60 == 1 {
+                            if let Err(e) = mcp::sessions::sweep(&s).await {
+                                tracing::warn!(error = %e, "sweep of idle MCP sessions failed");
+                            }
                         }
                         if let Err(e) = service::checkpoints::maybe_checkpoint(&s).await {
                             tracing::warn!(error = %e, "audit checkpoint failed");
@@ -111,12 +141,17 @@ pub async fn serve(
         });
     }
     // The peer address is the source refusals are aggregated by.
-    axum::serve(
+    let served = axum::serve(
         listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await
+    .await;
+    // Stopped: whatever this replica still held is abandoned at the next
+    // sweep, not only once its lease runs out (stop renewing it first).
+    renewing.abort();
+    mcp::held::release(&state).await;
+    served
 }
 
 #[cfg(test)]

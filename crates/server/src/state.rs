@@ -46,6 +46,10 @@ pub struct AppState {
     pub readiness: crate::health::Readiness,
     /// Refused credentials, aggregated per source and second.
     pub refusals: crate::refusals::RefusalLog,
+    /// This process's id among the replicas over the store, new at every
+    /// start: the holder of its `replica:<id>` lease and of the
+    /// `background` lease, and the replica named on the calls it holds.
+    pub replica: String,
 }
 
 /// The configured store, opened (migrations applied) and named for errors:
@@ -378,6 +382,8 @@ impl AppState {
             readiness: crate::health::Readiness::default(),
             refusals: crate::refusals::RefusalLog::default(),
             upstreams,
+            // `service::new_id`'s form, spelt out: `state` sits below `service`.
+            replica: format!("replica_{}", uuid::Uuid::now_v7().simple()),
         });
         let pack = state.pack.load_full();
         state.audit_pack_loaded(&pack, "startup").await?;

@@ -135,6 +135,19 @@ impl Store for FlakyStore {
     ) -> Result<Vec<tollgate_store::OutboxMessage>, StoreError> {
         self.inner.outbox_due(created_by, now, limit).await
     }
+    async fn mcp_session(
+        &self,
+        id: &str,
+    ) -> Result<Option<tollgate_store::McpSession>, StoreError> {
+        self.inner.mcp_session(id).await
+    }
+    async fn abandoned_held_calls(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<tollgate_store::HeldCall>, StoreError> {
+        self.inner.abandoned_held_calls(now, limit).await
+    }
 }
 
 const ADMIN: &str = "tga_test-admin";
@@ -197,6 +210,7 @@ impl Harness {
             checkpoint: std::sync::Mutex::new(None),
             readiness: Default::default(),
             refusals: Default::default(),
+            replica: "replica_test".into(),
             upstreams: tollgate_server::upstream::Upstreams::default(),
         });
         Self {

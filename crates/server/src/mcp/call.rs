@@ -365,6 +365,10 @@ fn denied(d: &Decided) -> CallToolResult {
 /// Hold the call open until its approval is decided. `Ok` carries the
 /// granted approval's id and how many progress notifications were sent;
 /// `Err` the answer for the agent.
+///
+/// While it is held, the store records which replica holds it
+/// ([`super::held`]): if this process dies, the call is abandoned and its
+/// approval withdrawn by whichever replica does the background work.
 async fn hold(
     state: &Shared,
     auth: &TaskAuth,
@@ -375,6 +379,44 @@ async fn hold(
         return Err(denied(first));
     };
     let id = approval.id.clone();
+    let record = super::held::Record::put(
+        state,
+        &first.request_id,
+        &id,
+        &auth.task.id,
+        &auth.agent.spiffe_id,
+    )
+    .await;
+    let record = match record {
+        Ok(r) => r,
+        Err(e) => {
+            // A hold nothing would end if this process died is not started.
+            let why = format!("the held call could not be recorded: {e}");
+            abandon(state, auth, first, &id, &why).await;
+            return Err(with_request_id(
+                tool_error(
+                    format!("refused by Tollgate: {why}"),
+                    Some(decision_json(first)),
+                ),
+                &first.request_id,
+            ));
+        }
+    };
+    let held = wait_for_approval(state, auth, first, &id, ctx).await;
+    record.end().await;
+    held
+}
+
+/// The wait of [`hold`]: until the approval is settled, the task ends, or
+/// the client leaves (which abandons the call).
+async fn wait_for_approval(
+    state: &Shared,
+    auth: &TaskAuth,
+    first: &Decided,
+    id: &str,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<(String, u32), CallToolResult> {
+    let id = id.to_string();
     let fail = |text: String| {
         with_request_id(
             tool_error(text, Some(decision_json(first))),
@@ -536,6 +578,7 @@ async fn abandon(
     let w = approvals::Withdrawal {
         task: &auth.task,
         agent,
+        actor: agent,
         reason,
     };
     match approvals::withdraw(state, approval_id, &w, abandoned).await {

@@ -23,8 +23,11 @@
 //!   `decide.rs` by the pack, exactly as for the REST API.
 
 pub mod call;
+pub mod held;
+pub mod sessions;
 
 use crate::api::auth::{Shared, TaskAuth};
+use crate::api::error::ApiError;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -34,7 +37,6 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_audit::AuditEvent;
@@ -60,18 +62,21 @@ pub fn router(state: Shared) -> axum::Router {
     // rebinding; every request here carries a bearer credential a rebinding
     // page cannot have, and the gateway is reached by whatever name the
     // operator gives it.
-    let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
+    let mut config = StreamableHttpServerConfig::default().disable_allowed_hosts();
     let idle = std::time::Duration::from_secs(state.config.mcp.session_idle_seconds);
     let mut sessions = LocalSessionManager::default();
     // rmcp closes a session after this long without an event; a call held
-    // for approval without a progress token produces none.
+    // for approval without a progress token produces none. The session's
+    // row in the store outlives this process's copy: another request
+    // restores it.
     sessions.session_config.keep_alive = Some(idle);
-    let service =
-        StreamableHttpService::new(move || Ok(gateway.clone()), Arc::new(sessions), config);
-    let guard = Guard {
-        state,
-        owners: Arc::new(SessionOwners::new(idle)),
-    };
+    let sessions = Arc::new(sessions);
+    let registry = Arc::new(sessions::Registry::new(state.clone(), sessions.clone()));
+    // Sessions live in the store: a replica without the session in memory
+    // replays its handshake from there (rmcp's restore).
+    config.session_store = Some(registry.clone());
+    let service = StreamableHttpService::new(move || Ok(gateway.clone()), sessions, config);
+    let guard = Guard { state, registry };
     axum::Router::new()
         .fallback_service(service)
         .layer(axum::middleware::from_fn_with_state(guard, authenticate))
@@ -80,62 +85,35 @@ pub fn router(state: Shared) -> axum::Router {
 #[derive(Clone)]
 struct Guard {
     state: Shared,
-    owners: Arc<SessionOwners>,
-}
-
-/// Which task opened each MCP session. A session id is a bearer handle to
-/// a stream of answers, so it is bound to its task: another task's
-/// credential presenting it is refused, as the MCP spec asks of servers.
-struct SessionOwners {
-    idle: std::time::Duration,
-    /// session id → (task id, last seen).
-    by_session: std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>,
-}
-
-impl SessionOwners {
-    fn new(idle: std::time::Duration) -> Self {
-        Self {
-            idle,
-            by_session: std::sync::Mutex::default(),
-        }
-    }
-
-    /// `Ok(true)`: a session of this task; `Ok(false)`: unknown (rmcp will
-    /// answer 404, so the client initialises anew); `Err`: another task's.
-    fn check(&self, session: &str, task_id: &str) -> Result<bool, ()> {
-        let Ok(mut map) = self.by_session.lock() else {
-            return Err(());
-        };
-        match map.get_mut(session) {
-            Some((owner, _)) if owner != task_id => Err(()),
-            Some((_, seen)) => {
-                *seen = std::time::Instant::now();
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-
-    fn bind(&self, session: String, task_id: String) {
-        let Ok(mut map) = self.by_session.lock() else {
-            return;
-        };
-        // Sessions idle longer than rmcp keeps them are gone there too.
-        if map.len() >= 1024 {
-            let idle = self.idle;
-            map.retain(|_, (_, seen)| seen.elapsed() < idle);
-        }
-        map.insert(session, (task_id, std::time::Instant::now()));
-    }
-
-    fn forget(&self, session: &str) {
-        if let Ok(mut map) = self.by_session.lock() {
-            map.remove(session);
-        }
-    }
+    registry: Arc<sessions::Registry>,
 }
 
 const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Audit and refuse a session id presented with another task's credential:
+/// a session id is a bearer handle to a stream of answers, so it is bound
+/// to its task, as the MCP specification asks of servers.
+async fn refuse_foreign_session(state: &Shared, auth: &TaskAuth) -> Response {
+    let ev = AuditEvent::new(
+        state.now(),
+        tollgate_core::EventKind::AuthRefused,
+        auth.agent.spiffe_id.clone(),
+    )
+    .agent(auth.agent.spiffe_id.clone())
+    .task(auth.task.id.clone())
+    .outcome("refused")
+    .detail(serde_json::json!({"reason": "MCP session belongs to another task", "path": "/mcp"}));
+    if let Err(e) = state.store.commit(Batch::audit_only(ev)).await {
+        return ApiError::from(e).into_response();
+    }
+    ApiError::Forbidden("this MCP session belongs to another task".into()).into_response()
+}
+
+/// Not a session any replica knows (never opened, ended, idled out): say
+/// so the way the MCP transport does, so the client initialises anew.
+fn unknown_session() -> Response {
+    ApiError::NotFound("unknown MCP session".into()).into_response()
+}
 
 /// Authenticate every request to `/mcp` with the task credential; the
 /// handler finds the caller in the request's extensions.
@@ -145,38 +123,20 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
         Ok(auth) => auth,
         Err(e) => return e.into_response(),
     };
-    let session = parts
-        .headers
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let session = match parts.headers.get(SESSION_HEADER) {
+        None => None,
+        Some(v) => match v.to_str() {
+            // Hostile input: bounded before it reaches the store.
+            Ok(id) if sessions::plausible_id(id) => Some(id.to_string()),
+            _ => return unknown_session(),
+        },
+    };
     if let Some(id) = &session {
-        match guard.owners.check(id, &auth.task.id) {
-            Ok(true) => {}
-            Ok(false) => {
-                // Not a session we opened (or one that idled out): say so
-                // the way the MCP transport does, so the client re-initialises.
-                return crate::api::error::ApiError::NotFound("unknown MCP session".into())
-                    .into_response();
-            }
-            Err(()) => {
-                let ev = AuditEvent::new(
-                    guard.state.now(),
-                    tollgate_core::EventKind::AuthRefused,
-                    auth.agent.spiffe_id.clone(),
-                )
-                .agent(auth.agent.spiffe_id.clone())
-                .task(auth.task.id.clone())
-                .outcome("refused")
-                .detail(serde_json::json!({"reason": "MCP session belongs to another task", "path": "/mcp"}));
-                if let Err(e) = guard.state.store.commit(Batch::audit_only(ev)).await {
-                    return crate::api::error::ApiError::from(e).into_response();
-                }
-                return crate::api::error::ApiError::Forbidden(
-                    "this MCP session belongs to another task".into(),
-                )
-                .into_response();
-            }
+        match guard.registry.check(id, &auth.task.id).await {
+            Ok(sessions::Known::Own) => {}
+            Ok(sessions::Known::Unknown) => return unknown_session(),
+            Ok(sessions::Known::Other) => return refuse_foreign_session(&guard.state, &auth).await,
+            Err(e) => return ApiError::from(e).into_response(),
         }
     }
     let task_id = auth.task.id.clone();
@@ -187,11 +147,22 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
     let mut response = next.run(Request::from_parts(parts, body)).await;
     match (&session, response.headers().get(SESSION_HEADER)) {
         (None, Some(new)) => {
-            if let Ok(new) = new.to_str() {
-                guard.owners.bind(new.to_string(), task_id);
+            let registered = match new.to_str() {
+                Ok(new) => guard.registry.register(new, &task_id).await,
+                Err(_) => Err(crate::service::Error::Internal(
+                    "rmcp made a session id that is not text".into(),
+                )),
+            };
+            if let Err(e) = registered {
+                // A session no replica could find is not handed out.
+                return ApiError::from(e).into_response();
             }
         }
-        (Some(id), _) if closing && response.status().is_success() => guard.owners.forget(id),
+        (Some(id), _) if closing && response.status().is_success() => {
+            if let Err(e) = guard.registry.end(id).await {
+                return ApiError::from(e).into_response();
+            }
+        }
         _ => {}
     }
     // rmcp answers a session termination 202, which MCP clients (the

@@ -125,8 +125,10 @@ pub async fn load(state: &Arc<AppState>, id: &str) -> Result<Approval, Error> {
 pub struct Withdrawal<'a> {
     /// The task that made the request.
     pub task: &'a Task,
-    /// The agent that gave it up: the entry's actor.
+    /// The agent whose request it was.
     pub agent: &'a str,
+    /// Who gave it up: the agent, or `tollgate` for a call whose replica stopped.
+    pub actor: &'a str,
     pub reason: &'a str,
 }
 
@@ -155,7 +157,7 @@ pub async fn withdraw(
                             expected_version,
                         })
                         .event(
-                            AuditEvent::new(now, EventKind::ApprovalWithdrawn, w.agent)
+                            AuditEvent::new(now, EventKind::ApprovalWithdrawn, w.actor)
                                 .agent(w.agent)
                                 .task(w.task.id.clone())
                                 .incident(w.task.incident_id.clone())

@@ -49,6 +49,21 @@ impl Server {
         Self::spawn_env(Some(config), data, None, env)
     }
 
+    /// Kill -9: the process dies with whatever it held.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// [`restart`](Self::restart) in place.
+    pub fn restart_in_place(&mut self) {
+        self.kill();
+        let mut fresh = Self::spawn(self.config.as_deref(), &self.data);
+        fresh._tmp = self._tmp.take();
+        // The old process is gone; dropping its handle kills nothing.
+        std::mem::swap(self, &mut fresh);
+    }
+
     fn spawn(config: Option<&Path>, data: &Path) -> Self {
         Self::spawn_with(config, data, None)
     }

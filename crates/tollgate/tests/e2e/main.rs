@@ -12,6 +12,7 @@ mod harness;
 mod identity;
 mod lifecycle;
 mod mcp;
+mod mcp_replicas;
 mod operations;
 mod replicas;
 mod scenario;

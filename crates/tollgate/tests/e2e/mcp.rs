@@ -587,7 +587,7 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
 
 /// One raw JSON-RPC request to /mcp: status, the session id it was
 /// answered under, and the body.
-fn raw_mcp(
+pub(crate) fn raw_mcp(
     s: &Server,
     cred: &str,
     session: Option<&str>,

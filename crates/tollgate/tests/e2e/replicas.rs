@@ -15,9 +15,9 @@ use std::sync::{Arc, Barrier};
 
 /// A PostgreSQL schema that lives as long as the test: dropped (with every
 /// table in it) by `Drop`, after the replicas using it are gone.
-struct Schema {
+pub(crate) struct Schema {
     url: String,
-    name: String,
+    pub(crate) name: String,
 }
 
 impl Schema {
@@ -38,7 +38,7 @@ impl Schema {
         s
     }
 
-    fn psql(&self, sql: &str) -> (bool, String) {
+    pub(crate) fn psql(&self, sql: &str) -> (bool, String) {
         let out = Command::new("psql")
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-d", &self.url, "-c", sql])
@@ -78,9 +78,9 @@ fn pg_url() -> Option<String> {
 
 /// Three replicas. Fields drop in order: the replicas are killed first
 /// (even when the test fails), then the schema is dropped, then the data dir.
-struct Cluster {
-    nodes: Vec<Server>,
-    schema: Schema,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<Server>,
+    pub(crate) schema: Schema,
     _tmp: tempfile::TempDir,
 }
 
@@ -94,10 +94,22 @@ impl Cluster {
     /// (`None`: the embedded defaults), reaching PostgreSQL at
     /// `route(TOLLGATE_TEST_PG)` (a proxy, for the fault tests).
     fn start_with(extra: Option<&str>, route: impl Fn(&str) -> String) -> Option<Self> {
+        Self::launch(|tmp| extra.map(|extra| config_dir(tmp, extra)), route)
+    }
+
+    /// [`start`](Self::start), every replica reading `config` (a config dir).
+    pub(crate) fn start_with_config(config: Option<&std::path::Path>) -> Option<Self> {
+        Self::launch(|_| config.map(std::path::Path::to_path_buf), |u| u.to_string())
+    }
+
+    fn launch(
+        config: impl FnOnce(&std::path::Path) -> Option<std::path::PathBuf>,
+        route: impl Fn(&str) -> String,
+    ) -> Option<Self> {
         let url = pg_url()?;
         let schema = Schema::new(&url);
         let tmp = tempfile::tempdir().unwrap();
-        let config = extra.map(|extra| config_dir(tmp.path(), extra));
+        let config = config(tmp.path());
         let url = route(&url);
         // One data dir for all: the issuer key, admin token and audit keys
         // are shared. The first replica creates them (and the schema, and
@@ -135,7 +147,7 @@ impl Cluster {
     }
 
     /// One value from the replicas' schema.
-    fn sql(&self, query: &str) -> String {
+    pub(crate) fn sql(&self, query: &str) -> String {
         let (ok, out) = self.schema.psql(&format!(
             "SET search_path TO \"{}\"; {query}",
             self.schema.name
@@ -144,18 +156,18 @@ impl Cluster {
         out.trim().to_string()
     }
 
-    fn a(&self) -> &Server {
+    pub(crate) fn a(&self) -> &Server {
         &self.nodes[0]
     }
-    fn b(&self) -> &Server {
+    pub(crate) fn b(&self) -> &Server {
         &self.nodes[1]
     }
-    fn c(&self) -> &Server {
+    pub(crate) fn c(&self) -> &Server {
         &self.nodes[2]
     }
 
     /// `tollgate audit verify` over the API of `node`, as the admin.
-    fn verify_audit(&self, node: &Server) -> String {
+    pub(crate) fn verify_audit(&self, node: &Server) -> String {
         let out = Command::new(bin())
             .args(["audit", "verify"])
             .env("TOLLGATE_ADDR", &node.addr)
@@ -179,7 +191,7 @@ impl Cluster {
 
 /// Poll `GET /livez` (the first line is printed once the listener is
 /// bound, so this normally answers at once).
-fn wait_live(s: &Server) {
+pub(crate) fn wait_live(s: &Server) {
     let started = std::time::Instant::now();
     loop {
         if let Ok(mut r) = agent().get(&s.url("/livez")).call() {
