@@ -96,7 +96,7 @@ const MCP_ERRORS: &str = "An error of the transport or the gateway, in the API's
 /// JSON or as an SSE stream, depending on `Accept`.
 #[utoipa::path(post, path = "/mcp", request_body(content = doc::JsonRpcMessage, content_type = "application/json"),
     params(
-        ("mcp-session-id" = Option<String>, Header, description = "The session, from the `initialize` answer's `mcp-session-id` header"),
+        ("mcp-session-id" = Option<String>, Header, description = "The session, from the `initialize` answer's `mcp-session-id` header; any replica over the same store serves it (at most 128 bytes of visible ASCII)"),
         ("accept" = String, Header, description = "Must accept both `application/json` and `text/event-stream`"),
     ),
     responses(
