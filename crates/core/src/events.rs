@@ -101,11 +101,15 @@ pub enum EventKind {
     McpCallAbandoned,
     /// `mcp.upstream_restarted`.
     McpUpstreamRestarted,
+    /// `console.signed_in`: someone signed in to the web console.
+    ConsoleSignedIn,
+    /// `console.signed_out`.
+    ConsoleSignedOut,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 46] = [
+    pub const ALL: [EventKind; 48] = [
         EventKind::Decision,
         EventKind::AuthzenDecision,
         EventKind::Freeze,
@@ -152,6 +156,8 @@ impl EventKind {
         EventKind::McpCallRefused,
         EventKind::McpCallAbandoned,
         EventKind::McpUpstreamRestarted,
+        EventKind::ConsoleSignedIn,
+        EventKind::ConsoleSignedOut,
     ];
 
     /// The kind as the audit log stores it.
@@ -203,6 +209,8 @@ impl EventKind {
             EventKind::McpCallRefused => "mcp.call_refused",
             EventKind::McpCallAbandoned => "mcp.call_abandoned",
             EventKind::McpUpstreamRestarted => "mcp.upstream_restarted",
+            EventKind::ConsoleSignedIn => "console.signed_in",
+            EventKind::ConsoleSignedOut => "console.signed_out",
         }
     }
 

@@ -190,6 +190,9 @@ pub struct ServerConfig {
     /// The MCP gateway: upstream tool servers and how calls are held and forwarded.
     #[serde(default)]
     pub mcp: McpConfig,
+    /// The web console for approvers and operators (`/console`).
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// Where state and the audit log live: the embedded SQLite file in the
     /// data directory (default), or PostgreSQL for several replicas.
     #[serde(default)]
@@ -291,6 +294,35 @@ impl StoreConfig {
                 other.chars().take(40).collect::<String>()
             )),
         }
+    }
+}
+
+/// `console:` in tollgate.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve `/console` (default true).
+    pub enabled: bool,
+    /// A console session ends this long after sign-in, used or not: an
+    /// on-call shift signs in again rather than keeping a session for days.
+    pub session_minutes: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_minutes: 30,
+        }
+    }
+}
+
+impl ConsoleConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=720).contains(&self.session_minutes) {
+            return Err("tollgate.yaml: console: session_minutes must be 1 to 720".into());
+        }
+        Ok(())
     }
 }
 
@@ -421,6 +453,7 @@ impl Default for ServerConfig {
             max_delegation_depth: d_max_depth(),
             rate_limits: vec![],
             mcp: McpConfig::default(),
+            console: ConsoleConfig::default(),
             store: StoreConfig::default(),
         }
     }
@@ -494,6 +527,7 @@ impl ServerConfig {
             }
         }
         self.mcp.validate()?;
+        self.console.validate()?;
         self.store
             .validate()
             .map_err(|e| format!("tollgate.yaml: {e}"))?;

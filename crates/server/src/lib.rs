@@ -15,6 +15,7 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+mod console;
 pub mod embedded;
 mod health;
 pub mod mcp;
@@ -32,9 +33,15 @@ pub use state::{AppState, Options, StartError};
 use std::future::Future;
 use std::sync::Arc;
 
-/// Every route the server answers: the HTTP API with the MCP gateway at `/mcp`.
+/// Every route the server answers: the HTTP API with the MCP gateway at
+/// `/mcp`, and the web console at `/console` unless it is turned off.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    api::router(state.clone(), mcp::router(state))
+    let api = api::router(state.clone(), mcp::router(state.clone()));
+    if state.config.console.enabled {
+        api.merge(console::router(state))
+    } else {
+        api
+    }
 }
 
 /// Serve until `shutdown` resolves. On Unix, SIGHUP reloads the policy pack.
@@ -110,6 +117,9 @@ pub async fn serve(
                         }
                         if let Err(e) = service::checkpoints::maybe_checkpoint(&s).await {
                             tracing::warn!(error = %e, "audit checkpoint failed");
+                        }
+                        if let Err(e) = service::console::purge_expired(&s).await {
+                            tracing::warn!(error = %e, "could not purge ended console sessions");
                         }
                     }
                     Ok(false) => {}

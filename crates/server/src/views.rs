@@ -169,3 +169,57 @@ pub struct DecisionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_expires_at: Option<String>,
 }
+
+/// An approval with what an approver decides on.
+#[derive(Serialize, ToSchema)]
+pub struct ApprovalDetail {
+    #[serde(flatten)]
+    pub approval: ApprovalView,
+    /// The operation's tier (absent when it left the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Sensitivity labels: `reads-secret`, `egress-external`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reversible: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blast_radius: Option<String>,
+    /// The task (absent when it is gone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<ApprovalTask>,
+    /// The task's evidence.
+    pub evidence: Vec<EvidenceView>,
+    /// The newest 200 decisions of the task, oldest first.
+    pub chain: Vec<ChainStep>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApprovalTask {
+    pub intent: String,
+    pub playbook: String,
+    pub environment: String,
+    pub status: TaskStatus,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EvidenceView {
+    pub id: String,
+    /// `Type::id`.
+    pub resource: String,
+    pub kind: String,
+    pub sha256: String,
+}
+
+/// One decision of the task so far.
+#[derive(Serialize, ToSchema)]
+pub struct ChainStep {
+    pub seq: u64,
+    pub request_id: Option<String>,
+    pub outcome: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub action: Value,
+    #[schema(value_type = Option<String>)]
+    pub resource: Value,
+    pub at: String,
+}

@@ -127,6 +127,12 @@ impl Store for FlakyStore {
     async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         self.inner.audit(q).await
     }
+    async fn console_session(
+        &self,
+        id_hash: &str,
+    ) -> Result<Option<tollgate_store::ConsoleSession>, StoreError> {
+        self.inner.console_session(id_hash).await
+    }
     async fn outbox_due(
         &self,
         created_by: i64,

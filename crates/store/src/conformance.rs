@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use crate::{
-    ActionRecord, AgentCount, AuditQuery, Batch, Change, Conflict, FactsQuery, JoinToken,
-    OutboxMessage, Store, StoreError, TaskFilter,
+    ActionRecord, AgentCount, AuditQuery, Batch, Change, Conflict, ConsoleSession, FactsQuery,
+    JoinToken, OutboxMessage, Store, StoreError, TaskFilter,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use tollgate_audit::AuditEvent;
@@ -70,6 +70,7 @@ pub async fn run_all(store: &dyn Store) {
     outbox_messages_wait_until_claimed_and_dequeued(store).await;
     mcp_sessions_are_registered_touched_and_expired(store).await;
     held_calls_of_a_dead_replica_are_found(store).await;
+    console_sessions_start_end_and_expire(store).await;
 }
 
 /// An MCP session row: registered once (an id is never taken over), read
@@ -270,6 +271,50 @@ pub async fn held_calls_of_a_dead_replica_are_found(s: &dyn Store) {
         .await,
         Conflict::LeaseHeld { .. }
     ));
+}
+
+/// A console session is found by its hash until it is ended or purged
+/// after expiry; a second put of the same hash changes nothing.
+pub async fn console_sessions_start_end_and_expire(s: &dyn Store) {
+    let session = |id: &str, expires_at: i64| ConsoleSession {
+        id_hash: id.into(),
+        principal: "ivan@acme.test".into(),
+        role: "identity".into(),
+        via: "key".into(),
+        created_at: 100,
+        expires_at,
+    };
+    let (a, b) = (unique("sess"), unique("sess"));
+    s.commit(
+        Batch::default()
+            .change(Change::PutConsoleSession(session(&a, 1000)))
+            .change(Change::PutConsoleSession(session(&b, 200))),
+    )
+    .await
+    .unwrap();
+    s.commit(
+        Batch::default().change(Change::PutConsoleSession(ConsoleSession {
+            principal: "mallory".into(),
+            ..session(&a, 9999)
+        })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.console_session(&a).await.unwrap(),
+        Some(session(&a, 1000))
+    );
+    assert_eq!(s.console_session(&b).await.unwrap(), Some(session(&b, 200)));
+    assert_eq!(s.console_session("nobody").await.unwrap(), None);
+    s.commit(Batch::default().change(Change::PurgeConsoleSessions { before: 500 }))
+        .await
+        .unwrap();
+    assert_eq!(s.console_session(&b).await.unwrap(), None);
+    assert!(s.console_session(&a).await.unwrap().is_some());
+    s.commit(Batch::default().change(Change::EndConsoleSession { id_hash: a.clone() }))
+        .await
+        .unwrap();
+    assert_eq!(s.console_session(&a).await.unwrap(), None);
 }
 
 /// A lease has one holder at a time, across every process over the store;

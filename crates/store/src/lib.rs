@@ -285,6 +285,16 @@ pub enum Change {
         key: String,
         holder: String,
     },
+    /// Start a console session (idempotent per id hash).
+    PutConsoleSession(ConsoleSession),
+    /// End a console session (sign-out; no precondition).
+    EndConsoleSession {
+        id_hash: String,
+    },
+    /// Forget console sessions that expired before `before`.
+    PurgeConsoleSessions {
+        before: UnixTime,
+    },
     /// Queue a notification in the commit of what it reports, so it is
     /// neither lost when the process that committed dies nor sent by every
     /// process ([`OutboxMessage`]). Idempotent per id.
@@ -449,6 +459,23 @@ pub struct Pep {
     pub name: String,
     pub key_hash: String,
     pub created_at: UnixTime,
+}
+
+/// A signed-in session of the web console. The browser holds a random
+/// secret in a cookie; the store holds only its SHA-256, so reading the
+/// database does not let anyone act as a signed-in approver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSession {
+    pub id_hash: String,
+    /// The approver's name, or `admin`.
+    pub principal: String,
+    /// The approver's role (`admin` for the admin).
+    pub role: String,
+    /// How they signed in: `key`, `oidc` or `admin-token`.
+    pub via: String,
+    pub created_at: UnixTime,
+    /// Not extended by use: a console session is short and ends on its own.
+    pub expires_at: UnixTime,
 }
 
 /// A notification (a webhook delivery) waiting to be sent. Queued by
@@ -636,6 +663,9 @@ pub trait Store: Send + Sync + 'static {
     /// Entries carrying `request_id`, oldest first.
     async fn audit_by_request(&self, request_id: &str) -> Result<Vec<AuditEntry>, StoreError>;
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// A console session by the hash of its secret, if it exists (expired
+    /// or not: the caller checks `expires_at`).
+    async fn console_session(&self, id_hash: &str) -> Result<Option<ConsoleSession>, StoreError>;
     /// Queued notifications created at or before `created_by` whose claim
     /// lease is not held at `now`, oldest first, at most `limit`.
     async fn outbox_due(

@@ -19,8 +19,8 @@
 use crate::pg_tls::TlsOptions;
 use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
-    Evidence, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts,
-    TaskFilter,
+    ConsoleSession, Evidence, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError,
+    StoredFacts, TaskFilter,
 };
 use crate::{HeldCall, McpSession};
 use async_trait::async_trait;
@@ -129,6 +129,16 @@ CREATE INDEX outbox_created ON outbox(created_at, id);
     ),
     // MCP sessions and held calls (`postgres/mcp.rs`).
     (3, mcp::MIGRATION),
+    (
+        4,
+        r#"
+-- Web console sessions: the hash of the browser's secret, never the secret.
+CREATE TABLE console_sessions (
+  id_hash TEXT COLLATE "C" PRIMARY KEY, principal TEXT COLLATE "C" NOT NULL, role TEXT COLLATE "C" NOT NULL,
+  via TEXT COLLATE "C" NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL);
+CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);
+"#,
+    ),
 ];
 
 /// Serialises migrations of every process over the database (any schema).
@@ -959,6 +969,31 @@ async fn apply<C: GenericClient>(tx: &C, change: &Change) -> Result<(), StoreErr
             )
             .await?;
         }
+        Change::PutConsoleSession(c) => {
+            exec(
+                tx,
+                "INSERT INTO console_sessions(id_hash, principal, role, via, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT(id_hash) DO NOTHING",
+                &[&c.id_hash, &c.principal, &c.role, &c.via, &c.created_at, &c.expires_at],
+            )
+            .await?;
+        }
+        Change::EndConsoleSession { id_hash } => {
+            exec(
+                tx,
+                "DELETE FROM console_sessions WHERE id_hash = $1",
+                &[id_hash],
+            )
+            .await?;
+        }
+        Change::PurgeConsoleSessions { before } => {
+            exec(
+                tx,
+                "DELETE FROM console_sessions WHERE expires_at < $1",
+                &[before],
+            )
+            .await?;
+        }
         Change::Enqueue(m) => {
             exec(
                 tx,
@@ -1742,6 +1777,27 @@ impl Store for PostgresStore {
         .iter()
         .map(entry_from_row)
         .collect()
+    }
+
+    async fn console_session(&self, id_hash: &str) -> Result<Option<ConsoleSession>, StoreError> {
+        let c = self.client().await?;
+        let row = opt(
+            &c,
+            "SELECT id_hash, principal, role, via, created_at, expires_at FROM console_sessions WHERE id_hash = $1",
+            &[&id_hash],
+        )
+        .await?;
+        row.map(|r| {
+            Ok(ConsoleSession {
+                id_hash: get(&r, 0)?,
+                principal: get(&r, 1)?,
+                role: get(&r, 2)?,
+                via: get(&r, 3)?,
+                created_at: get(&r, 4)?,
+                expires_at: get(&r, 5)?,
+            })
+        })
+        .transpose()
     }
 
     async fn outbox_due(

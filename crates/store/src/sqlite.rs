@@ -9,7 +9,8 @@
 use crate::tree_cache::{self, Cached, TreeCache};
 use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
-    FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts, TaskFilter,
+    ConsoleSession, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts,
+    TaskFilter,
 };
 use crate::{HeldCall, McpSession};
 use async_trait::async_trait;
@@ -63,6 +64,10 @@ CREATE INDEX IF NOT EXISTS action_history_agent_allowed_tier ON action_history(a
 CREATE INDEX IF NOT EXISTS action_history_agent_allowed_action ON action_history(agent, action, ts) WHERE outcome = 'allow';
 CREATE TABLE IF NOT EXISTS checkpoints (tree_size INTEGER PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, holder TEXT NOT NULL, until INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS console_sessions (
+  id_hash TEXT PRIMARY KEY, principal TEXT NOT NULL, role TEXT NOT NULL, via TEXT NOT NULL,
+  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS console_sessions_expiry ON console_sessions(expires_at);
 CREATE TABLE IF NOT EXISTS outbox (
   id TEXT PRIMARY KEY, sink TEXT NOT NULL, event TEXT NOT NULL, subject TEXT NOT NULL,
   body TEXT NOT NULL, created_at INTEGER NOT NULL);
@@ -633,6 +638,28 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             tx.execute(
                 "DELETE FROM leases WHERE key = ?1 AND holder = ?2",
                 params![key, holder],
+            )
+            .map_err(backend)?;
+        }
+        Change::PutConsoleSession(c) => {
+            tx.execute(
+                "INSERT INTO console_sessions(id_hash, principal, role, via, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id_hash) DO NOTHING",
+                params![c.id_hash, c.principal, c.role, c.via, c.created_at, c.expires_at],
+            )
+            .map_err(backend)?;
+        }
+        Change::EndConsoleSession { id_hash } => {
+            tx.execute(
+                "DELETE FROM console_sessions WHERE id_hash = ?1",
+                params![id_hash],
+            )
+            .map_err(backend)?;
+        }
+        Change::PurgeConsoleSessions { before } => {
+            tx.execute(
+                "DELETE FROM console_sessions WHERE expires_at < ?1",
+                params![before],
             )
             .map_err(backend)?;
         }
@@ -1673,6 +1700,24 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             rows.map(|row| row.map_err(backend).and_then(decode_entry)).collect()
         })
+        .await
+    }
+
+    async fn console_session(&self, id_hash: &str) -> Result<Option<ConsoleSession>, StoreError> {
+        self.one(
+            "SELECT id_hash, principal, role, via, created_at, expires_at FROM console_sessions WHERE id_hash = ?1",
+            id_hash,
+            |r| {
+                Ok(ConsoleSession {
+                    id_hash: r.get(0)?,
+                    principal: r.get(1)?,
+                    role: r.get(2)?,
+                    via: r.get(3)?,
+                    created_at: r.get(4)?,
+                    expires_at: r.get(5)?,
+                })
+            },
+        )
         .await
     }
 

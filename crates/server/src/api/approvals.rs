@@ -4,13 +4,12 @@ use crate::api::auth::{Admin, ApiJson, ApiPath, ApiQuery, ApproverAuth, Shared, 
 use crate::api::doc::{self, BadInput, Conflict, JsonBody, NotFound, Secured};
 use crate::api::error::ApiError;
 use crate::service::admin;
-use crate::service::approvals::{load, vote};
-use crate::views::{view, ApprovalView};
+use crate::service::approvals::{describe, load, vote};
+use crate::views::{view, ApprovalDetail, ApprovalView};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::time::Duration;
 use tollgate_core::ApprovalStatus;
 use tollgate_store::ApprovalFilter;
@@ -173,60 +172,6 @@ pub struct ListQuery {
     pub task: Option<String>,
 }
 
-/// An approval with what an approver decides on.
-#[derive(Serialize, ToSchema)]
-pub struct ApprovalDetail {
-    #[serde(flatten)]
-    pub approval: ApprovalView,
-    /// The operation's tier (absent when it left the catalog).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tier: Option<String>,
-    /// Sensitivity labels: `reads-secret`, `egress-external`, …
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reversible: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub blast_radius: Option<String>,
-    /// The task (absent when it is gone).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub task: Option<ApprovalTask>,
-    /// The task's evidence.
-    pub evidence: Vec<EvidenceView>,
-    /// The newest 200 decisions of the task, oldest first.
-    pub chain: Vec<ChainStep>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ApprovalTask {
-    pub intent: String,
-    pub playbook: String,
-    pub environment: String,
-    pub status: doc::TaskStatus,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct EvidenceView {
-    pub id: String,
-    /// `Type::id`.
-    pub resource: String,
-    pub kind: String,
-    pub sha256: String,
-}
-
-/// One decision of the task so far.
-#[derive(Serialize, ToSchema)]
-pub struct ChainStep {
-    pub seq: u64,
-    pub request_id: Option<String>,
-    pub outcome: Option<String>,
-    #[schema(value_type = Option<String>)]
-    pub action: Value,
-    #[schema(value_type = Option<String>)]
-    pub resource: Value,
-    pub at: String,
-}
-
 #[derive(Serialize, ToSchema)]
 pub struct Approvals {
     pub approvals: Vec<ApprovalDetail>,
@@ -271,66 +216,9 @@ pub async fn list(
         .into_iter()
         .filter(|a| !(a.status == ApprovalStatus::Pending && a.expires_at <= now))
     {
-        out.push(enrich(&state, &pack, &a).await?);
+        out.push(describe(&state, &pack, &a).await?);
     }
     Ok(Json(Approvals { approvals: out }))
-}
-
-/// The approval plus what an approver decides on: the operation's tier and
-/// labels, the task, its evidence and its chain of decisions so far.
-async fn enrich(
-    state: &Shared,
-    pack: &tollgate_policy::PolicyPack,
-    a: &tollgate_core::Approval,
-) -> Result<ApprovalDetail, ApiError> {
-    let op = pack.catalog().operation(&a.action);
-    let task = state.store.task(&a.task_id).await?.map(|t| ApprovalTask {
-        intent: t.intent,
-        playbook: t.playbook,
-        environment: t.environment,
-        status: t.status.into(),
-    });
-    let evidence = state
-        .store
-        .evidence_for_task(&a.task_id)
-        .await?
-        .into_iter()
-        .map(|e| EvidenceView {
-            id: e.id,
-            resource: e.resource,
-            kind: e.kind,
-            sha256: e.sha256,
-        })
-        .collect();
-    // The newest 200 decisions of the task, oldest first.
-    let chain: Vec<_> = crate::service::checkpoints::task_entries(state, &a.task_id)
-        .await?
-        .into_iter()
-        .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision")
-        .collect();
-    let skip = chain.len().saturating_sub(200);
-    let chain = chain
-        .iter()
-        .skip(skip)
-        .map(|e| ChainStep {
-            seq: e.seq,
-            request_id: e.event.request_id.clone(),
-            outcome: e.event.outcome.clone(),
-            action: e.event.detail["action"].clone(),
-            resource: e.event.detail["resource"].clone(),
-            at: tollgate_core::clock::rfc3339(e.event.ts),
-        })
-        .collect();
-    Ok(ApprovalDetail {
-        approval: view(a),
-        tier: op.map(|op| op.tier.as_str().to_string()),
-        labels: op.map(|op| op.labels.clone()),
-        reversible: op.map(|op| op.reversible),
-        blast_radius: op.map(|op| op.blast_radius.clone()),
-        task,
-        evidence,
-        chain,
-    })
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -385,7 +273,7 @@ pub async fn show(
         a = load(&state, &id).await?;
     }
     let pack = state.pack.load();
-    Ok(Json(enrich(&state, &pack, &a).await?))
+    Ok(Json(describe(&state, &pack, &a).await?))
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -5,7 +5,7 @@
 //! so probing leaves a trace; nothing else is written.
 
 use crate::api::error::ApiError;
-use crate::service::{admin, identity};
+use crate::service::identity;
 use crate::state::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -418,55 +418,7 @@ async fn approver_from(
     state: &AppState,
     token: &str,
 ) -> Result<Option<crate::service::approvals::Voter>, ApiError> {
-    if let Some(a) = state
-        .store
-        .approver_by_key_hash(&sha256_hex(token.as_bytes()))
-        .await?
-    {
-        let now = state.now();
-        // A disabled or expired key is an approver's key that no longer
-        // works: refused (and audited by the caller), never passed on to
-        // the other kinds of credential.
-        if let Some(why) = a.refusal(now) {
-            return Err(ApiError::Unauthorized(why));
-        }
-        // Last use, to the minute: one small write a minute per approver,
-        // so `approver list` can show keys nobody uses any more.
-        if a.last_used_at.is_none_or(|t| now.saturating_sub(t) >= 60) {
-            let touch = Batch::default().change(tollgate_store::Change::TouchApprover {
-                name: a.name.clone(),
-                at: now,
-            });
-            if let Err(e) = state.store.commit(touch).await {
-                tracing::warn!(error = %e, "could not record an approver's last use");
-            }
-        }
-        return Ok(Some(crate::service::approvals::Voter {
-            name: a.name,
-            role: a.role,
-            via: "key",
-        }));
-    }
-    if let Some(oidc) = &state.oidc {
-        if let Ok(id) = oidc.verify(token, state.now()) {
-            // The same name rules as registered approvers (which also rule
-            // out SPIFFE IDs), and one spelling per person.
-            let name = id.name.to_ascii_lowercase();
-            if !admin::valid_approver_name(&name) {
-                return Ok(None);
-            }
-            let id = tollgate_identity::OidcIdentity {
-                name,
-                role: id.role,
-            };
-            return Ok(Some(crate::service::approvals::Voter {
-                name: id.name,
-                role: id.role,
-                via: "oidc",
-            }));
-        }
-    }
-    Ok(None)
+    Ok(identity::approver_by_credential(state, token).await?)
 }
 
 impl FromRequestParts<Shared> for ApproverAuth {

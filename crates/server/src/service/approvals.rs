@@ -186,6 +186,7 @@ pub async fn withdraw(
 }
 
 /// Who is voting.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Voter {
     pub name: String,
     pub role: String,
@@ -371,4 +372,65 @@ pub async fn sweep(state: &Arc<AppState>) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The approval plus what an approver decides on: the operation's tier and
+/// labels, the task, its evidence and its chain of decisions so far.
+pub async fn describe(
+    state: &AppState,
+    pack: &tollgate_policy::PolicyPack,
+    a: &tollgate_core::Approval,
+) -> Result<crate::views::ApprovalDetail, Error> {
+    let op = pack.catalog().operation(&a.action);
+    let task = state
+        .store
+        .task(&a.task_id)
+        .await?
+        .map(|t| crate::views::ApprovalTask {
+            intent: t.intent,
+            playbook: t.playbook,
+            environment: t.environment,
+            status: t.status.into(),
+        });
+    let evidence = state
+        .store
+        .evidence_for_task(&a.task_id)
+        .await?
+        .into_iter()
+        .map(|e| crate::views::EvidenceView {
+            id: e.id,
+            resource: e.resource,
+            kind: e.kind,
+            sha256: e.sha256,
+        })
+        .collect();
+    // The newest 200 decisions of the task, oldest first.
+    let chain: Vec<_> = crate::service::checkpoints::task_entries(state, &a.task_id)
+        .await?
+        .into_iter()
+        .filter(|e| e.event.kind == "decision" || e.event.kind == "authzen.decision")
+        .collect();
+    let skip = chain.len().saturating_sub(200);
+    let chain = chain
+        .iter()
+        .skip(skip)
+        .map(|e| crate::views::ChainStep {
+            seq: e.seq,
+            request_id: e.event.request_id.clone(),
+            outcome: e.event.outcome.clone(),
+            action: e.event.detail["action"].clone(),
+            resource: e.event.detail["resource"].clone(),
+            at: tollgate_core::clock::rfc3339(e.event.ts),
+        })
+        .collect();
+    Ok(crate::views::ApprovalDetail {
+        approval: crate::views::view(a),
+        tier: op.map(|op| op.tier.as_str().to_string()),
+        labels: op.map(|op| op.labels.clone()),
+        reversible: op.map(|op| op.reversible),
+        blast_radius: op.map(|op| op.blast_radius.clone()),
+        task,
+        evidence,
+        chain,
+    })
 }

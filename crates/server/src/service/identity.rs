@@ -208,3 +208,61 @@ pub async fn record_refusal(
         .await?;
     Ok(())
 }
+
+/// The approver a key or OIDC ID token belongs to: `Ok(None)` when it is
+/// neither; `Unauthenticated` for an approver's key that may not be used
+/// now (disabled, expired).
+pub async fn approver_by_credential(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<super::approvals::Voter>, Error> {
+    if let Some(a) = state
+        .store
+        .approver_by_key_hash(&sha256_hex(token.as_bytes()))
+        .await?
+    {
+        let now = state.now();
+        // A disabled or expired key is an approver's key that no longer
+        // works: refused (and audited by the caller), never passed on to
+        // the other kinds of credential.
+        if let Some(why) = a.refusal(now) {
+            return Err(Error::Unauthenticated(why));
+        }
+        // Last use, to the minute: one small write a minute per approver,
+        // so `approver list` can show keys nobody uses any more.
+        if a.last_used_at.is_none_or(|t| now.saturating_sub(t) >= 60) {
+            let touch = Batch::default().change(tollgate_store::Change::TouchApprover {
+                name: a.name.clone(),
+                at: now,
+            });
+            if let Err(e) = state.store.commit(touch).await {
+                tracing::warn!(error = %e, "could not record an approver's last use");
+            }
+        }
+        return Ok(Some(super::approvals::Voter {
+            name: a.name,
+            role: a.role,
+            via: "key",
+        }));
+    }
+    if let Some(oidc) = &state.oidc {
+        if let Ok(id) = oidc.verify(token, state.now()) {
+            // The same name rules as registered approvers (which also rule
+            // out SPIFFE IDs), and one spelling per person.
+            let name = id.name.to_ascii_lowercase();
+            if !super::admin::valid_approver_name(&name) {
+                return Ok(None);
+            }
+            let id = tollgate_identity::OidcIdentity {
+                name,
+                role: id.role,
+            };
+            return Ok(Some(super::approvals::Voter {
+                name: id.name,
+                role: id.role,
+                via: "oidc",
+            }));
+        }
+    }
+    Ok(None)
+}

@@ -29,6 +29,7 @@
 pub(crate) mod admin;
 pub mod approvals;
 pub mod checkpoints;
+pub(crate) mod console;
 pub(crate) mod decide;
 mod error;
 pub(crate) mod gate;

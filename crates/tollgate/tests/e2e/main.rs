@@ -7,6 +7,7 @@ mod approvals;
 mod audit;
 mod authzen;
 mod chain;
+mod console;
 mod hardening;
 mod harness;
 mod identity;

@@ -99,7 +99,10 @@ impl Cluster {
 
     /// [`start`](Self::start), every replica reading `config` (a config dir).
     pub(crate) fn start_with_config(config: Option<&std::path::Path>) -> Option<Self> {
-        Self::launch(|_| config.map(std::path::Path::to_path_buf), |u| u.to_string())
+        Self::launch(
+            |_| config.map(std::path::Path::to_path_buf),
+            |u| u.to_string(),
+        )
     }
 
     fn launch(
