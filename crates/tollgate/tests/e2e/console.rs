@@ -248,7 +248,7 @@ fn console_an_approver_sees_an_approval_arrive_and_approves_it() {
     let nora = s.approver("nora@acme.test", "network");
     let svid = s.enrol(IR);
     let (_, cred) = s.open_task(&svid);
-    with_browser(1280, 1700, "approver", |c| {
+    with_browser(1280, 1900, "approver", |c| {
         Box::pin(async move {
             sign_in(c, &s, &ivan).await;
             assert!(text_of(c, "header .who").await.contains("ivan@acme.test"));
