@@ -155,7 +155,14 @@ pub async fn serve(
         listener,
         app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown({
+        let stopping = state.stopping.clone();
+        async move {
+            shutdown.await;
+            // End the answers that would otherwise stream forever.
+            stopping.cancel();
+        }
+    })
     .await;
     // Stopped: whatever this replica still held is abandoned at the next
     // sweep, not only once its lease runs out (stop renewing it first).

@@ -37,6 +37,10 @@ pub struct AppState {
     /// Woken when this process queued webhook messages, so its delivery
     /// worker sends them at once instead of at its next poll.
     pub outbox_ready: tokio::sync::Notify,
+    /// Cancelled when the server starts to stop, so answers that stream
+    /// until told otherwise (the console's events, MCP streams) end and a
+    /// graceful stop does not wait for them forever.
+    pub stopping: tokio_util::sync::CancellationToken,
     pub audit: crate::audit::AuditKeys,
     /// The newest signed checkpoint, cached.
     pub checkpoint: std::sync::Mutex<Option<tollgate_audit::checkpoint::Checkpoint>>,
@@ -377,6 +381,7 @@ impl AppState {
             oidc,
             approval_events: tokio::sync::Notify::new(),
             outbox_ready: tokio::sync::Notify::new(),
+            stopping: tokio_util::sync::CancellationToken::new(),
             audit,
             checkpoint: std::sync::Mutex::new(latest_checkpoint),
             readiness: crate::health::Readiness::default(),

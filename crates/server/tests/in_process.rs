@@ -208,6 +208,7 @@ impl Harness {
             oidc: None,
             approval_events: tokio::sync::Notify::new(),
             outbox_ready: tokio::sync::Notify::new(),
+            stopping: Default::default(),
             audit: tollgate_server::audit::AuditKeys {
                 signing: ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]),
                 hmac: [5u8; 32],

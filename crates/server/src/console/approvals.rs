@@ -130,7 +130,8 @@ pub async fn events(c: Console, State(state): State<Shared>) -> Response {
                 Ok(_) => {
                     beat += 1;
                     // A comment every 15 s keeps proxies from closing the stream.
-                    beat.is_multiple_of(15).then(|| ": keep-alive\n\n".to_string())
+                    beat.is_multiple_of(15)
+                        .then(|| ": keep-alive\n\n".to_string())
                 }
                 Err(_) => Some("event: unavailable\ndata: store\n\n".to_string()),
             };
@@ -140,7 +141,11 @@ pub async fn events(c: Console, State(state): State<Shared>) -> Response {
                 }
             }
             let notified = state.approval_events.notified();
-            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+            tokio::select! {
+                // The server is stopping: end the stream so it can.
+                () = state.stopping.cancelled() => return,
+                _ = tokio::time::timeout(Duration::from_secs(1), notified) => {}
+            }
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

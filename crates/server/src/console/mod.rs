@@ -64,6 +64,7 @@ pub fn router(state: Shared) -> axum::Router {
         .route("/console/ops/tasks/{id}/revoke", post(ops::revoke_task))
         .route("/console/ops/agents/revoke", post(ops::revoke_agent))
         .route("/console/ops/agents/release", post(ops::release_agent))
+        .route("/console/ops/incidents/{id}", get(ops::timeline))
         .route(
             "/console/ops/incidents/{id}/resolve",
             post(ops::resolve_incident),

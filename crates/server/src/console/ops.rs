@@ -162,6 +162,38 @@ async fn after(state: &Shared, c: &Console, result: Result<String, Error>) -> Re
     }
 }
 
+/// Most entries the timeline shows.
+const TIMELINE: usize = 1000;
+
+/// One incident's audit entries, oldest first.
+pub async fn timeline(c: Console, State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    if let Err(r) = admin_only(&c) {
+        return r;
+    }
+    if id.len() > 256 {
+        return error_page(Some(&c.session), Error::NotFound("incident".into()));
+    }
+    let entries = state
+        .store
+        .audit(tollgate_store::AuditQuery {
+            incident_id: Some(id.clone()),
+            limit: TIMELINE + 1,
+            ..Default::default()
+        })
+        .await;
+    match entries {
+        Ok(mut entries) => {
+            let more = entries.len() > TIMELINE;
+            entries.truncate(TIMELINE);
+            html(
+                StatusCode::OK,
+                pages::timeline(&c.session, &id, &entries, more),
+            )
+        }
+        Err(e) => error_page(Some(&c.session), e.into()),
+    }
+}
+
 #[derive(Deserialize)]
 pub struct FreezeForm {
     csrf: String,

@@ -321,6 +321,7 @@ pub fn ops(session: &Session, o: &Ops, flash: Option<&Flash>) -> Markup {
                 @for i in &o.incidents {
                     article class="incident" {
                         h3 { (i.id) " · " (i.status) " · " (i.class) ", " (i.severity) }
+                        p { a href={ "/console/ops/incidents/" (i.id) } { "Timeline of " (i.id) } }
                         @if i.status == "open" {
                             form method="post" action={ "/console/ops/incidents/" (i.id) "/resolve" } class="inline" {
                                 input type="hidden" name="csrf" value=(session.csrf);
@@ -424,4 +425,56 @@ pub fn confirm_freeze(session: &Session, freeze: bool) -> Markup {
             }
         },
     )
+}
+
+/// One incident's audit entries, oldest first: what happened, who did it.
+pub fn timeline(
+    session: &Session,
+    incident: &str,
+    entries: &[tollgate_audit::AuditEntry],
+    more: bool,
+) -> Markup {
+    layout(
+        Some(session),
+        &format!("Incident {incident}"),
+        html! {
+            p { a href="/console/ops" { "← Operations" } }
+            h1 { "Timeline of " (incident) }
+            @if entries.is_empty() { p { "No audit entries name this incident." } } @else {
+                table {
+                    thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "What" } th scope="col" { "Who" } th scope="col" { "Task" } th scope="col" { "Outcome" } th scope="col" { "Detail" } } }
+                    tbody { @for e in entries { tr {
+                        td { (e.seq) }
+                        td { (tollgate_core::clock::rfc3339(e.event.ts)) }
+                        td { code { (e.event.kind) } }
+                        td { (e.event.actor) }
+                        td { code { (e.event.task_id.as_deref().unwrap_or("")) } }
+                        td { (e.event.outcome.as_deref().unwrap_or("")) }
+                        td class="detail" { (summary(&e.event.detail)) }
+                    } } }
+                }
+                @if more { p class="hint" { "The first 1000 entries; " code { "tollgate audit export --format ocsf --incident " (incident) } " has them all." } }
+            }
+        },
+    )
+}
+
+/// An entry's detail in a line: the fields people read first, as text.
+fn summary(detail: &Value) -> String {
+    let mut out = Vec::new();
+    for key in [
+        "action",
+        "resource",
+        "reason",
+        "reasons",
+        "approval_id",
+        "status",
+    ] {
+        if let Some(v) = detail.get(key) {
+            let t = text(v);
+            let t: String = t.chars().take(200).collect();
+            out.push(format!("{key}: {t}"));
+        }
+    }
+    out.join("; ")
 }

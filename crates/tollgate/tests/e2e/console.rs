@@ -485,3 +485,61 @@ fn console_the_admin_freezes_the_gateway_after_confirming() {
         })
     });
 }
+
+/// An open live-update stream does not keep the server from stopping.
+#[test]
+fn console_an_open_event_stream_ends_when_the_server_stops() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = Server::start();
+    let ivan = s.approver("ivan@acme.test", "identity");
+    // Sign in over plain HTTP and keep the cookie.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let r = agent
+        .post(&s.url("/console/signin"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(format!("credential={ivan}"))
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let secret = cookie.split(';').next().unwrap().to_string();
+    // Open the event stream and read its first event.
+    let addr = s.addr.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /console/events HTTP/1.1\r\nhost: {addr}\r\ncookie: {secret}\r\naccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let mut seen = String::new();
+    while !seen.contains("event: approvals") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "stream ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    // SIGTERM with the stream open: the server still stops, promptly.
+    let status = s
+        .terminate(10)
+        .expect("the server exits after SIGTERM with a stream open");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}

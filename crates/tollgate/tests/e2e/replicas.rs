@@ -1206,3 +1206,85 @@ fn replicas_fail_closed_while_postgresql_is_away_and_recover_without_restart() {
         cl.verify_audit(s);
     }
 }
+
+#[test]
+fn replicas_expire_and_escalate_each_approval_once() {
+    // Approvals escalate after 1 s and expire after 3 s; all three replicas
+    // run the sweep's loop, but only the lease holder sweeps, so each
+    // approval is escalated once and expired once, and so is its webhook.
+    let hook = Hook::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_dir(
+        tmp.path(),
+        &format!(
+            "webhooks:\n  - name: pager\n    url: {}\n    events: [approval.escalated, approval.expired]\n",
+            hook.url
+        ),
+    );
+    let yaml = std::fs::read_to_string(config.join("tollgate.yaml")).unwrap();
+    let yaml = yaml
+        .replace("default_ttl_seconds: 900", "default_ttl_seconds: 3")
+        .replace("escalate_after_seconds: 300", "escalate_after_seconds: 1");
+    std::fs::write(config.join("tollgate.yaml"), yaml).unwrap();
+    let Some(cl) = Cluster::start_with_config(Some(&config)) else {
+        return;
+    };
+    let svid = cl.a().enrol(IR);
+    let (_, cred) = cl.b().open_task(&svid);
+    let mut asked: Vec<String> = cl
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, s)| ask_approval(s, &cred, n))
+        .collect();
+    asked.sort();
+    // Wait until every one is expired (as any replica shows it).
+    let started = std::time::Instant::now();
+    for id in &asked {
+        loop {
+            let (_, v) = cl
+                .c()
+                .get(&format!("/v1/approvals/{id}"), Some(&cl.c().admin.clone()));
+            if v["status"] == "expired" {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 30, "{id} never expired: {v}");
+            std::thread::sleep(std::time::Duration::from_millis(200)); // polling
+        }
+    }
+    // Once each in the log...
+    for kind in ["approval.escalated", "approval.expired"] {
+        let ids = cl.sql(&format!(
+            "SELECT string_agg(event::json->'detail'->>'approval_id', ',' ORDER BY event::json->'detail'->>'approval_id') FROM audit WHERE kind = '{kind}'"
+        ));
+        assert_eq!(ids, asked.join(","), "{kind} entries");
+    }
+    // ... and once each at the webhook (six messages, then nothing more).
+    let mut got: Vec<String> = (0..6)
+        .map(|_| {
+            let v = hook
+                .bodies
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("a webhook was not sent");
+            format!(
+                "{} {}",
+                v["event"].as_str().unwrap(),
+                v["approval"]["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = asked
+        .iter()
+        .flat_map(|id| {
+            [
+                format!("approval.escalated {id}"),
+                format!("approval.expired {id}"),
+            ]
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(hook.next(4), None, "a webhook was sent twice");
+    cl.verify_audit(cl.a());
+}
