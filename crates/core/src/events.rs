@@ -259,7 +259,7 @@ mod tests {
         }
         assert_eq!(
             EventKind::ALL.len(),
-            EventKind::McpUpstreamRestarted as usize + 1
+            EventKind::ConsoleSignedOut as usize + 1
         );
     }
 }

@@ -674,6 +674,27 @@ impl OidcVerifier {
     }
 
     pub fn verify(&self, token: &str, now: UnixTime) -> Result<OidcIdentity, TokenError> {
+        let claims = self.claims(token, now)?;
+        self.identity(&claims)
+    }
+
+    /// [`verify`](Self::verify) for a token the issuer returned to our own
+    /// login request: it must also carry the `nonce` that request sent, so
+    /// a token minted for another login cannot be replayed into this one.
+    pub fn verify_login(
+        &self,
+        token: &str,
+        now: UnixTime,
+        nonce: &str,
+    ) -> Result<OidcIdentity, TokenError> {
+        let claims = self.claims(token, now)?;
+        if nonce.is_empty() || claims.get("nonce").and_then(|v| v.as_str()) != Some(nonce) {
+            return Err(TokenError::Claim("nonce".into()));
+        }
+        self.identity(&claims)
+    }
+
+    fn claims(&self, token: &str, now: UnixTime) -> Result<serde_json::Value, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let kid = header.kid.clone().ok_or(TokenError::MissingKid)?;
         let key = self
@@ -687,7 +708,10 @@ impl OidcVerifier {
             aud: &self.audience,
             iss: Some(&self.issuer),
         };
-        let claims: serde_json::Value = verify_jwt(token, &header, key, expect, self.leeway, now)?;
+        verify_jwt(token, &header, key, expect, self.leeway, now)
+    }
+
+    fn identity(&self, claims: &serde_json::Value) -> Result<OidcIdentity, TokenError> {
         let claim = |name: &str| {
             claims
                 .get(name)

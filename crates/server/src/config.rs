@@ -109,6 +109,67 @@ pub struct OidcConfig {
     pub name_claim: String,
     #[serde(default = "d_role_claim")]
     pub role_claim: String,
+    /// Console sign-in through the issuer's own login page (the
+    /// authorization code flow with PKCE). Without it, OIDC approvers
+    /// paste an ID token into the console or the CLI.
+    #[serde(default)]
+    pub login: Option<OidcLogin>,
+}
+
+/// `approver_oidc.login`: this server as an OIDC client of the issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcLogin {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// Where the issuer sends the browser back: this server's
+    /// `/console/oidc/callback`, as browsers reach it (registered with the
+    /// issuer as the client's redirect URI).
+    pub redirect_uri: String,
+    /// A confidential client's secret, in a file relative to the config
+    /// directory; absent for a public client (PKCE alone).
+    #[serde(default)]
+    pub client_secret_file: Option<String>,
+    #[serde(default = "d_scopes")]
+    pub scopes: String,
+}
+
+fn d_scopes() -> String {
+    "openid email".into()
+}
+
+impl OidcLogin {
+    /// Endpoints over https (plain http only to a loopback host, for a
+    /// local issuer), and a redirect URI that ends at our callback.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, url) in [
+            ("authorization_endpoint", &self.authorization_endpoint),
+            ("token_endpoint", &self.token_endpoint),
+            ("redirect_uri", &self.redirect_uri),
+        ] {
+            let u = url::Url::parse(url)
+                .map_err(|e| format!("tollgate.yaml: approver_oidc.login.{name}: {e}"))?;
+            let loopback = matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+            if u.scheme() != "https" && !(u.scheme() == "http" && loopback) {
+                return Err(format!(
+                    "tollgate.yaml: approver_oidc.login.{name}: must be https:// (http:// only to a loopback host)"
+                ));
+            }
+        }
+        if !self.redirect_uri.ends_with("/console/oidc/callback") {
+            return Err(
+                "tollgate.yaml: approver_oidc.login.redirect_uri: must be this server's /console/oidc/callback"
+                    .into(),
+            );
+        }
+        if self.client_id.is_empty() || !self.scopes.split(' ').any(|s| s == "openid") {
+            return Err(
+                "tollgate.yaml: approver_oidc.login: client_id is required and scopes must include openid".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 fn d_name_claim() -> String {
@@ -528,6 +589,9 @@ impl ServerConfig {
         }
         self.mcp.validate()?;
         self.console.validate()?;
+        if let Some(login) = self.approver_oidc.as_ref().and_then(|o| o.login.as_ref()) {
+            login.validate()?;
+        }
         self.store
             .validate()
             .map_err(|e| format!("tollgate.yaml: {e}"))?;

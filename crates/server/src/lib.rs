@@ -86,58 +86,7 @@ pub async fn serve(
             }
         })
     };
-    {
-        // Once a second: expire and escalate approvals nobody answers, end
-        // the held MCP calls of replicas that stopped, and sign an audit
-        // checkpoint when enough entries or time have passed; once a minute,
-        // delete idle MCP sessions. With several replicas over one store,
-        // only the one holding the `background` lease does this, so nothing
-        // runs three times; if it dies, another takes the lease over within
-        // a few seconds.
-        let s = state.clone();
-        tokio::spawn(async move {
-            let holder = s.replica.clone();
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            let mut ticks: u64 = 0;
-            loop {
-                tick.tick().await;
-                ticks = ticks.wrapping_add(1);
-                match service::gateway::lead_background(&s, &holder).await {
-                    Ok(true) => {
-                        if let Err(e) = service::approvals::sweep(&s).await {
-                            tracing::warn!(error = %e, "approval sweep failed");
-                        }
-                        if let Err(e) = mcp::held::sweep(&s).await {
-                            tracing::warn!(error = %e, "sweep of abandoned MCP calls failed");
-                        }
-                        if ticks % 60 == 1 {
-                            if let Err(e) = mcp::sessions::sweep(&s).await {
-                                tracing::warn!(error = %e, "sweep of idle MCP sessions failed");
-                            }
-                        }
-                        if let Err(e) = service::checkpoints::maybe_checkpoint(&s).await {
-                            tracing::warn!(error = %e, "audit checkpoint failed");
-                        }
-                        if let Err(e) = service::console::purge_expired(&s).await {
-                            tracing::warn!(error = %e, "could not purge ended console sessions");
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not take the background lease"),
-                }
-                let counted = s.refusals.flush(s.now());
-                if !counted.is_empty() {
-                    let batch = tollgate_store::Batch {
-                        changes: vec![],
-                        audit: counted,
-                    };
-                    if let Err(e) = s.store.commit(batch).await {
-                        tracing::warn!(error = %e, "could not record aggregated refusals");
-                    }
-                }
-            }
-        });
-    }
+    spawn_background(state.clone());
     // Webhook messages queued by any process over the store, sent once.
     tokio::spawn(webhooks::run_worker(state.clone()));
     // Start (or reach) every upstream MCP server now, so the first agent
@@ -169,6 +118,61 @@ pub async fn serve(
     renewing.abort();
     mcp::held::release(&state).await;
     served
+}
+
+/// Once a second: expire and escalate approvals nobody answers, end the held
+/// MCP calls of replicas that stopped, and sign an audit checkpoint when
+/// enough entries or time have passed; once a minute, delete idle MCP
+/// sessions and ended console sessions. With several replicas over one
+/// store, only the one holding the `background` lease does this, so nothing
+/// runs three times; if it dies, another takes the lease over within a few
+/// seconds. Every replica writes its own aggregated refusals.
+fn spawn_background(s: Arc<AppState>) {
+    tokio::spawn(async move {
+        let holder = s.replica.clone();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut ticks: u64 = 0;
+        loop {
+            tick.tick().await;
+            ticks = ticks.wrapping_add(1);
+            match service::gateway::lead_background(&s, &holder).await {
+                Ok(true) => lead(&s, ticks % 60 == 1).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not take the background lease"),
+            }
+            let counted = s.refusals.flush(s.now());
+            if !counted.is_empty() {
+                let batch = tollgate_store::Batch {
+                    changes: vec![],
+                    audit: counted,
+                };
+                if let Err(e) = s.store.commit(batch).await {
+                    tracing::warn!(error = %e, "could not record aggregated refusals");
+                }
+            }
+        }
+    });
+}
+
+/// One round of the lease holder's work; `minute`: the once-a-minute part too.
+async fn lead(s: &Arc<AppState>, minute: bool) {
+    if let Err(e) = service::approvals::sweep(s).await {
+        tracing::warn!(error = %e, "approval sweep failed");
+    }
+    if let Err(e) = mcp::held::sweep(s).await {
+        tracing::warn!(error = %e, "sweep of abandoned MCP calls failed");
+    }
+    if let Err(e) = service::checkpoints::maybe_checkpoint(s).await {
+        tracing::warn!(error = %e, "audit checkpoint failed");
+    }
+    if minute {
+        if let Err(e) = mcp::sessions::sweep(s).await {
+            tracing::warn!(error = %e, "sweep of idle MCP sessions failed");
+        }
+        if let Err(e) = service::console::purge_expired(s).await {
+            tracing::warn!(error = %e, "could not purge ended console sessions");
+        }
+    }
 }
 
 #[cfg(test)]

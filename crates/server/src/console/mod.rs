@@ -52,6 +52,8 @@ pub fn router(state: Shared) -> axum::Router {
             get(session::signin_page).post(session::signin),
         )
         .route("/console/signout", post(session::signout))
+        .route("/console/oidc/start", get(session::oidc_start))
+        .route("/console/oidc/callback", get(session::oidc_callback))
         .route("/console/approvals", get(approvals::queue_page))
         .route("/console/approvals/queue", get(approvals::queue_fragment))
         .route("/console/events", get(approvals::events))

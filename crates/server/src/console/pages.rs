@@ -69,13 +69,18 @@ fn layout(session: Option<&Session>, title: &str, body: Markup) -> Markup {
     }
 }
 
-pub fn signin(error: Option<&str>) -> Markup {
+/// The sign-in page; `with_idp`: the issuer's login page is configured.
+pub fn signin(error: Option<&str>, with_idp: bool) -> Markup {
     layout(
         None,
         "Sign in",
         html! {
             h1 { "Sign in" }
             @if let Some(e) = error { p class="alert" role="alert" { (e) } }
+            @if with_idp {
+                p class="card" { a href="/console/oidc/start" class="idp" { "Sign in with your identity provider" } }
+                p class="hint" { "Or paste a credential:" }
+            }
             form method="post" action="/console/signin" class="card" {
                 label for="credential" { "Approver key, ID token or admin token" }
                 input id="credential" name="credential" type="password" autocomplete="off" required autofocus;
@@ -477,4 +482,23 @@ fn summary(detail: &Value) -> String {
         }
     }
     out.join("; ")
+}
+
+/// After signing in through the issuer: a page that moves on by itself. A
+/// redirect would not do: the browser came here from the issuer's site, and
+/// a `SameSite=Strict` cookie is not sent on a redirect that started there;
+/// a navigation this page starts is same-site.
+pub fn signed_in() -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content="0;url=/console/approvals";
+                title { "Signed in · Tollgate" }
+                link rel="stylesheet" href="/console/assets/console.css";
+            }
+            body { main id="main" { p { "Signed in. " a href="/console/approvals" { "Continue to the approvals" } } } }
+        }
+    }
 }

@@ -5,7 +5,7 @@ use super::{html, pages, redirect};
 use crate::api::auth::{Shared, Source};
 use crate::service::console::{self, Session};
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,26 +25,26 @@ pub struct Console {
     pub secret: String,
 }
 
-fn cookie_secret(headers: &HeaderMap) -> Option<String> {
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
 }
 
 impl FromRequestParts<Shared> for Console {
     type Rejection = Response;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Response> {
-        let Some(secret) = cookie_secret(&parts.headers) else {
-            return Err(signed_out(parts));
+        let Some(secret) = cookie_named(&parts.headers, COOKIE) else {
+            return Err(signed_out(parts, state));
         };
         match console::session(state, &secret).await {
             Ok(Some(session)) => Ok(Console { session, secret }),
-            Ok(None) => Err(signed_out(parts)),
+            Ok(None) => Err(signed_out(parts, state)),
             Err(e) => Err(super::error_page(None, e)),
         }
     }
@@ -52,15 +52,27 @@ impl FromRequestParts<Shared> for Console {
 
 /// No session: a page load goes to the sign-in page; anything else (a
 /// form post, the live-update fetches) is told so with a 401.
-fn signed_out(parts: &Parts) -> Response {
+fn signed_out(parts: &Parts, state: &Shared) -> Response {
     if parts.method == axum::http::Method::GET && !parts.uri.path().ends_with("/queue") {
         redirect("/console/signin")
     } else {
         html(
             StatusCode::UNAUTHORIZED,
-            pages::signin(Some("Your session has ended. Sign in again.")),
+            pages::signin(
+                Some("Your session has ended. Sign in again."),
+                with_idp(state),
+            ),
         )
     }
+}
+
+/// Whether the issuer's login page is configured.
+fn with_idp(state: &Shared) -> bool {
+    state
+        .config
+        .approver_oidc
+        .as_ref()
+        .is_some_and(|o| o.login.is_some())
 }
 
 /// A form body, bounded and parsed; a malformed one is a 400 page.
@@ -122,19 +134,30 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// The cookie that holds `secret`: `Secure` when the browser reached us
 /// over TLS (a TLS-terminating proxy says so in `X-Forwarded-Proto`).
 fn set_cookie(headers: &HeaderMap, value: &str, max_age: i64) -> Option<HeaderValue> {
+    cookie(headers, COOKIE, value, "/console", "Strict", max_age)
+}
+
+fn cookie(
+    headers: &HeaderMap,
+    name: &str,
+    value: &str,
+    path: &str,
+    same_site: &str,
+    max_age: i64,
+) -> Option<HeaderValue> {
     let tls = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|p| p.eq_ignore_ascii_case("https"));
     let secure = if tls { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+        "{name}={value}; Path={path}; HttpOnly; SameSite={same_site}; Max-Age={max_age}{secure}"
     ))
     .ok()
 }
 
-pub async fn signin_page() -> Response {
-    html(StatusCode::OK, pages::signin(None))
+pub async fn signin_page(State(state): State<Shared>) -> Response {
+    html(StatusCode::OK, pages::signin(None, with_idp(&state)))
 }
 
 #[derive(Deserialize)]
@@ -151,7 +174,10 @@ pub async fn signin(
     if !same_origin(&headers) {
         return html(
             StatusCode::FORBIDDEN,
-            pages::signin(Some("Sign in from this console's own page.")),
+            pages::signin(
+                Some("Sign in from this console's own page."),
+                with_idp(&state),
+            ),
         );
     }
     let f: SignIn = match form(&body) {
@@ -169,7 +195,7 @@ pub async fn signin(
         }
         Err(crate::service::Error::Unauthenticated(why)) => html(
             StatusCode::UNAUTHORIZED,
-            pages::signin(Some(&format!("Not signed in: {why}."))),
+            pages::signin(Some(&format!("Not signed in: {why}.")), with_idp(&state)),
         ),
         Err(e) => super::error_page(None, e),
     }
@@ -201,6 +227,105 @@ pub async fn signout(
         r.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     r.into_response()
+}
+
+/// The cookie holding a login through the issuer until it comes back.
+/// `SameSite=Lax`: the issuer's redirect back is a cross-site navigation,
+/// on which a `Strict` cookie would not be sent.
+const LOGIN_COOKIE: &str = "tollgate_oidc";
+const LOGIN_PATH: &str = "/console/oidc";
+/// How long the issuer's login may take.
+const LOGIN_SECONDS: i64 = 600;
+
+/// Off to the issuer's login page, with state, nonce and a PKCE challenge.
+pub async fn oidc_start(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    match console::oidc_login_start(&state) {
+        Ok((url, pending)) => {
+            let mut r = redirect(&url);
+            if let Some(c) = cookie(
+                &headers,
+                LOGIN_COOKIE,
+                &pending.to_cookie(),
+                LOGIN_PATH,
+                "Lax",
+                LOGIN_SECONDS,
+            ) {
+                r.headers_mut().insert(header::SET_COOKIE, c);
+            }
+            r
+        }
+        Err(e) => super::error_page(None, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// The issuer sends the browser back here with a code (or an error).
+pub async fn oidc_callback(
+    State(state): State<Shared>,
+    Source(source): Source,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let refused = |status: StatusCode, why: &str| {
+        html(
+            status,
+            pages::signin(Some(&format!("Not signed in: {why}.")), with_idp(&state)),
+        )
+    };
+    let q: Callback = match serde_urlencoded::from_str(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(_) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                "the identity provider's answer was malformed",
+            )
+        }
+    };
+    if let Some(error) = q.error {
+        let error: String = error.chars().take(200).collect();
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            &format!("the identity provider said {error:?}"),
+        );
+    }
+    let Some(pending) =
+        cookie_named(&headers, LOGIN_COOKIE).and_then(|c| console::PendingLogin::from_cookie(&c))
+    else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "this sign-in expired or was not started from this browser",
+        );
+    };
+    let (Some(code), Some(returned)) = (q.code, q.state) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "the identity provider sent no code",
+        );
+    };
+    match console::oidc_login_finish(&state, &pending, &returned, &code, &source).await {
+        Ok((secret, session)) => {
+            let mut r = html(StatusCode::OK, pages::signed_in());
+            let age = session.expires_at.saturating_sub(state.now());
+            for c in [
+                set_cookie(&headers, &secret, age),
+                cookie(&headers, LOGIN_COOKIE, "", LOGIN_PATH, "Lax", 0),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                r.headers_mut().append(header::SET_COOKIE, c);
+            }
+            r
+        }
+        Err(crate::service::Error::Unauthenticated(why)) => refused(StatusCode::UNAUTHORIZED, &why),
+        Err(e) => super::error_page(None, e),
+    }
 }
 
 #[cfg(test)]
@@ -257,7 +382,7 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let h = headers(&[("cookie", "a=1; tollgate_console=tgc_x; b=2")]);
-        assert_eq!(cookie_secret(&h).as_deref(), Some("tgc_x"));
-        assert_eq!(cookie_secret(&headers(&[("cookie", "a=1")])), None);
+        assert_eq!(cookie_named(&h, COOKIE).as_deref(), Some("tgc_x"));
+        assert_eq!(cookie_named(&headers(&[("cookie", "a=1")]), COOKIE), None);
     }
 }

@@ -85,6 +85,15 @@ pub async fn sign_in(
             }
         }
     };
+    start_session(state, principal, source).await
+}
+
+/// A new session for `principal`, audited; returns its secret.
+async fn start_session(
+    state: &AppState,
+    principal: Principal,
+    source: &str,
+) -> Result<(String, Session), Error> {
     let now = state.now();
     let secret = random_token("tgc_");
     let expires_at = now.saturating_add(state.config.console.session_minutes as i64 * 60);
@@ -182,6 +191,204 @@ pub async fn purge_expired(state: &AppState) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a login through the issuer leaves in the browser (an `HttpOnly`
+/// cookie) until the issuer sends it back: the `state` that ties the
+/// callback to this browser, the `nonce` the ID token must carry, and the
+/// PKCE verifier whose hash the issuer was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLogin {
+    pub state: String,
+    pub nonce: String,
+    pub verifier: String,
+}
+
+impl PendingLogin {
+    fn new() -> Self {
+        Self {
+            state: random_token(""),
+            nonce: random_token(""),
+            verifier: random_token(""),
+        }
+    }
+
+    /// The cookie's value (URL-safe base64 never holds a `.`).
+    pub fn to_cookie(&self) -> String {
+        format!("{}.{}.{}", self.state, self.nonce, self.verifier)
+    }
+
+    pub fn from_cookie(v: &str) -> Option<Self> {
+        let mut it = v.split('.');
+        let (state, nonce, verifier) = (it.next()?, it.next()?, it.next()?);
+        let ok = |s: &str| {
+            (43..=128).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        (it.next().is_none() && ok(state) && ok(nonce) && ok(verifier)).then(|| Self {
+            state: state.into(),
+            nonce: nonce.into(),
+            verifier: verifier.into(),
+        })
+    }
+
+    /// RFC 7636 `S256`: the verifier's SHA-256, URL-safe base64.
+    fn challenge(&self) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(self.verifier.as_bytes()))
+    }
+}
+
+fn login_config(state: &AppState) -> Result<&crate::config::OidcLogin, Error> {
+    state
+        .config
+        .approver_oidc
+        .as_ref()
+        .and_then(|o| o.login.as_ref())
+        .ok_or_else(|| {
+            Error::NotFound("sign-in through an identity provider is not configured".into())
+        })
+}
+
+/// Start a login through the issuer: where to send the browser, and what
+/// the browser must keep until it comes back.
+pub fn oidc_login_start(state: &AppState) -> Result<(String, PendingLogin), Error> {
+    let login = login_config(state)?;
+    let pending = PendingLogin::new();
+    let mut url = url::Url::parse(&login.authorization_endpoint)
+        .map_err(|e| Error::Internal(format!("authorization_endpoint: {e}")))?;
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &login.client_id)
+        .append_pair("redirect_uri", &login.redirect_uri)
+        .append_pair("scope", &login.scopes)
+        .append_pair("state", &pending.state)
+        .append_pair("nonce", &pending.nonce)
+        .append_pair("code_challenge", &pending.challenge())
+        .append_pair("code_challenge_method", "S256");
+    Ok((url.to_string(), pending))
+}
+
+/// Longest answer read from the token endpoint.
+const MAX_TOKEN_ANSWER: u64 = 64 * 1024;
+
+/// Finish a login: the callback's `state` must be the one this browser
+/// kept; the code is exchanged (with the PKCE verifier) for an ID token,
+/// which must verify and carry the nonce; then a session starts. Every
+/// refusal is audited like a refused credential.
+pub async fn oidc_login_finish(
+    state: &AppState,
+    pending: &PendingLogin,
+    returned_state: &str,
+    code: &str,
+    source: &str,
+) -> Result<(String, Session), Error> {
+    let login = login_config(state)?.clone();
+    let refuse = |why: String| async move {
+        let ev = AuditEvent::new(state.now(), EventKind::AuthRefused, "anonymous")
+            .outcome("refused")
+            .detail(
+                json!({"path": "/console/oidc/callback", "expected": "oidc login", "reason": why}),
+            );
+        identity::record_refusal(state, source, "auth.refused/console-oidc", &why, ev).await?;
+        Err::<(String, Session), Error>(Error::Unauthenticated(why))
+    };
+    if sha256_hex(returned_state.as_bytes()) != sha256_hex(pending.state.as_bytes()) {
+        return refuse(
+            "this sign-in was not started from this browser (state does not match)".into(),
+        )
+        .await;
+    }
+    if code.is_empty() || code.len() > 4096 {
+        return refuse("the identity provider sent no usable code".into()).await;
+    }
+    let secret = match &login.client_secret_file {
+        None => None,
+        Some(f) => {
+            let dir = state.config_dir.clone().unwrap_or_default();
+            let s = std::fs::read_to_string(dir.join(f)).map_err(|e| {
+                Error::Internal(format!("approver_oidc.login.client_secret_file: {e}"))
+            })?;
+            Some(s.trim().to_string())
+        }
+    };
+    let (code, verifier) = (code.to_string(), pending.verifier.clone());
+    let exchanged =
+        tokio::task::spawn_blocking(move || exchange(&login, &code, &verifier, secret.as_deref()))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+    let id_token = match exchanged {
+        Ok(t) => t,
+        Err(why) => return refuse(why).await,
+    };
+    let Some(verifier) = &state.oidc else {
+        return Err(Error::Internal(
+            "approver_oidc is configured without its verifier".into(),
+        ));
+    };
+    let id = match verifier.verify_login(&id_token, state.now(), &pending.nonce) {
+        Ok(id) => id,
+        Err(e) => return refuse(format!("the ID token was refused: {e}")).await,
+    };
+    // The same name rules as registered approvers, one spelling per person.
+    let name = id.name.to_ascii_lowercase();
+    if !super::admin::valid_approver_name(&name) {
+        return refuse("the ID token's name is not a valid approver name".into()).await;
+    }
+    let principal = Principal::Approver(Voter {
+        name,
+        role: id.role,
+        via: "oidc",
+    });
+    start_session(state, principal, source).await
+}
+
+/// The token request (RFC 6749 4.1.3 with RFC 7636's verifier); the ID
+/// token, or why not (never the answer's body: it may hold tokens).
+fn exchange(
+    login: &crate::config::OidcLogin,
+    code: &str,
+    verifier: &str,
+    secret: Option<&str>,
+) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", login.redirect_uri.as_str()),
+        ("client_id", login.client_id.as_str()),
+        ("code_verifier", verifier),
+    ];
+    if let Some(s) = secret {
+        form.push(("client_secret", s));
+    }
+    let mut resp = agent
+        .post(&login.token_endpoint)
+        .send_form(form)
+        .map_err(|e| format!("the token endpoint could not be reached: {e}"))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return Err(format!("the token endpoint answered {status}"));
+    }
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_TOKEN_ANSWER)
+        .read_to_string()
+        .map_err(|e| format!("the token endpoint's answer could not be read: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|_| "the token endpoint's answer is not JSON".to_string())?;
+    v.get("id_token")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| "the token endpoint's answer has no id_token".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +400,30 @@ mod tests {
         assert!(!csrf_ok("tgc_other", &t));
         assert!(!csrf_ok("tgc_secret", ""));
         assert_ne!(t, sha256_hex(b"tgc_secret"));
+    }
+
+    #[test]
+    fn a_pending_login_survives_its_cookie_and_nothing_else_passes_for_one() {
+        let p = PendingLogin::new();
+        assert_eq!(PendingLogin::from_cookie(&p.to_cookie()), Some(p.clone()));
+        assert_eq!(p.verifier.len(), 43);
+        for bad in [
+            "",
+            "a.b.c",
+            &format!("{}.{}", p.state, p.nonce),
+            &format!("{}.x", p.to_cookie()),
+            &p.to_cookie().replace('.', "!"),
+        ] {
+            assert_eq!(PendingLogin::from_cookie(bad), None, "{bad}");
+        }
+        // RFC 7636 appendix B's example verifier and challenge.
+        let rfc = PendingLogin {
+            verifier: "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk".into(),
+            ..p
+        };
+        assert_eq!(
+            rfc.challenge(),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
     }
 }

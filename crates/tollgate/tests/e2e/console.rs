@@ -543,3 +543,263 @@ fn console_an_open_event_stream_ends_when_the_server_stops() {
         .expect("the server exits after SIGTERM with a stream open");
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// A minimal OIDC provider for the console's login: `/authorize` sends the
+/// browser straight back with a code, `/token` checks the PKCE verifier
+/// against the challenge and returns an ID token carrying the nonce.
+struct Idp {
+    base: String,
+    /// Token requests refused for a wrong verifier.
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn b64sha(s: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+impl Idp {
+    fn start(key_der: Vec<u8>, kid: String) -> Self {
+        use std::collections::HashMap;
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, issuer) = (refused.clone(), base.clone());
+        std::thread::spawn(move || {
+            // code -> (challenge, nonce, redirect_uri)
+            let mut codes: HashMap<String, (String, String, String)> = HashMap::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut first = String::new();
+                reader.read_line(&mut first).unwrap();
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).unwrap();
+                let target = first.split(' ').nth(1).unwrap().to_string();
+                let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                let form: HashMap<String, String> = if first.starts_with("POST") {
+                    serde_urlencoded::from_bytes(&body).unwrap()
+                } else {
+                    serde_urlencoded::from_str(query).unwrap()
+                };
+                let answer = match path {
+                    "/authorize" => {
+                        assert_eq!(form["response_type"], "code");
+                        assert_eq!(form["code_challenge_method"], "S256");
+                        assert_eq!(form["client_id"], "tollgate");
+                        let code = format!("code-{}", codes.len());
+                        codes.insert(
+                            code.clone(),
+                            (
+                                form["code_challenge"].clone(),
+                                form["nonce"].clone(),
+                                form["redirect_uri"].clone(),
+                            ),
+                        );
+                        let to = format!(
+                            "{}?code={code}&state={}",
+                            form["redirect_uri"], form["state"]
+                        );
+                        format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    }
+                    "/token" => match codes.get(&form["code"]) {
+                        Some((challenge, nonce, redirect))
+                            if b64sha(&form["code_verifier"]) == *challenge
+                                && form["redirect_uri"] == *redirect =>
+                        {
+                            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+                            h.kid = Some(kid.clone());
+                            let t = jsonwebtoken::encode(&h, &json!({
+                                "iss": issuer, "aud": "tollgate", "sub": "00u1", "email": "Ivan@acme.test",
+                                "tollgate_role": "identity", "nonce": nonce, "exp": now() + 300,
+                            }), &jsonwebtoken::EncodingKey::from_ed_der(&key_der)).unwrap();
+                            let b = json!({"id_token": t, "access_token": "at", "token_type": "Bearer"}).to_string();
+                            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len())
+                        }
+                        _ => {
+                            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let b = r#"{"error":"invalid_grant"}"#;
+                            format!("HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}", b.len())
+                        }
+                    },
+                    _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_string(),
+                };
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        Self { base, refused }
+    }
+}
+
+/// A server whose approvers may sign in through `idp`'s login page.
+fn with_idp() -> (Server, Idp, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key, der) = tollgate_identity::SigningKeyPair::generate().unwrap();
+    let idp = Idp::start(der, key.kid().to_string());
+    // The server's port is not known before it starts: take a free one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = config_dir(
+        tmp.path(),
+        &format!(
+            "approver_oidc:\n  issuer: {b}\n  audience: tollgate\n  jwks_file: oidc.json\n  login:\n    authorization_endpoint: {b}/authorize\n    token_endpoint: {b}/token\n    client_id: tollgate\n    redirect_uri: http://127.0.0.1:{port}/console/oidc/callback\n",
+            b = idp.base
+        ),
+    );
+    std::fs::write(
+        config.join("oidc.json"),
+        json!({"keys": [key.public_jwk()]}).to_string(),
+    )
+    .unwrap();
+    let s = Server::start_on(
+        &config,
+        &tmp.path().join("data"),
+        &format!("127.0.0.1:{port}"),
+    );
+    (s, idp, tmp)
+}
+
+#[test]
+fn console_an_approver_signs_in_through_the_identity_provider() {
+    let (s, idp, _tmp) = with_idp();
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let asked = ask(&s, &cred, "jdoe's session launched the beacon", "jdoe");
+    let id = asked["approval_id"].as_str().unwrap().to_string();
+    let base = s.addr.clone();
+    with_browser(1280, 900, "oidc", |c| {
+        Box::pin(async move {
+            c.goto(&format!("{base}/console/signin")).await.unwrap();
+            c.find(Locator::LinkText("Sign in with your identity provider"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            // Through the provider and back, onto the queue, signed in.
+            wait_for(c, "#queue .item", 15).await;
+            assert!(text_of(c, "header .who")
+                .await
+                .contains("ivan@acme.test (identity)"));
+            c.goto(&format!("{base}/console/approvals/{id}"))
+                .await
+                .unwrap();
+            c.find(Locator::Id("reason"))
+                .await
+                .unwrap()
+                .send_keys("confirmed")
+                .await
+                .unwrap();
+            c.find(Locator::Css("button.approve"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            wait_for(c, "p.notice", 10).await;
+        })
+    });
+    let votes: Vec<Value> = s
+        .audit("")
+        .into_iter()
+        .filter(|e| e["event"]["kind"] == "approval.vote")
+        .collect();
+    assert_eq!(votes.len(), 1, "{votes:?}");
+    assert_eq!(votes[0]["event"]["actor"], "ivan@acme.test");
+    assert_eq!(votes[0]["event"]["detail"]["via"], "console/oidc");
+    assert_eq!(idp.refused.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[test]
+fn console_a_login_through_the_identity_provider_cannot_be_spliced() {
+    let (s, idp, _tmp) = with_idp();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    // Two logins started; the provider hands out a code for the first.
+    let start = || {
+        let r = agent.get(&s.url("/console/oidc/start")).call().unwrap();
+        assert_eq!(r.status().as_u16(), 303);
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            cookie.contains("HttpOnly")
+                && cookie.contains("SameSite=Lax")
+                && cookie.contains("Path=/console/oidc"),
+            "{cookie}"
+        );
+        let location = r
+            .headers()
+            .get("location")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        (cookie.split(';').next().unwrap().to_string(), location)
+    };
+    let (_cookie1, location1) = start();
+    let (cookie2, _) = start();
+    let r = agent.get(&location1).call().unwrap();
+    let back = r
+        .headers()
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let callback = |cookie: &str| {
+        let mut r = agent.get(&back).header("cookie", cookie).call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    // The first login's answer in the second login's browser: state differs.
+    let (status, page) = callback(&cookie2);
+    assert_eq!(status, 401, "{page}");
+    assert!(page.contains("not started from this browser"), "{page}");
+    // No login cookie at all.
+    let (status, page) = callback("");
+    assert_eq!(status, 400, "{page}");
+    // The right state but another verifier: the provider refuses the code.
+    let url = url::Url::parse(&location1).unwrap();
+    let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let forged = format!(
+        "tollgate_oidc={}.{}.{}",
+        q["state"],
+        q["nonce"],
+        "A".repeat(43)
+    );
+    let (status, page) = callback(&forged);
+    assert_eq!(status, 401, "{page}");
+    assert!(page.contains("token endpoint answered 400"), "{page}");
+    assert_eq!(idp.refused.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // None of it made a session, and every refusal is on the record.
+    let kinds: Vec<Value> = s
+        .audit("")
+        .into_iter()
+        .map(|e| e["event"]["kind"].clone())
+        .collect();
+    assert!(!kinds.contains(&json!("console.signed_in")), "{kinds:?}");
+    assert!(kinds.contains(&json!("auth.refused")), "{kinds:?}");
+}

@@ -44,6 +44,11 @@ impl Server {
         Self::spawn_env(None, data, None, env)
     }
 
+    /// On a given address (for a config that must name the server's URL).
+    pub fn start_on(config: &Path, data: &Path, listen: &str) -> Self {
+        Self::spawn_env(Some(config), data, None, &[("TOLLGATE_LISTEN", listen)])
+    }
+
     /// [`Self::start_with_env`] with a config directory.
     pub fn start_with_config_env(config: &Path, data: &Path, env: &[(&str, &str)]) -> Self {
         Self::spawn_env(Some(config), data, None, env)
@@ -80,11 +85,16 @@ impl Server {
     ) -> Self {
         let mut cmd = Command::new(bin());
         cmd.envs(env.iter().copied());
+        // `TOLLGATE_LISTEN` among `env` picks the address (default: any free port).
+        let listen = env
+            .iter()
+            .find(|(k, _)| *k == "TOLLGATE_LISTEN")
+            .map_or("127.0.0.1:0", |(_, v)| *v);
         cmd.arg("serve")
             .arg("--data")
             .arg(data)
             .arg("--listen")
-            .arg("127.0.0.1:0");
+            .arg(listen);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }

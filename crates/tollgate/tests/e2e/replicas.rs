@@ -359,6 +359,31 @@ fn replicas_a_revocation_or_close_on_one_is_refused_on_the_others() {
         "task closed on B, used on A",
     );
 
+    // An incident resolved on C: A and B refuse its task on the very next request.
+    let mut other = incident_task();
+    other["incident"]["id"] = json!("INC-5000");
+    let (status, v) = a.post("/v1/tasks", Some(&svid), &other);
+    assert_eq!(status, 201, "{v}");
+    let cred3 = v["credential"].as_str().unwrap().to_string();
+    for s in [a, b] {
+        assert_eq!(
+            decision(&s.authorize(&cred3, "edr.read_alerts", host("web-1"))),
+            "allow"
+        );
+    }
+    let r = c.admin_post(
+        "/v1/incidents/INC-5000",
+        &json!({"status": "resolved", "reason": "contained"}),
+    );
+    assert_eq!(r["incident"]["status"], "resolved", "{r}");
+    for (name, s) in [("A", a), ("B", b)] {
+        refused(
+            &s.authorize(&cred3, "edr.read_alerts", host("web-1")),
+            "resolved",
+            &format!("incident resolved on C, task used on {name}"),
+        );
+    }
+
     // A revoked agent opens no task anywhere.
     a.admin_post("/v1/revocations", &json!({"agent": IR}));
     for (name, s) in [("B", b), ("C", c)] {
