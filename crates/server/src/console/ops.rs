@@ -94,12 +94,20 @@ async fn gather(state: &Shared) -> Result<Ops, Error> {
         });
     }
     let head = state.store.audit_head().await?;
-    let checkpoint = state
-        .store
-        .checkpoints()
-        .await?
-        .last()
-        .map(|c| (c.tree_size, tollgate_core::clock::rfc3339(c.timestamp)));
+    let newest = state.store.checkpoints().await?.pop();
+    let checkpoint = newest.map(|c| {
+        // The signature, checked now against this server's audit key; the
+        // root, against the log when nothing was appended since (every
+        // checkpoint's root was checked against the log at startup).
+        let signature = c.verify(&state.audit.signing.verifying_key());
+        let root = (c.tree_size == head.size).then(|| c.root_hash == hex::encode(head.root_hash));
+        pages::CheckpointState {
+            size: c.tree_size,
+            at: tollgate_core::clock::rfc3339(c.timestamp),
+            signature_ok: signature.is_ok(),
+            root_matches_now: root,
+        }
+    });
     let pack = state.pack.load_full();
     let upstreams = state
         .upstreams

@@ -286,8 +286,17 @@ pub struct Ops {
     pub frozen: bool,
     pub incidents: Vec<IncidentTree>,
     pub audit_size: u64,
-    pub checkpoint: Option<(u64, String)>,
+    pub checkpoint: Option<CheckpointState>,
     pub upstreams: Vec<Value>,
+}
+
+/// The newest signed checkpoint, as checked for the page.
+pub struct CheckpointState {
+    pub size: u64,
+    pub at: String,
+    pub signature_ok: bool,
+    /// Whether its root is the log's root now (`None`: the log grew since).
+    pub root_matches_now: Option<bool>,
 }
 
 pub struct IncidentTree {
@@ -368,9 +377,20 @@ pub fn ops(session: &Session, o: &Ops, flash: Option<&Flash>) -> Markup {
             }
             section class="card" aria-labelledby="audit" {
                 h2 id="audit" { "Audit log" }
-                p { (o.audit_size) " entries, one hash chain, checked against itself at every start." }
+                p { (o.audit_size) " entries in one hash chain. This replica checked the chain and every checkpoint's root against it when it started (it refuses to start on a log that fails)." }
                 @match &o.checkpoint {
-                    Some((size, at)) => p { "Newest signed checkpoint: " (size) " entries, " (at) ". Verify it with " code { "tollgate audit verify" } "." },
+                    Some(c) => {
+                        p { "Newest signed checkpoint: " (c.size) " entries, signed " (c.at) "." }
+                        ul {
+                            li { "Signature: " strong { (if c.signature_ok { "valid" } else { "INVALID" }) } " (checked now with this server's audit key)" }
+                            li { "Root: " @match c.root_matches_now {
+                                Some(true) => strong { "matches the log now" },
+                                Some(false) => strong { "DOES NOT MATCH the log" },
+                                None => { (o.audit_size.saturating_sub(c.size)) " entries appended since; the next checkpoint covers them" },
+                            } }
+                        }
+                        p class="hint" { "Verify the whole log independently with " code { "tollgate audit verify" } "." }
+                    }
                     None => p { "No signed checkpoint yet." },
                 }
             }

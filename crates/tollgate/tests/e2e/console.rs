@@ -321,19 +321,44 @@ fn console_an_approver_sees_an_approval_arrive_and_approves_it() {
             let (_, still) = s.get(&format!("/v1/approvals/{id}"), Some(&s.admin.clone()));
             assert_eq!(still["status"], "pending", "{still}");
 
-            // Approve with a reason; the agent's retry is allowed.
-            c.find(Locator::Id("reason"))
+            // Approve with a reason, with the keyboard alone: Tab from the
+            // top of the page to the reason, type, Tab to Approve, Enter.
+            c.goto(&s.url(&format!("/console/approvals/{id}")))
+                .await
+                .unwrap();
+            let mut tabs = 0;
+            loop {
+                c.active_element()
+                    .await
+                    .unwrap()
+                    .send_keys("\u{e004}")
+                    .await
+                    .unwrap(); // Tab
+                tabs += 1;
+                let focused = c.active_element().await.unwrap();
+                if focused.attr("id").await.unwrap().as_deref() == Some("reason") {
+                    break;
+                }
+                assert!(tabs < 40, "Tab never reached the reason field");
+            }
+            c.active_element()
                 .await
                 .unwrap()
                 .send_keys("jdoe's session launched the beacon; confirmed with the SOC")
                 .await
                 .unwrap();
-            c.find(Locator::Css("button.approve"))
+            c.active_element()
                 .await
                 .unwrap()
-                .click()
+                .send_keys("\u{e004}")
                 .await
-                .unwrap();
+                .unwrap(); // Tab
+            let focused = c.active_element().await.unwrap();
+            assert_eq!(
+                focused.attr("class").await.unwrap().as_deref(),
+                Some("approve")
+            );
+            focused.send_keys("\u{e007}").await.unwrap(); // Enter
             wait_for(c, "p.notice", 10).await;
             assert!(text_of(c, "p.notice").await.contains("approved"));
             let mut retry = json!({
@@ -414,9 +439,14 @@ fn console_the_admin_freezes_the_gateway_after_confirming() {
     with_browser(390, 844, "admin", |c| {
         Box::pin(async move {
             sign_in(c, &s, &admin).await;
+            // A checkpoint over the whole log (audit verify signs one).
+            let (ok, out, err) = s.cli(&["audit", "verify"]);
+            assert!(ok, "{out}{err}");
             c.goto(&s.url("/console/ops")).await.unwrap();
             wait_for(c, "#brake", 10).await;
-            assert!(text_of(c, "main").await.contains("Not frozen"));
+            let main = text_of(c, "main").await;
+            assert!(main.contains("Not frozen"), "{main}");
+            assert!(main.contains("Signature: valid"), "{main}");
             // The task tree shows the agent's task.
             assert!(text_of(c, "main").await.contains("INC-4711"));
             let overflow = c
