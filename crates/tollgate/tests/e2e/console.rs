@@ -215,6 +215,15 @@ async fn sign_out(c: &Client) {
     wait_for(c, "#credential", 10).await;
 }
 
+/// Open an approval's page, give a reason and press Approve.
+async fn approve_in_page(c: &Client, url: &str, reason: &str) {
+    c.goto(url).await.unwrap();
+    let field = c.find(Locator::Id("reason")).await.unwrap();
+    field.send_keys(reason).await.unwrap();
+    let button = c.find(Locator::Css("button.approve")).await.unwrap();
+    button.click().await.unwrap();
+}
+
 /// No `alert()` ever ran: Chromium would hold it open.
 async fn no_dialog(c: &Client) {
     assert!(
@@ -383,21 +392,12 @@ fn console_an_approver_sees_an_approval_arrive_and_approves_it() {
             let second = ask(&s, &cred, "disable jdoe again", "jdoe");
             let id2 = second["approval_id"].as_str().unwrap().to_string();
             sign_in(c, &s, &nora).await;
-            c.goto(&s.url(&format!("/console/approvals/{id2}")))
-                .await
-                .unwrap();
-            c.find(Locator::Id("reason"))
-                .await
-                .unwrap()
-                .send_keys("looks fine to me")
-                .await
-                .unwrap();
-            c.find(Locator::Css("button.approve"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            approve_in_page(
+                c,
+                &s.url(&format!("/console/approvals/{id2}")),
+                "looks fine to me",
+            )
+            .await;
             wait_for(c, "p.alert", 10).await;
             let refused = text_of(c, "p.alert").await;
             assert!(refused.starts_with("Refused:"), "{refused}");
@@ -727,21 +727,7 @@ fn console_an_approver_signs_in_through_the_identity_provider() {
             assert!(text_of(c, "header .who")
                 .await
                 .contains("ivan@acme.test (identity)"));
-            c.goto(&format!("{base}/console/approvals/{id}"))
-                .await
-                .unwrap();
-            c.find(Locator::Id("reason"))
-                .await
-                .unwrap()
-                .send_keys("confirmed")
-                .await
-                .unwrap();
-            c.find(Locator::Css("button.approve"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            approve_in_page(c, &format!("{base}/console/approvals/{id}"), "confirmed").await;
             wait_for(c, "p.notice", 10).await;
         })
     });
