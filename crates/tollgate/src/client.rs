@@ -124,7 +124,7 @@ impl Client {
             .into();
         Ok(Self {
             agent,
-            addr: conn.addr.trim_end_matches('/').to_string(),
+            addr: server_addr(&conn.addr)?,
             token,
         })
     }
@@ -167,13 +167,17 @@ impl Client {
                     .send_json(&body),
             ),
         };
-        let mut resp = sent.map_err(|e| anyhow!("{what}: {e}"))?;
+        let mut resp = sent.map_err(|e| unreachable(&self.addr, &what, &e))?;
         let status = resp.status();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         if status.is_success() {
             return Ok(text);
         }
-        Err(anyhow!("{what}: {status}: {}", refusal_message(&text)))
+        let message = refusal_message(&text);
+        Err(anyhow!(
+            "{what}: {status}: {message}{}",
+            hint_for(status.as_u16(), &message, &self.token)
+        ))
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -396,6 +400,54 @@ fn parse<T: DeserializeOwned>(text: &str, method: &str, path: &str) -> Result<T>
 
 /// The server's message in an error answer (the whole body when it is not
 /// the API's error shape). Diagnostics of a refused pack go to stderr.
+/// `--addr` as a base URL: a scheme is required (`127.0.0.1:8181` alone
+/// would be taken for a URL scheme), and a trailing `/` is dropped.
+fn server_addr(addr: &str) -> Result<String> {
+    let trimmed = addr.trim().trim_end_matches('/');
+    let parsed = url::Url::parse(trimmed).ok();
+    match parsed {
+        Some(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host().is_some() => {
+            Ok(trimmed.to_string())
+        }
+        _ if !trimmed.contains("://") => Err(anyhow!(
+            "--addr {addr:?} has no scheme: use http://{trimmed} (or set TOLLGATE_ADDR)"
+        )),
+        _ => Err(anyhow!(
+            "--addr {addr:?} is not an http:// or https:// address of a Tollgate server"
+        )),
+    }
+}
+
+/// A call that never got an answer: say where we tried and what to check,
+/// in one line.
+fn unreachable(addr: &str, what: &str, e: &ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => anyhow!(
+            "{what}: cannot connect to {addr} (connection refused): is `tollgate serve` running there? Point --addr or TOLLGATE_ADDR at it"
+        ),
+        ureq::Error::HostNotFound => anyhow!(
+            "{what}: cannot resolve the host of {addr}: check --addr or TOLLGATE_ADDR"
+        ),
+        ureq::Error::Timeout(_) => anyhow!(
+            "{what}: {addr} did not answer in time: is it a Tollgate server, and is it reachable?"
+        ),
+        other => anyhow!("{what}: cannot reach {addr}: {other}"),
+    }
+}
+
+/// A suggestion after a refusal the caller can fix, from the kind of token
+/// sent (the prefixes say what a Tollgate token is).
+fn hint_for(status: u16, message: &str, token: &str) -> &'static str {
+    if status != 401 || !message.contains("admin token") {
+        return "";
+    }
+    match token.get(..4) {
+        Some("tgr_") => " (this is an approver key; admin commands need the admin token: run them without TOLLGATE_TOKEN set, or with --token set to the admin token)",
+        Some("tgp_") => " (this is a PEP key, for AuthZEN only; admin commands need the admin token)",
+        _ => " (the admin token is in <data>/admin.token; pass it with --token, TOLLGATE_TOKEN or --data)",
+    }
+}
+
 fn refusal_message(text: &str) -> String {
     let body = if text.is_empty() {
         Value::Null
@@ -422,6 +474,34 @@ mod tests {
         assert_eq!(refusal_message("bad gateway"), r#""bad gateway""#);
         assert_eq!(refusal_message(""), "null");
         assert_eq!(refusal_message(r#"{"other":1}"#), r#"{"other":1}"#);
+    }
+
+    #[test]
+    fn an_address_needs_its_scheme() {
+        assert_eq!(
+            server_addr("http://127.0.0.1:8181/").unwrap(),
+            "http://127.0.0.1:8181"
+        );
+        assert_eq!(
+            server_addr("https://gw.acme.test").unwrap(),
+            "https://gw.acme.test"
+        );
+        let e = server_addr("127.0.0.1:8181").unwrap_err().to_string();
+        assert!(
+            e.contains("no scheme") && e.contains("http://127.0.0.1:8181"),
+            "{e}"
+        );
+        let e = server_addr("ftp://x").unwrap_err().to_string();
+        assert!(e.contains("not an http"), "{e}");
+    }
+
+    #[test]
+    fn an_approver_key_on_an_admin_command_is_named() {
+        assert!(hint_for(401, "invalid admin token", "tgr_abc").contains("approver key"));
+        assert!(hint_for(401, "invalid admin token", "tgp_abc").contains("PEP key"));
+        assert!(hint_for(401, "invalid admin token", "nonsense").contains("admin.token"));
+        assert_eq!(hint_for(403, "invalid admin token", "tgr_abc"), "");
+        assert_eq!(hint_for(401, "task t is revoked", "tgr_abc"), "");
     }
 
     #[test]

@@ -178,8 +178,13 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The chain of causes on one line, escaped like all output
-            // (server errors quote what agents sent); never a backtrace.
-            eprintln!("error: {e:#}");
+            // (server errors quote what agents sent); a backtrace only when
+            // asked for with TOLLGATE_DEBUG=1 (RUST_BACKTRACE alone does not).
+            if std::env::var("TOLLGATE_DEBUG").is_ok_and(|v| v == "1") {
+                eprintln!("error: {e:?}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -76,10 +76,26 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
             Err(e) => return Err(e.into()),
         }
     };
+    let elapsed = started.elapsed();
     state.metrics.record(
         ask.kind.as_str(),
         verdict.decision.outcome.as_str(),
-        started.elapsed().as_secs_f64(),
+        elapsed.as_secs_f64(),
+    );
+    // One line per decision for whoever watches the server. Agent-chosen
+    // strings are logged with `?` (quoted, control characters escaped);
+    // parameters never are (they may hold secrets).
+    tracing::info!(
+        target: "tollgate::decision",
+        decision = verdict.decision.outcome.as_str(),
+        action = ?ask.action,
+        resource = ?ask.resource.key(),
+        agent = ?ask.agent.spiffe_id,
+        task = ?ask.task.id,
+        policies = ?verdict.decision.policies,
+        request = %prepared.request_id,
+        latency_ms = elapsed.as_secs_f64() * 1e3,
+        via = ask.kind.as_str(),
     );
     finish(state, verdict, prepared.request_id)
 }

@@ -4,16 +4,34 @@ use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Logs go to stderr: `TOLLGATE_LOG` filters them (default `info`: one line
+/// per decision), `TOLLGATE_LOG_FORMAT=json` makes each a JSON object, and
+/// colour is used only when stderr is a terminal.
+fn init_logging() -> Result<()> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    // Every line is scrubbed of the secrets the server registers
+    // (upstream credentials, the admin token), whoever logs it.
+    let writer = || tollgate_server::redact::RedactingStderr;
+    match std::env::var("TOLLGATE_LOG_FORMAT").as_deref() {
+        Ok("json") => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .init(),
+        Ok("text") | Err(_) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(writer)
+            .init(),
+        Ok(other) => anyhow::bail!("TOLLGATE_LOG_FORMAT={other:?}: use text or json"),
+    }
+    Ok(())
+}
+
 pub fn run(config: Option<PathBuf>, data: PathBuf, listen: String) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        // Every line is scrubbed of the secrets the server registers
-        // (upstream credentials, the admin token), whoever logs it.
-        .with_writer(|| tollgate_server::redact::RedactingStderr)
-        .init();
+    init_logging()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -74,6 +92,7 @@ pub fn run(config: Option<PathBuf>, data: PathBuf, listen: String) -> Result<()>
             }
         };
         tollgate_server::serve(state, listener, shutdown).await?;
+        println!("tollgate stopped: requests in flight finished, nothing left unaudited");
         Ok(())
     })
 }

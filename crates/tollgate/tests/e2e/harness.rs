@@ -38,6 +38,17 @@ impl Server {
         Self::spawn_with(Some(config), data, Some(log))
     }
 
+    /// Logging into `log` with extra environment variables (the log level
+    /// and format are the caller's: `TOLLGATE_LOG`, `TOLLGATE_LOG_FORMAT`).
+    pub fn start_logging_with_env(
+        config: &Path,
+        data: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn_env(Some(config), data, Some(log), env)
+    }
+
     /// With extra environment variables (e.g. `TOLLGATE_STORE`), on `data`
     /// (replicas of one store share theirs, and with it their keys).
     pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
@@ -104,6 +115,8 @@ impl Server {
                 .stderr(std::fs::File::create(path).unwrap()),
             None => cmd.env("TOLLGATE_LOG", "warn").stderr(Stdio::inherit()),
         };
+        // The caller's environment wins (e.g. its own `TOLLGATE_LOG`).
+        cmd.envs(env.iter().copied());
         let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();

@@ -1,7 +1,7 @@
 //! Operating the gateway: kill switch, policy reload, CLI, health, metrics, OpenAPI.
 
 use crate::harness::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[test]
 fn freeze_denies_everything_and_survives_a_restart() {
@@ -403,4 +403,61 @@ fn openapi_documents_every_status_and_body() {
             .any(|p| p["name"] == "status" && p["in"] == "query"),
         "{approvals}"
     );
+}
+
+/// At `info`, one log line per decision with what an operator needs and no
+/// parameter; `TOLLGATE_LOG_FORMAT=json` makes every line a JSON object,
+/// with no terminal colour codes when stderr is a file.
+#[test]
+fn the_server_logs_one_json_line_per_decision_without_secrets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_dir(tmp.path(), "");
+    let log = tmp.path().join("server.log");
+    let mut s = Server::start_logging_with_env(
+        &config,
+        &tmp.path().join("data"),
+        &log,
+        &[("TOLLGATE_LOG", "info"), ("TOLLGATE_LOG_FORMAT", "json")],
+    );
+    let svid = s.enrol(IR);
+    let (task, cred) = s.open_task(&svid);
+    let (_, d) = s.post(
+        "/v1/authorize",
+        Some(&cred),
+        &json!({"action": "iam.disable_account", "resource": {"type": "Account", "id": "jdoe"},
+                "intent": "e2e", "parameters": {"reason": "hunter2-is-not-logged"}}),
+    );
+    assert_eq!(d["decision"], "approval_required", "{d}");
+    s.terminate(10).expect("the server stops");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file");
+    assert!(!text.contains("hunter2"), "a parameter reached the log");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let decisions: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "tollgate::decision")
+        .collect();
+    assert_eq!(decisions.len(), 1, "{text}");
+    let f = &decisions[0]["fields"];
+    assert_eq!(f["decision"], "approval_required", "{f}");
+    assert_eq!(f["request"], d["request_id"], "{f}");
+    for (key, want) in [
+        ("action", "iam.disable_account"),
+        ("resource", "Account::jdoe"),
+        ("agent", IR),
+        ("task", task.as_str()),
+    ] {
+        assert!(f[key].as_str().unwrap_or("").contains(want), "{key}: {f}");
+    }
+    assert!(
+        f["policies"]
+            .as_str()
+            .unwrap_or("")
+            .contains("identity-change-needs-approval"),
+        "{f}"
+    );
+    assert!(f["latency_ms"].as_f64().is_some(), "{f}");
 }
