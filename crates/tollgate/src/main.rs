@@ -65,6 +65,7 @@ struct Conn {
 enum Command {
     /// Write the example policy pack into DIR, to edit and serve with --config.
     Init {
+        /// Directory to write (refused if it holds a tollgate.yaml already).
         #[arg(default_value = "tollgate-config")]
         dir: PathBuf,
     },
@@ -73,8 +74,10 @@ enum Command {
         /// Config directory (tollgate.yaml, schema, catalog, policies/); default: the built-in example pack.
         #[arg(long, env = "TOLLGATE_CONFIG")]
         config: Option<PathBuf>,
+        /// Data directory: keys, the admin token, and the SQLite store (created if missing).
         #[arg(long, env = "TOLLGATE_DATA", default_value = "tollgate-data")]
         data: PathBuf,
+        /// Address to listen on (host:port; port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:8181")]
         listen: String,
     },
@@ -109,6 +112,7 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Lift the kill switch: decisions follow policy again.
     Unfreeze {
         #[command(flatten)]
         conn: Conn,
@@ -164,6 +168,18 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::tools::ToolsCmd,
     },
+    /// Print a shell completion script: `tollgate completion bash > /etc/bash_completion.d/tollgate`.
+    Completion {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write one page per command into --dir.
+    Man {
+        /// Write `tollgate.1`, `tollgate-serve.1`, … into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Policy enforcement points (AuthZEN callers).
     Pep {
         #[command(subcommand)]
@@ -215,11 +231,103 @@ fn run() -> Result<()> {
         Command::Mcp { cmd: sub, conn } => cmd::mcp::run(sub, &conn),
         Command::Tools { cmd: sub } => cmd::tools::run(sub),
         Command::Pep { cmd: sub, conn } => cmd::pep::run(sub, &conn),
+        Command::Completion { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "tollgate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => man(dir),
     }
+}
+
+/// The man page from the clap definitions: one page to stdout, or every
+/// command's page into `dir`.
+fn man(dir: Option<PathBuf>) -> Result<()> {
+    let cli = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(cli, &dir)?;
+            println!("man pages written to {}", dir.display());
+        }
+        None => {
+            // Written as bytes: roff is not text an agent wrote, and the
+            // terminal filter would escape nothing in it anyway.
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cli).render(&mut page)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&page)?;
+        }
+    }
+    Ok(())
 }
 
 /// Print `value` as indented JSON: the `--json` output, the server's answer as sent.
 fn print_json(value: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every command and every flag says what it is, so `--help`, the man
+    /// page and completions all explain themselves.
+    #[test]
+    fn every_command_and_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let here = format!("{path} {}", cmd.get_name()).trim().to_string();
+            if cmd.get_about().is_none()
+                && here != "tollgate help"
+                && !here.starts_with("tollgate help ")
+            {
+                missing.push(format!("command `{here}`"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("`{here}` argument `{id}`"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn completions_and_the_man_page_come_from_the_same_definitions() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for word in ["approvals", "freeze", "--addr"] {
+                assert!(text.contains(word), "{shell:?} completion lacks {word}");
+            }
+        }
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut page)
+            .unwrap();
+        let page = String::from_utf8(page).unwrap();
+        assert!(
+            page.contains(".TH tollgate") && page.contains("approvals"),
+            "{page}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        clap_mangen::generate_to(Cli::command(), dir.path()).unwrap();
+        assert!(dir.path().join("tollgate-approvals-approve.1").exists());
+    }
 }

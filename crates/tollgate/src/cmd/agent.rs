@@ -9,19 +9,25 @@ use clap::Subcommand;
 pub enum AgentCmd {
     /// Register an agent instance and print its single-use join token.
     Add {
+        /// The instance's SPIFFE ID (spiffe://TRUST-DOMAIN/agent/CLASS/INSTANCE).
         spiffe_id: String,
+        /// Who answers for this agent (an email); they may not approve its requests.
         #[arg(long)]
         owner: String,
     },
     /// Lift an agent's quarantine (set by a retry-storm chain rule).
     Release {
+        /// The quarantined agent's SPIFFE ID.
         spiffe_id: String,
+        /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Revoke an agent: all its tasks end, and it gets no SVID until re-added.
     Revoke {
+        /// The agent's SPIFFE ID.
         spiffe_id: String,
+        /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
     },

@@ -12,23 +12,31 @@ use clap::Subcommand;
 pub enum ApprovalsCmd {
     /// Approvals with intent, evidence and the task's chain of actions.
     List {
-        /// pending, approved, denied, expired, used or all.
-        #[arg(long, default_value = "pending")]
+        /// Which approvals.
+        #[arg(long, default_value = "pending", value_parser = ["pending", "approved", "denied", "expired", "used", "withdrawn", "all"])]
         status: String,
+        /// Print the server's JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show one approval.
-    Show { id: String },
+    Show {
+        /// The approval id (apr_…).
+        id: String,
+    },
     /// Vote to approve.
     Approve {
+        /// The approval id (apr_…).
         id: String,
+        /// Why (required; recorded in the audit log and shown to the other approvers).
         #[arg(long)]
         reason: String,
     },
     /// Vote to deny.
     Deny {
+        /// The approval id (apr_…).
         id: String,
+        /// Why (required; recorded in the audit log and shown to the other approvers).
         #[arg(long)]
         reason: String,
     },

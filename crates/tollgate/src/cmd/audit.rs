@@ -30,27 +30,36 @@ pub enum AuditCmd {
     /// Export entries: jsonl (the whole log with its checkpoints, verifiable)
     /// or ocsf (OCSF API Activity events, filterable by incident).
     Export {
-        #[arg(long, default_value = "jsonl")]
+        /// jsonl: the whole log, verifiable with `audit verify --file`; ocsf: OCSF 1.3 API Activity events.
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "ocsf"])]
         format: String,
+        /// Only this incident's entries (ocsf only: a jsonl export is the whole chain).
         #[arg(long)]
         incident: Option<String>,
     },
     /// The story of an incident: who did what, why, decided by which policy,
     /// approved by whom, executed as which command.
     Timeline {
+        /// The incident id (e.g. INC-4711).
         #[arg(long)]
         incident: String,
     },
     /// Print the newest signed checkpoint (save it to verify against later).
     Checkpoint,
     /// The keyed hash a secret value is logged as.
-    Hash { value: String },
+    Hash {
+        /// The secret value (e.g. a parameter); prints hmac-sha256:… as the log shows it.
+        value: String,
+    },
     /// Show the newest entries (optionally filtered), or follow new ones.
     Tail {
+        /// Only this incident's entries.
         #[arg(long)]
         incident: Option<String>,
+        /// Only this task's entries.
         #[arg(long)]
         task: Option<String>,
+        /// Only entries about this agent (SPIFFE ID).
         #[arg(long)]
         agent: Option<String>,
         /// How many entries.
@@ -59,6 +68,7 @@ pub enum AuditCmd {
         /// Keep polling for new entries.
         #[arg(short, long)]
         follow: bool,
+        /// Print each entry as JSON, one per line.
         #[arg(long)]
         json: bool,
     },

@@ -26,10 +26,13 @@ pub enum BenchCmd {
     /// approval traffic, a revocation mid-run; latency percentiles,
     /// throughput, stale decisions after the revocation, server memory.
     Http {
+        /// How long to load the server.
         #[arg(long, default_value_t = 10)]
         duration_secs: u64,
+        /// Client threads asking at once.
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Tasks to spread the requests over (one is revoked half-way).
         #[arg(long, default_value_t = 8)]
         tasks: usize,
         /// Another replica over the same store (repeatable): the clients are
@@ -49,6 +52,7 @@ pub enum BenchCmd {
         /// Pack sizes to measure, in policies.
         #[arg(long, value_delimiter = ',', default_value = "21,1000,10000")]
         policies: Vec<usize>,
+        /// Decisions timed per pack size.
         #[arg(long, default_value_t = 20_000)]
         decisions: usize,
         /// Instead of measuring, write the example configuration with its
@@ -60,15 +64,19 @@ pub enum BenchCmd {
     /// What the MCP gateway adds to a tool call: the same allowed call direct to
     /// the example tool server and through an in-process gateway.
     Mcp {
+        /// Tool calls per measurement.
         #[arg(long, default_value_t = 2_000)]
         calls: usize,
+        /// Clients calling at once.
         #[arg(long, default_value_t = 4)]
         clients: usize,
     },
     /// Durable audit append throughput (serial vs group commit) and verification speed.
     Audit {
+        /// Entries to append.
         #[arg(long, default_value_t = 100_000)]
         entries: u64,
+        /// Concurrent writers for the group-commit run.
         #[arg(long, default_value_t = 64)]
         concurrency: u64,
     },

@@ -9,19 +9,26 @@ use clap::Subcommand;
 pub enum IncidentCmd {
     /// Mark an incident resolved: every task bound to it is revoked at once.
     Resolve {
+        /// The incident id (e.g. INC-4711).
         id: String,
+        /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
     },
     /// Change status, class or severity; open tasks are re-evaluated.
     Update {
+        /// The incident id (e.g. INC-4711).
         id: String,
-        #[arg(long)]
+        /// New status; resolved and closed revoke every task bound to it.
+        #[arg(long, value_parser = ["open", "resolved", "closed"])]
         status: Option<String>,
+        /// New class (e.g. malware, ddos); tasks whose playbook no longer fits are revoked.
         #[arg(long)]
         class: Option<String>,
-        #[arg(long)]
+        /// New severity.
+        #[arg(long, value_parser = ["low", "medium", "high", "critical"])]
         severity: Option<String>,
+        /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
     },

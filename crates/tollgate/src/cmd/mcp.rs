@@ -11,6 +11,7 @@ pub enum McpCmd {
     /// Each upstream: connected or why not, and its tools with the catalog
     /// operation each is bound to ("-": not bound, so never offered).
     Upstreams {
+        /// Print the server's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },

@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 pub enum PolicyCmd {
     /// Validate a pack directory offline; prints file:line:column errors.
     Validate {
+        /// The pack directory (tollgate.yaml, schema, catalog, policies/).
         #[arg(default_value = "tollgate-config")]
         dir: PathBuf,
     },
     /// Run test traces (YAML: requests with expected decisions) against a pack
     /// offline; by default every file in DIR/tests. Exits non-zero on a failure.
     Test {
+        /// The pack directory (tollgate.yaml, schema, catalog, policies/, tests/).
         #[arg(default_value = "tollgate-config")]
         dir: PathBuf,
         /// Test files to run instead of DIR/tests/*.yaml.

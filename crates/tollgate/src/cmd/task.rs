@@ -7,29 +7,42 @@ use clap::Subcommand;
 
 #[derive(Subcommand)]
 pub enum TaskCmd {
+    /// List tasks, newest first.
     List {
+        /// Only this agent's tasks (SPIFFE ID).
         #[arg(long)]
         agent: Option<String>,
+        /// Only tasks of this incident.
         #[arg(long)]
         incident: Option<String>,
-        #[arg(long)]
+        /// Only tasks in this state.
+        #[arg(long, value_parser = ["active", "completed", "failed", "revoked"])]
         status: Option<String>,
+        /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Print the server's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// One task: its scope, lifetime, lineage and state.
     Show {
+        /// The task id (task_…).
         id: String,
     },
+    /// Revoke a task and every task delegated from it.
     Revoke {
+        /// The task id (task_…).
         id: String,
+        /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
     },
     /// The rollback plan: compensations of the task's executed actions, newest first.
     Rollback {
+        /// The task id (task_…).
         id: String,
+        /// Print the server's JSON instead of text.
         #[arg(long)]
         json: bool,
     },
