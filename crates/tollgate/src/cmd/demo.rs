@@ -25,13 +25,27 @@ fn text(r: &CallToolResult) -> String {
         .join(" ")
 }
 
-fn short(s: &str) -> String {
-    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one.chars().count() > 160 {
-        format!("{}…", one.chars().take(160).collect::<String>())
-    } else {
-        one
+/// `s` on lines of at most [`WIDTH`] characters, words kept whole, the
+/// continuation lines indented under the first: reasons are read in full
+/// ("… triggered by …" is usually at the end), not cut.
+fn wrapped(s: &str, indent: usize) -> String {
+    const WIDTH: usize = 100;
+    let mut out = String::new();
+    let mut line = 0usize;
+    for word in s.split_whitespace() {
+        let n = word.chars().count();
+        if line > 0 && line + 1 + n > WIDTH {
+            out.push('\n');
+            out.push_str(&" ".repeat(indent));
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += n;
     }
+    out
 }
 
 fn args(v: Value) -> Map<String, Value> {
@@ -59,7 +73,7 @@ impl Demo {
         } else {
             "done"
         };
-        println!("  tollgate ← {verdict}: {}", short(&text(&r)));
+        println!("  tollgate ← {verdict}: {}", wrapped(&text(&r), 4));
         Ok(r)
     }
 
@@ -125,6 +139,7 @@ pub(crate) async fn serve_in_process(config: &Path, data: &Path) -> Result<Strin
 
 pub fn run(keep: Option<PathBuf>) -> Result<()> {
     let tmp;
+    let kept = keep.is_some();
     let dir = match keep {
         Some(d) => {
             if d.exists() {
@@ -160,12 +175,21 @@ pub fn run(keep: Option<PathBuf>) -> Result<()> {
         data: Some(data.clone()),
     })?;
     scenario(&rt, &admin, &addr, &world)?;
-    println!(
-        "\nEverything above is in the audit log and the tool server's state file under {}.\n\
-         Keep them with `tollgate demo --dir DIR`, then `tollgate serve --config DIR/config --data DIR/data`\n\
-         and `TOLLGATE_DATA=DIR/data tollgate audit timeline --incident INC-4711`.",
-        dir.display()
-    );
+    if kept {
+        println!(
+            "\nEverything above is in the audit log and the tool server's state file under {d}.\n\
+             Check the log offline:   tollgate audit verify --data {d}/data\n\
+             Serve it on a free port: tollgate serve --config {d}/config --data {d}/data --listen 127.0.0.1:0\n\
+             then, with the address it prints:\n  \
+             tollgate audit timeline --incident INC-4711 --data {d}/data --addr http://127.0.0.1:PORT",
+            d = dir.display()
+        );
+    } else {
+        println!(
+            "\nEverything above was in a temporary directory, now removed. To keep the audit log\n\
+             and the tool server's state, run `tollgate demo --dir ./tollgate-demo` (a new directory)."
+        );
+    }
     Ok(())
 }
 
@@ -328,7 +352,7 @@ impl Demo {
             } else {
                 "done"
             },
-            short(&text(&r))
+            wrapped(&text(&r), 4)
         );
         self.show("jdoe enabled", "/accounts/jdoe/enabled")
     }
@@ -373,5 +397,22 @@ impl Demo {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod wrap_tests {
+    use super::wrapped;
+
+    #[test]
+    fn reasons_wrap_whole_and_lose_nothing() {
+        let reason = "deny: no-egress-after-secret-read: egress after a secret read in this task tree, triggered by req_01abc vault.read_secret on Secret::db-password at 2026-12-03T10:00:00Z";
+        let w = wrapped(reason, 4);
+        assert_eq!(
+            w.split_whitespace().collect::<Vec<_>>(),
+            reason.split_whitespace().collect::<Vec<_>>()
+        );
+        assert!(w.lines().all(|l| l.chars().count() <= 104), "{w}");
+        assert!(w.contains("triggered by") && w.lines().count() > 1, "{w}");
     }
 }
