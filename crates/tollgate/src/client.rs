@@ -199,7 +199,7 @@ impl Client {
 
     // Agents.
 
-    pub fn register_agent(&self, spiffe_id: &str, owner: &str) -> Result<Registered> {
+    pub fn register_agent(&self, spiffe_id: &str, owner: &str) -> Result<Verbatim<Registered>> {
         self.post(
             "/v1/agents",
             json!({"spiffe_id": spiffe_id, "owner": owner}),
@@ -269,7 +269,11 @@ impl Client {
         self.post("/v1/revocations", json!({"task_id": id, "reason": reason}))
     }
 
-    pub fn update_incident(&self, id: &str, change: &IncidentChange) -> Result<IncidentUpdated> {
+    pub fn update_incident(
+        &self,
+        id: &str,
+        change: &IncidentChange,
+    ) -> Result<Verbatim<IncidentUpdated>> {
         self.post(
             &format!("/v1/incidents/{}", encode(id)),
             serde_json::to_value(change)?,
@@ -302,7 +306,7 @@ impl Client {
         self.get("/v1/peps")
     }
 
-    pub fn add_pep(&self, name: &str) -> Result<PepKey> {
+    pub fn add_pep(&self, name: &str) -> Result<Verbatim<PepKey>> {
         self.post("/v1/peps", json!({"name": name}))
     }
 
@@ -356,7 +360,7 @@ impl Client {
         name: &str,
         role: &str,
         expires_in_seconds: Option<i64>,
-    ) -> Result<ApproverKey> {
+    ) -> Result<Verbatim<ApproverKey>> {
         let mut body = json!({"name": name, "role": role});
         if let Some(secs) = expires_in_seconds {
             body["expires_in_seconds"] = json!(secs);
@@ -379,7 +383,7 @@ impl Client {
         self.get(&format!("/v1/approvals?status={}", encode(status)))
     }
 
-    pub fn approval(&self, id: &str) -> Result<Approval> {
+    pub fn approval(&self, id: &str) -> Result<Verbatim<Approval>> {
         self.get(&format!("/v1/approvals/{}", encode(id)))
     }
 

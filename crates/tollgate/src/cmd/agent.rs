@@ -14,6 +14,9 @@ pub enum AgentCmd {
         /// Who answers for this agent (an email); they may not approve its requests.
         #[arg(long)]
         owner: String,
+        /// Print the server's JSON (with the join token) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Lift an agent's quarantine (set by a retry-storm chain rule).
     Release {
@@ -36,7 +39,11 @@ pub enum AgentCmd {
 pub fn run(cmd: AgentCmd, conn: &Conn) -> Result<()> {
     let c = Client::new(conn)?;
     match cmd {
-        AgentCmd::Add { spiffe_id, owner } => add(&c, &spiffe_id, &owner),
+        AgentCmd::Add {
+            spiffe_id,
+            owner,
+            json,
+        } => add(&c, &spiffe_id, &owner, json),
         AgentCmd::Release { spiffe_id, reason } => {
             c.release_agent(&spiffe_id, reason.as_deref())?;
             println!("released {spiffe_id}: its decisions are judged by policy again");
@@ -53,8 +60,12 @@ pub fn run(cmd: AgentCmd, conn: &Conn) -> Result<()> {
     }
 }
 
-fn add(c: &Client, spiffe_id: &str, owner: &str) -> Result<()> {
-    let registered = c.register_agent(spiffe_id, owner)?;
+fn add(c: &Client, spiffe_id: &str, owner: &str, json: bool) -> Result<()> {
+    let answer = c.register_agent(spiffe_id, owner)?;
+    if json {
+        return crate::print_json(&answer.json);
+    }
+    let registered = answer.value;
     println!("agent:       {}", registered.spiffe_id);
     match registered.join_token {
         Some(token) => {

@@ -23,6 +23,9 @@ pub enum ApprovalsCmd {
     Show {
         /// The approval id (apr_…).
         id: String,
+        /// Print the server's JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Vote to approve.
     Approve {
@@ -46,7 +49,13 @@ pub fn run(cmd: ApprovalsCmd, conn: &Conn) -> Result<()> {
     let c = Client::new(conn)?;
     match cmd {
         ApprovalsCmd::List { status, json } => list(&c, &status, json),
-        ApprovalsCmd::Show { id } => print_approval(&c.approval(&id)?),
+        ApprovalsCmd::Show { id, json } => {
+            let a = c.approval(&id)?;
+            if json {
+                return crate::print_json(&a.json);
+            }
+            print_approval(&a.value)
+        }
         ApprovalsCmd::Approve { id, reason } | ApprovalsCmd::Deny { id, reason }
             if reason.trim().is_empty() =>
         {

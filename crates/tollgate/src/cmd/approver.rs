@@ -18,6 +18,9 @@ pub enum ApproverCmd {
         /// The key stops working after this long: 3600s, 12h, 90d.
         #[arg(long, value_parser = parse_duration)]
         expires_in: Option<i64>,
+        /// Print the server's JSON (with the key) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Approvers with their role, status (active, disabled, expired) and last use.
     List {
@@ -71,8 +74,13 @@ pub fn run(cmd: ApproverCmd, conn: &Conn) -> Result<()> {
             name,
             role,
             expires_in,
+            json,
         } => {
-            let added = c.add_approver(&name, &role, expires_in)?;
+            let answer = c.add_approver(&name, &role, expires_in)?;
+            if json {
+                return crate::print_json(&answer.json);
+            }
+            let added = answer.value;
             println!("approver: {} (role {})", added.name, added.role);
             println!("key:      {}", added.key);
             if let Some(expires_at) = added.expires_at {

@@ -342,7 +342,7 @@ fn open_bench_tasks(
         base,
         "/v1/agents/attest",
         "",
-        &json!({"join_token": registered.join_token}),
+        &json!({"join_token": registered.value.join_token}),
     )?;
     let svid = Svid::deserialize(&att)
         .map_err(|_| anyhow!("attest failed: {att}"))?
@@ -649,7 +649,7 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
         let admin = Client::new(&conn)?;
         let agent = "spiffe://acme.test/agent/ir-responder/bench-mcp";
         let registered = admin.register_agent(agent, "bench@acme.test")?;
-        let join_token = registered.join_token.ok_or_else(|| anyhow!("no join token for {agent}"))?;
+        let join_token = registered.value.join_token.ok_or_else(|| anyhow!("no join token for {agent}"))?;
         let as_agent = admin.with_token(&admin.attest(&join_token)?.svid);
         // One task and one MCP session per client: each its own delegation tree.
         let mut sessions = Vec::new();

@@ -206,7 +206,7 @@ struct Enrolled {
 /// Identity and task (REST, as in the walkthrough), and an approver.
 fn enrol(admin: &Client) -> Result<Enrolled> {
     let registered = admin.register_agent(AGENT, "alice@acme.test")?;
-    let join_token = registered.join_token.context("no join token")?;
+    let join_token = registered.value.join_token.context("no join token")?;
     let svid = admin.attest(&join_token)?.svid;
     let task = admin.with_token(&svid).open_task(&OpenTask {
         incident: IncidentRef {
@@ -222,7 +222,10 @@ fn enrol(admin: &Client) -> Result<Enrolled> {
         "\n1. Agent {AGENT} attests and opens {} on INC-4711 (malware, high)",
         task.task_id
     );
-    let approver_key = admin.add_approver("ivan@acme.test", "identity", None)?.key;
+    let approver_key = admin
+        .add_approver("ivan@acme.test", "identity", None)?
+        .value
+        .key;
     Ok(Enrolled {
         agent: admin.with_token(&task.credential),
         task_id: task.task_id,

@@ -14,6 +14,9 @@ pub enum IncidentCmd {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
+        /// Print the server's JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Change status, class or severity; open tasks are re-evaluated.
     Update {
@@ -31,13 +34,16 @@ pub enum IncidentCmd {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
+        /// Print the server's JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 pub fn run(cmd: IncidentCmd, conn: &Conn) -> Result<()> {
     let c = Client::new(conn)?;
-    let (id, change) = match cmd {
-        IncidentCmd::Resolve { id, reason } => (
+    let (id, change, json) = match cmd {
+        IncidentCmd::Resolve { id, reason, json } => (
             id,
             IncidentChange {
                 status: Some("resolved".into()),
@@ -45,6 +51,7 @@ pub fn run(cmd: IncidentCmd, conn: &Conn) -> Result<()> {
                 severity: None,
                 reason,
             },
+            json,
         ),
         IncidentCmd::Update {
             id,
@@ -52,6 +59,7 @@ pub fn run(cmd: IncidentCmd, conn: &Conn) -> Result<()> {
             class,
             severity,
             reason,
+            json,
         } => (
             id,
             IncidentChange {
@@ -60,9 +68,14 @@ pub fn run(cmd: IncidentCmd, conn: &Conn) -> Result<()> {
                 severity,
                 reason,
             },
+            json,
         ),
     };
-    let updated = c.update_incident(&id, &change)?;
+    let answer = c.update_incident(&id, &change)?;
+    if json {
+        return crate::print_json(&answer.json);
+    }
+    let updated = answer.value;
     let incident = &updated.incident;
     println!(
         "incident {}: {} / {} / {}",

@@ -12,6 +12,9 @@ pub enum PepCmd {
     Add {
         /// The PEP's name: 1-64 of [A-Za-z0-9._-].
         name: String,
+        /// Print the server's JSON (with the key) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Registered PEPs with when each was added.
     List {
@@ -29,8 +32,12 @@ pub enum PepCmd {
 pub fn run(cmd: PepCmd, conn: &Conn) -> Result<()> {
     let c = Client::new(conn)?;
     match cmd {
-        PepCmd::Add { name } => {
-            let added = c.add_pep(&name)?;
+        PepCmd::Add { name, json } => {
+            let answer = c.add_pep(&name)?;
+            if json {
+                return crate::print_json(&answer.json);
+            }
+            let added = answer.value;
             println!("pep:  {}", added.name);
             println!("key:  {}", added.key);
             println!("(shown once; the PEP sends it as bearer token to /access/v1/*)");

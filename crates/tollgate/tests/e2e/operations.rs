@@ -461,3 +461,63 @@ fn the_server_logs_one_json_line_per_decision_without_secrets() {
     );
     assert!(f["latency_ms"].as_f64().is_some(), "{f}");
 }
+
+/// `--json` prints the server's answer as sent, parseable, on the commands
+/// that print data.
+#[test]
+fn the_cli_prints_json_wherever_it_prints_data() {
+    let s = Server::start();
+    let json_of = |args: &[&str]| -> Value {
+        let (ok, out, err) = s.cli(args);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+    };
+    let agent = json_of(&[
+        "agent",
+        "add",
+        "spiffe://acme.test/agent/ir-responder/j-1",
+        "--owner",
+        "a@acme.test",
+        "--json",
+    ]);
+    assert!(
+        agent["join_token"].as_str().unwrap().starts_with("tgj_"),
+        "{agent}"
+    );
+    let ivan = json_of(&[
+        "approver",
+        "add",
+        "ivan@acme.test",
+        "--role",
+        "identity",
+        "--json",
+    ]);
+    assert!(ivan["key"].as_str().unwrap().starts_with("tgr_"), "{ivan}");
+    let pep = json_of(&["pep", "add", "iam-proxy", "--json"]);
+    assert!(pep["key"].as_str().unwrap().starts_with("tgp_"), "{pep}");
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let (_, d) = s.post(
+        "/v1/authorize",
+        Some(&cred),
+        &json!({"action": "iam.disable_account", "resource": {"type": "Account", "id": "jdoe"}, "intent": "e2e", "parameters": {"reason": "x"}}),
+    );
+    let id = d["approval_id"].as_str().unwrap();
+    let shown = json_of(&["approvals", "show", id, "--json"]);
+    assert_eq!(
+        (shown["id"].as_str(), shown["status"].as_str()),
+        (Some(id), Some("pending"))
+    );
+    let changed = json_of(&[
+        "incident",
+        "update",
+        "INC-4711",
+        "--severity",
+        "critical",
+        "--json",
+    ]);
+    assert_eq!(changed["incident"]["severity"], "critical", "{changed}");
+    let resolved = json_of(&["incident", "resolve", "INC-4711", "--json"]);
+    assert_eq!(resolved["incident"]["status"], "resolved", "{resolved}");
+}
