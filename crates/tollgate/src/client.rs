@@ -104,6 +104,7 @@ enum Method {
 
 impl Client {
     pub fn new(conn: &crate::Conn) -> Result<Self> {
+        let conn = conn.resolve()?;
         let token = match &conn.token {
             Some(t) => t.clone(),
             None => {
@@ -404,6 +405,11 @@ fn parse<T: DeserializeOwned>(text: &str, method: &str, path: &str) -> Result<T>
 
 /// The server's message in an error answer (the whole body when it is not
 /// the API's error shape). Diagnostics of a refused pack go to stderr.
+/// Check an address the way every command will use it.
+pub fn check_addr(addr: &str) -> Result<()> {
+    server_addr(addr).map(|_| ())
+}
+
 /// `--addr` as a base URL: a scheme is required (`127.0.0.1:8181` alone
 /// would be taken for a URL scheme), and a trailing `/` is dropped.
 fn server_addr(addr: &str) -> Result<String> {

@@ -25,6 +25,7 @@ macro_rules! eprint {
 mod api_types;
 mod client;
 mod cmd;
+mod profile;
 mod term;
 
 use anyhow::Result;
@@ -44,14 +45,12 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Conn {
-    /// Server address.
-    #[arg(
-        long,
-        env = "TOLLGATE_ADDR",
-        default_value = "http://127.0.0.1:8181",
-        global = true
-    )]
-    addr: String,
+    /// Server address (default: the context's, else http://127.0.0.1:8181).
+    #[arg(long, env = "TOLLGATE_ADDR", global = true)]
+    addr: Option<String>,
+    /// A context of the profile (~/.config/tollgate/config.yaml): its address and token file.
+    #[arg(long, env = "TOLLGATE_CONTEXT", global = true)]
+    context: Option<String>,
     /// Admin token; default: the token file in --data.
     #[arg(long, env = "TOLLGATE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -180,6 +179,11 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Named contexts (address and token file), like kubectl's: list, use, set, delete.
+    Context {
+        #[command(subcommand)]
+        cmd: profile::ContextCmd,
+    },
     /// Policy enforcement points (AuthZEN callers).
     Pep {
         #[command(subcommand)]
@@ -231,6 +235,7 @@ fn run() -> Result<()> {
         Command::Mcp { cmd: sub, conn } => cmd::mcp::run(sub, &conn),
         Command::Tools { cmd: sub } => cmd::tools::run(sub),
         Command::Pep { cmd: sub, conn } => cmd::pep::run(sub, &conn),
+        Command::Context { cmd: sub } => profile::run(sub),
         Command::Completion { shell } => {
             let mut cli = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cli, "tollgate", &mut std::io::stdout());
@@ -260,6 +265,21 @@ fn man(dir: Option<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl Conn {
+    /// The address and credentials to use: flags and environment first,
+    /// then the profile's context, then the defaults.
+    fn resolve(&self) -> Result<profile::Resolved> {
+        let p = profile::load()?;
+        profile::resolve(
+            &p,
+            self.context.as_deref(),
+            self.addr.as_deref(),
+            self.token.as_deref(),
+            self.data.as_deref(),
+        )
+    }
 }
 
 /// Print `value` as indented JSON: the `--json` output, the server's answer as sent.

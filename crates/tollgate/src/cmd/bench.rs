@@ -247,7 +247,7 @@ pub fn http(
     tasks: usize,
 ) -> Result<()> {
     let admin = Client::new(conn)?;
-    let base = conn.addr.trim_end_matches('/').to_string();
+    let base = conn.resolve()?.addr.trim_end_matches('/').to_string();
     let mut bases = vec![base.clone()];
     bases.extend(replicas.iter().map(|r| r.trim_end_matches('/').to_string()));
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -642,7 +642,8 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
         // Through the gateway: the demo's configuration, in this process.
         let addr = super::demo::serve_in_process(&config, &data).await?;
         let conn = Conn {
-            addr: addr.clone(),
+            addr: Some(addr.clone()),
+            context: None,
             token: None,
             data: Some(data.clone()),
         };

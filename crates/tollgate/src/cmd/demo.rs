@@ -170,7 +170,8 @@ pub fn run(keep: Option<PathBuf>) -> Result<()> {
         world.display()
     );
     let admin = Client::new(&Conn {
-        addr: addr.clone(),
+        addr: Some(addr.clone()),
+        context: None,
         token: None,
         data: Some(data.clone()),
     })?;

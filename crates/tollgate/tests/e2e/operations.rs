@@ -521,3 +521,80 @@ fn the_cli_prints_json_wherever_it_prints_data() {
     let resolved = json_of(&["incident", "resolve", "INC-4711", "--json"]);
     assert_eq!(resolved["incident"]["status"], "resolved", "{resolved}");
 }
+
+/// Named contexts: `context set` and `use` once, then commands need no
+/// address or token; `--context` picks another; an unknown one is an error.
+#[test]
+fn contexts_hold_the_address_and_token_file() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = tmp.path().join("config.yaml");
+    let token_file = tmp.path().join("admin.token");
+    std::fs::write(&token_file, &s.admin).unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .env("TOLLGATE_PROFILE", &profile)
+            .env_remove("TOLLGATE_ADDR")
+            .env_remove("TOLLGATE_TOKEN")
+            .env_remove("TOLLGATE_DATA")
+            .env_remove("TOLLGATE_CONTEXT")
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = cli(&[
+        "context",
+        "set",
+        "lab",
+        "--addr",
+        &s.addr,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    // The first context becomes the current one.
+    let (ok, out, err) = cli(&["task", "list"]);
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = cli(&["freeze"]);
+    assert!(ok, "{err}");
+    assert_eq!(s.get("/healthz", None).1["frozen"], true);
+    // A second context that points nowhere: picked by --context, it fails
+    // and says where it tried.
+    let (ok, _, err) = cli(&[
+        "context",
+        "set",
+        "nowhere",
+        "--addr",
+        "http://127.0.0.1:9",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["unfreeze", "--context", "nowhere"]);
+    assert!(
+        !ok && err.contains("127.0.0.1:9") && err.contains("tollgate serve"),
+        "{err}"
+    );
+    let (ok, out, _) = cli(&["context", "list"]);
+    assert!(
+        ok && out.contains("* lab") && out.contains("  nowhere"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&["unfreeze", "--context", "staging"]);
+    assert!(!ok && err.contains("no context \"staging\""), "{err}");
+    // The token stays in its file: the profile names the file only.
+    let text = std::fs::read_to_string(&profile).unwrap();
+    assert!(
+        !text.contains(&s.admin) && text.contains("token_file"),
+        "{text}"
+    );
+    let (ok, _, err) = cli(&["unfreeze"]);
+    assert!(ok, "{err}");
+    assert_eq!(s.get("/healthz", None).1["frozen"], false);
+}
