@@ -96,6 +96,50 @@ impl<W: Write> Write for SafeWriter<W> {
     }
 }
 
+/// A one-line progress count on stderr while something long runs (a
+/// verification of millions of entries), redrawn at most twice a second and
+/// cleared at the end. Only on a terminal: piped or logged output stays
+/// exactly the result. The text is the CLI's own, never an agent's.
+pub struct Progress {
+    label: &'static str,
+    on_terminal: bool,
+    last: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    pub fn new(label: &'static str) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            label,
+            on_terminal: std::io::stderr().is_terminal(),
+            last: std::time::Instant::now(),
+            shown: false,
+        }
+    }
+
+    /// `done` so far.
+    pub fn tick(&mut self, done: u64) {
+        if !self.on_terminal || self.last.elapsed() < std::time::Duration::from_millis(500) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        self.shown = true;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r{}: {done}…", self.label);
+        let _ = err.flush();
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.shown {
+            // Erase the progress line so the result starts clean.
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,9 @@ pub async fn verify_data(dir: &Path, pinned: Option<&str>, extra: Option<&Path>)
     cps.extend(extra_checkpoint(extra)?);
     let mut v = LogVerifier::new(cps, &key).map_err(|e| anyhow!("FAILED: {e}"))?;
     let mut after = 0;
+    let mut progress = crate::term::Progress::new("entries verified");
     loop {
+        progress.tick(after);
         let page = store
             .audit(AuditQuery {
                 after,
@@ -84,6 +86,7 @@ pub async fn verify_data(dir: &Path, pinned: Option<&str>, extra: Option<&Path>)
         }
         after = page.last().map(|e| e.seq).unwrap_or(after);
     }
+    drop(progress);
     report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
     Ok(())
 }
@@ -104,7 +107,9 @@ pub fn verify_api(c: &Client, pinned: Option<&str>, extra: Option<&Path>) -> Res
     cps.extend(extra_checkpoint(extra)?);
     let mut v = LogVerifier::new(cps, &key).map_err(|e| anyhow!("FAILED: {e}"))?;
     let mut after = 0u64;
+    let mut progress = crate::term::Progress::new("entries verified");
     loop {
+        progress.tick(after);
         let page = c.audit::<AuditEntry>(&AuditFilter::default(), after)?;
         for e in &page.entries {
             v.push(e).map_err(|e| anyhow!("FAILED: {e}"))?;
@@ -114,6 +119,7 @@ pub fn verify_api(c: &Client, pinned: Option<&str>, extra: Option<&Path>) -> Res
             None => break,
         }
     }
+    drop(progress);
     report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
     Ok(())
 }
@@ -140,10 +146,13 @@ pub fn verify_file(path: &Path, pinned: Option<&str>, extra: Option<&Path>) -> R
     let mut cps: Vec<Checkpoint> = serde_json::from_value(header["checkpoints"].clone())?;
     cps.extend(extra_checkpoint(extra)?);
     let mut v = LogVerifier::new(cps, &key).map_err(|e| anyhow!("FAILED: {e}"))?;
+    let mut progress = crate::term::Progress::new("entries verified");
     for line in lines {
         let e: AuditEntry = serde_json::from_str(&line?).context("malformed entry line")?;
         v.push(&e).map_err(|e| anyhow!("FAILED: {e}"))?;
+        progress.tick(e.seq);
     }
+    drop(progress);
     report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
     Ok(())
 }
