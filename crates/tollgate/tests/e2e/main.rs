@@ -17,3 +17,4 @@ mod mcp_replicas;
 mod operations;
 mod replicas;
 mod scenario;
+mod walkthrough;
