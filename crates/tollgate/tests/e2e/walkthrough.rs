@@ -287,19 +287,14 @@ fn script(blocks: &[Block]) -> String {
 }
 
 /// Each block's output, split at the markers; `Err` names a block whose
-/// output did not end with a newline.
-fn split_output(out: &str, blocks: usize) -> Result<Vec<String>, String> {
+/// output did not end with a newline, and that output's last line.
+fn split_output(out: &str, blocks: usize) -> Result<Vec<String>, (Option<usize>, String)> {
     let mut chunks = vec![String::new(); blocks];
     let mut current: Option<usize> = None;
     for piece in out.split_inclusive('\n') {
         if let Some(at) = piece.find(MARK) {
             if at > 0 {
-                let last = current.map_or("before the first block".into(), |n| n.to_string());
-                return Err(format!(
-                    "the output of block {last} does not end with a newline: the reader's \
-                     prompt would sit on {:?}",
-                    &piece[..at]
-                ));
+                return Err((current, piece[..at].to_string()));
             }
             let id = piece[at + MARK.len()..].trim();
             current = id.parse().ok();
@@ -376,7 +371,13 @@ fn walkthrough_runs_as_written() {
         started.elapsed().as_secs_f64()
     );
 
-    let chunks = split_output(&out, blocks.len()).unwrap_or_else(|e| panic!("{e}"));
+    let chunks = split_output(&out, blocks.len()).unwrap_or_else(|(n, last)| {
+        let at = n.map_or("before the first block".into(), |n| show(&blocks[n]));
+        panic!(
+            "the output of the block at {at}\ndoes not end with a newline: the reader's prompt \
+             would sit on its last line, {last:?}"
+        )
+    });
     if std::env::var_os("TOLLGATE_WALKTHROUGH_PRINT").is_some() {
         for (b, chunk) in blocks.iter().zip(&chunks) {
             eprintln!("=== {}\n{chunk}", show(b));
