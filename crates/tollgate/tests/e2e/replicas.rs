@@ -1122,6 +1122,10 @@ fn replicas_fail_closed_while_postgresql_is_away_and_recover_without_restart() {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .timeout_global(Some(Duration::from_secs(20)))
+                    // A new connection per request: a replica may close a
+                    // connection after a 503 whose body it did not read, and a
+                    // reused one would then fail on the client's side.
+                    .max_idle_connections(0)
                     .build()
                     .into();
                 // (phase when sent, replica, status, decision, request id)
