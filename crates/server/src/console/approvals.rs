@@ -1,7 +1,7 @@
 //! The approvals queue (live), one approval's page, and the vote.
 
 use super::pages::{self, Flash, QueueItem};
-use super::session::{check_change, form, Console};
+use super::session::{change_form, Console};
 use super::{error_page, html};
 use crate::api::auth::Shared;
 use crate::service::approvals::{describe, load, vote as cast_vote};
@@ -209,13 +209,10 @@ pub async fn vote(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: VoteForm = match form(&body) {
+    let f: VoteForm = match change_form(&headers, &c, &body, |f: &VoteForm| &f.csrf) {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if let Err(r) = check_change(&headers, &c, &f.csrf) {
-        return r;
-    }
     let Principal::Approver(voter) = &c.session.principal else {
         let why =
             Flash::Refused("the admin token cannot vote; sign in with an approver key".into());

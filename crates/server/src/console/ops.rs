@@ -3,7 +3,7 @@
 //! a quarantined agent, the audit log's state and the MCP upstreams.
 
 use super::pages::{self, Flash, IncidentTree, Ops};
-use super::session::{check_change, form, Console};
+use super::session::{change_form, Console};
 use super::{error_page, html};
 use crate::api::auth::Shared;
 use crate::service::console::Principal;
@@ -150,8 +150,7 @@ fn admitted<T: serde::de::DeserializeOwned>(
     body: &Bytes,
     csrf: impl Fn(&T) -> &str,
 ) -> Result<T, Response> {
-    let f: T = form(body)?;
-    check_change(headers, c, csrf(&f))?;
+    let f = change_form(headers, c, body, csrf)?;
     admin_only(c)?;
     Ok(f)
 }

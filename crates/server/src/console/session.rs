@@ -97,6 +97,19 @@ pub fn form<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
     })
 }
 
+/// A state change's form: parsed, and checked by [`check_change`] with
+/// the CSRF token `csrf` reads from it.
+pub fn change_form<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    c: &Console,
+    body: &Bytes,
+    csrf: impl Fn(&T) -> &str,
+) -> Result<T, Response> {
+    let f: T = form(body)?;
+    check_change(headers, c, csrf(&f))?;
+    Ok(f)
+}
+
 /// A state change must come from a console page: this origin (when the
 /// browser says where it comes from) and the session's CSRF token.
 pub fn check_change(headers: &HeaderMap, c: &Console, token: &str) -> Result<(), Response> {
@@ -212,11 +225,7 @@ pub async fn signout(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let f: CsrfOnly = match form(&body) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_change(&headers, &c, &f.csrf) {
+    if let Err(r) = change_form(&headers, &c, &body, |f: &CsrfOnly| &f.csrf) {
         return r;
     }
     if let Err(e) = console::sign_out(&state, &c.secret, c.session.principal.name()).await {

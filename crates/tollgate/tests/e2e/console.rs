@@ -196,23 +196,23 @@ async fn sign_in(c: &Client, s: &Server, credential: &str) {
         .send_keys(credential)
         .await
         .unwrap();
-    c.find(Locator::Css("form.card button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(c, "form.card button[type=submit]").await;
     wait_for(c, "header .who", 10).await;
 }
 
 async fn sign_out(c: &Client) {
-    c.find(Locator::Css("form[action='/console/signout'] button"))
+    click(c, "form[action='/console/signout'] button").await;
+    wait_for(c, "#credential", 10).await;
+}
+
+/// Click the element `css` matches.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
         .await
         .unwrap()
         .click()
         .await
         .unwrap();
-    wait_for(c, "#credential", 10).await;
 }
 
 /// Open an approval's page, give a reason and press Approve.
@@ -220,8 +220,7 @@ async fn approve_in_page(c: &Client, url: &str, reason: &str) {
     c.goto(url).await.unwrap();
     let field = c.find(Locator::Id("reason")).await.unwrap();
     field.send_keys(reason).await.unwrap();
-    let button = c.find(Locator::Css("button.approve")).await.unwrap();
-    button.click().await.unwrap();
+    click(c, "button.approve").await;
 }
 
 /// No `alert()` ever ran: Chromium would hold it open.
@@ -281,12 +280,7 @@ fn console_an_approver_sees_an_approval_arrive_and_approves_it() {
             assert!(c.find(Locator::Css("#queue script")).await.is_err());
             no_dialog(c).await;
 
-            c.find(Locator::Css("#queue .item a"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            click(c, "#queue .item a").await;
             wait_for(c, "form.vote", 10).await;
             let page = text_of(c, "main").await;
             for expect in [
@@ -462,24 +456,14 @@ fn console_the_admin_freezes_the_gateway_after_confirming() {
             );
             shot(c, "ops-phone").await;
 
-            c.find(Locator::Css("button.danger"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            click(c, "button.danger").await;
             // A confirmation step first: nothing is frozen yet.
             wait_for(c, "input[name=confirm]", 10).await;
             assert_eq!(
                 s.authorize(&cred, "edr.read_alerts", host("web-1")).1["decision"],
                 "allow"
             );
-            c.find(Locator::Css("form.card button.danger"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            click(c, "form.card button.danger").await;
             wait_for(c, "p.notice", 10).await;
             assert!(text_of(c, "p.notice").await.contains("Frozen"));
             let (_, d) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
@@ -494,19 +478,9 @@ fn console_the_admin_freezes_the_gateway_after_confirming() {
             assert_eq!(frozen.len(), 1);
             assert_eq!(frozen[0]["event"]["actor"], "admin (console)");
             // And off again.
-            c.find(Locator::Css("button.danger"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            click(c, "button.danger").await;
             wait_for(c, "input[name=confirm]", 10).await;
-            c.find(Locator::Css("form.card button.danger"))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
+            click(c, "form.card button.danger").await;
             wait_for(c, "p.notice", 10).await;
             assert_eq!(
                 s.authorize(&cred, "edr.read_alerts", host("web-1")).1["decision"],
