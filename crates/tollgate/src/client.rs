@@ -222,7 +222,7 @@ impl Client {
         )
     }
 
-    pub fn revoke_agent(&self, spiffe_id: &str, reason: Option<&str>) -> Result<Revoked> {
+    pub fn revoke_agent(&self, spiffe_id: &str, reason: Option<&str>) -> Result<Verbatim<Revoked>> {
         self.post(
             "/v1/revocations",
             json!({"agent": spiffe_id, "reason": reason}),
@@ -266,7 +266,7 @@ impl Client {
         self.get(&format!("/v1/tasks/{}/rollback", encode(task_id)))
     }
 
-    pub fn revoke_task(&self, id: &str, reason: Option<&str>) -> Result<Revoked> {
+    pub fn revoke_task(&self, id: &str, reason: Option<&str>) -> Result<Verbatim<Revoked>> {
         self.post("/v1/revocations", json!({"task_id": id, "reason": reason}))
     }
 
@@ -291,7 +291,7 @@ impl Client {
         self.post_ignoring_answer("/v1/unfreeze", json!({}))
     }
 
-    pub fn reload_policy(&self) -> Result<Reloaded> {
+    pub fn reload_policy(&self) -> Result<Verbatim<Reloaded>> {
         self.post("/v1/policies/reload", json!({}))
     }
 
@@ -389,7 +389,7 @@ impl Client {
     }
 
     /// Vote on an approval (the token is the approver's key).
-    pub fn vote(&self, id: &str, approve: bool, reason: &str) -> Result<ApprovalTally> {
+    pub fn vote(&self, id: &str, approve: bool, reason: &str) -> Result<Verbatim<ApprovalTally>> {
         self.post(
             &format!("/v1/approvals/{}/decision", encode(id)),
             json!({"approve": approve, "reason": reason}),

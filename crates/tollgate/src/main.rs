@@ -77,7 +77,7 @@ enum Command {
         #[arg(long, env = "TOLLGATE_DATA", default_value = "tollgate-data")]
         data: PathBuf,
         /// Address to listen on (host:port; port 0 picks a free one).
-        #[arg(long, default_value = "127.0.0.1:8181")]
+        #[arg(long, env = "TOLLGATE_LISTEN", default_value = "127.0.0.1:8181")]
         listen: String,
     },
     /// The store: apply migrations by hand.
@@ -285,6 +285,12 @@ impl Conn {
 /// Print `value` as indented JSON: the `--json` output, the server's answer as sent.
 fn print_json(value: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// One JSON value on one line, for output read line by line (`jq -c`, logs).
+fn print_json_line(value: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
 

@@ -33,6 +33,9 @@ pub enum AgentCmd {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
+        /// Print the server's JSON (with the tasks that ended) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -49,11 +52,18 @@ pub fn run(cmd: AgentCmd, conn: &Conn) -> Result<()> {
             println!("released {spiffe_id}: its decisions are judged by policy again");
             Ok(())
         }
-        AgentCmd::Revoke { spiffe_id, reason } => {
+        AgentCmd::Revoke {
+            spiffe_id,
+            reason,
+            json,
+        } => {
             let revoked = c.revoke_agent(&spiffe_id, reason.as_deref())?;
+            if json {
+                return crate::print_json(&revoked.json);
+            }
             println!(
                 "revoked {spiffe_id}; tasks ended: {}",
-                serde_json::to_string(&revoked.revoked_tasks)?
+                serde_json::to_string(&revoked.value.revoked_tasks)?
             );
             Ok(())
         }

@@ -34,6 +34,9 @@ pub enum ApprovalsCmd {
         /// Why (required; recorded in the audit log and shown to the other approvers).
         #[arg(long)]
         reason: String,
+        /// Print the server's JSON (the approval's tally) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Vote to deny.
     Deny {
@@ -42,6 +45,9 @@ pub enum ApprovalsCmd {
         /// Why (required; recorded in the audit log and shown to the other approvers).
         #[arg(long)]
         reason: String,
+        /// Print the server's JSON (the approval's tally) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -56,22 +62,29 @@ pub fn run(cmd: ApprovalsCmd, conn: &Conn) -> Result<()> {
             }
             print_approval(&a.value)
         }
-        ApprovalsCmd::Approve { id, reason } | ApprovalsCmd::Deny { id, reason }
+        ApprovalsCmd::Approve { id, reason, .. } | ApprovalsCmd::Deny { id, reason, .. }
             if reason.trim().is_empty() =>
         {
             bail!("approval {id}: --reason must not be empty")
         }
-        ApprovalsCmd::Approve { id, reason } => {
+        ApprovalsCmd::Approve { id, reason, json } => {
             let tally = c.vote(&id, true, &reason)?;
+            if json {
+                return crate::print_json(&tally.json);
+            }
+            let t = tally.value;
             println!(
                 "voted approve on {id}: now {} ({}/{} approvals)",
-                tally.status, tally.approvals, tally.required
+                t.status, t.approvals, t.required
             );
             Ok(())
         }
-        ApprovalsCmd::Deny { id, reason } => {
+        ApprovalsCmd::Deny { id, reason, json } => {
             let tally = c.vote(&id, false, &reason)?;
-            println!("voted deny on {id}: now {}", tally.status);
+            if json {
+                return crate::print_json(&tally.json);
+            }
+            println!("voted deny on {id}: now {}", tally.value.status);
             Ok(())
         }
     }

@@ -26,6 +26,10 @@ pub enum AuditCmd {
         /// truncation and rewrites even if stored checkpoints were deleted.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Print the result as one JSON object (`"ok": false` with the error
+        /// when verification fails; the exit code is non-zero then too).
+        #[arg(long)]
+        json: bool,
     },
     /// Export entries: jsonl (the whole log with its checkpoints, verifiable)
     /// or ocsf (OCSF API Activity events, filterable by incident).
@@ -43,6 +47,9 @@ pub enum AuditCmd {
         /// The incident id (e.g. INC-4711).
         #[arg(long)]
         incident: String,
+        /// Print the checkpoint and every entry (with its line of text) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the newest signed checkpoint (save it to verify against later).
     Checkpoint,
@@ -80,11 +87,17 @@ pub fn run(cmd: AuditCmd, conn: &Conn) -> Result<()> {
             file,
             public_key,
             checkpoint,
-        } => verify(conn, file, public_key.as_deref(), checkpoint.as_deref()),
+            json,
+        } => {
+            let result = verify(conn, file, public_key.as_deref(), checkpoint.as_deref());
+            verify::report(result, json)
+        }
         AuditCmd::Export { format, incident } => {
             export::export(&Client::new(conn)?, &format, incident.as_deref())
         }
-        AuditCmd::Timeline { incident } => export::timeline(&Client::new(conn)?, &incident),
+        AuditCmd::Timeline { incident, json } => {
+            export::timeline(&Client::new(conn)?, &incident, json)
+        }
         // As the server sent it: `audit verify --checkpoint` reads this back.
         AuditCmd::Checkpoint => crate::print_json(&Client::new(conn)?.checkpoint()?.json),
         AuditCmd::Hash { value } => {
@@ -116,7 +129,7 @@ fn verify(
     file: Option<PathBuf>,
     public_key: Option<&str>,
     checkpoint: Option<&Path>,
-) -> Result<()> {
+) -> Result<verify::Verified> {
     match (file, &conn.data) {
         (Some(f), _) => verify::verify_file(&f, public_key, checkpoint),
         (None, Some(dir)) => tokio::runtime::Builder::new_current_thread()

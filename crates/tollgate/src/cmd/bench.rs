@@ -183,9 +183,25 @@ async fn append(
             Ok::<_, tollgate_store::StoreError>(())
         }));
     }
+    // Progress on a terminal: appended entries so far.
+    let ticker = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut progress = crate::term::Progress::new("entries appended");
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if let Ok(head) = store.audit_head().await {
+                    // The log already held `offset` entries from earlier rows.
+                    progress.tick(head.size.saturating_sub(offset));
+                }
+            }
+        })
+    };
     for t in tasks {
         t.await??;
     }
+    ticker.abort();
+    let _ = ticker.await;
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -427,10 +443,18 @@ impl HttpLoad<'_> {
                     }
                 });
             }
-            // Revoke one task half-way through, while the load runs.
-            std::thread::sleep(duration / 2);
-            self.admin.revoke_task(victim, Some("bench revocation"))?;
-            revoked.store(true, Ordering::SeqCst);
+            // Revoke one task half-way through, while the load runs; on a
+            // terminal, show the requests answered so far.
+            let half_way = Instant::now() + duration / 2;
+            let mut progress = crate::term::Progress::new("requests answered");
+            while Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(100));
+                if !revoked.load(Ordering::SeqCst) && Instant::now() >= half_way {
+                    self.admin.revoke_task(victim, Some("bench revocation"))?;
+                    revoked.store(true, Ordering::SeqCst);
+                }
+                progress.tick(latencies.lock().map_or(0, |l| l.len() as u64));
+            }
             Ok(())
         })?;
         Ok(HttpTally {
@@ -507,7 +531,9 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
         let work = synthetic::Workload::new(TD, agents).map_err(|e| anyhow!("{e}"))?;
         let mut ours = Vec::with_capacity(decisions);
         let mut outcomes = [0usize; 3];
+        let mut progress = crate::term::Progress::new("decisions");
         for k in 0..decisions {
+            progress.tick(k as u64);
             let t = Instant::now();
             // The summary is part of the decision: computed from the tree's past.
             let history =
@@ -541,6 +567,7 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
             stock.push(t.elapsed().as_secs_f64() * 1e6);
             std::hint::black_box(r);
         }
+        drop(progress);
         let [o50, o90, o99] = percentiles(ours);
         let [s50, s90, s99] = percentiles(stock);
         let base = *base_p99.get_or_insert(o99);

@@ -78,9 +78,13 @@ impl Demo {
     }
 
     fn world(&self) -> Result<Value> {
-        Ok(serde_json::from_str(&std::fs::read_to_string(
-            &self.world,
-        )?)?)
+        let text = std::fs::read_to_string(&self.world).with_context(|| {
+            format!(
+                "reading the tool server's state file {}",
+                self.world.display()
+            )
+        })?;
+        Ok(serde_json::from_str(&text)?)
     }
 
     fn show(&self, what: &str, pointer: &str) -> Result<()> {
@@ -146,7 +150,9 @@ pub fn run(keep: Option<PathBuf>) -> Result<()> {
                 bail!("{} exists; give a new directory", d.display());
             }
             std::fs::create_dir_all(&d)?;
-            d
+            // Absolute: the tool server runs in a directory of its own and
+            // must still find its state and token files.
+            std::path::absolute(&d)?
         }
         None => {
             tmp = tempfile::tempdir()?;

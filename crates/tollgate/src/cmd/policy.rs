@@ -14,6 +14,10 @@ pub enum PolicyCmd {
         /// The pack directory (tollgate.yaml, schema, catalog, policies/).
         #[arg(default_value = "tollgate-config")]
         dir: PathBuf,
+        /// Print the result as JSON (counts and digest, or the problems with
+        /// file, line and column) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Run test traces (YAML: requests with expected decisions) against a pack
     /// offline; by default every file in DIR/tests. Exits non-zero on a failure.
@@ -23,6 +27,9 @@ pub enum PolicyCmd {
         dir: PathBuf,
         /// Test files to run instead of DIR/tests/*.yaml.
         files: Vec<PathBuf>,
+        /// Print one JSON object per test file and a summary instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Draft a Cedar schema fragment and catalog entries for an MCP server's
     /// tools, from its tools/list (see docs/mcp-gateway.md).
@@ -48,6 +55,9 @@ pub enum PolicyCmd {
     },
     /// Ask the running server to reload its pack.
     Reload {
+        /// Print the server's JSON instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -55,8 +65,8 @@ pub enum PolicyCmd {
 
 pub fn run(cmd: PolicyCmd) -> Result<()> {
     match cmd {
-        PolicyCmd::Validate { dir } => validate(&dir),
-        PolicyCmd::Test { dir, files } => test(&dir, files),
+        PolicyCmd::Validate { dir, json } => validate(&dir, json),
+        PolicyCmd::Test { dir, files, json } => test(&dir, files, json),
         PolicyCmd::Schema {
             from_mcp,
             server,
@@ -70,11 +80,14 @@ pub fn run(cmd: PolicyCmd) -> Result<()> {
             ca_file.as_deref(),
             out.as_deref(),
         ),
-        PolicyCmd::Reload { conn } => {
+        PolicyCmd::Reload { json, conn } => {
             let reloaded = Client::new(&conn)?.reload_policy()?;
+            if json {
+                return crate::print_json(&reloaded.json);
+            }
             println!(
                 "reloaded: {} policies, digest {}",
-                reloaded.policies, reloaded.digest
+                reloaded.value.policies, reloaded.value.digest
             );
             Ok(())
         }
@@ -86,8 +99,14 @@ fn d_with_dir(dir: &Path, d: &tollgate_policy::Diagnostic) -> String {
     format!("{}/{}", dir.display(), d)
 }
 
-fn validate(dir: &Path) -> Result<()> {
+fn validate(dir: &Path, json: bool) -> Result<()> {
     match tollgate_policy::PolicyPack::load_dir(dir) {
+        Ok(p) if json => crate::print_json(&serde_json::json!({
+            "ok": true,
+            "policies": p.policy_count(),
+            "operations": p.catalog().operations.len(),
+            "digest": p.digest(),
+        })),
         Ok(p) => {
             println!(
                 "ok: {} policies, {} catalog operations, digest {}",
@@ -98,8 +117,23 @@ fn validate(dir: &Path) -> Result<()> {
             Ok(())
         }
         Err(tollgate_policy::PolicyError::Invalid(diags)) => {
-            for d in &diags {
-                eprintln!("{}", d_with_dir(dir, d));
+            if json {
+                let problems: Vec<_> = diags
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "file": dir.join(&d.file).display().to_string(),
+                            "line": d.line,
+                            "column": d.column,
+                            "message": d.message,
+                        })
+                    })
+                    .collect();
+                crate::print_json(&serde_json::json!({"ok": false, "problems": problems}))?;
+            } else {
+                for d in &diags {
+                    eprintln!("{}", d_with_dir(dir, d));
+                }
             }
             bail!("{} problem(s) in {}", diags.len(), dir.display())
         }
@@ -107,7 +141,7 @@ fn validate(dir: &Path) -> Result<()> {
     }
 }
 
-fn test(dir: &Path, mut files: Vec<PathBuf>) -> Result<()> {
+fn test(dir: &Path, mut files: Vec<PathBuf>, json: bool) -> Result<()> {
     let pack = match tollgate_policy::PolicyPack::load_dir(dir) {
         Ok(p) => p,
         Err(tollgate_policy::PolicyError::Invalid(diags)) => {
@@ -135,7 +169,24 @@ fn test(dir: &Path, mut files: Vec<PathBuf>) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         let failures = tollgate_policy::testing::run(&pack, &t)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-        if failures.is_empty() {
+        if json {
+            let failures: Vec<_> = failures
+                .iter()
+                .map(|x| serde_json::json!({"step": x.step, "message": x.message}))
+                .collect();
+            crate::print_json_line(&serde_json::json!({
+                "file": f.display().to_string(),
+                "name": t.name,
+                "steps": t.steps.len(),
+                "ok": failures.is_empty(),
+                "failures": failures,
+            }))?;
+            if failures.is_empty() {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        } else if failures.is_empty() {
             passed += 1;
             println!(
                 "ok    {} ({} steps): {}",
@@ -151,7 +202,11 @@ fn test(dir: &Path, mut files: Vec<PathBuf>) -> Result<()> {
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    if json {
+        crate::print_json_line(&serde_json::json!({"passed": passed, "failed": failed}))?;
+    } else {
+        println!("{passed} passed, {failed} failed");
+    }
     if failed > 0 {
         bail!("{failed} policy test file(s) failed");
     }

@@ -37,6 +37,9 @@ pub enum TaskCmd {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: Option<String>,
+        /// Print the server's JSON (with every task that ended) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// The rollback plan: compensations of the task's executed actions, newest first.
     Rollback {
@@ -69,9 +72,15 @@ pub fn run(cmd: TaskCmd, conn: &Conn) -> Result<()> {
         // The task as the server shows it, every field.
         TaskCmd::Show { id } => crate::print_json(&c.task(&id)?.json),
         TaskCmd::Rollback { id, json } => rollback(&c, &id, json),
-        TaskCmd::Revoke { id, reason } => {
-            c.revoke_task(&id, reason.as_deref())?;
-            println!("revoked task {id}");
+        TaskCmd::Revoke { id, reason, json } => {
+            let revoked = c.revoke_task(&id, reason.as_deref())?;
+            if json {
+                return crate::print_json(&revoked.json);
+            }
+            println!(
+                "revoked task {id}; tasks ended: {}",
+                serde_json::to_string(&revoked.value.revoked_tasks)?
+            );
             Ok(())
         }
     }

@@ -509,6 +509,55 @@ fn the_cli_prints_json_wherever_it_prints_data() {
         (shown["id"].as_str(), shown["status"].as_str()),
         (Some(id), Some("pending"))
     );
+    // A vote, as the approver it needs (the identity role).
+    let voted = {
+        let key = ivan["key"].as_str().unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["approvals", "approve", id, "--reason", "checked", "--json"])
+            .env("TOLLGATE_ADDR", &s.addr)
+            .env("TOLLGATE_TOKEN", key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(voted["status"], "approved", "{voted}");
+    let reloaded = json_of(&["policy", "reload", "--json"]);
+    assert!(reloaded["policies"].as_u64().unwrap() > 0, "{reloaded}");
+    let verified = json_of(&["audit", "verify", "--json"]);
+    assert_eq!(
+        (&verified["ok"], &verified["covered_by_checkpoint"]),
+        (&json!(true), &json!(true)),
+        "{verified}"
+    );
+    assert!(verified["entries"].as_u64().unwrap() > 5, "{verified}");
+    let timeline = json_of(&["audit", "timeline", "--incident", "INC-4711", "--json"]);
+    let entries = timeline["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["entry"]["event"]["kind"] == "task.opened"
+                && e["line"].as_str().unwrap().contains("opened task")),
+        "{timeline}"
+    );
+    let task_id = entries
+        .iter()
+        .find_map(|e| e["entry"]["event"]["task_id"].as_str())
+        .unwrap()
+        .to_string();
+    let revoked = json_of(&["task", "revoke", &task_id, "--reason", "e2e", "--json"]);
+    assert_eq!(revoked["revoked_tasks"], json!([task_id]), "{revoked}");
+    let agent_revoked = json_of(&[
+        "agent",
+        "revoke",
+        "spiffe://acme.test/agent/ir-responder/j-1",
+        "--json",
+    ]);
+    assert!(agent_revoked["revoked_tasks"].is_array(), "{agent_revoked}");
     let changed = json_of(&[
         "incident",
         "update",
@@ -520,6 +569,50 @@ fn the_cli_prints_json_wherever_it_prints_data() {
     assert_eq!(changed["incident"]["severity"], "critical", "{changed}");
     let resolved = json_of(&["incident", "resolve", "INC-4711", "--json"]);
     assert_eq!(resolved["incident"]["status"], "resolved", "{resolved}");
+
+    // Offline pack commands: a valid pack, a broken one, its test traces.
+    let pack = tempfile::tempdir().unwrap();
+    let dir = pack.path().join("cfg");
+    let (ok, _, err) = s.cli(&["init", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let valid = json_of(&["policy", "validate", dir.to_str().unwrap(), "--json"]);
+    assert_eq!(valid["ok"], true, "{valid}");
+    let tests = {
+        let (ok, out, err) = s.cli(&["policy", "test", dir.to_str().unwrap(), "--json"]);
+        assert!(ok, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let summary = tests.last().unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(
+        summary["passed"].as_u64().unwrap() as usize,
+        tests.len() - 1,
+        "{tests:?}"
+    );
+    assert!(
+        tests[0]["file"].as_str().unwrap().ends_with(".yaml"),
+        "{tests:?}"
+    );
+    std::fs::write(
+        dir.join("policies/99-broken.cedar"),
+        "permit (principal, action, resource) when { nonsense };\n",
+    )
+    .unwrap();
+    let (ok, out, _) = s.cli(&["policy", "validate", dir.to_str().unwrap(), "--json"]);
+    assert!(!ok, "a broken pack validated");
+    let broken: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(broken["ok"], false, "{broken}");
+    let problem = &broken["problems"][0];
+    assert!(
+        problem["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("99-broken.cedar")
+            && problem["line"].as_u64() == Some(1),
+        "{broken}"
+    );
 }
 
 /// Named contexts: `context set` and `use` once, then commands need no

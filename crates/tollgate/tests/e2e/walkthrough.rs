@@ -1,7 +1,9 @@
-//! The README's walkthrough is executable documentation: this test runs its
-//! shell blocks, in document order and unmodified, in one bash shell next to a
-//! fresh `tollgate serve`, and compares what each block prints with the sample
-//! output the README shows after it.
+//! The README's walkthrough, and the parts of docs/*.md a reader is meant to
+//! run (the MCP gateway's five-minute setup, delegation, audit
+//! verification), are executable documentation: these tests run their shell
+//! blocks, in document order and unmodified, in one bash shell per document,
+//! and compare what each block prints with the sample output the document
+//! shows after it.
 //!
 //! The convention, also stated in a comment at the top of the README's
 //! walkthrough:
@@ -11,9 +13,15 @@
 //!   one another; they are one script).
 //! - Every ```` ```sh ```` block in a range is run, unless the line right
 //!   before its fence starts with `<!-- walkthrough: skip` (e.g. `tollgate
-//!   serve` itself, which this test starts). Other shell fences (`bash`,
-//!   `console`, …) are refused in a range, so nothing a reader runs escapes
-//!   the test.
+//!   serve` in the README, which this test starts). Other shell fences
+//!   (`bash`, `console`, …) are refused in a range, so nothing a reader runs
+//!   escapes the test.
+//! - `<!-- walkthrough: server -->` before a ```` ```sh ```` block: the reader
+//!   runs it in a second terminal (it starts `tollgate serve`); the test runs
+//!   it in the background, on the address in `TOLLGATE_LISTEN`, and waits
+//!   until the server answers before going on.
+//! - `<!-- walkthrough: file NAME -->` before a fenced block of any language:
+//!   the reader saves the block as NAME; so does the test, at that point.
 //! - The ```` ```json ```` and ```` ```text ```` blocks right after a run
 //!   block (nothing but blank lines between) are its expected output, compared
 //!   line by line (blank lines ignored) after replacing ids (`task_…`,
@@ -23,11 +31,15 @@
 //! - Every block's output must end with a newline (or the reader's prompt
 //!   lands on its last line).
 //!
-//! The script runs under `set -euo pipefail` in a temporary working directory
-//! holding the server's `tollgate-data`, with `TOLLGATE_ADDR` pointing at the
-//! server (the walkthrough's `TG` defaults to it) and the binary's directory
-//! first on `PATH`. `TOLLGATE_WALKTHROUGH_PRINT=1` prints every block's output,
-//! to refresh the README's samples after a deliberate change.
+//! The script runs under `set -euo pipefail` in a temporary working
+//! directory, with `TOLLGATE_ADDR` pointing at the server (the documents' `TG`
+//! defaults to it), `TOLLGATE_LISTEN` at the same address, a config home
+//! (`XDG_CONFIG_HOME`, where contexts are saved) of its own, and the
+//! binary's directory first on `PATH`. For the README the
+//! test starts the server itself (its `tollgate-data` in that directory); the
+//! documents start theirs with a `server` block. `TOLLGATE_WALKTHROUGH_PRINT=1`
+//! prints every block's output, to refresh the samples after a deliberate
+//! change.
 
 use crate::harness::{bin, Server};
 use std::path::Path;
@@ -37,31 +49,61 @@ use std::time::{Duration, Instant};
 const BEGIN: &str = "<!-- walkthrough: begin -->";
 const END: &str = "<!-- walkthrough: end -->";
 const SKIP: &str = "<!-- walkthrough: skip";
+const SERVER: &str = "<!-- walkthrough: server -->";
+const FILE: &str = "<!-- walkthrough: file ";
 const MARK: &str = "@@walkthrough-block ";
-/// Sections that must hold run blocks; a range that lost one of them would
-/// silently test less.
-const SECTIONS: [&str; 7] = [
-    "## Walkthrough: the reference scenario",
-    "### An approver's day",
-    "### The agent's side",
-    "### Step 5: two distinct approvers, or one denial",
-    "## Chain rules (step 6)",
-    "## Delegation and the end of the incident (steps 7–9)",
-    "## AuthZEN",
-];
 
-/// One ```sh block to run, and the output the README shows for it.
+/// A document to run.
+struct Doc {
+    /// Relative to the workspace root.
+    path: &'static str,
+    /// Sections that must hold run blocks; a range that lost one of them
+    /// would silently test less.
+    sections: &'static [&'static str],
+    min_blocks: usize,
+    /// Whether the test starts `tollgate serve` (else the document does).
+    test_starts_server: bool,
+}
+
+const README: Doc = Doc {
+    path: "README.md",
+    sections: &[
+        "## Walkthrough: the reference scenario",
+        "### An approver's day",
+        "### The agent's side",
+        "### Step 5: two distinct approvers, or one denial",
+        "## Chain rules (step 6)",
+        "## Delegation and the end of the incident (steps 7–9)",
+        "## AuthZEN",
+    ],
+    min_blocks: 25,
+    test_starts_server: true,
+};
+
+/// How a block takes part in the script.
+#[derive(Clone, PartialEq, Debug)]
+enum Kind {
+    /// Run; its output is compared with what follows it.
+    Run,
+    /// Run in the background: it starts the server.
+    Server,
+    /// Saved as this file.
+    File(String),
+}
+
+/// One block of a range, and the output the document shows for it.
 struct Block {
-    /// 1-based line of its opening fence in README.md.
+    /// 1-based line of its opening fence.
     line: usize,
+    kind: Kind,
     code: Vec<String>,
     expected: Vec<String>,
 }
 
-/// The run blocks of the README's walkthrough ranges, and the headings of
-/// the sections they are in.
-fn extract(readme: &str) -> (Vec<Block>, Vec<String>) {
-    let lines: Vec<&str> = readme.lines().collect();
+/// The blocks of a document's walkthrough ranges, and the headings of the
+/// sections its run blocks are in.
+fn extract(name: &str, text: &str) -> (Vec<Block>, Vec<String>) {
+    let lines: Vec<&str> = text.lines().collect();
     let mut blocks: Vec<Block> = Vec::new();
     let mut headings: Vec<String> = Vec::new();
     let mut heading = String::new();
@@ -81,24 +123,49 @@ fn extract(readme: &str) -> (Vec<Block>, Vec<String>) {
                 body.push(lines[i].to_string());
                 i += 1;
             }
-            assert!(i < lines.len(), "README.md:{}: unclosed fence", start + 1);
+            assert!(i < lines.len(), "{name}:{}: unclosed fence", start + 1);
             i += 1;
             if !in_range {
                 continue;
             }
-            let skipped = start > 0 && lines[start - 1].trim().starts_with(SKIP);
+            let marker = if start > 0 {
+                lines[start - 1].trim()
+            } else {
+                ""
+            };
+            if let Some(file) = marker.strip_prefix(FILE) {
+                let file = file.trim_end_matches("-->").trim();
+                assert!(
+                    !file.is_empty() && !file.contains(['\'', '/']),
+                    "{name}:{start}: a file marker needs a plain file name"
+                );
+                blocks.push(Block {
+                    line: start + 1,
+                    kind: Kind::File(file.to_string()),
+                    code: body,
+                    expected: Vec::new(),
+                });
+                attach = false;
+                continue;
+            }
             match lang {
-                "sh" if skipped => attach = false,
+                "sh" if marker.starts_with(SKIP) => attach = false,
                 "sh" => {
-                    if headings.last() != Some(&heading) {
+                    let kind = if marker == SERVER {
+                        Kind::Server
+                    } else {
+                        Kind::Run
+                    };
+                    if kind == Kind::Run && headings.last() != Some(&heading) {
                         headings.push(heading.clone());
                     }
+                    attach = kind == Kind::Run;
                     blocks.push(Block {
                         line: start + 1,
+                        kind,
                         code: body,
                         expected: Vec::new(),
                     });
-                    attach = true;
                 }
                 "json" | "text" if attach => {
                     if let Some(b) = blocks.last_mut() {
@@ -106,7 +173,7 @@ fn extract(readme: &str) -> (Vec<Block>, Vec<String>) {
                     }
                 }
                 "bash" | "shell" | "console" | "zsh" | "shell-session" => panic!(
-                    "README.md:{}: a ```{lang} block in the walkthrough; use ```sh (run) \
+                    "{name}:{}: a ```{lang} block in the walkthrough; use ```sh (run) \
                      or mark it with {SKIP} -->",
                     start + 1
                 ),
@@ -118,10 +185,10 @@ fn extract(readme: &str) -> (Vec<Block>, Vec<String>) {
             heading = trimmed.to_string();
         }
         if trimmed == BEGIN {
-            assert!(!in_range, "README.md:{}: nested {BEGIN}", i + 1);
+            assert!(!in_range, "{name}:{}: nested {BEGIN}", i + 1);
             in_range = true;
         } else if trimmed == END {
-            assert!(in_range, "README.md:{}: {END} without a begin", i + 1);
+            assert!(in_range, "{name}:{}: {END} without a begin", i + 1);
             in_range = false;
             attach = false;
         } else if in_range && !trimmed.is_empty() {
@@ -129,7 +196,7 @@ fn extract(readme: &str) -> (Vec<Block>, Vec<String>) {
         }
         i += 1;
     }
-    assert!(!in_range, "README.md: {BEGIN} without an end");
+    assert!(!in_range, "{name}: {BEGIN} without an end");
     (blocks, headings)
 }
 
@@ -276,10 +343,36 @@ fn nonblank(lines: impl IntoIterator<Item = String>) -> Vec<String> {
 fn script(blocks: &[Block]) -> String {
     let mut s = String::from("set -euo pipefail\nexec 2>&1\n");
     for (n, b) in blocks.iter().enumerate() {
-        s.push_str(&format!("printf '{MARK}{n}\\n'\n"));
-        for l in &b.code {
-            s.push_str(l);
-            s.push('\n');
+        match &b.kind {
+            Kind::Run => {
+                s.push_str(&format!("printf '{MARK}{n}\\n'\n"));
+                for l in &b.code {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+            }
+            // The reader's second terminal: in the background, its output
+            // kept aside; then wait (up to 30 s) until the server answers.
+            Kind::Server => {
+                s.push_str(&format!("printf '{MARK}{n}\\n'\n("));
+                for l in &b.code {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+                s.push_str(&format!(
+                    ") > .walkthrough-server-{n}.log 2>&1 &\n\
+                     for _ in $(seq 300); do curl -sf \"$TOLLGATE_ADDR/healthz\" > /dev/null && break; sleep 0.1; done\n\
+                     curl -sf \"$TOLLGATE_ADDR/healthz\" > /dev/null || {{ cat .walkthrough-server-{n}.log; exit 1; }}\n"
+                ));
+            }
+            Kind::File(name) => {
+                s.push_str(&format!("cat > '{name}' <<'@@WALKTHROUGH_EOF'\n"));
+                for l in &b.code {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+                s.push_str("@@WALKTHROUGH_EOF\n");
+            }
         }
     }
     s.push_str(&format!("printf '{MARK}end\\n'\n"));
@@ -307,72 +400,118 @@ fn split_output(out: &str, blocks: usize) -> Result<Vec<String>, (Option<usize>,
     Ok(chunks)
 }
 
-fn show(b: &Block) -> String {
+fn show(name: &str, b: &Block) -> String {
     let head: Vec<&str> = b.code.iter().map(String::as_str).take(3).collect();
-    format!("README.md:{}:\n    {}", b.line, head.join("\n    "))
+    format!("{name}:{}:\n    {}", b.line, head.join("\n    "))
 }
 
-#[test]
-fn walkthrough_runs_as_written() {
-    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let readme = std::fs::read_to_string(&readme_path).unwrap();
-    let (blocks, headings) = extract(&readme);
-    for section in SECTIONS {
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Run `doc`'s walkthrough ranges as one script and compare every block's
+/// output with the document's samples.
+fn run_doc(doc: &Doc) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(doc.path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let name = doc.path;
+    let (blocks, headings) = extract(name, &text);
+    for section in doc.sections {
         assert!(
             headings.iter().any(|h| h == section),
-            "no walkthrough block runs in README.md's {section:?}; blocks run in {headings:?}"
+            "no walkthrough block runs in {name}'s {section:?}; blocks run in {headings:?}"
         );
     }
-    assert!(blocks.len() >= 25, "only {} blocks", blocks.len());
+    let runs = blocks.iter().filter(|b| b.kind == Kind::Run).count();
+    assert!(runs >= doc.min_blocks, "{name}: only {runs} blocks");
+    let servers = blocks.iter().filter(|b| b.kind == Kind::Server).count();
+    let expected_servers = usize::from(!doc.test_starts_server);
+    assert_eq!(
+        servers, expected_servers,
+        "{name}: {servers} server block(s), expected {expected_servers}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with_env(&dir.path().join("tollgate-data"), &[]);
-    let script_path = dir.path().join("walkthrough.sh");
+    let (_server, addr, listen) = if doc.test_starts_server {
+        let server = Server::start_with_env(&dir.path().join("tollgate-data"), &[]);
+        let addr = server.addr.clone();
+        let listen = addr.trim_start_matches("http://").to_string();
+        (Some(server), addr, listen)
+    } else {
+        let listen = format!("127.0.0.1:{}", free_port());
+        (None, format!("http://{listen}"), listen)
+    };
+    let script_path = dir.path().join(".walkthrough.sh");
     std::fs::write(&script_path, script(&blocks)).unwrap();
-    let out_path = dir.path().join("walkthrough.out");
+    let out_path = dir.path().join(".walkthrough.out");
     let bin_dir = Path::new(bin()).parent().unwrap();
-    let path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(
+    let search_path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
     ))
     .unwrap();
     let started = Instant::now();
-    let mut child = Command::new("bash")
-        .arg(&script_path)
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env("TOLLGATE_ADDR", &server.addr)
-        .env_remove("TOLLGATE_TOKEN")
-        .env_remove("TOLLGATE_DATA")
-        .env_remove("TOLLGATE_CONFIG")
-        .env_remove("TG")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // Its own process group, so that a server the script started in the
+    // background is stopped with it, whatever happened.
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new("bash")
+            .arg(&script_path)
+            .current_dir(dir.path())
+            .process_group(0)
+            .env("PATH", search_path)
+            .env("TOLLGATE_ADDR", &addr)
+            .env("TOLLGATE_LISTEN", &listen)
+            // Contexts land in a profile of the script's own, at the usual
+            // place under the config home.
+            .env("XDG_CONFIG_HOME", dir.path().join(".config"))
+            .env_remove("TOLLGATE_PROFILE")
+            .env("TOLLGATE_LOG", "warn")
+            .env_remove("TOLLGATE_TOKEN")
+            .env_remove("TOLLGATE_DATA")
+            .env_remove("TOLLGATE_CONFIG")
+            .env_remove("TOLLGATE_CONTEXT")
+            .env_remove("TG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let stop_group = |pid: u32| {
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+    };
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if started.elapsed() > Duration::from_secs(120) {
+        if started.elapsed() > Duration::from_secs(180) {
+            stop_group(child.id());
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "the walkthrough did not finish in 120 s; its output:\n{}",
+                "{name}: the walkthrough did not finish in 180 s; its output:\n{}",
                 std::fs::read_to_string(&out_path).unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    stop_group(child.id());
     let out = std::fs::read_to_string(&out_path).unwrap();
     eprintln!(
-        "walkthrough: {} blocks ran in {:.1} s",
+        "{name}: {} blocks ran in {:.1} s",
         blocks.len(),
         started.elapsed().as_secs_f64()
     );
 
     let chunks = split_output(&out, blocks.len()).unwrap_or_else(|(n, last)| {
-        let at = n.map_or("before the first block".into(), |n| show(&blocks[n]));
+        let at = n.map_or("before the first block".into(), |n| show(name, &blocks[n]));
         panic!(
             "the output of the block at {at}\ndoes not end with a newline: the reader's prompt \
              would sit on its last line, {last:?}"
@@ -380,7 +519,7 @@ fn walkthrough_runs_as_written() {
     });
     if std::env::var_os("TOLLGATE_WALKTHROUGH_PRINT").is_some() {
         for (b, chunk) in blocks.iter().zip(&chunks) {
-            eprintln!("=== {}\n{chunk}", show(b));
+            eprintln!("=== {}\n{chunk}", show(name, b));
         }
     }
     if !status.success() || !out.ends_with(&format!("{MARK}end\n")) {
@@ -389,9 +528,9 @@ fn walkthrough_runs_as_written() {
             .filter_map(|l| l.strip_prefix(MARK))
             .filter_map(|n| n.parse::<usize>().ok())
             .next_back();
-        let at = failed.map_or("before the first block".into(), |n| show(&blocks[n]));
+        let at = failed.map_or("before the first block".into(), |n| show(name, &blocks[n]));
         panic!(
-            "the walkthrough failed ({status}) in the block at {at}\nits output:\n{}",
+            "{name}: the walkthrough failed ({status}) in the block at {at}\nits output:\n{}",
             failed.map_or(out.as_str(), |n| chunks[n].as_str())
         );
     }
@@ -405,8 +544,8 @@ fn walkthrough_runs_as_written() {
         let actual = nonblank(chunk.lines().map(str::to_string));
         if !lines_match(&expected, &actual) {
             drift.push(format!(
-                "{}\n  README shows:\n    {}\n  it printed:\n    {}",
-                show(b),
+                "{}\n  {name} shows:\n    {}\n  it printed:\n    {}",
+                show(name, b),
                 b.expected.join("\n    "),
                 chunk.trim_end().replace('\n', "\n    ")
             ));
@@ -414,11 +553,57 @@ fn walkthrough_runs_as_written() {
     }
     assert!(
         drift.is_empty(),
-        "{} block(s) of the walkthrough print something else than README.md shows \
+        "{} block(s) of the walkthrough print something else than {name} shows \
          (compared with ids, keys, timestamps, hashes and numbers ignored):\n\n{}",
         drift.len(),
         drift.join("\n\n")
     );
+}
+
+#[test]
+fn walkthrough_runs_as_written() {
+    run_doc(&README);
+}
+
+#[test]
+fn walkthrough_mcp_gateway_setup_runs_as_written() {
+    run_doc(&Doc {
+        path: "docs/mcp-gateway.md",
+        sections: &["## Put an existing MCP server behind Tollgate in five minutes"],
+        min_blocks: 5,
+        test_starts_server: false,
+    });
+}
+
+#[test]
+fn walkthrough_delegation_runs_as_written() {
+    run_doc(&Doc {
+        path: "docs/delegation.md",
+        sections: &[
+            "## Delegating part of a task",
+            "## What the child can do",
+            "## Cascading revocation",
+            "## Introspection",
+            "## Rollback plans",
+        ],
+        min_blocks: 8,
+        test_starts_server: false,
+    });
+}
+
+#[test]
+fn walkthrough_audit_verification_runs_as_written() {
+    run_doc(&Doc {
+        path: "docs/audit.md",
+        sections: &[
+            "### `audit verify`",
+            "### `audit export`",
+            "### `audit timeline`",
+            "## Checking without Tollgate",
+        ],
+        min_blocks: 6,
+        test_starts_server: false,
+    });
 }
 
 #[test]

@@ -132,8 +132,22 @@ pub fn ocsf(e: &AuditEntry, checkpoint: &Checkpoint) -> Value {
 }
 
 /// The readable story of an incident.
-pub fn timeline(c: &Client, incident: &str) -> Result<()> {
+pub fn timeline(c: &Client, incident: &str, json: bool) -> Result<()> {
     let (cp, entries) = fetch(c, Some(incident))?;
+    if json {
+        // The entries whole, each with the line the text output shows for it.
+        let entries: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                Ok(serde_json::json!({"line": story_line(e), "entry": serde_json::to_value(e)?}))
+            })
+            .collect::<Result<_>>()?;
+        return crate::print_json(&serde_json::json!({
+            "incident": incident,
+            "checkpoint": cp,
+            "entries": entries,
+        }));
+    }
     let mut out = crate::term::SafeWriter(std::io::BufWriter::new(std::io::stdout().lock()));
     writeln!(
         out,

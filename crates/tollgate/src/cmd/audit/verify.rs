@@ -32,12 +32,42 @@ fn extra_checkpoint(path: Option<&Path>) -> Result<Vec<Checkpoint>> {
     Ok(vec![serde_json::from_value(cp).context("not a checkpoint")?])
 }
 
-fn report(r: &Report, key_source: &str) {
-    if r.checkpoints_verified == 0 && r.entries > 0 {
+/// What a successful verification found, and where its key came from.
+pub struct Verified {
+    report: Report,
+    key_source: &'static str,
+}
+
+/// Print the outcome of a verification, as text or (`json`) one JSON object;
+/// a failure stays an error (non-zero exit) either way.
+pub fn report(result: Result<Verified>, json: bool) -> Result<()> {
+    let Verified {
+        report: r,
+        key_source,
+    } = match result {
+        Ok(v) => v,
+        Err(e) if json => {
+            crate::print_json(&serde_json::json!({"ok": false, "error": format!("{e:#}")}))?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let uncovered = r.checkpoints_verified == 0 && r.entries > 0;
+    if uncovered {
         eprintln!(
             "warning: no signed checkpoint covers this log, so entries removed from its end, or a consistent \
              rewrite, cannot be detected; verify against a checkpoint you saved (--checkpoint)"
         );
+    }
+    if json {
+        return crate::print_json(&serde_json::json!({
+            "ok": true,
+            "entries": r.entries,
+            "checkpoints_verified": r.checkpoints_verified,
+            "root_hash": hex::encode(r.root_hash),
+            "key_source": key_source,
+            "covered_by_checkpoint": !uncovered,
+        }));
     }
     println!(
         "ok: {} entries, hash chain intact, {} signed checkpoint(s) verified (key: {key_source}), root {}",
@@ -45,10 +75,20 @@ fn report(r: &Report, key_source: &str) {
         r.checkpoints_verified,
         hex::encode(r.root_hash)
     );
+    Ok(())
+}
+
+fn finish(v: LogVerifier, key_source: &'static str) -> Result<Verified> {
+    let report = v.finish().map_err(|e| anyhow!("FAILED: {e}"))?;
+    Ok(Verified { report, key_source })
 }
 
 /// Verify a stopped server's data directory, reading its SQLite file directly.
-pub async fn verify_data(dir: &Path, pinned: Option<&str>, extra: Option<&Path>) -> Result<()> {
+pub async fn verify_data(
+    dir: &Path,
+    pinned: Option<&str>,
+    extra: Option<&Path>,
+) -> Result<Verified> {
     let db = dir.join("tollgate.db");
     if !db.exists() {
         bail!("{} does not exist", db.display());
@@ -87,12 +127,11 @@ pub async fn verify_data(dir: &Path, pinned: Option<&str>, extra: Option<&Path>)
         after = page.last().map(|e| e.seq).unwrap_or(after);
     }
     drop(progress);
-    report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
-    Ok(())
+    finish(v, source)
 }
 
 /// Verify through a running server's API.
-pub fn verify_api(c: &Client, pinned: Option<&str>, extra: Option<&Path>) -> Result<()> {
+pub fn verify_api(c: &Client, pinned: Option<&str>, extra: Option<&Path>) -> Result<Verified> {
     // Ask for a fresh checkpoint so the whole log is covered.
     c.checkpoint()?;
     let published = c.checkpoints()?;
@@ -120,12 +159,11 @@ pub fn verify_api(c: &Client, pinned: Option<&str>, extra: Option<&Path>) -> Res
         }
     }
     drop(progress);
-    report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
-    Ok(())
+    finish(v, source)
 }
 
 /// Verify an export file.
-pub fn verify_file(path: &Path, pinned: Option<&str>, extra: Option<&Path>) -> Result<()> {
+pub fn verify_file(path: &Path, pinned: Option<&str>, extra: Option<&Path>) -> Result<Verified> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut lines = std::io::BufReader::new(f).lines();
     let header: Value =
@@ -153,6 +191,5 @@ pub fn verify_file(path: &Path, pinned: Option<&str>, extra: Option<&Path>) -> R
         progress.tick(e.seq);
     }
     drop(progress);
-    report(&v.finish().map_err(|e| anyhow!("FAILED: {e}"))?, source);
-    Ok(())
+    finish(v, source)
 }
