@@ -146,7 +146,11 @@ pub fn resolve(
 #[derive(clap::Subcommand)]
 pub enum ContextCmd {
     /// The contexts in the profile; `*` marks the current one.
-    List,
+    List {
+        /// Print the profile as JSON (`current-context` and `contexts`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Make NAME the current context.
     Use {
         /// A context in the profile.
@@ -176,7 +180,8 @@ pub enum ContextCmd {
 pub fn run(cmd: ContextCmd) -> Result<()> {
     let mut profile = load()?;
     match cmd {
-        ContextCmd::List => {
+        ContextCmd::List { json: true } => crate::print_json(&serde_json::to_value(&profile)?),
+        ContextCmd::List { json: false } => {
             if profile.contexts.is_empty() {
                 println!(
                     "no contexts in {}; add one with `tollgate context set NAME --addr URL`",

@@ -679,6 +679,13 @@ fn contexts_hold_the_address_and_token_file() {
         ok && out.contains("* lab") && out.contains("  nowhere"),
         "{out}"
     );
+    let (ok, out, _) = cli(&["context", "list", "--json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        ok && listed["current-context"] == "lab"
+            && listed["contexts"]["nowhere"]["addr"] == "http://127.0.0.1:9",
+        "{out}"
+    );
     let (ok, _, err) = cli(&["unfreeze", "--context", "staging"]);
     assert!(!ok && err.contains("no context \"staging\""), "{err}");
     // The token stays in its file: the profile names the file only.
