@@ -171,38 +171,44 @@ async fn append(
     offset: u64,
 ) -> Result<f64> {
     let started = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let s = store.clone();
+        let (s, done) = (store.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = w;
             while i < total {
                 s.commit(Batch::audit_only(event(offset + i))).await?;
+                done.fetch_add(1, Ordering::Relaxed);
                 i += concurrency;
             }
             Ok::<_, tollgate_store::StoreError>(())
         }));
     }
-    // Progress on a terminal: appended entries so far.
-    let ticker = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut progress = crate::term::Progress::new("entries appended");
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                if let Ok(head) = store.audit_head().await {
-                    // The log already held `offset` entries from earlier rows.
-                    progress.tick(head.size.saturating_sub(offset));
-                }
-            }
-        })
-    };
+    let ticker = progress_ticker("entries appended", done);
     for t in tasks {
         t.await??;
     }
+    stop_ticker(ticker).await;
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// On a terminal, `label: N…` on stderr every quarter second, N read from
+/// `done`, until [`stop_ticker`].
+fn progress_ticker(label: &'static str, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut progress = crate::term::Progress::new(label);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            progress.tick(done.load(Ordering::Relaxed));
+        }
+    })
+}
+
+/// Stop a [`progress_ticker`]; its line is erased as it ends.
+async fn stop_ticker(ticker: tokio::task::JoinHandle<()>) {
     ticker.abort();
     let _ = ticker.await;
-    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 pub fn audit(entries: u64, concurrency: u64) -> Result<()> {
@@ -620,9 +626,12 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
     ) -> Result<(Vec<f64>, f64)> {
         let per = calls.div_ceil(peers.len());
         let started = Instant::now();
+        let done = Arc::new(AtomicU64::new(0));
+        let ticker = progress_ticker("calls", done.clone());
         let mut handles = Vec::new();
         for peer in peers {
             let (peer, tool, args) = (peer.clone(), tool.to_string(), args.clone());
+            let done = done.clone();
             handles.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(per);
                 let arguments = args.as_object().cloned().unwrap_or_default();
@@ -638,6 +647,7 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
                         return Err(anyhow!("unexpected answer to {tool}: {:?}", r.content));
                     }
                     lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
                 anyhow::Ok(lat)
             }));
@@ -646,6 +656,7 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
         for h in handles {
             all.extend(h.await??);
         }
+        stop_ticker(ticker).await;
         let rate = all.len() as f64 / started.elapsed().as_secs_f64();
         Ok((all, rate))
     }
