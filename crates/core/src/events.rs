@@ -105,11 +105,14 @@ pub enum EventKind {
     ConsoleSignedIn,
     /// `console.signed_out`.
     ConsoleSignedOut,
+    /// `trust_bundle.updated`: an external trust domain's keys changed
+    /// (fetched from its bundle endpoint).
+    TrustBundleUpdated,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 48] = [
+    pub const ALL: [EventKind; 49] = [
         EventKind::Decision,
         EventKind::AuthzenDecision,
         EventKind::Freeze,
@@ -158,6 +161,7 @@ impl EventKind {
         EventKind::McpUpstreamRestarted,
         EventKind::ConsoleSignedIn,
         EventKind::ConsoleSignedOut,
+        EventKind::TrustBundleUpdated,
     ];
 
     /// The kind as the audit log stores it.
@@ -211,6 +215,7 @@ impl EventKind {
             EventKind::McpUpstreamRestarted => "mcp.upstream_restarted",
             EventKind::ConsoleSignedIn => "console.signed_in",
             EventKind::ConsoleSignedOut => "console.signed_out",
+            EventKind::TrustBundleUpdated => "trust_bundle.updated",
         }
     }
 
@@ -259,7 +264,7 @@ mod tests {
         }
         assert_eq!(
             EventKind::ALL.len(),
-            EventKind::ConsoleSignedOut as usize + 1
+            EventKind::TrustBundleUpdated as usize + 1
         );
     }
 }

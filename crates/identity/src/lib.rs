@@ -23,6 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::Arc;
 use tollgate_core::{Scope, SpiffeId, UnixTime};
 
 /// `typ` header of JWT-SVIDs (the SPIFFE JWT-SVID spec allows `JWT` or `JOSE`).
@@ -54,6 +55,8 @@ pub enum TokenError {
     Subject(String),
     #[error("trust domain {0:?} is not trusted")]
     UntrustedDomain(String),
+    #[error("no trust bundle for {0:?} yet: its bundle endpoint has not answered")]
+    NoBundleYet(String),
     #[error("trust bundle: {0}")]
     Bundle(String),
     #[error("key: {0}")]
@@ -206,15 +209,30 @@ pub struct TrustBundle {
     /// the operator names it.
     issuer: Option<String>,
     keys: HashMap<String, TrustedKey>,
+    /// `spiffe_sequence`: increases with every new version of the bundle.
+    sequence: Option<u64>,
+    /// `spiffe_refresh_hint`: how often to fetch it again, seconds.
+    refresh_hint: Option<u64>,
 }
 
 impl TrustBundle {
-    /// Parse a SPIFFE trust bundle (a JWK Set). Keys whose `use` is
-    /// `x509-svid` are skipped; every JWT key needs a `kid`. Accepted key
-    /// types: RSA (RS256), EC P-256 (ES256), OKP Ed25519 (EdDSA).
+    /// Parse a SPIFFE trust bundle (a JWK Set, with the optional
+    /// `spiffe_sequence` and `spiffe_refresh_hint`) or a plain JWK Set. Keys
+    /// whose `use` is `x509-svid` are skipped; every JWT key needs a `kid`.
+    /// Accepted key types: RSA (RS256), EC P-256 (ES256), OKP Ed25519 (EdDSA).
     pub fn from_jwks(trust_domain: &str, json: &str) -> Result<Self, TokenError> {
         let doc: serde_json::Value =
             serde_json::from_str(json).map_err(|e| TokenError::Bundle(e.to_string()))?;
+        let number = |field: &str| -> Result<Option<u64>, TokenError> {
+            match doc.get(field) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                    TokenError::Bundle(format!("{field} must be a non-negative integer"))
+                }),
+            }
+        };
+        let sequence = number("spiffe_sequence")?;
+        let refresh_hint = number("spiffe_refresh_hint")?;
         let keys = doc
             .get("keys")
             .and_then(|k| k.as_array())
@@ -265,7 +283,30 @@ impl TrustBundle {
             trust_domain: trust_domain.to_string(),
             issuer: None,
             keys: out,
+            sequence,
+            refresh_hint,
         })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The bundle's `spiffe_sequence`, if it carries one.
+    pub fn sequence(&self) -> Option<u64> {
+        self.sequence
+    }
+
+    /// The bundle's `spiffe_refresh_hint` in seconds, if it carries one.
+    pub fn refresh_hint(&self) -> Option<u64> {
+        self.refresh_hint
+    }
+
+    /// The key ids of its JWT-SVID keys, sorted.
+    pub fn key_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.keys.keys().cloned().collect();
+        ids.sort();
+        ids
     }
 
     /// Require `iss` to equal `issuer` on every SVID of this trust domain.
@@ -273,6 +314,25 @@ impl TrustBundle {
         self.issuer = issuer;
         self
     }
+}
+
+/// A verified SVID's answer, once its claims are checked: the subject read
+/// before verification must be the one that was signed.
+fn finish_svid(
+    raw: RawClaims,
+    peeked_sub: String,
+    id: SpiffeId,
+    external: bool,
+) -> Result<VerifiedSvid, TokenError> {
+    if raw.sub != peeked_sub {
+        return Err(TokenError::Malformed);
+    }
+    Ok(VerifiedSvid {
+        spiffe_id: id,
+        exp: raw.exp,
+        iat: raw.iat,
+        external,
+    })
 }
 
 /// The registered claims every token kind is checked on.
@@ -331,7 +391,9 @@ pub struct Tokens {
     trust_domain: String,
     /// Audience of SVIDs (the gateway); task credentials use `<audience>/task`.
     audience: String,
-    bundles: HashMap<String, TrustBundle>,
+    /// External trust domains and their current bundles; `None` until a
+    /// bundle endpoint first answers. Replaced whole on refresh.
+    bundles: std::sync::RwLock<HashMap<String, Option<Arc<TrustBundle>>>>,
     /// Clock skew tolerated on `exp` and `nbf`, seconds.
     leeway: i64,
     /// Task credentials already verified.
@@ -374,15 +436,49 @@ impl Tokens {
             issuer: issuer.to_string(),
             trust_domain: trust_domain.to_string(),
             audience: audience.to_string(),
-            bundles: HashMap::new(),
+            bundles: std::sync::RwLock::new(HashMap::new()),
             leeway: 30,
             verified: VerifiedCredentials::default(),
         }
     }
 
-    pub fn with_bundle(mut self, bundle: TrustBundle) -> Self {
-        self.bundles.insert(bundle.trust_domain.clone(), bundle);
+    pub fn with_bundle(self, bundle: TrustBundle) -> Self {
+        self.set_bundle(bundle);
         self
+    }
+
+    /// Trust `trust_domain`, whose keys come later ([`Self::set_bundle`],
+    /// from its bundle endpoint); until then its SVIDs are refused.
+    pub fn with_pending_domain(self, trust_domain: &str) -> Self {
+        self.write_bundles()
+            .entry(trust_domain.to_string())
+            .or_insert(None);
+        self
+    }
+
+    /// Install (or replace) a trust domain's bundle: SVIDs verified from
+    /// now on use exactly its keys.
+    pub fn set_bundle(&self, bundle: TrustBundle) {
+        self.write_bundles()
+            .insert(bundle.trust_domain.clone(), Some(Arc::new(bundle)));
+    }
+
+    /// The current bundle of an external trust domain.
+    pub fn bundle(&self, trust_domain: &str) -> Option<Arc<TrustBundle>> {
+        self.read_bundles().get(trust_domain).cloned().flatten()
+    }
+
+    fn read_bundles(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, Option<Arc<TrustBundle>>>> {
+        // Writers replace whole entries, so a poisoned lock holds whole ones.
+        self.bundles.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_bundles(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Option<Arc<TrustBundle>>>> {
+        self.bundles.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -391,7 +487,7 @@ impl Tokens {
 
     /// Whether SVIDs of `trust_domain` can be verified at all.
     pub fn trusts_domain(&self, trust_domain: &str) -> bool {
-        trust_domain == self.trust_domain || self.bundles.contains_key(trust_domain)
+        trust_domain == self.trust_domain || self.read_bundles().contains_key(trust_domain)
     }
 
     pub fn task_audience(&self) -> String {
@@ -474,35 +570,29 @@ impl Tokens {
                 },
             )
         } else {
-            let bundle = self
-                .bundles
-                .get(id.trust_domain())
-                .ok_or_else(|| TokenError::UntrustedDomain(id.trust_domain().to_string()))?;
+            let td = id.trust_domain();
+            let bundle = match self.read_bundles().get(td) {
+                None => return Err(TokenError::UntrustedDomain(td.to_string())),
+                Some(None) => return Err(TokenError::NoBundleYet(td.to_string())),
+                Some(Some(b)) => b.clone(),
+            };
             let k = bundle.keys.get(&kid).ok_or(TokenError::UnknownKey(kid))?;
-            (
-                TrustedKey {
-                    alg: k.alg,
-                    key: k.key.clone(),
-                },
-                true,
-                Expect {
-                    kind: "jwt-svid",
-                    typ: TypRule::JwtOrJose,
-                    aud: &self.audience,
-                    iss: bundle.issuer.as_deref(),
-                },
-            )
+            let key = TrustedKey {
+                alg: k.alg,
+                key: k.key.clone(),
+            };
+            let expect = Expect {
+                kind: "jwt-svid",
+                typ: TypRule::JwtOrJose,
+                aud: &self.audience,
+                iss: bundle.issuer.as_deref(),
+            };
+            // The bundle may be replaced meanwhile; this check uses the one read.
+            let raw: RawClaims = verify_jwt(token, &header, &key, expect, self.leeway, now)?;
+            return finish_svid(raw, sub, id, true);
         };
         let raw: RawClaims = verify_jwt(token, &header, &key, expect, self.leeway, now)?;
-        if raw.sub != sub {
-            return Err(TokenError::Malformed);
-        }
-        Ok(VerifiedSvid {
-            spiffe_id: id,
-            exp: raw.exp,
-            iat: raw.iat,
-            external,
-        })
+        finish_svid(raw, sub, id, external)
     }
 
     /// Verify a task credential (only Tollgate's own key can have signed it).

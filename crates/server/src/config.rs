@@ -2,16 +2,40 @@
 
 use serde::Deserialize;
 
+/// An external SPIFFE trust domain whose JWT-SVIDs are accepted: its keys
+/// from a file, or from its SPIFFE bundle endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustBundleConfig {
     pub trust_domain: String,
     /// Path of a SPIFFE bundle (JWK Set), relative to the config directory.
-    pub jwks_file: String,
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// Or: where to fetch it, and again as it asks (`spiffe_refresh_hint`).
+    #[serde(default)]
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
     /// The `iss` this domain's SVIDs must carry. Optional because the
     /// JWT-SVID spec does not fix `iss`; set it whenever the issuer is known.
     #[serde(default)]
     pub issuer: Option<String>,
+}
+
+/// A SPIFFE bundle endpoint (the `https_web` profile: the server is
+/// authenticated by its TLS certificate, against the system's roots or a
+/// CA file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleEndpointConfig {
+    /// `https://…`; the answer is a SPIFFE bundle or a plain JWK Set.
+    pub url: String,
+    /// Trust only the CAs in this PEM file (relative to the config
+    /// directory) for the endpoint's certificate.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Fetch again every this many seconds, whatever the bundle's
+    /// `spiffe_refresh_hint` says (default: the hint, else 300).
+    #[serde(default)]
+    pub refresh_seconds: Option<u64>,
 }
 
 /// Defaults of the approval workflow; policies override TTL and deny
@@ -258,6 +282,11 @@ pub struct ServerConfig {
     /// data directory (default), or PostgreSQL for several replicas.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The URL clients reach this server at (`https://tollgate.example`),
+    /// for the absolute URLs of metadata documents; default: the address it
+    /// listens on. Never taken from a request's `Host` header.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 /// `store:` in tollgate.yaml; every field can be overridden from the
@@ -516,6 +545,7 @@ impl Default for ServerConfig {
             mcp: McpConfig::default(),
             console: ConsoleConfig::default(),
             store: StoreConfig::default(),
+            public_url: None,
         }
     }
 }
@@ -551,6 +581,8 @@ impl ServerConfig {
         {
             return Err("tollgate.yaml: approvals: ttl, deny_threshold and max_wait must be positive, escalate_after not negative".into());
         }
+        self.validate_public_url()?;
+        self.validate_trust_bundles()?;
         if self.audit.checkpoint_every_entries == 0 || self.audit.checkpoint_every_seconds <= 0 {
             return Err("tollgate.yaml: audit: checkpoint intervals must be positive".into());
         }
@@ -668,6 +700,73 @@ impl McpConfig {
     }
 }
 
+impl ServerConfig {
+    /// `public_url`: an absolute http(s) URL to put paths after.
+    fn validate_public_url(&self) -> Result<(), String> {
+        if let Some(u) = &self.public_url {
+            let scheme_ok = u.starts_with("https://") || u.starts_with("http://");
+            let rest = u.split_once("://").map_or("", |(_, r)| r);
+            if !scheme_ok
+                || rest.is_empty()
+                || u.ends_with('/')
+                || u.contains(['?', '#'])
+                || u.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                "tollgate.yaml: public_url {u:?} must be an http(s) URL without a trailing slash, query or fragment"
+            ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each external trust domain: a valid name, once, from one source.
+    fn validate_trust_bundles(&self) -> Result<(), String> {
+        let mut domains = std::collections::BTreeSet::new();
+        for b in &self.trust_bundles {
+            let at = format!("tollgate.yaml: trust bundle {:?}", b.trust_domain);
+            if b.trust_domain == self.trust_domain {
+                return Err(format!(
+                    "{at}: this is the built-in issuer's own trust domain"
+                ));
+            }
+            if !domains.insert(b.trust_domain.as_str()) {
+                return Err(format!("{at}: named twice"));
+            }
+            // The SPIFFE ID grammar's trust domain (also a file name under
+            // the data directory, for a fetched bundle's saved copy).
+            if tollgate_core::SpiffeId::parse(&format!("spiffe://{}/x", b.trust_domain))
+                .map(|id| id.trust_domain() != b.trust_domain)
+                .unwrap_or(true)
+                || b.trust_domain.starts_with('.')
+            {
+                return Err(format!("{at}: not a valid SPIFFE trust domain"));
+            }
+            match (&b.jwks_file, &b.bundle_endpoint) {
+                (Some(_), None) => {}
+                (None, Some(e)) => {
+                    if !e.url.starts_with("https://") {
+                        return Err(format!(
+                        "{at}: bundle_endpoint.url must start with https:// (the SPIFFE https_web profile)"
+                    ));
+                    }
+                    if e.refresh_seconds == Some(0) {
+                        return Err(format!(
+                            "{at}: bundle_endpoint.refresh_seconds must be positive"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{at}: give exactly one of jwks_file or bundle_endpoint"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,5 +835,42 @@ mod tests {
             let err = mcp(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn trust_bundles_and_the_public_url_are_checked() {
+        let tb = |yaml: &str| ServerConfig::from_yaml(&format!("trust_bundles:\n{yaml}"));
+        assert!(tb("  - {trust_domain: partner.test, jwks_file: p.json}\n").is_ok());
+        let ok = tb("  - trust_domain: partner.test\n    bundle_endpoint: {url: \"https://b.partner.test/\", refresh_seconds: 60}\n").unwrap();
+        assert_eq!(
+            ok.trust_bundles[0]
+                .bundle_endpoint
+                .as_ref()
+                .map(|e| e.refresh_seconds),
+            Some(Some(60))
+        );
+        for (yaml, why) in [
+            ("  - {trust_domain: partner.test}\n", "exactly one of"),
+            ("  - {trust_domain: partner.test, jwks_file: p.json, bundle_endpoint: {url: \"https://b/\"}}\n", "exactly one of"),
+            ("  - {trust_domain: partner.test, bundle_endpoint: {url: \"http://b/\"}}\n", "https://"),
+            ("  - {trust_domain: partner.test, bundle_endpoint: {url: \"https://b/\", refresh_seconds: 0}}\n", "positive"),
+            ("  - {trust_domain: ../etc, jwks_file: p.json}\n", "not a valid SPIFFE trust domain"),
+            ("  - {trust_domain: acme.test, jwks_file: p.json}\n", "own trust domain"),
+            ("  - {trust_domain: p.test, jwks_file: a.json}\n  - {trust_domain: p.test, jwks_file: b.json}\n", "named twice"),
+        ] {
+            let err = tb(yaml).err().unwrap_or_default();
+            assert!(err.contains(why), "{yaml}: {err}");
+        }
+        for bad in [
+            "tollgate.acme.test",
+            "https://t.acme.test/",
+            "https://t?x=1",
+            "https://",
+            "ftp://t",
+        ] {
+            let err = ServerConfig::from_yaml(&format!("public_url: \"{bad}\"\n")).err();
+            assert!(err.is_some_and(|e| e.contains("public_url")), "{bad}");
+        }
+        assert!(ServerConfig::from_yaml("public_url: https://t.acme.test/base\n").is_ok());
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bundles;
 pub mod config;
 mod console;
 pub mod embedded;
@@ -99,6 +100,12 @@ pub async fn serve(
             }
         });
     }
+    if let Ok(addr) = listener.local_addr() {
+        let _ = state.listen_url.set(format!("http://{addr}"));
+    }
+    // External trust domains' bundles: fetched before the first request,
+    // then kept fresh.
+    start_bundle_refreshers(&state).await;
     // The peer address is the source refusals are aggregated by.
     let served = axum::serve(
         listener,
@@ -118,6 +125,45 @@ pub async fn serve(
     renewing.abort();
     mcp::held::release(&state).await;
     served
+}
+
+/// Fetch every bundle endpoint once, then keep each fresh on a task of
+/// its own until the server stops.
+async fn start_bundle_refreshers(state: &Arc<AppState>) {
+    let mut delays = Vec::new();
+    for e in state.bundle_endpoints.iter() {
+        delays.push(refresh_bundle(state, e).await);
+    }
+    for (e, delay) in state.bundle_endpoints.iter().cloned().zip(delays) {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut delay = delay;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = s.stopping.cancelled() => return,
+                }
+                delay = refresh_bundle(&s, &e).await;
+            }
+        });
+    }
+}
+
+/// Refresh one trust domain's bundle, recording a change of its keys;
+/// returns when to refresh again.
+async fn refresh_bundle(state: &AppState, e: &bundles::BundleEndpoint) -> std::time::Duration {
+    let refreshed = bundles::refresh(e, &state.tokens, state.now()).await;
+    if let Some(change) = refreshed.changed {
+        let event = change.event(state.now(), &state.replica);
+        if let Err(err) = state
+            .store
+            .commit(tollgate_store::Batch::audit_only(event))
+            .await
+        {
+            tracing::warn!(error = %err, "could not record the trust bundle update");
+        }
+    }
+    refreshed.next
 }
 
 /// Once a second: expire and escalate approvals nobody answers, end the held

@@ -46,6 +46,11 @@ pub struct AppState {
     pub checkpoint: std::sync::Mutex<Option<tollgate_audit::checkpoint::Checkpoint>>,
     /// Upstream MCP servers behind the gateway, with their credentials.
     pub upstreams: crate::upstream::Upstreams,
+    /// External trust domains whose bundles come from an endpoint.
+    pub bundle_endpoints: crate::bundles::BundleEndpoints,
+    /// `http://<address>` this process serves on, set when it starts
+    /// serving: the base of absolute URLs when `public_url` is not set.
+    pub listen_url: std::sync::OnceLock<String>,
     /// The last readiness probe (`/readyz`).
     pub readiness: crate::health::Readiness,
     /// Refused credentials, aggregated per source and second.
@@ -253,7 +258,12 @@ fn with_trust_bundles(
     config_dir: &Path,
 ) -> Result<Tokens, StartError> {
     for b in &config.trust_bundles {
-        let p = config_dir.join(&b.jwks_file);
+        let Some(file) = &b.jwks_file else {
+            // From its bundle endpoint, once fetched (`bundles.rs`).
+            tokens = tokens.with_pending_domain(&b.trust_domain);
+            continue;
+        };
+        let p = config_dir.join(file);
         let text = std::fs::read_to_string(&p).map_err(|e| config_err(&p, e))?;
         let bundle =
             TrustBundle::from_jwks(&b.trust_domain, &text).map_err(|e| config_err(&p, e))?;
@@ -318,6 +328,17 @@ fn hmac_key(data: &Path) -> Result<[u8; 32], StartError> {
 }
 
 impl AppState {
+    /// The base of the absolute URLs this server hands out: `public_url`
+    /// when configured, else the address it listens on (never a request's
+    /// `Host` header, which the client chooses).
+    pub fn base_url(&self) -> String {
+        self.config
+            .public_url
+            .clone()
+            .or_else(|| self.listen_url.get().cloned())
+            .unwrap_or_else(|| "http://127.0.0.1:8181".into())
+    }
+
     /// Open (or initialise) the data dir and load the pack.
     pub async fn open(opts: &Options, clock: Arc<dyn Clock>) -> Result<Arc<Self>, StartError> {
         let mut config = read_config(opts.config_dir.as_deref())?;
@@ -341,6 +362,10 @@ impl AppState {
             &config,
             config_dir,
         )?;
+        let bundle_endpoints =
+            crate::bundles::BundleEndpoints::from_config(&config.trust_bundles, config_dir, data)
+                .map_err(|e| StartError::Config(format!("tollgate.yaml: trust_bundles: {e}")))?;
+        crate::bundles::load_saved(&bundle_endpoints, &tokens, clock.now());
         let oidc = approver_oidc(&config, config_dir)?;
         let signing = audit_signing_key(data)?;
         let hmac = hmac_key(data)?;
@@ -373,6 +398,8 @@ impl AppState {
             store,
             pack: ArcSwap::from_pointee(pack),
             tokens,
+            bundle_endpoints,
+            listen_url: std::sync::OnceLock::new(),
             clock,
             config,
             config_dir: opts.config_dir.clone(),

@@ -219,6 +219,8 @@ impl Harness {
             refusals: Default::default(),
             replica: "replica_test".into(),
             upstreams: tollgate_server::upstream::Upstreams::default(),
+            bundle_endpoints: tollgate_server::bundles::BundleEndpoints::default(),
+            listen_url: std::sync::OnceLock::new(),
         });
         Self {
             state,

@@ -18,7 +18,7 @@ use crate::api::error::ApiError;
 use crate::service::decide::{decide_action, Decided};
 use crate::service::judge::ActionAsk;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -167,6 +167,13 @@ fn refused(error: ItemError) -> EvaluationResult {
         decision: false,
         context: EvaluationContext::Refused(RefusedContext { error }),
     }
+}
+
+/// An item that lacks a subject, action or resource, with no default.
+fn missing_parts() -> ItemError {
+    bad_request(
+        "subject, action and resource must be given in the evaluation or as defaults".into(),
+    )
 }
 
 fn bad_request(message: String) -> ItemError {
@@ -342,18 +349,6 @@ fn decided(d: Decided) -> EvaluationResult {
     }
 }
 
-fn with_request_id(headers: &HeaderMap, body: impl Serialize) -> Response {
-    let mut resp = Json(body).into_response();
-    // AuthZEN: echo the PEP's X-Request-ID.
-    if let Some(id) = headers
-        .get("x-request-id")
-        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-    {
-        resp.headers_mut().insert("x-request-id", id);
-    }
-    resp
-}
-
 fn traceparent(headers: &HeaderMap) -> Option<String> {
     headers
         .get("traceparent")
@@ -375,7 +370,7 @@ pub async fn evaluation(
     ApiJson(req): ApiJson<Evaluation>,
 ) -> Result<Response, ApiError> {
     let body = evaluate(&state, &pep.0.name, &req, traceparent(&headers)).await?;
-    Ok(with_request_id(&headers, body))
+    Ok(Json(body).into_response())
 }
 
 /// Access evaluations (AuthZEN 1.0 §7): at most 100 per call.
@@ -391,17 +386,24 @@ pub async fn evaluations(
     headers: HeaderMap,
     ApiJson(req): ApiJson<Evaluations>,
 ) -> Result<Response, ApiError> {
-    // No items: behaves as a single evaluation of the defaults (§7.1).
-    let items = if req.evaluations.is_empty() {
-        vec![EvaluationItem {
-            subject: None,
-            action: None,
-            resource: None,
-            context: None,
-        }]
-    } else {
-        req.evaluations
-    };
+    // No items: a single evaluation of the defaults, answered in the
+    // single shape `{decision, context}` (§7.1).
+    if req.evaluations.is_empty() {
+        let result = match (req.subject, req.action, req.resource) {
+            (Some(subject), Some(action), Some(resource)) => {
+                let e = Evaluation {
+                    subject,
+                    action,
+                    resource,
+                    context: req.context.unwrap_or_default(),
+                };
+                evaluate(&state, &pep.0.name, &e, traceparent(&headers)).await?
+            }
+            _ => refused(missing_parts()),
+        };
+        return Ok(Json(result).into_response());
+    }
+    let items = req.evaluations;
     if items.len() > 100 {
         return Err(ApiError::bad_request("at most 100 evaluations per call"));
     }
@@ -425,15 +427,7 @@ pub async fn evaluations(
                 };
                 evaluate(&state, &pep.0.name, &e, traceparent(&headers)).await?
             }
-            _ => EvaluationResult {
-                decision: false,
-                context: EvaluationContext::Refused(RefusedContext {
-                    error: ItemError {
-                        status: 400,
-                        message: "subject, action and resource must be given in the evaluation or as defaults".into(),
-                    },
-                }),
-            },
+            _ => refused(missing_parts()),
         };
         let decision = result.decision;
         out.push(result);
@@ -443,10 +437,7 @@ pub async fn evaluations(
             _ => {}
         }
     }
-    Ok(with_request_id(
-        &headers,
-        EvaluationResults { evaluations: out },
-    ))
+    Ok(Json(EvaluationResults { evaluations: out }).into_response())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -463,13 +454,9 @@ pub struct PdpMetadata {
 }
 
 /// PDP metadata (AuthZEN 1.0 §9).
-#[utoipa::path(get, path = "/.well-known/authzen-configuration", responses((status = 200, description = "Where to evaluate", body = PdpMetadata)))]
-pub async fn configuration(headers: HeaderMap) -> Json<PdpMetadata> {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1:8181");
-    let base = format!("http://{host}");
+#[utoipa::path(get, path = "/.well-known/authzen-configuration", responses((status = 200, description = "Where to evaluate: absolute URLs under `public_url` (default: the address the server listens on; never the request's `Host`)", body = PdpMetadata)))]
+pub async fn configuration(State(state): State<Shared>) -> Json<PdpMetadata> {
+    let base = state.base_url();
     Json(PdpMetadata {
         access_evaluation_endpoint: format!("{base}/access/v1/evaluation"),
         access_evaluations_endpoint: format!("{base}/access/v1/evaluations"),

@@ -202,6 +202,13 @@ pub struct Health {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let mut text = state.metrics.encode();
+    // Bundle endpoints' ages are computed now, not when last fetched.
+    let bundles = state.bundle_endpoints.metrics_text(state.now());
+    if !bundles.is_empty() {
+        text = text.trim_end_matches("# EOF\n").to_string();
+        text.push_str(&bundles);
+        text.push_str("# EOF\n");
+    }
     // Resident memory, from /proc on Linux (the bench reads it); absent elsewhere.
     if let Some(rss) = crate::metrics::resident_memory_bytes() {
         text = text.trim_end_matches("# EOF\n").to_string();
@@ -303,5 +310,27 @@ pub fn router(state: Shared, mcp: axum::Router) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(echo_request_id))
         .with_state(state)
+}
+
+/// The longest `X-Request-ID` echoed back; a longer one is ignored.
+const MAX_REQUEST_ID: usize = 256;
+
+/// Every answer, errors included, carries the caller's `X-Request-ID`
+/// (AuthZEN 1.0 requires it of a PDP; any caller can correlate with it).
+async fn echo_request_id(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .filter(|v| v.len() <= MAX_REQUEST_ID)
+        .cloned();
+    let mut response = next.run(request).await;
+    if let Some(id) = id {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    response
 }

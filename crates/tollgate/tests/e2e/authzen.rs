@@ -14,6 +14,17 @@ fn authzen_evaluations_use_the_same_policies() {
 
     let (status, meta) = s.get("/.well-known/authzen-configuration", None);
     assert_eq!(status, 200);
+    // Absolute URLs under the address it serves on, whatever Host says.
+    assert_eq!(meta["policy_decision_point"], s.addr.as_str(), "{meta}");
+    let spoofed: serde_json::Value = agent()
+        .get(&s.url("/.well-known/authzen-configuration"))
+        .header("host", "evil.example")
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert!(!spoofed.to_string().contains("evil.example"), "{spoofed}");
     assert!(meta["access_evaluation_endpoint"]
         .as_str()
         .unwrap()
@@ -129,6 +140,41 @@ fn authzen_evaluations_use_the_same_policies() {
         .send_json(eval("edr.read_alerts", "web-1"))
         .unwrap();
     assert_eq!(resp.headers().get("x-request-id").unwrap(), "pep-req-42");
+    // On errors too (here: no PEP key), and on every other endpoint.
+    for (path, token) in [
+        ("/access/v1/evaluation", None),
+        ("/v1/approvals", Some("not-a-key")),
+        ("/no/such/endpoint", None),
+    ] {
+        let mut req = agent()
+            .post(&s.url(path))
+            .header("x-request-id", "pep-req-43");
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let resp = req.send_json(json!({})).unwrap();
+        assert!(resp.status().as_u16() >= 400, "{path}");
+        assert_eq!(
+            resp.headers().get("x-request-id").unwrap(),
+            "pep-req-43",
+            "{path}"
+        );
+    }
+
+    // No `evaluations` (or an empty list): one evaluation of the defaults,
+    // answered in the single shape.
+    for batch in [
+        json!({"subject": subject, "action": {"name": "edr.read_alerts"},
+               "resource": {"type": "Host", "id": "web-1"}, "context": {"task_id": task_id}}),
+        json!({"subject": subject, "action": {"name": "edr.read_alerts"},
+               "resource": {"type": "Host", "id": "web-1"}, "context": {"task_id": task_id},
+               "evaluations": []}),
+    ] {
+        let (status, v) = s.post("/access/v1/evaluations", Some(&key), &batch);
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["decision"], true, "{v}");
+        assert!(v.get("evaluations").is_none(), "{v}");
+    }
 
     // Every evaluation is audited, attributed to the PEP.
     let entries = s.audit(&format!("task={task_id}"));
@@ -136,8 +182,38 @@ fn authzen_evaluations_use_the_same_policies() {
         .iter()
         .filter(|e| e["event"]["kind"] == "authzen.decision")
         .collect();
-    assert_eq!(authzen.len(), 3 + 3 + 2 + 1 + 1);
+    // (the two single-shape evaluations above included)
+    assert_eq!(authzen.len(), 3 + 3 + 2 + 1 + 1 + 2);
     assert!(authzen
         .iter()
         .all(|e| e["event"]["actor"] == "pep:edr-proxy"));
+}
+
+#[test]
+fn authzen_metadata_uses_the_configured_public_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_dir(tmp.path(), "public_url: https://tollgate.acme.test\n");
+    let s = Server::start_with_config(&config, &tmp.path().join("data"));
+    let (_, meta) = s.get("/.well-known/authzen-configuration", None);
+    assert_eq!(meta["policy_decision_point"], "https://tollgate.acme.test");
+    assert_eq!(
+        meta["access_evaluations_endpoint"],
+        "https://tollgate.acme.test/access/v1/evaluations"
+    );
+    // A malformed one is refused at start, with the reason.
+    let bad = tempfile::tempdir().unwrap();
+    let config = config_dir(bad.path(), "public_url: tollgate.acme.test/\n");
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(bad.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("public_url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

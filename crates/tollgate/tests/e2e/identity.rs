@@ -315,3 +315,244 @@ fn external_spiffe_issuers_are_trusted_per_trust_domain() {
     .unwrap();
     assert_eq!(s.post("/v1/tasks", Some(&no_kid), &incident_task()).0, 401);
 }
+
+/// A bundle endpoint's stand-in: plain HTTP on 127.0.0.1 answering every
+/// request with the current body (or 503 while it is `None`). Put behind
+/// [`tls_proxy`] for https.
+struct BundleServer {
+    body: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    addr: String,
+}
+
+impl BundleServer {
+    fn start(first: &Value) -> Self {
+        use std::io::{Read, Write};
+        let body = std::sync::Arc::new(std::sync::Mutex::new(Some(first.to_string())));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let serving = body.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let answer = match serving.lock().unwrap().clone() {
+                    Some(b) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                        b.len()
+                    ),
+                    None => "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+                };
+                let _ = conn.write_all(answer.as_bytes());
+            }
+        });
+        Self { body, addr }
+    }
+
+    fn serve(&self, body: Option<&Value>) {
+        *self.body.lock().unwrap() = body.map(Value::to_string);
+    }
+}
+
+/// A partner's signing key, and SVIDs it signs.
+struct PartnerKey {
+    pair: tollgate_identity::SigningKeyPair,
+    der: Vec<u8>,
+}
+
+impl PartnerKey {
+    fn new() -> Self {
+        let (pair, der) = tollgate_identity::SigningKeyPair::generate().unwrap();
+        Self { pair, der }
+    }
+
+    /// Its JWK as a SPIFFE bundle lists a JWT-SVID key.
+    fn jwk(&self) -> Value {
+        let mut k = self.pair.public_jwk().clone();
+        k["use"] = json!("jwt-svid");
+        k
+    }
+
+    fn svid(&self, agent: &str) -> String {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.kid = Some(self.pair.kid().to_string());
+        jsonwebtoken::encode(
+            &h,
+            &json!({"sub": agent, "aud": ["tollgate"], "exp": now() + 120}),
+            &jsonwebtoken::EncodingKey::from_ed_der(&self.der),
+        )
+        .unwrap()
+    }
+}
+
+fn spiffe_bundle(sequence: u64, keys: &[&PartnerKey]) -> Value {
+    json!({
+        "spiffe_sequence": sequence,
+        "spiffe_refresh_hint": 1,
+        "keys": keys.iter().map(|k| k.jwk()).collect::<Vec<_>>(),
+    })
+}
+
+fn metrics_text(s: &Server) -> String {
+    s.get("/metrics", None).1.as_str().unwrap().to_string()
+}
+
+/// The value of a metric line, e.g. `tollgate_trust_bundle_keys{…}`.
+fn metric(s: &Server, name: &str) -> Option<f64> {
+    let text = metrics_text(s);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Poll (the refresh interval is one second) until `f` holds; 15 s at most.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("{what}: not within 15 s");
+}
+
+#[test]
+fn a_spiffe_bundle_endpoint_rotates_keys_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (PartnerKey::new(), PartnerKey::new(), PartnerKey::new());
+    let bundles = BundleServer::start(&spiffe_bundle(1, &[&a]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (port, ca_pem) = tls_proxy(&rt, bundles.addr.clone());
+    let config = config_dir(
+        tmp.path(),
+        &format!(
+            "trust_bundles:\n  - trust_domain: partner.test\n    bundle_endpoint:\n      url: https://localhost:{port}/bundle\n      ca_file: bundle-ca.pem\n"
+        ),
+    );
+    std::fs::write(config.join("bundle-ca.pem"), &ca_pem).unwrap();
+    let data = tmp.path().join("data");
+    let mut s = Server::start_with_config(&config, &data);
+    let agent = "spiffe://partner.test/agent/ir-responder/p-1";
+    s.admin_post(
+        "/v1/agents",
+        &json!({"spiffe_id": agent, "owner": "partner-soc"}),
+    );
+    let opens = |s: &Server, key: &PartnerKey| {
+        s.post("/v1/tasks", Some(&key.svid(agent)), &incident_task())
+            .0
+    };
+
+    // Fetched before the first request: A is trusted at once, B is not.
+    assert_eq!(opens(&s, &a), 201);
+    assert_eq!(opens(&s, &b), 401);
+    let label = "{trust_domain=\"partner.test\"}";
+    assert_eq!(
+        metric(&s, &format!("tollgate_trust_bundle_keys{label}")),
+        Some(1.0)
+    );
+    let age = metric(&s, &format!("tollgate_trust_bundle_age_seconds{label}")).unwrap();
+    assert!((0.0..5.0).contains(&age), "age {age}");
+
+    // Rotation at the issuer: B is added, then A retired; each reaches the
+    // running server at the next refresh (the bundle asks for one a second).
+    bundles.serve(Some(&spiffe_bundle(2, &[&a, &b])));
+    eventually("B trusted", || opens(&s, &b) == 201);
+    bundles.serve(Some(&spiffe_bundle(3, &[&b])));
+    eventually("A retired", || opens(&s, &a) == 401);
+    assert_eq!(opens(&s, &b), 201);
+
+    // An old bundle replayed (a lower sequence) is refused: A stays retired.
+    let failures = |s: &Server| {
+        metric(
+            s,
+            &format!("tollgate_trust_bundle_refresh_failures_total{label}"),
+        )
+        .unwrap()
+    };
+    let before = failures(&s);
+    bundles.serve(Some(&spiffe_bundle(1, &[&a])));
+    eventually("the replay counted as a failure", || failures(&s) > before);
+    assert_eq!(opens(&s, &a), 401);
+
+    // The endpoint down: the last good bundle is kept, the failures counted.
+    bundles.serve(None);
+    let before = failures(&s);
+    eventually("the outage counted", || failures(&s) > before);
+    assert_eq!(opens(&s, &b), 201);
+
+    // A restart while it is still down: the saved copy is trusted.
+    s.restart_in_place();
+    assert_eq!(opens(&s, &b), 201);
+    assert_eq!(opens(&s, &a), 401);
+
+    // A plain JWK Set (no SPIFFE fields) is a bundle too.
+    bundles.serve(Some(&json!({"keys": [c.pair.public_jwk()]})));
+    eventually("C trusted", || opens(&s, &c) == 201);
+    assert_eq!(opens(&s, &b), 401);
+
+    // Every change of keys is in the audit log, with the ids before and after.
+    let updates: Vec<Value> = s
+        .audit("")
+        .into_iter()
+        .filter(|e| e["event"]["kind"] == "trust_bundle.updated")
+        .map(|e| e["event"]["detail"].clone())
+        .collect();
+    let kids = |k: &PartnerKey| json!([k.pair.kid()]);
+    assert_eq!(updates[0]["key_ids"], kids(&a), "{updates:?}");
+    assert_eq!(updates[0]["previous_key_ids"], json!([]));
+    assert_eq!(updates.last().unwrap()["key_ids"], kids(&c), "{updates:?}");
+    assert!(
+        updates
+            .iter()
+            .any(|u| u["key_ids"] == kids(&b) && u["sequence"] == 3),
+        "{updates:?}"
+    );
+}
+
+#[test]
+fn a_bundle_endpoint_with_an_untrusted_certificate_is_never_believed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = PartnerKey::new();
+    let bundles = BundleServer::start(&spiffe_bundle(1, &[&a]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (port, _) = tls_proxy(&rt, bundles.addr.clone());
+    // Another CA than the one that signed the endpoint's certificate.
+    let (_, other_ca) = tls_proxy(&rt, bundles.addr.clone());
+    let config = config_dir(
+        tmp.path(),
+        &format!(
+            "trust_bundles:\n  - trust_domain: partner.test\n    bundle_endpoint:\n      url: https://localhost:{port}/bundle\n      ca_file: other-ca.pem\n"
+        ),
+    );
+    std::fs::write(config.join("other-ca.pem"), other_ca).unwrap();
+    let s = Server::start_with_config(&config, &tmp.path().join("data"));
+    let agent = "spiffe://partner.test/agent/ir-responder/p-1";
+    s.admin_post(
+        "/v1/agents",
+        &json!({"spiffe_id": agent, "owner": "partner-soc"}),
+    );
+    let (status, body) = s.post("/v1/tasks", Some(&a.svid(agent)), &incident_task());
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no trust bundle"),
+        "{body}"
+    );
+    let label = "{trust_domain=\"partner.test\"}";
+    assert!(
+        metric(
+            &s,
+            &format!("tollgate_trust_bundle_refresh_failures_total{label}")
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        metric(&s, &format!("tollgate_trust_bundle_keys{label}")),
+        Some(0.0)
+    );
+    // Nothing was saved to be trusted later.
+    assert!(!tmp.path().join("data/bundles/partner.test.json").exists());
+}
