@@ -375,7 +375,7 @@ pub async fn evaluation(
 
 /// Access evaluations (AuthZEN 1.0 §7): at most 100 per call.
 #[utoipa::path(post, path = "/access/v1/evaluations", request_body = Evaluations, responses(
-    (status = 200, description = "One result per evaluation, in order (fewer when the semantic stops early)", body = EvaluationResults,
+    (status = 200, description = "One result per evaluation, in order (fewer when the semantic stops early); with `evaluations` missing or empty, the single shape of `/access/v1/evaluation`", body = EvaluationsAnswer,
         headers(("x-request-id" = String, description = "The PEP's `X-Request-ID`, echoed when it sent one"))),
     JsonBody,
     Secured,
@@ -401,7 +401,7 @@ pub async fn evaluations(
             }
             _ => refused(missing_parts()),
         };
-        return Ok(Json(result).into_response());
+        return Ok(Json(EvaluationsAnswer::Single(Box::new(result))).into_response());
     }
     let items = req.evaluations;
     if items.len() > 100 {
@@ -437,7 +437,19 @@ pub async fn evaluations(
             _ => {}
         }
     }
-    Ok(Json(EvaluationResults { evaluations: out }).into_response())
+    Ok(Json(EvaluationsAnswer::Batch(EvaluationResults {
+        evaluations: out,
+    }))
+    .into_response())
+}
+
+/// What `/access/v1/evaluations` answers: one result per item, or, for a
+/// request without items, the single shape (AuthZEN 1.0 §7.1).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EvaluationsAnswer {
+    Batch(EvaluationResults),
+    Single(Box<EvaluationResult>),
 }
 
 #[derive(Serialize, ToSchema)]

@@ -14,6 +14,7 @@ mod identity;
 mod lifecycle;
 mod mcp;
 mod mcp_replicas;
+mod ocsf;
 mod operations;
 mod replicas;
 mod scenario;

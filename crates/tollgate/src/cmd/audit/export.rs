@@ -67,39 +67,132 @@ pub fn export(c: &Client, format: &str, incident: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// One entry as an OCSF 1.3 API Activity event (class 6003).
+/// The OCSF activity of an entry: what kind of API operation it records.
+/// A refusal is the activity that was attempted (a refused task open is a
+/// failed Create); decisions take the verb of the action they decide.
+fn ocsf_activity(kind: &str, action: &str) -> (i64, &'static str) {
+    const CREATE: (i64, &str) = (1, "Create");
+    const READ: (i64, &str) = (2, "Read");
+    const UPDATE: (i64, &str) = (3, "Update");
+    const DELETE: (i64, &str) = (4, "Delete");
+    match kind {
+        "decision" | "authzen.decision" | "mcp.call_refused" => {
+            let verb = action.rsplit('.').next().unwrap_or("");
+            if verb.starts_with("read") || verb.starts_with("query") || verb.starts_with("list") {
+                READ
+            } else if verb.starts_with("delete") {
+                DELETE
+            } else {
+                UPDATE
+            }
+        }
+        "task.opened"
+        | "task.refused"
+        | "task.delegated"
+        | "task.delegation_refused"
+        | "agent.registered"
+        | "agent.attested"
+        | "agent.attest_refused"
+        | "svid.issued"
+        | "approver.registered"
+        | "pep.registered"
+        | "approval.created"
+        | "approval.vote"
+        | "approval.vote_refused"
+        | "evidence.recorded"
+        | "incident.recorded"
+        | "console.signed_in" => CREATE,
+        "approver.removed" | "pep.removed" | "console.signed_out" => DELETE,
+        "auth.refused" | "webhook.failed" => (99, "Other"),
+        _ => UPDATE,
+    }
+}
+
+/// The OCSF status of an entry: whether the operation it records happened.
+/// A vote either way, a revocation, an expiry are operations that
+/// succeeded; refusals and denials failed; a decision waiting for a human is
+/// neither yet.
+fn ocsf_status(kind: &str, outcome: &str) -> (i64, &'static str) {
+    const SUCCESS: (i64, &str) = (1, "Success");
+    const FAILURE: (i64, &str) = (2, "Failure");
+    if kind.ends_with("refused") || kind == "policy.rejected" || kind == "webhook.failed" {
+        return FAILURE;
+    }
+    match (kind, outcome) {
+        ("decision" | "authzen.decision", "allow") => SUCCESS,
+        ("decision" | "authzen.decision", "approval_required") => (99, "Other"),
+        ("decision" | "authzen.decision", _) => FAILURE,
+        ("action.result", "succeeded") => SUCCESS,
+        ("action.result", _) => FAILURE,
+        _ => SUCCESS,
+    }
+}
+
+/// How an actor name reads as an OCSF user: `type_id` and its caption.
+fn ocsf_user_type(actor: &str) -> (i64, &'static str) {
+    if actor.starts_with("spiffe://") {
+        (99, "Agent")
+    } else if actor == "admin" {
+        (2, "Admin")
+    } else if actor == "tollgate" || actor.starts_with("pep:") {
+        (3, "System")
+    } else {
+        (1, "User")
+    }
+}
+
+/// An array of strings from `v`, whatever it holds (so `unmapped` keeps one type).
+fn strings(v: &Value) -> Value {
+    match v {
+        Value::Array(a) => Value::Array(a.iter().filter(|x| x.is_string()).cloned().collect()),
+        Value::String(s) => json!([s]),
+        _ => json!([]),
+    }
+}
+
+/// One entry as an OCSF 1.3 API Activity event (class 6003), valid against
+/// the 1.3.0 schema (tested in `tests/e2e/ocsf.rs` against a compiled copy).
 pub fn ocsf(e: &AuditEntry, checkpoint: &Checkpoint) -> Value {
     let ev = &e.event;
     let d = &ev.detail;
     let action = d["action"].as_str().unwrap_or(&ev.kind);
-    let (activity_id, activity) = match (ev.kind.as_str(), action.rsplit('.').next().unwrap_or(""))
-    {
-        ("task.opened", _)
-        | ("agent.registered", _)
-        | ("approval.created", _)
-        | ("evidence.recorded", _) => (1, "Create"),
-        (_, a) if a.starts_with("read") || a.starts_with("query") => (2, "Read"),
-        (_, a) if a.starts_with("delete") => (4, "Delete"),
-        ("decision", _) | ("authzen.decision", _) | ("action.result", _) => (3, "Update"),
-        _ => (99, "Other"),
-    };
+    let (activity_id, activity) = ocsf_activity(&ev.kind, action);
     let outcome = ev.outcome.as_deref().unwrap_or("");
-    let (status_id, status) = match outcome {
-        "allow" | "succeeded" | "approved" | "used" | "completed" => (1, "Success"),
-        "" | "pending" | "approval_required" => (0, "Unknown"),
-        _ => (2, "Failure"),
+    let (status_id, status) = ocsf_status(&ev.kind, outcome);
+    let (severity_id, severity) = match (status_id, ev.kind.as_str()) {
+        (_, "agent.quarantined") => (4, "High"),
+        (2, _) => (3, "Medium"),
+        _ => (1, "Informational"),
     };
+    let (user_type_id, user_type) = ocsf_user_type(&ev.actor);
+    let resource = d["resource"].as_str();
     let message = [
         ev.kind.as_str(),
         d["action"].as_str().unwrap_or(""),
-        d["resource"].as_str().unwrap_or(""),
+        resource.unwrap_or(""),
     ]
     .iter()
     .filter(|s| !s.is_empty())
     .copied()
     .collect::<Vec<_>>()
     .join(" ");
-    json!({
+    let mut api = json!({"operation": action});
+    if let Some(id) = &ev.request_id {
+        api["request"] = json!({"uid": id});
+    }
+    let mut metadata = json!({
+        "version": "1.3.0",
+        "product": {"name": "Tollgate", "vendor_name": "Tollgate", "version": env!("CARGO_PKG_VERSION")},
+        "uid": e.seq.to_string(),
+        "log_name": "tollgate-audit",
+        "log_provider": "tollgate",
+        "original_time": tollgate_core::clock::rfc3339(ev.ts),
+    });
+    if let Some(task) = &ev.task_id {
+        metadata["correlation_uid"] = json!(task);
+    }
+    let mut observables = vec![json!({"name": "actor.user", "type_id": 21, "value": ev.actor})];
+    let mut event = json!({
         "class_uid": 6003,
         "class_name": "API Activity",
         "category_uid": 6,
@@ -107,28 +200,36 @@ pub fn ocsf(e: &AuditEntry, checkpoint: &Checkpoint) -> Value {
         "activity_id": activity_id,
         "activity_name": activity,
         "type_uid": 6003 * 100 + activity_id,
+        "type_name": format!("API Activity: {activity}"),
         "time": ev.ts * 1000,
-        "severity_id": if outcome == "deny" || outcome == "refused" { 3 } else { 1 },
+        "timezone_offset": 0,
+        "severity_id": severity_id,
+        "severity": severity,
         "status_id": status_id,
-        "status": status,
-        "status_detail": outcome,
+        "status": if status_id == 99 { outcome } else { status },
         "message": message,
-        "actor": {"user": {"uid": ev.actor, "type": if ev.actor.starts_with("spiffe://") { "Service" } else { "User" }}},
-        "api": {"operation": action, "request": {"uid": ev.request_id}},
-        "resources": d["resource"].as_str().map(|r| json!([{"uid": r, "type": r.split("::").next().unwrap_or("")}])).unwrap_or(json!([])),
-        "metadata": {
-            "version": "1.3.0",
-            "product": {"name": "Tollgate", "vendor_name": "Tollgate"},
-            "uid": e.seq.to_string(),
-            "correlation_uid": ev.task_id,
-            "log_name": "tollgate-audit",
-        },
+        // The caller: an agent (its SPIFFE ID), an enforcement point, an
+        // approver, the admin, or Tollgate itself.
+        "actor": {"user": {"uid": ev.actor, "type_id": user_type_id, "type": user_type}},
+        "src_endpoint": {"uid": ev.actor},
+        "dst_endpoint": {"svc_name": "tollgate"},
+        "api": api,
+        "metadata": metadata,
         "unmapped": {
             "kind": ev.kind, "incident_id": ev.incident_id, "task_id": ev.task_id, "agent": ev.agent,
-            "entry_hash": hex::encode(e.hash), "reasons": d["reasons"], "policies": d["policies"],
+            "entry_hash": hex::encode(e.hash), "reasons": strings(&d["reasons"]), "policies": strings(&d["policies"]),
             "checkpoint": {"tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash},
         },
-    })
+    });
+    if !outcome.is_empty() {
+        event["status_detail"] = json!(outcome);
+    }
+    if let Some(r) = resource {
+        event["resources"] = json!([{"uid": r, "type": r.split("::").next().unwrap_or("")}]);
+        observables.push(json!({"name": "resources.uid", "type_id": 10, "value": r}));
+    }
+    event["observables"] = Value::Array(observables);
+    event
 }
 
 /// The readable story of an incident.
