@@ -20,6 +20,26 @@ pub struct TrustBundleConfig {
     pub issuer: Option<String>,
 }
 
+/// `telemetry:` in tollgate.yaml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Where to send OTLP/HTTP (JSON) traces, e.g.
+    /// `http://otel-collector:4318/v1/traces`; unset = no traces.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "tollgate".into(),
+        }
+    }
+}
+
 /// A SPIFFE bundle endpoint (the `https_web` profile: the server is
 /// authenticated by its TLS certificate, against the system's roots or a
 /// CA file).
@@ -282,6 +302,9 @@ pub struct ServerConfig {
     /// data directory (default), or PostgreSQL for several replicas.
     #[serde(default)]
     pub store: StoreConfig,
+    /// OpenTelemetry traces (off unless `otlp_endpoint` is set).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The URL clients reach this server at (`https://tollgate.example`),
     /// for the absolute URLs of metadata documents; default: the address it
     /// listens on. Never taken from a request's `Host` header.
@@ -546,6 +569,7 @@ impl Default for ServerConfig {
             console: ConsoleConfig::default(),
             store: StoreConfig::default(),
             public_url: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -582,6 +606,13 @@ impl ServerConfig {
             return Err("tollgate.yaml: approvals: ttl, deny_threshold and max_wait must be positive, escalate_after not negative".into());
         }
         self.validate_public_url()?;
+        if let Some(u) = &self.telemetry.otlp_endpoint {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!(
+                    "tollgate.yaml: telemetry.otlp_endpoint {u:?} must be an http(s) URL (OTLP/HTTP, e.g. http://collector:4318/v1/traces)"
+                ));
+            }
+        }
         self.validate_trust_bundles()?;
         if self.audit.checkpoint_every_entries == 0 || self.audit.checkpoint_every_seconds <= 0 {
             return Err("tollgate.yaml: audit: checkpoint intervals must be positive".into());

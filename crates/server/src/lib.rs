@@ -25,6 +25,7 @@ pub mod redact;
 mod refusals;
 pub mod service;
 pub mod state;
+pub mod telemetry;
 pub mod upstream;
 mod views;
 mod webhooks;
@@ -124,6 +125,9 @@ pub async fn serve(
     // sweep, not only once its lease runs out (stop renewing it first).
     renewing.abort();
     mcp::held::release(&state).await;
+    // Spans still buffered go out before the process ends.
+    let s = state.clone();
+    let _ = tokio::task::spawn_blocking(move || s.telemetry.flush()).await;
     served
 }
 

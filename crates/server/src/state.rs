@@ -48,6 +48,8 @@ pub struct AppState {
     pub upstreams: crate::upstream::Upstreams,
     /// External trust domains whose bundles come from an endpoint.
     pub bundle_endpoints: crate::bundles::BundleEndpoints,
+    /// Spans for decisions and MCP forwards, when traces are exported.
+    pub telemetry: crate::telemetry::Telemetry,
     /// `http://<address>` this process serves on, set when it starts
     /// serving: the base of absolute URLs when `public_url` is not set.
     pub listen_url: std::sync::OnceLock<String>,
@@ -366,6 +368,8 @@ impl AppState {
             crate::bundles::BundleEndpoints::from_config(&config.trust_bundles, config_dir, data)
                 .map_err(|e| StartError::Config(format!("tollgate.yaml: trust_bundles: {e}")))?;
         crate::bundles::load_saved(&bundle_endpoints, &tokens, clock.now());
+        let telemetry = crate::telemetry::Telemetry::from_config(&config.telemetry)
+            .map_err(StartError::Config)?;
         let oidc = approver_oidc(&config, config_dir)?;
         let signing = audit_signing_key(data)?;
         let hmac = hmac_key(data)?;
@@ -400,6 +404,7 @@ impl AppState {
             tokens,
             bundle_endpoints,
             listen_url: std::sync::OnceLock::new(),
+            telemetry,
             clock,
             config,
             config_dir: opts.config_dir.clone(),

@@ -221,6 +221,7 @@ impl Harness {
             upstreams: tollgate_server::upstream::Upstreams::default(),
             bundle_endpoints: tollgate_server::bundles::BundleEndpoints::default(),
             listen_url: std::sync::OnceLock::new(),
+            telemetry: tollgate_server::telemetry::Telemetry::default(),
         });
         Self {
             state,

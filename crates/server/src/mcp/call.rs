@@ -311,7 +311,9 @@ async fn governed(
     }})
     .to_string();
     let secrets = secret_values(&call.args, &call.sensitive);
-    forward(
+    let started = std::time::SystemTime::now();
+    let upstream = call.upstream.name.clone();
+    let called = forward(
         state,
         auth,
         call.upstream,
@@ -324,7 +326,21 @@ async fn governed(
         ctx,
         progress_sent,
     )
-    .await
+    .await;
+    state.telemetry.forward(crate::telemetry::ForwardSpan {
+        traceparent: meta.traceparent.as_deref(),
+        started,
+        upstream: &upstream,
+        tool,
+        request: &decided.request_id,
+        task: &auth.task.id,
+        outcome: if called.succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        },
+    });
+    called
 }
 
 /// The values of the secret arguments, longest first.

@@ -37,6 +37,7 @@ pub struct Decided {
 /// the caller gets an error (503), never an unaudited allow.
 pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<Decided, Error> {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     // One pack for the whole decision, so the digest audited is the one that decided.
     let pack = state.pack.load_full();
     let prepared = prepare(state, &pack, &ask);
@@ -97,6 +98,20 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         latency_ms = elapsed.as_secs_f64() * 1e3,
         via = ask.kind.as_str(),
     );
+    // The span of this decision in the caller's trace (when traces are on).
+    state.telemetry.decision(crate::telemetry::DecisionSpan {
+        traceparent: ask.traceparent.as_deref(),
+        started: started_at,
+        via: ask.kind.as_str(),
+        outcome: verdict.decision.outcome.as_str(),
+        action: ask.action,
+        resource: ask.resource.key(),
+        policies: &verdict.decision.policies,
+        task: &ask.task.id,
+        incident: &ask.task.incident_id,
+        agent: ask.agent.spiffe_id.as_str(),
+        request: &prepared.request_id,
+    });
     finish(state, verdict, prepared.request_id)
 }
 

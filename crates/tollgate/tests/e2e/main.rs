@@ -18,4 +18,5 @@ mod ocsf;
 mod operations;
 mod replicas;
 mod scenario;
+mod telemetry;
 mod walkthrough;
