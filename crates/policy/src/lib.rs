@@ -15,6 +15,7 @@
 //! - The only IO is [`PolicyPack::load_dir`], which reads files and hands
 //!   their text to the pure [`PolicyPack::from_sources`].
 
+mod general;
 pub mod index;
 pub mod mcp_schema;
 mod pack;
@@ -22,6 +23,7 @@ mod request;
 pub mod synthetic;
 pub mod testing;
 
+pub use general::GeneralRequest;
 pub use pack::{Diagnostic, PolicyError, PolicyPack, SourceFile, OBLIGATION_EVIDENCE_BEFORE};
 pub use request::{
     ActionFacts, AgentFacts, ApproveFacts, DelegateFacts, ResourceRef, TaskOpenFacts,

@@ -95,6 +95,9 @@ pub struct PolicyPack {
     index: PolicyIndex,
     /// `playbooks.yaml`, when the pack has one.
     playbooks: Option<tollgate_core::Playbooks>,
+    /// `entities.json`: entity data (users, groups, records …) that
+    /// AuthZEN evaluations of non-agent subjects are decided against.
+    entities: Entities,
     /// `Catalog::sensitive_anywhere`, computed once at load: every decision
     /// redacts with it.
     secret_parameters: Vec<String>,
@@ -138,8 +141,14 @@ impl PolicyPack {
             .collect::<Result<Vec<_>, _>>()?;
         let pack = Self::from_sources(&schema, &policies, &catalog)?;
         let playbooks = dir.join("playbooks.yaml");
-        if playbooks.exists() {
-            return pack.with_playbooks(&read(&playbooks)?);
+        let pack = if playbooks.exists() {
+            pack.with_playbooks(&read(&playbooks)?)?
+        } else {
+            pack
+        };
+        let entities = dir.join("entities.json");
+        if entities.exists() {
+            return pack.with_entities(&read(&entities)?);
         }
         Ok(pack)
     }
@@ -309,6 +318,7 @@ impl PolicyPack {
                     annotations,
                     digest: tollgate_core::sha256_hex(&digest_input),
                     playbooks: None,
+                    entities: Entities::empty(),
                 };
                 let problems = pack.probe();
                 if problems.is_empty() {
@@ -347,6 +357,29 @@ impl PolicyPack {
         );
         self.playbooks = Some(playbooks);
         Ok(self)
+    }
+
+    /// Add the pack's entity data (Cedar's JSON entity format, checked
+    /// against the schema); it joins the digest.
+    pub fn with_entities(mut self, src: &SourceFile) -> Result<Self, PolicyError> {
+        let entities = Entities::from_json_str(&src.text, Some(&self.schema)).map_err(|e| {
+            PolicyError::Invalid(vec![Diagnostic {
+                file: src.name.clone(),
+                line: 1,
+                column: 1,
+                message: format!("entity data does not fit the schema: {e}"),
+            }])
+        })?;
+        self.digest = tollgate_core::sha256_hex(
+            format!("{}\0{}\0{}", self.digest, src.name, src.text).as_bytes(),
+        );
+        self.entities = entities;
+        Ok(self)
+    }
+
+    /// The pack's entity data (`entities.json`).
+    pub fn entities(&self) -> &Entities {
+        &self.entities
     }
 
     pub fn playbooks(&self) -> Option<&tollgate_core::Playbooks> {

@@ -1,6 +1,11 @@
 //! OpenID AuthZEN Authorization API 1.0, for trusted enforcement points.
 //!
-//! Mapping (Tollgate's model is task-scoped, so the PEP names the task):
+//! Two kinds of subject. Any type but `agent` is decided as a general PDP
+//! against the pack's entity data (`service::authzen`,
+//! `PolicyPack::decide_general`), answered `{decision}`. An agent keeps
+//! Tollgate's task semantics.
+//!
+//! Agent mapping (Tollgate's model is task-scoped, so the PEP names the task):
 //! - `subject`: `{type: "agent", id: <SPIFFE ID>}`
 //! - `action.name`: a tool-catalog operation
 //! - `resource`: `{type: <Cedar entity type>, id, properties}`; properties
@@ -90,11 +95,30 @@ pub struct Options {
     pub evaluations_semantic: Semantic,
 }
 
+/// A top-level default that may be given as `{}` (the working group's
+/// interop requests do): an empty object is no default.
+fn default_part<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) if m.is_empty() => Ok(None),
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 /// A batch of evaluations with top-level defaults (AuthZEN 1.0 §7).
 #[derive(Deserialize, ToSchema)]
 pub struct Evaluations {
+    #[serde(default, deserialize_with = "default_part")]
     pub subject: Option<Subject>,
+    #[serde(default, deserialize_with = "default_part")]
     pub action: Option<Action>,
+    #[serde(default, deserialize_with = "default_part")]
     pub resource: Option<Resource>,
     #[schema(value_type = Object)]
     pub context: Option<Map<String, Value>>,
@@ -104,11 +128,14 @@ pub struct Evaluations {
     pub options: Options,
 }
 
-/// One AuthZEN decision: `true` only for `allow`.
+/// One AuthZEN decision: `true` only for `allow`. For an agent subject the
+/// context carries the decision's details; a general subject's answer is
+/// the decision alone (`context` only when the item was refused).
 #[derive(Serialize, ToSchema)]
 pub struct EvaluationResult {
     pub decision: bool,
-    pub context: EvaluationContext,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<EvaluationContext>,
 }
 
 /// Why: the decision's details, or what was wrong with the item.
@@ -165,7 +192,7 @@ pub struct ItemError {
 fn refused(error: ItemError) -> EvaluationResult {
     EvaluationResult {
         decision: false,
-        context: EvaluationContext::Refused(RefusedContext { error }),
+        context: Some(EvaluationContext::Refused(RefusedContext { error })),
     }
 }
 
@@ -183,14 +210,8 @@ fn bad_request(message: String) -> ItemError {
     }
 }
 
-/// The subject must be an agent, and every id valid.
+/// Every id valid.
 fn check_names(e: &Evaluation) -> Result<(), ItemError> {
-    if !e.subject.kind.eq_ignore_ascii_case("agent") {
-        return Err(bad_request(format!(
-            "subject type {:?} is not supported; use \"agent\"",
-            e.subject.kind
-        )));
-    }
     // Ids follow the rule of the rest of the API; an item that breaks it
     // is refused on its own, so a batch still answers the others.
     for (what, id) in [
@@ -265,6 +286,9 @@ async fn evaluate(
     if let Err(error) = check_names(e) {
         return Ok(refused(error));
     }
+    if !e.subject.kind.eq_ignore_ascii_case("agent") {
+        return general(state, pep, e, traceparent).await;
+    }
     let (task, agent) = match live_task(state, e).await? {
         Ok(found) => found,
         Err(error) => return Ok(refused(error)),
@@ -318,6 +342,34 @@ async fn evaluate(
     }
 }
 
+/// A non-agent subject: the pack decides it against its entity data.
+async fn general(
+    state: &Shared,
+    pep: &str,
+    e: &Evaluation,
+    traceparent: Option<String>,
+) -> Result<EvaluationResult, ApiError> {
+    let r = tollgate_policy::GeneralRequest {
+        subject_type: &e.subject.kind,
+        subject_id: &e.subject.id,
+        subject_properties: &e.subject.properties,
+        action: &e.action.name,
+        action_properties: &e.action.properties,
+        resource_type: &e.resource.kind,
+        resource_id: &e.resource.id,
+        resource_properties: &e.resource.properties,
+        context: &e.context,
+    };
+    match crate::service::authzen::decide_general(state, pep, &r, traceparent.as_deref()).await {
+        Ok(d) => Ok(EvaluationResult {
+            decision: d.outcome == Outcome::Allow,
+            context: None,
+        }),
+        Err(crate::service::Error::Invalid { message, .. }) => Ok(refused(bad_request(message))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The AuthZEN answer for a decision made.
 fn decided(d: Decided) -> EvaluationResult {
     let mut context = DecidedContext {
@@ -345,7 +397,7 @@ fn decided(d: Decided) -> EvaluationResult {
     }
     EvaluationResult {
         decision: d.decision.outcome == Outcome::Allow,
-        context: EvaluationContext::Decided(context),
+        context: Some(EvaluationContext::Decided(context)),
     }
 }
 

@@ -28,6 +28,7 @@
 // brake: `gateway`); the rest is for the adapters.
 pub(crate) mod admin;
 pub mod approvals;
+pub(crate) mod authzen;
 pub mod checkpoints;
 pub(crate) mod console;
 pub(crate) mod decide;

@@ -217,3 +217,103 @@ fn authzen_metadata_uses_the_configured_public_url() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The OpenID AuthZEN working group's Todo interop decisions, sent
+/// unchanged to a server on `examples/authzen-todo`, pass under the group's
+/// own comparison: a single evaluation by its `decision`, a batch by its
+/// `evaluations` array compared exactly (`[{"decision": true}, …]`, nothing
+/// else in an element). The vectors are the group's (MIT, see
+/// `authzen-interop/LICENSE-vectors`).
+#[test]
+fn authzen_todo_interop_decisions_pass_unchanged() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_with_config(
+        &root.join("examples/authzen-todo"),
+        &tmp.path().join("data"),
+    );
+    let (ok, out, err) = s.cli(&["pep", "add", "todo-app"]);
+    assert!(ok, "{err}");
+    let key = printed_key(&out);
+    let vectors =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/authzen-interop/vectors");
+    let (mut passed, mut failed) = (0, Vec::new());
+    for file in [
+        "decisions-1.0-implementers-draft.json",
+        "decisions-1.1-preview.json",
+    ] {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(vectors.join(file)).unwrap()).unwrap();
+        for case in v["evaluation"].as_array().unwrap() {
+            let (status, answer) = s.post("/access/v1/evaluation", Some(&key), &case["request"]);
+            if status == 200 && answer["decision"] == case["expected"] {
+                passed += 1;
+            } else {
+                failed.push(format!("{file}: {} -> {status} {answer}", case["request"]));
+            }
+        }
+        for case in v["evaluations"].as_array().into_iter().flatten() {
+            let (status, answer) = s.post("/access/v1/evaluations", Some(&key), &case["request"]);
+            // The runner compares JSON.stringify of both arrays: the same
+            // elements, in order, each exactly `{"decision": …}` (one key, so
+            // key order cannot differ).
+            if status == 200 && answer["evaluations"] == case["expected"] {
+                passed += 1;
+            } else {
+                failed.push(format!("{file}: {} -> {status} {answer}", case["request"]));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    assert_eq!(passed, 40 + 40 + 3);
+
+    // The interop requests name only ids: the pack's entity data decides.
+    // A subject it does not know is denied; so is a tool operation or a
+    // task action asked for a non-agent subject (agents decide within a task).
+    let (_, unknown) = s.post(
+        "/access/v1/evaluation",
+        Some(&key),
+        &json!({"subject": {"type": "user", "id": "nobody"}, "action": {"name": "can_create_todo"},
+                "resource": {"type": "todo", "id": "t"}}),
+    );
+    assert_eq!(unknown["decision"], false, "{unknown}");
+    let (_, agentish) = s.post(
+        "/access/v1/evaluation",
+        Some(&key),
+        &json!({"subject": {"type": "user", "id": "x"}, "action": {"name": "task.open"},
+                "resource": {"type": "Incident", "id": "INC-1"}}),
+    );
+    assert_eq!(agentish["decision"], false, "{agentish}");
+    assert_eq!(agentish["context"]["error"]["status"], 400, "{agentish}");
+
+    // Every evaluation is audited before its answer, the refused one too,
+    // with ids and the verdict only.
+    let entries = s.audit("");
+    let authzen: Vec<_> = entries
+        .iter()
+        .filter(|e| e["event"]["kind"] == "authzen.decision")
+        .collect();
+    assert_eq!(authzen.len(), 40 + 40 + 3 * 2 + 2, "{}", authzen.len());
+    assert!(authzen
+        .iter()
+        .all(|e| e["event"]["actor"] == "pep:todo-app"));
+    let refused = authzen
+        .iter()
+        .find(|e| e["event"]["outcome"] == "refused")
+        .unwrap();
+    assert_eq!(refused["event"]["detail"]["action"], "task.open");
+    let owner_rule = authzen
+        .iter()
+        .find(|e| e["event"]["detail"]["policies"] == json!(["todo-own"]))
+        .unwrap();
+    assert_eq!(owner_rule["event"]["outcome"], "allow");
+    assert!(owner_rule["event"]["detail"]["subject"]
+        .as_str()
+        .unwrap()
+        .starts_with("user::"));
+}
