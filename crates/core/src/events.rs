@@ -108,11 +108,13 @@ pub enum EventKind {
     /// `trust_bundle.updated`: an external trust domain's keys changed
     /// (fetched from its bundle endpoint).
     TrustBundleUpdated,
+    /// `authzen.search`: an AuthZEN subject, resource or action search.
+    AuthzenSearch,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 49] = [
+    pub const ALL: [EventKind; 50] = [
         EventKind::Decision,
         EventKind::AuthzenDecision,
         EventKind::Freeze,
@@ -162,6 +164,7 @@ impl EventKind {
         EventKind::ConsoleSignedIn,
         EventKind::ConsoleSignedOut,
         EventKind::TrustBundleUpdated,
+        EventKind::AuthzenSearch,
     ];
 
     /// The kind as the audit log stores it.
@@ -216,6 +219,7 @@ impl EventKind {
             EventKind::ConsoleSignedIn => "console.signed_in",
             EventKind::ConsoleSignedOut => "console.signed_out",
             EventKind::TrustBundleUpdated => "trust_bundle.updated",
+            EventKind::AuthzenSearch => "authzen.search",
         }
     }
 
@@ -262,9 +266,6 @@ mod tests {
         for (i, k) in EventKind::ALL.into_iter().enumerate() {
             assert_eq!(k as usize, i, "{k} is out of place in ALL");
         }
-        assert_eq!(
-            EventKind::ALL.len(),
-            EventKind::TrustBundleUpdated as usize + 1
-        );
+        assert_eq!(EventKind::ALL.len(), EventKind::AuthzenSearch as usize + 1);
     }
 }

@@ -515,6 +515,9 @@ pub struct PdpMetadata {
     pub policy_decision_point: String,
     pub access_evaluation_endpoint: String,
     pub access_evaluations_endpoint: String,
+    pub search_subject_endpoint: String,
+    pub search_resource_endpoint: String,
+    pub search_action_endpoint: String,
 }
 
 /// PDP metadata (AuthZEN 1.0 §9).
@@ -524,6 +527,246 @@ pub async fn configuration(State(state): State<Shared>) -> Json<PdpMetadata> {
     Json(PdpMetadata {
         access_evaluation_endpoint: format!("{base}/access/v1/evaluation"),
         access_evaluations_endpoint: format!("{base}/access/v1/evaluations"),
+        search_subject_endpoint: format!("{base}/access/v1/search/subject"),
+        search_resource_endpoint: format!("{base}/access/v1/search/resource"),
+        search_action_endpoint: format!("{base}/access/v1/search/action"),
         policy_decision_point: base,
     })
+}
+
+/// A subject or resource in a search: `id` is what the search fills in
+/// (ignored there) or required (the other side).
+#[derive(Deserialize, ToSchema, Clone)]
+pub struct SearchEntity {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+}
+
+/// `page` of a search request (AuthZEN 1.0 §8.4).
+#[derive(Deserialize, ToSchema, Default)]
+pub struct PageRequest {
+    /// The previous answer's `page.next_token`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// At most this many results (1 to 1000; default 1000).
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// A subject, resource or action search (AuthZEN 1.0 §8).
+#[derive(Deserialize, ToSchema)]
+pub struct SearchBody {
+    pub subject: SearchEntity,
+    /// Absent in an action search.
+    #[serde(default)]
+    pub action: Option<Action>,
+    pub resource: SearchEntity,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub context: Map<String, Value>,
+    #[serde(default)]
+    pub page: PageRequest,
+}
+
+/// One match: an entity (`type` first, as the interop comparison reads
+/// it) or an action.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Found {
+    Entity {
+        #[serde(rename = "type")]
+        kind: String,
+        id: String,
+    },
+    Action {
+        name: String,
+    },
+}
+
+/// Present when more results follow.
+#[derive(Serialize, ToSchema)]
+pub struct PageAnswer {
+    /// Send it back as `page.token` for the next page; `""` on the last.
+    pub next_token: String,
+    pub count: usize,
+}
+
+/// A search's answer: the matches of this page.
+#[derive(Serialize, ToSchema)]
+pub struct SearchResults {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<PageAnswer>,
+    pub results: Vec<Found>,
+}
+
+/// The most results one page holds.
+const MAX_PAGE: u64 = 1000;
+
+/// What a page token is bound to: the request without its token, so a
+/// token cannot be replayed against a changed search.
+fn fingerprint(body: &Value) -> String {
+    let mut b = body.clone();
+    if let Some(page) = b.get_mut("page").and_then(Value::as_object_mut) {
+        page.remove("token");
+    }
+    tollgate_core::sha256_hex(b.to_string().as_bytes())[..16].to_string()
+}
+
+async fn search(
+    state: &Shared,
+    pep: &str,
+    kind: crate::service::authzen::SearchKind,
+    raw: Value,
+) -> Result<SearchResults, ApiError> {
+    use crate::service::authzen::SearchKind;
+    let body: SearchBody = serde_json::from_value(raw.clone())
+        .map_err(|e| ApiError::bad_request(format!("search request: {e}")))?;
+    let need = |what: &str, id: &Option<String>| -> Result<String, ApiError> {
+        match id {
+            Some(id) => tollgate_core::text::check_id(id)
+                .map(|()| id.clone())
+                .map_err(|e| ApiError::bad_request(format!("{what}: id {e}"))),
+            None => Err(ApiError::bad_request(format!(
+                "{what} is required in this search"
+            ))),
+        }
+    };
+    let subject_id = match kind {
+        SearchKind::Subject => String::new(),
+        _ => need("subject.id", &body.subject.id)?,
+    };
+    let resource_id = match kind {
+        SearchKind::Resource => String::new(),
+        _ => need("resource.id", &body.resource.id)?,
+    };
+    let action = match (kind, &body.action) {
+        (SearchKind::Action, _) => String::new(),
+        (_, Some(a)) => a.name.clone(),
+        (_, None) => return Err(ApiError::bad_request("action is required in this search")),
+    };
+    let print = fingerprint(&raw);
+    let offset = match &body.page.token {
+        None => 0,
+        Some(t) if t.is_empty() => 0,
+        Some(t) => match t.split_once('.') {
+            Some((n, f)) if f == print => n
+                .parse::<usize>()
+                .map_err(|_| ApiError::bad_request("page.token is not one this server issued"))?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "page.token does not belong to this search: the request changed since it was issued",
+                ))
+            }
+        },
+    };
+    let limit = body.page.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE) as usize;
+    let no_action = Map::new();
+    let request = crate::service::authzen::SearchRequest {
+        kind,
+        template: tollgate_policy::GeneralRequest {
+            subject_type: &body.subject.kind,
+            subject_id: &subject_id,
+            subject_properties: &body.subject.properties,
+            action: &action,
+            action_properties: body.action.as_ref().map_or(&no_action, |a| &a.properties),
+            resource_type: &body.resource.kind,
+            resource_id: &resource_id,
+            resource_properties: &body.resource.properties,
+            context: &body.context,
+        },
+        offset,
+        limit,
+    };
+    let found = crate::service::authzen::search(state, pep, &request).await?;
+    let count = found.results.len();
+    let results = found
+        .results
+        .into_iter()
+        .map(|id| match kind {
+            SearchKind::Subject => Found::Entity {
+                kind: body.subject.kind.clone(),
+                id,
+            },
+            SearchKind::Resource => Found::Entity {
+                kind: body.resource.kind.clone(),
+                id,
+            },
+            SearchKind::Action => Found::Action { name: id },
+        })
+        .collect();
+    // A page object only when the answer is not the whole result set, or
+    // when the caller is paging (its last page says so with "").
+    let page = if found.more {
+        Some(PageAnswer {
+            next_token: format!("{}.{print}", offset + count),
+            count,
+        })
+    } else if body.page.token.is_some() {
+        Some(PageAnswer {
+            next_token: String::new(),
+            count,
+        })
+    } else {
+        None
+    };
+    Ok(SearchResults { page, results })
+}
+
+/// Subject search (AuthZEN 1.0 §8.1): which subjects of `subject.type` may
+/// do `action` on `resource`.
+#[utoipa::path(post, path = "/access/v1/search/subject", request_body = SearchBody, responses(
+    (status = 200, description = "The subjects allowed (the pack's entities of that type), by id; `page` when more follow", body = SearchResults),
+    JsonBody,
+    Secured,
+), security(("pep" = [])))]
+pub async fn search_subject(
+    pep: PepAuth,
+    State(state): State<Shared>,
+    ApiJson(raw): ApiJson<Value>,
+) -> Result<Json<SearchResults>, ApiError> {
+    use crate::service::authzen::SearchKind;
+    search(&state, &pep.0.name, SearchKind::Subject, raw)
+        .await
+        .map(Json)
+}
+
+/// Resource search (AuthZEN 1.0 §8.2): which resources of `resource.type`
+/// `subject` may do `action` on.
+#[utoipa::path(post, path = "/access/v1/search/resource", request_body = SearchBody, responses(
+    (status = 200, description = "The resources allowed (the pack's entities of that type), by id; `page` when more follow", body = SearchResults),
+    JsonBody,
+    Secured,
+), security(("pep" = [])))]
+pub async fn search_resource(
+    pep: PepAuth,
+    State(state): State<Shared>,
+    ApiJson(raw): ApiJson<Value>,
+) -> Result<Json<SearchResults>, ApiError> {
+    use crate::service::authzen::SearchKind;
+    search(&state, &pep.0.name, SearchKind::Resource, raw)
+        .await
+        .map(Json)
+}
+
+/// Action search (AuthZEN 1.0 §8.3): which actions `subject` may do on
+/// `resource` (the schema's actions between the two types).
+#[utoipa::path(post, path = "/access/v1/search/action", request_body = SearchBody, responses(
+    (status = 200, description = "The actions allowed, by name; `page` when more follow", body = SearchResults),
+    JsonBody,
+    Secured,
+), security(("pep" = [])))]
+pub async fn search_action(
+    pep: PepAuth,
+    State(state): State<Shared>,
+    ApiJson(raw): ApiJson<Value>,
+) -> Result<Json<SearchResults>, ApiError> {
+    use crate::service::authzen::SearchKind;
+    search(&state, &pep.0.name, SearchKind::Action, raw)
+        .await
+        .map(Json)
 }

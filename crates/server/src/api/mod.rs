@@ -79,6 +79,7 @@ impl Modify for Security {
         approvals::show,
         approvals::decide,
         authzen::evaluation, authzen::evaluations, authzen::configuration,
+        authzen::search_subject, authzen::search_resource, authzen::search_action,
         healthz, livez, readyz, metrics, openapi_json,
         mcp_post, mcp_get, mcp_delete,
     ),
@@ -296,6 +297,9 @@ pub fn router(state: Shared, mcp: axum::Router) -> Router {
         .route("/v1/approvals/{id}/decision", post(approvals::decide))
         .route("/access/v1/evaluation", post(authzen::evaluation))
         .route("/access/v1/evaluations", post(authzen::evaluations))
+        .route("/access/v1/search/subject", post(authzen::search_subject))
+        .route("/access/v1/search/resource", post(authzen::search_resource))
+        .route("/access/v1/search/action", post(authzen::search_action))
         .route(
             "/.well-known/authzen-configuration",
             get(authzen::configuration),

@@ -317,3 +317,157 @@ fn authzen_todo_interop_decisions_pass_unchanged() {
         .unwrap()
         .starts_with("user::"));
 }
+
+/// The working group's search vectors (subject, resource and action search)
+/// against `examples/authzen-search`, compared as the group's runner
+/// compares them: `results` only, both sides sorted (by type then id, or
+/// by name), action names filtered to the scenario's three. Then paging.
+#[test]
+fn authzen_search_interop_vectors_pass_and_pages_follow_the_spec() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_with_config(
+        &root.join("examples/authzen-search"),
+        &tmp.path().join("data"),
+    );
+    let (ok, out, err) = s.cli(&["pep", "add", "search-demo"]);
+    assert!(ok, "{err}");
+    let key = printed_key(&out);
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e/authzen-interop/vectors/search");
+    let sorted = |v: &serde_json::Value, actions: bool| -> Vec<String> {
+        let mut items: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                !actions || ["view", "edit", "delete"].contains(&r["name"].as_str().unwrap_or(""))
+            })
+            .map(|r| r.to_string())
+            .collect();
+        items.sort();
+        items
+    };
+    let mut searched = 0;
+    let mut failed = Vec::new();
+    for kind in ["subject", "resource", "action"] {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(vectors.join(kind).join("results.json")).unwrap(),
+        )
+        .unwrap();
+        for case in v["evaluation"].as_array().unwrap() {
+            let (status, answer) = s.post(
+                &format!("/access/v1/search/{kind}"),
+                Some(&key),
+                &case["request"],
+            );
+            searched += 1;
+            let actions = kind == "action";
+            // The raw text too: each result must be exactly {"type","id"}
+            // in that order, or {"name"}.
+            let exact = answer["results"].as_array().is_some_and(|rs| {
+                rs.iter().all(|r| {
+                    r.as_object()
+                        .is_some_and(|o| o.len() == if actions { 1 } else { 2 })
+                })
+            });
+            if status != 200
+                || !exact
+                || answer.get("page").is_some()
+                || sorted(&answer["results"], actions)
+                    != sorted(&case["expected"]["results"], actions)
+            {
+                failed.push(format!("{kind}: {} -> {status} {answer}", case["request"]));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    assert_eq!(searched, 60 + 18 + 120);
+
+    // `type` before `id`, on the wire.
+    let text = agent()
+        .post(&s.url("/access/v1/search/subject"))
+        .header("authorization", &format!("Bearer {key}"))
+        .send_json(
+            json!({"subject": {"type": "user"}, "action": {"name": "delete"},
+                          "resource": {"type": "record", "id": "105"}}),
+        )
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert_eq!(text, r#"{"results":[{"type":"user","id":"erin"}]}"#);
+
+    // Paging: three at a time through Alice's eleven viewable records,
+    // the last page says so with an empty token.
+    let ask = |page: serde_json::Value| {
+        s.post(
+            "/access/v1/search/resource",
+            Some(&key),
+            &json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "view"},
+                    "resource": {"type": "record"}, "page": page}),
+        )
+    };
+    let (_, all) = ask(json!({}));
+    let everything = sorted(&all["results"], false);
+    let (mut pages, mut seen, mut token) = (0, Vec::new(), None::<String>);
+    loop {
+        let page = match &token {
+            None => json!({"limit": 3}),
+            Some(t) => json!({"limit": 3, "token": t}),
+        };
+        let (status, answer) = ask(page);
+        assert_eq!(status, 200, "{answer}");
+        pages += 1;
+        seen.extend(sorted(&answer["results"], false));
+        let next = answer["page"]["next_token"].as_str().unwrap().to_string();
+        if next.is_empty() {
+            break;
+        }
+        token = Some(next);
+    }
+    seen.sort();
+    assert_eq!(seen, everything);
+    assert_eq!(pages, everything.len().div_ceil(3));
+    // A token is bound to its search: another subject with it is refused.
+    let (_, first) = ask(json!({"limit": 3}));
+    let token = first["page"]["next_token"].as_str().unwrap();
+    let (status, refused) = s.post(
+        "/access/v1/search/resource",
+        Some(&key),
+        &json!({"subject": {"type": "user", "id": "bob"}, "action": {"name": "view"},
+                "resource": {"type": "record"}, "page": {"limit": 3, "token": token}}),
+    );
+    assert_eq!(status, 400, "{refused}");
+    // Missing the id a search needs is a 400; an unknown type finds nothing.
+    let (status, _) = s.post(
+        "/access/v1/search/subject",
+        Some(&key),
+        &json!({"subject": {"type": "user"}, "action": {"name": "view"}, "resource": {"type": "record"}}),
+    );
+    assert_eq!(status, 400);
+    let (status, none) = s.post(
+        "/access/v1/search/resource",
+        Some(&key),
+        &json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "view"}, "resource": {"type": "nothing"}}),
+    );
+    assert_eq!((status, none), (200, json!({"results": []})));
+
+    // The metadata names the search endpoints; each search is audited once.
+    let (_, meta) = s.get("/.well-known/authzen-configuration", None);
+    assert!(meta["search_action_endpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("/access/v1/search/action"));
+    let searches = s
+        .audit("")
+        .into_iter()
+        .filter(|e| e["event"]["kind"] == "authzen.search")
+        .count();
+    assert!(searches >= 60 + 18 + 120 + 1 + 1 + pages, "{searches}");
+}

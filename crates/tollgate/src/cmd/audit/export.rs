@@ -103,6 +103,7 @@ fn ocsf_activity(kind: &str, action: &str) -> (i64, &'static str) {
         | "incident.recorded"
         | "console.signed_in" => CREATE,
         "approver.removed" | "pep.removed" | "console.signed_out" => DELETE,
+        "authzen.search" => READ,
         "auth.refused" | "webhook.failed" => (99, "Other"),
         _ => UPDATE,
     }
