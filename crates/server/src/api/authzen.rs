@@ -284,14 +284,14 @@ async fn evaluate(
     traceparent: Option<String>,
 ) -> Result<EvaluationResult, ApiError> {
     if let Err(error) = check_names(e) {
-        return Ok(refused(error));
+        return refuse(state, pep, e, error).await;
     }
     if !e.subject.kind.eq_ignore_ascii_case("agent") {
         return general(state, pep, e, traceparent).await;
     }
     let (task, agent) = match live_task(state, e).await? {
         Ok(found) => found,
-        Err(error) => return Ok(refused(error)),
+        Err(error) => return refuse(state, pep, e, error).await,
     };
     let resource = ResourceRef {
         kind: e.resource.kind.clone(),
@@ -319,9 +319,8 @@ async fn evaluate(
         .and_then(Value::as_str)
         .map(str::to_string);
     if let Some(Err(err)) = approval_id.as_deref().map(tollgate_core::text::check_id) {
-        return Ok(refused(bad_request(format!(
-            "context.approval_id: id {err}"
-        ))));
+        let error = bad_request(format!("context.approval_id: id {err}"));
+        return refuse(state, pep, e, error).await;
     }
     let ask = ActionAsk {
         approval_id: approval_id.as_deref(),
@@ -368,6 +367,30 @@ async fn general(
         Err(crate::service::Error::Invalid { message, .. }) => Ok(refused(bad_request(message))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Refuse an item, recording it first (every evaluation leaves an entry).
+async fn refuse(
+    state: &Shared,
+    pep: &str,
+    e: &Evaluation,
+    error: ItemError,
+) -> Result<EvaluationResult, ApiError> {
+    // The ids may be what was wrong: escaped, they cannot forge anything.
+    let key = |kind: &str, id: &str| format!("{}::{}", kind.escape_debug(), id.escape_debug());
+    crate::service::authzen::record_refused(
+        state,
+        pep,
+        crate::service::authzen::Refused {
+            subject: key(&e.subject.kind, &e.subject.id),
+            action: &e.action.name,
+            resource: key(&e.resource.kind, &e.resource.id),
+            reason: &error.message,
+            status: error.status,
+        },
+    )
+    .await?;
+    Ok(refused(error))
 }
 
 /// The AuthZEN answer for a decision made.

@@ -164,3 +164,37 @@ pub async fn search(
         more,
     })
 }
+
+/// Record an evaluation refused before it could be decided (ids that break
+/// the API's rules, no live task for an agent, a request that does not fit
+/// the schema): every evaluation leaves an entry, committed before the
+/// answer. Only the refused request's ids and the reason are kept.
+pub async fn record_refused(state: &AppState, pep: &str, what: Refused<'_>) -> Result<(), Error> {
+    let event = AuditEvent::new(
+        state.now(),
+        EventKind::AuthzenDecision,
+        format!("pep:{pep}"),
+    )
+    .request(super::new_id("req"))
+    .outcome("refused")
+    .detail(json!({
+        "subject": what.subject,
+        "action": what.action,
+        "resource": what.resource,
+        "reasons": [what.reason],
+        "policies": [],
+        "status": what.status,
+    }));
+    state.store.commit(Batch::audit_only(event)).await?;
+    Ok(())
+}
+
+/// An evaluation refused before a decision: `Type::id` of its subject and
+/// resource, its action, why, and the HTTP status it stands for.
+pub struct Refused<'a> {
+    pub subject: String,
+    pub action: &'a str,
+    pub resource: String,
+    pub reason: &'a str,
+    pub status: u16,
+}

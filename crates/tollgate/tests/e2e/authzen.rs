@@ -201,21 +201,30 @@ fn authzen_metadata_uses_the_configured_public_url() {
         "https://tollgate.acme.test/access/v1/evaluations"
     );
     // A malformed one is refused at start, with the reason.
-    let bad = tempfile::tempdir().unwrap();
-    let config = config_dir(bad.path(), "public_url: tollgate.acme.test/\n");
-    let out = std::process::Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(bad.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("public_url"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let err = serve_refuses("public_url: tollgate.acme.test/\n");
+    assert!(err.contains("public_url"), "{err}");
+}
+
+/// A server on one of the example AuthZEN packs, with a PEP key.
+fn pdp(example: &str) -> (Server, String, tempfile::TempDir) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_with_config(
+        &root.join("examples").join(example),
+        &tmp.path().join("data"),
     );
+    let (ok, out, err) = s.cli(&["pep", "add", "interop"]);
+    assert!(ok, "{err}");
+    let key = printed_key(&out);
+    (s, key, tmp)
+}
+
+/// A vector file of the working group's, from `authzen-interop/vectors`.
+fn vectors(file: &str) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e/authzen-interop/vectors")
+        .join(file);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// The OpenID AuthZEN working group's Todo interop decisions, sent
@@ -226,24 +235,13 @@ fn authzen_metadata_uses_the_configured_public_url() {
 /// `authzen-interop/LICENSE-vectors`).
 #[test]
 fn authzen_todo_interop_decisions_pass_unchanged() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let tmp = tempfile::tempdir().unwrap();
-    let s = Server::start_with_config(
-        &root.join("examples/authzen-todo"),
-        &tmp.path().join("data"),
-    );
-    let (ok, out, err) = s.cli(&["pep", "add", "todo-app"]);
-    assert!(ok, "{err}");
-    let key = printed_key(&out);
-    let vectors =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/authzen-interop/vectors");
+    let (s, key, _tmp) = pdp("authzen-todo");
     let (mut passed, mut failed) = (0, Vec::new());
     for file in [
         "decisions-1.0-implementers-draft.json",
         "decisions-1.1-preview.json",
     ] {
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(vectors.join(file)).unwrap()).unwrap();
+        let v = vectors(file);
         for case in v["evaluation"].as_array().unwrap() {
             let (status, answer) = s.post("/access/v1/evaluation", Some(&key), &case["request"]);
             if status == 200 && answer["decision"] == case["expected"] {
@@ -290,6 +288,15 @@ fn authzen_todo_interop_decisions_pass_unchanged() {
     );
     assert_eq!(agentish["decision"], false, "{agentish}");
     assert_eq!(agentish["context"]["error"]["status"], 400, "{agentish}");
+    // An agent subject without a task is refused before any decision, and
+    // recorded all the same.
+    let (_, no_task) = s.post(
+        "/access/v1/evaluation",
+        Some(&key),
+        &json!({"subject": {"type": "agent", "id": "spiffe://todo.test/agent/x/1"},
+                "action": {"name": "can_read_todos"}, "resource": {"type": "todo", "id": "t"}}),
+    );
+    assert_eq!(no_task["context"]["error"]["status"], 400, "{no_task}");
 
     // Every evaluation is audited before its answer, the refused one too,
     // with ids and the verdict only.
@@ -298,15 +305,16 @@ fn authzen_todo_interop_decisions_pass_unchanged() {
         .iter()
         .filter(|e| e["event"]["kind"] == "authzen.decision")
         .collect();
-    assert_eq!(authzen.len(), 40 + 40 + 3 * 2 + 2, "{}", authzen.len());
-    assert!(authzen
-        .iter()
-        .all(|e| e["event"]["actor"] == "pep:todo-app"));
+    assert_eq!(authzen.len(), 40 + 40 + 3 * 2 + 3, "{}", authzen.len());
+    assert!(authzen.iter().all(|e| e["event"]["actor"] == "pep:interop"));
     let refused = authzen
         .iter()
         .find(|e| e["event"]["outcome"] == "refused")
         .unwrap();
     assert_eq!(refused["event"]["detail"]["action"], "task.open");
+    assert!(authzen.iter().any(|e| e["event"]["outcome"] == "refused"
+        && e["event"]["detail"]["action"] == "can_read_todos"
+        && e["event"]["detail"]["status"] == 400));
     let owner_rule = authzen
         .iter()
         .find(|e| e["event"]["detail"]["policies"] == json!(["todo-own"]))
@@ -324,17 +332,7 @@ fn authzen_todo_interop_decisions_pass_unchanged() {
 /// by name), action names filtered to the scenario's three. Then paging.
 #[test]
 fn authzen_search_interop_vectors_pass_and_pages_follow_the_spec() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let tmp = tempfile::tempdir().unwrap();
-    let s = Server::start_with_config(
-        &root.join("examples/authzen-search"),
-        &tmp.path().join("data"),
-    );
-    let (ok, out, err) = s.cli(&["pep", "add", "search-demo"]);
-    assert!(ok, "{err}");
-    let key = printed_key(&out);
-    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/e2e/authzen-interop/vectors/search");
+    let (s, key, _tmp) = pdp("authzen-search");
     let sorted = |v: &serde_json::Value, actions: bool| -> Vec<String> {
         let mut items: Vec<String> = v
             .as_array()
@@ -351,10 +349,7 @@ fn authzen_search_interop_vectors_pass_and_pages_follow_the_spec() {
     let mut searched = 0;
     let mut failed = Vec::new();
     for kind in ["subject", "resource", "action"] {
-        let v: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(vectors.join(kind).join("results.json")).unwrap(),
-        )
-        .unwrap();
+        let v = vectors(&format!("search/{kind}/results.json"));
         for case in v["evaluation"].as_array().unwrap() {
             let (status, answer) = s.post(
                 &format!("/access/v1/search/{kind}"),

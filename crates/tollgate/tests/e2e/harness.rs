@@ -522,3 +522,19 @@ pub fn tls_proxy(rt: &tokio::runtime::Runtime, upstream: String) -> (u16, String
     });
     (port, ca.pem())
 }
+
+/// Start `tollgate serve` on a config with `extra` appended to the example
+/// tollgate.yaml, expecting it to refuse: its stderr.
+pub fn serve_refuses(extra: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_dir(tmp.path(), extra);
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the server started with {extra:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

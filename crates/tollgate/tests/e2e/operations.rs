@@ -512,18 +512,12 @@ fn the_cli_prints_json_wherever_it_prints_data() {
     // A vote, as the approver it needs (the identity role).
     let voted = {
         let key = ivan["key"].as_str().unwrap();
-        let out = std::process::Command::new(bin())
-            .args(["approvals", "approve", id, "--reason", "checked", "--json"])
-            .env("TOLLGATE_ADDR", &s.addr)
-            .env("TOLLGATE_TOKEN", key)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (ok, out, err) = s.cli_as(
+            key,
+            &["approvals", "approve", id, "--reason", "checked", "--json"],
         );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        assert!(ok, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
     };
     assert_eq!(voted["status"], "approved", "{voted}");
     let reloaded = json_of(&["policy", "reload", "--json"]);

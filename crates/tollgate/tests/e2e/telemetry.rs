@@ -259,16 +259,6 @@ fn decisions_and_mcp_forwards_are_spans_in_the_callers_trace() {
 #[test]
 fn a_malformed_otlp_endpoint_is_refused_at_start() {
     // A malformed endpoint stops the server at start, saying why.
-    let tmp = tempfile::tempdir().unwrap();
-    let config = config_dir(tmp.path(), "telemetry:\n  otlp_endpoint: collector:4318\n");
-    let out = std::process::Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data")
-        .arg(tmp.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refuses("telemetry:\n  otlp_endpoint: collector:4318\n");
     assert!(err.contains("telemetry.otlp_endpoint"), "{err}");
 }
