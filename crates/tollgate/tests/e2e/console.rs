@@ -507,14 +507,7 @@ fn console_an_open_event_stream_ends_when_the_server_stops() {
         .header("content-type", "application/x-www-form-urlencoded")
         .send(format!("credential={ivan}"))
         .unwrap();
-    assert_eq!(r.status().as_u16(), 303);
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let cookie = redirect_setting_cookie(&r);
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
@@ -566,7 +559,7 @@ fn b64sha(s: &str) -> String {
 impl Idp {
     fn start(key_der: Vec<u8>, kid: String) -> Self {
         use std::collections::HashMap;
-        use std::io::{BufRead, BufReader, Read, Write};
+        use std::io::{BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -577,20 +570,9 @@ impl Idp {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut first = String::new();
-                reader.read_line(&mut first).unwrap();
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0u8; len];
-                reader.read_exact(&mut body).unwrap();
+                let Some((first, body)) = read_request(&mut reader) else {
+                    continue;
+                };
                 let target = first.split(' ').nth(1).unwrap().to_string();
                 let (path, query) = target.split_once('?').unwrap_or((&target, ""));
                 let form: HashMap<String, String> = if first.starts_with("POST") {
@@ -727,14 +709,7 @@ fn console_a_login_through_the_identity_provider_cannot_be_spliced() {
     // Two logins started; the provider hands out a code for the first.
     let start = || {
         let r = agent.get(&s.url("/console/oidc/start")).call().unwrap();
-        assert_eq!(r.status().as_u16(), 303);
-        let cookie = r
-            .headers()
-            .get("set-cookie")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
+        let cookie = redirect_setting_cookie(&r);
         assert!(
             cookie.contains("HttpOnly")
                 && cookie.contains("SameSite=Lax")
@@ -792,4 +767,15 @@ fn console_a_login_through_the_identity_provider_cannot_be_spliced() {
         .collect();
     assert!(!kinds.contains(&json!("console.signed_in")), "{kinds:?}");
     assert!(kinds.contains(&json!("auth.refused")), "{kinds:?}");
+}
+
+/// The `Set-Cookie` of an answer that must be a redirect (303).
+fn redirect_setting_cookie(r: &ureq::http::Response<ureq::Body>) -> String {
+    assert_eq!(r.status().as_u16(), 303);
+    r.headers()
+        .get("set-cookie")
+        .expect("no cookie set")
+        .to_str()
+        .unwrap()
+        .to_string()
 }

@@ -351,7 +351,7 @@ pub struct Receiver {
 }
 
 pub fn receiver() -> Receiver {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -359,38 +359,9 @@ pub fn receiver() -> Receiver {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0usize;
-            let mut chunked = false;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                    chunked = true;
-                }
-            }
-            let mut body = Vec::new();
-            if chunked {
-                loop {
-                    let mut size = String::new();
-                    reader.read_line(&mut size).unwrap();
-                    let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                    let mut chunk = vec![0u8; n + 2];
-                    reader.read_exact(&mut chunk).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    body.extend_from_slice(&chunk[..n]);
-                }
-            } else {
-                body.resize(len, 0);
-                reader.read_exact(&mut body).unwrap();
-            }
+            let Some((_, body)) = read_request(&mut reader) else {
+                continue;
+            };
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
             if let Ok(v) = serde_json::from_slice(&body) {
@@ -399,6 +370,49 @@ pub fn receiver() -> Receiver {
         }
     });
     Receiver { url, bodies: rx }
+}
+
+/// One HTTP/1.1 request from `reader`, for the test servers standing in for
+/// webhooks, identity providers and collectors: its request line and its
+/// body (by `content-length`, or chunked). `None` when the peer closed the
+/// connection or sent something cut short.
+pub fn read_request(reader: &mut impl BufRead) -> Option<(String, Vec<u8>)> {
+    let mut first = String::new();
+    if reader.read_line(&mut first).ok()? == 0 {
+        return None;
+    }
+    let (mut len, mut chunked) = (0usize, false);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 || line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0u8; n + 2];
+            reader.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        body.resize(len, 0);
+        reader.read_exact(&mut body).ok()?;
+    }
+    Some((first, body))
 }
 
 impl Receiver {

@@ -326,7 +326,7 @@ struct BundleServer {
 
 impl BundleServer {
     fn start(first: &Value) -> Self {
-        use std::io::{Read, Write};
+        use std::io::Write;
         let body = std::sync::Arc::new(std::sync::Mutex::new(Some(first.to_string())));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -334,8 +334,10 @@ impl BundleServer {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf);
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                if read_request(&mut reader).is_none() {
+                    continue;
+                }
                 let answer = match serving.lock().unwrap().clone() {
                     Some(b) => format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",

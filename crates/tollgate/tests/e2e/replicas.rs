@@ -883,7 +883,7 @@ struct Hook {
 
 impl Hook {
     fn start() -> Self {
-        use std::io::{BufRead, BufReader, Read, Write};
+        use std::io::{BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let (tx, bodies) = std::sync::mpsc::channel();
@@ -894,20 +894,9 @@ impl Hook {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                if reader.read_exact(&mut body).is_err() {
+                let Some((_, body)) = read_request(&mut reader) else {
                     continue;
-                }
+                };
                 if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                     let _ = tx.send(v);
                 }

@@ -5,7 +5,7 @@
 
 use crate::harness::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::sync::{Arc, Mutex};
 
 /// An OTLP/HTTP receiver on 127.0.0.1: keeps every body POSTed to it.
@@ -71,31 +71,7 @@ impl OtlpReceiver {
 fn serve(conn: std::net::TcpStream, kept: &Mutex<Vec<String>>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut writer = conn;
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = header.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some((_, body)) = read_request(&mut reader) {
         kept.lock()
             .unwrap()
             .push(String::from_utf8_lossy(&body).into_owned());
