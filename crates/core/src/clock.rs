@@ -58,6 +58,13 @@ pub fn rfc3339(t: UnixTime) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
+/// The Unix time an RFC 3339 timestamp names, if it is one.
+pub fn parse_rfc3339(s: &str) -> Option<UnixTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +82,8 @@ mod tests {
     #[test]
     fn rfc3339_renders_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(parse_rfc3339("1970-01-01T00:01:00+00:00"), Some(60));
+        assert_eq!(parse_rfc3339(&rfc3339(1_795_321_672)), Some(1_795_321_672));
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

@@ -110,11 +110,19 @@ pub enum EventKind {
     TrustBundleUpdated,
     /// `authzen.search`: an AuthZEN subject, resource or action search.
     AuthzenSearch,
+    /// `decision.shadow_diff`: the shadow pack would have decided an
+    /// action otherwise than the enforced pack did (never enforced).
+    DecisionShadowDiff,
+    /// `policy.shadow_loaded`: a shadow pack was loaded beside the
+    /// enforced one.
+    PolicyShadowLoaded,
+    /// `policy.shadow_cleared`: the shadow pack was removed.
+    PolicyShadowCleared,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [EventKind; 50] = [
+    pub const ALL: [EventKind; 53] = [
         EventKind::Decision,
         EventKind::AuthzenDecision,
         EventKind::Freeze,
@@ -165,6 +173,9 @@ impl EventKind {
         EventKind::ConsoleSignedOut,
         EventKind::TrustBundleUpdated,
         EventKind::AuthzenSearch,
+        EventKind::DecisionShadowDiff,
+        EventKind::PolicyShadowLoaded,
+        EventKind::PolicyShadowCleared,
     ];
 
     /// The kind as the audit log stores it.
@@ -220,6 +231,9 @@ impl EventKind {
             EventKind::ConsoleSignedOut => "console.signed_out",
             EventKind::TrustBundleUpdated => "trust_bundle.updated",
             EventKind::AuthzenSearch => "authzen.search",
+            EventKind::DecisionShadowDiff => "decision.shadow_diff",
+            EventKind::PolicyShadowLoaded => "policy.shadow_loaded",
+            EventKind::PolicyShadowCleared => "policy.shadow_cleared",
         }
     }
 
@@ -266,6 +280,9 @@ mod tests {
         for (i, k) in EventKind::ALL.into_iter().enumerate() {
             assert_eq!(k as usize, i, "{k} is out of place in ALL");
         }
-        assert_eq!(EventKind::ALL.len(), EventKind::AuthzenSearch as usize + 1);
+        assert_eq!(
+            EventKind::ALL.len(),
+            EventKind::PolicyShadowCleared as usize + 1
+        );
     }
 }

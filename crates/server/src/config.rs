@@ -1,6 +1,7 @@
 //! Server configuration (`tollgate.yaml` in the config directory).
 
 use serde::Deserialize;
+use std::path::PathBuf;
 
 /// An external SPIFFE trust domain whose JWT-SVIDs are accepted: its keys
 /// from a file, or from its SPIFFE bundle endpoint.
@@ -310,6 +311,11 @@ pub struct ServerConfig {
     /// listens on. Never taken from a request's `Host` header.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// A second policy pack (a directory, relative to this one) evaluated
+    /// beside the enforced pack on every decision and never enforced:
+    /// where it would decide otherwise, a `decision.shadow_diff` entry.
+    #[serde(default)]
+    pub shadow_pack: Option<PathBuf>,
 }
 
 /// `store:` in tollgate.yaml; every field can be overridden from the
@@ -570,6 +576,7 @@ impl Default for ServerConfig {
             store: StoreConfig::default(),
             public_url: None,
             telemetry: TelemetryConfig::default(),
+            shadow_pack: None,
         }
     }
 }

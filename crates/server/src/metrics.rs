@@ -20,9 +20,17 @@ pub fn resident_memory_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// A shadow disagreement: what was enforced, what the shadow pack said.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub enforced: String,
+    pub shadow: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub decisions: Family<DecisionLabels, Counter>,
+    pub shadow_diffs: Family<ShadowLabels, Counter>,
     pub decision_seconds: Histogram,
 }
 
@@ -44,9 +52,16 @@ impl Default for Metrics {
             "Time to decide and audit, seconds",
             decision_seconds.clone(),
         );
+        let shadow_diffs = Family::<ShadowLabels, Counter>::default();
+        registry.register(
+            "shadow_disagreements",
+            "Decisions the shadow pack would have made otherwise, by enforced and shadow outcome",
+            shadow_diffs.clone(),
+        );
         Self {
             registry,
             decisions,
+            shadow_diffs,
             decision_seconds,
         }
     }
@@ -61,6 +76,15 @@ impl Metrics {
             })
             .inc();
         self.decision_seconds.observe(seconds);
+    }
+
+    pub fn shadow_diff(&self, enforced: &str, shadow: &str) {
+        self.shadow_diffs
+            .get_or_create(&ShadowLabels {
+                enforced: enforced.into(),
+                shadow: shadow.into(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

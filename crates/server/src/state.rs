@@ -19,9 +19,21 @@ pub const DB_FILE: &str = "tollgate.db";
 /// The state every handler and service operation shares.
 pub type Shared = Arc<AppState>;
 
+/// A pack evaluated beside the enforced one, and where it came from.
+pub struct ShadowPack {
+    pub pack: PolicyPack,
+    /// The directory it was read from.
+    pub source: String,
+    /// When it was loaded (Unix seconds).
+    pub loaded_at: i64,
+}
+
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub pack: ArcSwap<PolicyPack>,
+    /// The shadow pack, if one is loaded: evaluated beside `pack`, never
+    /// enforced (`service::gateway::load_shadow`).
+    pub shadow: arc_swap::ArcSwapOption<ShadowPack>,
     pub tokens: Tokens,
     pub clock: Arc<dyn Clock>,
     pub config: ServerConfig,
@@ -350,6 +362,20 @@ impl AppState {
             .validate()
             .map_err(|e| StartError::Config(format!("TOLLGATE_STORE: {e}")))?;
         let pack = load_pack(opts.config_dir.as_deref())?;
+        let shadow = match &config.shadow_pack {
+            Some(dir) => {
+                let dir = opts
+                    .config_dir
+                    .as_deref()
+                    .unwrap_or(Path::new("."))
+                    .join(dir);
+                let pack = PolicyPack::load_dir(&dir).map_err(|e| {
+                    StartError::Config(format!("tollgate.yaml: shadow_pack {}: {e}", dir.display()))
+                })?;
+                Some((pack, dir))
+            }
+            None => None,
+        };
 
         let data = &opts.data_dir;
         create_data_dir(data)?;
@@ -401,6 +427,7 @@ impl AppState {
         let state = Arc::new(Self {
             store,
             pack: ArcSwap::from_pointee(pack),
+            shadow: arc_swap::ArcSwapOption::empty(),
             tokens,
             bundle_endpoints,
             listen_url: std::sync::OnceLock::new(),
@@ -424,6 +451,9 @@ impl AppState {
         });
         let pack = state.pack.load_full();
         state.audit_pack_loaded(&pack, "startup").await?;
+        if let Some((shadow, dir)) = shadow {
+            state.put_shadow(shadow, &dir, "tollgate").await?;
+        }
         Ok(state)
     }
 
@@ -447,6 +477,36 @@ impl AppState {
     /// shared by every process over the same database.
     pub async fn is_frozen(&self) -> Result<bool, tollgate_store::StoreError> {
         Ok(self.store.setting(FROZEN_KEY).await?.as_deref() == Some("true"))
+    }
+
+    /// Make `pack` the shadow pack, once its `policy.shadow_loaded` entry
+    /// is durable.
+    pub(crate) async fn put_shadow(
+        &self,
+        pack: PolicyPack,
+        dir: &Path,
+        actor: &str,
+    ) -> Result<(), tollgate_store::StoreError> {
+        let shadow = ShadowPack {
+            source: dir.display().to_string(),
+            loaded_at: self.now(),
+            pack,
+        };
+        let ev = AuditEvent::new(
+            self.now(),
+            tollgate_core::EventKind::PolicyShadowLoaded,
+            actor,
+        )
+        .outcome("loaded")
+        .detail(serde_json::json!({
+            "digest": shadow.pack.digest(),
+            "policies": shadow.pack.policy_count(),
+            "source": shadow.source,
+            "enforced_digest": self.pack.load().digest(),
+        }));
+        self.store.commit(Batch::audit_only(ev)).await?;
+        self.shadow.store(Some(Arc::new(shadow)));
+        Ok(())
     }
 
     pub(crate) async fn audit_pack_loaded(

@@ -199,6 +199,7 @@ impl Harness {
         let state = Arc::new(AppState {
             store: store.clone(),
             pack: arc_swap::ArcSwap::from_pointee(tollgate_server::embedded::pack().unwrap()),
+            shadow: arc_swap::ArcSwapOption::empty(),
             tokens: Tokens::new(key, &config.issuer, &config.trust_domain, &config.audience),
             clock: clock.clone(),
             config,

@@ -192,6 +192,16 @@ pub struct Reloaded {
     pub policies: u64,
 }
 
+/// `GET|POST|DELETE /v1/policies/shadow`.
+#[derive(Debug, Deserialize)]
+pub struct ShadowStatus {
+    pub loaded: bool,
+    pub digest: Option<String>,
+    pub policies: Option<u64>,
+    pub source: Option<String>,
+    pub loaded_at: Option<String>,
+}
+
 /// `GET /healthz`.
 #[derive(Debug, Deserialize)]
 pub struct Health {

@@ -9,7 +9,7 @@
 use crate::api_types::{
     Approval, ApprovalList, ApprovalTally, ApproverKey, ApproverList, AuditPage, Checkpoints,
     ErrorBody, Health, IncidentUpdated, KeyedHash, PepKey, PepList, Registered, Reloaded, Revoked,
-    RollbackPlan, SignedCheckpoint, Svid, Task, TaskCredential, Upstreams, Verbatim,
+    RollbackPlan, ShadowStatus, SignedCheckpoint, Svid, Task, TaskCredential, Upstreams, Verbatim,
 };
 use anyhow::{anyhow, Context, Result};
 use serde::de::DeserializeOwned;
@@ -293,6 +293,22 @@ impl Client {
 
     pub fn reload_policy(&self) -> Result<Verbatim<Reloaded>> {
         self.post("/v1/policies/reload", json!({}))
+    }
+
+    pub fn load_shadow(&self, path: &str) -> Result<Verbatim<ShadowStatus>> {
+        self.post("/v1/policies/shadow", json!({"path": path}))
+    }
+
+    pub fn shadow(&self) -> Result<Verbatim<ShadowStatus>> {
+        self.get("/v1/policies/shadow")
+    }
+
+    pub fn clear_shadow(&self) -> Result<Verbatim<ShadowStatus>> {
+        parse(
+            &self.call(Method::Delete, "/v1/policies/shadow", true)?,
+            "DELETE",
+            "/v1/policies/shadow",
+        )
     }
 
     pub fn health(&self) -> Result<Health> {

@@ -320,6 +320,85 @@ pub async fn reload(_: Admin, State(state): State<Shared>) -> Result<Json<Reload
     }))
 }
 
+/// Which pack to shadow.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadShadow {
+    /// The pack's directory on the server, relative to the config
+    /// directory (or absolute).
+    #[schema(min_length = 1, max_length = 4096)]
+    pub path: String,
+}
+
+/// The shadow pack, if one is loaded.
+#[derive(Serialize, ToSchema)]
+pub struct ShadowStatus {
+    pub loaded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loaded_at: Option<String>,
+}
+
+fn shadow_status(shadow: Option<&crate::state::ShadowPack>) -> ShadowStatus {
+    ShadowStatus {
+        loaded: shadow.is_some(),
+        digest: shadow.map(|s| s.pack.digest().to_string()),
+        policies: shadow.map(|s| s.pack.policy_count()),
+        source: shadow.map(|s| s.source.clone()),
+        loaded_at: shadow.map(|s| tollgate_core::clock::rfc3339(s.loaded_at)),
+    }
+}
+
+/// Load a shadow pack: evaluated beside the enforced pack on every
+/// decision of this server, never enforced; each disagreement is a
+/// `decision.shadow_diff` audit entry.
+#[utoipa::path(post, path = "/v1/policies/shadow", request_body = LoadShadow, responses(
+    (status = 200, description = "The shadow pack is loaded (replacing any)", body = ShadowStatus),
+    JsonBody,
+    Secured,
+    (status = 422, description = "The pack does not validate; the previous shadow (if any) stays (`policy_invalid`, with `diagnostics`)", body = ErrorBody),
+), security(("admin" = [])))]
+pub async fn load_shadow(
+    _: Admin,
+    State(state): State<Shared>,
+    ApiJson(req): ApiJson<LoadShadow>,
+) -> Result<Json<ShadowStatus>, ApiError> {
+    if req.path.is_empty() || req.path.len() > 4096 || req.path.contains('\0') {
+        return Err(ApiError::bad_request("path: 1 to 4096 bytes, no NUL"));
+    }
+    let base = state.config_dir.clone().unwrap_or_else(|| ".".into());
+    let loaded = gateway::load_shadow(&state, &base.join(&req.path), "admin").await?;
+    Ok(Json(shadow_status(Some(&loaded))))
+}
+
+/// The shadow pack, if one is loaded.
+#[utoipa::path(get, path = "/v1/policies/shadow", responses(
+    (status = 200, description = "The shadow pack (`loaded: false` when there is none)", body = ShadowStatus),
+    Secured,
+), security(("admin" = [])))]
+pub async fn show_shadow(_: Admin, State(state): State<Shared>) -> Json<ShadowStatus> {
+    Json(shadow_status(state.shadow.load_full().as_deref()))
+}
+
+/// Stop shadowing.
+#[utoipa::path(delete, path = "/v1/policies/shadow", responses(
+    (status = 200, description = "No shadow pack any more (`loaded: false`)", body = ShadowStatus),
+    Secured,
+), security(("admin" = [])))]
+pub async fn clear_shadow(
+    _: Admin,
+    State(state): State<Shared>,
+) -> Result<Json<ShadowStatus>, ApiError> {
+    gateway::clear_shadow(&state, "admin").await?;
+    Ok(Json(shadow_status(None)))
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPep {

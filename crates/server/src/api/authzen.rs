@@ -22,7 +22,7 @@ use crate::api::doc::{self, JsonBody, Secured};
 use crate::api::error::ApiError;
 use crate::service::decide::{decide_action, Decided};
 use crate::service::judge::ActionAsk;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -31,6 +31,25 @@ use serde_json::{Map, Value};
 use tollgate_core::{Agent, Outcome, Task, TaskStatus};
 use tollgate_policy::ResourceRef;
 use utoipa::ToSchema;
+
+/// The body of an AuthZEN request: [`ApiJson`], except that a body sent
+/// as anything but JSON is a 400 like any other bad request, as the spec's
+/// certification scenario wants (c-2-4-3), not a 415.
+pub struct AuthzenJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for AuthzenJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match ApiJson::<T>::from_request(req, state).await {
+            Ok(ApiJson(v)) => Ok(Self(v)),
+            Err(ApiError::UnsupportedMediaType(message)) => Err(ApiError::BadRequest {
+                code: "invalid_content_type",
+                message,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+}
 
 #[derive(Deserialize, Clone, ToSchema)]
 pub struct Subject {
@@ -71,13 +90,107 @@ pub struct Evaluation {
     pub context: Map<String, Value>,
 }
 
+/// A subject or resource as a batch item or a top-level default gives it:
+/// any part may be left to the other.
+#[derive(Deserialize, ToSchema, Clone, Default)]
+pub struct PartialEntity {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    #[schema(value_type = Object)]
+    pub properties: Option<Map<String, Value>>,
+}
+
+/// An action as a batch item or a top-level default gives it.
+#[derive(Deserialize, ToSchema, Clone, Default)]
+pub struct PartialAction {
+    pub name: Option<String>,
+    #[schema(value_type = Object)]
+    pub properties: Option<Map<String, Value>>,
+}
+
+impl PartialEntity {
+    /// An item's entity over the default: it replaces the default whole,
+    /// except that a missing `type` or `id` is the default's (the
+    /// entity-level merge of the certification scenario, c-3-2-7).
+    fn over(item: Option<&Self>, default: Option<&Self>) -> Self {
+        match (item, default) {
+            (Some(i), Some(d)) => Self {
+                kind: i.kind.clone().or_else(|| d.kind.clone()),
+                id: i.id.clone().or_else(|| d.id.clone()),
+                properties: i.properties.clone(),
+            },
+            (Some(x), None) | (None, Some(x)) => x.clone(),
+            (None, None) => Self::default(),
+        }
+    }
+}
+
+impl PartialAction {
+    /// As [`PartialEntity::over`], for `name`.
+    fn over(item: Option<&Self>, default: Option<&Self>) -> Self {
+        match (item, default) {
+            (Some(i), Some(d)) => Self {
+                name: i.name.clone().or_else(|| d.name.clone()),
+                properties: i.properties.clone(),
+            },
+            (Some(x), None) | (None, Some(x)) => x.clone(),
+            (None, None) => Self::default(),
+        }
+    }
+}
+
+/// One item of a batch: each part is optional and defaults to the
+/// request's top-level one.
 #[derive(Deserialize, ToSchema)]
 pub struct EvaluationItem {
-    pub subject: Option<Subject>,
-    pub action: Option<Action>,
-    pub resource: Option<Resource>,
+    pub subject: Option<PartialEntity>,
+    pub action: Option<PartialAction>,
+    pub resource: Option<PartialEntity>,
     #[schema(value_type = Object)]
     pub context: Option<Map<String, Value>>,
+}
+
+impl EvaluationItem {
+    /// The evaluation of this item over the request's defaults, and whether
+    /// it is complete: when a required part is missing from both, what
+    /// there is (missing parts empty), for the record.
+    fn over(&self, defaults: &Evaluations) -> (Evaluation, bool) {
+        let subject = PartialEntity::over(self.subject.as_ref(), defaults.subject.as_ref());
+        let action = PartialAction::over(self.action.as_ref(), defaults.action.as_ref());
+        let resource = PartialEntity::over(self.resource.as_ref(), defaults.resource.as_ref());
+        let complete = [
+            &subject.kind,
+            &subject.id,
+            &action.name,
+            &resource.kind,
+            &resource.id,
+        ]
+        .iter()
+        .all(|p| p.is_some());
+        let e = Evaluation {
+            subject: Subject {
+                kind: subject.kind.unwrap_or_default(),
+                id: subject.id.unwrap_or_default(),
+                properties: subject.properties.unwrap_or_default(),
+            },
+            action: Action {
+                name: action.name.unwrap_or_default(),
+                properties: action.properties.unwrap_or_default(),
+            },
+            resource: Resource {
+                kind: resource.kind.unwrap_or_default(),
+                id: resource.id.unwrap_or_default(),
+                properties: resource.properties.unwrap_or_default(),
+            },
+            context: self
+                .context
+                .clone()
+                .or_else(|| defaults.context.clone())
+                .unwrap_or_default(),
+        };
+        (e, complete)
+    }
 }
 
 #[derive(Deserialize, ToSchema, Default, Clone, Copy, PartialEq, Eq)]
@@ -95,31 +208,12 @@ pub struct Options {
     pub evaluations_semantic: Semantic,
 }
 
-/// A top-level default that may be given as `{}` (the working group's
-/// interop requests do): an empty object is no default.
-fn default_part<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::de::DeserializeOwned,
-{
-    match Option::<Value>::deserialize(d)? {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) if m.is_empty() => Ok(None),
-        Some(v) => serde_json::from_value(v)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
 /// A batch of evaluations with top-level defaults (AuthZEN 1.0 §7).
 #[derive(Deserialize, ToSchema)]
 pub struct Evaluations {
-    #[serde(default, deserialize_with = "default_part")]
-    pub subject: Option<Subject>,
-    #[serde(default, deserialize_with = "default_part")]
-    pub action: Option<Action>,
-    #[serde(default, deserialize_with = "default_part")]
-    pub resource: Option<Resource>,
+    pub subject: Option<PartialEntity>,
+    pub action: Option<PartialAction>,
+    pub resource: Option<PartialEntity>,
     #[schema(value_type = Object)]
     pub context: Option<Map<String, Value>>,
     #[serde(default)]
@@ -442,7 +536,7 @@ pub async fn evaluation(
     pep: PepAuth,
     State(state): State<Shared>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<Evaluation>,
+    AuthzenJson(req): AuthzenJson<Evaluation>,
 ) -> Result<Response, ApiError> {
     let body = evaluate(&state, &pep.0.name, &req, traceparent(&headers)).await?;
     Ok(Json(body).into_response())
@@ -459,50 +553,37 @@ pub async fn evaluations(
     pep: PepAuth,
     State(state): State<Shared>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<Evaluations>,
+    AuthzenJson(req): AuthzenJson<Evaluations>,
 ) -> Result<Response, ApiError> {
-    // No items: a single evaluation of the defaults, answered in the
-    // single shape `{decision, context}` (§7.1).
+    // No items: a single evaluation of the top-level parts, answered in
+    // the single shape `{decision, context}` (§7.1), and refused as
+    // `/access/v1/evaluation` refuses it when a part is missing.
     if req.evaluations.is_empty() {
-        let result = match (req.subject, req.action, req.resource) {
-            (Some(subject), Some(action), Some(resource)) => {
-                let e = Evaluation {
-                    subject,
-                    action,
-                    resource,
-                    context: req.context.unwrap_or_default(),
-                };
-                evaluate(&state, &pep.0.name, &e, traceparent(&headers)).await?
-            }
-            _ => refused(missing_parts()),
+        let alone = EvaluationItem {
+            subject: None,
+            action: None,
+            resource: None,
+            context: None,
         };
+        let (e, complete) = alone.over(&req);
+        if !complete {
+            return Err(ApiError::bad_request(
+                "subject (type, id), action (name) and resource (type, id) are required without evaluations",
+            ));
+        }
+        let result = evaluate(&state, &pep.0.name, &e, traceparent(&headers)).await?;
         return Ok(Json(EvaluationsAnswer::Single(Box::new(result))).into_response());
     }
-    let items = req.evaluations;
-    if items.len() > 100 {
+    if req.evaluations.len() > 100 {
         return Err(ApiError::bad_request("at most 100 evaluations per call"));
     }
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let merged = (
-            item.subject.or_else(|| req.subject.clone()),
-            item.action.or_else(|| req.action.clone()),
-            item.resource.or_else(|| req.resource.clone()),
-        );
-        let result = match merged {
-            (Some(subject), Some(action), Some(resource)) => {
-                let e = Evaluation {
-                    subject,
-                    action,
-                    resource,
-                    context: item
-                        .context
-                        .or_else(|| req.context.clone())
-                        .unwrap_or_default(),
-                };
-                evaluate(&state, &pep.0.name, &e, traceparent(&headers)).await?
+    let mut out = Vec::with_capacity(req.evaluations.len());
+    for item in &req.evaluations {
+        let result = match item.over(&req) {
+            (e, true) => evaluate(&state, &pep.0.name, &e, traceparent(&headers)).await?,
+            (incomplete, false) => {
+                refuse(&state, &pep.0.name, &incomplete, missing_parts()).await?
             }
-            _ => refused(missing_parts()),
         };
         let decision = result.decision;
         out.push(result);
@@ -630,12 +711,13 @@ pub struct SearchResults {
 /// The most results one page holds.
 const MAX_PAGE: u64 = 1000;
 
-/// What a page token is bound to: the request without its token, so a
+/// What a page token is bound to: the request without its `page` (the
+/// follow-up sends the token alone, perhaps with another limit), so a
 /// token cannot be replayed against a changed search.
 fn fingerprint(body: &Value) -> String {
     let mut b = body.clone();
-    if let Some(page) = b.get_mut("page").and_then(Value::as_object_mut) {
-        page.remove("token");
+    if let Some(b) = b.as_object_mut() {
+        b.remove("page");
     }
     tollgate_core::sha256_hex(b.to_string().as_bytes())[..16].to_string()
 }
@@ -750,7 +832,7 @@ async fn search(
 pub async fn search_subject(
     pep: PepAuth,
     State(state): State<Shared>,
-    ApiJson(raw): ApiJson<Value>,
+    AuthzenJson(raw): AuthzenJson<Value>,
 ) -> Result<Json<SearchResults>, ApiError> {
     use crate::service::authzen::SearchKind;
     search(&state, &pep.0.name, SearchKind::Subject, raw)
@@ -768,7 +850,7 @@ pub async fn search_subject(
 pub async fn search_resource(
     pep: PepAuth,
     State(state): State<Shared>,
-    ApiJson(raw): ApiJson<Value>,
+    AuthzenJson(raw): AuthzenJson<Value>,
 ) -> Result<Json<SearchResults>, ApiError> {
     use crate::service::authzen::SearchKind;
     search(&state, &pep.0.name, SearchKind::Resource, raw)
@@ -786,7 +868,7 @@ pub async fn search_resource(
 pub async fn search_action(
     pep: PepAuth,
     State(state): State<Shared>,
-    ApiJson(raw): ApiJson<Value>,
+    AuthzenJson(raw): AuthzenJson<Value>,
 ) -> Result<Json<SearchResults>, ApiError> {
     use crate::service::authzen::SearchKind;
     search(&state, &pep.0.name, SearchKind::Action, raw)

@@ -57,7 +57,7 @@ impl Modify for Security {
         identity::register_agent, identity::attest, identity::refresh_svid, identity::jwks,
         tasks::open_task, tasks::renew_task, tasks::close_task, tasks::add_evidence, tasks::authorize,
         admin::freeze, admin::unfreeze, admin::revoke, admin::list_tasks, admin::show_task, admin::audit,
-        admin::reload, admin::add_pep, admin::list_peps, admin::remove_pep,
+        admin::reload, admin::load_shadow, admin::show_shadow, admin::clear_shadow, admin::add_pep, admin::list_peps, admin::remove_pep,
         admin::release,
         admin::mcp_upstreams,
         lifecycle::delegate,
@@ -260,6 +260,12 @@ pub fn router(state: Shared, mcp: axum::Router) -> Router {
         .route("/v1/revocations", post(admin::revoke))
         .route("/v1/audit", get(admin::audit))
         .route("/v1/policies/reload", post(admin::reload))
+        .route(
+            "/v1/policies/shadow",
+            post(admin::load_shadow)
+                .get(admin::show_shadow)
+                .delete(admin::clear_shadow),
+        )
         .route("/v1/peps", post(admin::add_pep).get(admin::list_peps))
         .route("/v1/peps/{name}", axum::routing::delete(admin::remove_pep))
         .route("/v1/agents/release", post(admin::release))

@@ -40,13 +40,22 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     let started_at = std::time::SystemTime::now();
     // One pack for the whole decision, so the digest audited is the one that decided.
     let pack = state.pack.load_full();
+    let shadow = state.shadow.load_full();
     let prepared = prepare(state, &pack, &ask);
     let mut attempt = 0;
     let verdict = loop {
         attempt += 1;
         let now = state.now();
         let facts = gather(state, &pack, &ask, &prepared, now).await?;
-        let mut verdict = judge(&pack, &state.config, &ask, &prepared, &facts, now);
+        let mut verdict = judge(
+            &pack,
+            shadow.as_deref().map(|s| &s.pack),
+            &state.config,
+            &ask,
+            &prepared,
+            &facts,
+            now,
+        );
         // Let go of the tree's history before the commit: while a decision
         // holds it, the store must copy it to append the next decision's rows.
         drop(facts);
@@ -83,6 +92,11 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         verdict.decision.outcome.as_str(),
         elapsed.as_secs_f64(),
     );
+    if let Some(diff) = verdict.shadow_diff {
+        state
+            .metrics
+            .shadow_diff(diff.enforced.as_str(), diff.shadow.as_str());
+    }
     // One line per decision for whoever watches the server. Agent-chosen
     // strings are logged with `?` (quoted, control characters escaped);
     // parameters never are (they may hold secrets).

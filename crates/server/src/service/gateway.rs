@@ -3,10 +3,26 @@
 //! decision denies). Both live where every process over the store sees them.
 
 use super::Error;
-use crate::state::{load_pack, AppState, FROZEN_KEY};
+use crate::state::{load_pack, AppState, ShadowPack, FROZEN_KEY};
+use std::path::Path;
 use std::sync::Arc;
 use tollgate_audit::AuditEvent;
+use tollgate_core::EventKind;
+use tollgate_policy::{Diagnostic, PolicyError, PolicyPack};
 use tollgate_store::{Batch, Change};
+
+/// A pack's load error as diagnostics, whatever failed.
+fn diagnostics(e: &PolicyError) -> Vec<Diagnostic> {
+    match e {
+        PolicyError::Invalid(d) => d.clone(),
+        other => vec![Diagnostic {
+            file: String::new(),
+            line: 0,
+            column: 0,
+            message: other.to_string(),
+        }],
+    }
+}
 
 /// Rebuild the pack from its source and swap it in atomically. A pack
 /// that does not validate is refused and the old one stays live; a pack
@@ -20,15 +36,7 @@ pub async fn reload_pack(state: &AppState, trigger: &str) -> Result<String, Erro
             Ok(digest)
         }
         Err(e) => {
-            let diags = match &e {
-                tollgate_policy::PolicyError::Invalid(d) => d.clone(),
-                other => vec![tollgate_policy::Diagnostic {
-                    file: String::new(),
-                    line: 0,
-                    column: 0,
-                    message: other.to_string(),
-                }],
-            };
+            let diags = diagnostics(&e);
             let ev = AuditEvent::new(
                 state.now(),
                 tollgate_core::EventKind::PolicyRejected,
@@ -41,6 +49,37 @@ pub async fn reload_pack(state: &AppState, trigger: &str) -> Result<String, Erro
             Err(Error::PolicyInvalid(diags))
         }
     }
+}
+
+/// Load the pack in `dir` as the shadow pack, replacing any: evaluated
+/// beside the enforced pack on every decision of this process, never
+/// enforced. A pack that does not validate is refused (and the previous
+/// shadow, if any, stays).
+pub async fn load_shadow(
+    state: &AppState,
+    dir: &Path,
+    actor: &str,
+) -> Result<Arc<ShadowPack>, Error> {
+    let pack = PolicyPack::load_dir(dir).map_err(|e| Error::PolicyInvalid(diagnostics(&e)))?;
+    state.put_shadow(pack, dir, actor).await?;
+    state
+        .shadow
+        .load_full()
+        .ok_or_else(|| Error::Conflict("the shadow pack was cleared meanwhile".into()))
+}
+
+/// Stop shadowing: the shadow pack's digest, if there was one.
+pub async fn clear_shadow(state: &AppState, actor: &str) -> Result<Option<String>, Error> {
+    let Some(old) = state.shadow.load_full() else {
+        return Ok(None);
+    };
+    let digest = old.pack.digest().to_string();
+    let ev = AuditEvent::new(state.now(), EventKind::PolicyShadowCleared, actor)
+        .outcome("cleared")
+        .detail(serde_json::json!({"digest": digest, "source": old.source}));
+    state.store.commit(Batch::audit_only(ev)).await?;
+    state.shadow.store(None);
+    Ok(Some(digest))
 }
 
 pub async fn set_frozen(state: &AppState, frozen: bool, actor: &str) -> Result<(), Error> {

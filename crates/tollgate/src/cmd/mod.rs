@@ -15,6 +15,7 @@ pub mod mcp;
 pub mod pep;
 pub mod policy;
 pub mod serve;
+pub mod shadow;
 pub mod store;
 pub mod task;
 pub mod tools;

@@ -1,5 +1,5 @@
-//! `tollgate policy validate|test|schema|reload`: all offline on a pack
-//! directory but `reload`, which asks the running server.
+//! `tollgate policy validate|test|schema|reload|shadow`: all offline on a
+//! pack directory but `reload` and `shadow`, which ask the running server.
 
 use crate::client::Client;
 use crate::Conn;
@@ -53,6 +53,12 @@ pub enum PolicyCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A shadow pack on the running server: evaluated beside the enforced
+    /// pack on every decision, never enforced; each disagreement audited.
+    Shadow {
+        #[command(subcommand)]
+        cmd: super::shadow::ShadowCmd,
+    },
     /// Ask the running server to reload its pack.
     Reload {
         /// Print the server's JSON instead of text.
@@ -80,6 +86,7 @@ pub fn run(cmd: PolicyCmd) -> Result<()> {
             ca_file.as_deref(),
             out.as_deref(),
         ),
+        PolicyCmd::Shadow { cmd } => super::shadow::run(cmd),
         PolicyCmd::Reload { json, conn } => {
             let reloaded = Client::new(&conn)?.reload_policy()?;
             if json {

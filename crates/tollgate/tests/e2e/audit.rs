@@ -23,14 +23,6 @@ fn history(s: &Server) -> (String, String) {
     (task_id, cred)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 fn tamper(data: &Path, sql: &str) {
     let conn = rusqlite::Connection::open(data.join("tollgate.db")).unwrap();
     let n = conn.execute(sql, []).unwrap();

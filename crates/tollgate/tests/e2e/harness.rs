@@ -552,3 +552,17 @@ pub fn serve_refuses(extra: &str) -> String {
     assert!(!out.status.success(), "the server started with {extra:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Copy a directory tree (a data directory, an example pack).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

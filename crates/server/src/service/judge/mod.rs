@@ -137,12 +137,24 @@ pub struct Verdict {
     /// Why policy evaluation failed (the answer denies): for the operator's
     /// log only, never for a reason, since it can quote request values.
     pub evaluation_error: Option<String>,
+    /// Where the shadow pack would have decided otherwise (its
+    /// `decision.shadow_diff` entry is in the batch).
+    pub shadow_diff: Option<ShadowDiff>,
+}
+
+/// The enforced outcome and the one the shadow pack would have given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowDiff {
+    pub enforced: Outcome,
+    pub shadow: Outcome,
 }
 
 /// Everything one judgement reads, borrowed for its length.
 #[derive(Clone, Copy)]
 struct Judging<'a> {
     pack: &'a PolicyPack,
+    /// Evaluated beside `pack` on the same facts, never enforced.
+    shadow: Option<&'a PolicyPack>,
     config: &'a ServerConfig,
     ask: &'a ActionAsk<'a>,
     prepared: &'a Prepared,
@@ -151,8 +163,11 @@ struct Judging<'a> {
 }
 
 /// Decide one action. See the module comment for what this may not do.
+/// `shadow`, if given, is evaluated on the same facts and never enforced:
+/// where it would decide otherwise, the batch records it.
 pub fn judge(
     pack: &PolicyPack,
+    shadow: Option<&PolicyPack>,
     config: &ServerConfig,
     ask: &ActionAsk<'_>,
     prepared: &Prepared,
@@ -161,6 +176,7 @@ pub fn judge(
 ) -> Verdict {
     let j = Judging {
         pack,
+        shadow,
         config,
         ask,
         prepared,
@@ -184,11 +200,16 @@ pub fn judge(
         dead_chain: facts.lineage.dead().map(|why| (task.id.as_str(), why)),
         incident: Some((&task.incident_id, facts.incident.as_ref())),
     };
+    // Only policy is shadowed: the gate and rate limits are no pack's.
+    let mut shadowed = None;
     let decided = match gate.refusal() {
         Some(d) => Evaluated::Decided(d),
         None => match rate_limited(&j) {
             Some(d) => Evaluated::Decided(d),
-            None => evaluate(&j),
+            None => {
+                shadowed = shadow.map(|p| evaluate(&j, p));
+                evaluate(&j, pack)
+            }
         },
     };
     let mut evaluation_error = None;
@@ -216,9 +237,67 @@ pub fn judge(
     } else {
         approval::Step::default()
     };
+    let shadow_event = shadowed.and_then(|e| shadow_diff(&j, &decision, e));
     let mut verdict = commit_plan(&j, decision, step);
     verdict.evaluation_error = evaluation_error;
+    if let Some((diff, event)) = shadow_event {
+        verdict.batch.audit.insert(1, event);
+        verdict.shadow_diff = Some(diff);
+    }
     verdict
+}
+
+/// The shadow pack's decision, if it differs from the enforced one in
+/// effect (outcome, or how many approvals), with its audit entry.
+fn shadow_diff(
+    j: &Judging<'_>,
+    enforced: &Decision,
+    shadowed: Evaluated,
+) -> Option<(ShadowDiff, AuditEvent)> {
+    let shadow = match shadowed {
+        Evaluated::Decided(d) | Evaluated::Failed { denial: d, .. } => d,
+        // The shadow pack's schema or catalog does not take this request:
+        // it would have refused it, which a denial stands for here.
+        Evaluated::Malformed(m) => {
+            Decision::deny(format!("the shadow pack refuses the request: {m}"))
+        }
+    };
+    let approvals =
+        |d: &Decision| (d.outcome == Outcome::ApprovalRequired).then_some(d.approvals_required);
+    if shadow.outcome == enforced.outcome && approvals(&shadow) == approvals(enforced) {
+        return None;
+    }
+    let (ask, prepared) = (j.ask, j.prepared);
+    let side = |d: &Decision, pack: Option<&PolicyPack>| {
+        json!({
+            "outcome": d.outcome.as_str(),
+            "policies": d.policies,
+            "reasons": d.reasons,
+            "approvals_required": approvals(d),
+            "policy_digest": pack.map(PolicyPack::digest),
+        })
+    };
+    let event = AuditEvent::new(j.now, EventKind::DecisionShadowDiff, ask.actor.clone())
+        .agent(ask.agent.spiffe_id.clone())
+        .task(ask.task.id.clone())
+        .incident(ask.task.incident_id.clone())
+        .request(&prepared.request_id)
+        .outcome(format!(
+            "{}->{}",
+            enforced.outcome.as_str(),
+            shadow.outcome.as_str()
+        ))
+        .detail(json!({
+            "action": ask.action,
+            "resource": ask.resource.key(),
+            "enforced": side(enforced, Some(j.pack)),
+            "shadow": side(&shadow, j.shadow),
+        }));
+    let diff = ShadowDiff {
+        enforced: enforced.outcome,
+        shadow: shadow.outcome,
+    };
+    Some((diff, event))
 }
 
 fn refused(decision: Decision, batch: Batch, refusal: Refusal) -> Verdict {
@@ -230,6 +309,7 @@ fn refused(decision: Decision, batch: Batch, refusal: Refusal) -> Verdict {
         revokes: None,
         effects: vec![],
         evaluation_error: None,
+        shadow_diff: None,
     }
 }
 
@@ -288,8 +368,9 @@ fn rate_limited(j: &Judging<'_>) -> Option<Decision> {
     None
 }
 
-fn evaluate(j: &Judging<'_>) -> Evaluated {
-    let (pack, ask, facts, now) = (j.pack, j.ask, j.facts, j.now);
+/// `pack`'s decision on the facts: the enforced pack's, or the shadow's.
+fn evaluate(j: &Judging<'_>, pack: &PolicyPack) -> Evaluated {
+    let (ask, facts, now) = (j.ask, j.facts, j.now);
     // Summarised only when policy runs: the gate and rate limits need none.
     let history = HistorySummary::from_records(&facts.history, pack.catalog(), now);
     let Some(incident) = facts.incident.as_ref() else {
@@ -471,5 +552,6 @@ fn commit_plan(j: &Judging<'_>, decision: Decision, mut step: approval::Step) ->
         revokes,
         effects,
         evaluation_error: None,
+        shadow_diff: None,
     }
 }

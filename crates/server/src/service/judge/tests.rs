@@ -296,6 +296,7 @@ impl Case {
     fn verdict(&self) -> Verdict {
         judge(
             pack(),
+            None,
             config(),
             &self.ask(),
             &self.prepared(),
@@ -458,6 +459,7 @@ fn an_approval_required_decision_opens_one_approval_or_shares_the_pending_one() 
     facts.pending_approvals = vec![opened.clone()];
     let again = judge(
         pack(),
+        None,
         config(),
         &case.ask(),
         &case.prepared(),

@@ -101,10 +101,14 @@ fn ocsf_activity(kind: &str, action: &str) -> (i64, &'static str) {
         | "approval.vote_refused"
         | "evidence.recorded"
         | "incident.recorded"
-        | "console.signed_in" => CREATE,
-        "approver.removed" | "pep.removed" | "console.signed_out" => DELETE,
+        | "console.signed_in"
+        | "policy.shadow_loaded" => CREATE,
+        "approver.removed" | "pep.removed" | "console.signed_out" | "policy.shadow_cleared" => {
+            DELETE
+        }
         "authzen.search" => READ,
-        "auth.refused" | "webhook.failed" => (99, "Other"),
+        // A shadow disagreement records what a pack would have done.
+        "auth.refused" | "webhook.failed" | "decision.shadow_diff" => (99, "Other"),
         _ => UPDATE,
     }
 }

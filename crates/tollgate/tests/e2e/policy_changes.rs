@@ -1,0 +1,169 @@
+//! Changing a pack with confidence: a shadow pack evaluated beside the
+//! enforced one on live traffic, never enforced.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+
+/// A copy of the config's pack at `to`, plus one more policy file.
+fn pack_with(config: &std::path::Path, to: &std::path::Path, extra_policy: &str) {
+    copy_dir(config, to);
+    std::fs::write(to.join("policies/95-candidate.cedar"), extra_policy).unwrap();
+}
+
+const NO_READS_ON_WEB_2: &str = r#"
+@id("no-alert-reads-on-web-2")
+@reason("alert reads on web-2 go through the EDR team")
+forbid (principal, action == Action::"edr.read_alerts", resource == Host::"web-2");
+"#;
+
+fn shadow_diffs(s: &Server) -> Vec<Value> {
+    s.audit("")
+        .into_iter()
+        .filter(|e| e["event"]["kind"] == "decision.shadow_diff")
+        .collect()
+}
+
+#[test]
+fn a_shadow_pack_is_evaluated_beside_the_enforced_one_and_never_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config_dir(tmp.path(), "shadow_pack: ../candidate\n");
+    pack_with(&config, &tmp.path().join("candidate"), NO_READS_ON_WEB_2);
+    let s = Server::start_with_config(&config, &tmp.path().join("data"));
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+
+    // The enforced pack decides; the shadow only records where it differs.
+    let (status, same) = s.authorize(&cred, "edr.read_alerts", host("web-1"));
+    assert_eq!((status, same["decision"].as_str()), (200, Some("allow")));
+    let (status, differs) = s.authorize(&cred, "edr.read_alerts", host("web-2"));
+    assert_eq!(
+        (status, differs["decision"].as_str()),
+        (200, Some("allow")),
+        "{differs}"
+    );
+    let diffs = shadow_diffs(&s);
+    assert_eq!(diffs.len(), 1, "{diffs:?}");
+    let ev = &diffs[0]["event"];
+    assert_eq!(ev["request_id"], differs["request_id"]);
+    assert_eq!(ev["outcome"], "allow->deny");
+    assert_eq!(ev["detail"]["enforced"]["outcome"], "allow");
+    assert_eq!(ev["detail"]["shadow"]["outcome"], "deny");
+    assert_eq!(
+        ev["detail"]["shadow"]["policies"],
+        json!(["no-alert-reads-on-web-2"])
+    );
+    assert_eq!(ev["detail"]["resource"], "Host::web-2");
+    assert_ne!(
+        ev["detail"]["shadow"]["policy_digest"],
+        ev["detail"]["enforced"]["policy_digest"]
+    );
+    // The decision's own entry comes first, the disagreement beside it.
+    let entries = s.audit("");
+    let at = |kind: &str| {
+        entries
+            .iter()
+            .position(|e| {
+                e["event"]["kind"] == kind && e["event"]["request_id"] == differs["request_id"]
+            })
+            .unwrap()
+    };
+    assert_eq!(at("decision.shadow_diff"), at("decision") + 1);
+    assert!(entries
+        .iter()
+        .any(|e| e["event"]["kind"] == "policy.shadow_loaded"
+            && e["event"]["detail"]["source"]
+                .as_str()
+                .unwrap()
+                .ends_with("candidate")));
+    let metrics = s.get("/metrics", None).1;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(r#"tollgate_shadow_disagreements_total{enforced="allow",shadow="deny"} 1"#),
+        "{metrics}"
+    );
+
+    // The report groups them, with the policies that differ and the requests.
+    let (ok, out, err) = s.cli(&["policy", "shadow", "report", "--json"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["disagreements"], 1);
+    let group = &report["groups"][0];
+    assert_eq!(
+        (group["enforced"].as_str(), group["shadow"].as_str()),
+        (Some("allow"), Some("deny"))
+    );
+    assert_eq!(group["requests"], json!([differs["request_id"]]));
+    assert!(group["policies"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("no-alert-reads-on-web-2")));
+    let (ok, out, _) = s.cli(&["policy", "shadow", "report"]);
+    assert!(ok);
+    assert!(out.contains("allow -> deny: 1"), "{out}");
+    let (ok, out, _) = s.cli(&[
+        "policy",
+        "shadow",
+        "report",
+        "--since",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert!(ok);
+    assert!(out.starts_with("no disagreements"), "{out}");
+
+    // A pack that does not validate is refused; the shadow stays.
+    let (_, shown) = s.get("/v1/policies/shadow", Some(&s.admin.clone()));
+    let broken = tmp.path().join("broken");
+    pack_with(
+        &config,
+        &broken,
+        "permit (principal, action, resource) when { nonsense };",
+    );
+    let (status, refused) = s.post(
+        "/v1/policies/shadow",
+        Some(&s.admin.clone()),
+        &json!({"path": broken.to_str().unwrap()}),
+    );
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["error"]["diagnostics"][0]["file"]
+            .as_str()
+            .unwrap()
+            .contains("95-candidate.cedar"),
+        "{refused}"
+    );
+    assert_eq!(
+        s.get("/v1/policies/shadow", Some(&s.admin.clone())).1,
+        shown
+    );
+
+    // Cleared: nothing more is shadowed.
+    let (ok, out, err) = s.cli(&["policy", "shadow", "clear"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "no shadow pack");
+    s.authorize(&cred, "edr.read_alerts", host("web-2"));
+    assert_eq!(shadow_diffs(&s).len(), 1);
+    assert!(s
+        .audit("")
+        .iter()
+        .any(|e| e["event"]["kind"] == "policy.shadow_cleared"));
+
+    // Loaded again through the CLI (relative to the config directory).
+    let (ok, out, err) = s.cli(&["policy", "shadow", "load", "../candidate"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("shadow pack: "), "{out}");
+    let (_, again) = s.authorize(&cred, "edr.read_alerts", host("web-2"));
+    assert_eq!(again["decision"], "allow");
+    assert_eq!(shadow_diffs(&s).len(), 2);
+    let (ok, out, _) = s.cli(&["policy", "shadow", "show", "--json"]);
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["loaded"], true);
+}
+
+#[test]
+fn a_shadow_pack_that_does_not_load_stops_the_server_at_start() {
+    let err = serve_refuses("shadow_pack: no-such-pack\n");
+    assert!(err.contains("shadow_pack"), "{err}");
+}
