@@ -1,6 +1,7 @@
 //! `tollgate audit verify|export|timeline|checkpoint|hash|tail`.
 
 mod export;
+mod ocsf_ai;
 mod verify;
 
 use crate::api_types::{AuditLine, Verbatim};
@@ -34,9 +35,14 @@ pub enum AuditCmd {
     /// Export entries: jsonl (the whole log with its checkpoints, verifiable)
     /// or ocsf (OCSF API Activity events, filterable by incident).
     Export {
-        /// jsonl: the whole log, verifiable with `audit verify --file`; ocsf: OCSF 1.3 API Activity events.
+        /// jsonl: the whole log, verifiable with `audit verify --file`; ocsf: OCSF API Activity events.
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "ocsf"])]
         format: String,
+        /// The OCSF schema version: 1.3 (1.3.0), or 1.9 (1.9.0, with its
+        /// AI agent, delegation, security control and record integrity
+        /// vocabulary; 1.9-dev is taken for it too).
+        #[arg(long, default_value = "1.3", value_parser = ["1.3", "1.3.0", "1.9", "1.9.0", "1.9-dev"])]
+        ocsf_version: String,
         /// Only this incident's entries (ocsf only: a jsonl export is the whole chain).
         #[arg(long)]
         incident: Option<String>,
@@ -92,9 +98,16 @@ pub fn run(cmd: AuditCmd, conn: &Conn) -> Result<()> {
             let result = verify(conn, file, public_key.as_deref(), checkpoint.as_deref());
             verify::report(result, json)
         }
-        AuditCmd::Export { format, incident } => {
-            export::export(&Client::new(conn)?, &format, incident.as_deref())
-        }
+        AuditCmd::Export {
+            format,
+            incident,
+            ocsf_version,
+        } => export::export(
+            &Client::new(conn)?,
+            &format,
+            incident.as_deref(),
+            ocsf_version.starts_with("1.9"),
+        ),
         AuditCmd::Timeline { incident, json } => {
             export::timeline(&Client::new(conn)?, &incident, json)
         }

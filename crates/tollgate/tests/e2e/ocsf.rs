@@ -1,6 +1,7 @@
 //! `tollgate audit export --format ocsf` writes events that validate against
-//! the OCSF 1.3.0 API Activity class: a compiled copy of the schema is in
-//! `ocsf/api_activity-1.3.0.json` (see `ocsf/README.md`), and the validator
+//! the OCSF 1.3.0 API Activity class, and with `--ocsf-version 1.9` against
+//! OCSF 1.9.0's: compiled copies of the schema are in
+//! `ocsf/api_activity-{1.3.0,1.9.0}.json` (see `ocsf/README.md`), and the validator
 //! below checks every attribute of every event against it: known
 //! attributes only (besides `unmapped`), required ones present (profile
 //! attributes only when the profile is declared), types, enum values,
@@ -10,7 +11,8 @@
 use crate::harness::*;
 use serde_json::{json, Map, Value};
 
-const SCHEMA: &str = include_str!("ocsf/api_activity-1.3.0.json");
+const SCHEMA_1_3: &str = include_str!("ocsf/api_activity-1.3.0.json");
+const SCHEMA_1_9: &str = include_str!("ocsf/api_activity-1.9.0.json");
 
 struct Validator {
     schema: Value,
@@ -18,8 +20,12 @@ struct Validator {
 
 impl Validator {
     fn new() -> Self {
+        Self::of(SCHEMA_1_3)
+    }
+
+    fn of(schema: &str) -> Self {
         Self {
-            schema: serde_json::from_str(SCHEMA).unwrap(),
+            schema: serde_json::from_str(schema).unwrap(),
         }
     }
 
@@ -259,11 +265,10 @@ fn ocsf_validator_finds_what_the_schema_forbids() {
     assert!(v.check(&cloud).join("; ").contains("cloud: required"));
 }
 
-#[test]
-fn ocsf_export_of_a_whole_scenario_validates_against_1_3_0() {
-    // The demo's log (decisions, approvals and votes, evidence, MCP calls,
-    // a rollback, a chain-rule revocation), served, plus refusals,
-    // revocations and admin changes on top.
+/// The demo's log (decisions, approvals and votes, evidence, MCP calls,
+/// a rollback, a chain-rule revocation), served, plus a delegation,
+/// refusals, revocations and admin changes on top.
+fn scenario() -> (Server, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let demo = tmp.path().join("demo");
     let out = std::process::Command::new(bin())
@@ -279,6 +284,14 @@ fn ocsf_export_of_a_whole_scenario_validates_against_1_3_0() {
     let s = Server::start_with_config(&demo.join("config"), &demo.join("data"));
     let svid = s.enrol(IR);
     let (task_id, cred) = s.open_task(&svid);
+    s.enrol("spiffe://acme.test/agent/forensics/i-2");
+    let (status, child) = s.post(
+        &format!("/v1/tasks/{task_id}/delegate"),
+        Some(&cred),
+        &json!({"agent": "spiffe://acme.test/agent/forensics/i-2", "actions": ["forensics.image_host"],
+                "resources": ["Host::web-1"], "ttl_seconds": 120, "intent": "collect a forensic image"}),
+    );
+    assert_eq!(status, 201, "{child}");
     s.authorize(
         &cred,
         "logs.delete",
@@ -305,17 +318,14 @@ fn ocsf_export_of_a_whole_scenario_validates_against_1_3_0() {
     assert!(ok, "{err}");
     let (ok, _, err) = s.cli(&["unfreeze"]);
     assert!(ok, "{err}");
+    (s, tmp)
+}
 
-    let (ok, text, err) = s.cli(&["audit", "export", "--format", "ocsf"]);
-    assert!(ok, "{err}");
-    let events: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(events.len() > 35, "{} events", events.len());
-    let v = Validator::new();
+/// Every problem of every event, under `schema`.
+fn problems(events: &[Value], schema: &str) -> Vec<String> {
+    let v = Validator::of(schema);
     let mut problems = Vec::new();
-    for e in &events {
+    for e in events {
         for p in v.check(e) {
             problems.push(format!(
                 "{} ({}): {p}",
@@ -323,6 +333,25 @@ fn ocsf_export_of_a_whole_scenario_validates_against_1_3_0() {
             ));
         }
     }
+    problems
+}
+
+fn export(s: &Server, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["audit", "export", "--format", "ocsf"];
+    all.extend_from_slice(args);
+    let (ok, text, err) = s.cli(&all);
+    assert!(ok, "{err}");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn ocsf_export_of_a_whole_scenario_validates_against_1_3_0() {
+    let (s, _tmp) = scenario();
+    let events = export(&s, &[]);
+    assert!(events.len() > 35, "{} events", events.len());
+    let problems = problems(&events, SCHEMA_1_3);
     assert!(
         problems.is_empty(),
         "{} problems:\n{}",
@@ -391,4 +420,149 @@ fn ocsf_export_of_a_whole_scenario_validates_against_1_3_0() {
     assert!(events
         .iter()
         .all(|e| e["unmapped"]["policies"].is_array() && e["unmapped"]["reasons"].is_array()));
+}
+
+/// SHA-256 of the JCS form of an exported event without its attestations'
+/// fingerprints and signatures: OCSF 1.9's record-integrity fingerprint,
+/// recomputed here as a consumer would.
+fn ocsf_fingerprint(event: &Value) -> String {
+    use sha2::Digest;
+    let mut bare = event.clone();
+    for a in bare["attestation_list"].as_array_mut().unwrap() {
+        let a = a.as_object_mut().unwrap();
+        a.remove("fingerprint");
+        a.remove("signatures");
+    }
+    let canonical = serde_json_canonicalizer::to_vec(&bare).unwrap();
+    hex::encode(sha2::Sha256::digest(&canonical))
+}
+
+#[test]
+fn ocsf_1_9_export_carries_the_agent_the_decision_and_a_verifiable_chain() {
+    let (s, _tmp) = scenario();
+    let events = export(&s, &["--ocsf-version", "1.9"]);
+    assert!(events.len() > 35, "{} events", events.len());
+    let found = problems(&events, SCHEMA_1_9);
+    assert!(
+        found.is_empty(),
+        "{} problems:\n{}",
+        found.len(),
+        found.join("\n")
+    );
+    // The same events are not 1.3.0 any more (the validator can tell).
+    assert!(!problems(&events, SCHEMA_1_3).is_empty());
+
+    let of = |kind: &str, outcome: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| {
+                e["unmapped"]["kind"] == kind
+                    && (outcome.is_empty() || e["status_detail"] == outcome)
+            })
+            .collect()
+    };
+    // Decisions: who (the agent), what the gateway did, by which policies.
+    let allowed = of("decision", "allow");
+    let read = allowed
+        .iter()
+        .find(|e| e["api"]["operation"] == "edr.read_alerts")
+        .unwrap();
+    assert_eq!(read["metadata"]["version"], "1.9.0");
+    assert_eq!(read["ai_agent"]["uid"], read["actor"]["user"]["uid"]);
+    assert_eq!(read["ai_agent"]["name"], "ir-responder");
+    assert_eq!(
+        read["ai_agent"]["instance_uid"],
+        read["metadata"]["correlation_uid"]
+    );
+    assert_eq!(read["actor"]["user"]["type"], "Service");
+    assert_eq!(
+        (read["action_id"].clone(), read["disposition_id"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(
+        read["authorizations"][0]["policy"]["uid"],
+        "read-during-task"
+    );
+    assert!(read["policy"]["uid"].as_str().unwrap().len() >= 16);
+    let held = of("decision", "approval_required");
+    assert!(held
+        .iter()
+        .all(|e| e["disposition_id"] == 14 && e["action"] == "Approval Required"));
+    let denied = of("decision", "deny");
+    assert!(!denied.is_empty() && denied.iter().all(|e| e["disposition_id"] == 2));
+    // A vote is a human's: approve/deny dispositions, no ai_agent.
+    for vote in of("approval.vote", "") {
+        let want = if vote["status_detail"] == "approve" {
+            8
+        } else {
+            25
+        };
+        assert_eq!(vote["disposition_id"], want, "{vote}");
+        assert!(vote.get("ai_agent").is_none(), "{vote}");
+    }
+    assert!(of("task.revoked", "")
+        .iter()
+        .all(|e| e["disposition_id"] == 24));
+    // The delegation names the child task and the task it came from.
+    let delegated = of("task.delegated", "");
+    assert_eq!(delegated.len(), 1);
+    let d = &delegated[0]["delegation"];
+    assert_eq!(d["uid"], delegated[0]["unmapped"]["task_id"]);
+    assert!(
+        d["parent_uid"].as_str().unwrap().starts_with("task_"),
+        "{d}"
+    );
+    assert!(d["created_time"].is_i64());
+
+    // Record integrity: every fingerprint recomputes, each event names the
+    // one before it, the entry's own hash is raw_data_hash, and the signed
+    // checkpoint's root is the second attestation's digest.
+    let mut prev: Option<&Value> = None;
+    for e in &events {
+        let link = &e["attestation_list"][0];
+        assert_eq!(
+            link["fingerprint"]["value"].as_str().unwrap(),
+            ocsf_fingerprint(e),
+            "{e}"
+        );
+        match prev {
+            None => assert!(link.get("prev_event").is_none()),
+            Some(p) => {
+                assert_eq!(link["prev_event"]["uid"], p["metadata"]["uid"]);
+                assert_eq!(link["prev_event"]["type_uid"], p["type_uid"]);
+                assert_eq!(
+                    link["prev_event"]["fingerprint"]["value"],
+                    p["attestation_list"][0]["fingerprint"]["value"]
+                );
+            }
+        }
+        assert_eq!(e["raw_data_hash"]["value"], e["unmapped"]["entry_hash"]);
+        let signed = &e["attestation_list"][1]["signatures"][0];
+        assert_eq!(signed["algorithm"], "Ed25519");
+        assert_eq!(
+            signed["digest"]["value"],
+            e["unmapped"]["checkpoint"]["root_hash"]
+        );
+        prev = Some(e);
+    }
+    // An edit anywhere in an event no longer matches its fingerprint.
+    let mut edited = events[3].clone();
+    edited["status_detail"] = json!("allow");
+    edited["message"] = json!("nothing happened");
+    assert_ne!(
+        edited["attestation_list"][0]["fingerprint"]["value"]
+            .as_str()
+            .unwrap(),
+        ocsf_fingerprint(&edited)
+    );
+    // A filtered export is its own chain.
+    let incident = export(&s, &["--ocsf-version", "1.9", "--incident", "INC-4711"]);
+    assert!(!incident.is_empty());
+    assert!(incident[0]["attestation_list"][0]
+        .get("prev_event")
+        .is_none());
+    assert!(incident[0]["attestation_list"][0]["chain_uid"]
+        .as_str()
+        .unwrap()
+        .ends_with(":incident:INC-4711"));
 }

@@ -33,7 +33,8 @@ fn fetch(c: &Client, incident: Option<&str>) -> Result<(Checkpoint, Vec<AuditEnt
     Ok((cp, out))
 }
 
-pub fn export(c: &Client, format: &str, incident: Option<&str>) -> Result<()> {
+/// `ai`: OCSF 1.9.0 with its AI and record-integrity vocabulary, not 1.3.0.
+pub fn export(c: &Client, format: &str, incident: Option<&str>, ai: bool) -> Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match format {
         "jsonl" => {
@@ -57,8 +58,15 @@ pub fn export(c: &Client, format: &str, incident: Option<&str>) -> Result<()> {
         }
         "ocsf" => {
             let (cp, entries) = fetch(c, incident)?;
+            let mut chain = super::ocsf_ai::Chain::new(&cp, incident);
             for e in &entries {
-                writeln!(out, "{}", ocsf(e, &cp))?;
+                let event = ocsf(e, &cp);
+                let event = if ai {
+                    super::ocsf_ai::upgrade(event, e, &cp, &mut chain)?
+                } else {
+                    event
+                };
+                writeln!(out, "{event}")?;
             }
         }
         other => bail!("unknown format {other:?}; use jsonl or ocsf"),
