@@ -143,14 +143,36 @@ fn verify(
     public_key: Option<&str>,
     checkpoint: Option<&Path>,
 ) -> Result<verify::Verified> {
-    match (file, &conn.data) {
-        (Some(f), _) => verify::verify_file(&f, public_key, checkpoint),
-        (None, Some(dir)) => tokio::runtime::Builder::new_current_thread()
+    match file {
+        Some(f) => verify::verify_file(&f, public_key, checkpoint),
+        None => verify_log(conn, public_key, checkpoint, &mut |_| {}),
+    }
+}
+
+/// Verify the log of a stopped server's data directory (`--data`), or else
+/// of the running server, handing each verified entry to `sink`.
+fn verify_log(
+    conn: &Conn,
+    public_key: Option<&str>,
+    checkpoint: Option<&Path>,
+    sink: &mut dyn FnMut(&tollgate_audit::AuditEntry),
+) -> Result<verify::Verified> {
+    match &conn.data {
+        Some(dir) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
-            .block_on(verify::verify_data(dir, public_key, checkpoint)),
-        (None, None) => verify::verify_api(&Client::new(conn)?, public_key, checkpoint),
+            .block_on(verify::verify_data(dir, public_key, checkpoint, sink)),
+        None => verify::verify_api(&Client::new(conn)?, public_key, checkpoint, sink),
     }
+}
+
+/// Every entry of the log (`--data` or the running server's), read only
+/// once the whole log verified: hash chain, Merkle roots and every signed
+/// checkpoint.
+pub fn verified_entries(conn: &Conn) -> Result<Vec<tollgate_audit::AuditEntry>> {
+    let mut entries = Vec::new();
+    verify_log(conn, None, None, &mut |e| entries.push(e.clone()))?;
+    Ok(entries)
 }
 
 /// An entry as the server sent it (`--json`) and as a line reads it.

@@ -14,6 +14,7 @@ pub mod init;
 pub mod mcp;
 pub mod pep;
 pub mod policy;
+pub mod replay;
 pub mod serve;
 pub mod shadow;
 pub mod store;

@@ -59,6 +59,26 @@ pub enum PolicyCmd {
         #[command(subcommand)]
         cmd: super::shadow::ShadowCmd,
     },
+    /// Re-decide the recorded decisions of the audit log (verified first)
+    /// against a candidate pack, each with the facts it had at the time,
+    /// and print what would change; exits 1 if anything would. Reads a
+    /// stopped server's --data directory, or the running server's log.
+    Replay {
+        /// The candidate pack directory.
+        #[arg(long)]
+        pack: PathBuf,
+        /// Only decisions at or after this time (RFC 3339, or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this incident's decisions.
+        #[arg(long)]
+        incident: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Ask the running server to reload its pack.
     Reload {
         /// Print the server's JSON instead of text.
@@ -87,6 +107,13 @@ pub fn run(cmd: PolicyCmd) -> Result<()> {
             out.as_deref(),
         ),
         PolicyCmd::Shadow { cmd } => super::shadow::run(cmd),
+        PolicyCmd::Replay {
+            pack,
+            since,
+            incident,
+            json,
+            conn,
+        } => replay(&pack, since.as_deref(), incident, json, &conn),
         PolicyCmd::Reload { json, conn } => {
             let reloaded = Client::new(&conn)?.reload_policy()?;
             if json {
@@ -99,6 +126,38 @@ pub fn run(cmd: PolicyCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn replay(
+    dir: &Path,
+    since: Option<&str>,
+    incident: Option<String>,
+    json: bool,
+    conn: &Conn,
+) -> Result<()> {
+    let pack = load(dir)?;
+    let filter = super::replay::Filter {
+        since: since.map(super::shadow::parse_time).transpose()?,
+        incident,
+    };
+    let entries = super::audit::verified_entries(conn)
+        .context("the audit log did not verify; nothing was replayed")?;
+    let replayed = super::replay::replay(&entries, &pack, &filter);
+    let report = super::replay::report(&replayed);
+    if json {
+        crate::print_json(&report)?;
+    } else {
+        super::replay::print(&report)?;
+    }
+    // For CI pipelines of policy repositories: a change fails the step.
+    if !replayed.changes.is_empty() {
+        bail!(
+            "{} of {} replayed decisions would change",
+            replayed.changes.len(),
+            replayed.replayed
+        );
+    }
+    Ok(())
 }
 
 /// A diagnostic with its file named by the path given, not relative to the pack.
@@ -148,17 +207,22 @@ fn validate(dir: &Path, json: bool) -> Result<()> {
     }
 }
 
-fn test(dir: &Path, mut files: Vec<PathBuf>, json: bool) -> Result<()> {
-    let pack = match tollgate_policy::PolicyPack::load_dir(dir) {
-        Ok(p) => p,
+/// The pack in `dir`; its problems on stderr if it does not validate.
+fn load(dir: &Path) -> Result<tollgate_policy::PolicyPack> {
+    match tollgate_policy::PolicyPack::load_dir(dir) {
+        Ok(p) => Ok(p),
         Err(tollgate_policy::PolicyError::Invalid(diags)) => {
             for d in &diags {
                 eprintln!("{}", d_with_dir(dir, d));
             }
             bail!("the pack in {} does not validate", dir.display())
         }
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn test(dir: &Path, mut files: Vec<PathBuf>, json: bool) -> Result<()> {
+    let pack = load(dir)?;
     if files.is_empty() {
         let tests = dir.join("tests");
         files = std::fs::read_dir(&tests)

@@ -15,6 +15,7 @@ pub enum ShadowCmd {
     /// Load a pack directory (on the server, relative to its config
     /// directory) as the shadow pack, replacing any.
     Load {
+        /// The pack directory, as the server sees it.
         path: String,
         /// Print the server's JSON instead of text.
         #[arg(long)]
@@ -24,6 +25,7 @@ pub enum ShadowCmd {
     },
     /// Show the shadow pack, if one is loaded.
     Show {
+        /// Print the server's JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -88,7 +90,7 @@ fn show(s: &crate::api_types::Verbatim<crate::api_types::ShadowStatus>, json: bo
 }
 
 /// RFC 3339 or Unix seconds.
-fn parse_time(s: &str) -> Result<i64> {
+pub fn parse_time(s: &str) -> Result<i64> {
     if let Ok(n) = s.parse::<i64>() {
         return Ok(n);
     }

@@ -167,3 +167,167 @@ fn a_shadow_pack_that_does_not_load_stops_the_server_at_start() {
     let err = serve_refuses("shadow_pack: no-such-pack\n");
     assert!(err.contains("shadow_pack"), "{err}");
 }
+
+/// `tollgate policy replay` with `args`, reading the log as `how` says.
+fn replay(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(["policy", "replay"])
+        .args(args)
+        .env_remove("TOLLGATE_DATA")
+        .env_remove("TOLLGATE_ADDR")
+        .env_remove("TOLLGATE_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn replaying_the_log_against_a_candidate_pack_shows_what_would_change() {
+    // The demo's log: reads, containment denied then allowed after
+    // evidence, an approval, a rollback, a chain rule that revokes.
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = tmp.path().join("demo");
+    let out = std::process::Command::new(bin())
+        .args(["demo", "--dir"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (config, data) = (demo.join("config"), demo.join("data"));
+    let data_arg = data.to_str().unwrap();
+
+    // The pack that decided, replayed with the facts of the time (task,
+    // incident, evidence, the tree's history), decides the same: nothing
+    // changes, exit 0.
+    let (ok, out, err) = replay(
+        &[
+            "--pack",
+            config.to_str().unwrap(),
+            "--data",
+            data_arg,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "{out}\n{err}");
+    let same: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(same["changed"], 0, "{same}");
+    assert!(same["replayed"].as_u64().unwrap() >= 8, "{same}");
+
+    // A candidate that forbids isolating hosts: each isolation the log
+    // allowed would now be denied, by that policy, and the step fails.
+    let candidate = tmp.path().join("candidate");
+    pack_with(
+        &config,
+        &candidate,
+        r#"@id("no-isolation") @reason("isolation goes through the EDR team")
+forbid (principal, action == Action::"edr.isolate_host", resource);"#,
+    );
+    let (ok, out, err) = replay(
+        &[
+            "--pack",
+            candidate.to_str().unwrap(),
+            "--data",
+            data_arg,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(!ok, "a change must fail the step");
+    assert!(err.contains("would change"), "{err}");
+    let changed: Value = serde_json::from_str(&out).unwrap();
+    let groups = changed["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{changed}");
+    let g = &groups[0];
+    assert_eq!(
+        (g["recorded"].as_str(), g["candidate"].as_str()),
+        (Some("allow"), Some("deny"))
+    );
+    assert!(
+        g["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("no-isolation")),
+        "{g}"
+    );
+    // The requests named are the log's allowed isolations, exactly.
+    let s = Server::start_with_config(&config, &data);
+    let isolations: Vec<Value> = s
+        .audit("")
+        .into_iter()
+        .filter(|e| {
+            e["event"]["kind"] == "decision"
+                && e["event"]["outcome"] == "allow"
+                && e["event"]["detail"]["action"] == "edr.isolate_host"
+        })
+        .map(|e| e["event"]["request_id"].clone())
+        .collect();
+    assert!(!isolations.is_empty());
+    let named: Vec<Value> = g["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].clone())
+        .collect();
+    assert_eq!(named, isolations);
+
+    // Over the API of the running server, in text: the same finding.
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let (ok, out, _) = replay(
+        &["--pack", candidate.to_str().unwrap()],
+        &[
+            ("TOLLGATE_ADDR", s.addr.as_str()),
+            ("TOLLGATE_TOKEN", token.trim()),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("allow -> deny: {}", isolations.len())),
+        "{out}"
+    );
+    assert!(out.contains(isolations[0].as_str().unwrap()), "{out}");
+    // Filters: another incident, or only the future, replay nothing.
+    for filter in [
+        ["--incident", "INC-0000"],
+        ["--since", "2999-01-01T00:00:00Z"],
+    ] {
+        let mut args = vec![
+            "--pack",
+            candidate.to_str().unwrap(),
+            "--data",
+            data_arg,
+            "--json",
+        ];
+        args.extend(filter);
+        let (ok, out, err) = replay(&args, &[]);
+        assert!(ok, "{err}");
+        let r: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["replayed"], 0, "{filter:?}: {r}");
+    }
+    drop(s);
+
+    // A log that does not verify is not replayed.
+    let conn = rusqlite::Connection::open(data.join("tollgate.db")).unwrap();
+    conn.execute(
+        "UPDATE audit SET event = replace(event, '\"outcome\":\"deny\"', '\"outcome\":\"allow\"') \
+         WHERE seq = (SELECT min(seq) FROM audit WHERE event LIKE '%\"outcome\":\"deny\"%')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let (ok, out, err) = replay(
+        &["--pack", config.to_str().unwrap(), "--data", data_arg],
+        &[],
+    );
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("did not verify"), "{err}");
+}

@@ -186,7 +186,7 @@ pub fn judge(
     let task = &facts.lineage.task;
     if !task.is_live(now) {
         let d = Decision::deny("the task ended while this request was being decided");
-        let batch = Batch::audit_only(decision_event(&j, &d, None));
+        let batch = Batch::audit_only(decision_event(&j, &d, None, "task_ended"));
         return refused(
             d,
             batch,
@@ -200,15 +200,16 @@ pub fn judge(
         dead_chain: facts.lineage.dead().map(|why| (task.id.as_str(), why)),
         incident: Some((&task.incident_id, facts.incident.as_ref())),
     };
-    // Only policy is shadowed: the gate and rate limits are no pack's.
+    // Only policy is shadowed (and replayed): the gate and rate limits are
+    // no pack's. The stage is recorded so `policy replay` knows which.
     let mut shadowed = None;
-    let decided = match gate.refusal() {
-        Some(d) => Evaluated::Decided(d),
+    let (decided, stage) = match gate.refusal() {
+        Some(d) => (Evaluated::Decided(d), "gate"),
         None => match rate_limited(&j) {
-            Some(d) => Evaluated::Decided(d),
+            Some(d) => (Evaluated::Decided(d), "rate_limit"),
             None => {
                 shadowed = shadow.map(|p| evaluate(&j, p));
-                evaluate(&j, pack)
+                (evaluate(&j, pack), "policy")
             }
         },
     };
@@ -238,7 +239,7 @@ pub fn judge(
         approval::Step::default()
     };
     let shadow_event = shadowed.and_then(|e| shadow_diff(&j, &decision, e));
-    let mut verdict = commit_plan(&j, decision, step);
+    let mut verdict = commit_plan(&j, decision, step, stage);
     verdict.evaluation_error = evaluation_error;
     if let Some((diff, event)) = shadow_event {
         verdict.batch.audit.insert(1, event);
@@ -432,7 +433,13 @@ fn base_event(j: &Judging<'_>) -> AuditEvent {
 }
 
 /// The decision's own audit entry. Parameters appear only as logged.
-fn decision_event(j: &Judging<'_>, d: &Decision, approval: Option<&Approval>) -> AuditEvent {
+/// `stage`: what decided (`policy`, `gate`, `rate_limit`, `task_ended`).
+fn decision_event(
+    j: &Judging<'_>,
+    d: &Decision,
+    approval: Option<&Approval>,
+    stage: &str,
+) -> AuditEvent {
     let (ask, prepared, pack) = (j.ask, j.prepared, j.pack);
     base_event(j).outcome(d.outcome.as_str()).detail(json!({
         "action": ask.action,
@@ -448,15 +455,21 @@ fn decision_event(j: &Judging<'_>, d: &Decision, approval: Option<&Approval>) ->
         "request_hash": prepared.request_hash,
         "policy_digest": pack.digest(),
         "traceparent": ask.traceparent,
+        "stage": stage,
     }))
 }
 
 /// Everything one decision commits: its entry, the approval step, its
 /// place in the tree's history, and a revocation or quarantine it orders.
-fn commit_plan(j: &Judging<'_>, decision: Decision, mut step: approval::Step) -> Verdict {
+fn commit_plan(
+    j: &Judging<'_>,
+    decision: Decision,
+    mut step: approval::Step,
+    stage: &str,
+) -> Verdict {
     let (pack, ask, prepared, facts, now) = (j.pack, j.ask, j.prepared, j.facts, j.now);
     let task = &facts.lineage.task;
-    let mut audit = vec![decision_event(j, &decision, step.approval.as_ref())];
+    let mut audit = vec![decision_event(j, &decision, step.approval.as_ref(), stage)];
     audit.append(&mut step.events);
     // The task must still be live when the decision commits, not only when
     // it was read: a close or revocation in flight wins (a conflict, then a

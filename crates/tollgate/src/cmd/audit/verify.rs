@@ -83,11 +83,14 @@ fn finish(v: LogVerifier, key_source: &'static str) -> Result<Verified> {
     Ok(Verified { report, key_source })
 }
 
-/// Verify a stopped server's data directory, reading its SQLite file directly.
+/// Verify a stopped server's data directory, reading its SQLite file
+/// directly; `sink` sees each entry once it is verified against the chain
+/// (the whole result stands only if this returns `Ok`).
 pub async fn verify_data(
     dir: &Path,
     pinned: Option<&str>,
     extra: Option<&Path>,
+    sink: &mut dyn FnMut(&AuditEntry),
 ) -> Result<Verified> {
     let db = dir.join("tollgate.db");
     if !db.exists() {
@@ -123,6 +126,7 @@ pub async fn verify_data(
         }
         for e in &page {
             v.push(e).map_err(|e| anyhow!("FAILED: {e}"))?;
+            sink(e);
         }
         after = page.last().map(|e| e.seq).unwrap_or(after);
     }
@@ -130,8 +134,13 @@ pub async fn verify_data(
     finish(v, source)
 }
 
-/// Verify through a running server's API.
-pub fn verify_api(c: &Client, pinned: Option<&str>, extra: Option<&Path>) -> Result<Verified> {
+/// Verify through a running server's API; `sink` as for [`verify_data`].
+pub fn verify_api(
+    c: &Client,
+    pinned: Option<&str>,
+    extra: Option<&Path>,
+    sink: &mut dyn FnMut(&AuditEntry),
+) -> Result<Verified> {
     // Ask for a fresh checkpoint so the whole log is covered.
     c.checkpoint()?;
     let published = c.checkpoints()?;
@@ -152,6 +161,7 @@ pub fn verify_api(c: &Client, pinned: Option<&str>, extra: Option<&Path>) -> Res
         let page = c.audit::<AuditEntry>(&AuditFilter::default(), after)?;
         for e in &page.entries {
             v.push(e).map_err(|e| anyhow!("FAILED: {e}"))?;
+            sink(e);
         }
         match page.next_after {
             Some(n) => after = n,
