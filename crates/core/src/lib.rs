@@ -14,6 +14,7 @@ pub mod lineage;
 pub mod model;
 pub mod playbook;
 pub mod spiffe;
+pub mod temporal;
 pub mod text;
 
 pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
