@@ -118,6 +118,15 @@ pub enum RuleValue {
     Long(i64),
 }
 
+impl From<RuleValue> for serde_json::Value {
+    fn from(v: RuleValue) -> Self {
+        match v {
+            RuleValue::Bool(b) => serde_json::Value::Bool(b),
+            RuleValue::Long(n) => serde_json::Value::from(n),
+        }
+    }
+}
+
 /// The request a rule is evaluated for: what "same scope" means.
 pub struct Subject<'a> {
     pub root_task_id: &'a str,
@@ -221,6 +230,55 @@ impl RuleSet {
 
     pub fn get(&self, name: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// The Cedar schema common type of `context.rules`: one attribute per
+    /// rule, `Bool` or `Long`.
+    pub fn cedar_type(&self) -> String {
+        let attrs: Vec<String> = self
+            .rules
+            .iter()
+            .map(|r| {
+                let ty = match r.operator {
+                    Operator::Count(_) => "Long",
+                    Operator::Formerly(_) | Operator::Since { .. } => "Bool",
+                };
+                format!("\"{}\": {ty}", r.name)
+            })
+            .collect();
+        format!(
+            "// Generated from rules/*.tgr: what context.rules holds.\ntype TemporalRules = {{ {} }};\n",
+            attrs.join(", ")
+        )
+    }
+
+    /// Every rule's value over `past` for `s` at `now`, as `context.rules`
+    /// holds them (empty when there are no rules).
+    pub fn values(
+        &self,
+        past: &[Past<'_>],
+        s: &Subject<'_>,
+        now: UnixTime,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        self.rules
+            .iter()
+            .map(|r| (r.name.clone(), r.evaluate(past, s, now).into()))
+            .collect()
+    }
+
+    /// A value of the right type for every rule (false, 0): what the
+    /// schema check at load builds requests with.
+    pub fn sample(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let v = match r.operator {
+                    Operator::Count(_) => serde_json::json!(0),
+                    _ => serde_json::json!(false),
+                };
+                (r.name.clone(), v)
+            })
+            .collect()
     }
 }
 

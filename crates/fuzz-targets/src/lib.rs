@@ -140,6 +140,7 @@ pub fn action_request(data: &[u8]) {
         parameters: &body.parameters,
         evidence_present: data.len().is_multiple_of(2),
         history: &tollgate_core::HistorySummary::default(),
+        rules: &serde_json::Map::new(),
         now: 0,
     });
 }

@@ -101,6 +101,8 @@ pub struct PolicyPack {
     /// `Catalog::sensitive_anywhere`, computed once at load: every decision
     /// redacts with it.
     secret_parameters: Vec<String>,
+    /// `rules/*.tgr`: temporal rules, `context.rules.<name>` in policy.
+    rules: tollgate_core::temporal::RuleSet,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -139,7 +141,22 @@ impl PolicyPack {
             .iter()
             .map(|p| read(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let pack = Self::from_sources(&schema, &policies, &catalog)?;
+        let rdir = dir.join("rules");
+        let rules = if rdir.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(&rdir)
+                .map_err(|e| PolicyError::Io(format!("{}: {e}", rdir.display())))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "tgr"))
+                .collect();
+            names.sort();
+            names
+                .iter()
+                .map(|p| read(p))
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            vec![]
+        };
+        let pack = Self::from_sources_with_rules(&schema, &policies, &catalog, &rules)?;
         let playbooks = dir.join("playbooks.yaml");
         let pack = if playbooks.exists() {
             pack.with_playbooks(&read(&playbooks)?)?
@@ -159,8 +176,39 @@ impl PolicyPack {
         policy_srcs: &[SourceFile],
         catalog_src: &SourceFile,
     ) -> Result<Self, PolicyError> {
+        Self::from_sources_with_rules(schema_src, policy_srcs, catalog_src, &[])
+    }
+
+    /// [`Self::from_sources`] with temporal rule files (`rules/*.tgr`). The
+    /// schema gets a generated common type, `TemporalRules` (one attribute
+    /// per rule: `Bool` for `formerly` and `since`, `Long` for `count`),
+    /// which the actions' context declares as `rules: TemporalRules` for
+    /// policies to read `context.rules.<name>`.
+    pub fn from_sources_with_rules(
+        schema_src: &SourceFile,
+        policy_srcs: &[SourceFile],
+        catalog_src: &SourceFile,
+        rule_srcs: &[SourceFile],
+    ) -> Result<Self, PolicyError> {
         let mut diags = Vec::new();
-        let schema = match Schema::from_cedarschema_str(&schema_src.text) {
+        let mut rules = tollgate_core::temporal::RuleSet::default();
+        for f in rule_srcs {
+            if let Err(errors) = rules.parse_file(
+                &f.name,
+                &f.text,
+                tollgate_core::temporal::DEFAULT_MAX_WINDOW,
+            ) {
+                diags.extend(errors.into_iter().map(|e| Diagnostic {
+                    file: e.file,
+                    line: e.line,
+                    column: e.column,
+                    message: e.message,
+                }));
+            }
+        }
+        // Appended, so the schema's own line numbers stay as written.
+        let schema_text = format!("{}\n{}", schema_src.text, rules.cedar_type());
+        let schema = match Schema::from_cedarschema_str(&schema_text) {
             Ok((s, _warnings)) => Some(s),
             Err(e) => {
                 diags.push(diag_from(schema_src, &e, e.to_string()));
@@ -298,6 +346,7 @@ impl PolicyPack {
                 for f in std::iter::once(schema_src)
                     .chain(policy_srcs)
                     .chain(std::iter::once(catalog_src))
+                    .chain(rule_srcs)
                 {
                     digest_input.extend_from_slice(f.name.as_bytes());
                     digest_input.push(0);
@@ -319,6 +368,7 @@ impl PolicyPack {
                     digest: tollgate_core::sha256_hex(&digest_input),
                     playbooks: None,
                     entities: Entities::empty(),
+                    rules,
                 };
                 let problems = pack.probe();
                 if problems.is_empty() {
@@ -375,6 +425,11 @@ impl PolicyPack {
         );
         self.entities = entities;
         Ok(self)
+    }
+
+    /// The pack's temporal rules (`rules/*.tgr`).
+    pub fn rules(&self) -> &tollgate_core::temporal::RuleSet {
+        &self.rules
     }
 
     /// The pack's entity data (`entities.json`).

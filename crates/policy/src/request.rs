@@ -50,6 +50,9 @@ pub struct ActionFacts<'a> {
     pub evidence_present: bool,
     /// What the task's delegation tree has done (`context.history`).
     pub history: &'a tollgate_core::HistorySummary,
+    /// The value of each of the pack's temporal rules for this request
+    /// (`context.rules`, present only when the pack has rules).
+    pub rules: &'a Map<String, Value>,
     pub now: UnixTime,
 }
 
@@ -417,6 +420,7 @@ impl PolicyPack {
         };
         let params = Map::new();
         let history = tollgate_core::HistorySummary::default();
+        let rules = self.rules().sample();
         for (name, op) in &self.catalog().operations {
             let Some(kind) = op.resource_types.first() else {
                 continue;
@@ -436,6 +440,7 @@ impl PolicyPack {
                 parameters: &params,
                 evidence_present: false,
                 history: &history,
+                rules: &rules,
                 now: 0,
             };
             let built = uid("Agent", &id.to_string())
@@ -450,8 +455,13 @@ impl PolicyPack {
                     )
                 });
             if let Err(e) = built {
+                let hint = if rules.is_empty() {
+                    ""
+                } else {
+                    " (a pack with rules/*.tgr declares `rules: TemporalRules` in the context of every catalog action)"
+                };
                 problems.push(format!(
-                    "the schema does not accept the requests Tollgate builds for {name}: {e}"
+                    "the schema does not accept the requests Tollgate builds for {name}: {e}{hint}"
                 ));
             }
         }
@@ -624,7 +634,7 @@ pub(crate) fn action_parts(
 
 fn action_context(f: &ActionFacts<'_>, op: &tollgate_core::Operation) -> Value {
     let hour = f.now.rem_euclid(86_400) / 3_600;
-    json!({
+    let mut context = json!({
         "task": {
             "id": f.task.id, "playbook": f.task.playbook, "environment": f.task.environment,
             "intent": f.task.intent, "delegated": f.task.parent_task_id.is_some(),
@@ -643,5 +653,9 @@ fn action_context(f: &ActionFacts<'_>, op: &tollgate_core::Operation) -> Value {
         "history": f.history,
         "now": f.now,
         "hour_utc": hour,
-    })
+    });
+    if !f.rules.is_empty() {
+        context["rules"] = Value::Object(f.rules.clone());
+    }
+    context
 }

@@ -90,6 +90,8 @@ pub struct Workload {
     incident: Incident,
     resources: Vec<(&'static str, ResourceRef)>,
     parameters: serde_json::Map<String, serde_json::Value>,
+    /// The synthetic pack has no temporal rules.
+    no_rules: serde_json::Map<String, serde_json::Value>,
     pub past: Vec<tollgate_core::ActionRecord>,
     pub now: UnixTime,
 }
@@ -170,6 +172,7 @@ impl Workload {
             },
             resources,
             parameters: serde_json::Map::new(),
+            no_rules: serde_json::Map::new(),
             past,
             now,
         })
@@ -198,6 +201,7 @@ impl Workload {
             parameters: &self.parameters,
             evidence_present: true,
             history,
+            rules: &self.no_rules,
             now: self.now,
         }
     }

@@ -140,6 +140,26 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
             continue;
         }
         let history = HistorySummary::from_records(&past, pack.catalog(), now);
+        // The trace is one task of one agent on one incident: every scope
+        // of a rule reads the same past.
+        let seen: Vec<tollgate_core::temporal::Past<'_>> = past
+            .iter()
+            .map(|record| tollgate_core::temporal::Past {
+                record,
+                incident_id: &incident.id,
+            })
+            .collect();
+        let key = step.resource.key();
+        let rules = pack.rules().values(
+            &seen,
+            &tollgate_core::temporal::Subject {
+                root_task_id: &task.id,
+                agent: &task.agent,
+                incident_id: &incident.id,
+                resource: &key,
+            },
+            now,
+        );
         let facts = ActionFacts {
             agent: AgentFacts {
                 spiffe_id: &agent,
@@ -153,6 +173,7 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
             parameters: &step.parameters,
             evidence_present: step.evidence,
             history: &history,
+            rules: &rules,
             now,
         };
         let d = match pack.decide_action(&facts) {

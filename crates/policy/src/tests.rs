@@ -72,6 +72,7 @@ fn with_facts<R>(c: &Case, run: impl FnOnce(&ActionFacts<'_>) -> R) -> R {
         parameters: &params,
         evidence_present: c.evidence,
         history: &tollgate_core::HistorySummary::default(),
+        rules: &serde_json::Map::new(),
         now: 1_800_000_000,
     })
 }
@@ -359,6 +360,7 @@ fn task_scope_narrows_what_policy_allows() {
             parameters: &empty,
             evidence_present: false,
             history: &tollgate_core::HistorySummary::default(),
+            rules: &serde_json::Map::new(),
             now: 0,
         })
         .unwrap()
@@ -657,6 +659,7 @@ fn playbooks_admit_tasks_and_answer_deviations() {
             parameters: &Map::new(),
             evidence_present: true,
             history: &h,
+            rules: &serde_json::Map::new(),
             now: 0,
         })
         .unwrap()

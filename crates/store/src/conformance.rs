@@ -5,7 +5,7 @@
 
 use crate::{
     ActionRecord, AgentCount, AuditQuery, Batch, Change, Conflict, ConsoleSession, FactsQuery,
-    JoinToken, OutboxMessage, Store, StoreError, TaskFilter,
+    HistoryScan, JoinToken, OutboxMessage, ScanScope, Store, StoreError, TaskFilter,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use tollgate_audit::AuditEvent;
@@ -66,6 +66,7 @@ pub async fn run_all(store: &dyn Store) {
     decision_facts_are_one_snapshot_of_everything(store).await;
     decision_facts_see_every_commit_between_calls(store).await;
     decision_facts_history_equals_the_full_read(store).await;
+    history_scans_read_an_agent_an_incident_or_a_resource(store).await;
     leases_have_one_holder_until_they_expire(store).await;
     outbox_messages_wait_until_claimed_and_dequeued(store).await;
     mcp_sessions_are_registered_touched_and_expired(store).await;
@@ -1408,6 +1409,7 @@ fn facts_query(task: &Task) -> FactsQuery {
         presented_approval: None,
         request_hash: unique("hash"),
         agent_counts: vec![],
+        scans: vec![],
     }
 }
 
@@ -1589,6 +1591,7 @@ pub async fn decision_facts_are_one_snapshot_of_everything(s: &dyn Store) {
     }
     s.commit(b).await.unwrap();
     let q = FactsQuery {
+        scans: vec![],
         task_id: child.id.clone(),
         resource: "Host::web-1".into(),
         presented_approval: Some(foreign.id.clone()),
@@ -1781,6 +1784,93 @@ impl XorShift {
 fn is_subsequence(sub: &[ActionRecord], all: &[ActionRecord]) -> bool {
     let mut rest = all.iter();
     sub.iter().all(|r| rest.any(|a| a == r))
+}
+
+/// Temporal rules read past actions beyond the task's tree: every action of
+/// an agent, of an incident (whichever agent took it), or on a resource,
+/// in a window, oldest first, each record as it was committed.
+pub async fn history_scans_read_an_agent_an_incident_or_a_resource(s: &dyn Store) {
+    let incident = unique("INC");
+    let other_incident = unique("INC");
+    let agent = format!("spiffe://acme.test/agent/{}/1", unique("a"));
+    let first = task(&unique("task"), &agent, &incident);
+    let second = task(&unique("task"), &agent, &other_incident);
+    let helper = task(
+        &unique("task"),
+        "spiffe://acme.test/agent/helper/9",
+        &incident,
+    );
+    insert_tasks(s, &[&first, &second, &helper]).await;
+    let resource = format!("Host::{}", unique("h"));
+    let on = |t: &Task, action: &str, ts: i64, res: &str| {
+        let mut r = record(t, t, action, Outcome::Allow, ts);
+        r.resource = res.to_string();
+        r
+    };
+    let records = [
+        on(&first, "edr.isolate_host", 110, &resource),
+        on(&second, "vault.read_secret", 120, "Secret::db"),
+        on(&helper, "forensics.image_host", 130, &resource),
+        on(&first, "edr.release_host", 140, "Host::other"),
+    ];
+    let mut b = Batch::default();
+    for r in &records {
+        b = b.change(Change::RecordAction(r.clone()));
+    }
+    s.commit(b).await.unwrap();
+    let mut q = facts_query(&first);
+    q.scans = vec![
+        HistoryScan {
+            scope: ScanScope::Agent,
+            key: agent.clone(),
+            since: 0,
+        },
+        HistoryScan {
+            scope: ScanScope::Incident,
+            key: incident.clone(),
+            since: 0,
+        },
+        HistoryScan {
+            scope: ScanScope::Resource,
+            key: resource.clone(),
+            since: 0,
+        },
+        HistoryScan {
+            scope: ScanScope::Agent,
+            key: agent.clone(),
+            since: 120,
+        },
+        HistoryScan {
+            scope: ScanScope::Incident,
+            key: unique("INC"),
+            since: 0,
+        },
+    ];
+    let f = s.decision_facts(&q).await.unwrap().unwrap();
+    let ids = |v: &[ActionRecord]| v.iter().map(|r| r.request_id.clone()).collect::<Vec<_>>();
+    let want = |idx: &[usize]| {
+        idx.iter()
+            .map(|i| records[*i].request_id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(f.scanned.len(), 5);
+    assert_eq!(
+        ids(&f.scanned[0]),
+        want(&[0, 1, 3]),
+        "by agent, across tasks"
+    );
+    assert_eq!(
+        ids(&f.scanned[1]),
+        want(&[0, 2, 3]),
+        "by incident, across agents"
+    );
+    assert_eq!(ids(&f.scanned[2]), want(&[0, 2]), "by resource");
+    assert_eq!(ids(&f.scanned[3]), want(&[1, 3]), "since is inclusive");
+    assert!(f.scanned[4].is_empty());
+    assert_eq!(
+        f.scanned[0][0], records[0],
+        "records come back as committed"
+    );
 }
 
 pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {

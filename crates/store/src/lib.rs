@@ -560,7 +560,46 @@ pub struct FactsQuery {
     pub request_hash: String,
     /// Agent-wide counts of allowed actions (rate limits), of the task's agent.
     pub agent_counts: Vec<AgentCount>,
+    /// Past actions by scope, for temporal rules (see [`HistoryScan`]).
+    pub scans: Vec<HistoryScan>,
 }
+
+/// Whose past actions a [`HistoryScan`] reads (the tree's are
+/// [`StoredFacts::history`] already).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanScope {
+    /// Every action of this agent (SPIFFE ID), in any task.
+    Agent,
+    /// Every action taken for this incident, by any agent.
+    Incident,
+    /// Every action on this resource (`Type::id`).
+    Resource,
+}
+
+impl ScanScope {
+    /// The `action_history` column it reads, indexed with `ts` in both stores.
+    pub fn column(self) -> &'static str {
+        match self {
+            ScanScope::Agent => "agent",
+            ScanScope::Incident => "incident_id",
+            ScanScope::Resource => "resource",
+        }
+    }
+}
+
+/// The actions of one scope at or after `since`: at most [`SCAN_LIMIT`] + 1
+/// of them, the newest, oldest first; more than the limit says the scope is
+/// too busy to read whole (a rule over it fails closed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryScan {
+    pub scope: ScanScope,
+    pub key: String,
+    /// Inclusive.
+    pub since: UnixTime,
+}
+
+/// The most past actions one scan returns whole.
+pub const SCAN_LIMIT: usize = 10_000;
 
 /// One agent-wide count of allowed actions (see [`Store::count_allowed_by_agent`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -591,6 +630,8 @@ pub struct StoredFacts {
     pub history: std::sync::Arc<Vec<ActionRecord>>,
     /// One count per [`FactsQuery::agent_counts`], in the same order.
     pub agent_counts: Vec<u64>,
+    /// One list per [`FactsQuery::scans`], in the same order.
+    pub scanned: Vec<Vec<ActionRecord>>,
     /// The presented approval by id, whatever task it belongs to (the
     /// caller checks that it fits).
     pub presented_approval: Option<Approval>,

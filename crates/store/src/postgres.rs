@@ -139,6 +139,16 @@ CREATE TABLE console_sessions (
 CREATE INDEX console_sessions_expiry ON console_sessions(expires_at);
 "#,
     ),
+    (
+        5,
+        r#"
+-- Temporal rules read the history by incident and by resource.
+ALTER TABLE action_history ADD COLUMN incident_id TEXT COLLATE "C" NOT NULL DEFAULT '';
+UPDATE action_history h SET incident_id = t.incident_id FROM tasks t WHERE t.id = h.task_id;
+CREATE INDEX action_history_incident ON action_history(incident_id, ts, id);
+CREATE INDEX action_history_resource ON action_history(resource, ts, id);
+"#,
+    ),
 ];
 
 /// Serialises migrations of every process over the database (any schema).
@@ -916,8 +926,9 @@ async fn apply<C: GenericClient>(tx: &C, change: &Change) -> Result<(), StoreErr
             exec(
                 tx,
                 "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels,
-                   outcome, ts, agent)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                   outcome, ts, agent, incident_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                   COALESCE((SELECT incident_id FROM tasks WHERE id = $2), ''))",
                 &[
                     &a.root_task_id, &a.task_id, &a.request_id, &a.action, &a.resource, &a.tier.as_str(),
                     &labels, &a.outcome.as_str(), &a.ts, &a.agent,
@@ -1222,6 +1233,29 @@ async fn tree_actions<C: GenericClient>(
     .collect()
 }
 
+/// A [`HistoryScan`]: the newest `SCAN_LIMIT + 1` rows of the scope at or
+/// after `since` (index `(column, ts, id)`), returned oldest first.
+async fn scan<C: GenericClient>(
+    c: &C,
+    q: &crate::HistoryScan,
+) -> Result<Vec<ActionRecord>, StoreError> {
+    let limit = i64::try_from(crate::SCAN_LIMIT + 1).unwrap_or(i64::MAX);
+    let mut out = rows(
+        c,
+        &format!(
+            "SELECT {ACTION_COLS} FROM action_history WHERE {} = $1 AND ts >= $2 ORDER BY ts DESC, id DESC LIMIT $3",
+            q.scope.column()
+        ),
+        &[&q.key, &q.since, &limit],
+    )
+    .await?
+    .iter()
+    .map(action_from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    out.reverse();
+    Ok(out)
+}
+
 async fn count_allowed<C: GenericClient>(
     c: &C,
     agent: &str,
@@ -1407,7 +1441,12 @@ async fn facts<C: GenericClient>(c: &C, q: &FactsQuery) -> Result<Option<StoredF
         Some(id) => approval_by_id(c, id).await?,
         None => None,
     };
+    let mut scanned = Vec::with_capacity(q.scans.len());
+    for h in &q.scans {
+        scanned.push(scan(c, h).await?);
+    }
     Ok(Some(StoredFacts {
+        scanned,
         agent: agent_by_id(c, &task.agent).await?,
         incident: incident_by_id(c, &task.incident_id).await?,
         frozen: setting_by_key(c, crate::FROZEN_KEY).await?.as_deref() == Some("true"),

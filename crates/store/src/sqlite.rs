@@ -595,8 +595,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
         Change::RecordAction(a) => {
             let labels = serde_json::to_string(&a.labels).map_err(backend)?;
             tx.execute(
-                "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts, agent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts, agent, incident_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE((SELECT incident_id FROM tasks WHERE id = ?2), ''))",
                 params![a.root_task_id, a.task_id, a.request_id, a.action, a.resource, a.tier.as_str(), labels,
                     a.outcome.as_str(), a.ts, a.agent],
             )
@@ -760,6 +760,29 @@ fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
                 .map_err(backend)?;
         }
     }
+    // Temporal rules read the history by incident: a database from before
+    // the column learns each row's incident from its task, once.
+    let has_incident: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('action_history') WHERE name = 'incident_id'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(backend)?
+        > 0;
+    if !has_incident {
+        conn.execute_batch(
+            "ALTER TABLE action_history ADD COLUMN incident_id TEXT NOT NULL DEFAULT '';
+             UPDATE action_history SET incident_id =
+               COALESCE((SELECT incident_id FROM tasks WHERE tasks.id = action_history.task_id), '');",
+        )
+        .map_err(backend)?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS action_history_incident ON action_history(incident_id, ts);
+         CREATE INDEX IF NOT EXISTS action_history_resource ON action_history(resource, ts);",
+    )
+    .map_err(backend)?;
     Ok(())
 }
 
@@ -1142,6 +1165,27 @@ fn row_visible(conn: &Connection, rowid: i64) -> Result<bool, StoreError> {
         .map_err(backend)
 }
 
+/// A [`HistoryScan`]: the newest `SCAN_LIMIT + 1` rows of the scope at or
+/// after `since` (index `(column, ts)`), returned oldest first.
+fn scan(conn: &Connection, q: &crate::HistoryScan) -> Result<Vec<ActionRecord>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {ACTION_COLS} FROM action_history WHERE {} = ?1 AND ts >= ?2 ORDER BY ts DESC, rowid DESC LIMIT ?3",
+            q.scope.column()
+        ))
+        .map_err(backend)?;
+    let limit = i64::try_from(crate::SCAN_LIMIT + 1).unwrap_or(i64::MAX);
+    let mut rows = stmt
+        .query(params![q.key, q.since, limit])
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(backend)? {
+        out.push(action_row(r)?.1);
+    }
+    out.reverse();
+    Ok(out)
+}
+
 /// Action history rows whose `column` equals `key`, since `since`, oldest first.
 fn actions_where(
     conn: &Connection,
@@ -1387,7 +1431,13 @@ fn facts(
         Some(id) => approval_by_id(conn, id)?,
         None => None,
     };
+    let scanned = q
+        .scans
+        .iter()
+        .map(|h| scan(conn, h))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(StoredFacts {
+        scanned,
         agent: agent_by_id(conn, &task.agent)?,
         incident: incident_by_id(conn, &task.incident_id)?,
         frozen: setting_by_key(conn, crate::FROZEN_KEY)?.as_deref() == Some("true"),

@@ -41,7 +41,7 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     // One pack for the whole decision, so the digest audited is the one that decided.
     let pack = state.pack.load_full();
     let shadow = state.shadow.load_full();
-    let prepared = prepare(state, &pack, &ask);
+    let prepared = prepare(state, &pack, shadow.as_deref().map(|s| &s.pack), &ask);
     let mut attempt = 0;
     let verdict = loop {
         attempt += 1;
@@ -131,7 +131,12 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
 
 /// Ids, redaction and the request hash: everything judge needs that is not
 /// a fact of the store and not a pure function of one.
-fn prepare(state: &AppState, pack: &PolicyPack, ask: &ActionAsk<'_>) -> Prepared {
+fn prepare(
+    state: &AppState,
+    pack: &PolicyPack,
+    shadow: Option<&PolicyPack>,
+    ask: &ActionAsk<'_>,
+) -> Prepared {
     // Secret parameters reach Cedar as they are, but everything stored
     // (audit, approvals, the request hash that binds an approval) sees only
     // their keyed hash. A name that some operation declares sensitive is
@@ -155,6 +160,15 @@ fn prepare(state: &AppState, pack: &PolicyPack, ask: &ActionAsk<'_>) -> Prepared
             .into_iter()
             .map(|(i, _)| i)
             .collect(),
+        rule_scans: super::judge::rule_scans(
+            &[Some(pack), shadow]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            ask.task,
+            &ask.agent.spiffe_id,
+            &ask.resource.key(),
+        ),
     }
 }
 
@@ -173,6 +187,17 @@ async fn gather(
         presented_approval: ask.approval_id.map(str::to_string),
         request_hash: prepared.request_hash.clone(),
         agent_counts: counts.iter().map(|(_, q)| q.clone()).collect(),
+        // Each scope from the start of its longest window (inclusive; the
+        // rules' windows are open at the start, so this reads one second more).
+        scans: prepared
+            .rule_scans
+            .iter()
+            .map(|s| tollgate_store::HistoryScan {
+                scope: s.scope,
+                key: s.key.clone(),
+                since: now.saturating_sub(s.window),
+            })
+            .collect(),
     };
     state
         .store

@@ -20,6 +20,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tollgate_audit::AuditEntry;
+use tollgate_core::temporal::{Past, Subject};
 use tollgate_core::{
     ActionRecord, Decision, HistorySummary, Incident, IncidentStatus, Outcome, Scope, Severity,
     SpiffeId, Task, TaskStatus, UnixTime,
@@ -351,7 +352,9 @@ fn candidate_decision(
         .get(agent)
         .map(String::as_str)
         .unwrap_or_default();
+    let rules = rule_values(facts, pack, &root, agent, task, &resource.key(), ev.ts);
     let request = ActionFacts {
+        rules: &rules,
         agent: AgentFacts {
             spiffe_id: &spiffe_id,
             owner,
@@ -369,6 +372,45 @@ fn candidate_decision(
         now: ev.ts,
     };
     pack.decide_action(&request).map_err(|e| e.to_string())
+}
+
+/// The candidate's temporal rules over every decision the log recorded so
+/// far (each scope picks its own from them). Linear in the log for each
+/// decision, and only when the candidate has rules.
+fn rule_values(
+    facts: &Facts,
+    pack: &PolicyPack,
+    root: &str,
+    agent: &str,
+    task: &Task,
+    resource: &str,
+    now: UnixTime,
+) -> serde_json::Map<String, Value> {
+    if pack.rules().rules.is_empty() {
+        return serde_json::Map::new();
+    }
+    let past: Vec<Past<'_>> = facts
+        .history
+        .values()
+        .flatten()
+        .map(|record| Past {
+            record,
+            incident_id: facts
+                .tasks
+                .get(&record.task_id)
+                .map_or("", |t| t.incident_id.as_str()),
+        })
+        .collect();
+    pack.rules().values(
+        &past,
+        &Subject {
+            root_task_id: root,
+            agent,
+            incident_id: &task.incident_id,
+            resource,
+        },
+        now,
+    )
 }
 
 /// The changes grouped by recorded and candidate outcome and by the

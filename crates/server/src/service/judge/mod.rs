@@ -20,12 +20,13 @@ use crate::service::lifecycle::{revocation_reason, revoked_event};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use tollgate_audit::AuditEvent;
+use tollgate_core::temporal::{Past, RuleScope, Subject};
 use tollgate_core::{
     history, ActionRecord, Agent, Approval, Decision, EventKind, HistorySummary, Outcome, SpiffeId,
     Task, UnixTime,
 };
 use tollgate_policy::{ActionFacts, AgentFacts, PolicyPack, ResourceRef};
-use tollgate_store::{AgentCount, Batch, Change, StoredFacts};
+use tollgate_store::{AgentCount, Batch, Change, ScanScope, StoredFacts};
 
 /// One action an agent (or an enforcement point for it) asks to perform.
 pub struct ActionAsk<'a> {
@@ -59,6 +60,47 @@ pub struct Prepared {
     /// For each agent-wide rate limit that applies to this action: its
     /// index in the configuration, in the order of `StoredFacts::agent_counts`.
     pub agent_limits: Vec<usize>,
+    /// The scopes temporal rules read beyond the tree, with the longest
+    /// window over them, in the order of `StoredFacts::scanned`.
+    pub rule_scans: Vec<RuleScan>,
+}
+
+/// One scope the temporal rules of the enforced or the shadow pack read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleScan {
+    pub scope: ScanScope,
+    pub key: String,
+    /// The longest window of the rules over this scope, seconds.
+    pub window: i64,
+}
+
+/// The scans the rules of `packs` need for this request: one per scope
+/// other than the tree (whose history is always read), with the longest
+/// window over that scope.
+pub fn rule_scans(
+    packs: &[&PolicyPack],
+    task: &Task,
+    agent: &str,
+    resource: &str,
+) -> Vec<RuleScan> {
+    let mut out: Vec<RuleScan> = Vec::new();
+    for rule in packs.iter().flat_map(|p| p.rules().rules.iter()) {
+        let (scope, key) = match rule.scope {
+            RuleScope::Tree => continue,
+            RuleScope::Agent => (ScanScope::Agent, agent),
+            RuleScope::Incident => (ScanScope::Incident, task.incident_id.as_str()),
+            RuleScope::Resource => (ScanScope::Resource, resource),
+        };
+        match out.iter_mut().find(|s| s.scope == scope) {
+            Some(s) => s.window = s.window.max(rule.window),
+            None => out.push(RuleScan {
+                scope,
+                key: key.to_string(),
+                window: rule.window,
+            }),
+        }
+    }
+    out
 }
 
 /// What the store is asked for the agent-wide rate limits of an action.
@@ -387,7 +429,18 @@ fn evaluate(j: &Judging<'_>, pack: &PolicyPack) -> Evaluated {
             }
         }
     };
+    let rules =
+        match rule_values(j, pack) {
+            Ok(v) => v,
+            Err(error) => return Evaluated::Failed {
+                denial: Decision::deny(
+                    "a temporal rule could not be evaluated (see the server log); failing closed",
+                ),
+                error,
+            },
+        };
     let request = ActionFacts {
+        rules: &rules,
         agent: AgentFacts {
             spiffe_id: &spiffe_id,
             owner: &ask.agent.owner,
@@ -403,6 +456,68 @@ fn evaluate(j: &Judging<'_>, pack: &PolicyPack) -> Evaluated {
         now,
     };
     pack.decide_action(&request).into()
+}
+
+/// The value of each of `pack`'s temporal rules on the facts: the tree's
+/// rules over the tree's history, the others over their scope's scan.
+fn rule_values(
+    j: &Judging<'_>,
+    pack: &PolicyPack,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let (ask, facts, now) = (j.ask, j.facts, j.now);
+    let task = &facts.lineage.task;
+    let resource = ask.resource.key();
+    let subject = Subject {
+        root_task_id: &facts.lineage.root().id,
+        agent: &ask.agent.spiffe_id,
+        incident_id: &task.incident_id,
+        resource: &resource,
+    };
+    let mut values = serde_json::Map::new();
+    for rule in &pack.rules().rules {
+        let (records, incident): (&[ActionRecord], &str) = match rule.scope {
+            RuleScope::Tree => (facts.history.as_slice(), task.incident_id.as_str()),
+            scope => {
+                let wanted = match scope {
+                    RuleScope::Agent => ScanScope::Agent,
+                    RuleScope::Incident => ScanScope::Incident,
+                    _ => ScanScope::Resource,
+                };
+                let at = j
+                    .prepared
+                    .rule_scans
+                    .iter()
+                    .position(|s| s.scope == wanted)
+                    .ok_or_else(|| format!("rule {}: its scope was not read", rule.name))?;
+                let records = facts
+                    .scanned
+                    .get(at)
+                    .ok_or_else(|| format!("rule {}: its scope was not read", rule.name))?;
+                if records.len() > tollgate_store::SCAN_LIMIT {
+                    return Err(format!(
+                        "rule {}: more than {} past actions in its scope and window",
+                        rule.name,
+                        tollgate_store::SCAN_LIMIT
+                    ));
+                }
+                // An incident scan is that incident's; the other scopes
+                // do not look at the incident.
+                (records.as_slice(), task.incident_id.as_str())
+            }
+        };
+        let past: Vec<Past<'_>> = records
+            .iter()
+            .map(|record| Past {
+                record,
+                incident_id: incident,
+            })
+            .collect();
+        values.insert(
+            rule.name.clone(),
+            rule.evaluate(&past, &subject, now).into(),
+        );
+    }
+    Ok(values)
 }
 
 /// Name the earlier actions that triggered a chain rule.

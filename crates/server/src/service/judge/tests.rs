@@ -208,6 +208,7 @@ impl Case {
                 .into_iter()
                 .map(|(i, _)| i)
                 .collect(),
+            rule_scans: vec![],
         }
     }
 
@@ -288,6 +289,7 @@ impl Case {
             evidence_present: w.evidence,
             history: Arc::new(history),
             agent_counts: vec![0; prepared.agent_limits.len()],
+            scanned: vec![],
             presented_approval: presented,
             pending_approvals: vec![],
         }
