@@ -1,4 +1,5 @@
-//! `tollgate bench http|policy|mcp|audit`: benchmarks on this machine.
+//! `tollgate bench http|policy|mcp|audit|rules`: benchmarks on this machine
+//! (`rules` in `bench_rules.rs`).
 //!
 //! `bench audit`: durable append throughput (one fsync per commit versus
 //! group commit) and verification speed, in one run.
@@ -71,6 +72,17 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 4)]
         clients: usize,
     },
+    /// What temporal rules cost as the stored history grows: a decision's
+    /// facts read with and without the scans of three rules, and the rules
+    /// evaluated, at each history size (SQLite).
+    Rules {
+        /// History sizes to measure, in stored past actions.
+        #[arg(long, value_delimiter = ',', default_values_t = [0, 10_000, 100_000, 1_000_000])]
+        history: Vec<usize>,
+        /// Decisions timed per size.
+        #[arg(long, default_value_t = 2_000)]
+        decisions: usize,
+    },
     /// Durable audit append throughput (serial vs group commit) and verification speed.
     Audit {
         /// Entries to append.
@@ -123,6 +135,11 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             concurrency,
         } => audit(entries, concurrency.max(1)),
         BenchCmd::Mcp { calls, clients } => mcp(calls.max(1), clients.max(1)),
+        BenchCmd::Rules { history, decisions } => {
+            let mut sizes = history;
+            sizes.sort_unstable();
+            super::bench_rules::rules(&sizes, decisions.max(1))
+        }
     }
 }
 
@@ -493,7 +510,7 @@ impl HttpLoad<'_> {
     }
 }
 
-fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
+pub(super) fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
     v.sort_by(f64::total_cmp);
     let at = |q: f64| {
         v.get(((v.len() as f64 - 1.0) * q).round() as usize)

@@ -7,6 +7,7 @@ pub mod approvals;
 pub mod approver;
 pub mod audit;
 pub mod bench;
+pub mod bench_rules;
 pub mod demo;
 pub mod freeze;
 pub mod incident;

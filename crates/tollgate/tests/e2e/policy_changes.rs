@@ -531,3 +531,32 @@ fn a_temporal_rule_with_a_mistake_is_refused_with_its_place() {
     assert!(!o.status.success());
     assert!(err.contains("declares `rules: TemporalRules`"), "{err}");
 }
+
+#[test]
+fn bench_rules_reports_the_cost_at_each_history_size() {
+    let o = std::process::Command::new(bin())
+        .args(["bench", "rules", "--history", "0,3000", "--decisions", "20"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    // At 0 nothing is read; at 3,000 the scans read some of it.
+    let read = |row: &str| {
+        row.split_whitespace()
+            .last()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert_eq!(read(rows[0]), 0, "{out}");
+    assert!(read(rows[1]) > 0, "{out}");
+}
