@@ -219,7 +219,8 @@ fn recorded_outcome(o: Option<&str>) -> Option<Outcome> {
     }
 }
 
-fn strings(v: &Value) -> Vec<String> {
+/// The strings of a JSON array (none if it is not one).
+pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()
@@ -413,27 +414,27 @@ fn rule_values(
     )
 }
 
+/// The policies one side names and the other does not: what explains a
+/// changed decision, sorted.
+pub fn differing(a: &[String], b: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = a
+        .iter()
+        .filter(|p| !b.contains(p))
+        .chain(b.iter().filter(|p| !a.contains(p)))
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// The changes grouped by recorded and candidate outcome and by the
 /// policies that differ, as `policy replay --json` prints them.
 pub fn report(r: &Replayed) -> Value {
     type Side = (String, Option<u32>);
     let mut groups: BTreeMap<(Side, Side, Vec<String>), Vec<&Change>> = BTreeMap::new();
     for c in &r.changes {
-        let mut differ: Vec<String> = c
-            .recorded
-            .policies
-            .iter()
-            .filter(|p| !c.candidate.policies.contains(p))
-            .chain(
-                c.candidate
-                    .policies
-                    .iter()
-                    .filter(|p| !c.recorded.policies.contains(p)),
-            )
-            .cloned()
-            .collect();
-        differ.sort();
-        differ.dedup();
+        let differ = differing(&c.recorded.policies, &c.candidate.policies);
         let side = |d: &Decided| (d.outcome.clone(), d.approvals_required);
         groups
             .entry((side(&c.recorded), side(&c.candidate), differ))

@@ -116,30 +116,13 @@ fn read_diffs(c: &Client, since: Option<i64>) -> Result<Vec<AuditEntry>> {
     Ok(out)
 }
 
-/// The policies one side names and the other does not: what explains the
-/// change, sorted.
+/// The policies one side names and the other does not.
 fn changed_policies(d: &Value) -> Vec<String> {
-    let ids = |side: &str| -> Vec<String> {
-        d[side]["policies"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let (enforced, shadow) = (ids("enforced"), ids("shadow"));
-    let mut changed: Vec<String> = enforced
-        .iter()
-        .filter(|p| !shadow.contains(p))
-        .chain(shadow.iter().filter(|p| !enforced.contains(p)))
-        .cloned()
-        .collect();
-    changed.sort();
-    changed.dedup();
-    changed
+    use super::replay::{differing, strings};
+    differing(
+        &strings(&d["enforced"]["policies"]),
+        &strings(&d["shadow"]["policies"]),
+    )
 }
 
 /// Disagreements grouped by (enforced outcome, shadow outcome, changed policies).

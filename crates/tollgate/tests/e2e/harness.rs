@@ -566,3 +566,20 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `tollgate demo --dir DIR` into `tmp/demo`: the reference scenario's log
+/// (`demo/data`) and pack (`demo/config`).
+pub fn demo_dir(tmp: &Path) -> PathBuf {
+    let demo = tmp.join("demo");
+    let out = Command::new(bin())
+        .args(["demo", "--dir"])
+        .arg(&demo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    demo
+}

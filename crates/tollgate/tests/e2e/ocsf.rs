@@ -270,17 +270,7 @@ fn ocsf_validator_finds_what_the_schema_forbids() {
 /// refusals, revocations and admin changes on top.
 fn scenario() -> (Server, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
-    let demo = tmp.path().join("demo");
-    let out = std::process::Command::new(bin())
-        .args(["demo", "--dir"])
-        .arg(&demo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let demo = demo_dir(tmp.path());
     let s = Server::start_with_config(&demo.join("config"), &demo.join("data"));
     let svid = s.enrol(IR);
     let (task_id, cred) = s.open_task(&svid);

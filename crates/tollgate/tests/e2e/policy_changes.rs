@@ -191,17 +191,7 @@ fn replaying_the_log_against_a_candidate_pack_shows_what_would_change() {
     // The demo's log: reads, containment denied then allowed after
     // evidence, an approval, a rollback, a chain rule that revokes.
     let tmp = tempfile::tempdir().unwrap();
-    let demo = tmp.path().join("demo");
-    let out = std::process::Command::new(bin())
-        .args(["demo", "--dir"])
-        .arg(&demo)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let demo = demo_dir(tmp.path());
     let (config, data) = (demo.join("config"), demo.join("data"));
     let data_arg = data.to_str().unwrap();
 
