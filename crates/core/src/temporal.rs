@@ -32,6 +32,16 @@ use serde::Serialize;
 /// The longest window a rule may have, unless configured otherwise: 90 days.
 pub const DEFAULT_MAX_WINDOW: i64 = 90 * 24 * 3600;
 
+/// A window as it would be written: `90d`, `36h`, `90m` or `45s`.
+pub fn show_window(secs: i64) -> String {
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs % size == 0 && secs >= size {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
 /// A problem in a rule file, where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}:{column}: {message}")]
@@ -504,8 +514,8 @@ impl Parser<'_> {
             Some(Tok::Duration(_)) => {
                 self.at -= 1;
                 return Err(self.error(format!(
-                    "a window is more than 0 s and at most {} s (the configured maximum)",
-                    self.max_window
+                    "a window is more than 0 s and at most {} (the configured maximum)",
+                    show_window(self.max_window)
                 )));
             }
             _ => {

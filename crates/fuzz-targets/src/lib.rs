@@ -83,7 +83,7 @@ pub fn trust_bundle(data: &[u8]) {
 fn pack() -> &'static PolicyPack {
     static P: OnceLock<PolicyPack> = OnceLock::new();
     P.get_or_init(|| {
-        tollgate_server::embedded::pack()
+        tollgate_server::embedded::pack(Default::default())
             .unwrap_or_else(|e| panic!("the embedded pack does not load: {e}"))
     })
 }

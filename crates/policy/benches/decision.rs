@@ -24,14 +24,17 @@ fn decisions(c: &mut Criterion) {
                     pack.catalog(),
                     work.now,
                 );
-                pack.decide_action(&work.facts(k, &history)).unwrap()
+                let rules = work.rules(k, pack.rules());
+                pack.decide_action(&work.facts(k, &history, &rules))
+                    .unwrap()
             })
         });
         let history =
             tollgate_core::HistorySummary::from_records(&work.past, pack.catalog(), work.now);
         let built: Vec<_> = (0..64)
             .map(|k| {
-                let f = work.facts(k, &history);
+                let rules = work.rules(k, pack.rules());
+                let f = work.facts(k, &history, &rules);
                 pack.action_request(&f, pack.catalog().operation(f.action).unwrap())
                     .unwrap()
             })

@@ -24,7 +24,10 @@ pub mod synthetic;
 pub mod testing;
 
 pub use general::GeneralRequest;
-pub use pack::{Diagnostic, PolicyError, PolicyPack, SourceFile, OBLIGATION_EVIDENCE_BEFORE};
+pub use pack::{
+    Diagnostic, LoadOptions, PackSources, PolicyError, PolicyPack, SourceFile,
+    OBLIGATION_EVIDENCE_BEFORE,
+};
 pub use request::{
     ActionFacts, AgentFacts, ApproveFacts, DelegateFacts, ResourceRef, TaskOpenFacts,
 };

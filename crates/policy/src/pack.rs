@@ -15,6 +15,23 @@ const KNOWN_OBLIGATIONS: [&str; 1] = [OBLIGATION_EVIDENCE_BEFORE];
 /// The most approvers one action may demand; more is almost surely a typo.
 const MAX_APPROVALS: u32 = 5;
 
+/// Limits a pack is loaded under, set by the server's configuration
+/// (`max_rule_window_days` in tollgate.yaml), not by the pack: the operator
+/// decides how far back a decision may make the store look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The longest window a temporal rule may have, in seconds.
+    pub max_rule_window: i64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_rule_window: tollgate_core::temporal::DEFAULT_MAX_WINDOW,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SourceFile {
     pub name: String,
@@ -118,56 +135,87 @@ struct PolicyNotes {
     chain_label: Option<String>,
 }
 
-impl PolicyPack {
-    /// Read a pack directory: `schema.cedarschema`, `catalog.yaml` and every
-    /// `*.cedar` file under `policies/` (sorted by name).
-    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
+/// Every source file of a pack directory, read but not yet parsed: the
+/// schema, `catalog.yaml`, `policies/*.cedar` and `rules/*.tgr` (each in
+/// name order), and `playbooks.yaml` and `entities.json` if present.
+#[derive(Debug, Clone)]
+pub struct PackSources {
+    pub schema: SourceFile,
+    pub catalog: SourceFile,
+    pub policies: Vec<SourceFile>,
+    pub rules: Vec<SourceFile>,
+    pub playbooks: Option<SourceFile>,
+    pub entities: Option<SourceFile>,
+}
+
+impl PackSources {
+    /// Read them from `dir`; names are relative to it, as diagnostics show them.
+    pub fn read(dir: &Path) -> Result<Self, PolicyError> {
         let read = |p: &Path| -> Result<SourceFile, PolicyError> {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| PolicyError::Io(format!("{}: {e}", p.display())))?;
             let name = p.strip_prefix(dir).unwrap_or(p).display().to_string();
             Ok(SourceFile { name, text })
         };
-        let schema = read(&dir.join("schema.cedarschema"))?;
-        let catalog = read(&dir.join("catalog.yaml"))?;
-        let pdir = dir.join("policies");
-        let mut names: Vec<_> = std::fs::read_dir(&pdir)
-            .map_err(|e| PolicyError::Io(format!("{}: {e}", pdir.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
-            .collect();
-        names.sort();
-        let policies = names
-            .iter()
-            .map(|p| read(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let rdir = dir.join("rules");
-        let rules = if rdir.is_dir() {
-            let mut names: Vec<_> = std::fs::read_dir(&rdir)
-                .map_err(|e| PolicyError::Io(format!("{}: {e}", rdir.display())))?
+        // Every `*.ext` file of a subdirectory, in name order.
+        let files = |sub: &str, ext: &str| -> Result<Vec<SourceFile>, PolicyError> {
+            let d = dir.join(sub);
+            let mut names: Vec<_> = std::fs::read_dir(&d)
+                .map_err(|e| PolicyError::Io(format!("{}: {e}", d.display())))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "tgr"))
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
                 .collect();
             names.sort();
-            names
-                .iter()
-                .map(|p| read(p))
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            vec![]
+            names.iter().map(|p| read(p)).collect()
         };
-        let pack = Self::from_sources_with_rules(&schema, &policies, &catalog, &rules)?;
-        let playbooks = dir.join("playbooks.yaml");
-        let pack = if playbooks.exists() {
-            pack.with_playbooks(&read(&playbooks)?)?
-        } else {
-            pack
+        let optional = |name: &str| -> Result<Option<SourceFile>, PolicyError> {
+            let p = dir.join(name);
+            p.exists().then(|| read(&p)).transpose()
         };
-        let entities = dir.join("entities.json");
-        if entities.exists() {
-            return pack.with_entities(&read(&entities)?);
+        Ok(Self {
+            schema: read(&dir.join("schema.cedarschema"))?,
+            catalog: read(&dir.join("catalog.yaml"))?,
+            policies: files("policies", "cedar")?,
+            rules: if dir.join("rules").is_dir() {
+                files("rules", "tgr")?
+            } else {
+                vec![]
+            },
+            playbooks: optional("playbooks.yaml")?,
+            entities: optional("entities.json")?,
+        })
+    }
+}
+
+impl PolicyPack {
+    /// Read a pack directory: `schema.cedarschema`, `catalog.yaml` and every
+    /// `*.cedar` file under `policies/` (sorted by name).
+    pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
+        Self::load_dir_with(dir, LoadOptions::default())
+    }
+
+    /// [`Self::load_dir`] under the given limits.
+    pub fn load_dir_with(dir: &Path, options: LoadOptions) -> Result<Self, PolicyError> {
+        Self::from_pack_sources(&PackSources::read(dir)?, options)
+    }
+
+    /// A pack from all its source texts, as [`PackSources::read`] finds them.
+    pub fn from_pack_sources(src: &PackSources, options: LoadOptions) -> Result<Self, PolicyError> {
+        let pack = Self::from_sources_with_rules(
+            &src.schema,
+            &src.policies,
+            &src.catalog,
+            &src.rules,
+            options,
+        )?;
+        let pack = match &src.playbooks {
+            Some(p) => pack.with_playbooks(p)?,
+            None => pack,
+        };
+        match &src.entities {
+            Some(e) => pack.with_entities(e),
+            None => Ok(pack),
         }
-        Ok(pack)
     }
 
     /// Build a pack from source texts; every problem found is reported, not just the first.
@@ -176,7 +224,13 @@ impl PolicyPack {
         policy_srcs: &[SourceFile],
         catalog_src: &SourceFile,
     ) -> Result<Self, PolicyError> {
-        Self::from_sources_with_rules(schema_src, policy_srcs, catalog_src, &[])
+        Self::from_sources_with_rules(
+            schema_src,
+            policy_srcs,
+            catalog_src,
+            &[],
+            LoadOptions::default(),
+        )
     }
 
     /// [`Self::from_sources`] with temporal rule files (`rules/*.tgr`). The
@@ -189,15 +243,12 @@ impl PolicyPack {
         policy_srcs: &[SourceFile],
         catalog_src: &SourceFile,
         rule_srcs: &[SourceFile],
+        options: LoadOptions,
     ) -> Result<Self, PolicyError> {
         let mut diags = Vec::new();
         let mut rules = tollgate_core::temporal::RuleSet::default();
         for f in rule_srcs {
-            if let Err(errors) = rules.parse_file(
-                &f.name,
-                &f.text,
-                tollgate_core::temporal::DEFAULT_MAX_WINDOW,
-            ) {
+            if let Err(errors) = rules.parse_file(&f.name, &f.text, options.max_rule_window) {
                 diags.extend(errors.into_iter().map(|e| Diagnostic {
                     file: e.file,
                     line: e.line,

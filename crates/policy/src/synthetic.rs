@@ -2,7 +2,10 @@
 //! policies, the shape that grows large in practice (one or two policies per
 //! enrolled agent, as template links or generated files would give).
 
-use crate::{ActionFacts, AgentFacts, PolicyError, PolicyPack, ResourceRef, SourceFile};
+use crate::{
+    ActionFacts, AgentFacts, LoadOptions, PackSources, PolicyError, PolicyPack, ResourceRef,
+    SourceFile,
+};
 use std::path::Path;
 use tollgate_core::{
     Incident, IncidentStatus, Scope, Severity, SpiffeId, Task, TaskStatus, UnixTime,
@@ -22,43 +25,17 @@ pub fn with_agent_policies(
     trust_domain: &str,
     total: usize,
 ) -> Result<(PolicyPack, usize), PolicyError> {
-    let base = PolicyPack::load_dir(dir)?;
+    let mut src = PackSources::read(dir)?;
+    let base = PolicyPack::from_pack_sources(&src, LoadOptions::default())?;
     let extra = total.saturating_sub(base.policy_count());
     if extra == 0 {
         return Ok((base, 0));
     }
-    let read = |name: &str| -> Result<SourceFile, PolicyError> {
-        let text = std::fs::read_to_string(dir.join(name))
-            .map_err(|e| PolicyError::Io(format!("{name}: {e}")))?;
-        Ok(SourceFile {
-            name: name.into(),
-            text,
-        })
-    };
-    let mut policies = Vec::new();
-    let pdir = dir.join("policies");
-    let mut names: Vec<String> = std::fs::read_dir(&pdir)
-        .map_err(|e| PolicyError::Io(format!("{}: {e}", pdir.display())))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".cedar"))
-        .collect();
-    names.sort();
-    for n in names {
-        policies.push(read(&format!("policies/{n}"))?);
-    }
-    policies.push(SourceFile {
+    src.policies.push(SourceFile {
         name: "policies/zz-agents.cedar".into(),
         text: agent_policies(trust_domain, extra),
     });
-    let mut pack = PolicyPack::from_sources(
-        &read("schema.cedarschema")?,
-        &policies,
-        &read("catalog.yaml")?,
-    )?;
-    if dir.join("playbooks.yaml").exists() {
-        pack = pack.with_playbooks(&read("playbooks.yaml")?)?;
-    }
+    let pack = PolicyPack::from_pack_sources(&src, LoadOptions::default())?;
     Ok((pack, extra))
 }
 
@@ -90,8 +67,6 @@ pub struct Workload {
     incident: Incident,
     resources: Vec<(&'static str, ResourceRef)>,
     parameters: serde_json::Map<String, serde_json::Value>,
-    /// The synthetic pack has no temporal rules.
-    no_rules: serde_json::Map<String, serde_json::Value>,
     pub past: Vec<tollgate_core::ActionRecord>,
     pub now: UnixTime,
 }
@@ -172,21 +147,52 @@ impl Workload {
             },
             resources,
             parameters: serde_json::Map::new(),
-            no_rules: serde_json::Map::new(),
             past,
             now,
         })
     }
 
-    /// The facts of request `k`, with the history summary the gateway
-    /// would have computed from the tree's past.
+    /// The agent request `k` comes from.
+    fn agent_of(&self, k: usize) -> usize {
+        (k * 7919) % self.ids.len()
+    }
+
+    /// The pack's temporal rules for request `k`, evaluated over the past
+    /// as the gateway would (the whole past is the request's scope).
+    pub fn rules(
+        &self,
+        k: usize,
+        rules: &tollgate_core::temporal::RuleSet,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let a = self.agent_of(k);
+        let past: Vec<_> = self
+            .past
+            .iter()
+            .map(|record| tollgate_core::temporal::Past {
+                record,
+                incident_id: &self.incident.id,
+            })
+            .collect();
+        let (_, resource) = &self.resources[a * OPS.len() + k % OPS.len()];
+        let key = resource.key();
+        let subject = tollgate_core::temporal::Subject {
+            root_task_id: &self.tasks[a].id,
+            agent: &self.tasks[a].agent,
+            incident_id: &self.incident.id,
+            resource: &key,
+        };
+        rules.values(&past, &subject, self.now)
+    }
+
+    /// The facts of request `k`, with the history summary and rule values
+    /// the gateway would have computed from the tree's past.
     pub fn facts<'a>(
         &'a self,
         k: usize,
         history: &'a tollgate_core::HistorySummary,
+        rules: &'a serde_json::Map<String, serde_json::Value>,
     ) -> ActionFacts<'a> {
-        let agents = self.ids.len();
-        let a = (k * 7919) % agents;
+        let a = self.agent_of(k);
         let (action, resource) = &self.resources[a * OPS.len() + k % OPS.len()];
         ActionFacts {
             agent: AgentFacts {
@@ -201,7 +207,7 @@ impl Workload {
             parameters: &self.parameters,
             evidence_present: true,
             history,
-            rules: &self.no_rules,
+            rules,
             now: self.now,
         }
     }

@@ -14,7 +14,7 @@
 //!     resource: {type: Url, id: "https://pastebin.com/x", attributes: {domain: pastebin.com}}
 //!     after_seconds: 60
 //!     expect: deny
-//!     expect_policies: [no-egress-after-secret-read]
+//!     expect_policies: [no-egress-after-secret-read]   # among the deciding policies
 //!   - action: edr.read_alerts
 //!     resource: {type: Host, id: web-1}
 //!     expect: revoked        # the task was revoked by the step before
@@ -78,6 +78,9 @@ pub struct Step {
     pub expect: String,
     #[serde(default)]
     pub expect_policies: Vec<String>,
+    /// For `approval_required` steps: how many distinct approvals it needs.
+    #[serde(default)]
+    pub expect_approvals: Option<u32>,
 }
 
 /// One step that did not go as expected.
@@ -212,6 +215,18 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
                     d.reasons.join("; ")
                 ),
             });
+        }
+        if let Some(want) = step.expect_approvals {
+            if d.outcome != Outcome::ApprovalRequired || d.approvals_required != want {
+                failures.push(Failure {
+                    step: n,
+                    message: format!(
+                        "expected {want} approval(s), got {} needing {}",
+                        d.outcome.as_str(),
+                        d.approvals_required
+                    ),
+                });
+            }
         }
         for p in &step.expect_policies {
             if !d.policies.contains(p) {

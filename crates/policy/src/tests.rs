@@ -13,6 +13,27 @@ fn pack() -> PolicyPack {
     PolicyPack::load_dir(&pack_dir()).unwrap()
 }
 
+/// The example's temporal rules over an empty past (all false or 0): what
+/// every request of these tests carries as `context.rules`.
+fn example_rules() -> &'static Map<String, Value> {
+    static RULES: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| pack().rules().sample())
+}
+
+/// A pack from `sources()`-style texts, with the example's rule file (its
+/// schema declares `rules: TemporalRules`).
+fn with_rules(
+    schema: &SourceFile,
+    policies: &[SourceFile],
+    catalog: &SourceFile,
+) -> Result<PolicyPack, PolicyError> {
+    let rules = SourceFile {
+        name: "rules/history.tgr".into(),
+        text: std::fs::read_to_string(pack_dir().join("rules/history.tgr")).unwrap(),
+    };
+    PolicyPack::from_sources_with_rules(schema, policies, catalog, &[rules], LoadOptions::default())
+}
+
 fn incident(class: &str, severity: Severity) -> Incident {
     Incident {
         id: "INC-4711".into(),
@@ -72,7 +93,7 @@ fn with_facts<R>(c: &Case, run: impl FnOnce(&ActionFacts<'_>) -> R) -> R {
         parameters: &params,
         evidence_present: c.evidence,
         history: &tollgate_core::HistorySummary::default(),
-        rules: &serde_json::Map::new(),
+        rules: example_rules(),
         now: 1_800_000_000,
     })
 }
@@ -360,7 +381,7 @@ fn task_scope_narrows_what_policy_allows() {
             parameters: &empty,
             evidence_present: false,
             history: &tollgate_core::HistorySummary::default(),
-            rules: &serde_json::Map::new(),
+            rules: example_rules(),
             now: 0,
         })
         .unwrap()
@@ -442,9 +463,7 @@ fn invalid_packs_report_file_and_line() {
         name: "policies/bad.cedar".into(),
         text: "// c\n\npermit (principal, action, resource) when { principal.role > 3 };\n".into(),
     });
-    let err = PolicyPack::from_sources(&schema, &policies, &catalog)
-        .err()
-        .unwrap();
+    let err = with_rules(&schema, &policies, &catalog).err().unwrap();
     let PolicyError::Invalid(diags) = err else {
         panic!("expected Invalid")
     };
@@ -461,9 +480,7 @@ fn invalid_packs_report_file_and_line() {
         name: "policies/syntax.cedar".into(),
         text: "permit (principal, action resource);".into(),
     });
-    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog)
-        .err()
-        .unwrap()
+    let PolicyError::Invalid(diags) = with_rules(&schema, &policies, &catalog).err().unwrap()
     else {
         panic!()
     };
@@ -473,9 +490,7 @@ fn invalid_packs_report_file_and_line() {
     // Bad annotations, an unknown obligation, duplicate ids.
     policies.pop();
     policies.push(SourceFile { name: "policies/ann.cedar".into(), text: "@approval(\"many\")\npermit (principal, action, resource);\n@id(\"read-during-task\")\n@obligation(\"pray\")\npermit (principal, action, resource);\n".into() });
-    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog)
-        .err()
-        .unwrap()
+    let PolicyError::Invalid(diags) = with_rules(&schema, &policies, &catalog).err().unwrap()
     else {
         panic!()
     };
@@ -505,9 +520,7 @@ fn catalog_operations_must_be_schema_actions() {
     catalog
         .text
         .push_str("  dns.sinkhole:\n    tier: contain\n    resource_types: [Host]\n");
-    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog)
-        .err()
-        .unwrap()
+    let PolicyError::Invalid(diags) = with_rules(&schema, &policies, &catalog).err().unwrap()
     else {
         panic!()
     };
@@ -517,10 +530,10 @@ fn catalog_operations_must_be_schema_actions() {
 #[test]
 fn digest_changes_with_any_source() {
     let (schema, policies, catalog) = sources();
-    let a = PolicyPack::from_sources(&schema, &policies, &catalog).unwrap();
+    let a = with_rules(&schema, &policies, &catalog).unwrap();
     let mut p2 = policies.clone();
     p2[0].text.push_str("\n// comment\n");
-    let b = PolicyPack::from_sources(&schema, &p2, &catalog).unwrap();
+    let b = with_rules(&schema, &p2, &catalog).unwrap();
     assert_ne!(a.digest(), b.digest());
     assert_eq!(a.policy_count(), 6);
 }
@@ -530,9 +543,7 @@ fn a_schema_that_drifted_from_the_gateway_is_refused_at_load() {
     let (mut schema, policies, catalog) = sources();
     // The gateway always sends hour_utc; a schema without it would turn every request into a 400.
     schema.text = schema.text.replace("  hour_utc: Long,\n", "");
-    let PolicyError::Invalid(diags) = PolicyPack::from_sources(&schema, &policies, &catalog)
-        .err()
-        .unwrap()
+    let PolicyError::Invalid(diags) = with_rules(&schema, &policies, &catalog).err().unwrap()
     else {
         panic!()
     };
@@ -551,7 +562,7 @@ fn approval_annotations_reach_the_decision() {
         "@approval(\"2\")",
         "@approval(\"2\")\n@approval_ttl(\"10m\")\n@deny_threshold(\"2\")",
     );
-    let p = PolicyPack::from_sources(&schema, &policies, &catalog).unwrap();
+    let p = with_rules(&schema, &policies, &catalog).unwrap();
     let c = Case {
         agent: IR,
         action: "vault.rotate_secret",
@@ -579,7 +590,7 @@ fn approval_annotations_reach_the_decision() {
             .text
             .replace("@approval(\"2\")", &format!("@approval(\"2\")\n{bad}"));
         assert!(
-            PolicyPack::from_sources(&schema, &ps, &catalog).is_err(),
+            with_rules(&schema, &ps, &catalog).is_err(),
             "{bad} was accepted"
         );
     }
@@ -659,7 +670,7 @@ fn playbooks_admit_tasks_and_answer_deviations() {
             parameters: &Map::new(),
             evidence_present: true,
             history: &h,
-            rules: &serde_json::Map::new(),
+            rules: example_rules(),
             now: 0,
         })
         .unwrap()
@@ -718,7 +729,7 @@ fn may_permit_follows_permit_scopes_and_unconditional_forbids() {
         spiffe_id: &id,
         owner: "secops",
     };
-    let p = PolicyPack::from_sources(&schema, &policies, &catalog).unwrap();
+    let p = with_rules(&schema, &policies, &catalog).unwrap();
     // Every catalog action has some permit in the example pack.
     for action in [
         "edr.read_alerts",
@@ -738,7 +749,7 @@ fn may_permit_follows_permit_scopes_and_unconditional_forbids() {
                forbid (principal, action == Action::\"edr.isolate_host\", resource) when { context.now > 0 };\n"
             .into(),
     });
-    let p = PolicyPack::from_sources(&schema, &policies, &catalog).unwrap();
+    let p = with_rules(&schema, &policies, &catalog).unwrap();
     assert!(!p.may_permit(agent, "http.post"));
     assert!(p.may_permit(agent, "edr.isolate_host"));
 }

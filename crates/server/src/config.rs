@@ -316,7 +316,20 @@ pub struct ServerConfig {
     /// where it would decide otherwise, a `decision.shadow_diff` entry.
     #[serde(default)]
     pub shadow_pack: Option<PathBuf>,
+    /// The longest window a temporal rule (`rules/*.tgr`) may have, in
+    /// days: how far back a decision may make the store look. A pack with a
+    /// longer window does not load.
+    #[serde(default = "d_max_rule_window_days")]
+    pub max_rule_window_days: u32,
 }
+
+/// 90 days: a quarter's incidents, well past the 30 days rules ask for.
+fn d_max_rule_window_days() -> u32 {
+    90
+}
+
+/// At most ten years: beyond that a window is a typo, not a rule.
+const MAX_RULE_WINDOW_DAYS: u32 = 3_650;
 
 /// `store:` in tollgate.yaml; every field can be overridden from the
 /// environment (`TOLLGATE_STORE`, `TOLLGATE_STORE_SCHEMA`,
@@ -577,6 +590,7 @@ impl Default for ServerConfig {
             public_url: None,
             telemetry: TelemetryConfig::default(),
             shadow_pack: None,
+            max_rule_window_days: d_max_rule_window_days(),
         }
     }
 }
@@ -587,6 +601,14 @@ impl ServerConfig {
             serde_yaml_ng::from_str(text).map_err(|e| format!("tollgate.yaml: {e}"))?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// The limits every pack this server loads is held to (the enforced
+    /// pack, reloads and shadow packs alike).
+    pub fn pack_options(&self) -> tollgate_policy::LoadOptions {
+        tollgate_policy::LoadOptions {
+            max_rule_window: i64::from(self.max_rule_window_days) * 86_400,
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -621,6 +643,12 @@ impl ServerConfig {
             }
         }
         self.validate_trust_bundles()?;
+        if !(1..=MAX_RULE_WINDOW_DAYS).contains(&self.max_rule_window_days) {
+            return Err(format!(
+                "tollgate.yaml: max_rule_window_days is 1 to {MAX_RULE_WINDOW_DAYS}, got {}",
+                self.max_rule_window_days
+            ));
+        }
         if self.audit.checkpoint_every_entries == 0 || self.audit.checkpoint_every_seconds <= 0 {
             return Err("tollgate.yaml: audit: checkpoint intervals must be positive".into());
         }

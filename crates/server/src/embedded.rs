@@ -39,8 +39,16 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../examples/incident-response/policies/40-chain-rules.cedar"),
     ),
     (
+        "policies/45-across-tasks.cedar",
+        include_str!("../../../examples/incident-response/policies/45-across-tasks.cedar"),
+    ),
+    (
         "policies/90-guardrails.cedar",
         include_str!("../../../examples/incident-response/policies/90-guardrails.cedar"),
+    ),
+    (
+        "rules/history.tgr",
+        include_str!("../../../examples/incident-response/rules/history.tgr"),
     ),
     (
         "tests/actions.yaml",
@@ -57,6 +65,18 @@ pub const FILES: &[(&str, &str)] = &[
     (
         "tests/chain-egress-window.yaml",
         include_str!("../../../examples/incident-response/tests/chain-egress-window.yaml"),
+    ),
+    (
+        "tests/chain-incident-disables.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-incident-disables.yaml"),
+    ),
+    (
+        "tests/chain-release-after-imaging.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-release-after-imaging.yaml"),
+    ),
+    (
+        "tests/chain-second-irreversible.yaml",
+        include_str!("../../../examples/incident-response/tests/chain-second-irreversible.yaml"),
     ),
     (
         "tests/chain-egress.yaml",
@@ -84,16 +104,22 @@ fn file(name: &str) -> tollgate_policy::SourceFile {
     }
 }
 
-pub fn pack() -> Result<tollgate_policy::PolicyPack, tollgate_policy::PolicyError> {
-    let policies: Vec<_> = FILES
-        .iter()
-        .filter(|(n, _)| n.starts_with("policies/"))
-        .map(|(n, _)| file(n))
-        .collect();
-    tollgate_policy::PolicyPack::from_sources(
+pub fn pack(
+    options: tollgate_policy::LoadOptions,
+) -> Result<tollgate_policy::PolicyPack, tollgate_policy::PolicyError> {
+    let under = |dir: &str| -> Vec<_> {
+        FILES
+            .iter()
+            .filter(|(n, _)| n.starts_with(dir))
+            .map(|(n, _)| file(n))
+            .collect()
+    };
+    tollgate_policy::PolicyPack::from_sources_with_rules(
         &file("schema.cedarschema"),
-        &policies,
+        &under("policies/"),
         &file("catalog.yaml"),
+        &under("rules/"),
+        options,
     )?
     .with_playbooks(&file("playbooks.yaml"))
 }

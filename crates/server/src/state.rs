@@ -200,10 +200,13 @@ pub fn random_token(prefix: &str) -> String {
     )
 }
 
-pub fn load_pack(config_dir: Option<&Path>) -> Result<PolicyPack, tollgate_policy::PolicyError> {
+pub fn load_pack(
+    config_dir: Option<&Path>,
+    options: tollgate_policy::LoadOptions,
+) -> Result<PolicyPack, tollgate_policy::PolicyError> {
     match config_dir {
-        Some(dir) => PolicyPack::load_dir(dir),
-        None => crate::embedded::pack(),
+        Some(dir) => PolicyPack::load_dir_with(dir, options),
+        None => crate::embedded::pack(options),
     }
 }
 
@@ -361,7 +364,7 @@ impl AppState {
             .store
             .validate()
             .map_err(|e| StartError::Config(format!("TOLLGATE_STORE: {e}")))?;
-        let pack = load_pack(opts.config_dir.as_deref())?;
+        let pack = load_pack(opts.config_dir.as_deref(), config.pack_options())?;
         let shadow = match &config.shadow_pack {
             Some(dir) => {
                 let dir = opts
@@ -369,7 +372,7 @@ impl AppState {
                     .as_deref()
                     .unwrap_or(Path::new("."))
                     .join(dir);
-                let pack = PolicyPack::load_dir(&dir).map_err(|e| {
+                let pack = PolicyPack::load_dir_with(&dir, config.pack_options()).map_err(|e| {
                     StartError::Config(format!("tollgate.yaml: shadow_pack {}: {e}", dir.display()))
                 })?;
                 Some((pack, dir))

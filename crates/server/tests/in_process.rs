@@ -198,7 +198,9 @@ impl Harness {
         };
         let state = Arc::new(AppState {
             store: store.clone(),
-            pack: arc_swap::ArcSwap::from_pointee(tollgate_server::embedded::pack().unwrap()),
+            pack: arc_swap::ArcSwap::from_pointee(
+                tollgate_server::embedded::pack(Default::default()).unwrap(),
+            ),
             shadow: arc_swap::ArcSwapOption::empty(),
             tokens: Tokens::new(key, &config.issuer, &config.trust_domain, &config.audience),
             clock: clock.clone(),

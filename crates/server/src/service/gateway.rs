@@ -28,7 +28,7 @@ fn diagnostics(e: &PolicyError) -> Vec<Diagnostic> {
 /// that does not validate is refused and the old one stays live; a pack
 /// whose `policy.loaded` entry cannot be written does not go live either.
 pub async fn reload_pack(state: &AppState, trigger: &str) -> Result<String, Error> {
-    match load_pack(state.config_dir.as_deref()) {
+    match load_pack(state.config_dir.as_deref(), state.config.pack_options()) {
         Ok(pack) => {
             let digest = pack.digest().to_string();
             state.audit_pack_loaded(&pack, trigger).await?;
@@ -60,7 +60,8 @@ pub async fn load_shadow(
     dir: &Path,
     actor: &str,
 ) -> Result<Arc<ShadowPack>, Error> {
-    let pack = PolicyPack::load_dir(dir).map_err(|e| Error::PolicyInvalid(diagnostics(&e)))?;
+    let pack = PolicyPack::load_dir_with(dir, state.config.pack_options())
+        .map_err(|e| Error::PolicyInvalid(diagnostics(&e)))?;
     state.put_shadow(pack, dir, actor).await?;
     state
         .shadow

@@ -148,7 +148,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
 fn write_grown_pack(dir: &std::path::Path, sizes: &[usize]) -> Result<()> {
     super::init::write_example(dir)?;
     let extra = sizes.iter().max().copied().unwrap_or(0).saturating_sub(
-        tollgate_server::embedded::pack()
+        tollgate_server::embedded::pack(Default::default())
             .map_err(|e| anyhow!("{e}"))?
             .policy_count(),
     );
@@ -558,11 +558,13 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
         for k in 0..decisions {
             progress.tick(k as u64);
             let t = Instant::now();
-            // The summary is part of the decision: computed from the tree's past.
+            // The summary and the rules are part of the decision: computed
+            // from the tree's past.
             let history =
                 tollgate_core::HistorySummary::from_records(&work.past, pack.catalog(), work.now);
+            let rules = work.rules(k, pack.rules());
             let d = pack
-                .decide_action(&work.facts(k, &history))
+                .decide_action(&work.facts(k, &history, &rules))
                 .map_err(|e| anyhow!("{e}"))?;
             ours.push(t.elapsed().as_secs_f64() * 1e6);
             outcomes[match d.outcome {
@@ -579,7 +581,8 @@ pub fn policy(pack_dir: &std::path::Path, sizes: &[usize], decisions: usize) -> 
             tollgate_core::HistorySummary::from_records(&work.past, pack.catalog(), work.now);
         let mut stock = Vec::with_capacity(stock_n);
         for k in 0..stock_n {
-            let f = work.facts(k, &history);
+            let rules = work.rules(k, pack.rules());
+            let f = work.facts(k, &history, &rules);
             let op = pack
                 .catalog()
                 .operation(f.action)

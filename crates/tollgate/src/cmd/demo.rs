@@ -367,7 +367,7 @@ impl Demo {
         self.show("jdoe enabled", "/accounts/jdoe/enabled")
     }
 
-    /// Steps 7 to 10: the isolation rolled back, a secret read, the egress
+    /// Steps 7 to 10: the host imaged and its isolation rolled back, a secret read, the egress
     /// after it denied by a chain rule that revokes the task, and the
     /// revoked credential refused.
     async fn roll_back_and_exfiltrate(&self, isolated: &CallToolResult) -> Result<()> {
@@ -378,7 +378,15 @@ impl Demo {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        self.call("7. Roll back the isolation through the gateway (its compensation, decided and audited)", "tollgate_rollback", json!({"request_id": isolate_request})).await?;
+        // The pack releases an isolated host only once it was imaged since
+        // (`release-only-after-imaging`, a temporal rule by resource).
+        self.call(
+            "7. Image web-1, which the pack asks before an isolated host is released",
+            "forensics_image_host",
+            json!({"host": "web-1"}),
+        )
+        .await?;
+        self.call("   Then roll back the isolation through the gateway (its compensation, decided and audited)", "tollgate_rollback", json!({"request_id": isolate_request})).await?;
         self.show("web-1 isolated", "/hosts/web-1/isolated")?;
 
         self.call(

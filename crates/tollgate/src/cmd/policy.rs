@@ -3,7 +3,7 @@
 
 use crate::client::Client;
 use crate::Conn;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 
@@ -165,8 +165,22 @@ fn d_with_dir(dir: &Path, d: &tollgate_policy::Diagnostic) -> String {
     format!("{}/{}", dir.display(), d)
 }
 
+/// The limits a server configured by the `tollgate.yaml` beside the pack
+/// would load it under (`tollgate init` puts them together), or the
+/// defaults for a pack without one.
+fn load_options(dir: &Path) -> Result<tollgate_policy::LoadOptions> {
+    let config = dir.join("tollgate.yaml");
+    if !config.exists() {
+        return Ok(tollgate_policy::LoadOptions::default());
+    }
+    let text = std::fs::read_to_string(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    let config = tollgate_server::config::ServerConfig::from_yaml(&text).map_err(|e| anyhow!(e))?;
+    Ok(config.pack_options())
+}
+
 fn validate(dir: &Path, json: bool) -> Result<()> {
-    match tollgate_policy::PolicyPack::load_dir(dir) {
+    match tollgate_policy::PolicyPack::load_dir_with(dir, load_options(dir)?) {
         Ok(p) if json => crate::print_json(&serde_json::json!({
             "ok": true,
             "policies": p.policy_count(),
@@ -209,7 +223,7 @@ fn validate(dir: &Path, json: bool) -> Result<()> {
 
 /// The pack in `dir`; its problems on stderr if it does not validate.
 fn load(dir: &Path) -> Result<tollgate_policy::PolicyPack> {
-    match tollgate_policy::PolicyPack::load_dir(dir) {
+    match tollgate_policy::PolicyPack::load_dir_with(dir, load_options(dir)?) {
         Ok(p) => Ok(p),
         Err(tollgate_policy::PolicyError::Invalid(diags)) => {
             for d in &diags {

@@ -434,7 +434,9 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
         answers.push(serde_json::to_string(&r).unwrap());
 
         // Rollback through the gateway: the isolation's compensation runs,
-        // authorised and audited like any call.
+        // authorised and audited like any call (once the host was imaged
+        // since it was isolated: the example pack's release-only-after-imaging).
+        imaged(s, &cred, "web-2");
         let r = call(
             &c,
             "tollgate_rollback",
@@ -694,6 +696,7 @@ fn broken_upstreams_odd_arguments_and_repeated_rollbacks_are_handled() {
         // do (undoing the undo would isolate the host again).
         let r = isolate_with_evidence(&g, &c, &task_id, &cred, "db-1").await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
+        imaged(s, &cred, "db-1");
         let r = call(&c, "tollgate_rollback", json!({})).await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));
         assert_eq!(g.world()["hosts"]["db-1"]["isolated"], false);
@@ -947,6 +950,14 @@ fn an_https_upstream_is_reached_only_through_its_trusted_ca() {
     assert_eq!(st, 401, "an agent may not see the upstreams");
 }
 
+/// The host was imaged (an allowed `forensics.image_host` decision, asked
+/// over HTTP: the harness's image tool is deliberately slow), so the example
+/// pack lets its isolation be released.
+fn imaged(s: &Server, cred: &str, host_id: &str) {
+    let (_, d) = s.authorize(cred, "forensics.image_host", host(host_id));
+    assert_eq!(d["decision"], "allow", "{d}");
+}
+
 /// Test-only policies: responders may delegate containment to forensics
 /// agents, who may then isolate and release hosts.
 const DELEGATED_CONTAINMENT: &str = r#"
@@ -1010,6 +1021,7 @@ fn a_step_the_parent_undid_is_not_undone_again_by_the_child() {
                     "sha256": tollgate_core::sha256_hex(content.as_bytes()), "content": content}),
         );
         assert_eq!(st, 201, "{ev}");
+        imaged(s, &parent_cred, "web-1");
         let (parent_mcp, _) = connect(s, &parent_cred).await;
         let r = call(&parent_mcp, "tollgate_rollback", json!({})).await;
         assert_ne!(r.is_error, Some(true), "{}", text(&r));

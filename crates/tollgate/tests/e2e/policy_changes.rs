@@ -322,101 +322,36 @@ forbid (principal, action == Action::"edr.isolate_host", resource);"#,
     assert!(err.contains("did not verify"), "{err}");
 }
 
-/// The example pack with temporal rules: `rules/temporal.tgr`, the context
-/// declaring them, and policies reading `context.rules`.
-fn pack_with_rules(tmp: &std::path::Path) -> std::path::PathBuf {
-    let config = config_dir(tmp, "");
-    let schema = config.join("schema.cedarschema");
-    let text = std::fs::read_to_string(&schema).unwrap();
-    let text = text.replace(
-        "  hour_utc: Long,\n};",
-        "  hour_utc: Long,\n  rules: TemporalRules,\n};",
-    );
-    assert!(text.contains("rules: TemporalRules"));
-    std::fs::write(&schema, text).unwrap();
-    std::fs::create_dir_all(config.join("rules")).unwrap();
-    std::fs::write(
-        config.join("rules/temporal.tgr"),
-        r#"// What an agent, an incident or a resource did, over any window.
-rule agent_read_secret_24h = formerly { label "reads-secret" and decision allow } within 24h by agent;
-rule imaged_since_isolated =
-    { action "forensics.image_host" and decision allow } since { action "edr.isolate_host" and decision allow }
-    within 7d by resource;
-rule disables_in_incident = count { action "iam.disable_account" and decision allow } within 30d by incident;
-"#,
-    )
-    .unwrap();
-    std::fs::write(
-        config.join("policies/50-temporal.cedar"),
-        r#"@id("no-egress-within-24h-of-a-secret-read")
-@reason("this agent read a secret in the last 24 hours, in some task: nothing leaves the organisation")
-forbid (principal, action == Action::"http.post", resource)
-when { context.rules.agent_read_secret_24h };
-
-@id("release-only-after-imaging")
-@reason("a host is released only once it was imaged since it was isolated")
-forbid (principal, action == Action::"edr.release_host", resource)
-unless { context.rules.imaged_since_isolated };
-
-@id("three-disables-per-incident")
-@reason("at most 3 account disables per incident, across all agents")
-forbid (principal, action == Action::"iam.disable_account", resource)
-when { context.rules.disables_in_incident >= 3 };
-"#,
-    )
-    .unwrap();
-    // Traces, positive and negative: `policy test` evaluates the rules over
-    // the trace's own past.
-    std::fs::write(
-        config.join("tests/temporal.yaml"),
-        r#"name: temporal rules over a trace
-agent: spiffe://acme.test/agent/ir-responder/i-1
-incident: {id: INC-9, class: credential-leak, severity: high}
-steps:
-  - {action: iam.disable_account, resource: {type: Account, id: a}, parameters: {reason: r}, expect: approval_required, approved: true}
-  - {action: iam.disable_account, resource: {type: Account, id: b}, parameters: {reason: r}, expect: approval_required, approved: true}
-  - {action: iam.disable_account, resource: {type: Account, id: c}, parameters: {reason: r}, expect: approval_required, approved: true}
-  - {action: iam.disable_account, resource: {type: Account, id: d}, parameters: {reason: r}, expect: deny, expect_policies: [three-disables-per-incident]}
-  - {action: vault.read_secret, resource: {type: Secret, id: prod-db}, expect: allow}
-  - action: http.post
-    after_seconds: 3600
-    resource: {type: Url, id: "https://api.partner.test/t", attributes: {domain: api.partner.test}}
-    expect: deny
-    expect_policies: [no-egress-within-24h-of-a-secret-read]
-  - action: http.post
-    after_seconds: 86400
-    resource: {type: Url, id: "https://api.partner.test/t", attributes: {domain: api.partner.test}}
-    expect: approval_required
-"#,
-    )
-    .unwrap();
-    config
-}
-
 #[test]
 fn temporal_rules_read_an_agents_past_across_tasks_and_restarts() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = pack_with_rules(tmp.path());
-    let (ok, out, err) = {
-        let o = std::process::Command::new(bin())
-            .args(["policy", "validate"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
-    assert!(ok, "{out}{err}");
+    // The example pack's rules (rules/history.tgr, policies/45-across-tasks.cedar).
+    let config = config_dir(tmp.path(), "");
+    let (ok, err) = validate(&config);
+    assert!(ok, "{err}");
+    // Its traces, positive and negative: `policy test` evaluates the rules
+    // over each trace's own past.
     let o = std::process::Command::new(bin())
         .args(["policy", "test"])
         .arg(&config)
-        .arg(config.join("tests/temporal.yaml"))
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    for trace in [
+        "chain-egress-window",
+        "chain-incident-disables",
+        "chain-release-after-imaging",
+        "chain-second-irreversible",
+    ] {
+        assert!(
+            out.contains(&format!(
+                "ok    {}",
+                config.join("tests").join(trace).display()
+            )),
+            "{out}"
+        );
+    }
     let mut s = Server::start_with_config(&config, &tmp.path().join("data"));
     let svid = s.enrol(IR);
     let other = s.enrol("spiffe://acme.test/agent/ir-responder/i-2");
@@ -462,11 +397,16 @@ fn temporal_rules_read_an_agents_past_across_tasks_and_restarts() {
         &json!({"resource": host("web-1"), "kind": "memory", "sha256": tollgate_core::sha256_hex(b"m")}),
     );
     assert!(status < 300, "{v}");
-    let (_, d) = s.authorize(&third, "edr.release_host", host("web-1"));
+    let (status, v) = s.post(
+        &format!("/v1/tasks/{third_id}/evidence"),
+        Some(&third),
+        &json!({"resource": host("web-2"), "kind": "memory", "sha256": tollgate_core::sha256_hex(b"m")}),
+    );
+    assert!(status < 300, "{v}");
+    let (_, d) = s.authorize(&third, "edr.release_host", host("web-2"));
     assert_eq!(
-        d["policies"],
-        json!(["release-only-after-imaging"]),
-        "never isolated: {d}"
+        d["decision"], "allow",
+        "never isolated, nothing to wait for: {d}"
     );
     let (_, d) = s.authorize(&third, "edr.isolate_host", host("web-1"));
     assert_eq!(d["decision"], "allow", "{d}");
@@ -484,41 +424,79 @@ fn temporal_rules_read_an_agents_past_across_tasks_and_restarts() {
     assert_eq!(d["decision"], "allow", "imaged by another agent since: {d}");
 }
 
+/// `tollgate policy validate DIR`: whether it passed, and its stderr.
+fn validate(config: &std::path::Path) -> (bool, String) {
+    let o = std::process::Command::new(bin())
+        .args(["policy", "validate"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn a_temporal_rule_with_a_mistake_is_refused_with_its_place() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = pack_with_rules(tmp.path());
+    let config = config_dir(tmp.path(), "");
     std::fs::write(
         config.join("rules/broken.tgr"),
         "rule ok = count { tier read } within 1h;\nrule late = formerly { label \"x\" } within 400d;\n",
     )
     .unwrap();
-    let o = std::process::Command::new(bin())
-        .args(["policy", "validate"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    let (ok, err) = validate(&config);
+    assert!(!ok);
     assert!(
-        err.contains("rules/broken.tgr:2:43: a window is more than 0 s and at most"),
+        err.contains("rules/broken.tgr:2:43: a window is more than 0 s and at most 90d"),
         "{err}"
     );
-    // Rules without `rules: TemporalRules` in the context: said at load.
     std::fs::remove_file(config.join("rules/broken.tgr")).unwrap();
-    std::fs::remove_file(config.join("policies/50-temporal.cedar")).unwrap();
+
+    // The longest window is the operator's: the example's 30-day rule does
+    // not fit a 7-day maximum, for `policy validate` (which reads the
+    // tollgate.yaml beside the pack) and for `serve` alike.
+    let yaml = config.join("tollgate.yaml");
+    let original = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(&yaml, format!("{original}max_rule_window_days: 7\n")).unwrap();
+    let (ok, err) = validate(&config);
+    assert!(!ok);
+    assert!(
+        err.contains("rules/history.tgr:15:")
+            && err.contains("at most 7d (the configured maximum)"),
+        "{err}"
+    );
+    let err = serve_refuses("max_rule_window_days: 7\n");
+    assert!(err.contains("at most 7d (the configured maximum)"), "{err}");
+    std::fs::write(&yaml, format!("{original}max_rule_window_days: 0\n")).unwrap();
+    let (ok, err) = validate(&config);
+    assert!(!ok);
+    assert!(
+        err.contains("max_rule_window_days is 1 to 3650, got 0"),
+        "{err}"
+    );
+    std::fs::write(&yaml, format!("{original}max_rule_window_days: 30\n")).unwrap();
+    let (ok, err) = validate(&config);
+    assert!(ok, "{err}");
+
+    // Rules without `rules: TemporalRules` in the context: said at load.
+    for f in [
+        "policies/40-chain-rules.cedar",
+        "policies/45-across-tasks.cedar",
+    ] {
+        std::fs::remove_file(config.join(f)).unwrap();
+    }
     let schema = config.join("schema.cedarschema");
-    let text = std::fs::read_to_string(&schema)
+    let text: String = std::fs::read_to_string(&schema)
         .unwrap()
-        .replace("  rules: TemporalRules,\n", "");
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("rules: TemporalRules"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&schema, text).unwrap();
-    let o = std::process::Command::new(bin())
-        .args(["policy", "validate"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    let (ok, err) = validate(&config);
+    assert!(!ok);
     assert!(err.contains("declares `rules: TemporalRules`"), "{err}");
 }
 

@@ -13,7 +13,7 @@ const AGENT: &str = "spiffe://acme.test/agent/ir-responder/i-1";
 
 fn pack() -> &'static PolicyPack {
     static PACK: OnceLock<PolicyPack> = OnceLock::new();
-    PACK.get_or_init(|| match crate::embedded::pack() {
+    PACK.get_or_init(|| match crate::embedded::pack(Default::default()) {
         Ok(p) => p,
         Err(e) => unreachable!("the embedded pack validates: {e}"),
     })
@@ -208,7 +208,13 @@ impl Case {
                 .into_iter()
                 .map(|(i, _)| i)
                 .collect(),
-            rule_scans: vec![],
+            // The example pack's rules by agent, incident and resource.
+            rule_scans: rule_scans(
+                &[pack()],
+                &self.task,
+                &self.task.agent,
+                &format!("{}::{}", self.resource.kind, self.resource.id),
+            ),
         }
     }
 
@@ -289,7 +295,8 @@ impl Case {
             evidence_present: w.evidence,
             history: Arc::new(history),
             agent_counts: vec![0; prepared.agent_limits.len()],
-            scanned: vec![],
+            // Nothing in the other scopes' past: every rule false or 0.
+            scanned: vec![vec![]; prepared.rule_scans.len()],
             presented_approval: presented,
             pending_approvals: vec![],
         }
