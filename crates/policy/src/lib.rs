@@ -20,6 +20,7 @@ pub mod index;
 pub mod mcp_schema;
 mod pack;
 mod request;
+mod shape;
 pub mod synthetic;
 pub mod testing;
 

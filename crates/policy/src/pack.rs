@@ -1,4 +1,5 @@
 use crate::index::PolicyIndex;
+use crate::shape::Shapes;
 use cedar_policy::{
     Decision as CedarDecision, Entities, PolicyId, PolicySet, Request, Schema, ValidationMode,
     Validator,
@@ -120,6 +121,14 @@ pub struct PolicyPack {
     secret_parameters: Vec<String>,
     /// `rules/*.tgr`: temporal rules, `context.rules.<name>` in policy.
     rules: tollgate_core::temporal::RuleSet,
+    /// What agent input must look like for a request to skip Cedar's
+    /// schema validation (see `shape.rs`).
+    shapes: Shapes,
+    /// Per catalog action: its action entity and the action groups above
+    /// it, which an unvalidated request's entities must carry for
+    /// `action in Action::"contain"` to hold (Cedar adds them itself only
+    /// when it validates).
+    action_entities: HashMap<String, Vec<cedar_policy::Entity>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -420,9 +429,17 @@ impl PolicyPack {
                     playbooks: None,
                     entities: Entities::empty(),
                     rules,
+                    shapes: Shapes::default(),
+                    action_entities: HashMap::new(),
                 };
-                let problems = pack.probe();
+                let (problems, probed) = pack.probe();
                 if problems.is_empty() {
+                    let mut pack = pack;
+                    pack.shapes = Shapes::from_schema_json(&schema_json(&schema_text));
+                    for (action, kind) in probed {
+                        pack.shapes.probed(&action, &kind);
+                    }
+                    pack.action_entities = action_entities(&pack.schema, &pack.catalog);
                     Ok(pack)
                 } else {
                     Err(PolicyError::Invalid(
@@ -616,6 +633,47 @@ impl PolicyPack {
     pub(crate) fn authorizer_inputs(&self) -> (&Schema, &Catalog) {
         (&self.schema, &self.catalog)
     }
+
+    /// See [`Shapes`] and `action_entities`.
+    pub(crate) fn unchecked_inputs(
+        &self,
+    ) -> (&Shapes, &HashMap<String, Vec<cedar_policy::Entity>>) {
+        (&self.shapes, &self.action_entities)
+    }
+}
+
+/// The schema's JSON form, for [`Shapes`]; `Null` (no fast path) if Cedar
+/// cannot give it.
+fn schema_json(text: &str) -> serde_json::Value {
+    cedar_policy::SchemaFragment::from_cedarschema_str(text)
+        .ok()
+        .and_then(|(fragment, _)| fragment.to_json_value().ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Each catalog action's entity with its ancestors, from the schema.
+fn action_entities(
+    schema: &Schema,
+    catalog: &Catalog,
+) -> HashMap<String, Vec<cedar_policy::Entity>> {
+    let Ok(all) = schema.action_entities() else {
+        return HashMap::new();
+    };
+    let mut out = HashMap::new();
+    for name in catalog.operations.keys() {
+        let Ok(id) = crate::request::uid("Action", name) else {
+            continue;
+        };
+        let Some(entity) = all.get(&id) else {
+            continue;
+        };
+        let mut list = vec![entity.clone()];
+        if let Some(ancestors) = all.ancestors(&id) {
+            list.extend(ancestors.filter_map(|a| all.get(a).cloned()));
+        }
+        out.insert(name.clone(), list);
+    }
+    out
 }
 
 fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {

@@ -102,7 +102,7 @@ fn message(e: &dyn std::error::Error) -> String {
     m
 }
 
-fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
+pub(crate) fn uid(kind: &str, id: &str) -> Result<EntityUid, PolicyError> {
     let kind_name = EntityTypeName::from_str(kind).map_err(|e| {
         PolicyError::BadRequest(format!("bad entity {kind}::{id}: {}", message(&e)))
     })?;
@@ -136,6 +136,65 @@ fn plain_pairs(m: &Map<String, Value>) -> Option<Vec<(String, RestrictedExpressi
     m.iter()
         .map(|(k, v)| Some((k.clone(), plain(v)?)))
         .collect()
+}
+
+/// A request and its entities from plain JSON (no escapes), validated
+/// against `schema`.
+fn assemble(
+    principal: &EntityUid,
+    action: &str,
+    resource: &EntityUid,
+    entities: &Value,
+    context: &Value,
+    schema: &cedar_policy::Schema,
+) -> Option<(Request, Entities)> {
+    let mut list = Vec::new();
+    for e in entities.as_array()? {
+        let id = e.get("uid")?;
+        let id = uid(id.get("type")?.as_str()?, id.get("id")?.as_str()?).ok()?;
+        if !e.get("parents")?.as_array()?.is_empty() {
+            return None;
+        }
+        let attrs: std::collections::HashMap<String, RestrictedExpression> =
+            plain_pairs(e.get("attrs")?.as_object()?)?
+                .into_iter()
+                .collect();
+        list.push(Entity::new(id, attrs, std::collections::HashSet::new()).ok()?);
+    }
+    let entities = Entities::from_entities(list, Some(schema)).ok()?;
+    let context = Context::from_pairs(plain_pairs(context.as_object()?)?).ok()?;
+    let request = Request::new(
+        principal.clone(),
+        uid("Action", action).ok()?,
+        resource.clone(),
+        context,
+        Some(schema),
+    )
+    .ok()?;
+    Some((request, entities))
+}
+
+/// [`agent_entity`] as a Cedar entity, without the JSON.
+fn agent_entity_direct(a: AgentFacts<'_>) -> Option<Entity> {
+    let attrs = [
+        ("role", a.spiffe_id.role()),
+        ("trust_domain", a.spiffe_id.trust_domain()),
+        ("owner", a.owner),
+    ]
+    .into_iter()
+    .map(|(k, v)| {
+        (
+            k.to_string(),
+            RestrictedExpression::new_string(v.to_string()),
+        )
+    })
+    .collect();
+    Entity::new(
+        uid("Agent", &a.spiffe_id.to_string()).ok()?,
+        attrs,
+        Default::default(),
+    )
+    .ok()
 }
 
 fn agent_entity(a: AgentFacts<'_>) -> Value {
@@ -200,27 +259,45 @@ impl PolicyPack {
         context: &Value,
     ) -> Option<(Request, Entities)> {
         let (schema, _) = self.authorizer_inputs();
-        let mut list = Vec::new();
-        for e in entities.as_array()? {
-            let id = e.get("uid")?;
-            let id = uid(id.get("type")?.as_str()?, id.get("id")?.as_str()?).ok()?;
-            if !e.get("parents")?.as_array()?.is_empty() {
-                return None;
-            }
-            let attrs: std::collections::HashMap<String, RestrictedExpression> =
-                plain_pairs(e.get("attrs")?.as_object()?)?
-                    .into_iter()
-                    .collect();
-            list.push(Entity::new(id, attrs, std::collections::HashSet::new()).ok()?);
+        assemble(principal, action, resource, entities, context, schema)
+    }
+
+    /// The same request without Cedar's schema validation, for a request
+    /// whose agent-supplied parts [`Shapes`](crate::shape::Shapes) is sure
+    /// of (everything else the load-time probe checked); `None` if it is
+    /// not sure, and the checked path decides.
+    pub(crate) fn build_unchecked(
+        &self,
+        f: &ActionFacts<'_>,
+        op: &tollgate_core::Operation,
+    ) -> Option<(Request, Entities)> {
+        let (shapes, actions) = self.unchecked_inputs();
+        if !shapes.admits(
+            f.action,
+            &f.resource.kind,
+            &f.resource.attributes,
+            f.parameters,
+        ) {
+            return None;
         }
-        let entities = Entities::from_entities(list, Some(schema)).ok()?;
-        let context = Context::from_pairs(plain_pairs(context.as_object()?)?).ok()?;
+        // No schema: Cedar validates nothing (see `Shapes`).
+        let schema_free: Option<&cedar_policy::Schema> = None;
+        let principal = uid("Agent", &f.agent.spiffe_id.to_string()).ok()?;
+        let resource = uid(&f.resource.kind, &f.resource.id).ok()?;
+        let mut list = actions.get(f.action)?.clone();
+        list.push(agent_entity_direct(f.agent)?);
+        if resource != principal {
+            let attrs = plain_pairs(&f.resource.attributes)?.into_iter().collect();
+            list.push(Entity::new(resource.clone(), attrs, Default::default()).ok()?);
+        }
+        let entities = Entities::from_entities(list, schema_free).ok()?;
+        let context = Context::from_pairs(action_context_pairs(f, op)?).ok()?;
         let request = Request::new(
-            principal.clone(),
-            uid("Action", action).ok()?,
-            resource.clone(),
+            principal,
+            uid("Action", f.action).ok()?,
+            resource,
             context,
-            Some(schema),
+            schema_free,
         )
         .ok()?;
         Some((request, entities))
@@ -289,6 +366,19 @@ impl PolicyPack {
     /// other parameters) or a message naming only the secret parameters is
     /// returned. No message derived from a secret value leaves this function.
     pub fn action_request(
+        &self,
+        f: &ActionFacts<'_>,
+        op: &tollgate_core::Operation,
+    ) -> Result<(Request, Entities), PolicyError> {
+        if let Some(built) = self.build_unchecked(f, op) {
+            return Ok(built);
+        }
+        self.action_request_checked(f, op)
+    }
+
+    /// [`Self::action_request`] through Cedar's schema validation, always:
+    /// the reference the unchecked path is tested against.
+    pub(crate) fn action_request_checked(
         &self,
         f: &ActionFacts<'_>,
         op: &tollgate_core::Operation,
@@ -386,11 +476,13 @@ impl PolicyPack {
     /// schema drifted from the gateway is refused at load instead of
     /// answering every request with a 400. The resource entity is left out
     /// (its attributes come from agents), so only principal, action and
-    /// context are probed.
-    pub(crate) fn probe(&self) -> Vec<String> {
+    /// context are probed. Also returns the (action, resource type) pairs
+    /// whose requests the schema accepted.
+    pub(crate) fn probe(&self) -> (Vec<String>, Vec<(String, String)>) {
         let mut problems = Vec::new();
+        let mut probed = Vec::new();
         let Ok(id) = SpiffeId::parse("spiffe://probe.test/agent/probe/i-0") else {
-            return problems;
+            return (problems, probed);
         };
         let agent = AgentFacts {
             spiffe_id: &id,
@@ -422,47 +514,53 @@ impl PolicyPack {
         let history = tollgate_core::HistorySummary::default();
         let rules = self.rules().sample();
         for (name, op) in &self.catalog().operations {
-            let Some(kind) = op.resource_types.first() else {
-                continue;
-            };
-            let resource = ResourceRef {
-                kind: kind.clone(),
-                id: "probe".into(),
-                attributes: Map::new(),
-            };
-            let f = ActionFacts {
-                agent,
-                task: &task,
-                incident: &incident,
-                action: name,
-                resource: &resource,
-                intent: "probe",
-                parameters: &params,
-                evidence_present: false,
-                history: &history,
-                rules: &rules,
-                now: 0,
-            };
-            let built = uid("Agent", &id.to_string())
-                .and_then(|p| uid(kind, "probe").map(|r| (p, r)))
-                .and_then(|(p, r)| {
-                    self.build(
-                        p,
-                        name,
-                        r,
-                        json!([agent_entity(agent)]),
-                        action_context(&f, op),
-                    )
-                });
-            if let Err(e) = built {
-                let hint = if rules.is_empty() {
-                    ""
-                } else {
-                    " (a pack with rules/*.tgr declares `rules: TemporalRules` in the context of every catalog action)"
+            // Every resource type is probed: each one that passes lets
+            // requests on it skip Cedar's validation (`Shapes`); only the
+            // first one's failure is a load error, as it always was.
+            for (i, kind) in op.resource_types.iter().enumerate() {
+                let resource = ResourceRef {
+                    kind: kind.clone(),
+                    id: "probe".into(),
+                    attributes: Map::new(),
                 };
-                problems.push(format!(
-                    "the schema does not accept the requests Tollgate builds for {name}: {e}{hint}"
-                ));
+                let f = ActionFacts {
+                    agent,
+                    task: &task,
+                    incident: &incident,
+                    action: name,
+                    resource: &resource,
+                    intent: "probe",
+                    parameters: &params,
+                    evidence_present: false,
+                    history: &history,
+                    rules: &rules,
+                    now: 0,
+                };
+                let built = uid("Agent", &id.to_string())
+                    .and_then(|p| uid(kind, "probe").map(|r| (p, r)))
+                    .and_then(|(p, r)| {
+                        self.build(
+                            p,
+                            name,
+                            r,
+                            json!([agent_entity(agent)]),
+                            action_context(&f, op),
+                        )
+                    });
+                match built {
+                    Ok(_) => probed.push((name.clone(), kind.clone())),
+                    Err(e) if i == 0 => {
+                        let hint = if rules.is_empty() {
+                            ""
+                        } else {
+                            " (a pack with rules/*.tgr declares `rules: TemporalRules` in the context of every catalog action)"
+                        };
+                        problems.push(format!(
+                            "the schema does not accept the requests Tollgate builds for {name}: {e}{hint}"
+                        ));
+                    }
+                    Err(_) => {}
+                }
             }
         }
         if let Some(name) = self.catalog().operations.keys().next() {
@@ -497,7 +595,7 @@ impl PolicyPack {
                 "the schema does not accept the requests Tollgate builds for task.open: {e}"
             ));
         }
-        problems
+        (problems, probed)
     }
 
     /// Decide whether an approver may vote on an approval (Cedar action
@@ -630,6 +728,86 @@ pub(crate) fn action_parts(
         Value::Array(entities),
         action_context(f, op),
     ))
+}
+
+/// [`action_context`] built straight into Cedar expressions, without the
+/// JSON in between, for the unchecked path (a test holds the two to the
+/// same request). `None` if the agent's parameters are not plain values.
+fn action_context_pairs(
+    f: &ActionFacts<'_>,
+    op: &tollgate_core::Operation,
+) -> Option<Vec<(String, RestrictedExpression)>> {
+    use RestrictedExpression as E;
+    let text = |v: &str| E::new_string(v.to_string());
+    let record = |pairs: Vec<(&str, E)>| {
+        E::new_record(pairs.into_iter().map(|(k, v)| (k.to_string(), v))).ok()
+    };
+    let set = |items: &mut dyn Iterator<Item = &String>| E::new_set(items.map(|i| text(i)));
+    let tiers = |t: &tollgate_core::history::TierCounts| {
+        record(vec![
+            ("read", E::new_long(t.read)),
+            ("contain", E::new_long(t.contain)),
+            ("change", E::new_long(t.change)),
+            ("destructive", E::new_long(t.destructive)),
+        ])
+    };
+    let h = f.history;
+    let mut pairs = vec![
+        (
+            "task",
+            record(vec![
+                ("id", text(&f.task.id)),
+                ("playbook", text(&f.task.playbook)),
+                ("environment", text(&f.task.environment)),
+                ("intent", text(&f.task.intent)),
+                ("delegated", E::new_bool(f.task.parent_task_id.is_some())),
+            ])?,
+        ),
+        (
+            "incident",
+            record(vec![
+                ("id", text(&f.incident.id)),
+                ("class", text(&f.incident.class)),
+                ("severity", text(f.incident.severity.as_str())),
+                ("severity_rank", E::new_long(f.incident.severity.rank())),
+            ])?,
+        ),
+        (
+            "operation",
+            record(vec![
+                ("tier", text(op.tier.as_str())),
+                ("reversible", E::new_bool(op.reversible)),
+                ("labels", set(&mut op.labels.iter())),
+                ("blast_radius", text(&op.blast_radius)),
+                ("risk", E::new_long(op.risk_weight())),
+            ])?,
+        ),
+        ("intent", text(f.intent)),
+        (
+            "parameters",
+            E::new_record(plain_pairs(f.parameters)?).ok()?,
+        ),
+        ("evidence_for_resource", E::new_bool(f.evidence_present)),
+        (
+            "history",
+            record(vec![
+                ("labels_10m", set(&mut h.labels_10m.iter())),
+                ("labels_1h", set(&mut h.labels_1h.iter())),
+                ("actions_1h", set(&mut h.actions_1h.iter())),
+                ("tier_counts_1h", tiers(&h.tier_counts_1h)?),
+                ("tier_counts_1m", tiers(&h.tier_counts_1m)?),
+                ("denials_10m", E::new_long(h.denials_10m)),
+                ("risk_spent", E::new_long(h.risk_spent)),
+                ("previous_action", text(&h.previous_action)),
+            ])?,
+        ),
+        ("now", E::new_long(f.now)),
+        ("hour_utc", E::new_long(f.now.rem_euclid(86_400) / 3_600)),
+    ];
+    if !f.rules.is_empty() {
+        pairs.push(("rules", E::new_record(plain_pairs(f.rules)?).ok()?));
+    }
+    Some(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 fn action_context(f: &ActionFacts<'_>, op: &tollgate_core::Operation) -> Value {

@@ -753,3 +753,101 @@ fn may_permit_follows_permit_scopes_and_unconditional_forbids() {
     assert!(!p.may_permit(agent, "http.post"));
     assert!(p.may_permit(agent, "edr.isolate_host"));
 }
+
+/// A value an agent might send: of the right type or not, an escape.
+fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        "[a-z]{0,6}".prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<bool>().prop_map(Value::from),
+        Just(json!(1.5)),
+        Just(json!(["a", "b"])),
+        Just(json!({"__entity": {"type": "Host", "id": "x"}})),
+        Just(json!({"__extn": {"fn": "ip", "arg": "10.0.0.1"}})),
+        Just(json!({"nested": "record"})),
+        Just(Value::Null),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// A request built without Cedar's schema validation is one the
+    /// validation accepts, and it is decided exactly as the validated one;
+    /// input the shapes are not sure of takes the validated path.
+    #[test]
+    fn unchecked_requests_are_valid_and_decide_as_checked_ones(
+        op_index in 0usize..11,
+        params in proptest::collection::btree_map(
+            proptest::sample::select(vec!["query", "window_minutes", "reason", "body", "index", "rotation", "nope"]),
+            any_value(),
+            0..3,
+        ),
+        attrs in proptest::collection::btree_map(
+            proptest::sample::select(vec!["environment", "criticality", "privileged", "domain", "nope"]),
+            any_value(),
+            0..2,
+        ),
+        evidence in proptest::prelude::any::<bool>(),
+    ) {
+        let p = example_pack();
+        let (action, op) = p.catalog().operations.iter().nth(op_index % p.catalog().operations.len()).unwrap();
+        for kind in &op.resource_types {
+            let case = Case {
+                agent: IR,
+                action: Box::leak(action.clone().into_boxed_str()),
+                resource: json!({"type": kind, "id": "r-1", "attributes": attrs.clone()}),
+                parameters: Value::Object(params.clone().into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+                evidence,
+            };
+            with_facts(&case, |f| {
+                let checked = p.action_request_checked(f, op);
+                if let Some((ur, ue)) = p.build_unchecked(f, op) {
+                    let (cr, ce) = checked.expect("the unchecked path took a request validation refuses");
+                    // The same request and, but for the schema's other
+                    // actions, the same entities.
+                    let others = |e: &cedar_policy::Entities| {
+                        let mut v: Vec<Value> = e.to_json_value().unwrap().as_array().unwrap()
+                            .iter().filter(|x| x["uid"]["type"] != "Action").cloned().collect();
+                        v.sort_by_key(|x| x["uid"].to_string());
+                        v
+                    };
+                    proptest::prop_assert_eq!(format!("{ur:?}"), format!("{cr:?}"));
+                    proptest::prop_assert_eq!(others(&ue), others(&ce));
+                    let unchecked = p.evaluate(&ur, &ue, evidence);
+                    let validated = p.evaluate(&cr, &ce, evidence);
+                    proptest::prop_assert_eq!(format!("{unchecked:?}"), format!("{validated:?}"));
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
+
+/// The example pack, loaded once for the property tests.
+fn example_pack() -> &'static PolicyPack {
+    static PACK: std::sync::OnceLock<PolicyPack> = std::sync::OnceLock::new();
+    PACK.get_or_init(pack)
+}
+
+#[test]
+fn the_unchecked_path_is_taken_for_ordinary_requests() {
+    let p = example_pack();
+    let by_name: std::collections::HashMap<_, _> = cases().into_iter().collect();
+    for name in [
+        "read alerts",
+        "isolate with evidence",
+        "disable account",
+        "rotate secret",
+    ] {
+        with_facts(&by_name[name], |f| {
+            let op = p.catalog().operation(f.action).unwrap();
+            assert!(p.build_unchecked(f, op).is_some(), "{name}");
+        });
+    }
+    with_facts(&by_name["wrong resource type"], |f| {
+        let op = p.catalog().operation(f.action).unwrap();
+        assert!(p.build_unchecked(f, op).is_none());
+    });
+}
