@@ -26,8 +26,9 @@
 //! rule as a function over records ([`Rule::evaluate`]); a store that
 //! answers the same question with an index-backed query must agree with it.
 
-use crate::{ActionRecord, Outcome, Tier, UnixTime};
+use crate::{ActionRecord, Catalog, Outcome, Tier, UnixTime};
 use serde::Serialize;
+use std::collections::BTreeSet;
 
 /// The longest window a rule may have, unless configured otherwise: 90 days.
 pub const DEFAULT_MAX_WINDOW: i64 = 90 * 24 * 3600;
@@ -87,6 +88,54 @@ pub struct Past<'a> {
 }
 
 impl Filter {
+    /// The actions a matching record can have, as far as the filter says:
+    /// its `action` terms, and the catalog's operations of its `tier` and
+    /// `label` terms (a record keeps the tier and labels of its decision's
+    /// time; an operation whose label was since removed from the catalog is
+    /// no longer looked for). `None` when no term constrains the action.
+    pub fn candidate_actions(&self, catalog: &Catalog) -> Option<BTreeSet<String>> {
+        let mut out: Option<BTreeSet<String>> = None;
+        for t in &self.terms {
+            let names: BTreeSet<String> = match t {
+                Term::Action(names) => names.iter().cloned().collect(),
+                Term::Tier(tier) => catalog
+                    .operations
+                    .iter()
+                    .filter(|(_, op)| op.tier == *tier)
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+                Term::Label(l) => catalog
+                    .operations
+                    .iter()
+                    .filter(|(_, op)| op.labels.contains(l))
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+                Term::Decision(_) | Term::Resource(_) => continue,
+            };
+            out = Some(match out {
+                Some(before) => before.intersection(&names).cloned().collect(),
+                None => names,
+            });
+        }
+        out
+    }
+
+    /// The outcomes a matching record can have (its `decision` terms), or
+    /// `None` when no term says.
+    pub fn candidate_outcomes(&self) -> Option<BTreeSet<Outcome>> {
+        let mut out: Option<BTreeSet<Outcome>> = None;
+        for t in &self.terms {
+            if let Term::Decision(o) = t {
+                let one: BTreeSet<Outcome> = [*o].into();
+                out = Some(match out {
+                    Some(before) => before.intersection(&one).copied().collect(),
+                    None => one,
+                });
+            }
+        }
+        out
+    }
+
     pub fn matches(&self, r: &ActionRecord) -> bool {
         self.terms.iter().all(|t| match t {
             Term::Action(names) => names.contains(&r.action),
@@ -118,6 +167,31 @@ pub struct Rule {
     /// Where it is defined, for messages.
     pub file: String,
     pub line: usize,
+}
+
+impl Rule {
+    /// Every action a record this rule looks at can have ([`Filter::candidate_actions`]
+    /// over each of its filters), or `None` if some filter does not say.
+    pub fn scan_actions(&self, catalog: &Catalog) -> Option<BTreeSet<String>> {
+        self.union(|f| f.candidate_actions(catalog))
+    }
+
+    /// The outcomes a record this rule looks at can have, or `None`.
+    pub fn scan_outcomes(&self) -> Option<BTreeSet<Outcome>> {
+        self.union(Filter::candidate_outcomes)
+    }
+
+    /// A set over each of the rule's filters, united; `None` if one is.
+    fn union<T: Ord>(&self, of: impl Fn(&Filter) -> Option<BTreeSet<T>>) -> Option<BTreeSet<T>> {
+        match &self.operator {
+            Operator::Formerly(f) | Operator::Count(f) => of(f),
+            Operator::Since { then, after } => {
+                let mut a = of(then)?;
+                a.extend(of(after)?);
+                Some(a)
+            }
+        }
+    }
 }
 
 /// A rule's answer.
@@ -619,6 +693,50 @@ impl Parser<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_rule_names_the_actions_and_outcomes_it_can_match() {
+        let catalog = Catalog::from_yaml(
+            "operations:\n  vault.read_secret: {tier: read, resource_types: [Secret], labels: [reads-secret]}\n  edr.isolate_host: {tier: contain, resource_types: [Host]}\n  edr.release_host: {tier: contain, resource_types: [Host]}\n  siem.query: {tier: read, resource_types: [SiemIndex]}\n",
+        )
+        .unwrap();
+        let set = parse(
+            "rule a = formerly { label \"reads-secret\" and decision allow } within 1h by agent;\n\
+             rule b = count { tier contain and action [\"edr.isolate_host\", \"siem.query\"] } within 1h;\n\
+             rule c = { tier read and decision deny } since { action \"edr.release_host\" and decision allow } within 1h;\n\
+             rule d = count { decision deny } within 1h;\n",
+        )
+        .unwrap();
+        let names = |r: &Rule| {
+            r.scan_actions(&catalog)
+                .map(|a| a.into_iter().collect::<Vec<_>>())
+        };
+        assert_eq!(
+            names(&set.rules[0]),
+            Some(vec!["vault.read_secret".to_string()])
+        );
+        assert_eq!(
+            names(&set.rules[1]),
+            Some(vec!["edr.isolate_host".to_string()]),
+            "terms intersect"
+        );
+        assert_eq!(
+            names(&set.rules[2]),
+            Some(vec![
+                "edr.release_host".to_string(),
+                "siem.query".into(),
+                "vault.read_secret".into()
+            ]),
+            "since: both sides"
+        );
+        assert_eq!(names(&set.rules[3]), None, "no action term: every action");
+        assert_eq!(set.rules[0].scan_outcomes(), Some([Outcome::Allow].into()));
+        assert_eq!(set.rules[1].scan_outcomes(), None);
+        assert_eq!(
+            set.rules[2].scan_outcomes(),
+            Some([Outcome::Allow, Outcome::Deny].into())
+        );
+    }
 
     fn parse(text: &str) -> Result<RuleSet, Vec<RuleError>> {
         let mut set = RuleSet::default();

@@ -1819,31 +1819,46 @@ pub async fn history_scans_read_an_agent_an_incident_or_a_resource(s: &dyn Store
     }
     s.commit(b).await.unwrap();
     let mut q = facts_query(&first);
+    let scan = |scope, key: &str, since, actions: Option<&[&str]>| HistoryScan {
+        scope,
+        key: key.to_string(),
+        since,
+        actions: actions.map(|a| a.iter().map(|x| x.to_string()).collect()),
+        outcomes: None,
+    };
     q.scans = vec![
+        scan(ScanScope::Agent, &agent, 0, None),
+        scan(ScanScope::Incident, &incident, 0, None),
+        scan(ScanScope::Resource, &resource, 0, None),
+        scan(ScanScope::Agent, &agent, 120, None),
+        scan(ScanScope::Incident, &unique("INC"), 0, None),
+        // Only the actions the rules look for.
+        scan(
+            ScanScope::Agent,
+            &agent,
+            0,
+            Some(&["edr.isolate_host", "edr.release_host", "siem.query"]),
+        ),
+        scan(
+            ScanScope::Incident,
+            &incident,
+            0,
+            Some(&["forensics.image_host"]),
+        ),
+        scan(ScanScope::Resource, &resource, 0, Some(&[])),
+        scan(
+            ScanScope::Agent,
+            &agent,
+            120,
+            Some(&["edr.isolate_host", "edr.release_host"]),
+        ),
         HistoryScan {
-            scope: ScanScope::Agent,
-            key: agent.clone(),
-            since: 0,
+            outcomes: Some(vec!["deny".into()]),
+            ..scan(ScanScope::Agent, &agent, 0, Some(&["edr.isolate_host"]))
         },
         HistoryScan {
-            scope: ScanScope::Incident,
-            key: incident.clone(),
-            since: 0,
-        },
-        HistoryScan {
-            scope: ScanScope::Resource,
-            key: resource.clone(),
-            since: 0,
-        },
-        HistoryScan {
-            scope: ScanScope::Agent,
-            key: agent.clone(),
-            since: 120,
-        },
-        HistoryScan {
-            scope: ScanScope::Incident,
-            key: unique("INC"),
-            since: 0,
+            outcomes: Some(vec!["allow".into(), "deny".into()]),
+            ..scan(ScanScope::Agent, &agent, 0, Some(&["edr.isolate_host"]))
         },
     ];
     let f = s.decision_facts(&q).await.unwrap().unwrap();
@@ -1853,7 +1868,7 @@ pub async fn history_scans_read_an_agent_an_incident_or_a_resource(s: &dyn Store
             .map(|i| records[*i].request_id.clone())
             .collect::<Vec<_>>()
     };
-    assert_eq!(f.scanned.len(), 5);
+    assert_eq!(f.scanned.len(), 11);
     assert_eq!(
         ids(&f.scanned[0]),
         want(&[0, 1, 3]),
@@ -1871,6 +1886,12 @@ pub async fn history_scans_read_an_agent_an_incident_or_a_resource(s: &dyn Store
         f.scanned[0][0], records[0],
         "records come back as committed"
     );
+    assert_eq!(ids(&f.scanned[5]), want(&[0, 3]), "by agent, named actions");
+    assert_eq!(ids(&f.scanned[6]), want(&[2]), "by incident, named actions");
+    assert!(f.scanned[7].is_empty(), "no action named: nothing read");
+    assert_eq!(ids(&f.scanned[8]), want(&[3]), "named actions since");
+    assert!(f.scanned[9].is_empty(), "only denials: none");
+    assert_eq!(ids(&f.scanned[10]), want(&[0]), "named outcomes");
 }
 
 pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {

@@ -596,6 +596,25 @@ pub struct HistoryScan {
     pub key: String,
     /// Inclusive.
     pub since: UnixTime,
+    /// Only these actions (`None`: every action). The rules over a scope
+    /// usually name what they look for (an action, or a label or tier the
+    /// catalog resolves to actions), so a busy scope costs its matching
+    /// rows, not all of them, on an index `(column, action, ts)`, and the
+    /// limit counts matching rows only.
+    pub actions: Option<Vec<String>>,
+    /// With `actions`: only these outcomes (`allow`, `deny`,
+    /// `approval_required`; `None`: any), on an index
+    /// `(column, action, outcome, ts)`.
+    pub outcomes: Option<Vec<String>>,
+}
+
+/// The outcomes a scan with named actions reads: those it names, or all.
+pub(crate) fn scan_outcomes(q: &HistoryScan) -> Vec<String> {
+    q.outcomes.clone().unwrap_or_else(|| {
+        ["allow", "deny", "approval_required"]
+            .map(String::from)
+            .to_vec()
+    })
 }
 
 /// The most past actions one scan returns whole.

@@ -149,6 +149,15 @@ CREATE INDEX action_history_incident ON action_history(incident_id, ts, id);
 CREATE INDEX action_history_resource ON action_history(resource, ts, id);
 "#,
     ),
+    (
+        6,
+        r#"
+-- Temporal rule scans name the actions they look for.
+CREATE INDEX action_history_agent_action ON action_history(agent, action, outcome, ts, id);
+CREATE INDEX action_history_incident_action ON action_history(incident_id, action, outcome, ts, id);
+CREATE INDEX action_history_resource_action ON action_history(resource, action, outcome, ts, id);
+"#,
+    ),
 ];
 
 /// Serialises migrations of every process over the database (any schema).
@@ -1240,18 +1249,34 @@ async fn scan<C: GenericClient>(
     q: &crate::HistoryScan,
 ) -> Result<Vec<ActionRecord>, StoreError> {
     let limit = i64::try_from(crate::SCAN_LIMIT + 1).unwrap_or(i64::MAX);
-    let mut out = rows(
-        c,
-        &format!(
-            "SELECT {ACTION_COLS} FROM action_history WHERE {} = $1 AND ts >= $2 ORDER BY ts DESC, id DESC LIMIT $3",
-            q.scope.column()
-        ),
-        &[&q.key, &q.since, &limit],
-    )
-    .await?
-    .iter()
-    .map(action_from_row)
-    .collect::<Result<Vec<_>, _>>()?;
+    let column = q.scope.column();
+    let found = match &q.actions {
+        None => {
+            rows(
+                c,
+                &format!(
+                    "SELECT {ACTION_COLS} FROM action_history WHERE {column} = $1 AND ts >= $2 ORDER BY ts DESC, id DESC LIMIT $3"
+                ),
+                &[&q.key, &q.since, &limit],
+            )
+            .await?
+        }
+        Some(actions) if actions.is_empty() => vec![],
+        Some(actions) => {
+            rows(
+                c,
+                &format!(
+                    "SELECT {ACTION_COLS} FROM action_history WHERE {column} = $1 AND action = ANY($4) AND outcome = ANY($5) AND ts >= $2 ORDER BY ts DESC, id DESC LIMIT $3"
+                ),
+                &[&q.key, &q.since, &limit, actions, &crate::scan_outcomes(q)],
+            )
+            .await?
+        }
+    };
+    let mut out = found
+        .iter()
+        .map(action_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
     out.reverse();
     Ok(out)
 }

@@ -190,6 +190,10 @@ impl SqliteStore {
                     let c = Connection::open(p).map_err(backend)?;
                     c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=1;")
                         .map_err(backend)?;
+                    // A decision's read runs a dozen statements, and rule
+                    // scans one per list length: rusqlite's default of 16
+                    // cached statements had them re-prepared over and over.
+                    c.set_prepared_statement_cache_capacity(128);
                     conns.push(Mutex::new(c));
                 }
                 Some(Arc::new(Readers {
@@ -780,7 +784,10 @@ fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS action_history_incident ON action_history(incident_id, ts);
-         CREATE INDEX IF NOT EXISTS action_history_resource ON action_history(resource, ts);",
+         CREATE INDEX IF NOT EXISTS action_history_resource ON action_history(resource, ts);
+         CREATE INDEX IF NOT EXISTS action_history_agent_action ON action_history(agent, action, outcome, ts);
+         CREATE INDEX IF NOT EXISTS action_history_incident_action ON action_history(incident_id, action, outcome, ts);
+         CREATE INDEX IF NOT EXISTS action_history_resource_action ON action_history(resource, action, outcome, ts);",
     )
     .map_err(backend)?;
     Ok(())
@@ -1168,19 +1175,56 @@ fn row_visible(conn: &Connection, rowid: i64) -> Result<bool, StoreError> {
 /// A [`HistoryScan`]: the newest `SCAN_LIMIT + 1` rows of the scope at or
 /// after `since` (index `(column, ts)`), returned oldest first.
 fn scan(conn: &Connection, q: &crate::HistoryScan) -> Result<Vec<ActionRecord>, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {ACTION_COLS} FROM action_history WHERE {} = ?1 AND ts >= ?2 ORDER BY ts DESC, rowid DESC LIMIT ?3",
-            q.scope.column()
-        ))
-        .map_err(backend)?;
     let limit = i64::try_from(crate::SCAN_LIMIT + 1).unwrap_or(i64::MAX);
-    let mut rows = stmt
-        .query(params![q.key, q.since, limit])
-        .map_err(backend)?;
+    let column = q.scope.column();
     let mut out = Vec::new();
-    while let Some(r) = rows.next().map_err(backend)? {
-        out.push(action_row(r)?.1);
+    match &q.actions {
+        None => {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {ACTION_COLS} FROM action_history WHERE {column} = ?1 AND ts >= ?2 ORDER BY ts DESC, rowid DESC LIMIT ?3"
+                ))
+                .map_err(backend)?;
+            let mut rows = stmt
+                .query(params![q.key, q.since, limit])
+                .map_err(backend)?;
+            while let Some(r) = rows.next().map_err(backend)? {
+                out.push(action_row(r)?.1);
+            }
+        }
+        Some(actions) if actions.is_empty() => {}
+        Some(actions) => {
+            // Literal `IN` lists on `(column, action, outcome, ts)`, walked
+            // once per pair; every outcome is named when any will do, so the
+            // index still applies.
+            let outcomes = crate::scan_outcomes(q);
+            let list = |from: usize, n: usize| {
+                (from..from + n)
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            // Named: to serve `ORDER BY ts` the planner would rather walk
+            // `(column, ts)` and look up each row's action and outcome.
+            let index = match q.scope {
+                crate::ScanScope::Agent => "action_history_agent_action",
+                crate::ScanScope::Incident => "action_history_incident_action",
+                crate::ScanScope::Resource => "action_history_resource_action",
+            };
+            let sql = format!(
+                "SELECT {ACTION_COLS} FROM action_history INDEXED BY {index} WHERE {column} = ?1 AND action IN ({}) AND outcome IN ({}) AND ts >= ?2 ORDER BY ts DESC, rowid DESC LIMIT ?3",
+                list(4, actions.len()),
+                list(4 + actions.len(), outcomes.len()),
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&q.key, &q.since, &limit];
+            values.extend(actions.iter().map(|a| a as &dyn rusqlite::ToSql));
+            values.extend(outcomes.iter().map(|o| o as &dyn rusqlite::ToSql));
+            let mut rows = stmt.query(values.as_slice()).map_err(backend)?;
+            while let Some(r) = rows.next().map_err(backend)? {
+                out.push(action_row(r)?.1);
+            }
+        }
     }
     out.reverse();
     Ok(out)

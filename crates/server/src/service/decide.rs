@@ -196,6 +196,11 @@ async fn gather(
                 scope: s.scope,
                 key: s.key.clone(),
                 since: now.saturating_sub(s.window),
+                actions: s.actions.as_ref().map(|a| a.iter().cloned().collect()),
+                outcomes: s
+                    .outcomes
+                    .as_ref()
+                    .map(|o| o.iter().map(|o| o.as_str().to_string()).collect()),
             })
             .collect(),
     };

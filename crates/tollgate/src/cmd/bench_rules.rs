@@ -56,7 +56,9 @@ fn action(n: usize) -> ActionRecord {
         "forensics.image_host",
         "iam.disable_account",
     ];
-    let act = actions[n % actions.len()];
+    // Every agent, incident and resource does a bit of everything over
+    // time (`n % 5` alone would give each agent one kind of action).
+    let act = actions[(n / AGENTS + n / 7) % actions.len()];
     ActionRecord {
         root_task_id: task.id.clone(),
         task_id: task.id.clone(),
@@ -92,10 +94,31 @@ async fn grow(store: &SqliteStore, from: usize, to: usize) -> Result<()> {
     Ok(())
 }
 
+/// The actions the store reads for rule `i`, as the gateway asks
+/// (`Rule::scan_actions`, labels resolved through the example catalog).
+fn scan_actions(set: &RuleSet, i: usize, catalog: &tollgate_core::Catalog) -> Option<Vec<String>> {
+    set.rules
+        .get(i)?
+        .scan_actions(catalog)
+        .map(|a| a.into_iter().collect())
+}
+
+/// The outcomes the store reads for rule `i`.
+fn scan_outcomes(set: &RuleSet, i: usize) -> Option<Vec<String>> {
+    set.rules
+        .get(i)?
+        .scan_outcomes()
+        .map(|o| o.into_iter().map(|o| o.as_str().to_string()).collect())
+}
+
 pub fn rules(sizes: &[usize], decisions: usize) -> Result<()> {
     let mut set = RuleSet::default();
     set.parse_file("bench.tgr", RULES, DEFAULT_MAX_WINDOW)
         .map_err(|e| anyhow!("{e:?}"))?;
+    let catalog = tollgate_server::embedded::pack(Default::default())
+        .map_err(|e| anyhow!("{e}"))?
+        .catalog()
+        .clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -130,9 +153,9 @@ pub fn rules(sizes: &[usize], decisions: usize) -> Result<()> {
             };
             let with_scans = FactsQuery {
                 scans: vec![
-                    HistoryScan { scope: ScanScope::Agent, key: probe.agent.clone(), since: NOW - 86_400 },
-                    HistoryScan { scope: ScanScope::Incident, key: probe.incident_id.clone(), since: NOW - 30 * 86_400 },
-                    HistoryScan { scope: ScanScope::Resource, key: resource.clone(), since: NOW - 7 * 86_400 },
+                    HistoryScan { scope: ScanScope::Agent, key: probe.agent.clone(), since: NOW - 86_400, actions: scan_actions(&set, 0, &catalog), outcomes: scan_outcomes(&set, 0) },
+                    HistoryScan { scope: ScanScope::Incident, key: probe.incident_id.clone(), since: NOW - 30 * 86_400, actions: scan_actions(&set, 1, &catalog), outcomes: scan_outcomes(&set, 1) },
+                    HistoryScan { scope: ScanScope::Resource, key: resource.clone(), since: NOW - 7 * 86_400, actions: scan_actions(&set, 2, &catalog), outcomes: scan_outcomes(&set, 2) },
                 ],
                 ..plain.clone()
             };

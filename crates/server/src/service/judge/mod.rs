@@ -72,6 +72,11 @@ pub struct RuleScan {
     pub key: String,
     /// The longest window of the rules over this scope, seconds.
     pub window: i64,
+    /// The actions those rules can match (`Rule::scan_actions`), or `None`
+    /// if one of them does not say: what the store reads.
+    pub actions: Option<std::collections::BTreeSet<String>>,
+    /// The outcomes they can match (`Rule::scan_outcomes`), or `None`.
+    pub outcomes: Option<std::collections::BTreeSet<tollgate_core::Outcome>>,
 }
 
 /// The scans the rules of `packs` need for this request: one per scope
@@ -84,23 +89,45 @@ pub fn rule_scans(
     resource: &str,
 ) -> Vec<RuleScan> {
     let mut out: Vec<RuleScan> = Vec::new();
-    for rule in packs.iter().flat_map(|p| p.rules().rules.iter()) {
+    let rules = packs
+        .iter()
+        .flat_map(|p| p.rules().rules.iter().map(move |r| (r, p.catalog())));
+    for (rule, catalog) in rules {
         let (scope, key) = match rule.scope {
             RuleScope::Tree => continue,
             RuleScope::Agent => (ScanScope::Agent, agent),
             RuleScope::Incident => (ScanScope::Incident, task.incident_id.as_str()),
             RuleScope::Resource => (ScanScope::Resource, resource),
         };
+        let actions = rule.scan_actions(catalog);
+        let outcomes = rule.scan_outcomes();
         match out.iter_mut().find(|s| s.scope == scope) {
-            Some(s) => s.window = s.window.max(rule.window),
+            Some(s) => {
+                s.window = s.window.max(rule.window);
+                s.actions = unite(s.actions.take(), actions);
+                s.outcomes = unite(s.outcomes.take(), outcomes);
+            }
             None => out.push(RuleScan {
                 scope,
                 key: key.to_string(),
                 window: rule.window,
+                actions,
+                outcomes,
             }),
         }
     }
     out
+}
+
+/// Two rules' sets over one scope: everything either may match (`None`,
+/// "anything", absorbs).
+fn unite<T: Ord>(
+    a: Option<std::collections::BTreeSet<T>>,
+    b: Option<std::collections::BTreeSet<T>>,
+) -> Option<std::collections::BTreeSet<T>> {
+    let (mut a, b) = (a?, b?);
+    a.extend(b);
+    Some(a)
 }
 
 /// What the store is asked for the agent-wide rate limits of an action.
