@@ -94,46 +94,41 @@ impl Filter {
     /// time; an operation whose label was since removed from the catalog is
     /// no longer looked for). `None` when no term constrains the action.
     pub fn candidate_actions(&self, catalog: &Catalog) -> Option<BTreeSet<String>> {
-        let mut out: Option<BTreeSet<String>> = None;
-        for t in &self.terms {
-            let names: BTreeSet<String> = match t {
-                Term::Action(names) => names.iter().cloned().collect(),
-                Term::Tier(tier) => catalog
-                    .operations
-                    .iter()
-                    .filter(|(_, op)| op.tier == *tier)
-                    .map(|(n, _)| n.clone())
-                    .collect(),
-                Term::Label(l) => catalog
-                    .operations
-                    .iter()
-                    .filter(|(_, op)| op.labels.contains(l))
-                    .map(|(n, _)| n.clone())
-                    .collect(),
-                Term::Decision(_) | Term::Resource(_) => continue,
-            };
-            out = Some(match out {
-                Some(before) => before.intersection(&names).cloned().collect(),
-                None => names,
-            });
-        }
-        out
+        let operations = |keep: &dyn Fn(&crate::Operation) -> bool| {
+            catalog
+                .operations
+                .iter()
+                .filter(|(_, op)| keep(op))
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        self.intersection(|t| match t {
+            Term::Action(names) => Some(names.iter().cloned().collect()),
+            Term::Tier(tier) => Some(operations(&|op| op.tier == *tier)),
+            Term::Label(l) => Some(operations(&|op| op.labels.contains(l))),
+            Term::Decision(_) | Term::Resource(_) => None,
+        })
     }
 
     /// The outcomes a matching record can have (its `decision` terms), or
     /// `None` when no term says.
     pub fn candidate_outcomes(&self) -> Option<BTreeSet<Outcome>> {
-        let mut out: Option<BTreeSet<Outcome>> = None;
-        for t in &self.terms {
-            if let Term::Decision(o) = t {
-                let one: BTreeSet<Outcome> = [*o].into();
-                out = Some(match out {
-                    Some(before) => before.intersection(&one).copied().collect(),
-                    None => one,
-                });
-            }
-        }
-        out
+        self.intersection(|t| match t {
+            Term::Decision(o) => Some([*o].into()),
+            _ => None,
+        })
+    }
+
+    /// What every term that says (`of` gives `Some`) allows at once; `None`
+    /// when no term says.
+    fn intersection<T: Ord + Clone>(
+        &self,
+        of: impl Fn(&Term) -> Option<BTreeSet<T>>,
+    ) -> Option<BTreeSet<T>> {
+        self.terms
+            .iter()
+            .filter_map(of)
+            .reduce(|before, next| before.intersection(&next).cloned().collect())
     }
 
     pub fn matches(&self, r: &ActionRecord) -> bool {

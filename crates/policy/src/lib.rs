@@ -26,7 +26,7 @@ pub mod testing;
 
 pub use general::GeneralRequest;
 pub use pack::{
-    Diagnostic, LoadOptions, PackSources, PolicyError, PolicyPack, SourceFile,
+    Diagnostic, LoadOptions, PackSources, PolicyError, PolicyPack, RuleReads, SourceFile,
     OBLIGATION_EVIDENCE_BEFORE,
 };
 pub use request::{

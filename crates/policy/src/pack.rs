@@ -129,6 +129,17 @@ pub struct PolicyPack {
     /// `action in Action::"contain"` to hold (Cedar adds them itself only
     /// when it validates).
     action_entities: HashMap<String, Vec<cedar_policy::Entity>>,
+    /// Per rule of `rules`, in order: what its scan reads.
+    rule_reads: Vec<RuleReads>,
+}
+
+/// What the store reads for one temporal rule, resolved through the
+/// pack's catalog once at load (`Rule::scan_actions`, `Rule::scan_outcomes`;
+/// `None`: any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleReads {
+    pub actions: Option<std::collections::BTreeSet<String>>,
+    pub outcomes: Option<std::collections::BTreeSet<Outcome>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -431,6 +442,7 @@ impl PolicyPack {
                     rules,
                     shapes: Shapes::default(),
                     action_entities: HashMap::new(),
+                    rule_reads: vec![],
                 };
                 let (problems, probed) = pack.probe();
                 if problems.is_empty() {
@@ -440,6 +452,15 @@ impl PolicyPack {
                         pack.shapes.probed(&action, &kind);
                     }
                     pack.action_entities = action_entities(&pack.schema, &pack.catalog);
+                    pack.rule_reads = pack
+                        .rules
+                        .rules
+                        .iter()
+                        .map(|r| RuleReads {
+                            actions: r.scan_actions(&pack.catalog),
+                            outcomes: r.scan_outcomes(),
+                        })
+                        .collect();
                     Ok(pack)
                 } else {
                     Err(PolicyError::Invalid(
@@ -498,6 +519,13 @@ impl PolicyPack {
     /// The pack's temporal rules (`rules/*.tgr`).
     pub fn rules(&self) -> &tollgate_core::temporal::RuleSet {
         &self.rules
+    }
+
+    /// Each rule of [`Self::rules`] with what its scan reads.
+    pub fn rules_with_reads(
+        &self,
+    ) -> impl Iterator<Item = (&tollgate_core::temporal::Rule, &RuleReads)> {
+        self.rules.rules.iter().zip(&self.rule_reads)
     }
 
     /// The pack's entity data (`entities.json`).

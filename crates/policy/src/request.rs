@@ -138,42 +138,6 @@ fn plain_pairs(m: &Map<String, Value>) -> Option<Vec<(String, RestrictedExpressi
         .collect()
 }
 
-/// A request and its entities from plain JSON (no escapes), validated
-/// against `schema`.
-fn assemble(
-    principal: &EntityUid,
-    action: &str,
-    resource: &EntityUid,
-    entities: &Value,
-    context: &Value,
-    schema: &cedar_policy::Schema,
-) -> Option<(Request, Entities)> {
-    let mut list = Vec::new();
-    for e in entities.as_array()? {
-        let id = e.get("uid")?;
-        let id = uid(id.get("type")?.as_str()?, id.get("id")?.as_str()?).ok()?;
-        if !e.get("parents")?.as_array()?.is_empty() {
-            return None;
-        }
-        let attrs: std::collections::HashMap<String, RestrictedExpression> =
-            plain_pairs(e.get("attrs")?.as_object()?)?
-                .into_iter()
-                .collect();
-        list.push(Entity::new(id, attrs, std::collections::HashSet::new()).ok()?);
-    }
-    let entities = Entities::from_entities(list, Some(schema)).ok()?;
-    let context = Context::from_pairs(plain_pairs(context.as_object()?)?).ok()?;
-    let request = Request::new(
-        principal.clone(),
-        uid("Action", action).ok()?,
-        resource.clone(),
-        context,
-        Some(schema),
-    )
-    .ok()?;
-    Some((request, entities))
-}
-
 /// [`agent_entity`] as a Cedar entity, without the JSON.
 fn agent_entity_direct(a: AgentFacts<'_>) -> Option<Entity> {
     let attrs = [
@@ -259,7 +223,30 @@ impl PolicyPack {
         context: &Value,
     ) -> Option<(Request, Entities)> {
         let (schema, _) = self.authorizer_inputs();
-        assemble(principal, action, resource, entities, context, schema)
+        let mut list = Vec::new();
+        for e in entities.as_array()? {
+            let id = e.get("uid")?;
+            let id = uid(id.get("type")?.as_str()?, id.get("id")?.as_str()?).ok()?;
+            if !e.get("parents")?.as_array()?.is_empty() {
+                return None;
+            }
+            let attrs: std::collections::HashMap<String, RestrictedExpression> =
+                plain_pairs(e.get("attrs")?.as_object()?)?
+                    .into_iter()
+                    .collect();
+            list.push(Entity::new(id, attrs, std::collections::HashSet::new()).ok()?);
+        }
+        let entities = Entities::from_entities(list, Some(schema)).ok()?;
+        let context = Context::from_pairs(plain_pairs(context.as_object()?)?).ok()?;
+        let request = Request::new(
+            principal.clone(),
+            uid("Action", action).ok()?,
+            resource.clone(),
+            context,
+            Some(schema),
+        )
+        .ok()?;
+        Some((request, entities))
     }
 
     /// The same request without Cedar's schema validation, for a request

@@ -89,18 +89,14 @@ pub fn rule_scans(
     resource: &str,
 ) -> Vec<RuleScan> {
     let mut out: Vec<RuleScan> = Vec::new();
-    let rules = packs
-        .iter()
-        .flat_map(|p| p.rules().rules.iter().map(move |r| (r, p.catalog())));
-    for (rule, catalog) in rules {
+    for (rule, reads) in packs.iter().flat_map(|p| p.rules_with_reads()) {
         let (scope, key) = match rule.scope {
             RuleScope::Tree => continue,
             RuleScope::Agent => (ScanScope::Agent, agent),
             RuleScope::Incident => (ScanScope::Incident, task.incident_id.as_str()),
             RuleScope::Resource => (ScanScope::Resource, resource),
         };
-        let actions = rule.scan_actions(catalog);
-        let outcomes = rule.scan_outcomes();
+        let (actions, outcomes) = (reads.actions.clone(), reads.outcomes.clone());
         match out.iter_mut().find(|s| s.scope == scope) {
             Some(s) => {
                 s.window = s.window.max(rule.window);
