@@ -38,12 +38,12 @@ pub struct TierCounts {
 }
 
 impl TierCounts {
-    fn count(&mut self, tier: Tier) {
+    fn add(&mut self, tier: Tier, n: i64) {
         match tier {
-            Tier::Read => self.read += 1,
-            Tier::Contain => self.contain += 1,
-            Tier::Change => self.change += 1,
-            Tier::Destructive => self.destructive += 1,
+            Tier::Read => self.read += n,
+            Tier::Contain => self.contain += n,
+            Tier::Change => self.change += n,
+            Tier::Destructive => self.destructive += n,
         }
     }
 }
@@ -77,8 +77,16 @@ impl HistorySummary {
     /// Fold a tree's records, oldest first, into the summary at `now`. An
     /// action's risk is the catalog's weight today (0 once it has left the
     /// catalog), so a reloaded pack re-weighs the past.
+    ///
+    /// A busy tree holds thousands of records and this runs on every
+    /// decision, so the records are first counted per kind of allowed
+    /// action (action, tier and labels: a handful per tree), comparing
+    /// borrowed strings and allocating nothing; the sets and sums are then
+    /// built once per kind.
     pub fn from_records(records: &[ActionRecord], catalog: &Catalog, now: UnixTime) -> Self {
         let mut s = HistorySummary::default();
+        let mut kinds: Vec<Kind<'_>> = Vec::new();
+        let mut last = 0;
         for r in records {
             let age = now - r.ts;
             if r.outcome == Outcome::Deny && age <= 600 {
@@ -87,25 +95,86 @@ impl HistorySummary {
             if r.outcome != Outcome::Allow {
                 continue;
             }
-            s.risk_spent += catalog
-                .operation(&r.action)
-                .map(|op| op.risk_weight())
-                .unwrap_or(0);
-            s.actions_allowed.insert(r.action.clone());
-            s.previous_action = r.action.clone();
+            // Runs of one kind are common: try the last one first.
+            let at = if kinds.get(last).is_some_and(|k| k.is(r)) {
+                last
+            } else if let Some(at) = kinds.iter().position(|k| k.is(r)) {
+                at
+            } else {
+                kinds.push(Kind::of(r));
+                kinds.len() - 1
+            };
+            last = at;
+            let k = &mut kinds[at];
+            k.all += 1;
             if age <= 3600 {
-                s.labels_1h.extend(r.labels.iter().cloned());
-                s.actions_1h.insert(r.action.clone());
-                s.tier_counts_1h.count(r.tier);
+                k.last_1h += 1;
             }
             if age <= 600 {
-                s.labels_10m.extend(r.labels.iter().cloned());
+                k.last_10m += 1;
             }
             if age <= 60 {
-                s.tier_counts_1m.count(r.tier);
+                k.last_1m += 1;
             }
         }
+        for k in &kinds {
+            let weight = catalog
+                .operation(k.action)
+                .map(|op| op.risk_weight())
+                .unwrap_or(0);
+            s.risk_spent = s.risk_spent.saturating_add(weight.saturating_mul(k.all));
+            insert(&mut s.actions_allowed, k.action);
+            if k.last_1h > 0 {
+                insert(&mut s.actions_1h, k.action);
+                k.labels.iter().for_each(|l| insert(&mut s.labels_1h, l));
+                s.tier_counts_1h.add(k.tier, k.last_1h);
+            }
+            if k.last_10m > 0 {
+                k.labels.iter().for_each(|l| insert(&mut s.labels_10m, l));
+            }
+            s.tier_counts_1m.add(k.tier, k.last_1m);
+        }
+        if let Some(r) = records.iter().rev().find(|r| r.outcome == Outcome::Allow) {
+            s.previous_action = r.action.clone();
+        }
         s
+    }
+}
+
+/// Allowed records alike in what the summary reads of them, and how many
+/// there are in each window.
+struct Kind<'a> {
+    action: &'a str,
+    tier: Tier,
+    labels: &'a [String],
+    all: i64,
+    last_1h: i64,
+    last_10m: i64,
+    last_1m: i64,
+}
+
+impl<'a> Kind<'a> {
+    fn of(r: &'a ActionRecord) -> Self {
+        Kind {
+            action: &r.action,
+            tier: r.tier,
+            labels: &r.labels,
+            all: 0,
+            last_1h: 0,
+            last_10m: 0,
+            last_1m: 0,
+        }
+    }
+
+    fn is(&self, r: &ActionRecord) -> bool {
+        self.tier == r.tier && self.action == r.action && self.labels == r.labels.as_slice()
+    }
+}
+
+/// Insert without allocating when the set already holds the string.
+fn insert(set: &mut BTreeSet<String>, value: &str) {
+    if !set.contains(value) {
+        set.insert(value.to_string());
     }
 }
 
@@ -159,6 +228,70 @@ operations:
 "#,
         )
         .unwrap()
+    }
+
+    /// The summary as defined: each record folded in on its own.
+    fn summary_record_by_record(
+        records: &[ActionRecord],
+        catalog: &Catalog,
+        now: UnixTime,
+    ) -> HistorySummary {
+        let mut s = HistorySummary::default();
+        for r in records {
+            let age = now - r.ts;
+            if r.outcome == Outcome::Deny && age <= 600 {
+                s.denials_10m += 1;
+            }
+            if r.outcome != Outcome::Allow {
+                continue;
+            }
+            s.risk_spent += catalog
+                .operation(&r.action)
+                .map(|op| op.risk_weight())
+                .unwrap_or(0);
+            s.actions_allowed.insert(r.action.clone());
+            s.previous_action = r.action.clone();
+            if age <= 3600 {
+                s.labels_1h.extend(r.labels.iter().cloned());
+                s.actions_1h.insert(r.action.clone());
+                s.tier_counts_1h.add(r.tier, 1);
+            }
+            if age <= 600 {
+                s.labels_10m.extend(r.labels.iter().cloned());
+            }
+            if age <= 60 {
+                s.tier_counts_1m.add(r.tier, 1);
+            }
+        }
+        s
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn counting_by_kind_sums_up_to_the_record_by_record_fold(
+            raw in proptest::collection::vec(
+                (0usize..5, 0usize..4, 0usize..4, 0usize..3, 0i64..5000),
+                0..60,
+            )
+        ) {
+            let actions = ["vault.read_secret", "edr.isolate_host", "logs.delete", "iam.disable_account", "gone.action"];
+            let tiers = [Tier::Read, Tier::Contain, Tier::Change, Tier::Destructive];
+            let labels: [&[&str]; 4] = [&[], &["reads-secret"], &["network-change", "x"], &["x"]];
+            let outcomes = [Outcome::Allow, Outcome::Deny, Outcome::ApprovalRequired];
+            // Oldest first, as the store returns them; some in the future.
+            let mut raw = raw;
+            raw.sort_by_key(|r| std::cmp::Reverse(r.4));
+            let now = 4000;
+            let records: Vec<ActionRecord> = raw
+                .iter()
+                .map(|&(a, t, l, o, age)| rec(actions[a], tiers[t], labels[l], outcomes[o], now - age + 200))
+                .collect();
+            let c = catalog();
+            proptest::prop_assert_eq!(
+                HistorySummary::from_records(&records, &c, now),
+                summary_record_by_record(&records, &c, now)
+            );
+        }
     }
 
     #[test]

@@ -225,6 +225,14 @@ impl Rule {
         }
     }
 
+    /// The part of `records`, oldest first (as a tree's history and every
+    /// scan come from the store), that this rule's window can see at `now`:
+    /// a busy tree's older history is passed over without being looked at.
+    pub fn in_window<'r>(&self, records: &'r [ActionRecord], now: UnixTime) -> &'r [ActionRecord] {
+        let from = now.saturating_sub(self.window);
+        &records[records.partition_point(|r| r.ts <= from)..]
+    }
+
     /// The rule's value at `now` over `past` (any order; records outside
     /// the scope or the window are ignored): the reference semantics.
     pub fn evaluate(&self, past: &[Past<'_>], s: &Subject<'_>, now: UnixTime) -> RuleValue {
@@ -992,6 +1000,36 @@ rule either = formerly { action ["edr.isolate_host", "edr.release_host"] } withi
             let formerly = rule(Operator::Formerly(filter.clone()), w1).evaluate(&v, &s, now);
             prop_assert_eq!(formerly, RuleValue::Bool(count(w1) > 0));
             prop_assert!(count(w1 + extra) >= count(w1));
+        }
+
+        /// On records oldest first, every operator sees the same over the
+        /// rule's window as over the whole history.
+        #[test]
+        fn the_window_alone_gives_every_rule_its_value(
+            ts in proptest::collection::vec(0i64..10_000, 0..40),
+            now in 0i64..12_000,
+            window in 1i64..5_000,
+        ) {
+            let mut ts = ts;
+            ts.sort_unstable();
+            let past: Vec<ActionRecord> = ts.iter().enumerate().map(|(i, t)| rec(
+                ["vault.read_secret", "edr.isolate_host", "forensics.image_host"][i % 3],
+                "Host::h", "a", "t", Outcome::Allow, *t)).collect();
+            let s = Subject { root_task_id: "t", agent: "a", incident_id: "I", resource: "Host::h" };
+            let secret = Filter { terms: vec![Term::Label("reads-secret".into())] };
+            let isolate = Filter { terms: vec![Term::Action(vec!["edr.isolate_host".into()])] };
+            for operator in [
+                Operator::Count(secret.clone()),
+                Operator::Formerly(secret.clone()),
+                Operator::Since { then: secret, after: isolate },
+            ] {
+                let rule = Rule { name: "r".into(), operator, window, scope: RuleScope::Tree, file: String::new(), line: 1 };
+                let past_of = |records: &[ActionRecord]| -> Vec<RuleValue> {
+                    let v: Vec<Past<'_>> = records.iter().map(|r| Past { record: r, incident_id: "I" }).collect();
+                    vec![rule.evaluate(&v, &s, now)]
+                };
+                prop_assert_eq!(past_of(rule.in_window(&past, now)), past_of(&past));
+            }
         }
     }
 }

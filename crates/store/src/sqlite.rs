@@ -14,6 +14,7 @@ use crate::{
 };
 use crate::{HeldCall, McpSession};
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -142,6 +143,9 @@ impl SqliteStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
         )
         .map_err(backend)?;
+        // As on the readers (`open_reader`): in memory, reads run here.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         conn.execute_batch(mcp::SCHEMA).map_err(backend)?;
         add_missing_columns(&conn)?;
@@ -187,14 +191,7 @@ impl SqliteStore {
             Some(p) => {
                 let mut conns = Vec::with_capacity(READERS);
                 for _ in 0..READERS {
-                    let c = Connection::open(p).map_err(backend)?;
-                    c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=1;")
-                        .map_err(backend)?;
-                    // A decision's read runs a dozen statements, and rule
-                    // scans one per list length: rusqlite's default of 16
-                    // cached statements had them re-prepared over and over.
-                    c.set_prepared_statement_cache_capacity(128);
-                    conns.push(Mutex::new(c));
+                    conns.push(Mutex::new(open_reader(p)?));
                 }
                 Some(Arc::new(Readers {
                     conns,
@@ -793,6 +790,28 @@ fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A read-only connection for the reader pool.
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open(path).map_err(backend)?;
+    c.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=1;")
+        .map_err(backend)?;
+    // A decision's read runs a dozen statements, and rule scans one per
+    // list length: rusqlite's default of 16 cached statements had them
+    // re-prepared over and over.
+    c.set_prepared_statement_cache_capacity(128);
+    // The query planner's stability guarantee: plans never depend on the
+    // values bound. Without it SQLite marks a statement whose plan could
+    // (a `LIMIT ?`, a `rowid > ?`, a term beside a partial index) to be
+    // re-prepared when that parameter is bound again, and rusqlite clears
+    // the bindings of every statement it returns to its cache, so each such
+    // statement was parsed and planned anew on every decision: 14% of the
+    // server's time under `bench http`. Our statements name their indexes
+    // or have one obvious plan; none needs a value-dependent one.
+    c.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(backend)?;
+    Ok(c)
+}
+
 fn pep_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Pep> {
     Ok(Pep {
         name: r.get(0)?,
@@ -1080,6 +1099,13 @@ fn action_row(r: &rusqlite::Row<'_>) -> Result<(i64, ActionRecord), StoreError> 
 
 /// A tree's records at or after `since` with a rowid above `after`, oldest
 /// first (time, then rowid), and the highest rowid among them (or `after`).
+fn tree_sql() -> String {
+    format!(
+        "SELECT {ACTION_COLS} FROM action_history
+         WHERE root_task_id = ?1 AND ts >= ?2 AND rowid > ?3 ORDER BY ts, rowid"
+    )
+}
+
 fn tree_actions(
     conn: &Connection,
     root: &str,
@@ -1088,12 +1114,7 @@ fn tree_actions(
 ) -> Result<(Vec<ActionRecord>, i64), StoreError> {
     // The (root_task_id, ts) index holds the rowid: rows at or below
     // `after` are skipped in the index, without reading them.
-    let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT {ACTION_COLS} FROM action_history
-             WHERE root_task_id = ?1 AND ts >= ?2 AND rowid > ?3 ORDER BY ts, rowid"
-        ))
-        .map_err(backend)?;
+    let mut stmt = conn.prepare_cached(&tree_sql()).map_err(backend)?;
     let mut rows = stmt.query(params![root, since, after]).map_err(backend)?;
     let (mut out, mut max) = (Vec::new(), after);
     while let Some(r) = rows.next().map_err(backend)? {
@@ -1175,59 +1196,62 @@ fn row_visible(conn: &Connection, rowid: i64) -> Result<bool, StoreError> {
 /// A [`HistoryScan`]: the newest `SCAN_LIMIT + 1` rows of the scope at or
 /// after `since` (index `(column, ts)`), returned oldest first.
 fn scan(conn: &Connection, q: &crate::HistoryScan) -> Result<Vec<ActionRecord>, StoreError> {
+    if q.actions.as_ref().is_some_and(|a| a.is_empty()) {
+        return Ok(Vec::new());
+    }
     let limit = i64::try_from(crate::SCAN_LIMIT + 1).unwrap_or(i64::MAX);
-    let column = q.scope.column();
+    // Literal `IN` lists on `(column, action, outcome, ts)`, walked once
+    // per pair; every outcome is named when any will do, so the index
+    // still applies.
+    let outcomes = match q.actions {
+        Some(_) => crate::scan_outcomes(q),
+        None => Vec::new(),
+    };
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&q.key, &q.since, &limit];
+    values.extend(
+        q.actions
+            .iter()
+            .flatten()
+            .map(|a| a as &dyn rusqlite::ToSql),
+    );
+    values.extend(outcomes.iter().map(|o| o as &dyn rusqlite::ToSql));
+    let mut stmt = conn.prepare_cached(&scan_sql(q)).map_err(backend)?;
+    let mut rows = stmt.query(values.as_slice()).map_err(backend)?;
     let mut out = Vec::new();
-    match &q.actions {
-        None => {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {ACTION_COLS} FROM action_history WHERE {column} = ?1 AND ts >= ?2 ORDER BY ts DESC, rowid DESC LIMIT ?3"
-                ))
-                .map_err(backend)?;
-            let mut rows = stmt
-                .query(params![q.key, q.since, limit])
-                .map_err(backend)?;
-            while let Some(r) = rows.next().map_err(backend)? {
-                out.push(action_row(r)?.1);
-            }
-        }
-        Some(actions) if actions.is_empty() => {}
-        Some(actions) => {
-            // Literal `IN` lists on `(column, action, outcome, ts)`, walked
-            // once per pair; every outcome is named when any will do, so the
-            // index still applies.
-            let outcomes = crate::scan_outcomes(q);
-            let list = |from: usize, n: usize| {
-                (from..from + n)
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            // Named: to serve `ORDER BY ts` the planner would rather walk
-            // `(column, ts)` and look up each row's action and outcome.
-            let index = match q.scope {
-                crate::ScanScope::Agent => "action_history_agent_action",
-                crate::ScanScope::Incident => "action_history_incident_action",
-                crate::ScanScope::Resource => "action_history_resource_action",
-            };
-            let sql = format!(
-                "SELECT {ACTION_COLS} FROM action_history INDEXED BY {index} WHERE {column} = ?1 AND action IN ({}) AND outcome IN ({}) AND ts >= ?2 ORDER BY ts DESC, rowid DESC LIMIT ?3",
-                list(4, actions.len()),
-                list(4 + actions.len(), outcomes.len()),
-            );
-            let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&q.key, &q.since, &limit];
-            values.extend(actions.iter().map(|a| a as &dyn rusqlite::ToSql));
-            values.extend(outcomes.iter().map(|o| o as &dyn rusqlite::ToSql));
-            let mut rows = stmt.query(values.as_slice()).map_err(backend)?;
-            while let Some(r) = rows.next().map_err(backend)? {
-                out.push(action_row(r)?.1);
-            }
-        }
+    while let Some(r) = rows.next().map_err(backend)? {
+        out.push(action_row(r)?.1);
     }
     out.reverse();
     Ok(out)
+}
+
+/// The statement of a [`HistoryScan`](crate::HistoryScan): one per scope and, when it
+/// names actions, per length of its action and outcome lists.
+fn scan_sql(q: &crate::HistoryScan) -> String {
+    let column = q.scope.column();
+    let Some(actions) = &q.actions else {
+        return format!(
+            "SELECT {ACTION_COLS} FROM action_history WHERE {column} = ?1 AND ts >= ?2 ORDER BY ts DESC, rowid DESC LIMIT ?3"
+        );
+    };
+    let list = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Named: to serve `ORDER BY ts` the planner would rather walk
+    // `(column, ts)` and look up each row's action and outcome.
+    let index = match q.scope {
+        crate::ScanScope::Agent => "action_history_agent_action",
+        crate::ScanScope::Incident => "action_history_incident_action",
+        crate::ScanScope::Resource => "action_history_resource_action",
+    };
+    format!(
+        "SELECT {ACTION_COLS} FROM action_history INDEXED BY {index} WHERE {column} = ?1 AND action IN ({}) AND outcome IN ({}) AND ts >= ?2 ORDER BY ts DESC, rowid DESC LIMIT ?3",
+        list(4, actions.len()),
+        list(4 + actions.len(), crate::scan_outcomes(q).len()),
+    )
 }
 
 /// Action history rows whose `column` equals `key`, since `since`, oldest first.
@@ -1897,6 +1921,61 @@ mod tests {
             task_id: "root".into(),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_decision_read_plans_its_statements_once_per_connection() {
+        // rusqlite clears a statement's bindings when it caches it; unless
+        // plans are kept independent of bound values, that re-prepares any
+        // statement with a `LIMIT ?` or `rowid > ?` on every use.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.commit(Batch::default().change(Change::InsertTask(root_task("root"))))
+            .await
+            .unwrap();
+        record(&s, rec(1, 150)).await;
+        let conn = open_reader(&path).unwrap();
+        let trees = TreeCache::default();
+        let scans = |key: &str| {
+            vec![
+                crate::HistoryScan {
+                    scope: crate::ScanScope::Agent,
+                    key: key.into(),
+                    since: 0,
+                    actions: None,
+                    outcomes: None,
+                },
+                crate::HistoryScan {
+                    scope: crate::ScanScope::Resource,
+                    key: key.into(),
+                    since: 0,
+                    actions: Some(vec!["edr.read_alerts".into()]),
+                    outcomes: Some(vec!["allow".into()]),
+                },
+            ]
+        };
+        for (round, key) in ["Host::web-1", "Host::web-2", "Host::web-1"]
+            .iter()
+            .enumerate()
+        {
+            let q = FactsQuery {
+                scans: scans(key),
+                ..query()
+            };
+            assert!(facts(&conn, &trees, &q).unwrap().is_some());
+            // A new read of the tree, from the row after the cached copy.
+            record(&s, rec(10 + round as u32, 150)).await;
+        }
+        let reprepared = |sql: &str| {
+            conn.prepare_cached(sql)
+                .unwrap()
+                .get_status(rusqlite::StatementStatus::RePrepare)
+        };
+        for q in scans("x") {
+            assert_eq!(reprepared(&scan_sql(&q)), 0, "{}", scan_sql(&q));
+        }
+        assert_eq!(reprepared(&tree_sql()), 0);
     }
 
     #[tokio::test]

@@ -528,7 +528,8 @@ fn rule_values(
                 (records.as_slice(), task.incident_id.as_str())
             }
         };
-        let past: Vec<Past<'_>> = records
+        let past: Vec<Past<'_>> = rule
+            .in_window(records, now)
             .iter()
             .map(|record| Past {
                 record,
