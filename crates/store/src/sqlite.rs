@@ -139,8 +139,12 @@ impl SqliteStore {
     fn init(conn: Connection, path: Option<&Path>) -> Result<Self, StoreError> {
         // FULL: the WAL is fsync'd at every commit, so a returned commit
         // survives power loss; that is the audit guarantee.
+        // temp_store=MEMORY: a group commit gives each batch a savepoint,
+        // whose sub-journal SQLite spills to a temporary file past 64 KiB;
+        // it only serves rolling back one batch within the transaction, so
+        // memory is enough, and the profile showed those writes at 4%.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA temp_store=MEMORY;",
         )
         .map_err(backend)?;
         // As on the readers (`open_reader`): in memory, reads run here.
