@@ -83,7 +83,10 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 2_000)]
         decisions: usize,
     },
-    /// Durable audit append throughput (serial vs group commit) and verification speed.
+    /// Durable audit append throughput (serial vs group commit) and
+    /// verification speed: on a fresh SQLite file, or on the PostgreSQL
+    /// store `TOLLGATE_STORE` and `TOLLGATE_STORE_SCHEMA` name (whose
+    /// audit log must be empty: the bench writes into it).
     Audit {
         /// Entries to append.
         #[arg(long, default_value_t = 100_000)]
@@ -181,12 +184,7 @@ fn event(i: u64) -> AuditEvent {
         }))
 }
 
-async fn append(
-    store: &Arc<SqliteStore>,
-    total: u64,
-    concurrency: u64,
-    offset: u64,
-) -> Result<f64> {
+async fn append(store: &Arc<dyn Store>, total: u64, concurrency: u64, offset: u64) -> Result<f64> {
     let started = Instant::now();
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -228,14 +226,40 @@ async fn stop_ticker(ticker: tokio::task::JoinHandle<()>) {
     let _ = ticker.await;
 }
 
+/// The store `bench audit` appends to: PostgreSQL when `TOLLGATE_STORE`
+/// names it (as `serve` reads it), else a fresh SQLite file in `dir`; and
+/// how to describe it. A PostgreSQL log that already holds entries is
+/// refused: the bench must not write into a store someone uses.
+async fn bench_store(dir: &std::path::Path) -> Result<(Arc<dyn Store>, String)> {
+    let config =
+        tollgate_server::config::StoreConfig::default().with_env(|k| std::env::var(k).ok());
+    if config.postgres_url().is_none() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("bench.db"))?);
+        return Ok((store, "SQLite WAL synchronous=FULL".into()));
+    }
+    config
+        .validate()
+        .map_err(|e| anyhow!("TOLLGATE_STORE: {e}"))?;
+    let (store, name) =
+        tollgate_server::state::open_store(&config, std::path::Path::new("."), dir).await?;
+    let head = store.audit_head().await?;
+    if head.size > 0 {
+        return Err(anyhow!(
+            "{name} already holds {} audit entries; bench audit writes into the store, so give it an empty one: set TOLLGATE_STORE_SCHEMA to a new schema",
+            head.size
+        ));
+    }
+    Ok((store, name))
+}
+
 pub fn audit(entries: u64, concurrency: u64) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let dir = tempfile::tempdir()?;
-        let store = Arc::new(SqliteStore::open(&dir.path().join("bench.db"))?);
-        println!("tollgate bench audit: {entries} entries, {concurrency} concurrent writers, SQLite WAL synchronous=FULL");
+        let (store, what) = bench_store(dir.path()).await?;
+        println!("tollgate bench audit: {entries} entries, {concurrency} concurrent writers, {what}");
         let serial_n = entries.min(2_000);
         let serial = append(&store, serial_n, 1, 0).await?;
         println!("append, one writer (an fsync per entry):   {serial:>10.0} entries/s  ({serial_n} entries)");
@@ -271,7 +295,7 @@ pub fn audit(entries: u64, concurrency: u64) -> Result<()> {
         }
         v.finish().map_err(|e| anyhow!("{e}"))?;
         let pure = report.entries as f64 / started.elapsed().as_secs_f64();
-        println!("verify, reading SQLite (audit verify --data): {with_reads:>7.0} entries/s  ({} entries, 1 checkpoint)", report.entries);
+        println!("verify, reading the store (audit verify --data): {with_reads:>7.0} entries/s  ({} entries, 1 checkpoint)", report.entries);
         println!("verify, entries in memory (chain + Merkle):   {pure:>7.0} entries/s");
         Ok(())
     })
