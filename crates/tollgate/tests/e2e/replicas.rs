@@ -1320,3 +1320,43 @@ fn replicas_expire_and_escalate_each_approval_once() {
     assert_eq!(hook.next(4), None, "a webhook was sent twice");
     cl.verify_audit(cl.a());
 }
+
+/// `bench audit` appends to and verifies the PostgreSQL store named by
+/// `TOLLGATE_STORE` / `TOLLGATE_STORE_SCHEMA`, and refuses one whose audit
+/// log already holds entries (it must never write into a store in use).
+#[test]
+fn replicas_bench_audit_runs_on_postgres_and_refuses_a_used_log() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::new(&url);
+    let run = || {
+        Command::new(bin())
+            .args(["bench", "audit", "--entries", "300", "--concurrency", "8"])
+            .env("TOLLGATE_STORE", &url)
+            .env("TOLLGATE_STORE_SCHEMA", &schema.name)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let out = String::from_utf8_lossy(&first.stdout).to_string();
+    let err = String::from_utf8_lossy(&first.stderr).to_string();
+    assert!(first.status.success(), "{out}{err}");
+    assert!(
+        out.contains(&format!("PostgreSQL store (schema {})", schema.name)),
+        "{out}"
+    );
+    assert!(out.contains("(600 entries, 1 checkpoint)"), "{out}");
+    let (ok, count) = schema.psql(&format!("SELECT count(*) FROM \"{}\".audit", schema.name));
+    assert!(ok, "{count}");
+    assert_eq!(
+        count.trim(),
+        "600",
+        "the bench's entries are in the schema it was given"
+    );
+
+    let second = run();
+    let err = String::from_utf8_lossy(&second.stderr).to_string();
+    assert!(!second.status.success());
+    assert!(err.contains("already holds 600 audit entries"), "{err}");
+    let (_, count) = schema.psql(&format!("SELECT count(*) FROM \"{}\".audit", schema.name));
+    assert_eq!(count.trim(), "600", "a refused run writes nothing");
+}
