@@ -1895,6 +1895,18 @@ pub async fn history_scans_read_an_agent_an_incident_or_a_resource(s: &dyn Store
 }
 
 pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {
+    history_equals_the_full_read_on(s, s).await;
+}
+
+/// Commits and decision reads spread over two handles of one database (two
+/// replicas, each with its own history cache): every read's history is
+/// still exactly what a full read in its snapshot gives.
+pub async fn decision_facts_history_is_exact_across_replicas(a: &dyn Store, b: &dyn Store) {
+    history_equals_the_full_read_on(a, b).await;
+}
+
+/// Random commits and decision reads, each on `a` or `b` at random.
+async fn history_equals_the_full_read_on(a: &dyn Store, b: &dyn Store) {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let trees: Vec<(Task, Task)> = (0..3)
         .map(|i| {
@@ -1908,7 +1920,7 @@ pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {
         })
         .collect();
     for (root, child) in &trees {
-        insert_tasks(s, &[root, child]).await;
+        insert_tasks(a, &[root, child]).await;
     }
     let tiers = [Tier::Read, Tier::Contain, Tier::Change, Tier::Destructive];
     let outcomes = [Outcome::Allow, Outcome::Deny, Outcome::ApprovalRequired];
@@ -1930,7 +1942,7 @@ pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {
     };
     let full = |root: &Task| {
         let id = root.id.clone();
-        async move { s.actions_in_tree(&id, 100).await.unwrap() }
+        async move { a.actions_in_tree(&id, 100).await.unwrap() }
     };
     let pick = |rng: &mut XorShift| {
         let (root, child) = &trees[rng.below(3) as usize];
@@ -1940,13 +1952,15 @@ pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {
     for _ in 0..250 {
         match rng.below(10) {
             0..=4 => {
-                let mut b = Batch::default();
+                let s = if rng.below(2) == 0 { a } else { b };
+                let mut batch = Batch::default();
                 for _ in 0..=rng.below(3) {
-                    b = b.change(Change::RecordAction(random_record(&mut rng)));
+                    batch = batch.change(Change::RecordAction(random_record(&mut rng)));
                 }
-                s.commit(b).await.unwrap();
+                s.commit(batch).await.unwrap();
             }
             5..=8 => {
+                let s = if rng.below(2) == 0 { a } else { b };
                 let (root, t) = pick(&mut rng);
                 let f = s.decision_facts(&facts_query(&t)).await.unwrap().unwrap();
                 assert_eq!(*f.history, full(&root).await);
@@ -1962,11 +1976,12 @@ pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {
                 >;
                 let mut futures: Vec<Read<'_>> = Vec::new();
                 for i in 0..8 {
+                    let s = if rng.below(2) == 0 { a } else { b };
                     if i % 2 == 0 {
-                        let b =
+                        let batch =
                             Batch::default().change(Change::RecordAction(random_record(&mut rng)));
                         futures.push(Box::pin(async move {
-                            s.commit(b).await.unwrap();
+                            s.commit(batch).await.unwrap();
                             None
                         }));
                     } else {
@@ -1989,15 +2004,19 @@ pub async fn decision_facts_history_equals_the_full_read(s: &dyn Store) {
                     assert!(is_subsequence(&h, &after), "a read mixed snapshots");
                     assert!(is_subsequence(&before, &h), "a read missed a commit");
                 }
-                let f = s.decision_facts(&facts_query(&t)).await.unwrap().unwrap();
-                assert_eq!(*f.history, after);
+                for s in [a, b] {
+                    let f = s.decision_facts(&facts_query(&t)).await.unwrap().unwrap();
+                    assert_eq!(*f.history, after);
+                }
             }
         }
     }
     for (root, child) in &trees {
         for t in [root, child] {
-            let f = s.decision_facts(&facts_query(t)).await.unwrap().unwrap();
-            assert_eq!(*f.history, full(root).await);
+            for s in [a, b] {
+                let f = s.decision_facts(&facts_query(t)).await.unwrap().unwrap();
+                assert_eq!(*f.history, full(root).await);
+            }
         }
     }
 }
@@ -2032,6 +2051,7 @@ pub async fn run_races(a: &dyn Store, b: &dyn Store) {
     quorum_votes_on_two_replicas_both_count(a, b).await;
     two_replicas_append_to_one_chain(a, b).await;
     two_replicas_claim_each_message_once(a, b).await;
+    decision_facts_history_is_exact_across_replicas(a, b).await;
 }
 
 /// Both replicas try to claim every due message at once (as each one's

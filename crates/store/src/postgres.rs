@@ -17,6 +17,7 @@
 //! tree's whole history; correct, not cheap).
 
 use crate::pg_tls::TlsOptions;
+use crate::tree_cache::{self, Cached, TreeCache};
 use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
     ConsoleSession, Evidence, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError,
@@ -186,6 +187,9 @@ struct Job {
 pub struct PostgresStore {
     pool: Pool,
     writer: tokio::sync::mpsc::Sender<Job>,
+    /// Each task tree's history as last read, so a decision reads only the
+    /// rows committed since ([`tree_history`]).
+    trees: Arc<TreeCache>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -343,7 +347,11 @@ impl PostgresStore {
         // The writer task lives as long as a clone of the store does: when
         // the last sender is dropped, its queue closes and it returns.
         let (writer, rx) = tokio::sync::mpsc::channel(QUEUE);
-        let store = Self { pool, writer };
+        let store = Self {
+            pool,
+            writer,
+            trees: Arc::default(),
+        };
         store
             .migrate(schema)
             .await
@@ -1223,23 +1231,101 @@ fn action_from_row(r: &Row) -> Result<ActionRecord, StoreError> {
     })
 }
 
-/// A tree's records at or after `since`, oldest first (time, then commit order).
+/// A tree's records at or after `since` with an id above `after`, oldest
+/// first (time, then commit order), and the highest id among them (or
+/// `after`).
 async fn tree_actions<C: GenericClient>(
     c: &C,
     root: &str,
     since: i64,
-) -> Result<Vec<ActionRecord>, StoreError> {
-    rows(
+    after: i64,
+) -> Result<(Vec<ActionRecord>, i64), StoreError> {
+    let found = rows(
         c,
         &format!(
-            "SELECT {ACTION_COLS} FROM action_history WHERE root_task_id = $1 AND ts >= $2 ORDER BY ts, id"
+            "SELECT {ACTION_COLS}, id FROM action_history
+             WHERE root_task_id = $1 AND ts >= $2 AND id > $3 ORDER BY ts, id"
         ),
-        &[&root, &since],
+        &[&root, &since, &after],
     )
-    .await?
-    .iter()
-    .map(action_from_row)
-    .collect()
+    .await?;
+    let (mut out, mut max) = (Vec::with_capacity(found.len()), after);
+    for r in &found {
+        max = max.max(get::<i64>(r, 10)?);
+        out.push(action_from_row(r)?);
+    }
+    Ok((out, max))
+}
+
+/// A tree's history (every record at or after `since`, oldest first), from
+/// this process's cached copy plus the rows committed since it was read.
+///
+/// Exact for the same reason as SQLite's (`tree_history` in `sqlite.rs`),
+/// argued here for several processes: `action_history` rows are only ever
+/// inserted, by the writer, inside a commit transaction that first locks
+/// the `audit_head` row, so every id is drawn (`nextval`) under that lock
+/// and transactions holding it commit one after another, database-wide.
+/// PostgreSQL makes a transaction visible before it releases its locks, so
+/// the next holder's rows become visible only after every row with a lower
+/// id (ids rolled back with a failed group are never seen by anyone). So
+/// any snapshot that holds the row `m` holds every committed row with an
+/// id up to `m`, and the cached copy (read up to `m`) plus the rows above
+/// `m` is the full read. A copy read in a newer snapshot than the caller's
+/// (row `m` not visible here) is not used: the tree is read in full.
+async fn tree_history<C: GenericClient>(
+    c: &C,
+    trees: &TreeCache,
+    root: &str,
+    since: i64,
+) -> Result<Arc<Vec<ActionRecord>>, StoreError> {
+    let cached = match trees.get(root, since) {
+        Some(cached) if cached.max_rowid == 0 || row_visible(c, cached.max_rowid).await? => {
+            Some(cached)
+        }
+        _ => None,
+    };
+    let after = cached.as_ref().map_or(0, |c| c.max_rowid);
+    let (delta, max_id) = tree_actions(c, root, since, after).await?;
+    let records = match cached {
+        Some(cached) if delta.is_empty() => return Ok(cached.records),
+        Some(Cached {
+            records: held,
+            max_rowid: base,
+        }) => {
+            // Copy on write, as on SQLite: extended in place unless an
+            // earlier answer still holds the records.
+            let mut records = match trees.take(root, since, base) {
+                Some(taken) => {
+                    drop(held);
+                    taken
+                }
+                None => held,
+            };
+            tree_cache::merge(Arc::make_mut(&mut records), delta);
+            records
+        }
+        None => Arc::new(delta),
+    };
+    trees.put(
+        root,
+        since,
+        Cached {
+            records: records.clone(),
+            max_rowid: max_id,
+        },
+    );
+    Ok(records)
+}
+
+async fn row_visible<C: GenericClient>(c: &C, id: i64) -> Result<bool, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS(SELECT 1 FROM action_history WHERE id = $1)",
+            &[&id],
+        )
+        .await
+        .map_err(pg)?;
+    get(&row, 0)
 }
 
 /// A [`HistoryScan`]: the newest `SCAN_LIMIT + 1` rows of the scope at or
@@ -1441,14 +1527,17 @@ async fn lineage_of<C: GenericClient>(c: &C, task_id: &str) -> Result<Option<Lin
 }
 
 /// [`Store::decision_facts`], inside the caller's snapshot transaction.
-async fn facts<C: GenericClient>(c: &C, q: &FactsQuery) -> Result<Option<StoredFacts>, StoreError> {
+async fn facts<C: GenericClient>(
+    c: &C,
+    trees: &TreeCache,
+    q: &FactsQuery,
+) -> Result<Option<StoredFacts>, StoreError> {
     let Some(lineage) = lineage_of(c, &q.task_id).await? else {
         return Ok(None);
     };
     let task = &lineage.task;
     let root = lineage.root();
-    // No history cache yet: the tree's whole history, every time.
-    let history = Arc::new(tree_actions(c, &root.id, root.created_at).await?);
+    let history = tree_history(c, trees, &root.id, root.created_at).await?;
     let mut agent_counts = Vec::with_capacity(q.agent_counts.len());
     for ac in &q.agent_counts {
         agent_counts.push(
@@ -1608,7 +1697,7 @@ impl Store for PostgresStore {
     async fn decision_facts(&self, q: &FactsQuery) -> Result<Option<StoredFacts>, StoreError> {
         let mut client = self.client().await?;
         let tx = snapshot(&mut client).await?;
-        let out = facts(&tx, q).await?;
+        let out = facts(&tx, &self.trees, q).await?;
         tx.commit().await.map_err(pg)?;
         Ok(out)
     }
@@ -1756,7 +1845,9 @@ impl Store for PostgresStore {
         root_task_id: &str,
         since: i64,
     ) -> Result<Vec<ActionRecord>, StoreError> {
-        tree_actions(&self.client().await?, root_task_id, since).await
+        Ok(tree_actions(&self.client().await?, root_task_id, since, 0)
+            .await?
+            .0)
     }
 
     async fn count_allowed_by_agent(
