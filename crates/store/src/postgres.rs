@@ -1318,13 +1318,12 @@ async fn tree_history<C: GenericClient>(
 }
 
 async fn row_visible<C: GenericClient>(c: &C, id: i64) -> Result<bool, StoreError> {
-    let row = c
-        .query_one(
-            "SELECT EXISTS(SELECT 1 FROM action_history WHERE id = $1)",
-            &[&id],
-        )
-        .await
-        .map_err(pg)?;
+    let row = one(
+        c,
+        "SELECT EXISTS(SELECT 1 FROM action_history WHERE id = $1)",
+        &[&id],
+    )
+    .await?;
     get(&row, 0)
 }
 
