@@ -17,7 +17,7 @@
 //! tree's whole history; correct, not cheap).
 
 use crate::pg_tls::TlsOptions;
-use crate::tree_cache::{self, Cached, TreeCache};
+use crate::tree_cache::TreeCache;
 use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
     ConsoleSession, Evidence, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError,
@@ -1286,35 +1286,7 @@ async fn tree_history<C: GenericClient>(
     };
     let after = cached.as_ref().map_or(0, |c| c.max_rowid);
     let (delta, max_id) = tree_actions(c, root, since, after).await?;
-    let records = match cached {
-        Some(cached) if delta.is_empty() => return Ok(cached.records),
-        Some(Cached {
-            records: held,
-            max_rowid: base,
-        }) => {
-            // Copy on write, as on SQLite: extended in place unless an
-            // earlier answer still holds the records.
-            let mut records = match trees.take(root, since, base) {
-                Some(taken) => {
-                    drop(held);
-                    taken
-                }
-                None => held,
-            };
-            tree_cache::merge(Arc::make_mut(&mut records), delta);
-            records
-        }
-        None => Arc::new(delta),
-    };
-    trees.put(
-        root,
-        since,
-        Cached {
-            records: records.clone(),
-            max_rowid: max_id,
-        },
-    );
-    Ok(records)
+    Ok(trees.extend(root, since, cached, delta, max_id))
 }
 
 async fn row_visible<C: GenericClient>(c: &C, id: i64) -> Result<bool, StoreError> {

@@ -6,7 +6,7 @@
 //! commits go to a writer thread that groups whatever batches are waiting
 //! into one transaction (group commit): one fsync for many decisions.
 
-use crate::tree_cache::{self, Cached, TreeCache};
+use crate::tree_cache::TreeCache;
 use crate::{
     ActionRecord, ApprovalFilter, Approver, AuditHead, AuditQuery, Batch, Change, Conflict,
     ConsoleSession, FactsQuery, JoinToken, OutboxMessage, Pep, Store, StoreError, StoredFacts,
@@ -1160,35 +1160,7 @@ fn tree_history(
     };
     let after = cached.as_ref().map_or(0, |c| c.max_rowid);
     let (delta, max_rowid) = tree_actions(conn, root, since, after)?;
-    let records = match cached {
-        Some(c) if delta.is_empty() => return Ok(c.records),
-        Some(Cached {
-            records: held,
-            max_rowid: base,
-        }) => {
-            // Copy on write: taken out of the cache, the records are
-            // extended in place unless an earlier answer is still held.
-            let mut records = match trees.take(root, since, base) {
-                Some(taken) => {
-                    drop(held);
-                    taken
-                }
-                None => held,
-            };
-            tree_cache::merge(Arc::make_mut(&mut records), delta);
-            records
-        }
-        None => Arc::new(delta),
-    };
-    trees.put(
-        root,
-        since,
-        Cached {
-            records: records.clone(),
-            max_rowid,
-        },
-    );
-    Ok(records)
+    Ok(trees.extend(root, since, cached, delta, max_rowid))
 }
 
 fn row_visible(conn: &Connection, rowid: i64) -> Result<bool, StoreError> {

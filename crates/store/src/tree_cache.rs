@@ -73,6 +73,48 @@ impl TreeCache {
         trees.insert(root.to_string(), Entry { since, cached });
     }
 
+    /// A tree's records after a delta read: `cached` (the copy `delta` was
+    /// read after, or `None` when `delta` is the whole tree) plus `delta`,
+    /// kept as the tree's copy at `max_rowid`. Copy on write: taken out of
+    /// the cache, the records are extended in place unless an earlier
+    /// answer still holds them.
+    pub fn extend(
+        &self,
+        root: &str,
+        since: UnixTime,
+        cached: Option<Cached>,
+        delta: Vec<ActionRecord>,
+        max_rowid: i64,
+    ) -> Arc<Vec<ActionRecord>> {
+        let records = match cached {
+            Some(c) if delta.is_empty() => return c.records,
+            Some(Cached {
+                records: held,
+                max_rowid: base,
+            }) => {
+                let mut records = match self.take(root, since, base) {
+                    Some(taken) => {
+                        drop(held);
+                        taken
+                    }
+                    None => held,
+                };
+                merge(Arc::make_mut(&mut records), delta);
+                records
+            }
+            None => Arc::new(delta),
+        };
+        self.put(
+            root,
+            since,
+            Cached {
+                records: records.clone(),
+                max_rowid,
+            },
+        );
+        records
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.trees.lock().map(|t| t.len()).unwrap_or(0)
