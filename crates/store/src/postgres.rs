@@ -1508,41 +1508,73 @@ async fn facts<C: GenericClient>(
     };
     let task = &lineage.task;
     let root = lineage.root();
-    let history = tree_history(c, trees, &root.id, root.created_at).await?;
-    let mut agent_counts = Vec::with_capacity(q.agent_counts.len());
-    for ac in &q.agent_counts {
-        agent_counts.push(
-            count_allowed(
-                c,
-                &task.agent,
-                ac.since,
-                ac.tier.as_deref(),
-                ac.action.as_deref(),
-            )
-            .await?,
-        );
-    }
-    let presented_approval = match &q.presented_approval {
-        Some(id) => approval_by_id(c, id).await?,
-        None => None,
+    // Everything below depends only on the lineage: issued at once, so the
+    // connection pipelines the queries (one round trip's wait instead of a
+    // dozen), all still in the caller's snapshot.
+    let agent_counts = async {
+        let mut counts = Vec::with_capacity(q.agent_counts.len());
+        for ac in &q.agent_counts {
+            counts.push(
+                count_allowed(
+                    c,
+                    &task.agent,
+                    ac.since,
+                    ac.tier.as_deref(),
+                    ac.action.as_deref(),
+                )
+                .await?,
+            );
+        }
+        Ok(counts)
     };
-    let mut scanned = Vec::with_capacity(q.scans.len());
-    for h in &q.scans {
-        scanned.push(scan(c, h).await?);
-    }
-    Ok(Some(StoredFacts {
-        scanned,
-        agent: agent_by_id(c, &task.agent).await?,
-        incident: incident_by_id(c, &task.incident_id).await?,
-        frozen: setting_by_key(c, crate::FROZEN_KEY).await?.as_deref() == Some("true"),
-        quarantine: setting_by_key(c, &crate::quarantine_key(&task.agent))
-            .await?
-            .filter(|r| !r.is_empty()),
-        evidence_present: evidence_exists(c, &task.id, &q.resource).await?,
+    let presented_approval = async {
+        match &q.presented_approval {
+            Some(id) => approval_by_id(c, id).await,
+            None => Ok(None),
+        }
+    };
+    let scanned = async {
+        let mut scanned = Vec::with_capacity(q.scans.len());
+        for h in &q.scans {
+            scanned.push(scan(c, h).await?);
+        }
+        Ok(scanned)
+    };
+    let quarantine_key = crate::quarantine_key(&task.agent);
+    let (
         history,
         agent_counts,
         presented_approval,
-        pending_approvals: pending_approvals(c, &task.id, &q.request_hash).await?,
+        scanned,
+        agent,
+        incident,
+        frozen,
+        quarantine,
+        evidence_present,
+        pending_approvals,
+    ) = tokio::try_join!(
+        tree_history(c, trees, &root.id, root.created_at),
+        agent_counts,
+        presented_approval,
+        scanned,
+        agent_by_id(c, &task.agent),
+        incident_by_id(c, &task.incident_id),
+        setting_by_key(c, crate::FROZEN_KEY),
+        setting_by_key(c, &quarantine_key),
+        evidence_exists(c, &task.id, &q.resource),
+        pending_approvals(c, &task.id, &q.request_hash),
+    )?;
+    Ok(Some(StoredFacts {
+        scanned,
+        agent,
+        incident,
+        frozen: frozen.as_deref() == Some("true"),
+        quarantine: quarantine.filter(|r| !r.is_empty()),
+        evidence_present,
+        history,
+        agent_counts,
+        presented_approval,
+        pending_approvals,
         lineage,
     }))
 }
