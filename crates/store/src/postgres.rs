@@ -585,7 +585,7 @@ async fn group_transaction(
 ) -> Result<Vec<Result<Vec<u64>, StoreError>>, StoreError> {
     // READ COMMITTED (whatever the server default): after waiting for the
     // lock, each later statement sees the previous holder's commit.
-    let mut tx = client
+    let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::ReadCommitted)
         .start()
@@ -596,14 +596,25 @@ async fn group_transaction(
     let mut results = Vec::with_capacity(batches.len());
     for batch in batches {
         let saved = (range.clone(), prev);
-        let sp = tx.savepoint("batch").await.map_err(pg)?;
-        match apply_batch(&sp, batch, &mut range, &mut prev).await {
-            Ok(seqs) => {
-                sp.commit().await.map_err(pg)?;
-                results.push(Ok(seqs));
-            }
+        // The savepoint goes out with the batch's first statement instead of
+        // a round trip ahead of it: `join!` polls it first, so its request
+        // is queued on the connection first, and PostgreSQL runs a
+        // connection's statements in the order they arrive. If it failed,
+        // the batch's statements fail too (and the group with them). A
+        // batch that succeeds is not released: savepoints of one name
+        // nest, `ROLLBACK TO` undoes only the newest, and COMMIT releases
+        // them all, which saves another round trip per batch.
+        let (savepoint, applied) = tokio::join!(
+            tx.batch_execute("SAVEPOINT batch"),
+            apply_batch(&tx, batch, &mut range, &mut prev)
+        );
+        savepoint.map_err(pg)?;
+        match applied {
+            Ok(seqs) => results.push(Ok(seqs)),
             Err(e) => {
-                sp.rollback().await.map_err(pg)?;
+                tx.batch_execute("ROLLBACK TO SAVEPOINT batch")
+                    .await
+                    .map_err(pg)?;
                 (range, prev) = saved;
                 results.push(Err(e));
             }
