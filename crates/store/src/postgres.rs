@@ -1306,14 +1306,24 @@ async fn tree_history<C: GenericClient>(
     root: &str,
     since: i64,
 ) -> Result<Arc<Vec<ActionRecord>>, StoreError> {
-    let cached = match trees.get(root, since) {
-        Some(cached) if cached.max_rowid == 0 || row_visible(c, cached.max_rowid).await? => {
-            Some(cached)
-        }
-        _ => None,
-    };
+    let cached = trees.get(root, since);
     let after = cached.as_ref().map_or(0, |c| c.max_rowid);
-    let (delta, max_id) = tree_actions(c, root, since, after).await?;
+    // The visibility check and the delta read go out together (one round
+    // trip's wait); the delta is thrown away in the rare case the copy is
+    // newer than this snapshot.
+    let (visible, read) = tokio::join!(
+        async {
+            match after {
+                0 => Ok(true),
+                id => row_visible(c, id).await,
+            }
+        },
+        tree_actions(c, root, since, after)
+    );
+    let (cached, (delta, max_id)) = match visible? {
+        true => (cached, read?),
+        false => (None, tree_actions(c, root, since, 0).await?),
+    };
     Ok(trees.extend(root, since, cached, delta, max_id))
 }
 
