@@ -15,6 +15,7 @@
 //! - The only IO is [`PolicyPack::load_dir`], which reads files and hands
 //!   their text to the pure [`PolicyPack::from_sources`].
 
+mod context_use;
 mod general;
 pub mod index;
 pub mod mcp_schema;

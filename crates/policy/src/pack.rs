@@ -1,3 +1,4 @@
+use crate::context_use::ContextUse;
 use crate::index::PolicyIndex;
 use crate::shape::Shapes;
 use cedar_policy::{
@@ -128,7 +129,12 @@ pub struct PolicyPack {
     /// it, which an unvalidated request's entities must carry for
     /// `action in Action::"contain"` to hold (Cedar adds them itself only
     /// when it validates).
-    action_entities: HashMap<String, Vec<cedar_policy::Entity>>,
+    action_entities: HashMap<String, ActionEntities>,
+    /// The schema's entity type names, parsed.
+    type_names: HashMap<String, cedar_policy::EntityTypeName>,
+    /// What the policies read of `context`: the unchecked path builds only
+    /// that (see `context_use.rs`).
+    context_use: ContextUse,
     /// Per rule of `rules`, in order: what its scan reads.
     rule_reads: Vec<RuleReads>,
 }
@@ -300,6 +306,7 @@ impl PolicyPack {
         };
 
         let mut set = PolicySet::new();
+        let mut context_use = ContextUse::everything();
         let mut origin: HashMap<PolicyId, usize> = HashMap::new();
         let mut annotations = HashMap::new();
         for (fi, file) in policy_srcs.iter().enumerate() {
@@ -401,7 +408,20 @@ impl PolicyPack {
                     message: "the schema must declare action \"task.open\"".into(),
                 });
             }
-            let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+            // What the policies read of `context` is found beside strict
+            // validation, on the other core: it re-parses every policy
+            // (Cedar gives a policy's JSON form only from its text), which
+            // would otherwise add about two thirds to a large pack's load.
+            let (result, reads) = std::thread::scope(|scope| {
+                let reads = scope.spawn(|| ContextUse::of_policies(set.policies()));
+                let result = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+                // A failed analysis keeps everything: never less than read.
+                (
+                    result,
+                    reads.join().unwrap_or_else(|_| ContextUse::everything()),
+                )
+            });
+            context_use = reads;
             for e in result.validation_errors() {
                 let file = origin
                     .get(e.policy_id())
@@ -442,6 +462,8 @@ impl PolicyPack {
                     rules,
                     shapes: Shapes::default(),
                     action_entities: HashMap::new(),
+                    type_names: HashMap::new(),
+                    context_use,
                     rule_reads: vec![],
                 };
                 let (problems, probed) = pack.probe();
@@ -452,6 +474,7 @@ impl PolicyPack {
                         pack.shapes.probed(&action, &kind);
                     }
                     pack.action_entities = action_entities(&pack.schema, &pack.catalog);
+                    pack.type_names = type_names(&pack.schema);
                     pack.rule_reads = pack
                         .rules
                         .rules
@@ -665,8 +688,24 @@ impl PolicyPack {
     /// See [`Shapes`] and `action_entities`.
     pub(crate) fn unchecked_inputs(
         &self,
-    ) -> (&Shapes, &HashMap<String, Vec<cedar_policy::Entity>>) {
-        (&self.shapes, &self.action_entities)
+    ) -> (&Shapes, &HashMap<String, ActionEntities>, &ContextUse) {
+        (&self.shapes, &self.action_entities, &self.context_use)
+    }
+
+    /// `kind::"id"` with the type name parsed at load when the schema
+    /// declares it (otherwise parsed now, as [`crate::request::uid`]).
+    pub(crate) fn entity_uid(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<cedar_policy::EntityUid, PolicyError> {
+        match self.type_names.get(kind) {
+            Some(name) => Ok(cedar_policy::EntityUid::from_type_name_and_id(
+                name.clone(),
+                cedar_policy::EntityId::new(id),
+            )),
+            None => crate::request::uid(kind, id),
+        }
     }
 }
 
@@ -680,10 +719,7 @@ fn schema_json(text: &str) -> serde_json::Value {
 }
 
 /// Each catalog action's entity with its ancestors, from the schema.
-fn action_entities(
-    schema: &Schema,
-    catalog: &Catalog,
-) -> HashMap<String, Vec<cedar_policy::Entity>> {
+fn action_entities(schema: &Schema, catalog: &Catalog) -> HashMap<String, ActionEntities> {
     let Ok(all) = schema.action_entities() else {
         return HashMap::new();
     };
@@ -699,9 +735,30 @@ fn action_entities(
         if let Some(ancestors) = all.ancestors(&id) {
             list.extend(ancestors.filter_map(|a| all.get(a).cloned()));
         }
-        out.insert(name.clone(), list);
+        // Built (and its hierarchy closed) once here: a request adds only
+        // its agent and resource, which have no parents.
+        let Ok(store) = Entities::from_entities(list, None) else {
+            continue;
+        };
+        out.insert(name.clone(), ActionEntities { uid: id, store });
     }
     out
+}
+
+/// A catalog action's entity uid and an entity store holding it and the
+/// action groups above it.
+pub(crate) struct ActionEntities {
+    pub(crate) uid: cedar_policy::EntityUid,
+    pub(crate) store: Entities,
+}
+
+/// Every entity type name the schema declares, parsed once: parsing a
+/// name goes through Cedar's grammar, a few microseconds per request.
+fn type_names(schema: &Schema) -> HashMap<String, cedar_policy::EntityTypeName> {
+    schema
+        .entity_types()
+        .map(|t| (t.to_string(), t.clone()))
+        .collect()
 }
 
 fn notes_of(p: &cedar_policy::Policy) -> Result<PolicyNotes, String> {

@@ -1,5 +1,6 @@
 //! Building the Cedar request from verified facts.
 
+use crate::context_use::ContextUse;
 use crate::{PolicyError, PolicyPack};
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
@@ -139,7 +140,7 @@ fn plain_pairs(m: &Map<String, Value>) -> Option<Vec<(String, RestrictedExpressi
 }
 
 /// [`agent_entity`] as a Cedar entity, without the JSON.
-fn agent_entity_direct(a: AgentFacts<'_>) -> Option<Entity> {
+fn agent_entity_direct(uid: EntityUid, a: AgentFacts<'_>) -> Option<Entity> {
     let attrs = [
         ("role", a.spiffe_id.role()),
         ("trust_domain", a.spiffe_id.trust_domain()),
@@ -153,12 +154,7 @@ fn agent_entity_direct(a: AgentFacts<'_>) -> Option<Entity> {
         )
     })
     .collect();
-    Entity::new(
-        uid("Agent", &a.spiffe_id.to_string()).ok()?,
-        attrs,
-        Default::default(),
-    )
-    .ok()
+    Entity::new(uid, attrs, Default::default()).ok()
 }
 
 fn agent_entity(a: AgentFacts<'_>) -> Value {
@@ -258,7 +254,19 @@ impl PolicyPack {
         f: &ActionFacts<'_>,
         op: &tollgate_core::Operation,
     ) -> Option<(Request, Entities)> {
-        let (shapes, actions) = self.unchecked_inputs();
+        self.build_unchecked_reading(f, op, self.unchecked_inputs().2)
+    }
+
+    /// [`Self::build_unchecked`] with the context cut down to `reads`
+    /// (the pack's own in use; everything, in the test that holds this path
+    /// to the validated one request for request).
+    pub(crate) fn build_unchecked_reading(
+        &self,
+        f: &ActionFacts<'_>,
+        op: &tollgate_core::Operation,
+        reads: &ContextUse,
+    ) -> Option<(Request, Entities)> {
+        let (shapes, actions, _) = self.unchecked_inputs();
         if !shapes.admits(
             f.action,
             &f.resource.kind,
@@ -269,19 +277,21 @@ impl PolicyPack {
         }
         // No schema: Cedar validates nothing (see `Shapes`).
         let schema_free: Option<&cedar_policy::Schema> = None;
-        let principal = uid("Agent", &f.agent.spiffe_id.to_string()).ok()?;
-        let resource = uid(&f.resource.kind, &f.resource.id).ok()?;
-        let mut list = actions.get(f.action)?.clone();
-        list.push(agent_entity_direct(f.agent)?);
+        let principal = self
+            .entity_uid("Agent", &f.agent.spiffe_id.to_string())
+            .ok()?;
+        let resource = self.entity_uid(&f.resource.kind, &f.resource.id).ok()?;
+        let action = actions.get(f.action)?;
+        let mut list = vec![agent_entity_direct(principal.clone(), f.agent)?];
         if resource != principal {
             let attrs = plain_pairs(&f.resource.attributes)?.into_iter().collect();
             list.push(Entity::new(resource.clone(), attrs, Default::default()).ok()?);
         }
-        let entities = Entities::from_entities(list, schema_free).ok()?;
-        let context = Context::from_pairs(action_context_pairs(f, op)?).ok()?;
+        let entities = action.store.clone().add_entities(list, schema_free).ok()?;
+        let context = Context::from_pairs(action_context_pairs(f, op, reads)?).ok()?;
         let request = Request::new(
             principal,
-            uid("Action", f.action).ok()?,
+            action.uid.clone(),
             resource,
             context,
             schema_free,
@@ -718,83 +728,136 @@ pub(crate) fn action_parts(
 }
 
 /// [`action_context`] built straight into Cedar expressions, without the
-/// JSON in between, for the unchecked path (a test holds the two to the
-/// same request). `None` if the agent's parameters are not plain values.
+/// JSON in between, for the unchecked path, and only the parts `reads` keeps
+/// (a test holds the two to the same decision, and to the same request when
+/// everything is kept). `None` if the agent's parameters are not plain values.
 fn action_context_pairs(
     f: &ActionFacts<'_>,
     op: &tollgate_core::Operation,
+    reads: &ContextUse,
 ) -> Option<Vec<(String, RestrictedExpression)>> {
     use RestrictedExpression as E;
     let text = |v: &str| E::new_string(v.to_string());
-    let record = |pairs: Vec<(&str, E)>| {
-        E::new_record(pairs.into_iter().map(|(k, v)| (k.to_string(), v))).ok()
-    };
     let set = |items: &mut dyn Iterator<Item = &String>| E::new_set(items.map(|i| text(i)));
     let tiers = |t: &tollgate_core::history::TierCounts| {
-        record(vec![
-            ("read", E::new_long(t.read)),
-            ("contain", E::new_long(t.contain)),
-            ("change", E::new_long(t.change)),
-            ("destructive", E::new_long(t.destructive)),
+        E::new_record([
+            ("read".to_string(), E::new_long(t.read)),
+            ("contain".to_string(), E::new_long(t.contain)),
+            ("change".to_string(), E::new_long(t.change)),
+            ("destructive".to_string(), E::new_long(t.destructive)),
         ])
+        .ok()
     };
     let h = f.history;
-    let mut pairs = vec![
-        (
-            "task",
-            record(vec![
-                ("id", text(&f.task.id)),
-                ("playbook", text(&f.task.playbook)),
-                ("environment", text(&f.task.environment)),
-                ("intent", text(&f.task.intent)),
-                ("delegated", E::new_bool(f.task.parent_task_id.is_some())),
-            ])?,
-        ),
-        (
-            "incident",
-            record(vec![
-                ("id", text(&f.incident.id)),
-                ("class", text(&f.incident.class)),
-                ("severity", text(f.incident.severity.as_str())),
-                ("severity_rank", E::new_long(f.incident.severity.rank())),
-            ])?,
-        ),
-        (
-            "operation",
-            record(vec![
-                ("tier", text(op.tier.as_str())),
-                ("reversible", E::new_bool(op.reversible)),
-                ("labels", set(&mut op.labels.iter())),
-                ("blast_radius", text(&op.blast_radius)),
-                ("risk", E::new_long(op.risk_weight())),
-            ])?,
-        ),
-        ("intent", text(f.intent)),
-        (
-            "parameters",
-            E::new_record(plain_pairs(f.parameters)?).ok()?,
-        ),
-        ("evidence_for_resource", E::new_bool(f.evidence_present)),
-        (
-            "history",
-            record(vec![
-                ("labels_10m", set(&mut h.labels_10m.iter())),
-                ("labels_1h", set(&mut h.labels_1h.iter())),
-                ("actions_1h", set(&mut h.actions_1h.iter())),
-                ("tier_counts_1h", tiers(&h.tier_counts_1h)?),
-                ("tier_counts_1m", tiers(&h.tier_counts_1m)?),
-                ("denials_10m", E::new_long(h.denials_10m)),
-                ("risk_spent", E::new_long(h.risk_spent)),
-                ("previous_action", text(&h.previous_action)),
-            ])?,
-        ),
-        ("now", E::new_long(f.now)),
-        ("hour_utc", E::new_long(f.now.rem_euclid(86_400) / 3_600)),
-    ];
-    if !f.rules.is_empty() {
-        pairs.push(("rules", E::new_record(plain_pairs(f.rules)?).ok()?));
+    let mut pairs = Vec::new();
+    let mut task = Fields::new(reads, "task");
+    task.add("id", || Some(text(&f.task.id)));
+    task.add("playbook", || Some(text(&f.task.playbook)));
+    task.add("environment", || Some(text(&f.task.environment)));
+    task.add("intent", || Some(text(&f.task.intent)));
+    task.add("delegated", || {
+        Some(E::new_bool(f.task.parent_task_id.is_some()))
+    });
+    task.finish(&mut pairs)?;
+    let mut incident = Fields::new(reads, "incident");
+    incident.add("id", || Some(text(&f.incident.id)));
+    incident.add("class", || Some(text(&f.incident.class)));
+    incident.add("severity", || Some(text(f.incident.severity.as_str())));
+    incident.add("severity_rank", || {
+        Some(E::new_long(f.incident.severity.rank()))
+    });
+    incident.finish(&mut pairs)?;
+    let mut operation = Fields::new(reads, "operation");
+    operation.add("tier", || Some(text(op.tier.as_str())));
+    operation.add("reversible", || Some(E::new_bool(op.reversible)));
+    operation.add("labels", || Some(set(&mut op.labels.iter())));
+    operation.add("blast_radius", || Some(text(&op.blast_radius)));
+    operation.add("risk", || Some(E::new_long(op.risk_weight())));
+    operation.finish(&mut pairs)?;
+    if reads.keeps("intent") {
+        pairs.push(("intent".to_string(), text(f.intent)));
     }
-    Some(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    if reads.keeps("parameters") {
+        let record = E::new_record(plain_pairs(f.parameters)?).ok()?;
+        pairs.push(("parameters".to_string(), record));
+    }
+    if reads.keeps("evidence_for_resource") {
+        pairs.push((
+            "evidence_for_resource".to_string(),
+            E::new_bool(f.evidence_present),
+        ));
+    }
+    let mut history = Fields::new(reads, "history");
+    history.add("labels_10m", || Some(set(&mut h.labels_10m.iter())));
+    history.add("labels_1h", || Some(set(&mut h.labels_1h.iter())));
+    history.add("actions_1h", || Some(set(&mut h.actions_1h.iter())));
+    history.add("tier_counts_1h", || tiers(&h.tier_counts_1h));
+    history.add("tier_counts_1m", || tiers(&h.tier_counts_1m));
+    history.add("denials_10m", || Some(E::new_long(h.denials_10m)));
+    history.add("risk_spent", || Some(E::new_long(h.risk_spent)));
+    history.add("previous_action", || Some(text(&h.previous_action)));
+    history.finish(&mut pairs)?;
+    if reads.keeps("now") {
+        pairs.push(("now".to_string(), E::new_long(f.now)));
+    }
+    if reads.keeps("hour_utc") {
+        let hour = f.now.rem_euclid(86_400) / 3_600;
+        pairs.push(("hour_utc".to_string(), E::new_long(hour)));
+    }
+    if !f.rules.is_empty() {
+        // As `plain_pairs`: a key the JSON path would read as an escape.
+        if f.rules.keys().any(|k| k.starts_with("__")) {
+            return None;
+        }
+        let mut rules = Fields::new(reads, "rules");
+        for (name, value) in f.rules {
+            rules.add(name, || plain(value));
+        }
+        rules.finish(&mut pairs)?;
+    }
+    Some(pairs)
+}
+
+/// One record of the context, holding only the fields `reads` keeps; left
+/// out altogether when no policy reads it.
+struct Fields<'a> {
+    name: &'static str,
+    kept: crate::context_use::Kept<'a>,
+    fields: Vec<(String, RestrictedExpression)>,
+    /// A field's value could not be built (`None` from its maker).
+    failed: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn new(reads: &'a ContextUse, name: &'static str) -> Self {
+        Self {
+            name,
+            kept: reads.record(name),
+            fields: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// Add `field`, built by `make` only when it is kept.
+    fn add(&mut self, field: &str, make: impl FnOnce() -> Option<RestrictedExpression>) {
+        if self.kept.keeps(field) {
+            match make() {
+                Some(value) => self.fields.push((field.to_string(), value)),
+                None => self.failed = true,
+            }
+        }
+    }
+
+    fn finish(self, pairs: &mut Vec<(String, RestrictedExpression)>) -> Option<()> {
+        if self.failed {
+            return None;
+        }
+        if self.kept.any() {
+            let record = RestrictedExpression::new_record(self.fields).ok()?;
+            pairs.push((self.name.to_string(), record));
+        }
+        Some(())
+    }
 }
 
 fn action_context(f: &ActionFacts<'_>, op: &tollgate_core::Operation) -> Value {

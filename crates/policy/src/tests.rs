@@ -803,7 +803,17 @@ proptest::proptest! {
             };
             with_facts(&case, |f| {
                 let checked = p.action_request_checked(f, op);
-                if let Some((ur, ue)) = p.build_unchecked(f, op) {
+                let everything = crate::context_use::ContextUse::everything();
+                let pruned = p.build_unchecked(f, op);
+                proptest::prop_assert_eq!(pruned.is_some(), p.build_unchecked_reading(f, op, &everything).is_some());
+                if let (Some((pr, pe)), Ok((cr, ce))) = (&pruned, &checked) {
+                    // The context cut down to what the pack reads decides
+                    // exactly as the whole validated one.
+                    let pruned = p.evaluate(pr, pe, evidence);
+                    let validated = p.evaluate(cr, ce, evidence);
+                    proptest::prop_assert_eq!(format!("{pruned:?}"), format!("{validated:?}"));
+                }
+                if let Some((ur, ue)) = p.build_unchecked_reading(f, op, &everything) {
                     let (cr, ce) = checked.expect("the unchecked path took a request validation refuses");
                     // The same request and, but for the schema's other
                     // actions, the same entities.
@@ -850,4 +860,90 @@ fn the_unchecked_path_is_taken_for_ordinary_requests() {
         let op = p.catalog().operation(f.action).unwrap();
         assert!(p.build_unchecked(f, op).is_none());
     });
+}
+
+/// Packs that read the context in every way a policy can (a field, a whole
+/// record, `has`, the context itself): the request cut down to what each
+/// pack reads decides every case as the validated, whole request does, and
+/// something really was left out where the pack allows it.
+#[test]
+fn a_pruned_context_decides_as_the_whole_one() {
+    let acts =
+        r#"action in [Action::"read", Action::"contain", Action::"change", Action::"destructive"]"#;
+    let extras = [
+        // Reads nothing new: the example's own reads.
+        ("", true),
+        (
+            "forbid (principal, ACTS, resource) when { context.task.intent like \"*drop*\" || context.hour_utc == 25 };",
+            true,
+        ),
+        (
+            "forbid (principal, ACTS, resource) when { (if context.evidence_for_resource then context.history else context.history).risk_spent > 50 && context.history.labels_10m.contains(\"reads-telemetry\") };",
+            true,
+        ),
+        (
+            "forbid (principal, ACTS, resource) when { context.parameters has query && context.parameters.query like \"*drop*\" };",
+            true,
+        ),
+        (
+            "permit (principal, ACTS, resource) when { context.intent == \"test\" && context.now > 0 };",
+            true,
+        ),
+        // The context as a value: nothing may be left out.
+        (
+            "forbid (principal, ACTS, resource) when { (if context.evidence_for_resource then context else context).intent == \"drop\" };",
+            false,
+        ),
+    ];
+    let mut src = PackSources::read(&pack_dir()).unwrap();
+    let base = src.policies.clone();
+    for (extra, prunes) in extras {
+        src.policies = base.clone();
+        src.policies.push(SourceFile {
+            name: "policies/99-reads.cedar".into(),
+            text: extra.replace("ACTS", acts),
+        });
+        let p = PolicyPack::from_pack_sources(&src, LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{extra}: {e}"));
+        let mut pruned_somewhere = false;
+        let mut compared = 0;
+        for (name, case) in cases() {
+            for history in [
+                tollgate_core::HistorySummary::default(),
+                tollgate_core::HistorySummary {
+                    risk_spent: 90,
+                    previous_action: "edr.read_alerts".into(),
+                    labels_10m: ["reads-telemetry".to_string()].into(),
+                    ..Default::default()
+                },
+            ] {
+                with_facts(&case, |f| {
+                    let f = ActionFacts {
+                        history: &history,
+                        ..*f
+                    };
+                    let Some(op) = p.catalog().operation(f.action) else {
+                        return;
+                    };
+                    let (Some((pr, pe)), Ok((cr, ce))) =
+                        (p.build_unchecked(&f, op), p.action_request_checked(&f, op))
+                    else {
+                        return;
+                    };
+                    compared += 1;
+                    pruned_somewhere |= pr.context().map(|c| c.clone().into_iter().count())
+                        != cr.context().map(|c| c.clone().into_iter().count());
+                    let pruned = p.evaluate(&pr, &pe, f.evidence_present);
+                    let whole = p.evaluate(&cr, &ce, f.evidence_present);
+                    assert_eq!(
+                        format!("{pruned:?}"),
+                        format!("{whole:?}"),
+                        "{name} with {extra}"
+                    );
+                });
+            }
+        }
+        assert!(compared > 10, "{extra}: only {compared} cases compared");
+        assert_eq!(pruned_somewhere, prunes, "{extra}");
+    }
 }
