@@ -279,6 +279,7 @@ pub async fn action_result(
         &state,
         &auth.task,
         &request_id,
+        None,
         ExecutedAction {
             status,
             command: &req.command,

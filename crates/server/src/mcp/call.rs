@@ -321,6 +321,7 @@ async fn governed(
         call.args,
         &secrets,
         &decided.request_id,
+        decided.entry.as_ref(),
         &command,
         meta.compensates,
         ctx,
@@ -617,6 +618,7 @@ async fn forward(
     args: Map<String, Value>,
     secrets: &[String],
     request_id: &str,
+    decision: Option<&crate::service::decide::DecisionEntry>,
     command: &str,
     compensates: Option<String>,
     ctx: &RequestContext<RoleServer>,
@@ -680,7 +682,7 @@ async fn forward(
         if attempt > 0 && already_recorded(state, request_id).await {
             break;
         }
-        match record_result(state, &auth.task, request_id, done.clone()).await {
+        match record_result(state, &auth.task, request_id, decision, done.clone()).await {
             Ok(()) => break,
             Err(crate::service::Error::Unavailable(_)) if attempt < 3 => {
                 attempt += 1;

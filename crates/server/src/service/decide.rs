@@ -31,6 +31,20 @@ pub struct Decided {
     pub decision: Decision,
     /// The approval this decision created, found pending, or spent.
     pub approval: Option<Approval>,
+    /// The decision's audit entry as committed: what a result recorded
+    /// against this decision refers to, so the MCP gateway need not read
+    /// it back (`results::record_result`).
+    pub entry: Option<DecisionEntry>,
+}
+
+/// A committed decision entry: its sequence number and detail.
+#[derive(Debug, Clone)]
+pub struct DecisionEntry {
+    pub seq: u64,
+    pub kind: String,
+    pub outcome: Option<String>,
+    pub task_id: Option<String>,
+    pub detail: serde_json::Value,
 }
 
 /// Decide, audit durably, and only then return. If the audit write fails
@@ -43,7 +57,7 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
     let shadow = state.shadow.load_full();
     let prepared = prepare(state, &pack, shadow.as_deref().map(|s| &s.pack), &ask);
     let mut attempt = 0;
-    let verdict = loop {
+    let (verdict, seqs) = loop {
         attempt += 1;
         let now = state.now();
         let facts = gather(state, &pack, &ask, &prepared, now).await?;
@@ -74,7 +88,7 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
             .changes
             .extend(notifications(state, &verdict.effects, now));
         match state.store.commit(batch).await {
-            Ok(_) => break verdict,
+            Ok(seqs) => break (verdict, seqs),
             Err(StoreError::Conflict(c)) if attempt < ATTEMPTS => {
                 tracing::debug!(conflict = %c, attempt, "decision raced a commit; judging again");
             }
@@ -126,7 +140,7 @@ pub async fn decide_action(state: &Arc<AppState>, ask: ActionAsk<'_>) -> Result<
         agent: ask.agent.spiffe_id.as_str(),
         request: &prepared.request_id,
     });
-    finish(state, verdict, prepared.request_id)
+    finish(state, verdict, &seqs, prepared.request_id)
 }
 
 /// Ids, redaction and the request hash: everything judge needs that is not
@@ -242,7 +256,26 @@ fn notifications(state: &AppState, effects: &[Effect], now: i64) -> Vec<tollgate
 }
 
 /// Run the effects of a committed verdict and shape the answer.
-fn finish(state: &Arc<AppState>, verdict: Verdict, request_id: String) -> Result<Decided, Error> {
+fn finish(
+    state: &Arc<AppState>,
+    verdict: Verdict,
+    seqs: &[u64],
+    request_id: String,
+) -> Result<Decided, Error> {
+    // The decision's entry is the batch's first (`judge`), and the store
+    // numbers a batch's entries in order.
+    let entry = verdict
+        .batch
+        .audit
+        .first()
+        .zip(seqs.first())
+        .map(|(event, &seq)| DecisionEntry {
+            seq,
+            kind: event.kind.clone(),
+            outcome: event.outcome.clone(),
+            task_id: event.task_id.clone(),
+            detail: event.detail.clone(),
+        });
     for effect in verdict.effects {
         match effect {
             // Queued in the commit; wake this process's delivery worker.
@@ -255,6 +288,7 @@ fn finish(state: &Arc<AppState>, verdict: Verdict, request_id: String) -> Result
             request_id,
             decision: verdict.decision,
             approval: verdict.approval,
+            entry,
         }),
         // The request id finds the refusal in the audit log.
         Some(Refusal::Malformed(message)) => Err(Error::Invalid {

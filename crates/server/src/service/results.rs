@@ -23,11 +23,15 @@ pub struct ExecutedAction<'a> {
 }
 
 /// Record an executed action against the allowing decision `request_id` of
-/// `task`: one result per decision, and a refusal is audited too.
+/// `task`: one result per decision, and a refusal is audited too. `known`
+/// is the decision's entry when the caller holds it as committed (the MCP
+/// gateway, which decided the call itself); otherwise it is read from the
+/// audit log by request id.
 pub async fn record_result(
     state: &AppState,
     task: &tollgate_core::Task,
     request_id: &str,
+    known: Option<&super::decide::DecisionEntry>,
     done: ExecutedAction<'_>,
 ) -> Result<(), Error> {
     let now = state.now();
@@ -41,14 +45,29 @@ pub async fn record_result(
             .outcome("refused")
             .detail(json!({"status": status, "command": done.command, "output_digest": done.output_digest, "reason": reason}))
     };
-    let entries = state.store.audit_by_request(request_id).await?;
-    let allowing = entries.iter().find(|e| {
-        (e.event.kind == EventKind::Decision.as_str()
-            || e.event.kind == EventKind::AuthzenDecision.as_str())
-            && e.event.outcome.as_deref() == Some("allow")
-            && e.event.task_id.as_deref() == Some(task.id.as_str())
-    });
-    let Some(decision) = allowing else {
+    let allows = |kind: &str, outcome: Option<&str>, task_id: Option<&str>| {
+        (kind == EventKind::Decision.as_str() || kind == EventKind::AuthzenDecision.as_str())
+            && outcome == Some("allow")
+            && task_id == Some(task.id.as_str())
+    };
+    let allowing =
+        match known.filter(|d| allows(&d.kind, d.outcome.as_deref(), d.task_id.as_deref())) {
+            Some(d) => Some((d.seq, d.detail.clone())),
+            None => {
+                let entries = state.store.audit_by_request(request_id).await?;
+                entries
+                    .into_iter()
+                    .find(|e| {
+                        allows(
+                            &e.event.kind,
+                            e.event.outcome.as_deref(),
+                            e.event.task_id.as_deref(),
+                        )
+                    })
+                    .map(|e| (e.seq, e.event.detail))
+            }
+        };
+    let Some((decision_seq, decision_detail)) = allowing else {
         // A result without an allowing decision of this task: refused, and on the record.
         let ev = refused("no allowing decision of this task has this request id".into());
         state.store.commit(Batch::audit_only(ev)).await?;
@@ -57,11 +76,11 @@ pub async fn record_result(
             task.id
         )));
     };
-    let action = decision.event.detail["action"]
+    let action = decision_detail["action"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let resource = decision.event.detail["resource"]
+    let resource = decision_detail["resource"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -80,12 +99,12 @@ pub async fn record_result(
             let (kind, id) =
                 tollgate_core::split_resource_key(&resource, types).unwrap_or_default();
             json!({"action": c, "resource": resource, "resource_type": kind, "resource_id": id,
-                   "parameters": decision.event.detail["parameters"]})
+                   "parameters": decision_detail["parameters"]})
         });
     drop(pack);
     let mut detail = json!({
         "action": action, "resource": resource, "command": done.command, "output_digest": done.output_digest,
-        "decision_seq": decision.seq, "compensation": compensation,
+        "decision_seq": decision_seq, "compensation": compensation,
     });
     if let (Some(d), Value::Object(extra)) = (detail.as_object_mut(), done.extra) {
         d.extend(extra);

@@ -555,6 +555,23 @@ fn an_rmcp_client_gets_every_tool_call_governed() {
         isolate["detail"]["compensation"]["action"],
         "edr.release_host"
     );
+    // The result names its allowing decision by sequence number (the
+    // gateway records it from the decision it committed, without reading
+    // it back), and the compensation carries that decision's parameters.
+    let all = s.audit("");
+    let decision = all
+        .iter()
+        .find(|e| e["seq"] == isolate["detail"]["decision_seq"])
+        .unwrap_or_else(|| panic!("no entry {}", isolate["detail"]["decision_seq"]));
+    assert_eq!(decision["event"]["kind"], "decision");
+    assert_eq!(decision["event"]["outcome"], "allow");
+    assert_eq!(decision["event"]["request_id"], isolate["request_id"]);
+    assert_eq!(decision["event"]["task_id"], isolate["task_id"]);
+    assert_eq!(
+        isolate["detail"]["compensation"]["parameters"],
+        decision["event"]["detail"]["parameters"]
+    );
+    assert!(isolate["detail"]["compensation"]["parameters"].is_object());
     let release = results
         .iter()
         .find(|e| e["detail"]["tool"] == "edr_release_host")
