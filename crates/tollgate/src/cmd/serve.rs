@@ -42,6 +42,20 @@ pub fn run(config: Option<PathBuf>, data: PathBuf, listen: String) -> Result<()>
         };
         let state =
             tollgate_server::AppState::open(&opts, Arc::new(tollgate_core::SystemClock)).await?;
+        // Ctrl-C, or SIGTERM (what an orchestrator sends): stop accepting,
+        // let requests in flight finish, then exit. The handlers are
+        // registered now, before the listener exists: `serve` polls the
+        // shutdown future only once it runs, and a signal that came before
+        // that (an orchestrator stopping a replica that just started) would
+        // otherwise kill the process with requests in flight.
+        #[cfg(unix)]
+        let (mut terminate, mut interrupt) = {
+            use tokio::signal::unix::{signal, SignalKind};
+            (
+                signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+                signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            )
+        };
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -68,23 +82,11 @@ pub fn run(config: Option<PathBuf>, data: PathBuf, listen: String) -> Result<()>
         }
         use std::io::Write;
         std::io::stdout().flush()?;
-        // Ctrl-C, or SIGTERM (what an orchestrator sends): stop accepting,
-        // let requests in flight finish, then exit.
-        let shutdown = async {
+        let shutdown = async move {
             #[cfg(unix)]
-            {
-                use tokio::signal::unix::{signal, SignalKind};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        tokio::select! {
-                            _ = tokio::signal::ctrl_c() => {}
-                            _ = term.recv() => {}
-                        }
-                    }
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                    }
-                }
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
             #[cfg(not(unix))]
             {
