@@ -37,14 +37,12 @@ pub struct Decided {
     pub entry: Option<DecisionEntry>,
 }
 
-/// A committed decision entry: its sequence number and detail.
+/// A committed decision entry: its sequence number and the event as
+/// committed.
 #[derive(Debug, Clone)]
 pub struct DecisionEntry {
     pub seq: u64,
-    pub kind: String,
-    pub outcome: Option<String>,
-    pub task_id: Option<String>,
-    pub detail: serde_json::Value,
+    pub event: tollgate_audit::AuditEvent,
 }
 
 /// Decide, audit durably, and only then return. If the audit write fails
@@ -271,10 +269,7 @@ fn finish(
         .zip(seqs.first())
         .map(|(event, &seq)| DecisionEntry {
             seq,
-            kind: event.kind.clone(),
-            outcome: event.outcome.clone(),
-            task_id: event.task_id.clone(),
-            detail: event.detail.clone(),
+            event: event.clone(),
         });
     for effect in verdict.effects {
         match effect {

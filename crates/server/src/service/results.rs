@@ -45,28 +45,21 @@ pub async fn record_result(
             .outcome("refused")
             .detail(json!({"status": status, "command": done.command, "output_digest": done.output_digest, "reason": reason}))
     };
-    let allows = |kind: &str, outcome: Option<&str>, task_id: Option<&str>| {
-        (kind == EventKind::Decision.as_str() || kind == EventKind::AuthzenDecision.as_str())
-            && outcome == Some("allow")
-            && task_id == Some(task.id.as_str())
+    let allows = |e: &AuditEvent| {
+        (e.kind == EventKind::Decision.as_str() || e.kind == EventKind::AuthzenDecision.as_str())
+            && e.outcome.as_deref() == Some("allow")
+            && e.task_id.as_deref() == Some(task.id.as_str())
     };
-    let allowing =
-        match known.filter(|d| allows(&d.kind, d.outcome.as_deref(), d.task_id.as_deref())) {
-            Some(d) => Some((d.seq, d.detail.clone())),
-            None => {
-                let entries = state.store.audit_by_request(request_id).await?;
-                entries
-                    .into_iter()
-                    .find(|e| {
-                        allows(
-                            &e.event.kind,
-                            e.event.outcome.as_deref(),
-                            e.event.task_id.as_deref(),
-                        )
-                    })
-                    .map(|e| (e.seq, e.event.detail))
-            }
-        };
+    let allowing = match known.filter(|d| allows(&d.event)) {
+        Some(d) => Some((d.seq, d.event.detail.clone())),
+        None => state
+            .store
+            .audit_by_request(request_id)
+            .await?
+            .into_iter()
+            .find(|e| allows(&e.event))
+            .map(|e| (e.seq, e.event.detail)),
+    };
     let Some((decision_seq, decision_detail)) = allowing else {
         // A result without an allowing decision of this task: refused, and on the record.
         let ev = refused("no allowing decision of this task has this request id".into());
