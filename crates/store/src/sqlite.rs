@@ -127,6 +127,23 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Execute `sql` through the connection's statement cache. `Connection::execute`
+/// parses and plans its statement on every call: in the writer that was 5% of
+/// the server's time under `bench http` (every decision inserts a few rows).
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `Connection::query_row` through the statement cache, as [`exec`].
+fn query_one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::init(Connection::open(path).map_err(backend)?, Some(path))
@@ -150,6 +167,9 @@ impl SqliteStore {
         // As on the readers (`open_reader`): in memory, reads run here.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
             .map_err(backend)?;
+        // Every kind of change is one statement or two (`exec`); rusqlite's
+        // default of 16 cached statements would evict the ones decisions use.
+        conn.set_prepared_statement_cache_capacity(128);
         conn.execute_batch(SCHEMA).map_err(backend)?;
         conn.execute_batch(mcp::SCHEMA).map_err(backend)?;
         add_missing_columns(&conn)?;
@@ -357,7 +377,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             mcp::apply(tx, change)?;
         }
         Change::UpsertAgent(a) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO agents(spiffe_id, owner, created_at, revoked) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(spiffe_id) DO UPDATE SET owner = excluded.owner, revoked = excluded.revoked,
                    created_at = excluded.created_at",
@@ -366,43 +387,46 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             .map_err(backend)?;
         }
         Change::SetAgentRevoked { spiffe_id, revoked } => {
-            let n = tx
-                .execute(
-                    "UPDATE agents SET revoked = ?2 WHERE spiffe_id = ?1",
-                    params![spiffe_id, revoked],
-                )
-                .map_err(backend)?;
+            let n = exec(
+                tx,
+                "UPDATE agents SET revoked = ?2 WHERE spiffe_id = ?1",
+                params![spiffe_id, revoked],
+            )
+            .map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("agent {spiffe_id}")));
             }
         }
         Change::PutJoinToken(t) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO join_tokens(token_hash, spiffe_id, expires_at, used_at) VALUES (?1, ?2, ?3, NULL)",
                 params![t.token_hash, t.spiffe_id, t.expires_at],
             )
             .map_err(backend)?;
         }
         Change::DropUnusedJoinTokens { spiffe_id } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM join_tokens WHERE spiffe_id = ?1 AND used_at IS NULL",
                 params![spiffe_id],
             )
             .map_err(backend)?;
         }
         Change::RecordIncident(i) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO incidents(id, class, severity, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO NOTHING",
                 params![i.id, i.class, i.severity.as_str(), i.status.as_str(), i.updated_at],
             )
             .map_err(backend)?;
-            let (class, severity): (String, String) = tx
-                .query_row(
-                    "SELECT class, severity FROM incidents WHERE id = ?1",
-                    params![i.id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(backend)?;
+            let (class, severity): (String, String) = query_one(
+                tx,
+                "SELECT class, severity FROM incidents WHERE id = ?1",
+                params![i.id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(backend)?;
             if class != i.class || severity != i.severity.as_str() {
                 return Err(Conflict::IncidentDiffers {
                     incident_id: i.id.clone(),
@@ -413,8 +437,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             }
         }
         Change::ConsumeJoinToken { token_hash, now } => {
-            let n = tx
-                .execute(
+            let n = exec(
+                    tx,
                     "UPDATE join_tokens SET used_at = ?2 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2",
                     params![token_hash, now],
                 )
@@ -427,7 +451,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             }
         }
         Change::UpsertIncident(i) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO incidents(id, class, severity, status, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(id) DO UPDATE SET class = excluded.class, severity = excluded.severity,
                  status = excluded.status, updated_at = excluded.updated_at",
@@ -437,7 +462,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
         }
         Change::InsertTask(t) => {
             let scope = serde_json::to_string(&t.scope).map_err(backend)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO tasks(id, agent, incident_id, environment, playbook, intent, scope, parent_task_id,
                    created_at, expires_at, max_expires_at, status, status_reason)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -459,16 +485,16 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             expires_at,
             now,
         } => {
-            let n = tx
-                .execute(
+            let n = exec(
+                    tx,
                     "UPDATE tasks SET expires_at = ?2 WHERE id = ?1 AND status = 'active' AND expires_at > ?3 AND ?2 <= max_expires_at",
                     params![task_id, expires_at, now],
                 )
                 .map_err(backend)?;
             if n == 0 {
                 // Which of the two preconditions failed, read in the same savepoint.
-                let max: Option<i64> = tx
-                    .query_row(
+                let max: Option<i64> = query_one(
+                        tx,
                         "SELECT max_expires_at FROM tasks WHERE id = ?1 AND status = 'active' AND expires_at > ?2",
                         params![task_id, now],
                         |r| r.get(0),
@@ -483,8 +509,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             status,
             reason,
         } => {
-            let n = tx
-                .execute(
+            let n = exec(
+                    tx,
                     "UPDATE tasks SET status = ?2, status_reason = ?3 WHERE id = ?1 AND status = 'active'",
                     params![task_id, status.as_str(), reason],
                 )
@@ -497,8 +523,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             }
         }
         Change::RequireTaskLive { task_id, now } => {
-            let live: bool = tx
-                .query_row(
+            let live: bool = query_one(
+                    tx,
                     "SELECT EXISTS(SELECT 1 FROM tasks WHERE id = ?1 AND status = 'active' AND expires_at > ?2)",
                     params![task_id, now],
                     |r| r.get(0),
@@ -512,14 +538,16 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             }
         }
         Change::RevokeTask { task_id, reason } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE tasks SET status = 'revoked', status_reason = ?2 WHERE id = ?1 AND status = 'active'",
                 params![task_id, reason],
             )
             .map_err(backend)?;
         }
         Change::EndDescendants { root_id, reason } => {
-            tx.execute(
+            exec(
+                tx,
                 "WITH RECURSIVE sub(id) AS (
                    SELECT id FROM tasks WHERE parent_task_id = ?1
                    UNION SELECT t.id FROM tasks t JOIN sub ON t.parent_task_id = sub.id)
@@ -529,21 +557,24 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             .map_err(backend)?;
         }
         Change::EndAgentTasks { spiffe_id, reason } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE tasks SET status = 'revoked', status_reason = ?2 WHERE agent = ?1 AND status = 'active'",
                 params![spiffe_id, reason],
             )
             .map_err(backend)?;
         }
         Change::PutSetting { key, value } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO settings(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 params![key, value],
             )
             .map_err(backend)?;
         }
         Change::PutPep(p) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO peps(name, key_hash, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(name) DO UPDATE SET key_hash = excluded.key_hash, created_at = excluded.created_at",
                 params![p.name, p.key_hash, p.created_at],
@@ -551,15 +582,14 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             .map_err(backend)?;
         }
         Change::RemovePep { name } => {
-            let n = tx
-                .execute("DELETE FROM peps WHERE name = ?1", params![name])
-                .map_err(backend)?;
+            let n = exec(tx, "DELETE FROM peps WHERE name = ?1", params![name]).map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("pep {name}")));
             }
         }
         Change::PutEvidence(e) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO evidence(id, task_id, resource, kind, sha256, content, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![e.id, e.task_id, e.resource, e.kind, e.sha256, e.content, e.created_at],
             )
@@ -567,7 +597,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
         }
         Change::InsertApproval(a) => {
             let body = serde_json::to_string(a).map_err(backend)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO approvals(id, version, status, task_id, request_hash, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![a.id, a.version as i64, a.status.as_str(), a.task_id, a.request_hash, a.created_at, body],
             )
@@ -583,8 +614,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             expected_version,
         } => {
             let body = serde_json::to_string(a).map_err(backend)?;
-            let n = tx
-                .execute(
+            let n = exec(
+                    tx,
                     "UPDATE approvals SET version = ?2, status = ?3, body = ?4 WHERE id = ?1 AND version = ?5",
                     params![a.id, a.version as i64, a.status.as_str(), body, *expected_version as i64],
                 )
@@ -599,7 +630,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
         }
         Change::RecordAction(a) => {
             let labels = serde_json::to_string(&a.labels).map_err(backend)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts, agent, incident_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE((SELECT incident_id FROM tasks WHERE id = ?2), ''))",
                 params![a.root_task_id, a.task_id, a.request_id, a.action, a.resource, a.tier.as_str(), labels,
@@ -609,7 +641,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
         }
         Change::PutCheckpoint(cp) => {
             let body = serde_json::to_string(cp).map_err(backend)?;
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO checkpoints(tree_size, body) VALUES (?1, ?2) ON CONFLICT(tree_size) DO NOTHING",
                 params![cp.tree_size as i64, body],
             )
@@ -621,18 +654,19 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             until,
             now,
         } => {
-            let held: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT holder, until FROM leases WHERE key = ?1",
-                    params![key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(backend)?;
+            let held: Option<(String, i64)> = query_one(
+                tx,
+                "SELECT holder, until FROM leases WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)?;
             if let Some(c) = Conflict::of_lease(key, holder, held, *now) {
                 return Err(c.into());
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO leases(key, holder, until) VALUES (?1, ?2, ?3)
                  ON CONFLICT(key) DO UPDATE SET holder = excluded.holder, until = excluded.until",
                 params![key, holder, until],
@@ -640,14 +674,16 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             .map_err(backend)?;
         }
         Change::ReleaseLease { key, holder } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM leases WHERE key = ?1 AND holder = ?2",
                 params![key, holder],
             )
             .map_err(backend)?;
         }
         Change::PutConsoleSession(c) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO console_sessions(id_hash, principal, role, via, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(id_hash) DO NOTHING",
                 params![c.id_hash, c.principal, c.role, c.via, c.created_at, c.expires_at],
@@ -655,21 +691,24 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             .map_err(backend)?;
         }
         Change::EndConsoleSession { id_hash } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM console_sessions WHERE id_hash = ?1",
                 params![id_hash],
             )
             .map_err(backend)?;
         }
         Change::PurgeConsoleSessions { before } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM console_sessions WHERE expires_at < ?1",
                 params![before],
             )
             .map_err(backend)?;
         }
         Change::Enqueue(m) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO outbox(id, sink, event, subject, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(id) DO NOTHING",
                 params![m.id, m.sink, m.event, m.subject, m.body, m.created_at],
@@ -677,9 +716,9 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             .map_err(backend)?;
         }
         Change::Dequeue { id } => {
-            tx.execute("DELETE FROM outbox WHERE id = ?1", params![id])
-                .map_err(backend)?;
-            tx.execute(
+            exec(tx, "DELETE FROM outbox WHERE id = ?1", params![id]).map_err(backend)?;
+            exec(
+                tx,
                 "DELETE FROM leases WHERE key = ?1",
                 params![OutboxMessage::lease_key(id)],
             )
@@ -691,7 +730,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             status,
             at,
         } => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO action_results(request_id, task_id, status, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![request_id, task_id, status, at],
             )
@@ -703,7 +743,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             })?;
         }
         Change::PutApprover(a) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO approvers(name, role, key_hash, created_at, expires_at, disabled, last_used_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(name) DO UPDATE SET role = excluded.role, key_hash = excluded.key_hash,
@@ -714,26 +755,26 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
             .map_err(backend)?;
         }
         Change::RemoveApprover { name } => {
-            let n = tx
-                .execute("DELETE FROM approvers WHERE name = ?1", params![name])
+            let n = exec(tx, "DELETE FROM approvers WHERE name = ?1", params![name])
                 .map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("approver {name}")));
             }
         }
         Change::SetApproverDisabled { name, disabled } => {
-            let n = tx
-                .execute(
-                    "UPDATE approvers SET disabled = ?2 WHERE name = ?1",
-                    params![name, disabled],
-                )
-                .map_err(backend)?;
+            let n = exec(
+                tx,
+                "UPDATE approvers SET disabled = ?2 WHERE name = ?1",
+                params![name, disabled],
+            )
+            .map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("approver {name}")));
             }
         }
         Change::TouchApprover { name, at } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE approvers SET last_used_at = ?2 WHERE name = ?1",
                 params![name, at],
             )
@@ -908,6 +949,10 @@ fn commit_group(inner: &Mutex<Inner>, batches: Vec<Batch>) -> Vec<Result<Vec<u64
     }
 }
 
+const INSERT_AUDIT: &str =
+    "INSERT INTO audit(seq, ts, kind, incident_id, task_id, agent, request_id, prev_hash, hash, event)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
 fn apply_batch(
     conn: &Connection,
     batch: Batch,
@@ -922,9 +967,9 @@ fn apply_batch(
     for event in batch.audit {
         let entry = tollgate_audit::chain(*seq, *prev, event);
         let body = serde_json::to_string(&entry.event).map_err(backend)?;
-        conn.execute(
-            "INSERT INTO audit(seq, ts, kind, incident_id, task_id, agent, request_id, prev_hash, hash, event)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        exec(
+            conn,
+            INSERT_AUDIT,
             params![
                 entry.seq as i64, entry.event.ts, entry.event.kind, entry.event.incident_id,
                 entry.event.task_id, entry.event.agent, entry.event.request_id,
@@ -1952,6 +1997,36 @@ mod tests {
             assert_eq!(reprepared(&scan_sql(&q)), 0, "{}", scan_sql(&q));
         }
         assert_eq!(reprepared(&tree_sql()), 0);
+    }
+
+    #[tokio::test]
+    async fn the_writer_plans_a_decision_s_statements_once() {
+        // `Connection::execute` parses and plans its statement on every
+        // call; the writer goes through its statement cache instead.
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let mut task = root_task("root");
+        task.expires_at = i64::MAX;
+        s.commit(Batch::default().change(Change::InsertTask(task)))
+            .await
+            .unwrap();
+        for n in 0..3 {
+            let decision = Batch::default()
+                .change(Change::RequireTaskLive {
+                    task_id: "root".into(),
+                    now: 100,
+                })
+                .change(Change::RecordAction(rec(n, 100)))
+                .event(AuditEvent::new(100, tollgate_core::EventKind::Decision, "a"));
+            s.commit(decision).await.unwrap();
+        }
+        let inner = s.inner.lock().unwrap();
+        let runs = inner
+            .conn
+            .prepare_cached(INSERT_AUDIT)
+            .unwrap()
+            .get_status(rusqlite::StatementStatus::Run);
+        assert_eq!(runs, 3, "the audit insert was prepared anew for some commit");
     }
 
     #[tokio::test]

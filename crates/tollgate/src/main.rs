@@ -26,7 +26,10 @@ macro_rules! eprint {
 // loading a large pack, and per-thread arenas, resident (a 10,000-policy
 // server at 232 MB where jemalloc, returning freed pages after a second,
 // holds about 140 MB; README, Performance). Its settings are built in from
-// `.cargo/config.toml`.
+// `.cargo/config.toml`. It also stands in for C's `malloc`, so SQLite's
+// allocations go there: under glibc, a reader connection's page cache, freed
+// whenever another connection had committed, was trimmed back to the OS
+// (`madvise`) and faulted in again on the next read, at every decision.
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

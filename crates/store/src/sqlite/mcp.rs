@@ -2,7 +2,7 @@
 //! serves the sessions it had) and calls held for approval (so a restarted
 //! process finds its previous incarnation's held calls abandoned).
 
-use super::backend;
+use super::{backend, exec, query_one};
 use crate::{Change, Conflict, HeldCall, McpSession, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use tollgate_core::UnixTime;
@@ -26,57 +26,63 @@ pub(super) fn apply(tx: &Connection, change: &Change) -> Result<bool, StoreError
     match change {
         Change::DropExpiredLeases { prefix, now } => {
             // substr, not LIKE: the prefix is matched literally.
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM leases WHERE substr(key, 1, length(?1)) = ?1 AND until <= ?2",
                 params![prefix, now],
             )
             .map_err(backend)?;
         }
         Change::PutMcpSession(s) => {
-            let exists = tx
-                .query_row(
-                    "SELECT 1 FROM mcp_sessions WHERE id = ?1",
-                    params![s.id],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(backend)?
-                .is_some();
+            let exists = query_one(
+                tx,
+                "SELECT 1 FROM mcp_sessions WHERE id = ?1",
+                params![s.id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(backend)?
+            .is_some();
             if exists {
                 return Err(Conflict::McpSessionExists {
                     session_id: s.id.clone(),
                 }
                 .into());
             }
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO mcp_sessions(id, task_id, init, created_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![s.id, s.task_id, s.init, s.created_at, s.last_seen],
             )
             .map_err(backend)?;
         }
         Change::TouchMcpSession { session_id, at } => {
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE mcp_sessions SET last_seen = ?2 WHERE id = ?1 AND last_seen < ?2",
                 params![session_id, at],
             )
             .map_err(backend)?;
         }
         Change::EndMcpSession { session_id } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM mcp_sessions WHERE id = ?1",
                 params![session_id],
             )
             .map_err(backend)?;
         }
         Change::EndIdleMcpSessions { before } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM mcp_sessions WHERE last_seen < ?1",
                 params![before],
             )
             .map_err(backend)?;
         }
         Change::PutHeldCall(h) => {
-            tx.execute(
+            exec(
+                tx,
                 "INSERT INTO mcp_held_calls(request_id, approval_id, replica, task_id, agent, held_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(request_id) DO UPDATE SET approval_id = excluded.approval_id,
@@ -87,7 +93,8 @@ pub(super) fn apply(tx: &Connection, change: &Change) -> Result<bool, StoreError
             .map_err(backend)?;
         }
         Change::EndHeldCall { request_id } => {
-            tx.execute(
+            exec(
+                tx,
                 "DELETE FROM mcp_held_calls WHERE request_id = ?1",
                 params![request_id],
             )
