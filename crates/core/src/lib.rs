@@ -16,6 +16,7 @@ pub mod playbook;
 pub mod spiffe;
 pub mod temporal;
 pub mod text;
+pub mod tree_history;
 
 pub use approval::{Approval, ApprovalError, ApprovalStatus, Vote};
 pub use catalog::{
@@ -33,6 +34,7 @@ pub use model::{
 };
 pub use playbook::{DeviationResponse, Playbooks, StepVerdict};
 pub use spiffe::{SpiffeId, SpiffeIdError};
+pub use tree_history::TreeHistory;
 
 /// Lowercase hex SHA-256 of `data`; used for token hashes and content addresses.
 pub fn sha256_hex(data: &[u8]) -> String {

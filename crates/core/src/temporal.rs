@@ -26,6 +26,7 @@
 //! rule as a function over records ([`Rule::evaluate`]); a store that
 //! answers the same question with an index-backed query must agree with it.
 
+use crate::tree_history::Series;
 use crate::{ActionRecord, Catalog, Outcome, Tier, UnixTime};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -129,6 +130,24 @@ impl Filter {
             .iter()
             .filter_map(of)
             .reduce(|before, next| before.intersection(&next).cloned().collect())
+    }
+
+    /// Whether a term reads what only a record has (its resource), not
+    /// what a [`Series`] keeps.
+    pub fn reads_resource(&self) -> bool {
+        self.terms.iter().any(|t| matches!(t, Term::Resource(_)))
+    }
+
+    /// Whether the records of `s` match; for a filter that does not
+    /// [read the resource](Self::reads_resource).
+    fn matches_series(&self, s: &Series) -> bool {
+        self.terms.iter().all(|t| match t {
+            Term::Action(names) => names.contains(&s.action),
+            Term::Tier(tier) => s.tier == *tier,
+            Term::Label(l) => s.labels.iter().any(|x| x == l),
+            Term::Decision(o) => s.outcome == *o,
+            Term::Resource(_) => false,
+        })
     }
 
     pub fn matches(&self, r: &ActionRecord) -> bool {
@@ -260,6 +279,49 @@ impl Rule {
                 }))
             }
         }
+    }
+}
+
+impl Rule {
+    /// The value of a tree-scoped rule over its tree's `series` at `now`,
+    /// each window counted by binary search: equal to [`evaluate`](Self::evaluate)
+    /// over the tree's records (a property test holds them to it). `None`
+    /// when a filter reads the resource, which a series does not keep:
+    /// evaluate the records then.
+    pub fn evaluate_series(&self, series: &[Series], now: UnixTime) -> Option<RuleValue> {
+        let from = now.saturating_sub(self.window);
+        let filters: &[&Filter] = match &self.operator {
+            Operator::Formerly(f) | Operator::Count(f) => &[f],
+            Operator::Since { then, after } => &[then, after],
+        };
+        if filters.iter().any(|f| f.reads_resource()) {
+            return None;
+        }
+        let matching = |f: &Filter| -> Vec<&Series> {
+            series.iter().filter(|s| f.matches_series(s)).collect()
+        };
+        Some(match &self.operator {
+            Operator::Formerly(f) => {
+                RuleValue::Bool(matching(f).iter().any(|s| s.count_in(from, now) > 0))
+            }
+            Operator::Count(f) => {
+                let n: usize = matching(f).iter().map(|s| s.count_in(from, now)).sum();
+                RuleValue::Long(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            Operator::Since { then, after } => {
+                let afters = matching(after);
+                let thens = matching(then);
+                let last_after = afters.iter().filter_map(|s| s.last_in(from, now)).max();
+                RuleValue::Bool(last_after.is_some_and(|t| {
+                    // A record at `t` or later that matches `then` and not
+                    // `after` (`t > from`, so `[t, now]` is in the window).
+                    thens
+                        .iter()
+                        .filter(|s| !afters.iter().any(|a| std::ptr::eq(*a, **s)))
+                        .any(|s| s.count_in(t - 1, now) > 0)
+                }))
+            }
+        })
     }
 }
 
@@ -1029,6 +1091,52 @@ rule either = formerly { action ["edr.isolate_host", "edr.release_host"] } withi
                     vec![rule.evaluate(&v, &s, now)]
                 };
                 prop_assert_eq!(past_of(rule.in_window(&past, now)), past_of(&past));
+            }
+        }
+
+        /// A tree rule read through its tree's series has the value the
+        /// record-by-record definition gives, for every operator and every
+        /// kind of term; with a resource term the series cannot say.
+        #[test]
+        fn a_tree_rule_over_series_is_the_rule_over_records(
+            raw in proptest::collection::vec((0usize..4, 0usize..3, 0usize..2, -5i64..300), 0..60),
+            terms in proptest::collection::vec((0usize..5, 0usize..4), 0..3),
+            after_terms in proptest::collection::vec((0usize..5, 0usize..4), 0..3),
+            kind in 0usize..3,
+            now in 0i64..320,
+            window in 1i64..200,
+        ) {
+            let actions = ["vault.read_secret", "edr.isolate_host", "forensics.image_host", "logs.delete"];
+            let outcomes = [Outcome::Allow, Outcome::Deny, Outcome::ApprovalRequired];
+            let resources = ["Host::a", "Host::b"];
+            let mut records: Vec<ActionRecord> = raw
+                .iter()
+                .map(|&(a, o, r, ts)| rec(actions[a], resources[r], "a", "t", outcomes[o], ts))
+                .collect();
+            records.sort_by_key(|r| r.ts);
+            let term = |&(k, i): &(usize, usize)| match k {
+                0 => Term::Action(vec![actions[i].into(), actions[(i + 1) % 4].into()]),
+                1 => Term::Tier([Tier::Read, Tier::Contain, Tier::Change, Tier::Destructive][i]),
+                2 => Term::Label(["reads-secret", "other"][i % 2].into()),
+                3 => Term::Decision(outcomes[i % 3]),
+                _ => Term::Resource(resources[i % 2].into()),
+            };
+            let filter = |t: &[(usize, usize)]| Filter { terms: t.iter().map(term).collect() };
+            let operator = match kind {
+                0 => Operator::Formerly(filter(&terms)),
+                1 => Operator::Count(filter(&terms)),
+                _ => Operator::Since { then: filter(&terms), after: filter(&after_terms) },
+            };
+            let reads_resource = terms.iter().chain(if kind == 2 { &after_terms[..] } else { &[] }).any(|&(k, _)| k == 4);
+            let rule = Rule { name: "r".into(), operator, window, scope: RuleScope::Tree, file: String::new(), line: 1 };
+            let s = Subject { root_task_id: "t", agent: "a", incident_id: "I", resource: "Host::a" };
+            let past: Vec<Past<'_>> = records.iter().map(|r| Past { record: r, incident_id: "I" }).collect();
+            let history = crate::TreeHistory::new(records.clone());
+            let got = rule.evaluate_series(history.series(), now);
+            if reads_resource {
+                prop_assert_eq!(got, None);
+            } else {
+                prop_assert_eq!(got, Some(rule.evaluate(&past, &s, now)));
             }
         }
     }

@@ -645,8 +645,9 @@ pub struct StoredFacts {
     /// The task holds evidence about the query's resource.
     pub evidence_present: bool,
     /// Every record of the tree (root = `lineage.root()`) since the root's
-    /// `created_at`, oldest first, as [`Store::actions_in_tree`] orders them.
-    pub history: std::sync::Arc<Vec<ActionRecord>>,
+    /// `created_at`, oldest first, as [`Store::actions_in_tree`] orders them,
+    /// with their series (what the summary and tree rules read).
+    pub history: std::sync::Arc<tollgate_core::TreeHistory>,
     /// One count per [`FactsQuery::agent_counts`], in the same order.
     pub agent_counts: Vec<u64>,
     /// One list per [`FactsQuery::scans`], in the same order.

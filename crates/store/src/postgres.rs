@@ -1305,7 +1305,7 @@ async fn tree_history<C: GenericClient>(
     trees: &TreeCache,
     root: &str,
     since: i64,
-) -> Result<Arc<Vec<ActionRecord>>, StoreError> {
+) -> Result<Arc<tollgate_core::TreeHistory>, StoreError> {
     let cached = trees.get(root, since);
     let after = cached.as_ref().map_or(0, |c| c.max_rowid);
     // The visibility check and the delta read go out together (one round

@@ -971,9 +971,16 @@ fn apply_batch(
             conn,
             INSERT_AUDIT,
             params![
-                entry.seq as i64, entry.event.ts, entry.event.kind, entry.event.incident_id,
-                entry.event.task_id, entry.event.agent, entry.event.request_id,
-                hex::encode(entry.prev_hash), hex::encode(entry.hash), body
+                entry.seq as i64,
+                entry.event.ts,
+                entry.event.kind,
+                entry.event.incident_id,
+                entry.event.task_id,
+                entry.event.agent,
+                entry.event.request_id,
+                hex::encode(entry.prev_hash),
+                hex::encode(entry.hash),
+                body
             ],
         )
         .map_err(backend)?;
@@ -1198,7 +1205,7 @@ fn tree_history(
     trees: &TreeCache,
     root: &str,
     since: i64,
-) -> Result<Arc<Vec<ActionRecord>>, StoreError> {
+) -> Result<Arc<tollgate_core::TreeHistory>, StoreError> {
     let cached = match trees.get(root, since) {
         Some(c) if c.max_rowid == 0 || row_visible(conn, c.max_rowid)? => Some(c),
         _ => None,
@@ -2017,7 +2024,11 @@ mod tests {
                     now: 100,
                 })
                 .change(Change::RecordAction(rec(n, 100)))
-                .event(AuditEvent::new(100, tollgate_core::EventKind::Decision, "a"));
+                .event(AuditEvent::new(
+                    100,
+                    tollgate_core::EventKind::Decision,
+                    "a",
+                ));
             s.commit(decision).await.unwrap();
         }
         let inner = s.inner.lock().unwrap();
@@ -2026,7 +2037,10 @@ mod tests {
             .prepare_cached(INSERT_AUDIT)
             .unwrap()
             .get_status(rusqlite::StatementStatus::Run);
-        assert_eq!(runs, 3, "the audit insert was prepared anew for some commit");
+        assert_eq!(
+            runs, 3,
+            "the audit insert was prepared anew for some commit"
+        );
     }
 
     #[tokio::test]

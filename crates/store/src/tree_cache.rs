@@ -2,11 +2,12 @@
 //! `action_history` rowid it includes, so that a decision reads only the
 //! rows committed since (`SqliteStore::decision_facts`). Why that is exact is
 //! argued where it is used (`tree_history` in `sqlite.rs`); this module only
-//! keeps the copies and merges.
+//! keeps the copies; merging a read into one, and grouping its records into
+//! series for the decision, is [`TreeHistory::extend`]'s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tollgate_core::{ActionRecord, UnixTime};
+use tollgate_core::{ActionRecord, TreeHistory, UnixTime};
 
 /// Most trees kept; past this the cache starts over (a miss costs one full
 /// read of a tree, never a wrong answer).
@@ -16,7 +17,7 @@ pub(crate) const MAX_TREES: usize = 10_000;
 /// rowid among them (0 for none).
 #[derive(Clone)]
 pub(crate) struct Cached {
-    pub records: Arc<Vec<ActionRecord>>,
+    pub records: Arc<TreeHistory>,
     pub max_rowid: i64,
 }
 
@@ -43,12 +44,7 @@ impl TreeCache {
     /// Remove and return a tree's records if the entry is still the one
     /// read at `max_rowid`: the caller then extends them in place, without
     /// a copy, unless an earlier answer is still held somewhere.
-    pub fn take(
-        &self,
-        root: &str,
-        since: UnixTime,
-        max_rowid: i64,
-    ) -> Option<Arc<Vec<ActionRecord>>> {
+    pub fn take(&self, root: &str, since: UnixTime, max_rowid: i64) -> Option<Arc<TreeHistory>> {
         let mut trees = self.trees.lock().ok()?;
         let current = trees
             .get(root)
@@ -85,7 +81,7 @@ impl TreeCache {
         cached: Option<Cached>,
         delta: Vec<ActionRecord>,
         max_rowid: i64,
-    ) -> Arc<Vec<ActionRecord>> {
+    ) -> Arc<TreeHistory> {
         let records = match cached {
             Some(c) if delta.is_empty() => return c.records,
             Some(Cached {
@@ -99,10 +95,10 @@ impl TreeCache {
                     }
                     None => held,
                 };
-                merge(Arc::make_mut(&mut records), delta);
+                Arc::make_mut(&mut records).extend(delta);
                 records
             }
-            None => Arc::new(delta),
+            None => Arc::new(TreeHistory::new(delta)),
         };
         self.put(
             root,
@@ -125,30 +121,6 @@ impl TreeCache {
 /// every rowid in `delta` is above every rowid in `records`, so on equal
 /// times the old record comes first. A delta row older than the tail (a
 /// clock that went back) is merged into place, not appended.
-pub(crate) fn merge(records: &mut Vec<ActionRecord>, delta: Vec<ActionRecord>) {
-    let in_order = match (records.last(), delta.first()) {
-        (Some(last), Some(first)) => first.ts >= last.ts,
-        _ => true,
-    };
-    if in_order {
-        records.extend(delta);
-        return;
-    }
-    let old = std::mem::take(records);
-    records.reserve(old.len() + delta.len());
-    let mut old = old.into_iter().peekable();
-    let mut new = delta.into_iter().peekable();
-    loop {
-        let take_new = match (old.peek(), new.peek()) {
-            (Some(o), Some(n)) => n.ts < o.ts,
-            (None, Some(_)) => true,
-            (Some(_), None) => false,
-            (None, None) => break,
-        };
-        records.extend(if take_new { new.next() } else { old.next() });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,15 +147,15 @@ mod tests {
 
     #[test]
     fn later_rows_append_and_earlier_ones_merge_into_place() {
-        let mut v = vec![rec("a", 10), rec("b", 20)];
-        merge(&mut v, vec![rec("c", 20), rec("d", 30)]);
+        let mut v = TreeHistory::new(vec![rec("a", 10), rec("b", 20)]);
+        v.extend(vec![rec("c", 20), rec("d", 30)]);
         assert_eq!(ids(&v), ["a", "b", "c", "d"]);
         // Clock skew: a newer row with an older time sorts by time, and
         // after older rows of the same time (their rowids are lower).
-        merge(&mut v, vec![rec("e", 5), rec("f", 20), rec("g", 40)]);
+        v.extend(vec![rec("e", 5), rec("f", 20), rec("g", 40)]);
         assert_eq!(ids(&v), ["e", "a", "b", "c", "f", "d", "g"]);
-        let mut empty = vec![];
-        merge(&mut empty, vec![rec("x", 1)]);
+        let mut empty = TreeHistory::default();
+        empty.extend(vec![rec("x", 1)]);
         assert_eq!(ids(&empty), ["x"]);
     }
 
@@ -191,7 +163,7 @@ mod tests {
     fn put_keeps_the_latest_read_and_take_only_the_expected_one() {
         let c = TreeCache::default();
         let at = |n: i64| Cached {
-            records: Arc::new(vec![rec("a", n)]),
+            records: Arc::new(TreeHistory::new(vec![rec("a", n)])),
             max_rowid: n,
         };
         c.put("root", 1, at(5));
@@ -211,7 +183,7 @@ mod tests {
                 &format!("t{i}"),
                 0,
                 Cached {
-                    records: Arc::new(vec![]),
+                    records: Arc::new(TreeHistory::default()),
                     max_rowid: 0,
                 },
             );
@@ -221,7 +193,7 @@ mod tests {
             "one-more",
             0,
             Cached {
-                records: Arc::new(vec![]),
+                records: Arc::new(TreeHistory::default()),
                 max_rowid: 0,
             },
         );

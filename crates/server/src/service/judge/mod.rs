@@ -18,12 +18,11 @@ use crate::config::{RateResponse, RateScope, ServerConfig};
 use crate::service::gate::{quarantine_key, Evaluated, Gate};
 use crate::service::lifecycle::{revocation_reason, revoked_event};
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
 use tollgate_audit::AuditEvent;
 use tollgate_core::temporal::{Past, RuleScope, Subject};
 use tollgate_core::{
     history, ActionRecord, Agent, Approval, Decision, EventKind, HistorySummary, Outcome, SpiffeId,
-    Task, UnixTime,
+    Task, TreeHistory, UnixTime,
 };
 use tollgate_policy::{ActionFacts, AgentFacts, PolicyPack, ResourceRef};
 use tollgate_store::{AgentCount, Batch, Change, ScanScope, StoredFacts};
@@ -438,7 +437,12 @@ fn rate_limited(j: &Judging<'_>) -> Option<Decision> {
 fn evaluate(j: &Judging<'_>, pack: &PolicyPack) -> Evaluated {
     let (ask, facts, now) = (j.ask, j.facts, j.now);
     // Summarised only when policy runs: the gate and rate limits need none.
-    let history = HistorySummary::from_records(&facts.history, pack.catalog(), now);
+    let history = HistorySummary::from_series(
+        facts.history.series(),
+        facts.history.last_allowed().map(|r| r.action.as_str()),
+        pack.catalog(),
+        now,
+    );
     let Some(incident) = facts.incident.as_ref() else {
         // The gate already denied an unknown incident; never reached.
         return Evaluated::Decided(Decision::deny("incident is unknown"));
@@ -499,7 +503,15 @@ fn rule_values(
     let mut values = serde_json::Map::new();
     for rule in &pack.rules().rules {
         let (records, incident): (&[ActionRecord], &str) = match rule.scope {
-            RuleScope::Tree => (facts.history.as_slice(), task.incident_id.as_str()),
+            RuleScope::Tree => {
+                // Counted on the tree's series unless a filter reads the
+                // resource; then record by record, as every other scope.
+                if let Some(value) = rule.evaluate_series(facts.history.series(), now) {
+                    values.insert(rule.name.clone(), value.into());
+                    continue;
+                }
+                (facts.history.records(), task.incident_id.as_str())
+            }
             scope => {
                 let wanted = match scope {
                     RuleScope::Agent => ScanScope::Agent,
@@ -545,7 +557,7 @@ fn rule_values(
 }
 
 /// Name the earlier actions that triggered a chain rule.
-fn name_triggers(decision: &mut Decision, past: &Arc<Vec<ActionRecord>>, now: UnixTime) {
+fn name_triggers(decision: &mut Decision, past: &TreeHistory, now: UnixTime) {
     for label in decision.chain_labels.clone() {
         for p in history::triggers(past, &label, now, 3600)
             .into_iter()

@@ -293,7 +293,7 @@ impl Case {
             frozen: w.frozen,
             quarantine: w.quarantined.then(|| "burst of denials".to_string()),
             evidence_present: w.evidence,
-            history: Arc::new(history),
+            history: std::sync::Arc::new(history.into()),
             agent_counts: vec![0; prepared.agent_limits.len()],
             // Nothing in the other scopes' past: every rule false or 0.
             scanned: vec![vec![]; prepared.rule_scans.len()],

@@ -1,0 +1,256 @@
+//! A task tree's history as the gateway keeps it between decisions: the
+//! records, oldest first, and the same records grouped into series of one
+//! kind each.
+//!
+//! Every decision summarises its tree's history (`context.history`) and
+//! evaluates the tree's temporal rules over it. Walking the records for
+//! that made a decision's cost grow with how much the tree had done: a
+//! tree of a few thousand reads spent more time there than in Cedar. A
+//! series holds the timestamps of the records alike in everything the
+//! summary and a rule's filter read (action, tier, labels, outcome), so a
+//! window's count is two binary searches per kind of action the tree did.
+//! The series grow with the records (`extend`), so the work is done once
+//! per record, not once per decision.
+//!
+//! Invariant: `series` is a function of `records`: however the records
+//! arrived, the series are those of the records taken in order (the order
+//! of the series themselves aside). Property tests hold this, and hold the
+//! summary and every rule read through the series to their
+//! record-by-record definitions.
+
+use crate::{ActionRecord, Outcome, Tier, UnixTime};
+
+/// The records of one kind, by time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Series {
+    pub action: String,
+    pub tier: Tier,
+    pub labels: Vec<String>,
+    pub outcome: Outcome,
+    /// Ascending (records of equal time keep their order).
+    pub ts: Vec<UnixTime>,
+}
+
+impl Series {
+    fn of(r: &ActionRecord) -> Self {
+        Series {
+            action: r.action.clone(),
+            tier: r.tier,
+            labels: r.labels.clone(),
+            outcome: r.outcome,
+            ts: Vec::new(),
+        }
+    }
+
+    fn is(&self, r: &ActionRecord) -> bool {
+        self.outcome == r.outcome
+            && self.tier == r.tier
+            && self.action == r.action
+            && self.labels == r.labels
+    }
+
+    /// How many records have `after < ts <= upto`.
+    pub fn count_in(&self, after: UnixTime, upto: UnixTime) -> usize {
+        let end = self.ts.partition_point(|&t| t <= upto);
+        let start = self.ts.partition_point(|&t| t <= after);
+        end.saturating_sub(start)
+    }
+
+    /// The latest `ts` with `after < ts <= upto`.
+    pub fn last_in(&self, after: UnixTime, upto: UnixTime) -> Option<UnixTime> {
+        let end = self.ts.partition_point(|&t| t <= upto);
+        end.checked_sub(1)
+            .map(|i| self.ts[i])
+            .filter(|&t| t > after)
+    }
+}
+
+/// A tree's records, oldest first, and their series.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeHistory {
+    records: Vec<ActionRecord>,
+    series: Vec<Series>,
+    /// Where the last allowed record is in `records`.
+    last_allowed: Option<usize>,
+}
+
+impl TreeHistory {
+    /// From records already oldest first (as the store reads them).
+    pub fn new(records: Vec<ActionRecord>) -> Self {
+        let mut h = TreeHistory::default();
+        h.extend(records);
+        h
+    }
+
+    pub fn records(&self) -> &[ActionRecord] {
+        &self.records
+    }
+
+    pub fn series(&self) -> &[Series] {
+        &self.series
+    }
+
+    /// The last allowed record.
+    pub fn last_allowed(&self) -> Option<&ActionRecord> {
+        self.last_allowed.and_then(|i| self.records.get(i))
+    }
+
+    /// Add records read after these, merged by time: a record committed
+    /// later may carry an earlier time (two decisions of one second, or
+    /// clocks of two replicas), and the records stay ordered by time, each
+    /// time's records in the order they came.
+    pub fn extend(&mut self, delta: Vec<ActionRecord>) {
+        let in_order = match (self.records.last(), delta.first()) {
+            (Some(last), Some(first)) => first.ts >= last.ts,
+            _ => true,
+        } && delta.windows(2).all(|w| w[0].ts <= w[1].ts);
+        if in_order {
+            for r in delta {
+                self.index(&r, self.records.len());
+                self.records.push(r);
+            }
+            return;
+        }
+        // Rare: merge, then group again from scratch.
+        let old = std::mem::take(&mut self.records);
+        let mut delta = delta;
+        delta.sort_by_key(|r| r.ts);
+        let mut merged = Vec::with_capacity(old.len() + delta.len());
+        let mut old = old.into_iter().peekable();
+        let mut new = delta.into_iter().peekable();
+        loop {
+            let take_new = match (old.peek(), new.peek()) {
+                (Some(o), Some(n)) => n.ts < o.ts,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (None, None) => break,
+            };
+            merged.extend(if take_new { new.next() } else { old.next() });
+        }
+        *self = TreeHistory::default();
+        for r in merged {
+            self.index(&r, self.records.len());
+            self.records.push(r);
+        }
+    }
+
+    /// Enter `r`, about to be `records[at]`, into its series.
+    fn index(&mut self, r: &ActionRecord, at: usize) {
+        // Runs of one kind are common: try the newest series first.
+        let found = match self.series.iter().rposition(|s| s.is(r)) {
+            Some(i) => i,
+            None => {
+                self.series.push(Series::of(r));
+                self.series.len() - 1
+            }
+        };
+        let ts = &mut self.series[found].ts;
+        let pos = ts.partition_point(|&t| t <= r.ts);
+        ts.insert(pos, r.ts);
+        if r.outcome == Outcome::Allow {
+            self.last_allowed = Some(at);
+        }
+    }
+}
+
+impl std::ops::Deref for TreeHistory {
+    type Target = [ActionRecord];
+    fn deref(&self) -> &[ActionRecord] {
+        &self.records
+    }
+}
+
+impl From<Vec<ActionRecord>> for TreeHistory {
+    fn from(records: Vec<ActionRecord>) -> Self {
+        TreeHistory::new(records)
+    }
+}
+
+impl PartialEq<Vec<ActionRecord>> for TreeHistory {
+    fn eq(&self, other: &Vec<ActionRecord>) -> bool {
+        &self.records == other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rec(action: &str, outcome: Outcome, ts: i64, n: usize) -> ActionRecord {
+        ActionRecord {
+            root_task_id: "root".into(),
+            task_id: "root".into(),
+            agent: "spiffe://acme.test/agent/a/1".into(),
+            request_id: format!("req_{n}"),
+            action: action.into(),
+            resource: "Host::web-1".into(),
+            tier: Tier::Read,
+            labels: vec![],
+            outcome,
+            ts,
+        }
+    }
+
+    #[test]
+    fn a_series_counts_its_window_open_at_the_start() {
+        let h = TreeHistory::new(
+            [5, 10, 10, 20]
+                .iter()
+                .enumerate()
+                .map(|(n, &ts)| rec("a", Outcome::Allow, ts, n))
+                .collect(),
+        );
+        let s = &h.series()[0];
+        assert_eq!(s.count_in(5, 10), 2);
+        assert_eq!(s.count_in(4, 20), 4);
+        assert_eq!(s.count_in(20, 30), 0);
+        assert_eq!(s.last_in(0, 15), Some(10));
+        assert_eq!(s.last_in(10, 15), None);
+    }
+
+    proptest! {
+        /// However the records arrive, the history is the records sorted
+        /// by time (stable) with the series built from them in one go.
+        #[test]
+        fn extending_equals_building_from_the_sorted_whole(
+            parts in proptest::collection::vec(
+                proptest::collection::vec((0usize..3, 0usize..3, 0i64..20), 0..8),
+                0..5,
+            ),
+        ) {
+            let actions = ["a", "b", "c"];
+            let outcomes = [Outcome::Allow, Outcome::Deny, Outcome::ApprovalRequired];
+            let mut n = 0;
+            let mut h = TreeHistory::default();
+            let mut all = Vec::new();
+            for part in parts {
+                let mut delta: Vec<ActionRecord> = part
+                    .into_iter()
+                    .map(|(a, o, ts)| {
+                        n += 1;
+                        rec(actions[a], outcomes[o], ts, n)
+                    })
+                    .collect();
+                // The store reads each delta in order of time.
+                delta.sort_by_key(|r| r.ts);
+                all.extend(delta.iter().cloned());
+                h.extend(delta);
+            }
+            // What the store would read from scratch: by time, then by
+            // arrival (rowid).
+            all.sort_by_key(|r| r.ts);
+            let whole = TreeHistory::new(all.clone());
+            prop_assert_eq!(h.records(), whole.records());
+            let mut ours = h.series().to_vec();
+            let mut theirs = whole.series().to_vec();
+            ours.sort_by(|x, y| (&x.action, x.outcome.as_str()).cmp(&(&y.action, y.outcome.as_str())));
+            theirs.sort_by(|x, y| (&x.action, x.outcome.as_str()).cmp(&(&y.action, y.outcome.as_str())));
+            prop_assert_eq!(ours, theirs);
+            prop_assert_eq!(
+                h.last_allowed(),
+                all.iter().rev().find(|r| r.outcome == Outcome::Allow)
+            );
+        }
+    }
+}
