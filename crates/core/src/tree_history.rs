@@ -95,10 +95,12 @@ impl TreeHistory {
         self.last_allowed.and_then(|i| self.records.get(i))
     }
 
-    /// Add records read after these, merged by time: a record committed
-    /// later may carry an earlier time (two decisions of one second, or
-    /// clocks of two replicas), and the records stay ordered by time, each
-    /// time's records in the order they came.
+    /// Add records read after these, merged by time. The store reads
+    /// both ordered by (time, rowid), and every rowid in `delta` is above
+    /// every rowid here, so on equal times the older record comes first. A
+    /// record committed later may carry an earlier time (a clock that went
+    /// back, or the clocks of two replicas): it is merged into place, not
+    /// appended.
     pub fn extend(&mut self, delta: Vec<ActionRecord>) {
         let in_order = match (self.records.last(), delta.first()) {
             (Some(last), Some(first)) => first.ts >= last.ts,

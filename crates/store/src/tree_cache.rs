@@ -117,10 +117,6 @@ impl TreeCache {
     }
 }
 
-/// Merge `delta` into `records`. Both are ordered by (time, rowid), and
-/// every rowid in `delta` is above every rowid in `records`, so on equal
-/// times the old record comes first. A delta row older than the tail (a
-/// clock that went back) is merged into place, not appended.
 #[cfg(test)]
 mod tests {
     use super::*;
