@@ -67,6 +67,13 @@ impl Store for FlakyStore {
     async fn lineage(&self, id: &str) -> Result<Option<tollgate_core::Lineage>, StoreError> {
         self.inner.lineage(id).await
     }
+    async fn credential_holder(
+        &self,
+        id: &str,
+        agent: &str,
+    ) -> Result<(Option<tollgate_core::Lineage>, Option<Agent>), StoreError> {
+        self.inner.credential_holder(id, agent).await
+    }
     async fn descendants(&self, id: &str) -> Result<Vec<Task>, StoreError> {
         self.inner.descendants(id).await
     }

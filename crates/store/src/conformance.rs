@@ -62,6 +62,7 @@ pub async fn run_all(store: &dyn Store) {
     concurrent_commits_all_land_and_failures_stay_isolated(store).await;
     action_history_is_per_tree_and_windowed(store).await;
     lineage_walks_up_to_the_root(store).await;
+    credential_holder_is_the_lineage_and_the_agent(store).await;
     descendants_come_parent_first(store).await;
     decision_facts_are_one_snapshot_of_everything(store).await;
     decision_facts_see_every_commit_between_calls(store).await;
@@ -1474,6 +1475,53 @@ pub async fn lineage_walks_up_to_the_root(s: &dyn Store) {
         Err(StoreError::Backend(m)) => assert_eq!(m, "delegation chain too deep"),
         other => panic!("a chain of 65 ancestors was read: {other:?}"),
     }
+}
+
+pub async fn credential_holder_is_the_lineage_and_the_agent(s: &dyn Store) {
+    let agent = Agent {
+        spiffe_id: unique("spiffe://acme.test/agent/holder"),
+        owner: "alice".into(),
+        created_at: 5,
+        revoked: false,
+    };
+    let root = task(&unique("task"), "spiffe://acme.test/agent/root/1", "INC-1");
+    let child = child_of(&root, &agent.spiffe_id);
+    s.commit(Batch::default().change(Change::UpsertAgent(agent.clone())))
+        .await
+        .unwrap();
+    insert_tasks(s, &[&root, &child]).await;
+    let (lineage, holder) = s
+        .credential_holder(&child.id, &agent.spiffe_id)
+        .await
+        .unwrap();
+    assert_eq!(lineage, s.lineage(&child.id).await.unwrap());
+    assert_eq!(lineage.map(|l| l.ancestors), Some(vec![root.clone()]));
+    assert_eq!(holder, Some(agent.clone()));
+    // A revoked agent is read as it is now; an unknown task or agent is None.
+    s.commit(Batch::default().change(Change::SetAgentRevoked {
+        spiffe_id: agent.spiffe_id.clone(),
+        revoked: true,
+    }))
+    .await
+    .unwrap();
+    let (_, holder) = s
+        .credential_holder(&child.id, &agent.spiffe_id)
+        .await
+        .unwrap();
+    assert!(holder.unwrap().revoked);
+    let (lineage, holder) = s
+        .credential_holder(&unique("task"), &unique("spiffe://acme.test/agent/x"))
+        .await
+        .unwrap();
+    assert_eq!((lineage, holder), (None, None));
+    let (lineage, holder) = s
+        .credential_holder(&root.id, &unique("spiffe://acme.test/agent/x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (lineage.map(|l| l.task), holder),
+        (Some(root.clone()), None)
+    );
 }
 
 pub async fn descendants_come_parent_first(s: &dyn Store) {

@@ -587,9 +587,10 @@ impl ScanScope {
     }
 }
 
-/// The actions of one scope at or after `since`: at most [`SCAN_LIMIT`] + 1
-/// of them, the newest, oldest first; more than the limit says the scope is
-/// too busy to read whole (a rule over it fails closed).
+/// The actions of one scope at or after `since`, oldest first: all of them,
+/// or [`SCAN_LIMIT`] + 1 of them, which says the scope is too busy to read
+/// whole (a rule over it fails closed; which ones come back then is not
+/// specified).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryScan {
     pub scope: ScanScope,
@@ -672,6 +673,14 @@ pub trait Store: Send + Sync + 'static {
     /// the task does not exist. A chain of more than
     /// [`tollgate_core::lineage::MAX_ANCESTORS`] ancestors is a `Backend` error.
     async fn lineage(&self, task_id: &str) -> Result<Option<Lineage>, StoreError>;
+    /// What checking a task credential reads, in one snapshot: the task's
+    /// lineage (as [`Store::lineage`]) and the agent `agent`, the
+    /// credential's subject. Each is `None` if it does not exist.
+    async fn credential_holder(
+        &self,
+        task_id: &str,
+        agent: &str,
+    ) -> Result<(Option<Lineage>, Option<Agent>), StoreError>;
     /// Every task delegated from `task_id` at any depth, ended ones
     /// included, a parent always before its children (one snapshot).
     async fn descendants(&self, task_id: &str) -> Result<Vec<Task>, StoreError>;

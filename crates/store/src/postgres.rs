@@ -159,6 +159,15 @@ CREATE INDEX action_history_incident_action ON action_history(incident_id, actio
 CREATE INDEX action_history_resource_action ON action_history(resource, action, outcome, ts, id);
 "#,
     ),
+    (
+        7,
+        r#"
+-- The history cache reads a tree's rows after the newest it holds as one
+-- range; `(root_task_id, ts, id)` made that walk every row of the tree.
+CREATE INDEX action_history_tree_rows ON action_history(root_task_id, id);
+DROP INDEX action_history_tree;
+"#,
+    ),
 ];
 
 /// Serialises migrations of every process over the database (any schema).
@@ -1272,7 +1281,7 @@ async fn tree_actions<C: GenericClient>(
         c,
         &format!(
             "SELECT {ACTION_COLS}, id FROM action_history
-             WHERE root_task_id = $1 AND ts >= $2 AND id > $3 ORDER BY ts, id"
+             WHERE root_task_id = $1 AND id > $3 AND ts >= $2 ORDER BY id"
         ),
         &[&root, &since, &after],
     )
@@ -1282,6 +1291,9 @@ async fn tree_actions<C: GenericClient>(
         max = max.max(get::<i64>(r, 10)?);
         out.push(action_from_row(r)?);
     }
+    // Oldest first, as `ORDER BY ts, id` would give: a stable sort of rows
+    // in id order.
+    out.sort_by_key(|r| r.ts);
     Ok((out, max))
 }
 
@@ -1697,6 +1709,20 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = snapshot(&mut client).await?;
         let out = lineage_of(&tx, task_id).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(out)
+    }
+
+    async fn credential_holder(
+        &self,
+        task_id: &str,
+        agent: &str,
+    ) -> Result<(Option<Lineage>, Option<Agent>), StoreError> {
+        let mut client = self.client().await?;
+        let tx = snapshot(&mut client).await?;
+        // Issued together: the connection pipelines the agent's row with the
+        // lineage's first, in the one snapshot.
+        let out = tokio::try_join!(lineage_of(&tx, task_id), agent_by_id(&tx, agent))?;
         tx.commit().await.map_err(pg)?;
         Ok(out)
     }

@@ -238,8 +238,12 @@ impl FromRequestParts<Shared> for TaskAuth {
                 .await)
             }
         };
-        // The task and its whole chain of parents, in one read.
-        let lineage = match state.store.lineage(&claims.task_id).await? {
+        // The task, its whole chain of parents and the agent, in one read.
+        let (lineage, agent) = state
+            .store
+            .credential_holder(&claims.task_id, &claims.sub)
+            .await?;
+        let lineage = match lineage {
             Some(l) if l.task.agent == claims.sub => l,
             _ => {
                 return Err(refuse_verified(
@@ -277,7 +281,7 @@ impl FromRequestParts<Shared> for TaskAuth {
             .await);
         }
         let task = lineage.task;
-        let agent = match state.store.agent(&claims.sub).await? {
+        let agent = match agent {
             Some(a) if !a.revoked => a,
             _ => {
                 state.tokens.forget_task_credential(token);

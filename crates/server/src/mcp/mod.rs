@@ -115,6 +115,21 @@ fn unknown_session() -> Response {
     ApiError::NotFound("unknown MCP session".into()).into_response()
 }
 
+/// The largest body a request to `/mcp` may carry: rmcp's limit (4 MiB),
+/// applied here because the body is read here (`authenticate`).
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// Authenticate every request to `/mcp` with the task credential; the
 /// handler finds the caller in the request's extensions.
 async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> Response {
@@ -139,6 +154,18 @@ async fn authenticate(State(guard): State<Guard>, req: Request, next: Next) -> R
             Err(e) => return ApiError::from(e).into_response(),
         }
     }
+    // Read the whole body before rmcp sees it. rmcp answers some requests
+    // (no `Accept` header) without reading theirs, and hyper then closes the
+    // connection, which a client that reuses it (keep-alive) meets as a
+    // reset on its next request. The bound is rmcp's own.
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BYTES).await {
+        Ok(bytes) => axum::body::Body::from(bytes),
+        Err(e) if is_length_limit(&e) => return ApiError::PayloadTooLarge.into_response(),
+        Err(e) => {
+            return ApiError::bad_request(format!("the request body could not be read: {e}"))
+                .into_response()
+        }
+    };
     let task_id = auth.task.id.clone();
     let closing = parts.method == http::Method::DELETE;
     parts.extensions.insert(Arc::new(auth));

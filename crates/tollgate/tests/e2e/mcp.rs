@@ -1440,7 +1440,9 @@ fn mcp_transport_errors_have_the_error_shape() {
         } else {
             init.to_string()
         };
-        let mut resp = req.send(body).unwrap();
+        let mut resp = req
+            .send(body)
+            .unwrap_or_else(|e| panic!("CASE {what}: {e:?}"));
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap();
         assert!(status >= 400, "{what}: {status} {text}");
@@ -1454,6 +1456,30 @@ fn mcp_transport_errors_have_the_error_shape() {
             "{what}: {v}"
         );
     }
+}
+
+/// The gateway reads a request's whole body before rmcp does (so that a
+/// request rmcp refuses unread leaves the connection usable), bounded at
+/// rmcp's own 4 MiB: past it, 413 in the API's error shape.
+#[test]
+fn an_mcp_body_over_four_mib_is_refused_in_the_error_shape() {
+    let s = Server::start();
+    let svid = s.enrol(IR);
+    let (_, cred) = s.open_task(&svid);
+    let padding = "x".repeat(4 * 1024 * 1024);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": padding}}});
+    let mut resp = agent()
+        .post(&s.url("/mcp"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", &format!("Bearer {cred}"))
+        .send(body.to_string())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
 }
 
 /// Found in review of finding 1's class: an upstream's JSON-RPC error can
