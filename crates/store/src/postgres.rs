@@ -166,6 +166,8 @@ CREATE INDEX action_history_resource_action ON action_history(resource, action, 
 -- range; `(root_task_id, ts, id)` made that walk every row of the tree.
 CREATE INDEX action_history_tree_rows ON action_history(root_task_id, id);
 DROP INDEX action_history_tree;
+-- Agent-wide counts of one action: `action_history_agent_action` serves them.
+DROP INDEX action_history_agent_allowed_action;
 "#,
     ),
 ];
