@@ -344,18 +344,25 @@ impl PostgresStore {
         let mc = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match connector {
-            Some(tls) => Manager::from_config(config, tls, mc),
-            None => Manager::from_config(config, NoTls, mc),
+        let pool_of = |size: usize| {
+            let mc = ManagerConfig {
+                recycling_method: mc.recycling_method.clone(),
+            };
+            let manager = match &connector {
+                Some(tls) => Manager::from_config(config.clone(), tls.clone(), mc),
+                None => Manager::from_config(config.clone(), NoTls, mc),
+            };
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .create_timeout(Some(Duration::from_secs(10)))
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .build()
+                .map_err(backend)
         };
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(Duration::from_secs(10)))
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .build()
-            .map_err(backend)?;
-        // The writer task lives as long as a clone of the store does: when
+        let pool = pool_of(POOL_SIZE)?;
+        let writer_pool = pool_of(1)?;
+        // The writer thread lives as long as a clone of the store does: when
         // the last sender is dropped, its queue closes and it returns.
         let (writer, rx) = tokio::sync::mpsc::channel(QUEUE);
         let store = Self {
@@ -367,7 +374,20 @@ impl PostgresStore {
             .migrate(schema)
             .await
             .map_err(|e| crate::pg_tls::explain(e, mode, by_default))?;
-        tokio::spawn(writer_loop(store.pool.clone(), rx));
+        // The writer runs on a thread and runtime of its own, with its own
+        // connection (created there, so the connection's task runs there
+        // too). Why: a group's statements are round trips one after another,
+        // and on the shared runtime each answer waited for a worker busy
+        // with requests before the writer could send the next; the writer is
+        // the one serial part of every commit of every replica.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(backend)?;
+        std::thread::Builder::new()
+            .name("tollgate-pg-writer".into())
+            .spawn(move || runtime.block_on(writer_loop(writer_pool, rx)))
+            .map_err(backend)?;
         Ok(store)
     }
 
@@ -662,11 +682,33 @@ async fn apply_batch<C: GenericClient>(
     prev: &mut [u8; 32],
 ) -> Result<Vec<u64>, StoreError> {
     let Batch { changes, audit } = batch;
+    // A leading `RequireTaskLive` (every decision's first change) only
+    // checks, so it goes out together with the changes after it instead of
+    // a round trip ahead of them: it is queued first, so it sees the state
+    // before them, and if it fails the caller rolls the batch's savepoint
+    // back, undoing them. Its conflict is reported first, as if it had run
+    // alone.
+    let (checks, rest) = match changes.split_first() {
+        Some((check @ Change::RequireTaskLive { .. }, rest)) => (Some(check), rest),
+        _ => (None, &changes[..]),
+    };
     let changed = async {
-        for c in &changes {
-            apply(tx, c).await?;
-        }
-        Ok::<(), StoreError>(())
+        let (checked, applied) = tokio::join!(
+            async {
+                match checks {
+                    Some(c) => apply(tx, c).await,
+                    None => Ok(()),
+                }
+            },
+            async {
+                for c in rest {
+                    apply(tx, c).await?;
+                }
+                Ok::<(), StoreError>(())
+            }
+        );
+        checked?;
+        applied
     };
     let chained = async {
         let mut seqs = Vec::with_capacity(audit.len());
