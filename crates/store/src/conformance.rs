@@ -60,6 +60,7 @@ pub async fn run_all(store: &dyn Store) {
     approvals_update_optimistically(store).await;
     merkle_head_checkpoints_and_request_lookup(store).await;
     concurrent_commits_all_land_and_failures_stay_isolated(store).await;
+    concurrent_decisions_on_an_ended_task_fail_alone(store).await;
     action_history_is_per_tree_and_windowed(store).await;
     lineage_walks_up_to_the_root(store).await;
     credential_holder_is_the_lineage_and_the_agent(store).await;
@@ -637,6 +638,59 @@ pub async fn concurrent_commits_all_land_and_failures_stay_isolated(s: &dyn Stor
     assert_eq!(mine.len(), 180);
     let head = s.audit_head().await.unwrap();
     assert_eq!(head.size, before + 180);
+    let all = s
+        .audit(AuditQuery {
+            limit: 10_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tollgate_audit::verify_run(1, tollgate_audit::GENESIS, &all).unwrap();
+    let leaves = s.audit_leaf_hashes(head.size).await.unwrap();
+    assert_eq!(tollgate_audit::merkle::root(&leaves), head.root_hash);
+}
+
+/// Decision batches (a task-live check, a history row, an entry) arrive
+/// together, every third on a task that ended: those fail with
+/// `TaskNotLive` and leave no row or entry, whatever their place in the
+/// group, and the others land in one verifiable chain.
+pub async fn concurrent_decisions_on_an_ended_task_fail_alone(s: &dyn Store) {
+    let live = task(&unique("task"), "spiffe://acme.test/agent/d/1", "INC-1");
+    let ended = task(&unique("task"), "spiffe://acme.test/agent/d/2", "INC-1");
+    insert_tasks(s, &[&live, &ended]).await;
+    s.commit(Batch::default().change(Change::EndTask {
+        task_id: ended.id.clone(),
+        status: TaskStatus::Completed,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    let before = s.audit_head().await.unwrap().size;
+    let mut futures = Vec::new();
+    for i in 0..150 {
+        let t = if i % 3 == 1 { &ended } else { &live };
+        let batch = Batch::audit_only(AuditEvent::new(150, "decision", "tollgate").task(&t.id))
+            .change(Change::RequireTaskLive {
+                task_id: t.id.clone(),
+                now: 150,
+            })
+            .change(Change::RecordAction(record(t, t, "edr.isolate_host", Outcome::Allow, 150)));
+        futures.push(s.commit(batch));
+    }
+    let results = futures_join(futures).await;
+    for (i, r) in results.iter().enumerate() {
+        match (i % 3 == 1, r) {
+            (true, Err(StoreError::Conflict(Conflict::TaskNotLive { task_id }))) => {
+                assert_eq!(task_id, &ended.id)
+            }
+            (false, Ok(seqs)) => assert_eq!(seqs.len(), 1),
+            (_, other) => panic!("decision {i}: {other:?}"),
+        }
+    }
+    assert_eq!(s.actions_in_tree(&live.id, 0).await.unwrap().len(), 100);
+    assert_eq!(s.actions_in_tree(&ended.id, 0).await.unwrap(), vec![]);
+    let head = s.audit_head().await.unwrap();
+    assert_eq!(head.size, before + 100);
     let all = s
         .audit(AuditQuery {
             limit: 10_000_000,
