@@ -674,7 +674,13 @@ pub async fn concurrent_decisions_on_an_ended_task_fail_alone(s: &dyn Store) {
                 task_id: t.id.clone(),
                 now: 150,
             })
-            .change(Change::RecordAction(record(t, t, "edr.isolate_host", Outcome::Allow, 150)));
+            .change(Change::RecordAction(record(
+                t,
+                t,
+                "edr.isolate_host",
+                Outcome::Allow,
+                150,
+            )));
         futures.push(s.commit(batch));
     }
     let results = futures_join(futures).await;
