@@ -1448,24 +1448,30 @@ async fn count_allowed<C: GenericClient>(
     tier: Option<&str>,
     action: Option<&str>,
 ) -> Result<u64, StoreError> {
-    // One statement per filter combination, each able to use a partial
-    // index over allowed actions, so a limit costs about its own count.
+    // One statement per filter combination, each able to use an index that
+    // starts with every column it fixes, so a limit costs about its own
+    // count. Those naming an action are unnamed statements, as the rule
+    // scans with action lists are (`scan`): a generic plan walked the
+    // agent's `(agent, ts)` rows instead of `(agent, action, outcome, ts, id)`.
     const BASE: &str =
         "SELECT COUNT(*) FROM action_history WHERE outcome = 'allow' AND agent = $1 AND ts >= $2";
     let r = match (tier, action) {
         (None, None) => one(c, BASE, &[&agent, &since]).await?,
         (Some(t), None) => one(c, &format!("{BASE} AND tier = $3"), &[&agent, &since, &t]).await?,
-        (None, Some(a)) => {
-            one(c, &format!("{BASE} AND action = $3"), &[&agent, &since, &a]).await?
-        }
-        (Some(t), Some(a)) => {
-            one(
-                c,
-                &format!("{BASE} AND tier = $3 AND action = $4"),
+        (None, Some(a)) => c
+            .query_one(
+                format!("{BASE} AND action = $3").as_str(),
+                &[&agent, &since, &a],
+            )
+            .await
+            .map_err(pg)?,
+        (Some(t), Some(a)) => c
+            .query_one(
+                format!("{BASE} AND tier = $3 AND action = $4").as_str(),
                 &[&agent, &since, &t, &a],
             )
-            .await?
-        }
+            .await
+            .map_err(pg)?,
     };
     Ok(u64::try_from(get::<i64>(&r, 0)?).unwrap_or(0))
 }
