@@ -75,7 +75,7 @@ pub struct TreeHistory {
 }
 
 impl TreeHistory {
-    /// From records already oldest first (as the store reads them).
+    /// From a tree's records in rowid order (as the store reads them).
     pub fn new(records: Vec<ActionRecord>) -> Self {
         let mut h = TreeHistory::default();
         h.extend(records);
@@ -96,16 +96,17 @@ impl TreeHistory {
     }
 
     /// Add records read after these, merged by time. The store reads
-    /// both ordered by (time, rowid), and every rowid in `delta` is above
-    /// every rowid here, so on equal times the older record comes first. A
-    /// record committed later may carry an earlier time (a clock that went
-    /// back, or the clocks of two replicas): it is merged into place, not
-    /// appended.
-    pub fn extend(&mut self, delta: Vec<ActionRecord>) {
+    /// `delta` in rowid order, and every rowid in it is above every rowid
+    /// here; `delta` is sorted by time here, stably, so on equal times the
+    /// older record comes first. A record committed later may carry an
+    /// earlier time (a clock that went back, or the clocks of two
+    /// replicas): it is merged into place, not appended.
+    pub fn extend(&mut self, mut delta: Vec<ActionRecord>) {
+        delta.sort_by_key(|r| r.ts);
         let in_order = match (self.records.last(), delta.first()) {
             (Some(last), Some(first)) => first.ts >= last.ts,
             _ => true,
-        } && delta.windows(2).all(|w| w[0].ts <= w[1].ts);
+        };
         if in_order {
             for r in delta {
                 self.index(&r, self.records.len());
@@ -115,8 +116,6 @@ impl TreeHistory {
         }
         // Rare: merge, then group again from scratch.
         let old = std::mem::take(&mut self.records);
-        let mut delta = delta;
-        delta.sort_by_key(|r| r.ts);
         let mut merged = Vec::with_capacity(old.len() + delta.len());
         let mut old = old.into_iter().peekable();
         let mut new = delta.into_iter().peekable();

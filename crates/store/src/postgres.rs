@@ -341,12 +341,9 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        let mc = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
         let pool_of = |size: usize| {
             let mc = ManagerConfig {
-                recycling_method: mc.recycling_method.clone(),
+                recycling_method: RecyclingMethod::Fast,
             };
             let manager = match &connector {
                 Some(tls) => Manager::from_config(config.clone(), tls.clone(), mc),
@@ -688,14 +685,14 @@ async fn apply_batch<C: GenericClient>(
     // before them, and if it fails the caller rolls the batch's savepoint
     // back, undoing them. Its conflict is reported first, as if it had run
     // alone.
-    let (checks, rest) = match changes.split_first() {
+    let (check, rest) = match changes.split_first() {
         Some((check @ Change::RequireTaskLive { .. }, rest)) => (Some(check), rest),
         _ => (None, &changes[..]),
     };
     let changed = async {
         let (checked, applied) = tokio::join!(
             async {
-                match checks {
+                match check {
                     Some(c) => apply(tx, c).await,
                     None => Ok(()),
                 }
@@ -1312,9 +1309,8 @@ fn action_from_row(r: &Row) -> Result<ActionRecord, StoreError> {
     })
 }
 
-/// A tree's records at or after `since` with an id above `after`, oldest
-/// first (time, then commit order), and the highest id among them (or
-/// `after`).
+/// A tree's records at or after `since` with an id above `after`, in id
+/// (commit) order, and the highest id among them (or `after`).
 async fn tree_actions<C: GenericClient>(
     c: &C,
     root: &str,
@@ -1335,9 +1331,6 @@ async fn tree_actions<C: GenericClient>(
         max = max.max(get::<i64>(r, 10)?);
         out.push(action_from_row(r)?);
     }
-    // Oldest first, as `ORDER BY ts, id` would give: a stable sort of rows
-    // in id order.
-    out.sort_by_key(|r| r.ts);
     Ok((out, max))
 }
 
@@ -1971,9 +1964,12 @@ impl Store for PostgresStore {
         root_task_id: &str,
         since: i64,
     ) -> Result<Vec<ActionRecord>, StoreError> {
-        Ok(tree_actions(&self.client().await?, root_task_id, since, 0)
+        // In id order from the store; oldest first, as the history is.
+        let mut found = tree_actions(&self.client().await?, root_task_id, since, 0)
             .await?
-            .0)
+            .0;
+        found.sort_by_key(|r| r.ts);
+        Ok(found)
     }
 
     async fn count_allowed_by_agent(

@@ -1203,8 +1203,6 @@ fn action_row(r: &rusqlite::Row<'_>) -> Result<(i64, ActionRecord), StoreError> 
     Ok((r.get(10).map_err(backend)?, record))
 }
 
-/// A tree's records at or after `since` with a rowid above `after`, oldest
-/// first (time, then rowid), and the highest rowid among them (or `after`).
 /// One range of `action_history_tree_rows`: the tree's rows numbered above
 /// `?3`, in rowid order, without visiting the rows at or below it.
 fn tree_sql() -> String {
@@ -1214,6 +1212,8 @@ fn tree_sql() -> String {
     )
 }
 
+/// A tree's records at or after `since` with a rowid above `after`, in
+/// rowid (commit) order, and the highest rowid among them (or `after`).
 fn tree_actions(
     conn: &Connection,
     root: &str,
@@ -1230,9 +1230,6 @@ fn tree_actions(
         max = max.max(rowid);
         out.push(record);
     }
-    // Oldest first, as `ORDER BY ts, rowid` would give: a stable sort of
-    // rows in rowid order.
-    out.sort_by_key(|r| r.ts);
     Ok((out, max))
 }
 
