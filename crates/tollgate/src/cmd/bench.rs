@@ -41,6 +41,12 @@ pub enum BenchCmd {
         /// tasks are opened and revoked through `--addr`.
         #[arg(long = "replica", value_name = "URL")]
         replicas: Vec<String>,
+        /// Send at most this many decisions per second in all, evenly paced
+        /// across the clients, instead of each client asking again as soon
+        /// as it is answered. Latency then counts from when a request was
+        /// due, so a server that falls behind shows its queue.
+        #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -104,6 +110,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             clients,
             tasks,
             replicas,
+            rate,
             conn,
         } => http(
             &conn,
@@ -111,6 +118,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             duration_secs,
             clients.max(1),
             tasks.max(2),
+            rate,
         ),
         BenchCmd::Policy {
             policies,
@@ -308,6 +316,7 @@ pub fn http(
     duration_secs: u64,
     clients: usize,
     tasks: usize,
+    rate: Option<u32>,
 ) -> Result<()> {
     let admin = Client::new(conn)?;
     let base = conn.resolve()?.addr.trim_end_matches('/').to_string();
@@ -331,12 +340,17 @@ pub fn http(
         ],
     };
     let started = Instant::now();
-    let tally = load.run(Duration::from_secs(duration_secs), clients)?;
+    let pace = rate.map(|r| Pace::new(r, clients));
+    let tally = load.run(Duration::from_secs(duration_secs), clients, pace)?;
     let elapsed = started.elapsed().as_secs_f64();
     let count = tally.latencies.len();
     let [p50, p90, p99] = percentiles(tally.latencies).map(|s| s * 1e3);
+    let paced = rate.map_or_else(
+        || "as fast as answered".to_string(),
+        |r| format!("paced at {r} decisions/s, latency from when each was due"),
+    );
     println!(
-        "tollgate bench http: {clients} clients, {tasks} tasks, {duration_secs} s against {}",
+        "tollgate bench http: {clients} clients, {tasks} tasks, {duration_secs} s, {paced}, against {}",
         bases.join(", ")
     );
     println!(
@@ -447,6 +461,32 @@ struct HttpLoad<'a> {
 /// not the gateway.
 const MIX: [usize; 10] = [0, 1, 0, 1, 0, 1, 0, 1, 0, 3];
 
+/// When each client's requests are due under `bench http --rate`: client
+/// `c` sends its `n`th request at `start + (n + c / clients) * interval`,
+/// so the clients together send `rate` per second, evenly spread.
+#[derive(Clone, Copy)]
+struct Pace {
+    /// Time between two requests of one client.
+    interval: Duration,
+    clients: u32,
+}
+
+impl Pace {
+    fn new(rate: u32, clients: usize) -> Self {
+        let clients = u32::try_from(clients).unwrap_or(u32::MAX).max(1);
+        Self {
+            interval: Duration::from_secs(1) * clients / rate.max(1),
+            clients,
+        }
+    }
+
+    /// When client `c`'s `n`th request is due.
+    fn due(&self, start: Instant, c: usize, n: u32) -> Instant {
+        let c = u32::try_from(c).unwrap_or(0) % self.clients;
+        start + self.interval * n + self.interval * c / self.clients
+    }
+}
+
 /// What the clients saw.
 struct HttpTally {
     /// Seconds, one per request.
@@ -458,12 +498,13 @@ struct HttpTally {
 
 impl HttpLoad<'_> {
     /// `clients` threads asking for `duration`; one task is revoked half-way.
-    fn run(&self, duration: Duration, clients: usize) -> Result<HttpTally> {
+    fn run(&self, duration: Duration, clients: usize, pace: Option<Pace>) -> Result<HttpTally> {
         let latencies = Mutex::new(Vec::<f64>::new());
         let outcomes = Mutex::new(BTreeMap::<String, u64>::new());
         let stale = AtomicU64::new(0);
         let revoked = AtomicBool::new(false);
-        let end = Instant::now() + duration;
+        let start = Instant::now();
+        let end = start + duration;
         let victim = &self.creds[0].0;
         std::thread::scope(|s| -> Result<()> {
             for c in 0..clients {
@@ -471,12 +512,24 @@ impl HttpLoad<'_> {
                     (&latencies, &outcomes, &stale, &revoked);
                 s.spawn(move || {
                     let mut i = c;
+                    let mut sent: u32 = 0;
                     while Instant::now() < end {
+                        // Paced: wait until this request is due, and count
+                        // its latency from then (a late start is queueing).
+                        let due = pace.map(|p| p.due(start, c, sent));
+                        sent = sent.saturating_add(1);
+                        if let Some(due) = due {
+                            if due >= end {
+                                break;
+                            }
+                            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        }
                         let (task_id, cred) = &self.creds[i % self.creds.len()];
                         // Only requests that start after the revocation answered count as stale.
                         let after_revocation = revoked.load(Ordering::SeqCst) && task_id == victim;
                         let base = &self.bases[c % self.bases.len()];
                         let (elapsed, outcome) = self.decide(base, cred, i);
+                        let elapsed = due.map_or(elapsed, |due| due.elapsed().as_secs_f64());
                         if after_revocation && outcome == "allow" {
                             stale.fetch_add(1, Ordering::SeqCst);
                         }
@@ -766,4 +819,28 @@ pub fn mcp(calls: usize, clients: usize) -> Result<()> {
         let _ = direct.cancel().await;
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paced_clients_send_the_rate_evenly_between_them() {
+        let start = Instant::now();
+        let pace = Pace::new(100, 4);
+        // Each client every 40 ms, the four 10 ms apart.
+        assert_eq!(pace.interval, Duration::from_millis(40));
+        let due = |c, n| pace.due(start, c, n).duration_since(start);
+        assert_eq!(due(0, 0), Duration::ZERO);
+        assert_eq!(due(1, 0), Duration::from_millis(10));
+        assert_eq!(due(3, 2), Duration::from_millis(110));
+        // In one second the clients have 100 requests due, no more.
+        let second = Duration::from_secs(1);
+        let count = (0..4)
+            .flat_map(|c| (0..1000).map(move |n| (c, n)))
+            .filter(|&(c, n)| due(c, n) < second)
+            .count();
+        assert_eq!(count, 100);
+    }
 }

@@ -289,6 +289,40 @@ fn bench_http_reports_and_finds_no_stale_decision() {
     );
 }
 
+/// `bench http --rate` paces the clients: 20 decisions/s for 2 s is at most
+/// 40 requests (unpaced, two clients send hundreds), and the report says so.
+#[test]
+fn bench_http_rate_paces_the_load() {
+    let s = Server::start();
+    let (ok, out, err) = s.cli(&[
+        "bench",
+        "http",
+        "--duration-secs",
+        "2",
+        "--clients",
+        "2",
+        "--tasks",
+        "2",
+        "--rate",
+        "20",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("paced at 20 decisions/s"), "{out}");
+    let sent: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("requests:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in {out}"));
+    assert!(
+        (20..=40).contains(&sent),
+        "{sent} requests at 20/s for 2 s: {out}"
+    );
+    assert!(out.contains("stale decisions after revocation: 0"), "{out}");
+    let (ok, _, err) = s.cli(&["bench", "http", "--rate", "0"]);
+    assert!(!ok && err.contains("--rate"), "{err}");
+}
+
 /// The OpenAPI document describes what the server answers: every operation
 /// behind a credential lists 401, every JSON body brings 400, 413 and 415,
 /// every answer with a JSON body has its schema, every reference resolves,
