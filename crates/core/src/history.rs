@@ -5,7 +5,7 @@
 //! the stored history of the whole delegation tree, so a restart changes
 //! nothing and a sub-agent's actions count for its parent.
 
-use crate::{Catalog, Outcome, Tier, UnixTime};
+use crate::{Catalog, Outcome, SharedStr, Tier, UnixTime};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -15,14 +15,14 @@ use std::collections::BTreeSet;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionRecord {
     /// The top-level task of the tree.
-    pub root_task_id: String,
-    pub task_id: String,
+    pub root_task_id: SharedStr,
+    pub task_id: SharedStr,
     /// SPIFFE ID of the agent that asked.
-    pub agent: String,
+    pub agent: SharedStr,
     pub request_id: String,
-    pub action: String,
+    pub action: SharedStr,
     /// `Type::id`.
-    pub resource: String,
+    pub resource: SharedStr,
     pub tier: Tier,
     pub labels: Vec<String>,
     pub outcome: Outcome,
@@ -308,11 +308,11 @@ operations:
                 .operation(&r.action)
                 .map(|op| op.risk_weight())
                 .unwrap_or(0);
-            s.actions_allowed.insert(r.action.clone());
-            s.previous_action = r.action.clone();
+            s.actions_allowed.insert(r.action.to_string());
+            s.previous_action = r.action.to_string();
             if age <= 3600 {
                 s.labels_1h.extend(r.labels.iter().cloned());
-                s.actions_1h.insert(r.action.clone());
+                s.actions_1h.insert(r.action.to_string());
                 s.tier_counts_1h.add(r.tier, 1);
             }
             if age <= 600 {

@@ -13,6 +13,7 @@ pub mod history;
 pub mod lineage;
 pub mod model;
 pub mod playbook;
+pub mod shared_str;
 pub mod spiffe;
 pub mod temporal;
 pub mod text;
@@ -33,6 +34,7 @@ pub use model::{
     Scope, Severity, Task, TaskStatus,
 };
 pub use playbook::{DeviationResponse, Playbooks, StepVerdict};
+pub use shared_str::SharedStr;
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tree_history::TreeHistory;
 

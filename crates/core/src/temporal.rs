@@ -142,7 +142,7 @@ impl Filter {
     /// [read the resource](Self::reads_resource).
     fn matches_series(&self, s: &Series) -> bool {
         self.terms.iter().all(|t| match t {
-            Term::Action(names) => names.contains(&s.action),
+            Term::Action(names) => names.iter().any(|n| *n == s.action),
             Term::Tier(tier) => s.tier == *tier,
             Term::Label(l) => s.labels.iter().any(|x| x == l),
             Term::Decision(o) => s.outcome == *o,
@@ -152,7 +152,7 @@ impl Filter {
 
     pub fn matches(&self, r: &ActionRecord) -> bool {
         self.terms.iter().all(|t| match t {
-            Term::Action(names) => names.contains(&r.action),
+            Term::Action(names) => names.iter().any(|n| *n == r.action),
             Term::Tier(tier) => r.tier == *tier,
             Term::Label(l) => r.labels.iter().any(|x| x == l),
             Term::Decision(o) => r.outcome == *o,

@@ -12,18 +12,30 @@
 //! The series grow with the records (`extend`), so the work is done once
 //! per record, not once per decision.
 //!
+//! The records themselves stay for as long as the tree is cached (tree
+//! rules that read the resource, tree-wide rate limits and naming what
+//! triggered a chain rule read them), so their repeated text (root task,
+//! task, agent, action, resource) is shared between them: each distinct
+//! string is one allocation, [`SharedStr`], however many records hold it.
+//!
 //! Invariant: `series` is a function of `records`: however the records
 //! arrived, the series are those of the records taken in order (the order
 //! of the series themselves aside). Property tests hold this, and hold the
 //! summary and every rule read through the series to their
-//! record-by-record definitions.
+//! record-by-record definitions. Sharing text changes no record's value.
 
-use crate::{ActionRecord, Outcome, Tier, UnixTime};
+use crate::{ActionRecord, Outcome, SharedStr, Tier, UnixTime};
+use std::collections::HashSet;
+
+/// Most distinct strings one tree shares between its records; past it, new
+/// text is kept per record (a tree that touches thousands of resources
+/// still gets its root task, task, agent and actions shared).
+const MAX_SHARED: usize = 1024;
 
 /// The records of one kind, by time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Series {
-    pub action: String,
+    pub action: SharedStr,
     pub tier: Tier,
     pub labels: Vec<String>,
     pub outcome: Outcome,
@@ -66,13 +78,27 @@ impl Series {
 }
 
 /// A tree's records, oldest first, and their series.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct TreeHistory {
     records: Vec<ActionRecord>,
     series: Vec<Series>,
     /// Where the last allowed record is in `records`.
     last_allowed: Option<usize>,
+    /// The text the records share.
+    shared: HashSet<SharedStr>,
 }
+
+/// Equal records, series and last allowed record: which strings happen to
+/// be shared is not part of a history's value.
+impl PartialEq for TreeHistory {
+    fn eq(&self, other: &Self) -> bool {
+        self.records == other.records
+            && self.series == other.series
+            && self.last_allowed == other.last_allowed
+    }
+}
+
+impl Eq for TreeHistory {}
 
 impl TreeHistory {
     /// From a tree's records in rowid order (as the store reads them).
@@ -108,8 +134,8 @@ impl TreeHistory {
             _ => true,
         };
         if in_order {
-            for r in delta {
-                self.index(&r, self.records.len());
+            for mut r in delta {
+                self.index(&mut r, self.records.len());
                 self.records.push(r);
             }
             return;
@@ -129,14 +155,28 @@ impl TreeHistory {
             merged.extend(if take_new { new.next() } else { old.next() });
         }
         *self = TreeHistory::default();
-        for r in merged {
-            self.index(&r, self.records.len());
+        for mut r in merged {
+            self.index(&mut r, self.records.len());
             self.records.push(r);
         }
     }
 
-    /// Enter `r`, about to be `records[at]`, into its series.
-    fn index(&mut self, r: &ActionRecord, at: usize) {
+    /// `s`, as the copy of its text this tree already holds, if any.
+    fn share(&mut self, s: &mut SharedStr) {
+        if let Some(known) = self.shared.get(s.as_str()) {
+            *s = known.clone();
+        } else if self.shared.len() < MAX_SHARED {
+            self.shared.insert(s.clone());
+        }
+    }
+
+    /// Enter `r`, about to be `records[at]`, into its series, sharing its
+    /// text with the records before it.
+    fn index(&mut self, r: &mut ActionRecord, at: usize) {
+        self.share(&mut r.root_task_id);
+        self.share(&mut r.task_id);
+        self.share(&mut r.agent);
+        self.share(&mut r.resource);
         // Runs of one kind are common: try the newest series first.
         let found = match self.series.iter().rposition(|s| s.is(r)) {
             Some(i) => i,
@@ -145,6 +185,8 @@ impl TreeHistory {
                 self.series.len() - 1
             }
         };
+        // The series' action is the same text: the record shares it.
+        r.action = self.series[found].action.clone();
         let ts = &mut self.series[found].ts;
         let pos = ts.partition_point(|&t| t <= r.ts);
         ts.insert(pos, r.ts);
@@ -191,6 +233,30 @@ mod tests {
             outcome,
             ts,
         }
+    }
+
+    #[test]
+    fn records_share_their_repeated_text() {
+        let records: Vec<_> = (0..4)
+            .map(|n| rec("edr.read_alerts", Outcome::Allow, n as i64, n))
+            .collect();
+        // Each record of the input has its own copy of every string.
+        assert!(!records[0].agent.shares_with(&records[1].agent));
+        let h = TreeHistory::new(records.clone());
+        assert_eq!(h, records);
+        for pair in h.records().windows(2) {
+            let (x, y) = (&pair[0], &pair[1]);
+            assert!(x.root_task_id.shares_with(&y.root_task_id));
+            assert!(x.task_id.shares_with(&y.task_id));
+            assert!(x.agent.shares_with(&y.agent));
+            assert!(x.action.shares_with(&y.action));
+            assert!(x.resource.shares_with(&y.resource));
+        }
+        // Records merged out of order share as well.
+        let mut late = h.clone();
+        late.extend(vec![rec("edr.read_alerts", Outcome::Allow, 1, 9)]);
+        let last = late.records().iter().find(|r| r.request_id == "req_9");
+        assert!(last.is_some_and(|r| r.agent.shares_with(&h.records()[0].agent)));
     }
 
     #[test]

@@ -125,10 +125,10 @@ impl Workload {
             .map(|i| tollgate_core::ActionRecord {
                 root_task_id: "task_bench".into(),
                 task_id: "task_bench".into(),
-                agent: agent_id(trust_domain, 0),
+                agent: agent_id(trust_domain, 0).into(),
                 request_id: format!("req_{i}"),
                 action: "edr.read_alerts".into(),
-                resource: format!("Host::web-{i}"),
+                resource: format!("Host::web-{i}").into(),
                 tier: tollgate_core::Tier::Read,
                 labels: vec!["reads-telemetry".into()],
                 outcome: tollgate_core::Outcome::Allow,

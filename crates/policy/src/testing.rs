@@ -238,12 +238,12 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
         }
         if let Some(op) = pack.catalog().operation(&step.action) {
             past.push(ActionRecord {
-                root_task_id: task.id.clone(),
-                task_id: task.id.clone(),
-                agent: task.agent.clone(),
+                root_task_id: task.id.clone().into(),
+                task_id: task.id.clone().into(),
+                agent: task.agent.clone().into(),
                 request_id: format!("step-{n}"),
-                action: step.action.clone(),
-                resource: step.resource.key(),
+                action: step.action.clone().into(),
+                resource: step.resource.key().into(),
                 tier: op.tier,
                 labels: op.labels.clone(),
                 outcome,

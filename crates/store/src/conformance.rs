@@ -459,9 +459,9 @@ pub async fn outbox_messages_wait_until_claimed_and_dequeued(s: &dyn Store) {
 pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
     let root = unique("root");
     let rec = |task: &str, action: &str, ts| ActionRecord {
-        root_task_id: root.clone(),
+        root_task_id: root.clone().into(),
         task_id: task.into(),
-        agent: format!("spiffe://acme.test/agent/{task}/{root}"),
+        agent: format!("spiffe://acme.test/agent/{task}/{root}").into(),
         request_id: unique("req"),
         action: action.into(),
         resource: "Host::web-1".into(),
@@ -1400,9 +1400,9 @@ fn child_of(parent: &Task, agent: &str) -> Task {
 
 fn record(task: &Task, root: &Task, action: &str, outcome: Outcome, ts: i64) -> ActionRecord {
     ActionRecord {
-        root_task_id: root.id.clone(),
-        task_id: task.id.clone(),
-        agent: task.agent.clone(),
+        root_task_id: root.id.clone().into(),
+        task_id: task.id.clone().into(),
+        agent: task.agent.clone().into(),
         request_id: unique("req"),
         action: action.into(),
         resource: "Host::web-1".into(),
@@ -1907,7 +1907,7 @@ pub async fn history_scans_read_an_agent_an_incident_or_a_resource(s: &dyn Store
     let resource = format!("Host::{}", unique("h"));
     let on = |t: &Task, action: &str, ts: i64, res: &str| {
         let mut r = record(t, t, action, Outcome::Allow, ts);
-        r.resource = res.to_string();
+        r.resource = res.to_string().into();
         r
     };
     let records = [

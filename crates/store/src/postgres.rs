@@ -1025,8 +1025,9 @@ async fn apply<C: GenericClient>(tx: &C, change: &Change) -> Result<(), StoreErr
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                    COALESCE((SELECT incident_id FROM tasks WHERE id = $2), ''))",
                 &[
-                    &a.root_task_id, &a.task_id, &a.request_id, &a.action, &a.resource, &a.tier.as_str(),
-                    &labels, &a.outcome.as_str(), &a.ts, &a.agent,
+                    &a.root_task_id.as_str(), &a.task_id.as_str(), &a.request_id, &a.action.as_str(),
+                    &a.resource.as_str(), &a.tier.as_str(), &labels, &a.outcome.as_str(), &a.ts,
+                    &a.agent.as_str(),
                 ],
             )
             .await?;
@@ -1291,12 +1292,12 @@ fn action_from_row(r: &Row) -> Result<ActionRecord, StoreError> {
     let labels: &str = get(r, 7)?;
     let outcome: &str = get(r, 8)?;
     Ok(ActionRecord {
-        root_task_id: get(r, 0)?,
-        task_id: get(r, 1)?,
-        agent: get(r, 2)?,
+        root_task_id: get::<&str>(r, 0)?.into(),
+        task_id: get::<&str>(r, 1)?.into(),
+        agent: get::<&str>(r, 2)?.into(),
         request_id: get(r, 3)?,
-        action: get(r, 4)?,
-        resource: get(r, 5)?,
+        action: get::<&str>(r, 4)?.into(),
+        resource: get::<&str>(r, 5)?.into(),
         tier: parse_enum(tier)
             .map_err(|_| backend(format!("action history holds an unknown tier {tier:?}")))?,
         labels: serde_json::from_str(labels).map_err(backend)?,

@@ -22,7 +22,7 @@ use tollgate_audit::checkpoint::Checkpoint;
 use tollgate_audit::merkle::{leaf_hash, CompactRange};
 use tollgate_audit::{AuditEntry, AuditEvent, GENESIS};
 use tollgate_core::lineage::MAX_ANCESTORS;
-use tollgate_core::{Agent, Approval, Incident, Lineage, Scope, Task, TaskStatus};
+use tollgate_core::{Agent, Approval, Incident, Lineage, Scope, SharedStr, Task, TaskStatus};
 
 mod mcp;
 
@@ -678,8 +678,8 @@ fn apply(tx: &Connection, change: &Change) -> Result<(), StoreError> {
                 tx,
                 "INSERT INTO action_history(root_task_id, task_id, request_id, action, resource, tier, labels, outcome, ts, agent, incident_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE((SELECT incident_id FROM tasks WHERE id = ?2), ''))",
-                params![a.root_task_id, a.task_id, a.request_id, a.action, a.resource, a.tier.as_str(), labels,
-                    a.outcome.as_str(), a.ts, a.agent],
+                params![a.root_task_id.as_str(), a.task_id.as_str(), a.request_id, a.action.as_str(),
+                    a.resource.as_str(), a.tier.as_str(), labels, a.outcome.as_str(), a.ts, a.agent.as_str()],
             )
             .map_err(backend)?;
         }
@@ -1177,6 +1177,12 @@ fn approval_conflict(tx: &Connection, a: &Approval, e: rusqlite::Error) -> Store
 const ACTION_COLS: &str =
     "root_task_id, task_id, agent, request_id, action, resource, tier, labels, outcome, ts, rowid";
 
+/// Column `i` of `r` as shared text, read in place (one allocation).
+fn shared_text(r: &rusqlite::Row<'_>, i: usize) -> Result<SharedStr, StoreError> {
+    let value = r.get_ref(i).map_err(backend)?;
+    value.as_str().map(SharedStr::from).map_err(backend)
+}
+
 /// One `action_history` row and its rowid. A tier or outcome that is not
 /// one of ours is a storage failure: history must never be guessed.
 fn action_row(r: &rusqlite::Row<'_>) -> Result<(i64, ActionRecord), StoreError> {
@@ -1184,12 +1190,12 @@ fn action_row(r: &rusqlite::Row<'_>) -> Result<(i64, ActionRecord), StoreError> 
     let labels: String = r.get(7).map_err(backend)?;
     let outcome: String = r.get(8).map_err(backend)?;
     let record = ActionRecord {
-        root_task_id: r.get(0).map_err(backend)?,
-        task_id: r.get(1).map_err(backend)?,
-        agent: r.get(2).map_err(backend)?,
+        root_task_id: shared_text(r, 0)?,
+        task_id: shared_text(r, 1)?,
+        agent: shared_text(r, 2)?,
         request_id: r.get(3).map_err(backend)?,
-        action: r.get(4).map_err(backend)?,
-        resource: r.get(5).map_err(backend)?,
+        action: shared_text(r, 4)?,
+        resource: shared_text(r, 5)?,
         tier: parse_enum(&tier)
             .map_err(|_| backend(format!("action history holds an unknown tier {tier:?}")))?,
         labels: serde_json::from_str(&labels).map_err(backend)?,

@@ -60,12 +60,12 @@ fn action(n: usize) -> ActionRecord {
     // time (`n % 5` alone would give each agent one kind of action).
     let act = actions[(n / AGENTS + n / 7) % actions.len()];
     ActionRecord {
-        root_task_id: task.id.clone(),
-        task_id: task.id.clone(),
-        agent: task.agent,
+        root_task_id: task.id.clone().into(),
+        task_id: task.id.clone().into(),
+        agent: task.agent.into(),
         request_id: format!("req_{n:032x}"),
         action: act.into(),
-        resource: format!("Host::h-{}", (n / 7) % RESOURCES),
+        resource: format!("Host::h-{}", (n / 7) % RESOURCES).into(),
         tier: Tier::Read,
         labels: if act == "vault.read_secret" {
             vec!["reads-secret".into()]
@@ -144,7 +144,7 @@ pub fn rules(sizes: &[usize], decisions: usize) -> Result<()> {
             grow(&store, grown, size).await?;
             grown = grown.max(size);
             let probe = task_of(0);
-            let resource = action(0).resource;
+            let resource = action(0).resource.to_string();
             let plain = FactsQuery {
                 task_id: probe.id.clone(),
                 resource: resource.clone(),

@@ -193,12 +193,12 @@ impl Facts {
                     .entry(root.clone())
                     .or_default()
                     .push(ActionRecord {
-                        root_task_id: root,
-                        task_id: task.clone(),
-                        agent: agent.clone(),
+                        root_task_id: root.into(),
+                        task_id: task.clone().into(),
+                        agent: agent.clone().into(),
                         request_id: request.clone(),
-                        action,
-                        resource: s("resource"),
+                        action: action.into(),
+                        resource: s("resource").into(),
                         tier: op.tier,
                         labels: op.labels.clone(),
                         outcome,
@@ -398,7 +398,7 @@ fn rule_values(
             record,
             incident_id: facts
                 .tasks
-                .get(&record.task_id)
+                .get(record.task_id.as_str())
                 .map_or("", |t| t.incident_id.as_str()),
         })
         .collect();

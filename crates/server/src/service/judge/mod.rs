@@ -633,12 +633,12 @@ fn commit_plan(
     // This decision joins the tree's history (what later chain rules see).
     if let Some(op) = pack.catalog().operation(ask.action) {
         changes.push(Change::RecordAction(ActionRecord {
-            root_task_id: facts.lineage.root().id.clone(),
-            task_id: task.id.clone(),
-            agent: ask.agent.spiffe_id.clone(),
+            root_task_id: facts.lineage.root().id.clone().into(),
+            task_id: task.id.clone().into(),
+            agent: ask.agent.spiffe_id.clone().into(),
             request_id: prepared.request_id.clone(),
-            action: ask.action.to_string(),
-            resource: ask.resource.key(),
+            action: ask.action.to_string().into(),
+            resource: ask.resource.key().into(),
             tier: op.tier,
             labels: op.labels.clone(),
             outcome: decision.outcome,

@@ -235,7 +235,7 @@ impl Case {
                     task_id: "task_1".into(),
                     agent: AGENT.into(),
                     request_id: format!("req_old_{i}"),
-                    action: action.to_string(),
+                    action: action.to_string().into(),
                     resource: "Host::web-1".into(),
                     tier: op.map_or(Tier::Read, |o| o.tier),
                     labels: op.map(|o| o.labels.clone()).unwrap_or_default(),
