@@ -5,7 +5,7 @@
 //! the stored history of the whole delegation tree, so a restart changes
 //! nothing and a sub-agent's actions count for its parent.
 
-use crate::{Catalog, Outcome, SharedStr, Tier, UnixTime};
+use crate::{Catalog, Outcome, SharedStr, SharedStrs, Tier, UnixTime};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -24,7 +24,7 @@ pub struct ActionRecord {
     /// `Type::id`.
     pub resource: SharedStr,
     pub tier: Tier,
-    pub labels: Vec<String>,
+    pub labels: SharedStrs,
     pub outcome: Outcome,
     pub ts: UnixTime,
 }

@@ -34,7 +34,7 @@ pub use model::{
     Scope, Severity, Task, TaskStatus,
 };
 pub use playbook::{DeviationResponse, Playbooks, StepVerdict};
-pub use shared_str::SharedStr;
+pub use shared_str::{SharedStr, SharedStrs};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tree_history::TreeHistory;
 

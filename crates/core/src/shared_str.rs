@@ -9,7 +9,8 @@
 //! share a single allocation.
 //!
 //! It reads like a `&str` (`Deref`, comparisons with `str`, `&str` and
-//! `String`) and serialises as a plain JSON string.
+//! `String`) and serialises as a plain JSON string. [`SharedStrs`] is the
+//! same for a list of strings (a record's labels).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Borrow;
@@ -134,6 +135,77 @@ impl<'de> Deserialize<'de> for SharedStr {
     }
 }
 
+/// An immutable list of strings whose clones share one allocation: a
+/// record's labels, the same for every record of its kind of action.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SharedStrs(Arc<[String]>);
+
+impl SharedStrs {
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether `self` and `other` are one allocation (not merely equal).
+    pub fn shares_with(&self, other: &SharedStrs) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for SharedStrs {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl From<Vec<String>> for SharedStrs {
+    fn from(v: Vec<String>) -> Self {
+        SharedStrs(Arc::from(v))
+    }
+}
+
+impl From<&[String]> for SharedStrs {
+    fn from(v: &[String]) -> Self {
+        SharedStrs(Arc::from(v))
+    }
+}
+
+impl FromIterator<String> for SharedStrs {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        SharedStrs(iter.into_iter().collect())
+    }
+}
+
+impl PartialEq<Vec<String>> for SharedStrs {
+    fn eq(&self, other: &Vec<String>) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<[String]> for SharedStrs {
+    fn eq(&self, other: &[String]) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl fmt::Debug for SharedStrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for SharedStrs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedStrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(d).map(SharedStrs::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +224,19 @@ mod tests {
         assert_eq!(back, s);
         assert!(!back.shares_with(&s));
         assert!(s.clone().shares_with(&s));
+    }
+
+    #[test]
+    fn a_shared_list_reads_and_serialises_as_a_list() {
+        let l = SharedStrs::from(vec!["reads-secret".to_string(), "egress".to_string()]);
+        assert_eq!(l.len(), 2);
+        assert!(l.iter().any(|x| x == "egress"));
+        assert_eq!(l, vec!["reads-secret".to_string(), "egress".to_string()]);
+        let json = serde_json::to_string(&l).unwrap_or_default();
+        assert_eq!(json, r#"["reads-secret","egress"]"#);
+        let back: SharedStrs = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(back, l);
+        assert!(!back.shares_with(&l) && l.clone().shares_with(&l));
+        assert_eq!(format!("{l:?}"), r#"["reads-secret", "egress"]"#);
     }
 }

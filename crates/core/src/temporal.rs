@@ -830,9 +830,9 @@ mod tests {
                 Tier::Contain
             },
             labels: if action == "vault.read_secret" {
-                vec!["reads-secret".into()]
+                vec!["reads-secret".into()].into()
             } else {
-                vec![]
+                vec![].into()
             },
             outcome,
             ts,

@@ -24,7 +24,7 @@
 //! summary and every rule read through the series to their
 //! record-by-record definitions. Sharing text changes no record's value.
 
-use crate::{ActionRecord, Outcome, SharedStr, Tier, UnixTime};
+use crate::{ActionRecord, Outcome, SharedStr, SharedStrs, Tier, UnixTime};
 use std::collections::HashSet;
 
 /// Most distinct strings one tree shares between its records; past it, new
@@ -37,7 +37,7 @@ const MAX_SHARED: usize = 1024;
 pub struct Series {
     pub action: SharedStr,
     pub tier: Tier,
-    pub labels: Vec<String>,
+    pub labels: SharedStrs,
     pub outcome: Outcome,
     /// Ascending (records of equal time keep their order).
     pub ts: Vec<UnixTime>,
@@ -185,8 +185,9 @@ impl TreeHistory {
                 self.series.len() - 1
             }
         };
-        // The series' action is the same text: the record shares it.
+        // The series' action and labels are the same: the record shares them.
         r.action = self.series[found].action.clone();
+        r.labels = self.series[found].labels.clone();
         let ts = &mut self.series[found].ts;
         let pos = ts.partition_point(|&t| t <= r.ts);
         ts.insert(pos, r.ts);
@@ -229,7 +230,7 @@ mod tests {
             action: action.into(),
             resource: "Host::web-1".into(),
             tier: Tier::Read,
-            labels: vec![],
+            labels: vec![].into(),
             outcome,
             ts,
         }
@@ -251,6 +252,7 @@ mod tests {
             assert!(x.agent.shares_with(&y.agent));
             assert!(x.action.shares_with(&y.action));
             assert!(x.resource.shares_with(&y.resource));
+            assert!(x.labels.shares_with(&y.labels));
         }
         // Records merged out of order share as well.
         let mut late = h.clone();

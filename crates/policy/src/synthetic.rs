@@ -130,7 +130,7 @@ impl Workload {
                 action: "edr.read_alerts".into(),
                 resource: format!("Host::web-{i}").into(),
                 tier: tollgate_core::Tier::Read,
-                labels: vec!["reads-telemetry".into()],
+                labels: vec!["reads-telemetry".into()].into(),
                 outcome: tollgate_core::Outcome::Allow,
                 ts: now - 3000 + i * 100,
             })

@@ -245,7 +245,7 @@ pub fn run(pack: &PolicyPack, t: &TestFile) -> Result<Vec<Failure>, TestError> {
                 action: step.action.clone().into(),
                 resource: step.resource.key().into(),
                 tier: op.tier,
-                labels: op.labels.clone(),
+                labels: op.labels.clone().into(),
                 outcome,
                 ts: now,
             });

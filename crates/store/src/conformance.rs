@@ -466,7 +466,7 @@ pub async fn action_history_is_per_tree_and_windowed(s: &dyn Store) {
         action: action.into(),
         resource: "Host::web-1".into(),
         tier: Tier::Read,
-        labels: vec!["reads-secret".into()],
+        labels: vec!["reads-secret".into()].into(),
         outcome: Outcome::Allow,
         ts,
     };
@@ -1407,7 +1407,7 @@ fn record(task: &Task, root: &Task, action: &str, outcome: Outcome, ts: i64) -> 
         action: action.into(),
         resource: "Host::web-1".into(),
         tier: Tier::Contain,
-        labels: vec!["network-change".into()],
+        labels: vec!["network-change".into()].into(),
         outcome,
         ts,
     }

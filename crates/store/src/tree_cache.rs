@@ -131,7 +131,7 @@ mod tests {
             action: "edr.read_alerts".into(),
             resource: "Host::web-1".into(),
             tier: Tier::Read,
-            labels: vec![],
+            labels: Default::default(),
             outcome: Outcome::Allow,
             ts,
         }

@@ -68,9 +68,9 @@ fn action(n: usize) -> ActionRecord {
         resource: format!("Host::h-{}", (n / 7) % RESOURCES).into(),
         tier: Tier::Read,
         labels: if act == "vault.read_secret" {
-            vec!["reads-secret".into()]
+            vec!["reads-secret".into()].into()
         } else {
-            vec![]
+            vec![].into()
         },
         outcome: Outcome::Allow,
         // Spread over the 30 days before now, in order.

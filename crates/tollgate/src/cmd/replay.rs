@@ -200,7 +200,7 @@ impl Facts {
                         action: action.into(),
                         resource: s("resource").into(),
                         tier: op.tier,
-                        labels: op.labels.clone(),
+                        labels: op.labels.clone().into(),
                         outcome,
                         ts: ev.ts,
                     });

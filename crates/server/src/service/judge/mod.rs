@@ -640,7 +640,7 @@ fn commit_plan(
             action: ask.action.to_string().into(),
             resource: ask.resource.key().into(),
             tier: op.tier,
-            labels: op.labels.clone(),
+            labels: op.labels.clone().into(),
             outcome: decision.outcome,
             ts: now,
         }));

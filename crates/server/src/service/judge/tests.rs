@@ -238,7 +238,7 @@ impl Case {
                     action: action.to_string().into(),
                     resource: "Host::web-1".into(),
                     tier: op.map_or(Tier::Read, |o| o.tier),
-                    labels: op.map(|o| o.labels.clone()).unwrap_or_default(),
+                    labels: op.map(|o| o.labels.clone()).unwrap_or_default().into(),
                     outcome: Outcome::Allow,
                     ts: NOW - ago,
                 }
