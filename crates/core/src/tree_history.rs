@@ -15,8 +15,9 @@
 //! The records themselves stay for as long as the tree is cached (tree
 //! rules that read the resource, tree-wide rate limits and naming what
 //! triggered a chain rule read them), so their repeated text (root task,
-//! task, agent, action, resource) is shared between them: each distinct
-//! string is one allocation, [`SharedStr`], however many records hold it.
+//! task, agent, action, resource, labels) is shared between them: each
+//! distinct string ([`SharedStr`]) or list of labels ([`SharedStrs`]) is one
+//! allocation, however many records hold it.
 //!
 //! Invariant: `series` is a function of `records`: however the records
 //! arrived, the series are those of the records taken in order (the order
