@@ -633,14 +633,14 @@ fn commit_plan(
     // This decision joins the tree's history (what later chain rules see).
     if let Some(op) = pack.catalog().operation(ask.action) {
         changes.push(Change::RecordAction(ActionRecord {
-            root_task_id: facts.lineage.root().id.clone().into(),
-            task_id: task.id.clone().into(),
-            agent: ask.agent.spiffe_id.clone().into(),
+            root_task_id: facts.lineage.root().id.as_str().into(),
+            task_id: task.id.as_str().into(),
+            agent: ask.agent.spiffe_id.as_str().into(),
             request_id: prepared.request_id.clone(),
-            action: ask.action.to_string().into(),
+            action: ask.action.into(),
             resource: ask.resource.key().into(),
             tier: op.tier,
-            labels: op.labels.clone().into(),
+            labels: op.labels.as_slice().into(),
             outcome: decision.outcome,
             ts: now,
         }));
